@@ -1,0 +1,131 @@
+//! Topic names and topic filters (MQTT 3.1.1 §4.7, MQTT 5 §4.7).
+//!
+//! - A topic name is non-empty and holds neither `+` nor `#`.
+//! - A filter is non-empty; `#` stands only as the whole last level, `+` only as a whole
+//!   level. `sport/#` also matches `sport`; `+` matches an empty level.
+//! - Topics starting with `$` are not matched by a filter starting with a wildcard.
+
+/// True when `name` is a valid topic name to publish to.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.bytes().any(|b| b == b'+' || b == b'#')
+}
+
+/// True when `filter` is a syntactically valid topic filter.
+pub fn is_valid_filter(filter: &str) -> bool {
+    if filter.is_empty() {
+        return false;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let last = levels.peek().is_none();
+        match level {
+            "#" if !last => return false,
+            "#" | "+" => {}
+            l if l.contains(['+', '#']) => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// True when `filter` holds a wildcard level.
+pub fn has_wildcard(filter: &str) -> bool {
+    filter.contains(['+', '#'])
+}
+
+/// Splits `$share/{group}/{filter}` into its group and filter; `None` when `filter` is
+/// not a shared subscription, `Some(Err(()))` when it is one but malformed (empty group,
+/// wildcards in the group, or no filter).
+pub fn split_shared(filter: &str) -> Option<Result<(&str, &str), ()>> {
+    let rest = filter.strip_prefix("$share/")?;
+    Some(match rest.split_once('/') {
+        Some((group, inner))
+            if !group.is_empty() && !has_wildcard(group) && is_valid_filter(inner) =>
+        {
+            Ok((group, inner))
+        }
+        _ => Err(()),
+    })
+}
+
+/// True when the topic name `topic` matches the (valid) filter `filter`.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_validated() {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "a/+/b",
+            "+/+",
+            "/",
+            "//",
+            "a//#",
+            "$SYS/#",
+            "$share/g/a",
+        ] {
+            assert!(is_valid_filter(ok), "{ok}");
+        }
+        for bad in ["", "a#", "a/#/b", "#/a", "a+", "a/b+/c", "++", "a/##"] {
+            assert!(!is_valid_filter(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_validated() {
+        assert!(is_valid_name("a/b"));
+        assert!(is_valid_name("/"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("a/+"));
+        assert!(!is_valid_name("#"));
+    }
+
+    #[test]
+    fn matching_rules() {
+        let rows = [
+            ("sport/#", "sport", true),
+            ("sport/#", "sport/a/b", true),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("+", "", true),
+            ("+/+", "/finance", true),
+            ("/+", "/finance", true),
+            ("+", "/finance", false),
+            ("a/+", "a/b/c", false),
+            ("a/b", "a/b", true),
+        ];
+        for (f, t, m) in rows {
+            assert_eq!(matches(f, t), m, "{f} vs {t}");
+        }
+    }
+
+    #[test]
+    fn shared_split() {
+        assert_eq!(split_shared("$share/g/a/#"), Some(Ok(("g", "a/#"))));
+        assert_eq!(split_shared("$share//a"), Some(Err(())));
+        assert_eq!(split_shared("$share/g"), Some(Err(())));
+        assert_eq!(split_shared("$share/g+/a"), Some(Err(())));
+        assert_eq!(split_shared("a/b"), None);
+    }
+}

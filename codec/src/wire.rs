@@ -1,0 +1,246 @@
+//! Primitive reads and writes: a bounds-checked cursor over a frame and the [`Sink`]
+//! that encoders write into.
+
+use crate::{DecodeError, EncodeError};
+
+/// Largest value of a variable byte integer (and of a remaining length).
+pub const MAX_VAR_INT: u32 = 268_435_455;
+
+/// A cursor over one frame. Every read checks bounds and never panics.
+#[derive(Debug, Clone)]
+#[allow(unreachable_pub)] // named by the sealed `PropItem` trait; not reachable outside
+pub struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    /// A reader over `buf`.
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+
+    /// Bytes not yet read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes `n` bytes.
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.buf.len() {
+            return Err(DecodeError::UnexpectedEnd);
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    /// Takes everything left.
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        core::mem::take(&mut self.buf)
+    }
+
+    /// Reads one byte.
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    /// Reads a big-endian two-byte integer.
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// Reads a big-endian four-byte integer.
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Reads a variable byte integer.
+    pub(crate) fn var_int(&mut self) -> Result<u32, DecodeError> {
+        match read_var_int(self.buf)? {
+            Some((v, n)) => {
+                self.buf = &self.buf[n..];
+                Ok(v)
+            }
+            None => Err(DecodeError::UnexpectedEnd),
+        }
+    }
+
+    /// Reads two-byte-length-prefixed binary data.
+    pub(crate) fn binary(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.u16()? as usize;
+        self.take(n)
+    }
+
+    /// Reads a UTF-8 string checked against MQTT-1.5.3 (well-formed, no U+0000).
+    pub(crate) fn string(&mut self) -> Result<&'a str, DecodeError> {
+        let b = self.binary()?;
+        check_utf8(b)
+    }
+
+    /// Reads a packet identifier, which is never 0.
+    pub(crate) fn packet_id(&mut self) -> Result<u16, DecodeError> {
+        match self.u16()? {
+            0 => Err(DecodeError::ZeroPacketId),
+            id => Ok(id),
+        }
+    }
+
+    /// Fails if anything is left.
+    pub(crate) fn finish(&self) -> Result<(), DecodeError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes(self.buf.len()))
+        }
+    }
+}
+
+/// Validates an MQTT UTF-8 string: Rust's UTF-8 check rejects surrogates and overlong
+/// forms; MQTT also forbids U+0000.
+pub(crate) fn check_utf8(b: &[u8]) -> Result<&str, DecodeError> {
+    let s = core::str::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8)?;
+    if b.contains(&0) {
+        return Err(DecodeError::InvalidUtf8);
+    }
+    Ok(s)
+}
+
+/// Reads a variable byte integer from the start of `buf`: `Ok(None)` when more bytes are
+/// needed, otherwise the value and the bytes it used. A fifth byte is malformed.
+///
+/// Non-minimal encodings (`0x80 0x00` for 0) are accepted: MQTT-1.5.5-1 binds the sender
+/// to the shortest form, and 3.1.1 §2.2.3 does not forbid the longer ones, so the receiver
+/// is liberal here. Encoders in this crate always write the shortest form.
+pub(crate) fn read_var_int(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeError> {
+    let mut value: u32 = 0;
+    for i in 0..4 {
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        value |= u32::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    if buf.len() >= 4 {
+        Err(DecodeError::MalformedVarInt)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Bytes a variable byte integer of `v` takes.
+pub(crate) const fn var_int_len(v: usize) -> usize {
+    if v < 128 {
+        1
+    } else if v < 16_384 {
+        2
+    } else if v < 2_097_152 {
+        3
+    } else {
+        4
+    }
+}
+
+/// Where an encoder writes: a byte slice ([`SliceSink`]), a `BytesMut` (feature `bytes`),
+/// or anything else that can append bytes.
+pub trait Sink {
+    /// Appends `bytes`, or fails when there is no room.
+    ///
+    /// # Errors
+    /// [`EncodeError::BufferTooSmall`] when the sink is full.
+    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError>;
+}
+
+/// A [`Sink`] over a caller's `&mut [u8]`, remembering how much was written.
+#[derive(Debug)]
+pub struct SliceSink<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> SliceSink<'a> {
+    /// A sink writing from the start of `buf`.
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        SliceSink { buf, pos: 0 }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> usize {
+        self.pos
+    }
+}
+
+impl Sink for SliceSink<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        let end = self.pos + bytes.len();
+        match self.buf.get_mut(self.pos..end) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                self.pos = end;
+                Ok(())
+            }
+            None => Err(EncodeError::BufferTooSmall { needed: end }),
+        }
+    }
+}
+
+#[cfg(feature = "bytes")]
+impl Sink for bytes::BytesMut {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        self.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Typed writes on top of a [`Sink`].
+#[allow(unreachable_pub, missing_debug_implementations)] // as `Reader`
+pub struct Writer<'s, S: Sink + ?Sized> {
+    pub(crate) sink: &'s mut S,
+}
+
+impl<S: Sink + ?Sized> Writer<'_, S> {
+    pub(crate) fn bytes(&mut self, b: &[u8]) -> Result<(), EncodeError> {
+        self.sink.put(b)
+    }
+    pub(crate) fn u8(&mut self, v: u8) -> Result<(), EncodeError> {
+        self.sink.put(&[v])
+    }
+    pub(crate) fn u16(&mut self, v: u16) -> Result<(), EncodeError> {
+        self.sink.put(&v.to_be_bytes())
+    }
+    pub(crate) fn u32(&mut self, v: u32) -> Result<(), EncodeError> {
+        self.sink.put(&v.to_be_bytes())
+    }
+    pub(crate) fn var_int(&mut self, v: usize) -> Result<(), EncodeError> {
+        if v > MAX_VAR_INT as usize {
+            return Err(EncodeError::TooLarge);
+        }
+        let mut out = [0u8; 4];
+        let mut n = 0;
+        let mut x = v;
+        loop {
+            let mut b = (x % 128) as u8;
+            x /= 128;
+            if x > 0 {
+                b |= 0x80;
+            }
+            out[n] = b;
+            n += 1;
+            if x == 0 {
+                break;
+            }
+        }
+        self.sink.put(&out[..n])
+    }
+    pub(crate) fn binary(&mut self, b: &[u8]) -> Result<(), EncodeError> {
+        let n = u16::try_from(b.len()).map_err(|_| EncodeError::TooLarge)?;
+        self.u16(n)?;
+        self.sink.put(b)
+    }
+    pub(crate) fn string(&mut self, s: &str) -> Result<(), EncodeError> {
+        self.binary(s.as_bytes())
+    }
+}
