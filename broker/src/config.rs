@@ -1,0 +1,797 @@
+//! Configuration: clap flags over an optional TOML file over defaults.
+//!
+//! `mote --help` documents the flags; the `///` comments on [`MqttConfig`],
+//! [`StorageConfig`] and [`LogConfig`] are the reference for the TOML file, and
+//! `mote --print-config` prints the merged result (which is itself a valid config file).
+//!
+//! ```toml
+//! [mqtt]
+//! listen = "127.0.0.1:1883"
+//! max_keepalive = 60
+//! deny_subscribe = ["test/nosubscribe"]
+//!
+//! [storage]
+//! data_dir = "mote-data"
+//! fsync = "every=10"
+//!
+//! [log]
+//! level = "info,mote_broker=debug"
+//! ```
+//!
+//! Every section and every key is optional; unknown sections or keys are an error.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context as _};
+use serde::{Deserialize, Serialize};
+
+/// Largest MQTT packet that can exist: 1 byte fixed header, 4 bytes Remaining Length,
+/// and a Remaining Length of at most 268 435 455.
+const MAX_MQTT_PACKET_SIZE: u32 = 268_435_460;
+/// Smallest `max_packet_size` we accept: anything below cannot carry a useful CONNECT.
+const MIN_MQTT_PACKET_SIZE: u32 = 64;
+/// MQTT strings (topics, client ids) are length-prefixed with a u16.
+const MAX_MQTT_STRING: usize = 65_535;
+/// A server must accept client ids of 1 to 23 bytes (MQTT-3.1.3-5).
+const MIN_CLIENT_ID_LENGTH: usize = 23;
+
+/// Command-line flags of `mote`.
+///
+/// Flags override the TOML file given with `--config`, which overrides the defaults.
+#[derive(clap::Parser, Debug, Clone, Default, PartialEq, Eq)]
+#[command(
+    name = "mote",
+    version,
+    about = "Mote: an MQTT 3.1.1 and 5.0 broker",
+    long_about = None
+)]
+pub struct Cli {
+    /// Address of the MQTT listener [default: 127.0.0.1:1883; TOML: mqtt.listen]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub mqtt: Option<SocketAddr>,
+
+    /// Directory of the on-disk store [default: ./mote-data; TOML: storage.data_dir]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Keep all state in memory instead of on disk (lost on exit) [TOML: storage.memory]
+    #[arg(long)]
+    pub memory: bool,
+
+    /// Read configuration from this TOML file (flags still override it)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the merged configuration as TOML and exit
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// When the store syncs to disk: "always", "never" or "every=MS" [default: always; TOML: storage.fsync]
+    #[arg(long, value_name = "POLICY", value_parser = check_fsync_arg)]
+    pub fsync: Option<String>,
+
+    /// Log filter, as a tracing env-filter directive, e.g. "debug" or "info,mote_broker=trace" [default: info; TOML: log.level]
+    #[arg(long, value_name = "LEVEL")]
+    pub log: Option<String>,
+}
+
+/// Lets clap reject a bad `--fsync` with its usual usage message, while the field stays a
+/// `String`.
+fn check_fsync_arg(s: &str) -> Result<String, ParseFsyncError> {
+    s.parse::<FsyncPolicy>().map(|_| s.to_owned())
+}
+
+/// The merged, validated configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Section `[mqtt]`: the listener and every protocol limit.
+    pub mqtt: MqttConfig,
+    /// Section `[storage]`: where and how durably state is kept.
+    pub storage: StorageConfig,
+    /// Section `[log]`: logging.
+    pub log: LogConfig,
+}
+
+/// Section `[mqtt]`: the MQTT listener and the limits it enforces.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Address the MQTT listener binds to (flag `--mqtt`). Default `"127.0.0.1:1883"`.
+    pub listen: SocketAddr,
+    /// Most client connections open at once; further connections are refused.
+    /// Must be at least 1. Default `10000`.
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted, in bytes, counting the whole packet (fixed header
+    /// included); also announced as the v5 Maximum Packet Size. Must be between 64 and
+    /// 268435460. Default `1048576` (1 MiB).
+    pub max_packet_size: u32,
+    /// Largest keep alive, in seconds, a client may use; `0` means no maximum. A v5 client
+    /// asking for more (or for 0) is told this value in Server Keep Alive; a v3.1.1 client
+    /// asking for more is accepted but the broker enforces this value. Default `3600`.
+    pub max_keepalive: u16,
+    /// Time allowed between TCP accept and a complete CONNECT packet, in milliseconds.
+    /// Must be at least 1. Default `10000`.
+    pub connect_timeout_ms: u64,
+    /// Inbound QoS 1/2 PUBLISHes a client may have unacknowledged at once (the v5 Receive
+    /// Maximum the broker announces). Must be at least 1. Default `1024`.
+    pub receive_maximum: u16,
+    /// Outbound QoS 1/2 messages the broker keeps unacknowledged per client (further
+    /// capped by the client's own Receive Maximum). Must be at least 1. Default `256`.
+    pub max_inflight: u16,
+    /// Inbound topic aliases accepted from a v5 client (the Topic Alias Maximum the broker
+    /// announces); `0` disables topic aliases. Default `64`.
+    pub topic_alias_maximum: u16,
+    /// Highest QoS the broker grants and accepts (0, 1 or 2). Default `2`.
+    pub max_qos: u8,
+    /// Whether retained messages are supported. Default `true`.
+    pub retain_available: bool,
+    /// Whether subscriptions may use the wildcards `+` and `#`. Default `true`.
+    pub wildcard_subscriptions: bool,
+    /// Whether v5 Subscription Identifiers are supported. Default `true`.
+    pub subscription_identifiers: bool,
+    /// Whether shared subscriptions (`$share/group/filter`) are supported. Default `true`.
+    pub shared_subscriptions: bool,
+    /// Longest session expiry interval granted, in seconds; `4294967295` means a session
+    /// may never expire. Default `4294967295`.
+    pub max_session_expiry: u32,
+    /// Most messages queued per session (offline and online queue together).
+    /// Must be at least 1. Default `10000`.
+    pub max_queued_messages: usize,
+    /// Most payload bytes queued per session (offline and online queue together).
+    /// Must be at least 1. Default `67108864` (64 MiB).
+    pub max_queued_bytes: usize,
+    /// Longest topic name or topic filter accepted, in bytes. Must be between 1 and
+    /// 65535. Default `65535`.
+    pub max_topic_length: usize,
+    /// Most levels (`/`-separated parts) in a topic name or filter. Must be at least 1.
+    /// Default `128`.
+    pub max_topic_levels: usize,
+    /// Longest client identifier accepted, in bytes. Must be between 23 (the least MQTT
+    /// allows a server to accept) and 65535. Default `256`.
+    pub max_client_id_length: usize,
+    /// Most retained messages kept across all topics. Default `1000000`.
+    pub max_retained_messages: usize,
+    /// Topic filters that may not be subscribed to (the SUBACK says 0x80). A requested
+    /// filter is refused if it equals a listed filter or is matched by a listed wildcard
+    /// filter. Each entry must be a valid topic filter. Default `[]`.
+    pub deny_subscribe: Vec<String>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 1883)),
+            max_connections: 10_000,
+            max_packet_size: 1_048_576,
+            max_keepalive: 3600,
+            connect_timeout_ms: 10_000,
+            receive_maximum: 1024,
+            max_inflight: 256,
+            topic_alias_maximum: 64,
+            max_qos: 2,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            subscription_identifiers: true,
+            shared_subscriptions: true,
+            max_session_expiry: u32::MAX,
+            max_queued_messages: 10_000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            max_topic_length: MAX_MQTT_STRING,
+            max_topic_levels: 128,
+            max_client_id_length: 256,
+            max_retained_messages: 1_000_000,
+            deny_subscribe: Vec::new(),
+        }
+    }
+}
+
+/// Section `[storage]`: the store that keeps sessions, queued, inflight and retained
+/// messages.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory of the on-disk store, created if missing (flag `--data-dir`); unused when
+    /// `memory` is true. Default `"mote-data"` (relative to the working directory).
+    pub data_dir: PathBuf,
+    /// Keep all state in memory instead of on disk; it is lost when the broker exits
+    /// (flag `--memory`). Default `false`.
+    pub memory: bool,
+    /// When the store syncs writes to disk before acknowledging them (flag `--fsync`):
+    /// `"always"` (before every acknowledgement), `"never"` (leave it to the OS), or
+    /// `"every=MS"` (at most MS milliseconds of acknowledged messages may be lost).
+    /// Default `"always"`.
+    pub fsync: FsyncPolicy,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("mote-data"),
+            memory: false,
+            fsync: FsyncPolicy::Always,
+        }
+    }
+}
+
+/// Section `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Log filter as a `tracing` env-filter directive, e.g. `"debug"` or
+    /// `"info,mote_broker=trace"` (flag `--log`). Default `"info"`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// When the store makes writes durable. Written as `"always"`, `"never"` or `"every=MS"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum FsyncPolicy {
+    /// Sync before every acknowledgement (PUBACK/PUBREC); nothing acknowledged is lost.
+    #[default]
+    Always,
+    /// Never sync explicitly; the OS decides. A crash may lose acknowledged messages.
+    Never,
+    /// Sync at this interval (whole milliseconds, at least 1); a crash may lose up to
+    /// this much acknowledged data.
+    Every(Duration),
+}
+
+/// Why a string is not an [`FsyncPolicy`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseFsyncError {
+    /// Not `always`, `never` or `every=MS`.
+    #[error("unknown fsync policy {0:?}: expected \"always\", \"never\" or \"every=MS\"")]
+    Unknown(String),
+    /// `every=` without a number.
+    #[error("fsync policy \"every=MS\" needs a number of milliseconds after '='")]
+    MissingInterval,
+    /// `every=` followed by something that is not a whole number of milliseconds.
+    #[error("fsync policy {0:?}: the interval must be a whole number of milliseconds")]
+    InvalidInterval(String),
+    /// `every=0`.
+    #[error("fsync policy \"every=0\": the interval must be at least 1 ms (use \"always\")")]
+    ZeroInterval,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = ParseFsyncError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        match s {
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => {
+                let Some(ms) = s.strip_prefix("every=") else {
+                    return Err(ParseFsyncError::Unknown(s.to_owned()));
+                };
+                let ms = ms.trim();
+                if ms.is_empty() {
+                    return Err(ParseFsyncError::MissingInterval);
+                }
+                let ms: u64 = ms
+                    .parse()
+                    .map_err(|_| ParseFsyncError::InvalidInterval(s.to_owned()))?;
+                if ms == 0 {
+                    return Err(ParseFsyncError::ZeroInterval);
+                }
+                Ok(Self::Every(Duration::from_millis(ms)))
+            }
+        }
+    }
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Always => f.write_str("always"),
+            Self::Never => f.write_str("never"),
+            Self::Every(d) => write!(f, "every={}", d.as_millis()),
+        }
+    }
+}
+
+impl TryFrom<String> for FsyncPolicy {
+    type Error = ParseFsyncError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<FsyncPolicy> for String {
+    fn from(p: FsyncPolicy) -> Self {
+        p.to_string()
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file named by `--config` (if any), then the flags.
+    /// The result is validated; errors name the file and the offending key.
+    pub fn load(cli: &Cli) -> anyhow::Result<Config> {
+        let mut config = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                Self::parse_toml(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_cli(cli)?;
+        config.validate().with_context(|| match &cli.config {
+            Some(path) => format!("invalid configuration (from {} and flags)", path.display()),
+            None => "invalid configuration (from flags)".to_owned(),
+        })?;
+        Ok(config)
+    }
+
+    /// Parses TOML file content over the defaults and validates the result.
+    pub fn from_toml_str(s: &str) -> anyhow::Result<Config> {
+        let config = Self::parse_toml(s)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value is in range; the error names the key (`section.key`).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let m = &self.mqtt;
+        ensure!(
+            m.max_connections >= 1,
+            "mqtt.max_connections must be at least 1 (got 0)"
+        );
+        ensure!(
+            (MIN_MQTT_PACKET_SIZE..=MAX_MQTT_PACKET_SIZE).contains(&m.max_packet_size),
+            "mqtt.max_packet_size must be between {MIN_MQTT_PACKET_SIZE} and \
+             {MAX_MQTT_PACKET_SIZE} bytes (got {})",
+            m.max_packet_size
+        );
+        ensure!(
+            m.connect_timeout_ms >= 1,
+            "mqtt.connect_timeout_ms must be at least 1 (got 0)"
+        );
+        ensure!(
+            m.receive_maximum >= 1,
+            "mqtt.receive_maximum must be at least 1 (got 0)"
+        );
+        ensure!(
+            m.max_inflight >= 1,
+            "mqtt.max_inflight must be at least 1 (got 0)"
+        );
+        ensure!(
+            m.max_qos <= 2,
+            "mqtt.max_qos must be 0, 1 or 2 (got {})",
+            m.max_qos
+        );
+        ensure!(
+            m.max_queued_messages >= 1,
+            "mqtt.max_queued_messages must be at least 1 (got 0)"
+        );
+        ensure!(
+            m.max_queued_bytes >= 1,
+            "mqtt.max_queued_bytes must be at least 1 (got 0)"
+        );
+        ensure!(
+            (1..=MAX_MQTT_STRING).contains(&m.max_topic_length),
+            "mqtt.max_topic_length must be between 1 and {MAX_MQTT_STRING} (got {})",
+            m.max_topic_length
+        );
+        ensure!(
+            m.max_topic_levels >= 1,
+            "mqtt.max_topic_levels must be at least 1 (got 0)"
+        );
+        ensure!(
+            (MIN_CLIENT_ID_LENGTH..=MAX_MQTT_STRING).contains(&m.max_client_id_length),
+            "mqtt.max_client_id_length must be between {MIN_CLIENT_ID_LENGTH} and \
+             {MAX_MQTT_STRING} (got {})",
+            m.max_client_id_length
+        );
+        for (i, filter) in m.deny_subscribe.iter().enumerate() {
+            if let Err(why) = check_topic_filter(filter) {
+                bail!("mqtt.deny_subscribe[{i}] = {filter:?} is not a valid topic filter: {why}");
+            }
+        }
+
+        let s = &self.storage;
+        if !s.memory {
+            ensure!(
+                !s.data_dir.as_os_str().is_empty(),
+                "storage.data_dir must not be empty (or set storage.memory = true)"
+            );
+        }
+        if let FsyncPolicy::Every(d) = s.fsync {
+            ensure!(
+                d >= Duration::from_millis(1),
+                "storage.fsync interval must be at least 1 ms (got {d:?})"
+            );
+        }
+
+        ensure!(
+            !self.log.level.trim().is_empty(),
+            "log.level must not be empty (e.g. \"info\")"
+        );
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            bail!(
+                "log.level = {:?} is not a valid tracing filter: {e}",
+                self.log.level
+            );
+        }
+        Ok(())
+    }
+
+    /// The configuration as a TOML document (what `--print-config` prints); parsing it
+    /// with [`Config::from_toml_str`] gives back an equal `Config`.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self).context("cannot write configuration as TOML")
+    }
+
+    /// TOML over defaults, without validation (flags may still change values).
+    fn parse_toml(s: &str) -> anyhow::Result<Config> {
+        // toml's error already names the unknown or mistyped key and shows the line.
+        toml::from_str(s).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+    }
+
+    /// Applies the flags that override configuration values.
+    fn apply_cli(&mut self, cli: &Cli) -> anyhow::Result<()> {
+        if let Some(addr) = cli.mqtt {
+            self.mqtt.listen = addr;
+        }
+        if let Some(dir) = &cli.data_dir {
+            self.storage.data_dir.clone_from(dir);
+        }
+        if cli.memory {
+            self.storage.memory = true;
+        }
+        if let Some(policy) = &cli.fsync {
+            self.storage.fsync = policy
+                .parse()
+                .with_context(|| format!("invalid --fsync {policy:?}"))?;
+        }
+        if let Some(level) = &cli.log {
+            self.log.level.clone_from(level);
+        }
+        Ok(())
+    }
+}
+
+/// Syntax of an MQTT topic filter: non-empty, no NUL, `#` only as the whole last level,
+/// `+` only as a whole level, at most 65535 bytes.
+fn check_topic_filter(filter: &str) -> Result<(), &'static str> {
+    if filter.is_empty() {
+        return Err("it is empty");
+    }
+    if filter.len() > MAX_MQTT_STRING {
+        return Err("it is longer than 65535 bytes");
+    }
+    if filter.contains('\0') {
+        return Err("it contains a NUL character");
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
+            return Err("'#' must be a whole level and the last one");
+        }
+        if level.contains('+') && level != "+" {
+            return Err("'+' must be a whole level");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    /// A file in the temp dir, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, content: &str) -> Self {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let path = std::env::temp_dir().join(format!(
+                "mote-config-test-{}-{nanos}-{name}.toml",
+                std::process::id()
+            ));
+            std::fs::write(&path, content).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn err_text(r: anyhow::Result<Config>) -> String {
+        format!("{:#}", r.unwrap_err())
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.mqtt.listen, "127.0.0.1:1883".parse().unwrap());
+        assert_eq!(c.mqtt.max_packet_size, 1_048_576);
+        assert_eq!(c.mqtt.max_keepalive, 3600);
+        assert_eq!(c.mqtt.max_session_expiry, u32::MAX);
+        assert_eq!(c.mqtt.max_queued_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.storage.data_dir, PathBuf::from("mote-data"));
+        assert!(!c.storage.memory);
+        assert_eq!(c.storage.fsync, FsyncPolicy::Always);
+        assert_eq!(c.log.level, "info");
+    }
+
+    #[test]
+    fn empty_toml_is_defaults() {
+        assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn partial_toml_keeps_other_defaults() {
+        let c = Config::from_toml_str(
+            "[mqtt]\nmax_keepalive = 60\ndeny_subscribe = [\"test/nosubscribe\"]\n",
+        )
+        .unwrap();
+        let mut expected = Config::default();
+        expected.mqtt.max_keepalive = 60;
+        expected.mqtt.deny_subscribe = vec!["test/nosubscribe".to_owned()];
+        assert_eq!(c, expected);
+    }
+
+    #[test]
+    fn unknown_key_rejected_with_its_name() {
+        let e = err_text(Config::from_toml_str("[mqtt]\nmax_keepalve = 60\n"));
+        assert!(e.contains("max_keepalve"), "{e}");
+        let e = err_text(Config::from_toml_str("[storage]\nfsink = \"never\"\n"));
+        assert!(e.contains("fsink"), "{e}");
+        let e = err_text(Config::from_toml_str("[mqt]\nlisten = \"0.0.0.0:1\"\n"));
+        assert!(e.contains("mqt"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_rejected_with_key_name() {
+        let e = err_text(Config::from_toml_str("[mqtt]\nmax_qos = \"two\"\n"));
+        assert!(e.contains("max_qos"), "{e}");
+        let e = err_text(Config::from_toml_str("[storage]\nfsync = \"sometimes\"\n"));
+        assert!(e.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn fsync_parse_display_round_trip() {
+        for (s, p) in [
+            ("always", FsyncPolicy::Always),
+            ("never", FsyncPolicy::Never),
+            ("every=10", FsyncPolicy::Every(Duration::from_millis(10))),
+            ("every=1", FsyncPolicy::Every(Duration::from_millis(1))),
+        ] {
+            assert_eq!(s.parse::<FsyncPolicy>().unwrap(), p);
+            assert_eq!(p.to_string(), s);
+            assert_eq!(p.to_string().parse::<FsyncPolicy>().unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn fsync_parse_errors() {
+        assert_eq!(
+            "every=".parse::<FsyncPolicy>(),
+            Err(ParseFsyncError::MissingInterval)
+        );
+        assert!(matches!(
+            "every=abc".parse::<FsyncPolicy>(),
+            Err(ParseFsyncError::InvalidInterval(_))
+        ));
+        assert!(matches!(
+            "every=-5".parse::<FsyncPolicy>(),
+            Err(ParseFsyncError::InvalidInterval(_))
+        ));
+        assert_eq!(
+            "every=0".parse::<FsyncPolicy>(),
+            Err(ParseFsyncError::ZeroInterval)
+        );
+        assert_eq!(
+            "sometimes".parse::<FsyncPolicy>(),
+            Err(ParseFsyncError::Unknown("sometimes".to_owned()))
+        );
+        assert!("Always".parse::<FsyncPolicy>().is_err());
+        assert!("".parse::<FsyncPolicy>().is_err());
+        let msg = "sometimes".parse::<FsyncPolicy>().unwrap_err().to_string();
+        assert!(
+            msg.contains("sometimes") && msg.contains("every=MS"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn to_toml_round_trip() {
+        let mut c = Config::default();
+        c.mqtt.listen = "[::1]:18830".parse().unwrap();
+        c.mqtt.max_keepalive = 0;
+        c.mqtt.deny_subscribe = vec!["a/+/c".to_owned(), "$SYS/#".to_owned()];
+        c.storage.fsync = FsyncPolicy::Every(Duration::from_millis(25));
+        c.storage.data_dir = PathBuf::from("/var/lib/mote");
+        c.log.level = "info,mote_broker=debug".to_owned();
+        for config in [Config::default(), c] {
+            let text = config.to_toml().unwrap();
+            assert!(
+                text.contains("[mqtt]") && text.contains("[storage]"),
+                "{text}"
+            );
+            assert_eq!(Config::from_toml_str(&text).unwrap(), config, "{text}");
+        }
+        let text = Config::default().to_toml().unwrap();
+        assert!(text.contains("fsync = \"always\""), "{text}");
+    }
+
+    #[test]
+    fn invalid_ranges_rejected_with_key_name() {
+        for (toml, key) in [
+            ("[mqtt]\nreceive_maximum = 0", "mqtt.receive_maximum"),
+            ("[mqtt]\nmax_qos = 3", "mqtt.max_qos"),
+            ("[mqtt]\nmax_packet_size = 10", "mqtt.max_packet_size"),
+            (
+                "[mqtt]\nmax_packet_size = 268435461",
+                "mqtt.max_packet_size",
+            ),
+            ("[mqtt]\nmax_inflight = 0", "mqtt.max_inflight"),
+            ("[mqtt]\nmax_connections = 0", "mqtt.max_connections"),
+            ("[mqtt]\nmax_topic_length = 0", "mqtt.max_topic_length"),
+            (
+                "[mqtt]\nmax_client_id_length = 5",
+                "mqtt.max_client_id_length",
+            ),
+            (
+                "[mqtt]\ndeny_subscribe = [\"a/#/b\"]",
+                "mqtt.deny_subscribe[0]",
+            ),
+            (
+                "[mqtt]\ndeny_subscribe = [\"ok\", \"a+\"]",
+                "mqtt.deny_subscribe[1]",
+            ),
+            ("[mqtt]\ndeny_subscribe = [\"\"]", "mqtt.deny_subscribe[0]"),
+            ("[storage]\ndata_dir = \"\"", "storage.data_dir"),
+            ("[log]\nlevel = \"\"", "log.level"),
+        ] {
+            let e = err_text(Config::from_toml_str(toml));
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        // Boundaries are accepted.
+        Config::from_toml_str("[mqtt]\nmax_packet_size = 64\nmax_qos = 0\nreceive_maximum = 1")
+            .unwrap();
+        Config::from_toml_str("[mqtt]\nmax_packet_size = 268435460").unwrap();
+        Config::from_toml_str("[storage]\ndata_dir = \"\"\nmemory = true").unwrap();
+    }
+
+    #[test]
+    fn load_without_file_or_flags_is_defaults() {
+        let cli = Cli::try_parse_from(["mote"]).unwrap();
+        assert_eq!(Config::load(&cli).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file = TempFile::new(
+            "override",
+            "[mqtt]\nlisten = \"0.0.0.0:2000\"\nmax_keepalive = 60\n\
+             [storage]\ndata_dir = \"from-file\"\nfsync = \"never\"\n\
+             [log]\nlevel = \"warn\"\n",
+        );
+        let path = file.0.to_str().unwrap();
+
+        // The file alone.
+        let cli = Cli::try_parse_from(["mote", "--config", path]).unwrap();
+        let c = Config::load(&cli).unwrap();
+        assert_eq!(c.mqtt.listen, "0.0.0.0:2000".parse().unwrap());
+        assert_eq!(c.mqtt.max_keepalive, 60);
+        assert_eq!(c.storage.data_dir, PathBuf::from("from-file"));
+        assert_eq!(c.storage.fsync, FsyncPolicy::Never);
+        assert_eq!(c.log.level, "warn");
+
+        // Flags win; what no flag sets still comes from the file.
+        let cli = Cli::try_parse_from([
+            "mote",
+            "--config",
+            path,
+            "--mqtt",
+            "127.0.0.1:2001",
+            "--data-dir",
+            "from-flag",
+            "--memory",
+            "--fsync",
+            "every=5",
+            "--log",
+            "debug",
+        ])
+        .unwrap();
+        let c = Config::load(&cli).unwrap();
+        assert_eq!(c.mqtt.listen, "127.0.0.1:2001".parse().unwrap());
+        assert_eq!(c.mqtt.max_keepalive, 60);
+        assert_eq!(c.storage.data_dir, PathBuf::from("from-flag"));
+        assert!(c.storage.memory);
+        assert_eq!(
+            c.storage.fsync,
+            FsyncPolicy::Every(Duration::from_millis(5))
+        );
+        assert_eq!(c.log.level, "debug");
+    }
+
+    #[test]
+    fn load_errors_name_file_and_key() {
+        let file = TempFile::new("bad", "[mqtt]\nbogus_key = 1\n");
+        let cli = Cli {
+            config: Some(file.0.clone()),
+            ..Cli::default()
+        };
+        let e = err_text(Config::load(&cli));
+        assert!(e.contains("bogus_key"), "{e}");
+        assert!(e.contains(&*file.0.to_string_lossy()), "{e}");
+
+        let file = TempFile::new("range", "[mqtt]\nmax_qos = 3\n");
+        let cli = Cli {
+            config: Some(file.0.clone()),
+            ..Cli::default()
+        };
+        let e = err_text(Config::load(&cli));
+        assert!(e.contains("mqtt.max_qos"), "{e}");
+
+        let cli = Cli {
+            config: Some(PathBuf::from("/nonexistent/mote-config.toml")),
+            ..Cli::default()
+        };
+        let e = err_text(Config::load(&cli));
+        assert!(e.contains("/nonexistent/mote-config.toml"), "{e}");
+    }
+
+    #[test]
+    fn cli_rejects_bad_values() {
+        assert!(Cli::try_parse_from(["mote", "--fsync", "sometimes"]).is_err());
+        assert!(Cli::try_parse_from(["mote", "--fsync", "every="]).is_err());
+        assert!(Cli::try_parse_from(["mote", "--mqtt", "not-an-address"]).is_err());
+        // A bad --fsync built without clap is still caught by load.
+        let cli = Cli {
+            fsync: Some("every=abc".to_owned()),
+            ..Cli::default()
+        };
+        let e = err_text(Config::load(&cli));
+        assert!(e.contains("--fsync"), "{e}");
+    }
+
+    #[test]
+    fn cli_parses_flags() {
+        let cli = Cli::try_parse_from([
+            "mote",
+            "--mqtt",
+            "0.0.0.0:1884",
+            "--memory",
+            "--print-config",
+        ])
+        .unwrap();
+        assert_eq!(cli.mqtt, Some("0.0.0.0:1884".parse().unwrap()));
+        assert!(cli.memory);
+        assert!(cli.print_config);
+        assert_eq!(cli.config, None);
+    }
+
+    #[test]
+    fn cli_debug_assert() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,1047 @@
+//! The broker's protocol core: every MQTT rule that spans sessions, without I/O.
+//!
+//! A connection task decodes packets and hands them to [`Core`] under one lock; the core
+//! writes the connection's replies into a buffer and names the other connections to wake
+//! ([`Effects`]). Time is passed in, so the whole core runs under tests with virtual time.
+//!
+//! Routing: the [`SubscriptionTree`] maps filters to `(client, share group)` keys. A
+//! publish is delivered once per client at the highest matching QoS with every matching
+//! subscription identifier, and once per shared group to one member (online first, round
+//! robin).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use mote_codec::{
+    reason, topic, Ack, ConnAck, Connect, Disconnect, Packet, Properties, Protocol, Publish, QoS,
+    RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use tokio::sync::Notify;
+
+use crate::config::MqttConfig;
+use crate::message::{encode_user_properties, Message};
+use crate::session::{
+    write_packet, Delivery, Kick, Link, Phase, QueueLimits, Session, Subscription, WillState,
+};
+use crate::trie::SubscriptionTree;
+
+/// Key of a subscription in the trie: the client and, for shared subscriptions, the group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubKey {
+    client: Arc<str>,
+    group: Option<Arc<str>>,
+}
+
+/// What the trie stores per subscription.
+#[derive(Debug, Clone)]
+pub struct SubEntry {
+    qos: QoS,
+    no_local: bool,
+    retain_as_published: bool,
+    id: Option<u32>,
+}
+
+/// A shared subscription: its group and its (inner) filter.
+type GroupKey = (Arc<str>, Arc<str>);
+
+/// Connections to wake once the lock is released.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Notifiers of connections with new deliveries (or a kick).
+    pub wake: Vec<Arc<Notify>>,
+}
+
+impl Effects {
+    /// Wakes every connection named, consuming the list.
+    pub fn run(&mut self) {
+        for n in self.wake.drain(..) {
+            n.notify_one();
+        }
+    }
+}
+
+/// How a connection ended, as the core needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// DISCONNECT from the client; `will` when its reason was 0x04.
+    Normal {
+        /// Publish the will anyway (v5 reason 0x04).
+        will: bool,
+    },
+    /// Anything else: network loss, keepalive, protocol error, shutdown.
+    Abnormal,
+}
+
+/// Why the core wants the connection closed after a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// The client disconnected normally.
+    Disconnected {
+        /// v5 reason 0x04: publish the will.
+        will: bool,
+    },
+    /// Protocol violation: send DISCONNECT with this v5 reason, then close.
+    Error(u8),
+    /// Another connection took the session over; close silently.
+    TakenOver,
+}
+
+/// A successful CONNECT.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The (possibly assigned) client id.
+    pub client_id: Arc<str>,
+    /// The connection's id.
+    pub conn_id: u64,
+    /// Keep alive to enforce, seconds (0 = none).
+    pub keep_alive: u16,
+    /// Protocol of the connection.
+    pub protocol: Protocol,
+}
+
+/// Counters of the whole broker.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// PUBLISH packets received.
+    pub publish_received: u64,
+    /// Deliveries queued to sessions.
+    pub deliveries: u64,
+    /// Deliveries dropped because a session queue was full.
+    pub dropped_overflow: u64,
+}
+
+/// The broker state: sessions, subscriptions, retained messages.
+#[derive(Debug)]
+pub struct Core {
+    cfg: Arc<MqttConfig>,
+    limits: QueueLimits,
+    sessions: HashMap<Arc<str>, Session>,
+    subs: SubscriptionTree<SubKey, SubEntry>,
+    shared_rr: HashMap<GroupKey, usize>,
+    retained: HashMap<Arc<str>, Arc<Message>>,
+    next_conn_id: u64,
+    next_assigned: u64,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl Core {
+    /// An empty broker with the limits of `cfg`.
+    pub fn new(cfg: Arc<MqttConfig>) -> Core {
+        let limits = QueueLimits {
+            max_messages: cfg.max_queued_messages,
+            max_bytes: cfg.max_queued_bytes,
+            max_inflight: cfg.max_inflight,
+        };
+        Core {
+            cfg,
+            limits,
+            sessions: HashMap::new(),
+            subs: SubscriptionTree::new(),
+            shared_rr: HashMap::new(),
+            retained: HashMap::new(),
+            next_conn_id: 1,
+            next_assigned: 1,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Number of sessions (online and offline).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Handles CONNECT: CONNACK into `out`; on success the session is attached to a new
+    /// link woken through `notify` and closed through `kick`.
+    pub fn connect(
+        &mut self,
+        c: &Connect<'_>,
+        notify: Arc<Notify>,
+        kick: Arc<Kick>,
+        now: Instant,
+        out: &mut BytesMut,
+        fx: &mut Effects,
+    ) -> Option<Accepted> {
+        let protocol = c.protocol;
+        let v5 = protocol.is_v5();
+        let refuse = |out: &mut BytesMut, v3: u8, v5code: u8| {
+            let code = if v5 { v5code } else { v3 };
+            let ack = ConnAck {
+                session_present: false,
+                code,
+                properties: Properties::default(),
+            };
+            write_packet(out, protocol, &Packet::ConnAck(ack));
+            None
+        };
+        if c.client_id.is_empty() && !v5 && !c.clean_start {
+            return refuse(out, reason::v3::IDENTIFIER_REJECTED, 0);
+        }
+        if c.client_id.len() > self.cfg.max_client_id_length {
+            return refuse(
+                out,
+                reason::v3::IDENTIFIER_REJECTED,
+                reason::CLIENT_IDENTIFIER_NOT_VALID,
+            );
+        }
+        if c.properties.authentication_method.is_some() {
+            return refuse(
+                out,
+                reason::v3::NOT_AUTHORIZED,
+                reason::BAD_AUTHENTICATION_METHOD,
+            );
+        }
+        if let Some(w) = &c.will {
+            if w.qos as u8 > self.cfg.max_qos {
+                return refuse(out, reason::v3::NOT_AUTHORIZED, reason::QOS_NOT_SUPPORTED);
+            }
+            if w.retain && !self.cfg.retain_available {
+                return refuse(
+                    out,
+                    reason::v3::NOT_AUTHORIZED,
+                    reason::RETAIN_NOT_SUPPORTED,
+                );
+            }
+            if w.topic.len() > self.cfg.max_topic_length || w.topic.starts_with('$') {
+                return refuse(out, reason::v3::NOT_AUTHORIZED, reason::TOPIC_NAME_INVALID);
+            }
+        }
+        let assigned = c.client_id.is_empty();
+        let client_id: Arc<str> = if assigned {
+            let id = format!("mote-{:x}-{}", std::process::id(), self.next_assigned);
+            self.next_assigned += 1;
+            Arc::from(id)
+        } else {
+            Arc::from(c.client_id)
+        };
+
+        // Takeover and session resumption.
+        if let Some(old) = self.sessions.get_mut(&client_id) {
+            if let Some(link) = old.link.take() {
+                let reason = reason::SESSION_TAKEN_OVER;
+                link.kick.set(reason);
+                fx.wake.push(link.notify);
+                tracing::info!(client = %client_id, "session taken over");
+                self.link_ended(&client_id, End::Abnormal, true, now, fx);
+            }
+        }
+        let mut session_present = false;
+        if let Some(old) = self.sessions.get_mut(&client_id) {
+            if c.clean_start {
+                self.end_session(&client_id, now, fx);
+            } else {
+                // Reconnecting before the will delay ran out cancels the will.
+                old.will = None;
+                old.will_at = None;
+                old.expires_at = None;
+                session_present = true;
+            }
+        }
+
+        let max_expiry = self.cfg.max_session_expiry;
+        let requested_expiry = if v5 {
+            c.properties.session_expiry_interval.unwrap_or(0)
+        } else if c.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry = requested_expiry.min(max_expiry);
+
+        let mut keep_alive = c.keep_alive;
+        let mut server_keep_alive = None;
+        let max_ka = self.cfg.max_keepalive;
+        if v5 && max_ka > 0 && (keep_alive == 0 || keep_alive > max_ka) {
+            keep_alive = max_ka;
+            server_keep_alive = Some(max_ka);
+        }
+
+        let conn_id = self.next_conn_id;
+        self.next_conn_id += 1;
+        let link = Link {
+            conn_id,
+            notify,
+            kick,
+            protocol,
+            client_receive_max: c.properties.receive_maximum.unwrap_or(u16::MAX),
+            client_max_packet: c.properties.maximum_packet_size.unwrap_or(u32::MAX),
+            client_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
+            alias_out: HashMap::new(),
+            alias_in: HashMap::new(),
+            request_problem_info: c.properties.request_problem_information.unwrap_or(true),
+        };
+        let will = c.will.as_ref().map(|w| {
+            let publish = Publish {
+                dup: false,
+                qos: w.qos,
+                retain: w.retain,
+                topic: w.topic,
+                packet_id: 0,
+                properties: w.properties,
+                payload: w.payload,
+            };
+            let mut msg =
+                Message::from_publish(&publish, Arc::from(w.topic), Some(client_id.clone()), now);
+            msg.expires_at = None;
+            WillState {
+                msg: Arc::new(msg),
+                delay: if v5 {
+                    w.properties.will_delay_interval.unwrap_or(0)
+                } else {
+                    0
+                },
+                expiry: w.properties.message_expiry_interval,
+            }
+        });
+
+        let session = self
+            .sessions
+            .entry(client_id.clone())
+            .or_insert_with(|| Session::new(client_id.clone()));
+        session.expiry_interval = expiry;
+        session.link = Some(link);
+        session.will = will;
+
+        let mut props = Properties::default();
+        if v5 {
+            let cfg = &self.cfg;
+            props.receive_maximum = Some(cfg.receive_maximum);
+            props.maximum_packet_size = Some(cfg.max_packet_size);
+            props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+            if cfg.max_qos < 2 {
+                props.maximum_qos = Some(cfg.max_qos);
+            }
+            props.retain_available = Some(cfg.retain_available);
+            props.wildcard_subscription_available = Some(cfg.wildcard_subscriptions);
+            props.subscription_identifier_available = Some(cfg.subscription_identifiers);
+            props.shared_subscription_available = Some(cfg.shared_subscriptions);
+            props.server_keep_alive = server_keep_alive;
+            if expiry != requested_expiry {
+                props.session_expiry_interval = Some(expiry);
+            }
+            if assigned {
+                props.assigned_client_identifier = Some(&client_id);
+            }
+        }
+        let ack = ConnAck {
+            session_present,
+            code: 0,
+            properties: props,
+        };
+        write_packet(out, protocol, &Packet::ConnAck(ack));
+        tracing::debug!(client = %client_id, ?protocol, session_present, "connected");
+
+        if session_present {
+            session.resend_inflight(out, now);
+        }
+        session.drain(out, &self.limits, now);
+        Some(Accepted {
+            client_id,
+            conn_id,
+            keep_alive,
+            protocol,
+        })
+    }
+
+    /// The session of `client` if connection `conn_id` still owns it.
+    fn owned(&mut self, client: &str, conn_id: u64) -> Option<&mut Session> {
+        owned(&mut self.sessions, client, conn_id)
+    }
+
+    /// Sends queued deliveries of `client` that fit its window.
+    pub fn drain(
+        &mut self,
+        client: &str,
+        conn_id: u64,
+        now: Instant,
+        out: &mut BytesMut,
+    ) -> Result<(), Close> {
+        let limits = self.limits;
+        let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
+        s.drain(out, &limits, now);
+        Ok(())
+    }
+
+    /// Handles one packet of an established connection.
+    ///
+    /// # Errors
+    /// [`Close`] when the connection must end.
+    pub fn handle(
+        &mut self,
+        client: &Arc<str>,
+        conn_id: u64,
+        packet: &Packet<'_>,
+        now: Instant,
+        out: &mut BytesMut,
+        fx: &mut Effects,
+    ) -> Result<(), Close> {
+        let limits = self.limits;
+        let max_expiry = self.cfg.max_session_expiry;
+        let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
+        let protocol = s.link.as_ref().map_or(Protocol::V311, |l| l.protocol);
+        let v5 = protocol.is_v5();
+        match packet {
+            Packet::Publish(p) => return self.handle_publish(client, conn_id, p, now, out, fx),
+            Packet::PubAck(a) => {
+                if !s.complete(a.packet_id, Phase::Published, QoS::AtLeastOnce) {
+                    tracing::debug!(client = %client, id = a.packet_id, "PUBACK for unknown packet id");
+                }
+            }
+            Packet::PubRec(a) => {
+                let known = s.received(a.packet_id, a.reason);
+                if a.reason < 0x80 {
+                    let mut rel = Ack::new(a.packet_id);
+                    if !known && v5 {
+                        rel.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
+                    }
+                    write_packet(out, protocol, &Packet::PubRel(rel));
+                }
+            }
+            Packet::PubRel(a) => {
+                let mut comp = Ack::new(a.packet_id);
+                if !s.inbound_qos2.remove(&a.packet_id) && v5 {
+                    comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                write_packet(out, protocol, &Packet::PubComp(comp));
+            }
+            Packet::PubComp(a) => {
+                if !s.complete(a.packet_id, Phase::Released, QoS::ExactlyOnce) {
+                    tracing::debug!(client = %client, id = a.packet_id, "PUBCOMP for unknown packet id");
+                }
+            }
+            Packet::Subscribe(sub) => return self.handle_subscribe(client, conn_id, sub, now, out),
+            Packet::Unsubscribe(u) => return self.handle_unsubscribe(client, conn_id, u, out),
+            Packet::PingReq => write_packet(out, protocol, &Packet::PingResp),
+            Packet::Disconnect(d) => {
+                if v5 {
+                    if let Some(e) = d.properties.session_expiry_interval {
+                        if s.expiry_interval == 0 && e != 0 {
+                            return Err(Close::Error(reason::PROTOCOL_ERROR));
+                        }
+                        s.expiry_interval = e.min(max_expiry);
+                    }
+                }
+                return Err(Close::Disconnected {
+                    will: d.reason == reason::DISCONNECT_WITH_WILL,
+                });
+            }
+            Packet::Auth(_) => return Err(Close::Error(reason::BAD_AUTHENTICATION_METHOD)),
+            _ => return Err(Close::Error(reason::PROTOCOL_ERROR)),
+        }
+        if let Some(s) = self.owned(client, conn_id) {
+            s.drain(out, &limits, now);
+        }
+        Ok(())
+    }
+
+    fn handle_publish(
+        &mut self,
+        client: &Arc<str>,
+        conn_id: u64,
+        p: &Publish<'_>,
+        now: Instant,
+        out: &mut BytesMut,
+        fx: &mut Effects,
+    ) -> Result<(), Close> {
+        self.stats.publish_received += 1;
+        let cfg = self.cfg.clone();
+        let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
+        let Some(link) = s.link.as_mut() else {
+            return Err(Close::TakenOver);
+        };
+        let protocol = link.protocol;
+        let v5 = protocol.is_v5();
+        if p.qos as u8 > cfg.max_qos {
+            return Err(Close::Error(reason::QOS_NOT_SUPPORTED));
+        }
+        if p.retain && !cfg.retain_available {
+            return Err(Close::Error(reason::RETAIN_NOT_SUPPORTED));
+        }
+        // Topic alias resolution (per connection, client -> broker direction).
+        let topic: Arc<str> = match p.properties.topic_alias {
+            Some(alias) if alias > cfg.topic_alias_maximum => {
+                return Err(Close::Error(reason::TOPIC_ALIAS_INVALID));
+            }
+            Some(alias) if p.topic.is_empty() => match link.alias_in.get(&alias) {
+                Some(t) => t.clone(),
+                None => return Err(Close::Error(reason::PROTOCOL_ERROR)),
+            },
+            Some(alias) => {
+                let t: Arc<str> = Arc::from(p.topic);
+                link.alias_in.insert(alias, t.clone());
+                t
+            }
+            None => Arc::from(p.topic),
+        };
+        if topic.len() > cfg.max_topic_length || topic.split('/').count() > cfg.max_topic_levels {
+            return Err(Close::Error(reason::TOPIC_NAME_INVALID));
+        }
+        let mut code = reason::SUCCESS;
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(p.payload).is_err()
+        {
+            if p.qos == QoS::AtMostOnce {
+                return Err(Close::Error(reason::PAYLOAD_FORMAT_INVALID));
+            }
+            code = reason::PAYLOAD_FORMAT_INVALID;
+        }
+        if p.qos == QoS::ExactlyOnce {
+            if s.inbound_qos2.contains(&p.packet_id) {
+                // A re-sent PUBLISH of a flow we already hold: acknowledge, don't deliver again.
+                write_packet(out, protocol, &Packet::PubRec(Ack::new(p.packet_id)));
+                return Ok(());
+            }
+            if s.inbound_qos2.len() >= usize::from(cfg.receive_maximum) {
+                return Err(Close::Error(reason::RECEIVE_MAXIMUM_EXCEEDED));
+            }
+        }
+        // `$` topics belong to the broker: clients may not publish into them.
+        let routed = if code == reason::SUCCESS && !topic.starts_with('$') {
+            let msg = Arc::new(Message::from_publish(p, topic, Some(client.clone()), now));
+            self.publish(msg, now, fx)
+        } else {
+            0
+        };
+        if code == reason::SUCCESS && routed == 0 && v5 {
+            code = reason::NO_MATCHING_SUBSCRIBERS;
+        }
+        let mut ack = Ack::new(p.packet_id);
+        ack.reason = if v5 { code } else { 0 };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => write_packet(out, protocol, &Packet::PubAck(ack)),
+            QoS::ExactlyOnce => {
+                if code < 0x80 {
+                    if let Some(s) = self.owned(client, conn_id) {
+                        s.inbound_qos2.insert(p.packet_id);
+                    }
+                }
+                write_packet(out, protocol, &Packet::PubRec(ack));
+            }
+        }
+        let limits = self.limits;
+        if let Some(s) = self.owned(client, conn_id) {
+            s.drain(out, &limits, now);
+        }
+        Ok(())
+    }
+
+    /// Routes `msg` to every matching subscription and stores/deletes it as retained.
+    /// Returns the number of sessions it was queued for.
+    pub fn publish(&mut self, msg: Arc<Message>, now: Instant, fx: &mut Effects) -> usize {
+        if msg.retain {
+            if msg.payload.is_empty() {
+                self.retained.remove(&msg.topic);
+            } else if self.retained.len() < self.cfg.max_retained_messages
+                || self.retained.contains_key(&msg.topic)
+            {
+                self.retained.insert(msg.topic.clone(), msg.clone());
+            } else {
+                tracing::warn!(topic = %msg.topic, "retained message limit reached; not retained");
+            }
+        }
+        struct Target {
+            qos: QoS,
+            retain: bool,
+            sub_ids: Vec<u32>,
+        }
+        let mut direct: HashMap<Arc<str>, Target> = HashMap::new();
+        let mut groups: HashMap<GroupKey, Vec<(Arc<str>, SubEntry)>> = HashMap::new();
+        self.subs
+            .for_each_match(&msg.topic, |filter, key, entry| match &key.group {
+                None => {
+                    if entry.no_local && msg.publisher.as_deref() == Some(&*key.client) {
+                        return;
+                    }
+                    let t = direct.entry(key.client.clone()).or_insert(Target {
+                        qos: QoS::AtMostOnce,
+                        retain: false,
+                        sub_ids: Vec::new(),
+                    });
+                    t.qos = t.qos.max(entry.qos);
+                    t.retain |= entry.retain_as_published && msg.retain;
+                    if let Some(id) = entry.id {
+                        t.sub_ids.push(id);
+                    }
+                }
+                Some(group) => groups
+                    .entry((group.clone(), Arc::from(filter)))
+                    .or_default()
+                    .push((key.client.clone(), entry.clone())),
+            });
+        let mut count = 0;
+        for (client, t) in direct {
+            let d = Delivery {
+                qos: msg.qos.min(t.qos),
+                retain: t.retain,
+                sub_ids: t.sub_ids,
+                msg: msg.clone(),
+                shared: None,
+            };
+            count += usize::from(self.deliver(&client, d, now, fx));
+        }
+        for ((group, filter), mut members) in groups {
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            if let Some(client) = self.pick_member(&group, &filter, &members, None) {
+                if let Some((_, e)) = members.iter().find(|m| m.0 == client) {
+                    let d = Delivery {
+                        qos: msg.qos.min(e.qos),
+                        retain: e.retain_as_published && msg.retain,
+                        sub_ids: e.id.into_iter().collect(),
+                        msg: msg.clone(),
+                        shared: Some((group.clone(), filter.clone())),
+                    };
+                    count += usize::from(self.deliver(&client, d, now, fx));
+                }
+            }
+        }
+        count
+    }
+
+    /// Chooses the member of a shared group to receive the next message: round robin over
+    /// online members, or over all members when none is online; never `exclude`.
+    fn pick_member(
+        &mut self,
+        group: &Arc<str>,
+        filter: &Arc<str>,
+        members: &[(Arc<str>, SubEntry)],
+        exclude: Option<&str>,
+    ) -> Option<Arc<str>> {
+        let candidates: Vec<&Arc<str>> = members
+            .iter()
+            .map(|m| &m.0)
+            .filter(|c| Some(&***c) != exclude)
+            .collect();
+        let online: Vec<&Arc<str>> = candidates
+            .iter()
+            .copied()
+            .filter(|c| self.sessions.get(&***c).is_some_and(Session::online))
+            .collect();
+        let pool = if online.is_empty() {
+            &candidates
+        } else {
+            &online
+        };
+        if pool.is_empty() {
+            return None;
+        }
+        let rr = self
+            .shared_rr
+            .entry((group.clone(), filter.clone()))
+            .or_insert(0);
+        let chosen = pool[*rr % pool.len()].clone();
+        *rr = rr.wrapping_add(1);
+        Some(chosen)
+    }
+
+    /// Queues `d` for `client`; QoS 0 is not queued for an offline session.
+    fn deliver(&mut self, client: &str, d: Delivery, now: Instant, fx: &mut Effects) -> bool {
+        let limits = self.limits;
+        let Some(s) = self.sessions.get_mut(client) else {
+            return false;
+        };
+        if d.msg.expired(now) {
+            return false;
+        }
+        if !s.online() && d.qos == QoS::AtMostOnce {
+            return false;
+        }
+        self.stats.deliveries += 1;
+        if s.enqueue(d, &limits) == crate::session::Enqueued::Dropped {
+            self.stats.dropped_overflow += 1;
+            tracing::debug!(client = %client, "queue full: delivery dropped");
+            return false;
+        }
+        if let Some(link) = &s.link {
+            fx.wake.push(link.notify.clone());
+        }
+        true
+    }
+
+    fn handle_subscribe(
+        &mut self,
+        client: &Arc<str>,
+        conn_id: u64,
+        sub: &Subscribe<'_>,
+        now: Instant,
+        out: &mut BytesMut,
+    ) -> Result<(), Close> {
+        let cfg = self.cfg.clone();
+        let limits = self.limits;
+        let s = owned(&mut self.sessions, client, conn_id).ok_or(Close::TakenOver)?;
+        let protocol = s.link.as_ref().map_or(Protocol::V311, |l| l.protocol);
+        let v5 = protocol.is_v5();
+        let sub_id = sub.properties.subscription_identifiers.iter().next();
+        if sub_id.is_some() && !cfg.subscription_identifiers {
+            return Err(Close::Error(reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED));
+        }
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut retained_for: Vec<(String, QoS, bool)> = Vec::new();
+        for f in sub.filters.iter() {
+            let fail = |v5code: u8| {
+                if v5 {
+                    v5code
+                } else {
+                    reason::v3::SUBACK_FAILURE
+                }
+            };
+            let (group, inner) = match topic::split_shared(f.filter) {
+                None => (None, f.filter),
+                Some(Err(())) => {
+                    codes.push(fail(reason::TOPIC_FILTER_INVALID));
+                    continue;
+                }
+                Some(Ok((g, inner))) => {
+                    if f.options.no_local {
+                        return Err(Close::Error(reason::PROTOCOL_ERROR));
+                    }
+                    if !cfg.shared_subscriptions {
+                        codes.push(fail(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED));
+                        continue;
+                    }
+                    (Some(g), inner)
+                }
+            };
+            if f.filter.len() > cfg.max_topic_length
+                || inner.split('/').count() > cfg.max_topic_levels
+            {
+                codes.push(fail(reason::TOPIC_FILTER_INVALID));
+                continue;
+            }
+            if is_denied(&cfg.deny_subscribe, inner) || is_denied(&cfg.deny_subscribe, f.filter) {
+                codes.push(reason::UNSPECIFIED_ERROR);
+                continue;
+            }
+            if topic::has_wildcard(inner) && !cfg.wildcard_subscriptions {
+                codes.push(fail(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED));
+                continue;
+            }
+            let qos = f
+                .options
+                .qos
+                .min(QoS::from_u8(cfg.max_qos).unwrap_or(QoS::ExactlyOnce));
+            let mut options = f.options;
+            options.qos = qos;
+            let full: Arc<str> = Arc::from(f.filter);
+            let existed = s
+                .subscriptions
+                .insert(
+                    full,
+                    Subscription {
+                        options,
+                        id: sub_id,
+                    },
+                )
+                .is_some();
+            self.subs.insert(
+                inner,
+                SubKey {
+                    client: client.clone(),
+                    group: group.map(Arc::from),
+                },
+                SubEntry {
+                    qos,
+                    no_local: options.no_local,
+                    retain_as_published: options.retain_as_published,
+                    id: sub_id,
+                },
+            );
+            let send_retained = group.is_none()
+                && (!v5
+                    || match options.retain_handling {
+                        RetainHandling::SendAtSubscribe => true,
+                        RetainHandling::SendIfNew => !existed,
+                        RetainHandling::DoNotSend => false,
+                    });
+            if send_retained {
+                retained_for.push((inner.to_owned(), qos, options.retain_as_published));
+            }
+            codes.push(qos as u8);
+        }
+        let ack = SubAck {
+            packet_id: sub.packet_id,
+            properties: Properties::default(),
+            codes: &codes,
+        };
+        write_packet(out, protocol, &Packet::SubAck(ack));
+        // Retained messages follow the SUBACK (MQTT-3.8.4-4), flagged RETAIN.
+        let mut deliveries = Vec::new();
+        for (filter, qos, _) in &retained_for {
+            for msg in self.retained.values() {
+                if topic::matches(filter, &msg.topic) && !msg.expired(now) {
+                    deliveries.push(Delivery {
+                        qos: msg.qos.min(*qos),
+                        retain: true,
+                        sub_ids: sub_id.into_iter().collect(),
+                        msg: msg.clone(),
+                        shared: None,
+                    });
+                }
+            }
+        }
+        if let Some(s) = self.owned(client, conn_id) {
+            for d in deliveries {
+                s.enqueue(d, &limits);
+            }
+            s.drain(out, &limits, now);
+        }
+        Ok(())
+    }
+
+    fn handle_unsubscribe(
+        &mut self,
+        client: &Arc<str>,
+        conn_id: u64,
+        u: &Unsubscribe<'_>,
+        out: &mut BytesMut,
+    ) -> Result<(), Close> {
+        let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
+        let protocol = s.link.as_ref().map_or(Protocol::V311, |l| l.protocol);
+        let mut codes = Vec::with_capacity(u.filters.len());
+        let mut removed = Vec::new();
+        for f in u.filters.iter() {
+            if s.subscriptions.remove(f).is_some() {
+                removed.push(f);
+                codes.push(reason::SUCCESS);
+            } else {
+                codes.push(reason::NO_SUBSCRIPTION_EXISTED);
+            }
+        }
+        for f in removed {
+            self.remove_trie_entry(client, f);
+        }
+        let ack = UnsubAck {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            codes: &codes,
+        };
+        write_packet(out, protocol, &Packet::UnsubAck(ack));
+        Ok(())
+    }
+
+    fn remove_trie_entry(&mut self, client: &Arc<str>, full_filter: &str) {
+        let (group, inner) = match topic::split_shared(full_filter) {
+            Some(Ok((g, inner))) => (Some(Arc::from(g)), inner),
+            _ => (None, full_filter),
+        };
+        self.subs.remove(
+            inner,
+            &SubKey {
+                client: client.clone(),
+                group,
+            },
+        );
+    }
+
+    /// The connection `conn_id` of `client` ended. Schedules or publishes the will,
+    /// starts the session expiry, hands shared deliveries to other members.
+    pub fn disconnected(
+        &mut self,
+        client: &Arc<str>,
+        conn_id: u64,
+        end: End,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let Some(s) = self.owned(client, conn_id) else {
+            return;
+        };
+        s.link = None;
+        self.link_ended(client, end, false, now, fx);
+    }
+
+    /// Common tail of a connection's end (the link is already detached). `takeover` is set
+    /// when a new connection with the same id is about to attach.
+    fn link_ended(
+        &mut self,
+        client: &Arc<str>,
+        end: End,
+        takeover: bool,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        match end {
+            End::Normal { will: false } => s.will = None,
+            End::Normal { will: true } | End::Abnormal => {}
+        }
+        // Queued (unsent) shared deliveries go to another member of their group.
+        let mut reroute = Vec::new();
+        s.queue.retain(|d| {
+            if d.shared.is_some() {
+                reroute.push(d.clone());
+                false
+            } else {
+                true
+            }
+        });
+        s.queued_bytes = s.queue.iter().map(|d| d.msg.cost()).sum();
+        let expiry = s.expiry_interval;
+        if let Some(w) = &s.will {
+            let delay = w.delay.min(expiry);
+            if delay == 0 {
+                let w = w.clone();
+                s.will = None;
+                self.publish_will(w, now, fx);
+            } else {
+                s.will_at = Some(now + Duration::from_secs(u64::from(delay)));
+            }
+        }
+        for d in reroute {
+            self.reroute_shared(client, d, now, fx);
+        }
+        if takeover {
+            return;
+        }
+        if expiry == 0 {
+            self.end_session(client, now, fx);
+        } else if let Some(s) = self.sessions.get_mut(client) {
+            s.expires_at =
+                (expiry != u32::MAX).then(|| now + Duration::from_secs(u64::from(expiry)));
+        }
+    }
+
+    fn publish_will(&mut self, w: WillState, now: Instant, fx: &mut Effects) {
+        tracing::debug!(topic = %w.msg.topic, "publishing will");
+        let mut msg = w.msg;
+        // The will's Message Expiry Interval counts from when it is published.
+        if let Some(secs) = w.expiry {
+            Arc::make_mut(&mut msg).expires_at = Some(now + Duration::from_secs(u64::from(secs)));
+        }
+        self.publish(msg, now, fx);
+    }
+
+    /// Gives a shared delivery to another member of its group (the previous one left).
+    fn reroute_shared(&mut self, from: &Arc<str>, d: Delivery, now: Instant, fx: &mut Effects) {
+        let Some((group, filter)) = d.shared.clone() else {
+            return;
+        };
+        let mut members = Vec::new();
+        self.subs.for_each_match(&d.msg.topic, |f, key, entry| {
+            if f == &*filter && key.group.as_deref() == Some(&*group) {
+                members.push((key.client.clone(), entry.clone()));
+            }
+        });
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(client) = self.pick_member(&group, &filter, &members, Some(from)) {
+            self.deliver(&client, d, now, fx);
+        }
+    }
+
+    /// Ends a session: publishes a pending will, removes subscriptions, and hands QoS 1
+    /// deliveries of shared subscriptions to other members (a begun QoS 2 flow is not
+    /// re-sent elsewhere, MQTT 5 §4.8.2).
+    fn end_session(&mut self, client: &Arc<str>, now: Instant, fx: &mut Effects) {
+        let Some(s) = self.sessions.remove(client) else {
+            return;
+        };
+        for f in s.subscriptions.keys() {
+            self.remove_trie_entry(client, f);
+        }
+        if s.will_at.is_some() {
+            if let Some(w) = s.will {
+                self.publish_will(w, now, fx);
+            }
+        }
+        let mut reroute: Vec<Delivery> =
+            s.queue.into_iter().filter(|d| d.shared.is_some()).collect();
+        reroute.extend(
+            s.inflight
+                .into_iter()
+                .filter(|i| i.delivery.shared.is_some() && i.delivery.qos == QoS::AtLeastOnce)
+                .map(|i| i.delivery),
+        );
+        for d in reroute {
+            self.reroute_shared(client, d, now, fx);
+        }
+        tracing::debug!(client = %client, "session ended");
+    }
+
+    /// Fires due wills and ends expired sessions. Call periodically.
+    pub fn tick(&mut self, now: Instant, fx: &mut Effects) {
+        let mut wills = Vec::new();
+        let mut expired = Vec::new();
+        for (id, s) in &mut self.sessions {
+            if s.online() {
+                continue;
+            }
+            if s.will_at.is_some_and(|t| t <= now) {
+                s.will_at = None;
+                if let Some(w) = s.will.take() {
+                    wills.push(w);
+                }
+            }
+            if s.expires_at.is_some_and(|t| t <= now) {
+                expired.push(id.clone());
+            }
+        }
+        for w in wills {
+            self.publish_will(w, now, fx);
+        }
+        for id in expired {
+            self.end_session(&id, now, fx);
+        }
+        self.retained.retain(|_, m| !m.expired(now));
+    }
+
+    /// Publishes a broker-originated message (e.g. `$SYS`).
+    pub fn publish_system(
+        &mut self,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let msg = Message {
+            topic: Arc::from(topic),
+            payload,
+            qos: QoS::AtMostOnce,
+            retain,
+            payload_format_indicator: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: encode_user_properties(&Properties::default()),
+            expires_at: None,
+            publisher: None,
+        };
+        self.publish(Arc::new(msg), now, fx);
+    }
+}
+
+/// The session of `client` in `sessions` if connection `conn_id` still owns it (a free
+/// function so callers can borrow other fields of the core beside it).
+fn owned<'s>(
+    sessions: &'s mut HashMap<Arc<str>, Session>,
+    client: &str,
+    conn_id: u64,
+) -> Option<&'s mut Session> {
+    sessions
+        .get_mut(client)
+        .filter(|s| s.link.as_ref().is_some_and(|l| l.conn_id == conn_id))
+}
+
+/// True when `filter` is on the deny list: listed as is, or matched by a listed wildcard
+/// filter (a denied `a/#` also denies `a/b` and `a/+`).
+fn is_denied(deny: &[String], filter: &str) -> bool {
+    deny.iter()
+        .any(|d| d == filter || (topic::has_wildcard(d) && topic::matches(d, filter)))
+}
+
+/// A DISCONNECT for `protocol` with `reason` (nothing for 3.1.1, which has no server
+/// DISCONNECT).
+pub fn disconnect_packet(out: &mut BytesMut, protocol: Protocol, reason: u8) {
+    if protocol.is_v5() {
+        write_packet(out, protocol, &Packet::Disconnect(Disconnect::new(reason)));
+    }
+}

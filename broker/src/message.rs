@@ -1,0 +1,117 @@
+//! An application message as the broker keeps it: owned, immutable, shared by every
+//! receiver through an `Arc`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use mote_codec::{PropList, Properties, Publish, QoS, Sink};
+
+/// One published message, after topic-alias resolution.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// RETAIN flag as published.
+    pub retain: bool,
+    /// v5 Payload Format Indicator.
+    pub payload_format_indicator: Option<u8>,
+    /// v5 Content Type.
+    pub content_type: Option<Arc<str>>,
+    /// v5 Response Topic.
+    pub response_topic: Option<Arc<str>>,
+    /// v5 Correlation Data.
+    pub correlation_data: Option<Bytes>,
+    /// v5 User Properties, kept as their encoded property-block bytes (only 0x26
+    /// entries) so every delivery re-emits them without allocating.
+    pub user_properties: Bytes,
+    /// When the v5 Message Expiry Interval runs out.
+    pub expires_at: Option<Instant>,
+    /// Client id of the publisher (for No Local); `None` for wills and `$SYS`.
+    pub publisher: Option<Arc<str>>,
+}
+
+impl Message {
+    /// Builds a message from a decoded PUBLISH whose topic is `topic` (alias resolved).
+    pub fn from_publish(
+        p: &Publish<'_>,
+        topic: Arc<str>,
+        publisher: Option<Arc<str>>,
+        now: Instant,
+    ) -> Message {
+        let props = &p.properties;
+        Message {
+            topic,
+            payload: Bytes::copy_from_slice(p.payload),
+            qos: p.qos,
+            retain: p.retain,
+            payload_format_indicator: props.payload_format_indicator,
+            content_type: props.content_type.map(Arc::from),
+            response_topic: props.response_topic.map(Arc::from),
+            correlation_data: props.correlation_data.map(Bytes::copy_from_slice),
+            user_properties: encode_user_properties(props),
+            expires_at: props
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s))),
+            publisher,
+        }
+    }
+
+    /// True when the message expired at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Seconds of expiry left at `now` (rounded up, at least 1 while not expired).
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Bytes this message costs in a queue (payload, topic, properties).
+    pub fn cost(&self) -> usize {
+        self.payload.len() + self.topic.len() + self.user_properties.len() + 64
+    }
+
+    /// The v5 properties of a delivery of this message at `now`.
+    pub fn properties<'a>(&'a self, sub_ids: &'a [u32], now: Instant) -> Properties<'a> {
+        Properties {
+            payload_format_indicator: self.payload_format_indicator,
+            message_expiry_interval: self.remaining_expiry(now),
+            content_type: self.content_type.as_deref(),
+            response_topic: self.response_topic.as_deref(),
+            correlation_data: self.correlation_data.as_deref(),
+            user_properties: if self.user_properties.is_empty() {
+                PropList::default()
+            } else {
+                PropList::Wire(&self.user_properties)
+            },
+            subscription_identifiers: PropList::Slice(sub_ids),
+            ..Properties::default()
+        }
+    }
+}
+
+/// Encodes the user properties of `props` as a bare run of 0x26 properties.
+pub fn encode_user_properties(props: &Properties<'_>) -> Bytes {
+    if props.user_properties.is_empty() {
+        return Bytes::new();
+    }
+    let mut out = BytesMut::new();
+    for (k, v) in props.user_properties.iter() {
+        // Writing into BytesMut cannot fail; lengths were bounded by the decoder.
+        let _ = out.put(&[mote_codec::properties::id::USER_PROPERTY]);
+        for s in [k, v] {
+            let _ = out.put(&(s.len() as u16).to_be_bytes());
+            let _ = out.put(s.as_bytes());
+        }
+    }
+    out.freeze()
+}

@@ -1,0 +1,127 @@
+//! Listener, accept loop, connection limit, housekeeping and graceful shutdown.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{Core, Effects};
+use crate::config::Config;
+
+/// State shared by every connection task.
+#[derive(Debug)]
+pub struct Shared {
+    /// The merged configuration.
+    pub config: Arc<Config>,
+    // One std Mutex around the whole core: every critical section is a few map operations
+    // and an encode into a buffer, never an `.await`, so a sync lock is cheaper than an
+    // async one and contention stays low on the small machines we target.
+    core: Mutex<Core>,
+}
+
+impl Shared {
+    /// A broker with an empty core.
+    pub fn new(config: Config) -> Shared {
+        let config = Arc::new(config);
+        Shared {
+            core: Mutex::new(Core::new(Arc::new(config.mqtt.clone()))),
+            config,
+        }
+    }
+
+    /// Locks the core. A panic while holding the lock is a bug; the state is still
+    /// consistent enough to keep serving other clients, so poisoning is ignored.
+    pub fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How often wills, session expiry and message expiry are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How long shutdown waits for connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Binds the listener and serves until `shutdown` is cancelled.
+///
+/// # Errors
+/// When the listener cannot be bound.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.mqtt.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!("listening mqtt={addr}");
+    serve(listener, Arc::new(Shared::new(config)), shutdown).await
+}
+
+/// Serves connections from `listener` until `shutdown` is cancelled.
+///
+/// # Errors
+/// Never today; kept fallible for listeners to come.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    let limit = Arc::new(Semaphore::new(shared.config.mqtt.max_connections));
+
+    let ticker = {
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let mut interval = tokio::time::interval(TICK);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => {
+                        let mut fx = Effects::default();
+                        shared.lock().tick(std::time::Instant::now(), &mut fx);
+                        fx.run();
+                    }
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        })
+    };
+
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; refusing");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            crate::connection::serve(stream, peer, shared, shutdown).await;
+            drop(permit);
+        });
+    }
+    tracing::info!("shutting down");
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not finish within {SHUTDOWN_GRACE:?}");
+    }
+    drop(ticker);
+    Ok(())
+}

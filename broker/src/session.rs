@@ -1,0 +1,413 @@
+//! Per-client session state and its outbound half: the bounded queue, the inflight
+//! window, packet identifiers, topic aliases, and encoding of deliveries.
+//!
+//! A [`Session`] outlives its connections (persistent sessions); the connection-scoped
+//! part lives in [`Link`] and dies with the connection. Nothing here does I/O: draining
+//! a session appends encoded packets to the caller's buffer.
+//!
+//! Invariants:
+//! - `inflight` holds at most `min(client Receive Maximum, config max_inflight)`
+//!   entries, in the order they were first sent; packet ids in it are unique and never 0.
+//! - `queue` holds at most `max_queued_messages` deliveries and `max_queued_bytes` bytes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use mote_codec::{Ack, Packet, Properties, Protocol, Publish, QoS, SubOptions};
+use tokio::sync::Notify;
+
+use crate::message::Message;
+
+/// One subscription of a session, as granted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    /// Options with the granted QoS.
+    pub options: SubOptions,
+    /// v5 Subscription Identifier.
+    pub id: Option<u32>,
+}
+
+/// A message on its way to one receiver.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// QoS for this receiver: min(publish, subscription).
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// Matching v5 subscription identifiers.
+    pub sub_ids: Vec<u32>,
+    /// `(group, filter)` when it came through a shared subscription.
+    pub shared: Option<(Arc<str>, Arc<str>)>,
+}
+
+/// Where an outbound QoS 1/2 delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+/// An outbound QoS 1/2 delivery not yet acknowledged.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// Packet identifier.
+    pub packet_id: u16,
+    /// The delivery.
+    pub delivery: Delivery,
+    /// Where the flow stands.
+    pub phase: Phase,
+}
+
+/// Why the broker ends a connection from outside its task (takeover, overflow).
+#[derive(Debug, Default)]
+pub struct Kick {
+    reason: AtomicU8,
+}
+
+impl Kick {
+    /// Asks the connection to close with the v5 `reason` (0 = not kicked).
+    pub fn set(&self, reason: u8) {
+        self.reason.store(reason, Ordering::Release);
+    }
+    /// The reason asked for, 0 if none.
+    pub fn get(&self) -> u8 {
+        self.reason.load(Ordering::Acquire)
+    }
+}
+
+/// The connection-scoped part of a session.
+#[derive(Debug)]
+pub struct Link {
+    /// Unique id of the connection.
+    pub conn_id: u64,
+    /// Wakes the connection task when there is something to send.
+    pub notify: Arc<Notify>,
+    /// Set when the broker wants the connection closed.
+    pub kick: Arc<Kick>,
+    /// Protocol of this connection.
+    pub protocol: Protocol,
+    /// Client's v5 Receive Maximum (how many QoS 1/2 we may have unacknowledged).
+    pub client_receive_max: u16,
+    /// Client's v5 Maximum Packet Size.
+    pub client_max_packet: u32,
+    /// Client's v5 Topic Alias Maximum (outbound aliases we may assign).
+    pub client_alias_max: u16,
+    /// Outbound topic aliases we assigned on this connection.
+    pub alias_out: HashMap<Arc<str>, u16>,
+    /// Inbound topic aliases the client set on this connection.
+    pub alias_in: HashMap<u16, Arc<str>>,
+    /// Whether the client asked for problem information (v5, default true).
+    pub request_problem_info: bool,
+}
+
+/// The will of a connection, kept owned until it fires or is cancelled.
+#[derive(Debug, Clone)]
+pub struct WillState {
+    /// The message to publish.
+    pub msg: Arc<Message>,
+    /// v5 Will Delay Interval in seconds.
+    pub delay: u32,
+    /// v5 Message Expiry Interval of the will, counted from its publication.
+    pub expiry: Option<u32>,
+}
+
+/// Counters of what a session had to drop.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Drops {
+    /// Deliveries dropped because the queue was full.
+    pub overflow: u64,
+    /// Deliveries dropped because the message expired.
+    pub expired: u64,
+    /// Deliveries dropped because they exceeded the client's Maximum Packet Size.
+    pub too_large: u64,
+}
+
+/// A client's session.
+#[derive(Debug)]
+pub struct Session {
+    /// Client identifier.
+    pub client_id: Arc<str>,
+    /// Subscriptions by full filter (including any `$share/group/` prefix).
+    pub subscriptions: HashMap<Arc<str>, Subscription>,
+    /// Session Expiry Interval in seconds (`u32::MAX` = never).
+    pub expiry_interval: u32,
+    /// Deliveries not yet sent.
+    pub queue: VecDeque<Delivery>,
+    /// Bytes held by `queue`.
+    pub queued_bytes: usize,
+    /// Sent, unacknowledged QoS 1/2 deliveries, oldest first.
+    pub inflight: VecDeque<Inflight>,
+    /// Inbound QoS 2 packet ids between PUBREC and PUBREL.
+    pub inbound_qos2: HashSet<u16>,
+    next_packet_id: u16,
+    /// The live connection, if any.
+    pub link: Option<Link>,
+    /// The will of the current (or last) connection.
+    pub will: Option<WillState>,
+    /// When the session ends while offline.
+    pub expires_at: Option<Instant>,
+    /// When the pending will fires while offline.
+    pub will_at: Option<Instant>,
+    /// Drop counters.
+    pub drops: Drops,
+}
+
+/// Limits the session enforces on its queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Most deliveries queued.
+    pub max_messages: usize,
+    /// Most bytes queued.
+    pub max_bytes: usize,
+    /// Most outbound QoS 1/2 inflight (before the client's Receive Maximum).
+    pub max_inflight: u16,
+}
+
+/// What happened to a delivery offered to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued.
+    Ok,
+    /// Dropped (queue full, nothing lower to evict).
+    Dropped,
+}
+
+impl Session {
+    /// A new empty session.
+    pub fn new(client_id: Arc<str>) -> Session {
+        Session {
+            client_id,
+            subscriptions: HashMap::new(),
+            expiry_interval: 0,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: VecDeque::new(),
+            inbound_qos2: HashSet::new(),
+            next_packet_id: 1,
+            link: None,
+            will: None,
+            expires_at: None,
+            will_at: None,
+            drops: Drops::default(),
+        }
+    }
+
+    /// True when a connection is attached.
+    pub fn online(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// Queues a delivery, evicting QoS 0 deliveries first when full.
+    pub fn enqueue(&mut self, d: Delivery, limits: &QueueLimits) -> Enqueued {
+        let cost = d.msg.cost();
+        while self.queue.len() >= limits.max_messages || self.queued_bytes + cost > limits.max_bytes
+        {
+            if d.qos == QoS::AtMostOnce {
+                self.drops.overflow += 1;
+                return Enqueued::Dropped;
+            }
+            match self.queue.iter().position(|q| q.qos == QoS::AtMostOnce) {
+                Some(i) => {
+                    if let Some(old) = self.queue.remove(i) {
+                        self.queued_bytes -= old.msg.cost();
+                        self.drops.overflow += 1;
+                    }
+                }
+                None => {
+                    self.drops.overflow += 1;
+                    return Enqueued::Dropped;
+                }
+            }
+        }
+        self.queued_bytes += cost;
+        self.queue.push_back(d);
+        Enqueued::Ok
+    }
+
+    fn pop_queue(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queued_bytes -= d.msg.cost();
+        Some(d)
+    }
+
+    /// The next free outbound packet id, never 0, skipping ids still inflight.
+    fn alloc_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Re-sends the inflight window after a reconnect: PUBLISH with DUP for those not yet
+    /// acknowledged, PUBREL for those released, in their original order.
+    pub fn resend_inflight(&mut self, out: &mut BytesMut, now: Instant) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        let mut keep = VecDeque::with_capacity(self.inflight.len());
+        for inf in std::mem::take(&mut self.inflight) {
+            match inf.phase {
+                Phase::Released => {
+                    write_packet(out, link.protocol, &Packet::PubRel(Ack::new(inf.packet_id)));
+                    keep.push_back(inf);
+                }
+                Phase::Published => {
+                    // An expired QoS 1/2 message that was never acknowledged is dropped
+                    // (MQTT 5 §3.3.2.3.3); a PUBREC'd one is past that point.
+                    if inf.delivery.msg.expired(now) {
+                        self.drops.expired += 1;
+                        continue;
+                    }
+                    match encode_publish(link, &inf.delivery, inf.packet_id, true, now, out) {
+                        Ok(()) => keep.push_back(inf),
+                        Err(()) => self.drops.too_large += 1,
+                    }
+                }
+            }
+        }
+        self.inflight = keep;
+    }
+
+    /// Moves queued deliveries onto the wire while the inflight window has room.
+    pub fn drain(&mut self, out: &mut BytesMut, limits: &QueueLimits, now: Instant) {
+        let Some(link) = self.link.as_ref() else {
+            return;
+        };
+        let window = usize::from(link.client_receive_max.min(limits.max_inflight).max(1));
+        while let Some(front) = self.queue.front() {
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
+                break;
+            }
+            let Some(d) = self.pop_queue() else {
+                break;
+            };
+            if d.msg.expired(now) {
+                self.drops.expired += 1;
+                continue;
+            }
+            let packet_id = if d.qos == QoS::AtMostOnce {
+                0
+            } else {
+                self.alloc_packet_id()
+            };
+            let Some(link) = self.link.as_mut() else {
+                break;
+            };
+            match encode_publish(link, &d, packet_id, false, now, out) {
+                Ok(()) if d.qos != QoS::AtMostOnce => self.inflight.push_back(Inflight {
+                    packet_id,
+                    delivery: d,
+                    phase: Phase::Published,
+                }),
+                Ok(()) => {}
+                // Larger than the client accepts: dropped as if delivered (MQTT-3.1.2-25).
+                Err(()) => self.drops.too_large += 1,
+            }
+        }
+    }
+
+    /// Handles PUBACK/PUBCOMP: the flow for `packet_id` is complete. Returns false if the
+    /// id was not inflight in the expected phase.
+    pub fn complete(&mut self, packet_id: u16, phase: Phase, qos: QoS) -> bool {
+        match self
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.phase == phase && i.delivery.qos == qos)
+        {
+            Some(pos) => {
+                self.inflight.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Handles PUBREC: the QoS 2 flow moves to `Released`. A PUBREC with an error reason
+    /// ends the flow. Returns false if the id was unknown.
+    pub fn received(&mut self, packet_id: u16, reason: u8) -> bool {
+        let pos = self
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.delivery.qos == QoS::ExactlyOnce);
+        match pos {
+            Some(pos) if reason >= 0x80 => {
+                self.inflight.remove(pos);
+                true
+            }
+            Some(pos) => {
+                if let Some(i) = self.inflight.get_mut(pos) {
+                    i.phase = Phase::Released;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Encodes `packet` for `protocol` into `out`.
+pub fn write_packet(out: &mut BytesMut, protocol: Protocol, packet: &Packet<'_>) {
+    // Encoding into a BytesMut can only fail for packets beyond MQTT's size limits, which
+    // the broker never builds from decoded input.
+    if let Err(e) = packet.encode_to(protocol, out) {
+        tracing::error!(error = %e, "could not encode an outbound packet");
+    }
+}
+
+/// Encodes one delivery as PUBLISH, applying topic aliases, the remaining message expiry,
+/// and the client's Maximum Packet Size. `Err(())` when it does not fit that limit.
+fn encode_publish(
+    link: &mut Link,
+    d: &Delivery,
+    packet_id: u16,
+    dup: bool,
+    now: Instant,
+    out: &mut BytesMut,
+) -> Result<(), ()> {
+    let v5 = link.protocol.is_v5();
+    let mut props = if v5 {
+        d.msg.properties(&d.sub_ids, now)
+    } else {
+        Properties::default()
+    };
+    let mut topic: &str = &d.msg.topic;
+    let mut new_alias = None;
+    if v5 && link.client_alias_max > 0 {
+        if let Some(&alias) = link.alias_out.get(&d.msg.topic) {
+            props.topic_alias = Some(alias);
+            topic = "";
+        } else if link.alias_out.len() < usize::from(link.client_alias_max) {
+            let alias = link.alias_out.len() as u16 + 1;
+            props.topic_alias = Some(alias);
+            new_alias = Some(alias);
+        }
+    }
+    let publish = Packet::Publish(Publish {
+        dup,
+        qos: d.qos,
+        retain: d.retain,
+        topic,
+        packet_id,
+        properties: props,
+        payload: &d.msg.payload,
+    });
+    // Larger than the client accepts: the caller drops it as if delivered (MQTT-3.1.2-25).
+    if publish.encoded_len(link.protocol) > link.client_max_packet as usize {
+        return Err(());
+    }
+    if let Some(alias) = new_alias {
+        link.alias_out.insert(d.msg.topic.clone(), alias);
+    }
+    write_packet(out, link.protocol, &publish);
+    Ok(())
+}
