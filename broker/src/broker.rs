@@ -1053,6 +1053,9 @@ mod tests {
     use super::*;
     use mote_codec::{List, PropList, SubOptions, SubscribeFilter, Will};
 
+    /// A received PUBLISH: topic, payload, qos, packet id, dup, retain, subscription ids.
+    type Got = (String, Vec<u8>, QoS, u16, bool, bool, Vec<u32>);
+
     /// One simulated client attached to the core.
     struct Client {
         id: Arc<str>,
@@ -1142,11 +1145,7 @@ mod tests {
     }
 
     /// Drains and returns what the core has for `c` as owned (topic, payload, qos, id, dup, retain, sub ids).
-    fn received(
-        core: &mut Core,
-        c: &mut Client,
-        now: Instant,
-    ) -> Vec<(String, Vec<u8>, QoS, u16, bool, bool, Vec<u32>)> {
+    fn received(core: &mut Core, c: &mut Client, now: Instant) -> Vec<Got> {
         let _ = core.drain(&c.id, c.conn, now, &mut c.out);
         let bytes = c.out.split().to_vec();
         let mut v = Vec::new();
@@ -1647,8 +1646,10 @@ mod tests {
     #[test]
     fn receive_maximum_exceeded_is_0x93() {
         let t0 = Instant::now();
-        let mut cfg = MqttConfig::default();
-        cfg.receive_maximum = 2;
+        let cfg = MqttConfig {
+            receive_maximum: 2,
+            ..MqttConfig::default()
+        };
         let mut core = Core::new(Arc::new(cfg));
         let mut c = connect(&mut core, Protocol::V5, "p", true, None, t0);
         let p = |id| {
@@ -1673,8 +1674,10 @@ mod tests {
     #[test]
     fn denied_filter_gets_0x80_in_both_versions() {
         let t0 = Instant::now();
-        let mut cfg = MqttConfig::default();
-        cfg.deny_subscribe = vec!["test/nosubscribe".into(), "secret/#".into()];
+        let cfg = MqttConfig {
+            deny_subscribe: vec!["test/nosubscribe".into(), "secret/#".into()],
+            ..MqttConfig::default()
+        };
         let mut core = Core::new(Arc::new(cfg));
         for protocol in [Protocol::V311, Protocol::V5] {
             let mut c = connect(&mut core, protocol, "c", true, None, t0);
