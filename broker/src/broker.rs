@@ -209,7 +209,7 @@ impl Core {
                     reason::RETAIN_NOT_SUPPORTED,
                 );
             }
-            if w.topic.len() > self.cfg.max_topic_length || w.topic.starts_with('$') {
+            if w.topic.len() > self.cfg.max_topic_length || is_sys(w.topic) {
                 return refuse(out, reason::v3::NOT_AUTHORIZED, reason::TOPIC_NAME_INVALID);
             }
         }
@@ -502,8 +502,8 @@ impl Core {
                 return Err(Close::Error(reason::RECEIVE_MAXIMUM_EXCEEDED));
             }
         }
-        // `$` topics belong to the broker: clients may not publish into them.
-        let routed = if code == reason::SUCCESS && !topic.starts_with('$') {
+        // `$SYS` belongs to the broker: clients may not publish into it.
+        let routed = if code == reason::SUCCESS && !is_sys(&topic) {
             let msg = Arc::new(Message::from_publish(p, topic, Some(client.clone()), now));
             self.publish(msg, now, fx)
         } else {
@@ -654,9 +654,19 @@ impl Core {
             return false;
         }
         self.stats.deliveries += 1;
+        let qos = d.qos;
         if s.enqueue(d, &limits) == crate::session::Enqueued::Dropped {
             self.stats.dropped_overflow += 1;
-            tracing::debug!(client = %client, "queue full: delivery dropped");
+            match &s.link {
+                // A connected consumer that cannot keep up with QoS 1/2 is disconnected
+                // (its persistent session keeps queueing up to the same bound).
+                Some(link) if qos != QoS::AtMostOnce && link.kick.get() == 0 => {
+                    tracing::warn!(client = %client, "slow consumer: queue full, disconnecting");
+                    link.kick.set(reason::QUOTA_EXCEEDED);
+                    fx.wake.push(link.notify.clone());
+                }
+                _ => tracing::debug!(client = %client, "queue full: delivery dropped"),
+            }
             return false;
         }
         if let Some(link) = &s.link {
@@ -993,6 +1003,30 @@ impl Core {
         self.retained.retain(|_, m| !m.expired(now));
     }
 
+    /// Publishes the broker's counters under `$SYS/broker/` (retained, QoS 0).
+    pub fn publish_sys(&mut self, uptime: Duration, now: Instant, fx: &mut Effects) {
+        let online = self.sessions.values().filter(|s| s.online()).count();
+        let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();
+        let expired: u64 = self.sessions.values().map(|s| s.drops.expired).sum();
+        let values: [(&str, String); 11] = [
+            ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
+            ("uptime", format!("{} seconds", uptime.as_secs())),
+            ("clients/connected", online.to_string()),
+            ("clients/total", self.sessions.len().to_string()),
+            ("subscriptions/count", self.subs.len().to_string()),
+            ("retained/count", self.retained.len().to_string()),
+            ("messages/received", self.stats.publish_received.to_string()),
+            ("messages/delivered", self.stats.deliveries.to_string()),
+            ("messages/queued", queued.to_string()),
+            ("messages/dropped", self.stats.dropped_overflow.to_string()),
+            ("messages/expired", expired.to_string()),
+        ];
+        for (name, value) in values {
+            let topic = format!("$SYS/broker/{name}");
+            self.publish_system(&topic, Bytes::from(value), true, now, fx);
+        }
+    }
+
     /// Publishes a broker-originated message (e.g. `$SYS`).
     pub fn publish_system(
         &mut self,
@@ -1029,6 +1063,11 @@ fn owned<'s>(
     sessions
         .get_mut(client)
         .filter(|s| s.link.as_ref().is_some_and(|l| l.conn_id == conn_id))
+}
+
+/// True for topics under `$SYS`, which only the broker publishes to.
+fn is_sys(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
 }
 
 /// True when `filter` is on the deny list: listed as is, or matched by a listed wildcard
@@ -1721,5 +1760,44 @@ mod tests {
         let got = received(&mut core, &mut c, t0);
         assert_eq!(got.len(), 1);
         assert!(got[0].5, "Retain As Published keeps RETAIN");
+    }
+
+    #[test]
+    fn sys_counters_reach_sys_subscribers_but_not_hash() {
+        let t0 = Instant::now();
+        let mut core = core();
+        let mut all = connect(&mut core, Protocol::V5, "all", true, None, t0);
+        let mut sys = connect(&mut core, Protocol::V5, "sys", true, None, t0);
+        subscribe(&mut core, &mut all, &[("#", q(QoS::AtMostOnce))], None, t0);
+        subscribe(
+            &mut core,
+            &mut sys,
+            &[("$SYS/broker/clients/+", q(QoS::AtMostOnce))],
+            None,
+            t0,
+        );
+        let mut fx = Effects::default();
+        core.publish_sys(Duration::from_secs(3), t0, &mut fx);
+        assert!(
+            received(&mut core, &mut all, t0).is_empty(),
+            "# never matches $SYS"
+        );
+        let got = received(&mut core, &mut sys, t0);
+        let connected = got
+            .iter()
+            .find(|g| g.0 == "$SYS/broker/clients/connected")
+            .unwrap();
+        assert_eq!(connected.1, b"2");
+        // Clients may not publish into $SYS.
+        publish(
+            &mut core,
+            &mut all,
+            "$SYS/broker/clients/connected",
+            b"999",
+            QoS::AtMostOnce,
+            0,
+            t0,
+        );
+        assert!(received(&mut core, &mut sys, t0).is_empty());
     }
 }

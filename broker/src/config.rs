@@ -160,6 +160,9 @@ pub struct MqttConfig {
     /// filter is refused if it equals a listed filter or is matched by a listed wildcard
     /// filter. Each entry must be a valid topic filter. Default `[]`.
     pub deny_subscribe: Vec<String>,
+    /// Seconds between publications of the broker's counters under `$SYS/broker/...`
+    /// (retained, QoS 0); `0` turns them off. Default `10`.
+    pub sys_interval_secs: u64,
 }
 
 impl Default for MqttConfig {
@@ -186,6 +189,7 @@ impl Default for MqttConfig {
             max_client_id_length: 256,
             max_retained_messages: 1_000_000,
             deny_subscribe: Vec::new(),
+            sys_interval_secs: 10,
         }
     }
 }

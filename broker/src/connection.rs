@@ -234,9 +234,11 @@ async fn run(
             _ = notify.notified() => {
                 let reason = kick.get();
                 if reason != 0 {
+                    // Taken over (the core already detached us) or too slow (still
+                    // attached: `disconnected` below detaches and keeps the session).
                     disconnect_packet(&mut out, protocol, reason);
                     let _ = flush(&mut stream, &mut out).await;
-                    return Ok(());
+                    break 'conn End::Abnormal;
                 }
                 let res = shared.lock().drain(&acc.client_id, acc.conn_id, std::time::Instant::now(), &mut out);
                 if res.is_err() {

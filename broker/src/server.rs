@@ -74,11 +74,21 @@ pub async fn serve(
         tracker.spawn(async move {
             let mut interval = tokio::time::interval(TICK);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let started = std::time::Instant::now();
+            let sys_every = Duration::from_secs(shared.config.mqtt.sys_interval_secs);
+            let mut next_sys = started;
             loop {
                 tokio::select! {
                     _ = interval.tick() => {
                         let mut fx = Effects::default();
-                        shared.lock().tick(std::time::Instant::now(), &mut fx);
+                        let now = std::time::Instant::now();
+                        let mut core = shared.lock();
+                        core.tick(now, &mut fx);
+                        if !sys_every.is_zero() && now >= next_sys {
+                            core.publish_sys(now - started, now, &mut fx);
+                            next_sys = now + sys_every;
+                        }
+                        drop(core);
                         fx.run();
                     }
                     _ = shutdown.cancelled() => break,
