@@ -111,6 +111,8 @@ async fn run(
         Err(e) => {
             tracing::warn!(error = %e, "invalid CONNECT; closing");
             match e {
+                // Not MQTT at all: nothing we send would be understood.
+                DecodeError::InvalidProtocolName => {}
                 DecodeError::UnsupportedProtocolVersion(_) => {
                     // 3.1.1 §3.1.2.2: return code 1; the 3.1.1 CONNACK shape is the one a
                     // client of an unknown version can best read.
