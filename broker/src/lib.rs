@@ -9,4 +9,5 @@ pub mod connection;
 pub mod message;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod trie;

@@ -54,16 +54,20 @@ pub enum DecodeError {
     /// CONNACK acknowledge flags other than bit 0 set.
     #[error("invalid CONNACK flags {0:#010b}")]
     InvalidConnAckFlags(u8),
-    /// QoS 3 in a PUBLISH, a will, or subscription options.
+    /// QoS 3 in a PUBLISH, or in 3.1.1 subscription options. (A will QoS of 3 is
+    /// [`DecodeError::InvalidConnectFlags`]; in MQTT 5 subscription options it is
+    /// [`DecodeError::InvalidSubscriptionOptions`], a Protocol Error.)
     #[error("invalid QoS 3")]
     InvalidQoS,
     /// A PUBLISH with QoS 0 and DUP 1.
     #[error("DUP set on a QoS 0 PUBLISH")]
     DupOnQoS0,
-    /// Subscription options with reserved bits set or Retain Handling 3.
+    /// Subscription options with reserved bits set (malformed), or in MQTT 5 Retain
+    /// Handling 3 or Maximum QoS 3 (Protocol Errors).
     #[error("invalid subscription options {0:#010b}")]
     InvalidSubscriptionOptions(u8),
-    /// A topic name that is empty (without a topic alias) or holds `+` or `#`.
+    /// A topic name that is empty (without a topic alias) or holds `+` or `#`: a Protocol
+    /// Error (0x82).
     #[error("invalid topic name")]
     InvalidTopicName,
     /// A topic filter that is empty or has misplaced wildcards.
@@ -93,7 +97,9 @@ pub enum DecodeError {
     /// A reason code this packet type does not define.
     #[error("reason code {0:#04x} not valid in this packet")]
     InvalidReasonCode(u8),
-    /// AUTH is an MQTT 5 packet.
+    /// A packet that does not exist in the connection's protocol version. (Decoding
+    /// reports AUTH on a 3.1.1 connection as [`DecodeError::InvalidPacketType`]; this
+    /// variant is for callers that check versions themselves.)
     #[error("packet type not defined in this protocol version")]
     NotInVersion,
 }
@@ -105,7 +111,17 @@ impl DecodeError {
             DecodeError::PacketTooLarge { .. } => reason::PACKET_TOO_LARGE,
             DecodeError::UnsupportedProtocolVersion(_) => reason::UNSUPPORTED_PROTOCOL_VERSION,
             DecodeError::InvalidTopicAlias => reason::TOPIC_ALIAS_INVALID,
-            DecodeError::InvalidTopicName => reason::TOPIC_NAME_INVALID,
+            // An empty topic name without a Topic Alias is a Protocol Error (MQTT 5
+            // §3.3.2.1), and so is a wildcard in a name (data the protocol does not allow,
+            // §4.13). 0x90 means "correctly formed, but not accepted": a broker's policy.
+            DecodeError::InvalidTopicName => reason::PROTOCOL_ERROR,
+            // Maximum QoS 3 and Retain Handling 3 are Protocol Errors (MQTT 5 §3.8.3.1);
+            // a reserved bit set is malformed (MQTT-3.8.3-5).
+            DecodeError::InvalidSubscriptionOptions(b)
+                if b & 0b1100_0000 == 0 && (b & 0b11 == 3 || (b >> 4) & 0b11 == 3) =>
+            {
+                reason::PROTOCOL_ERROR
+            }
             DecodeError::DuplicateProperty(_)
             | DecodeError::InvalidPropertyValue(_)
             | DecodeError::NoTopicFilter

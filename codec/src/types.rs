@@ -105,7 +105,12 @@ impl SubOptions {
         if b & reserved != 0 {
             return Err(DecodeError::InvalidSubscriptionOptions(b));
         }
-        let qos = QoS::from_u8(b & 0b11)?;
+        let qos = match QoS::from_u8(b & 0b11) {
+            Ok(qos) => qos,
+            // MQTT 5 §3.8.3.1: a Protocol Error here, unlike a PUBLISH's QoS 3 (malformed).
+            Err(_) if protocol.is_v5() => return Err(DecodeError::InvalidSubscriptionOptions(b)),
+            Err(e) => return Err(e),
+        };
         let retain_handling = match (b >> 4) & 0b11 {
             0 => RetainHandling::SendAtSubscribe,
             1 => RetainHandling::SendIfNew,

@@ -1,0 +1,2 @@
+//! The store: what makes acknowledged messages survive a crash.
+pub mod log;
