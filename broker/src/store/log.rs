@@ -111,7 +111,10 @@ fn scan(buf: &[u8], f: &mut dyn FnMut(&[u8])) -> (usize, u64, u64) {
             None => {
                 in_damage = true;
                 // Resynchronise on the next magic.
-                match buf.get(pos + 1..).and_then(|b| b.windows(4).position(|w| w == MAGIC)) {
+                match buf
+                    .get(pos + 1..)
+                    .and_then(|b| b.windows(4).position(|w| w == MAGIC))
+                {
                     Some(off) => pos = pos + 1 + off,
                     None => break,
                 }
@@ -127,7 +130,11 @@ impl Log {
     ///
     /// # Errors
     /// I/O errors of the directory or files.
-    pub fn open(dir: &Path, segment_limit: u64, f: &mut dyn FnMut(&[u8])) -> io::Result<(Log, Recovery)> {
+    pub fn open(
+        dir: &Path,
+        segment_limit: u64,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<(Log, Recovery)> {
         fs::create_dir_all(dir)?;
         let mut segments: Vec<u64> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
@@ -137,7 +144,10 @@ impl Log {
             })
             .collect();
         segments.sort_unstable();
-        let mut report = Recovery { segments: segments.len(), ..Recovery::default() };
+        let mut report = Recovery {
+            segments: segments.len(),
+            ..Recovery::default()
+        };
         let mut total_len = 0;
         let last = segments.last().copied();
         for &n in &segments {
@@ -152,7 +162,10 @@ impl Log {
                 if Some(n) == last {
                     // A torn write at the end of the newest segment: cut it off.
                     report.truncated_bytes += tail;
-                    OpenOptions::new().write(true).open(&path)?.set_len(good_end as u64)?;
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&path)?
+                        .set_len(good_end as u64)?;
                     total_len += good_end as u64;
                     continue;
                 }
@@ -162,7 +175,10 @@ impl Log {
             total_len += buf.len() as u64;
         }
         let next = last.map_or(1, |n| n + 1);
-        let active = OpenOptions::new().create(true).append(true).open(segment_path(dir, next))?;
+        let active = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(dir, next))?;
         segments.push(next);
         sync_dir(dir)?;
         Ok((
@@ -219,7 +235,10 @@ impl Log {
     fn roll(&mut self) -> io::Result<()> {
         self.active.sync_data()?;
         let next = self.segments.last().map_or(1, |n| n + 1);
-        self.active = OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, next))?;
+        self.active = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(&self.dir, next))?;
         self.segments.push(next);
         self.active_len = 0;
         sync_dir(&self.dir)
@@ -280,9 +299,14 @@ mod tests {
     }
 
     fn only_segment(dir: &Path) -> PathBuf {
-        let mut segs: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut segs: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         segs.sort();
-        segs.into_iter().find(|p| fs::metadata(p).unwrap().len() > 0).unwrap()
+        segs.into_iter()
+            .find(|p| fs::metadata(p).unwrap().len() > 0)
+            .unwrap()
     }
 
     #[test]
@@ -313,7 +337,12 @@ mod tests {
         let seg = only_segment(&dir);
         let full = fs::metadata(&seg).unwrap().len();
         // A crash in the middle of writing the second record.
-        OpenOptions::new().write(true).open(&seg).unwrap().set_len(full - 2).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(full - 2)
+            .unwrap();
         let (_, got, rep) = reopen(&dir);
         assert_eq!(got, [b"one".to_vec()]);
         assert_eq!(rep.truncated_bytes, (HEADER + 3 - 2) as u64);

@@ -1,2 +1,4 @@
 //! The store: what makes acknowledged messages survive a crash.
+pub mod journal;
 pub mod log;
+pub mod record;
