@@ -9,22 +9,26 @@
 //! subscription identifier, and once per shared group to one member (online first, round
 //! robin).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mote_codec::{
     reason, topic, Ack, ConnAck, Connect, Disconnect, Packet, Properties, Protocol, Publish, QoS,
-    RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    RetainHandling, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe,
 };
 use tokio::sync::Notify;
 
 use crate::config::MqttConfig;
-use crate::message::{encode_user_properties, Message};
+use crate::message::{encode_user_properties, unix_ms, Message};
 use crate::session::{
-    write_packet, Delivery, Kick, Link, Phase, QueueLimits, Session, Subscription, WillState,
+    write_packet, Delivery, Event, Inflight, Kick, Link, Phase, QueueLimits, Session, Subscription,
+    WillState,
 };
+use crate::store::journal::{Journal, JournalRef};
+use crate::store::record::Record;
+use crate::store::recover::Image;
 use crate::trie::SubscriptionTree;
 
 /// Key of a subscription in the trie: the client and, for shared subscriptions, the group.
@@ -42,6 +46,9 @@ pub struct SubEntry {
     retain_as_published: bool,
     id: Option<u32>,
 }
+
+/// Journal growth (bytes since the last snapshot) below which compaction never runs.
+const COMPACT_MIN: u64 = 64 * 1024 * 1024;
 
 /// A shared subscription: its group and its (inner) filter.
 type GroupKey = (Arc<str>, Arc<str>);
@@ -123,6 +130,17 @@ pub struct Core {
     retained: HashMap<Arc<str>, Arc<Message>>,
     next_conn_id: u64,
     next_assigned: u64,
+    /// The on-disk journal (`None` for the in-memory store).
+    journal: JournalRef,
+    /// Highest journal position the current call's replies must wait for.
+    wait_lsn: u64,
+    next_mid: u64,
+    next_dseq: u64,
+    /// Stored messages and how many stored things (deliveries, retained entries, wills)
+    /// still reference them; a message's record is written when its count leaves 0.
+    msg_refs: HashMap<u64, u32>,
+    /// Size of the last snapshot written (compaction trigger).
+    last_snapshot: u64,
     /// Counters.
     pub stats: Stats,
 }
@@ -144,8 +162,139 @@ impl Core {
             retained: HashMap::new(),
             next_conn_id: 1,
             next_assigned: 1,
+            journal: None,
+            wait_lsn: 0,
+            next_mid: 1,
+            next_dseq: 1,
+            msg_refs: HashMap::new(),
+            last_snapshot: 0,
             stats: Stats::default(),
         }
+    }
+
+    /// An empty broker that journals durable state to `journal`.
+    pub fn with_journal(cfg: Arc<MqttConfig>, journal: Arc<Journal>) -> Core {
+        let mut core = Core::new(cfg);
+        core.journal = Some(journal);
+        core
+    }
+
+    /// Appends `rec` to the journal; with `wait`, the current call's replies are held
+    /// until it is durable. Returns its position (0 without a journal).
+    fn log(&mut self, rec: Record, wait: bool) -> u64 {
+        let Some(j) = &self.journal else {
+            return 0;
+        };
+        let lsn = j.append(&rec);
+        if wait && j.waits() {
+            self.wait_lsn = self.wait_lsn.max(lsn);
+        }
+        lsn
+    }
+
+    /// The journal position the replies produced since the last call must wait for
+    /// (0 = none), resetting it.
+    pub fn take_wait_lsn(&mut self) -> u64 {
+        std::mem::take(&mut self.wait_lsn)
+    }
+
+    /// Position up to which deliveries may be sent.
+    fn durable(&self) -> u64 {
+        match &self.journal {
+            Some(j) if j.waits() => j.durable(),
+            _ => u64::MAX,
+        }
+    }
+
+    /// A fresh message id.
+    fn mid(&mut self) -> u64 {
+        let m = self.next_mid;
+        self.next_mid += 1;
+        m
+    }
+
+    /// Takes a stored reference to `msg`, writing its record the first time.
+    fn hold_msg(&mut self, msg: &Message, will_expiry: Option<u32>, now: Instant) {
+        if self.journal.is_none() {
+            return;
+        }
+        let n = self.msg_refs.entry(msg.mid).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            let stored = msg.to_stored(will_expiry, now, unix_ms());
+            self.log(
+                Record::Msg {
+                    mid: msg.mid,
+                    msg: stored,
+                },
+                true,
+            );
+        }
+    }
+
+    /// Drops a stored reference to message `mid`.
+    fn release_msg(&mut self, mid: u64) {
+        if let Some(n) = self.msg_refs.get_mut(&mid) {
+            *n -= 1;
+            if *n == 0 {
+                self.msg_refs.remove(&mid);
+            }
+        }
+    }
+
+    /// Journals what a session's outbound half did.
+    fn log_events(&mut self, client: &Arc<str>, events: Vec<Event>) {
+        for e in events {
+            match e {
+                Event::Sent {
+                    dseq,
+                    packet_id,
+                    qos,
+                } => {
+                    // A QoS 2 PUBLISH may go out only once its packet id is durable: after
+                    // a crash it must be re-sent with the same id, or the receiver would
+                    // take it for a new message.
+                    let rec = Record::Sent {
+                        client: client.to_string(),
+                        dseq,
+                        packet_id,
+                    };
+                    self.log(rec, qos == QoS::ExactlyOnce);
+                }
+                Event::Released { dseq } => {
+                    // PUBREL only after PUBREC is durable: re-sending the PUBLISH after
+                    // the receiver let the id go would deliver it twice.
+                    self.log(
+                        Record::Released {
+                            client: client.to_string(),
+                            dseq,
+                        },
+                        true,
+                    );
+                }
+                Event::Finished { dseq, mid } => {
+                    self.log(
+                        Record::Done {
+                            client: client.to_string(),
+                            dseq,
+                        },
+                        false,
+                    );
+                    self.release_msg(mid);
+                }
+            }
+        }
+    }
+
+    /// Sends what `client`'s session may send now, journaling it.
+    fn drain_session(&mut self, client: &Arc<str>, out: &mut BytesMut, now: Instant) {
+        let limits = self.limits;
+        let durable = self.durable();
+        let mut events = Vec::new();
+        if let Some(s) = self.sessions.get_mut(client) {
+            s.drain(out, &limits, now, durable, &mut |e| events.push(e));
+        }
+        self.log_events(client, events);
     }
 
     /// Number of sessions (online and offline).
@@ -224,6 +373,7 @@ impl Core {
 
         // Takeover and session resumption.
         if let Some(old) = self.sessions.get_mut(&client_id) {
+            old.offline_since = None;
             if let Some(link) = old.link.take() {
                 let reason = reason::SESSION_TAKEN_OVER;
                 link.kick.set(reason);
@@ -287,8 +437,15 @@ impl Core {
                 properties: w.properties,
                 payload: w.payload,
             };
-            let mut msg =
-                Message::from_publish(&publish, Arc::from(w.topic), Some(client_id.clone()), now);
+            let mid = self.next_mid;
+            self.next_mid += 1;
+            let mut msg = Message::from_publish(
+                mid,
+                &publish,
+                Arc::from(w.topic),
+                Some(client_id.clone()),
+                now,
+            );
             msg.expires_at = None;
             WillState {
                 msg: Arc::new(msg),
@@ -305,9 +462,56 @@ impl Core {
             .sessions
             .entry(client_id.clone())
             .or_insert_with(|| Session::new(client_id.clone()));
+        let old_expiry = session.expiry_interval;
+        let was_persisted = session.persisted;
         session.expiry_interval = expiry;
         session.link = Some(link);
-        session.will = will;
+        session.will = will.clone();
+        session.persisted = expiry > 0;
+        if self.journal.is_some() {
+            let id = client_id.to_string();
+            match (was_persisted, expiry > 0) {
+                (false, true) => {
+                    self.log(
+                        Record::SessionOpen {
+                            client: id.clone(),
+                            expiry,
+                        },
+                        true,
+                    );
+                }
+                (true, true) if old_expiry != expiry => {
+                    self.log(
+                        Record::SessionExpiry {
+                            client: id.clone(),
+                            expiry,
+                        },
+                        true,
+                    );
+                }
+                (true, false) => {
+                    // Resumed with Session Expiry 0: the session now ends with this
+                    // connection, so the store lets go of it.
+                    self.log(Record::SessionEnd { client: id.clone() }, false);
+                }
+                _ => {}
+            }
+            if was_persisted && expiry > 0 && session_present {
+                self.log(Record::WillClear { client: id.clone() }, false);
+            }
+            if let (Some(w), true) = (&will, expiry > 0) {
+                self.hold_msg(&w.msg, w.expiry, now);
+                self.log(
+                    Record::Will {
+                        client: id,
+                        mid: w.msg.mid,
+                        delay: w.delay,
+                    },
+                    false,
+                );
+            }
+        }
+        let session = self.sessions.get_mut(&client_id)?;
 
         let mut props = Properties::default();
         if v5 {
@@ -338,10 +542,12 @@ impl Core {
         write_packet(out, protocol, &Packet::ConnAck(ack));
         tracing::debug!(client = %client_id, ?protocol, session_present, "connected");
 
+        let mut events = Vec::new();
         if session_present {
-            session.resend_inflight(out, now);
+            session.resend_inflight(out, now, &mut |e| events.push(e));
         }
-        session.drain(out, &self.limits, now);
+        self.log_events(&client_id, events);
+        self.drain_session(&client_id, out, now);
         Some(Accepted {
             client_id,
             conn_id,
@@ -363,9 +569,9 @@ impl Core {
         now: Instant,
         out: &mut BytesMut,
     ) -> Result<(), Close> {
-        let limits = self.limits;
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
-        s.drain(out, &limits, now);
+        let id = s.client_id.clone();
+        self.drain_session(&id, out, now);
         Ok(())
     }
 
@@ -382,20 +588,23 @@ impl Core {
         out: &mut BytesMut,
         fx: &mut Effects,
     ) -> Result<(), Close> {
-        let limits = self.limits;
         let max_expiry = self.cfg.max_session_expiry;
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
         let protocol = s.link.as_ref().map_or(Protocol::V311, |l| l.protocol);
         let v5 = protocol.is_v5();
+        let persisted = s.persisted;
+        let mut events = Vec::new();
         match packet {
             Packet::Publish(p) => return self.handle_publish(client, conn_id, p, now, out, fx),
             Packet::PubAck(a) => {
-                if !s.complete(a.packet_id, Phase::Published, QoS::AtLeastOnce) {
+                if !s.complete(a.packet_id, Phase::Published, QoS::AtLeastOnce, &mut |e| {
+                    events.push(e)
+                }) {
                     tracing::debug!(client = %client, id = a.packet_id, "PUBACK for unknown packet id");
                 }
             }
             Packet::PubRec(a) => {
-                let known = s.received(a.packet_id, a.reason);
+                let known = s.received(a.packet_id, a.reason, &mut |e| events.push(e));
                 if a.reason < 0x80 {
                     let mut rel = Ack::new(a.packet_id);
                     if !known && v5 {
@@ -406,17 +615,29 @@ impl Core {
             }
             Packet::PubRel(a) => {
                 let mut comp = Ack::new(a.packet_id);
-                if !s.inbound_qos2.remove(&a.packet_id) && v5 {
+                let known = s.inbound_qos2.remove(&a.packet_id);
+                if !known && v5 {
                     comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
                 }
                 write_packet(out, protocol, &Packet::PubComp(comp));
+                if known && persisted {
+                    let rec = Record::Inbound2Done {
+                        client: client.to_string(),
+                        packet_id: a.packet_id,
+                    };
+                    self.log(rec, false);
+                }
             }
             Packet::PubComp(a) => {
-                if !s.complete(a.packet_id, Phase::Released, QoS::ExactlyOnce) {
+                if !s.complete(a.packet_id, Phase::Released, QoS::ExactlyOnce, &mut |e| {
+                    events.push(e)
+                }) {
                     tracing::debug!(client = %client, id = a.packet_id, "PUBCOMP for unknown packet id");
                 }
             }
-            Packet::Subscribe(sub) => return self.handle_subscribe(client, conn_id, sub, now, out),
+            Packet::Subscribe(sub) => {
+                return self.handle_subscribe(client, conn_id, sub, now, out, fx)
+            }
             Packet::Unsubscribe(u) => return self.handle_unsubscribe(client, conn_id, u, out),
             Packet::PingReq => write_packet(out, protocol, &Packet::PingResp),
             Packet::Disconnect(d) => {
@@ -425,7 +646,17 @@ impl Core {
                         if s.expiry_interval == 0 && e != 0 {
                             return Err(Close::Error(reason::PROTOCOL_ERROR));
                         }
-                        s.expiry_interval = e.min(max_expiry);
+                        let e = e.min(max_expiry);
+                        s.expiry_interval = e;
+                        if persisted && e > 0 {
+                            self.log(
+                                Record::SessionExpiry {
+                                    client: client.to_string(),
+                                    expiry: e,
+                                },
+                                false,
+                            );
+                        }
                     }
                 }
                 return Err(Close::Disconnected {
@@ -435,9 +666,8 @@ impl Core {
             Packet::Auth(_) => return Err(Close::Error(reason::BAD_AUTHENTICATION_METHOD)),
             _ => return Err(Close::Error(reason::PROTOCOL_ERROR)),
         }
-        if let Some(s) = self.owned(client, conn_id) {
-            s.drain(out, &limits, now);
-        }
+        self.log_events(client, events);
+        self.drain_session(client, out, now);
         Ok(())
     }
 
@@ -503,8 +733,16 @@ impl Core {
             }
         }
         // `$SYS` belongs to the broker: clients may not publish into it.
+        let persisted = s.persisted;
         let routed = if code == reason::SUCCESS && !is_sys(&topic) {
-            let msg = Arc::new(Message::from_publish(p, topic, Some(client.clone()), now));
+            let mid = self.mid();
+            let msg = Arc::new(Message::from_publish(
+                mid,
+                p,
+                topic,
+                Some(client.clone()),
+                now,
+            ));
             self.publish(msg, now, fx)
         } else {
             0
@@ -522,14 +760,18 @@ impl Core {
                     if let Some(s) = self.owned(client, conn_id) {
                         s.inbound_qos2.insert(p.packet_id);
                     }
+                    if persisted {
+                        let rec = Record::Inbound2 {
+                            client: client.to_string(),
+                            packet_id: p.packet_id,
+                        };
+                        self.log(rec, true);
+                    }
                 }
                 write_packet(out, protocol, &Packet::PubRec(ack));
             }
         }
-        let limits = self.limits;
-        if let Some(s) = self.owned(client, conn_id) {
-            s.drain(out, &limits, now);
-        }
+        self.drain_session(client, out, now);
         Ok(())
     }
 
@@ -538,11 +780,30 @@ impl Core {
     pub fn publish(&mut self, msg: Arc<Message>, now: Instant, fx: &mut Effects) -> usize {
         if msg.retain {
             if msg.payload.is_empty() {
-                self.retained.remove(&msg.topic);
+                if let Some(old) = self.retained.remove(&msg.topic) {
+                    self.log(
+                        Record::RetainDel {
+                            topic: msg.topic.to_string(),
+                        },
+                        msg.qos != QoS::AtMostOnce,
+                    );
+                    self.release_msg(old.mid);
+                }
             } else if self.retained.len() < self.cfg.max_retained_messages
                 || self.retained.contains_key(&msg.topic)
             {
-                self.retained.insert(msg.topic.clone(), msg.clone());
+                // `$SYS` values are regenerated at start-up; they are not stored.
+                if !is_sys(&msg.topic) {
+                    self.hold_msg(&msg, None, now);
+                    let rec = Record::RetainSet {
+                        topic: msg.topic.to_string(),
+                        mid: msg.mid,
+                    };
+                    self.log(rec, msg.qos != QoS::AtMostOnce);
+                }
+                if let Some(old) = self.retained.insert(msg.topic.clone(), msg.clone()) {
+                    self.release_msg(old.mid);
+                }
             } else {
                 tracing::warn!(topic = %msg.topic, "retained message limit reached; not retained");
             }
@@ -584,6 +845,8 @@ impl Core {
                 sub_ids: t.sub_ids,
                 msg: msg.clone(),
                 shared: None,
+                dseq: 0,
+                lsn: 0,
             };
             count += usize::from(self.deliver(&client, d, now, fx));
         }
@@ -597,6 +860,8 @@ impl Core {
                         sub_ids: e.id.into_iter().collect(),
                         msg: msg.clone(),
                         shared: Some((group.clone(), filter.clone())),
+                        dseq: 0,
+                        lsn: 0,
                     };
                     count += usize::from(self.deliver(&client, d, now, fx));
                 }
@@ -655,6 +920,8 @@ impl Core {
         }
         self.stats.deliveries += 1;
         let qos = d.qos;
+        let store = s.persisted && qos != QoS::AtMostOnce && self.journal.is_some();
+        let msg = d.msg.clone();
         if s.enqueue(d, &limits) == crate::session::Enqueued::Dropped {
             self.stats.dropped_overflow += 1;
             match &s.link {
@@ -672,6 +939,36 @@ impl Core {
         if let Some(link) = &s.link {
             fx.wake.push(link.notify.clone());
         }
+        if store {
+            self.hold_msg(&msg, None, now);
+            let dseq = self.next_dseq;
+            self.next_dseq += 1;
+            let (qos, retain, sub_ids, shared) =
+                match self.sessions.get(client).and_then(|s| s.queue.back()) {
+                    Some(d) => (d.qos, d.retain, d.sub_ids.clone(), d.shared.clone()),
+                    None => return true,
+                };
+            let lsn = self.log(
+                Record::Enqueue {
+                    client: client.to_owned(),
+                    dseq,
+                    mid: msg.mid,
+                    qos: qos as u8,
+                    retain,
+                    sub_ids,
+                    shared: shared.map(|(g, f)| (g.to_string(), f.to_string())),
+                },
+                true,
+            );
+            if let Some(d) = self
+                .sessions
+                .get_mut(client)
+                .and_then(|s| s.queue.back_mut())
+            {
+                d.dseq = dseq;
+                d.lsn = lsn;
+            }
+        }
         true
     }
 
@@ -682,10 +979,12 @@ impl Core {
         sub: &Subscribe<'_>,
         now: Instant,
         out: &mut BytesMut,
+        fx: &mut Effects,
     ) -> Result<(), Close> {
         let cfg = self.cfg.clone();
-        let limits = self.limits;
         let s = owned(&mut self.sessions, client, conn_id).ok_or(Close::TakenOver)?;
+        let persisted = s.persisted;
+        let mut records = Vec::new();
         let protocol = s.link.as_ref().map_or(Protocol::V311, |l| l.protocol);
         let v5 = protocol.is_v5();
         let sub_id = sub.properties.subscription_identifiers.iter().next();
@@ -740,6 +1039,14 @@ impl Core {
             let mut options = f.options;
             options.qos = qos;
             let full: Arc<str> = Arc::from(f.filter);
+            if persisted {
+                records.push(Record::SubAdd {
+                    client: client.to_string(),
+                    filter: f.filter.to_owned(),
+                    options: options.to_byte(Protocol::V5),
+                    id: sub_id.unwrap_or(0),
+                });
+            }
             let existed = s
                 .subscriptions
                 .insert(
@@ -775,6 +1082,9 @@ impl Core {
             }
             codes.push(qos as u8);
         }
+        for rec in records {
+            self.log(rec, true);
+        }
         let ack = SubAck {
             packet_id: sub.packet_id,
             properties: Properties::default(),
@@ -792,16 +1102,16 @@ impl Core {
                         sub_ids: sub_id.into_iter().collect(),
                         msg: msg.clone(),
                         shared: None,
+                        dseq: 0,
+                        lsn: 0,
                     });
                 }
             }
         }
-        if let Some(s) = self.owned(client, conn_id) {
-            for d in deliveries {
-                s.enqueue(d, &limits);
-            }
-            s.drain(out, &limits, now);
+        for d in deliveries {
+            self.deliver(client, d, now, fx);
         }
+        self.drain_session(client, out, now);
         Ok(())
     }
 
@@ -814,6 +1124,7 @@ impl Core {
     ) -> Result<(), Close> {
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
         let protocol = s.link.as_ref().map_or(Protocol::V311, |l| l.protocol);
+        let persisted = s.persisted;
         let mut codes = Vec::with_capacity(u.filters.len());
         let mut removed = Vec::new();
         for f in u.filters.iter() {
@@ -826,6 +1137,15 @@ impl Core {
         }
         for f in removed {
             self.remove_trie_entry(client, f);
+            if persisted {
+                self.log(
+                    Record::SubDel {
+                        client: client.to_string(),
+                        filter: f.to_owned(),
+                    },
+                    true,
+                );
+            }
         }
         let ack = UnsubAck {
             packet_id: u.packet_id,
@@ -864,6 +1184,7 @@ impl Core {
             return;
         };
         s.link = None;
+        s.offline_since = Some(now);
         self.link_ended(client, end, false, now, fx);
     }
 
@@ -880,8 +1201,10 @@ impl Core {
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
+        let persisted = s.persisted;
+        let mut will_gone = None;
         match end {
-            End::Normal { will: false } => s.will = None,
+            End::Normal { will: false } => will_gone = s.will.take().map(|w| w.msg.mid),
             End::Normal { will: true } | End::Abnormal => {}
         }
         // Queued (unsent) shared deliveries go to another member of their group.
@@ -901,9 +1224,28 @@ impl Core {
             if delay == 0 {
                 let w = w.clone();
                 s.will = None;
+                will_gone = Some(w.msg.mid);
                 self.publish_will(w, now, fx);
             } else {
                 s.will_at = Some(now + Duration::from_secs(u64::from(delay)));
+            }
+        }
+        if persisted {
+            if let Some(mid) = will_gone {
+                self.log(
+                    Record::WillClear {
+                        client: client.to_string(),
+                    },
+                    false,
+                );
+                self.release_msg(mid);
+            }
+            if !takeover && expiry > 0 {
+                let rec = Record::SessionOffline {
+                    client: client.to_string(),
+                    at_ms: unix_ms(),
+                };
+                self.log(rec, false);
             }
         }
         for d in reroute {
@@ -931,10 +1273,22 @@ impl Core {
     }
 
     /// Gives a shared delivery to another member of its group (the previous one left).
-    fn reroute_shared(&mut self, from: &Arc<str>, d: Delivery, now: Instant, fx: &mut Effects) {
+    fn reroute_shared(&mut self, from: &Arc<str>, mut d: Delivery, now: Instant, fx: &mut Effects) {
         let Some((group, filter)) = d.shared.clone() else {
             return;
         };
+        if d.dseq != 0 {
+            self.log(
+                Record::Done {
+                    client: from.to_string(),
+                    dseq: d.dseq,
+                },
+                false,
+            );
+            self.release_msg(d.msg.mid);
+            d.dseq = 0;
+            d.lsn = 0;
+        }
         let mut members = Vec::new();
         self.subs.for_each_match(&d.msg.topic, |f, key, entry| {
             if f == &*filter && key.group.as_deref() == Some(&*group) {
@@ -957,21 +1311,31 @@ impl Core {
         for f in s.subscriptions.keys() {
             self.remove_trie_entry(client, f);
         }
+        if s.persisted {
+            self.log(
+                Record::SessionEnd {
+                    client: client.to_string(),
+                },
+                false,
+            );
+            if let Some(w) = &s.will {
+                self.release_msg(w.msg.mid);
+            }
+        }
         if s.will_at.is_some() {
             if let Some(w) = s.will {
                 self.publish_will(w, now, fx);
             }
         }
-        let mut reroute: Vec<Delivery> =
-            s.queue.into_iter().filter(|d| d.shared.is_some()).collect();
-        reroute.extend(
-            s.inflight
-                .into_iter()
-                .filter(|i| i.delivery.shared.is_some() && i.delivery.qos == QoS::AtLeastOnce)
-                .map(|i| i.delivery),
-        );
-        for d in reroute {
-            self.reroute_shared(client, d, now, fx);
+        // Queued shared deliveries and QoS 1 ones in flight go to another member; a QoS
+        // 2 flow that has begun stays with this member (MQTT 5 §4.8.2) and ends here.
+        let inflight = s.inflight.into_iter().map(|i| (i.delivery, true));
+        for (d, sent) in s.queue.into_iter().map(|d| (d, false)).chain(inflight) {
+            if d.shared.is_some() && (!sent || d.qos == QoS::AtLeastOnce) {
+                self.reroute_shared(client, d, now, fx);
+            } else if d.dseq != 0 {
+                self.release_msg(d.msg.mid);
+            }
         }
         tracing::debug!(client = %client, "session ended");
     }
@@ -987,20 +1351,266 @@ impl Core {
             if s.will_at.is_some_and(|t| t <= now) {
                 s.will_at = None;
                 if let Some(w) = s.will.take() {
-                    wills.push(w);
+                    wills.push((id.clone(), s.persisted, w));
                 }
             }
             if s.expires_at.is_some_and(|t| t <= now) {
                 expired.push(id.clone());
             }
         }
-        for w in wills {
+        for (id, persisted, w) in wills {
+            if persisted {
+                self.log(
+                    Record::WillClear {
+                        client: id.to_string(),
+                    },
+                    false,
+                );
+                self.release_msg(w.msg.mid);
+            }
             self.publish_will(w, now, fx);
         }
         for id in expired {
             self.end_session(&id, now, fx);
         }
-        self.retained.retain(|_, m| !m.expired(now));
+        let gone: Vec<Arc<Message>> = self
+            .retained
+            .values()
+            .filter(|m| m.expired(now))
+            .cloned()
+            .collect();
+        for m in gone {
+            self.retained.remove(&m.topic);
+            self.log(
+                Record::RetainDel {
+                    topic: m.topic.to_string(),
+                },
+                false,
+            );
+            self.release_msg(m.mid);
+        }
+    }
+
+    /// Loads the durable state replayed from the journal. Every restored session is
+    /// offline; sessions that were connected at the crash count as disconnected now
+    /// (their wills start their delay, their expiry starts counting).
+    pub fn restore(&mut self, img: Image, now: Instant) {
+        let now_ms = unix_ms();
+        self.next_mid = self.next_mid.max(img.max_mid + 1);
+        self.next_dseq = self.next_dseq.max(img.max_dseq + 1);
+        let mut messages: HashMap<u64, (Arc<Message>, Option<u32>)> = HashMap::new();
+        for (mid, m) in img.messages {
+            let (msg, will_expiry) = Message::from_stored(mid, m, now, now_ms);
+            messages.insert(mid, (Arc::new(msg), will_expiry));
+        }
+        for (topic, mid) in img.retained {
+            if let Some((m, _)) = messages.get(&mid) {
+                *self.msg_refs.entry(mid).or_insert(0) += 1;
+                self.retained.insert(Arc::from(topic), m.clone());
+            }
+        }
+        for (client, si) in img.sessions {
+            let id: Arc<str> = Arc::from(client);
+            let mut s = Session::new(id.clone());
+            s.expiry_interval = si.expiry;
+            s.persisted = true;
+            let offline = si.offline_at_ms.map_or(now, |ms| {
+                crate::message::unix_ms_to_instant(ms, now, now_ms)
+            });
+            s.offline_since = Some(offline);
+            for (filter, (opts, sub_id)) in si.subs {
+                let options = SubOptions::from_byte(opts, Protocol::V5).unwrap_or_default();
+                let sub_id = (sub_id != 0).then_some(sub_id);
+                let (group, inner) = match topic::split_shared(&filter) {
+                    Some(Ok((g, inner))) => (Some(Arc::from(g)), inner.to_owned()),
+                    _ => (None, filter.clone()),
+                };
+                let entry = SubEntry {
+                    qos: options.qos,
+                    no_local: options.no_local,
+                    retain_as_published: options.retain_as_published,
+                    id: sub_id,
+                };
+                self.subs.insert(
+                    &inner,
+                    SubKey {
+                        client: id.clone(),
+                        group,
+                    },
+                    entry,
+                );
+                s.subscriptions.insert(
+                    Arc::from(filter),
+                    Subscription {
+                        options,
+                        id: sub_id,
+                    },
+                );
+            }
+            for (dseq, d) in si.deliveries {
+                let Some((msg, _)) = messages.get(&d.mid) else {
+                    continue;
+                };
+                *self.msg_refs.entry(d.mid).or_insert(0) += 1;
+                let delivery = Delivery {
+                    msg: msg.clone(),
+                    qos: QoS::from_u8(d.qos).unwrap_or(QoS::AtLeastOnce),
+                    retain: d.retain,
+                    sub_ids: d.sub_ids,
+                    shared: d.shared.map(|(g, f)| (Arc::from(g), Arc::from(f))),
+                    dseq,
+                    lsn: 0,
+                };
+                match d.packet_id {
+                    Some(packet_id) => s.inflight.push_back(Inflight {
+                        packet_id,
+                        delivery,
+                        phase: if d.released {
+                            Phase::Released
+                        } else {
+                            Phase::Published
+                        },
+                    }),
+                    None => {
+                        s.queued_bytes += delivery.msg.cost();
+                        s.queue.push_back(delivery);
+                    }
+                }
+            }
+            s.inbound_qos2 = si.inbound2;
+            if let Some((mid, delay)) = si.will {
+                if let Some((msg, will_expiry)) = messages.get(&mid) {
+                    *self.msg_refs.entry(mid).or_insert(0) += 1;
+                    s.will = Some(WillState {
+                        msg: msg.clone(),
+                        delay,
+                        expiry: *will_expiry,
+                    });
+                    let wait = Duration::from_secs(u64::from(delay.min(si.expiry)));
+                    s.will_at = Some(offline + wait);
+                }
+            }
+            s.expires_at = (si.expiry != u32::MAX)
+                .then(|| offline + Duration::from_secs(u64::from(si.expiry)));
+            if si.offline_at_ms.is_none() {
+                self.log(
+                    Record::SessionOffline {
+                        client: id.to_string(),
+                        at_ms: now_ms,
+                    },
+                    false,
+                );
+            }
+            self.sessions.insert(id, s);
+        }
+    }
+
+    /// Framed journal records describing the whole durable state now (for compaction).
+    pub fn snapshot(&self, now: Instant) -> Vec<u8> {
+        let mut snap = Snapshot {
+            out: Vec::new(),
+            buf: Vec::new(),
+            emitted: HashSet::new(),
+            now,
+            now_ms: unix_ms(),
+        };
+        for (topic, m) in self.retained.iter().filter(|(t, _)| !is_sys(t)) {
+            snap.msg(m, None);
+            snap.put(Record::RetainSet {
+                topic: topic.to_string(),
+                mid: m.mid,
+            });
+        }
+        for (id, s) in &self.sessions {
+            if !s.persisted {
+                continue;
+            }
+            let client = id.to_string();
+            snap.put(Record::SessionOpen {
+                client: client.clone(),
+                expiry: s.expiry_interval,
+            });
+            if let (Some(at), false) = (s.offline_since, s.online()) {
+                let at_ms = crate::message::instant_to_unix_ms(at, now, snap.now_ms);
+                snap.put(Record::SessionOffline {
+                    client: client.clone(),
+                    at_ms,
+                });
+            }
+            for (filter, sub) in &s.subscriptions {
+                snap.put(Record::SubAdd {
+                    client: client.clone(),
+                    filter: filter.to_string(),
+                    options: sub.options.to_byte(Protocol::V5),
+                    id: sub.id.unwrap_or(0),
+                });
+            }
+            let inflight = s
+                .inflight
+                .iter()
+                .map(|i| (&i.delivery, Some((i.packet_id, i.phase))));
+            for (d, sent) in inflight.chain(s.queue.iter().map(|d| (d, None))) {
+                if d.dseq == 0 {
+                    continue;
+                }
+                snap.msg(&d.msg, None);
+                snap.put(Record::Enqueue {
+                    client: client.clone(),
+                    dseq: d.dseq,
+                    mid: d.msg.mid,
+                    qos: d.qos as u8,
+                    retain: d.retain,
+                    sub_ids: d.sub_ids.clone(),
+                    shared: d
+                        .shared
+                        .as_ref()
+                        .map(|(g, f)| (g.to_string(), f.to_string())),
+                });
+                if let Some((packet_id, phase)) = sent {
+                    snap.put(Record::Sent {
+                        client: client.clone(),
+                        dseq: d.dseq,
+                        packet_id,
+                    });
+                    if phase == Phase::Released {
+                        snap.put(Record::Released {
+                            client: client.clone(),
+                            dseq: d.dseq,
+                        });
+                    }
+                }
+            }
+            for &packet_id in &s.inbound_qos2 {
+                snap.put(Record::Inbound2 {
+                    client: client.clone(),
+                    packet_id,
+                });
+            }
+            if let Some(w) = &s.will {
+                snap.msg(&w.msg, w.expiry);
+                snap.put(Record::Will {
+                    client: client.clone(),
+                    mid: w.msg.mid,
+                    delay: w.delay,
+                });
+            }
+        }
+        snap.out
+    }
+
+    /// Replaces the journal's history with a snapshot once it has grown to several times
+    /// the live state.
+    pub fn maybe_compact(&mut self, now: Instant) {
+        let Some(j) = self.journal.clone() else {
+            return;
+        };
+        if j.since_snapshot() < COMPACT_MIN.max(self.last_snapshot.saturating_mul(2)) {
+            return;
+        }
+        let snap = self.snapshot(now);
+        tracing::info!(bytes = snap.len(), "compacting the store");
+        self.last_snapshot = snap.len() as u64;
+        j.snapshot(snap);
     }
 
     /// Publishes the broker's counters under `$SYS/broker/` (retained, QoS 0).
@@ -1037,6 +1647,7 @@ impl Core {
         fx: &mut Effects,
     ) {
         let msg = Message {
+            mid: self.mid(),
             topic: Arc::from(topic),
             payload,
             qos: QoS::AtMostOnce,
@@ -1063,6 +1674,33 @@ fn owned<'s>(
     sessions
         .get_mut(client)
         .filter(|s| s.link.as_ref().is_some_and(|l| l.conn_id == conn_id))
+}
+
+/// Builds a snapshot: framed records, each message written once.
+struct Snapshot {
+    out: Vec<u8>,
+    buf: Vec<u8>,
+    emitted: HashSet<u64>,
+    now: Instant,
+    now_ms: u64,
+}
+
+impl Snapshot {
+    fn put(&mut self, rec: Record) {
+        self.buf.clear();
+        rec.encode(&mut self.buf);
+        crate::store::log::frame(&mut self.out, &self.buf);
+    }
+
+    fn msg(&mut self, m: &Message, will_expiry: Option<u32>) {
+        if self.emitted.insert(m.mid) {
+            let stored = m.to_stored(will_expiry, self.now, self.now_ms);
+            self.put(Record::Msg {
+                mid: m.mid,
+                msg: stored,
+            });
+        }
+    }
 }
 
 /// True for topics under `$SYS`, which only the broker publishes to.

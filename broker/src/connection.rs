@@ -134,19 +134,23 @@ async fn run(
     };
     let notify = Arc::new(Notify::new());
     let kick = Arc::new(Kick::default());
-    let accepted = {
+    let (accepted, lsn) = {
         let mut core = shared.lock();
-        core.connect(
+        let now = std::time::Instant::now();
+        let acc = core.connect(
             &connect,
             notify.clone(),
             kick.clone(),
-            std::time::Instant::now(),
+            now,
             &mut out,
             &mut fx,
-        )
+        );
+        (acc, core.take_wait_lsn())
     };
-    fx.run();
     inbuf.advance(header.frame_len());
+    // Replies (and deliveries to others) go out only once what they confirm is durable.
+    shared.durable(lsn).await;
+    fx.run();
     flush(&mut stream, &mut out).await?;
     let Some(acc) = accepted else {
         return Ok(());
@@ -163,7 +167,7 @@ async fn run(
         // Handle every complete frame in the buffer under one lock.
         let mut consumed = 0;
         let mut close = None;
-        {
+        let lsn = {
             let mut core = shared.lock();
             let now = std::time::Instant::now();
             loop {
@@ -193,9 +197,11 @@ async fn run(
                     break;
                 }
             }
-        }
-        fx.run();
+            core.take_wait_lsn()
+        };
         inbuf.advance(consumed);
+        shared.durable(lsn).await;
+        fx.run();
         match close {
             Some(Close::Disconnected { will }) => {
                 flush(&mut stream, &mut out).await?;
@@ -242,10 +248,16 @@ async fn run(
                     let _ = flush(&mut stream, &mut out).await;
                     break 'conn End::Abnormal;
                 }
-                let res = shared.lock().drain(&acc.client_id, acc.conn_id, std::time::Instant::now(), &mut out);
+                let (res, lsn) = {
+                    let mut core = shared.lock();
+                    let now = std::time::Instant::now();
+                    let res = core.drain(&acc.client_id, acc.conn_id, now, &mut out);
+                    (res, core.take_wait_lsn())
+                };
                 if res.is_err() {
                     return Ok(());
                 }
+                shared.durable(lsn).await;
             }
             _ = keepalive_expired => {
                 tracing::info!("keep alive expired; closing");

@@ -18,13 +18,6 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if !config.storage.memory {
-        // TODO: the on-disk store (#5); until then state lives in memory only.
-        tracing::warn!(
-            data_dir = %config.storage.data_dir.display(),
-            "on-disk store not built yet: state is kept in memory"
-        );
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -2,14 +2,19 @@
 //! receiver through an `Arc`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use mote_codec::{PropList, Properties, Publish, QoS, Sink};
 
+use crate::store::record::StoredMessage;
+
 /// One published message, after topic-alias resolution.
 #[derive(Debug, Clone)]
 pub struct Message {
+    /// Identifier of the message in the store (unique per broker run and across
+    /// recoveries).
+    pub mid: u64,
     /// Topic name.
     pub topic: Arc<str>,
     /// Payload.
@@ -38,6 +43,7 @@ pub struct Message {
 impl Message {
     /// Builds a message from a decoded PUBLISH whose topic is `topic` (alias resolved).
     pub fn from_publish(
+        mid: u64,
         p: &Publish<'_>,
         topic: Arc<str>,
         publisher: Option<Arc<str>>,
@@ -45,6 +51,7 @@ impl Message {
     ) -> Message {
         let props = &p.properties;
         Message {
+            mid,
             topic,
             payload: Bytes::copy_from_slice(p.payload),
             qos: p.qos,
@@ -96,6 +103,80 @@ impl Message {
             subscription_identifiers: PropList::Slice(sub_ids),
             ..Properties::default()
         }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `at` as Unix milliseconds, given that `now` is `now_ms`.
+pub fn instant_to_unix_ms(at: Instant, now: Instant, now_ms: u64) -> u64 {
+    if at >= now {
+        now_ms.saturating_add(u64::try_from((at - now).as_millis()).unwrap_or(u64::MAX))
+    } else {
+        now_ms.saturating_sub(u64::try_from((now - at).as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Unix milliseconds `ms` as an `Instant`, given that `now` is `now_ms`.
+pub fn unix_ms_to_instant(ms: u64, now: Instant, now_ms: u64) -> Instant {
+    if ms >= now_ms {
+        now + Duration::from_millis(ms - now_ms)
+    } else {
+        now.checked_sub(Duration::from_millis(now_ms - ms))
+            .unwrap_or(now)
+    }
+}
+
+impl Message {
+    /// The stored form; `will_expiry` is the will's own expiry interval, if this is one.
+    pub fn to_stored(&self, will_expiry: Option<u32>, now: Instant, now_ms: u64) -> StoredMessage {
+        StoredMessage {
+            topic: self.topic.to_string(),
+            payload: self.payload.clone(),
+            qos: self.qos as u8,
+            retain: self.retain,
+            payload_format_indicator: self.payload_format_indicator.unwrap_or(u8::MAX),
+            content_type: self.content_type.as_deref().map(str::to_owned),
+            response_topic: self.response_topic.as_deref().map(str::to_owned),
+            correlation_data: self.correlation_data.clone(),
+            user_properties: self.user_properties.clone(),
+            expires_at_ms: self
+                .expires_at
+                .map_or(0, |t| instant_to_unix_ms(t, now, now_ms).max(1)),
+            will_expiry: will_expiry.unwrap_or(u32::MAX),
+            publisher: self.publisher.as_deref().map(str::to_owned),
+        }
+    }
+
+    /// Rebuilds a message from its stored form; also returns the will expiry.
+    pub fn from_stored(
+        mid: u64,
+        m: StoredMessage,
+        now: Instant,
+        now_ms: u64,
+    ) -> (Message, Option<u32>) {
+        let msg = Message {
+            mid,
+            topic: Arc::from(m.topic),
+            payload: m.payload,
+            qos: QoS::from_u8(m.qos).unwrap_or(QoS::AtLeastOnce),
+            retain: m.retain,
+            payload_format_indicator: (m.payload_format_indicator != u8::MAX)
+                .then_some(m.payload_format_indicator),
+            content_type: m.content_type.map(Arc::from),
+            response_topic: m.response_topic.map(Arc::from),
+            correlation_data: m.correlation_data,
+            user_properties: m.user_properties,
+            expires_at: (m.expires_at_ms != 0)
+                .then(|| unix_ms_to_instant(m.expires_at_ms, now, now_ms)),
+            publisher: m.publisher.map(Arc::from),
+        };
+        (msg, (m.will_expiry != u32::MAX).then_some(m.will_expiry))
     }
 }
 

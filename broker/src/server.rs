@@ -10,12 +10,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{Core, Effects};
 use crate::config::Config;
+use crate::store::journal::{Journal, WriterHandle};
+use crate::store::recover::Image;
 
 /// State shared by every connection task.
 #[derive(Debug)]
 pub struct Shared {
     /// The merged configuration.
     pub config: Arc<Config>,
+    /// The on-disk journal; `None` with `--memory`.
+    pub journal: Option<Arc<Journal>>,
     // One std Mutex around the whole core: every critical section is a few map operations
     // and an encode into a buffer, never an `.await`, so a sync lock is cheaper than an
     // async one and contention stays low on the small machines we target.
@@ -23,12 +27,32 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// A broker with an empty core.
+    /// A broker with an empty core and the in-memory store.
     pub fn new(config: Config) -> Shared {
         let config = Arc::new(config);
         Shared {
             core: Mutex::new(Core::new(Arc::new(config.mqtt.clone()))),
             config,
+            journal: None,
+        }
+    }
+
+    /// A broker whose state was recovered from (and is journaled to) the on-disk store.
+    pub fn with_core(config: Arc<Config>, core: Core, journal: Arc<Journal>) -> Shared {
+        Shared {
+            core: Mutex::new(core),
+            config,
+            journal: Some(journal),
+        }
+    }
+
+    /// Waits until the journal holds everything up to `lsn` durably (no-op for 0).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe.
+    pub async fn durable(&self, lsn: u64) {
+        if let (Some(j), true) = (&self.journal, lsn > 0) {
+            j.wait_durable(lsn).await;
         }
     }
 
@@ -50,10 +74,70 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// # Errors
 /// When the listener cannot be bound.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.mqtt.listen).await?;
+    let (shared, writer) = if config.storage.memory {
+        (Shared::new(config), None)
+    } else {
+        let (shared, writer) = open_store(config)?;
+        (shared, Some(writer))
+    };
+    let listener = TcpListener::bind(shared.config.mqtt.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!("listening mqtt={addr}");
-    serve(listener, Arc::new(Shared::new(config)), shutdown).await
+    let result = serve(listener, Arc::new(shared), shutdown).await;
+    if let Some(w) = writer {
+        // Writes and syncs whatever the last connections appended.
+        tokio::task::spawn_blocking(move || w.shutdown()).await?;
+        tracing::info!("store flushed");
+    }
+    result
+}
+
+/// Opens the on-disk store in `data_dir` and rebuilds the broker's state from it.
+///
+/// # Errors
+/// When the directory or its files cannot be read or created.
+pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
+    let started = std::time::Instant::now();
+    let dir = config.storage.data_dir.clone();
+    let mut image = Image::default();
+    let (journal, writer, recovery) =
+        Journal::open(&dir, config.storage.fsync, &mut |b| image.apply_bytes(b))
+            .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", dir.display()))?;
+    if recovery.truncated_bytes > 0 {
+        tracing::warn!(
+            bytes = recovery.truncated_bytes,
+            "store: truncated a torn write at the end of the log"
+        );
+    }
+    if recovery.corrupt_regions > 0 || image.unreadable > 0 {
+        tracing::warn!(
+            regions = recovery.corrupt_regions,
+            unreadable = image.unreadable,
+            "store: skipped damaged records"
+        );
+    }
+    image.collect_garbage();
+    let (sessions, messages, retained) = (
+        image.sessions.len(),
+        image.messages.len(),
+        image.retained.len(),
+    );
+    let config = Arc::new(config);
+    let mut core = Core::with_journal(Arc::new(config.mqtt.clone()), journal.clone());
+    core.restore(image, std::time::Instant::now());
+    // Start from a compact log: the replayed history is replaced by the live state.
+    let snap = core.snapshot(std::time::Instant::now());
+    journal.snapshot(snap);
+    tracing::info!(
+        dir = %dir.display(),
+        records = recovery.records,
+        sessions,
+        messages,
+        retained,
+        ms = started.elapsed().as_millis() as u64,
+        "store recovered"
+    );
+    Ok((Shared::with_core(config, core, journal), writer))
 }
 
 /// Serves connections from `listener` until `shutdown` is cancelled.
@@ -84,6 +168,7 @@ pub async fn serve(
                         let now = std::time::Instant::now();
                         let mut core = shared.lock();
                         core.tick(now, &mut fx);
+                        core.maybe_compact(now);
                         if !sys_every.is_zero() && now >= next_sys {
                             core.publish_sys(now - started, now, &mut fx);
                             next_sys = now + sys_every;

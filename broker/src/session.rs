@@ -43,7 +43,40 @@ pub struct Delivery {
     pub sub_ids: Vec<u32>,
     /// `(group, filter)` when it came through a shared subscription.
     pub shared: Option<(Arc<str>, Arc<str>)>,
+    /// Store sequence number of this delivery (0 = not stored: QoS 0 or a clean session).
+    pub dseq: u64,
+    /// Journal position that must be durable before this delivery may be sent.
+    pub lsn: u64,
 }
+
+/// What the outbound half did to a stored delivery (the core journals it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Sent for the first time with this packet id.
+    Sent {
+        /// Delivery sequence number.
+        dseq: u64,
+        /// Packet identifier.
+        packet_id: u16,
+        /// Delivery QoS.
+        qos: QoS,
+    },
+    /// PUBREC arrived: the flow is past the point of no re-send.
+    Released {
+        /// Delivery sequence number.
+        dseq: u64,
+    },
+    /// Acknowledged, expired or dropped.
+    Finished {
+        /// Delivery sequence number.
+        dseq: u64,
+        /// The message it carried.
+        mid: u64,
+    },
+}
+
+/// Receives [`Event`]s; a no-op for volatile sessions.
+pub type EventSink<'a> = &'a mut dyn FnMut(Event);
 
 /// Where an outbound QoS 1/2 delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,8 +188,12 @@ pub struct Session {
     pub expires_at: Option<Instant>,
     /// When the pending will fires while offline.
     pub will_at: Option<Instant>,
+    /// When the last connection ended (for the store).
+    pub offline_since: Option<Instant>,
     /// Drop counters.
     pub drops: Drops,
+    /// True while the store holds this session (it was opened with an expiry above 0).
+    pub persisted: bool,
 }
 
 /// Limits the session enforces on its queue.
@@ -195,7 +232,9 @@ impl Session {
             will: None,
             expires_at: None,
             will_at: None,
+            offline_since: None,
             drops: Drops::default(),
+            persisted: false,
         }
     }
 
@@ -250,7 +289,7 @@ impl Session {
 
     /// Re-sends the inflight window after a reconnect: PUBLISH with DUP for those not yet
     /// acknowledged, PUBREL for those released, in their original order.
-    pub fn resend_inflight(&mut self, out: &mut BytesMut, now: Instant) {
+    pub fn resend_inflight(&mut self, out: &mut BytesMut, now: Instant, ev: EventSink<'_>) {
         let Some(link) = self.link.as_mut() else {
             return;
         };
@@ -266,11 +305,15 @@ impl Session {
                     // (MQTT 5 §3.3.2.3.3); a PUBREC'd one is past that point.
                     if inf.delivery.msg.expired(now) {
                         self.drops.expired += 1;
+                        finished(ev, &inf.delivery);
                         continue;
                     }
                     match encode_publish(link, &inf.delivery, inf.packet_id, true, now, out) {
                         Ok(()) => keep.push_back(inf),
-                        Err(()) => self.drops.too_large += 1,
+                        Err(()) => {
+                            self.drops.too_large += 1;
+                            finished(ev, &inf.delivery);
+                        }
                     }
                 }
             }
@@ -278,14 +321,24 @@ impl Session {
         self.inflight = keep;
     }
 
-    /// Moves queued deliveries onto the wire while the inflight window has room.
-    pub fn drain(&mut self, out: &mut BytesMut, limits: &QueueLimits, now: Instant) {
+    /// Moves queued deliveries onto the wire while the inflight window has room, stopping
+    /// at the first one whose journal position `lsn` is not yet `durable`.
+    pub fn drain(
+        &mut self,
+        out: &mut BytesMut,
+        limits: &QueueLimits,
+        now: Instant,
+        durable: u64,
+        ev: EventSink<'_>,
+    ) {
         let Some(link) = self.link.as_ref() else {
             return;
         };
         let window = usize::from(link.client_receive_max.min(limits.max_inflight).max(1));
         while let Some(front) = self.queue.front() {
-            if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
+            if front.lsn > durable
+                || (front.qos != QoS::AtMostOnce && self.inflight.len() >= window)
+            {
                 break;
             }
             let Some(d) = self.pop_queue() else {
@@ -293,6 +346,7 @@ impl Session {
             };
             if d.msg.expired(now) {
                 self.drops.expired += 1;
+                finished(ev, &d);
                 continue;
             }
             let packet_id = if d.qos == QoS::AtMostOnce {
@@ -304,28 +358,42 @@ impl Session {
                 break;
             };
             match encode_publish(link, &d, packet_id, false, now, out) {
-                Ok(()) if d.qos != QoS::AtMostOnce => self.inflight.push_back(Inflight {
-                    packet_id,
-                    delivery: d,
-                    phase: Phase::Published,
-                }),
-                Ok(()) => {}
+                Ok(()) if d.qos != QoS::AtMostOnce => {
+                    if d.dseq != 0 {
+                        ev(Event::Sent {
+                            dseq: d.dseq,
+                            packet_id,
+                            qos: d.qos,
+                        });
+                    }
+                    self.inflight.push_back(Inflight {
+                        packet_id,
+                        delivery: d,
+                        phase: Phase::Published,
+                    })
+                }
+                Ok(()) => finished(ev, &d),
                 // Larger than the client accepts: dropped as if delivered (MQTT-3.1.2-25).
-                Err(()) => self.drops.too_large += 1,
+                Err(()) => {
+                    self.drops.too_large += 1;
+                    finished(ev, &d);
+                }
             }
         }
     }
 
     /// Handles PUBACK/PUBCOMP: the flow for `packet_id` is complete. Returns false if the
     /// id was not inflight in the expected phase.
-    pub fn complete(&mut self, packet_id: u16, phase: Phase, qos: QoS) -> bool {
+    pub fn complete(&mut self, packet_id: u16, phase: Phase, qos: QoS, ev: EventSink<'_>) -> bool {
         match self
             .inflight
             .iter()
             .position(|i| i.packet_id == packet_id && i.phase == phase && i.delivery.qos == qos)
         {
             Some(pos) => {
-                self.inflight.remove(pos);
+                if let Some(i) = self.inflight.remove(pos) {
+                    finished(ev, &i.delivery);
+                }
                 true
             }
             None => false,
@@ -334,24 +402,41 @@ impl Session {
 
     /// Handles PUBREC: the QoS 2 flow moves to `Released`. A PUBREC with an error reason
     /// ends the flow. Returns false if the id was unknown.
-    pub fn received(&mut self, packet_id: u16, reason: u8) -> bool {
+    pub fn received(&mut self, packet_id: u16, reason: u8, ev: EventSink<'_>) -> bool {
         let pos = self
             .inflight
             .iter()
             .position(|i| i.packet_id == packet_id && i.delivery.qos == QoS::ExactlyOnce);
         match pos {
             Some(pos) if reason >= 0x80 => {
-                self.inflight.remove(pos);
+                if let Some(i) = self.inflight.remove(pos) {
+                    finished(ev, &i.delivery);
+                }
                 true
             }
             Some(pos) => {
                 if let Some(i) = self.inflight.get_mut(pos) {
+                    if i.phase != Phase::Released && i.delivery.dseq != 0 {
+                        ev(Event::Released {
+                            dseq: i.delivery.dseq,
+                        });
+                    }
                     i.phase = Phase::Released;
                 }
                 true
             }
             None => false,
         }
+    }
+}
+
+/// Reports a stored delivery as finished.
+fn finished(ev: EventSink<'_>, d: &Delivery) {
+    if d.dseq != 0 {
+        ev(Event::Finished {
+            dseq: d.dseq,
+            mid: d.msg.mid,
+        });
     }
 }
 

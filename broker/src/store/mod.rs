@@ -2,3 +2,4 @@
 pub mod journal;
 pub mod log;
 pub mod record;
+pub mod recover;
