@@ -158,11 +158,25 @@ pub struct Reaped(pub Child);
 
 impl Reaped {
     /// Waits for the child to exit within `timeout`, returning its output; kills it
-    /// (and returns what it wrote) when it does not.
+    /// (and returns what it wrote) when it does not. Output is read while the child
+    /// runs, so a chatty child never blocks on a full pipe.
     pub fn wait_output(
         mut self,
         timeout: Duration,
     ) -> (Option<std::process::ExitStatus>, String, String) {
+        fn reader<R: std::io::Read + Send + 'static>(
+            r: Option<R>,
+        ) -> std::thread::JoinHandle<String> {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_string(&mut s);
+                }
+                s
+            })
+        }
+        let out = reader(self.0.stdout.take());
+        let err = reader(self.0.stderr.take());
         let start = std::time::Instant::now();
         let status = loop {
             match self.0.try_wait() {
@@ -177,16 +191,11 @@ impl Reaped {
                 }
             }
         };
-        let read = |r: Option<&mut dyn std::io::Read>| {
-            let mut s = String::new();
-            if let Some(r) = r {
-                let _ = r.read_to_string(&mut s);
-            }
-            s
-        };
-        let out = read(self.0.stdout.as_mut().map(|s| s as &mut dyn std::io::Read));
-        let err = read(self.0.stderr.as_mut().map(|s| s as &mut dyn std::io::Read));
-        (status, out, err)
+        (
+            status,
+            out.join().unwrap_or_default(),
+            err.join().unwrap_or_default(),
+        )
     }
 }
 
