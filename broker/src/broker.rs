@@ -380,6 +380,15 @@ impl Core {
                 fx.wake.push(link.notify);
                 tracing::info!(client = %client_id, "session taken over");
                 self.link_ended(&client_id, End::Abnormal, true, now, fx);
+                // A session that lived only as long as its connection ends with it, before
+                // the new CONNECT's Clean Start is looked at (MQTT 5 §3.1.4, 3.1.1 §3.1.2.4).
+                if self
+                    .sessions
+                    .get(&client_id)
+                    .is_some_and(|s| s.expiry_interval == 0)
+                {
+                    self.end_session(&client_id, now, fx);
+                }
             }
         }
         let mut session_present = false;
@@ -693,6 +702,10 @@ impl Core {
         }
         if p.retain && !cfg.retain_available {
             return Err(Close::Error(reason::RETAIN_NOT_SUPPORTED));
+        }
+        // Subscription identifiers travel only from server to client (MQTT-3.3.4-6).
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(Close::Error(reason::PROTOCOL_ERROR));
         }
         // Topic alias resolution (per connection, client -> broker direction).
         let topic: Arc<str> = match p.properties.topic_alias {

@@ -110,9 +110,11 @@ pub struct MqttConfig {
     /// included); also announced as the v5 Maximum Packet Size. Must be between 64 and
     /// 268435460. Default `1048576` (1 MiB).
     pub max_packet_size: u32,
-    /// Largest keep alive, in seconds, a client may use; `0` means no maximum. A v5 client
-    /// asking for more (or for 0) is told this value in Server Keep Alive; a v3.1.1 client
-    /// asking for more is accepted but the broker enforces this value. Default `3600`.
+    /// Largest keep alive, in seconds, a v5 client may use; `0` means no maximum. A v5
+    /// client asking for more (or for 0) is told this value in Server Keep Alive and held
+    /// to it. MQTT 3.1.1 has no way to tell a client its keep alive, so a 3.1.1 client is
+    /// held to its own value (holding it to a shorter one would disconnect a client that
+    /// follows the protocol). Default `3600`.
     pub max_keepalive: u16,
     /// Time allowed between TCP accept and a complete CONNECT packet, in milliseconds.
     /// Must be at least 1. Default `10000`.

@@ -301,13 +301,9 @@ impl Session {
                     keep.push_back(inf);
                 }
                 Phase::Published => {
-                    // An expired QoS 1/2 message that was never acknowledged is dropped
-                    // (MQTT 5 §3.3.2.3.3); a PUBREC'd one is past that point.
-                    if inf.delivery.msg.expired(now) {
-                        self.drops.expired += 1;
-                        finished(ev, &inf.delivery);
-                        continue;
-                    }
+                    // Onward delivery has begun, so even an expired message is re-sent
+                    // with its packet id (MQTT-4.4.0-1; expiry only deletes copies whose
+                    // delivery has not started, §3.3.2.3.3).
                     match encode_publish(link, &inf.delivery, inf.packet_id, true, now, out) {
                         Ok(()) => keep.push_back(inf),
                         Err(()) => {
