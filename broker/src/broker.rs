@@ -672,7 +672,9 @@ impl Core {
                     will: d.reason == reason::DISCONNECT_WITH_WILL,
                 });
             }
-            Packet::Auth(_) => return Err(Close::Error(reason::BAD_AUTHENTICATION_METHOD)),
+            // No Authentication Method was accepted in CONNECT (an unknown one gets CONNACK
+            // 0x8C), so any AUTH is a Protocol Error (MQTT-4.12.0-7).
+            Packet::Auth(_) => return Err(Close::Error(reason::PROTOCOL_ERROR)),
             _ => return Err(Close::Error(reason::PROTOCOL_ERROR)),
         }
         self.log_events(client, events);
@@ -2450,5 +2452,31 @@ mod tests {
             t0,
         );
         assert!(received(&mut core, &mut sys, t0).is_empty());
+    }
+
+    #[test]
+    fn unknown_authentication_method_gets_connack_0x8c() {
+        let mut core = core();
+        let props = Properties {
+            authentication_method: Some("SCRAM-SHA-1"),
+            ..Properties::default()
+        };
+        let (c, bytes) = connect_with(
+            &mut core,
+            &connect_packet(Protocol::V5, "a", true, props),
+            Instant::now(),
+        );
+        assert!(c.is_none());
+        let (p, _) = mote_codec::decode(&bytes, Protocol::V5, u32::MAX)
+            .unwrap()
+            .unwrap();
+        let Packet::ConnAck(a) = p else {
+            panic!("not a CONNACK")
+        };
+        assert_eq!(
+            (a.code, a.session_present),
+            (reason::BAD_AUTHENTICATION_METHOD, false)
+        );
+        assert_eq!(core.session_count(), 0);
     }
 }
