@@ -10,6 +10,7 @@
 //! robin).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -136,9 +137,6 @@ pub struct Core {
     wait_lsn: u64,
     next_mid: u64,
     next_dseq: u64,
-    /// Stored messages and how many stored things (deliveries, retained entries, wills)
-    /// still reference them; a message's record is written when its count leaves 0.
-    msg_refs: HashMap<u64, u32>,
     /// Size of the last snapshot written (compaction trigger).
     last_snapshot: u64,
     /// Counters.
@@ -166,7 +164,6 @@ impl Core {
             wait_lsn: 0,
             next_mid: 1,
             next_dseq: 1,
-            msg_refs: HashMap::new(),
             last_snapshot: 0,
             stats: Stats::default(),
         }
@@ -213,33 +210,21 @@ impl Core {
         m
     }
 
-    /// Takes a stored reference to `msg`, writing its record the first time.
+    /// Writes `msg`'s record the first time a stored thing (delivery, retained entry,
+    /// will) refers to it. Records of messages nothing refers to any more are dropped
+    /// by the next compaction.
     fn hold_msg(&mut self, msg: &Message, will_expiry: Option<u32>, now: Instant) {
-        if self.journal.is_none() {
+        if self.journal.is_none() || msg.stored.swap(true, Ordering::Relaxed) {
             return;
         }
-        let n = self.msg_refs.entry(msg.mid).or_insert(0);
-        *n += 1;
-        if *n == 1 {
-            let stored = msg.to_stored(will_expiry, now, unix_ms());
-            self.log(
-                Record::Msg {
-                    mid: msg.mid,
-                    msg: stored,
-                },
-                true,
-            );
-        }
-    }
-
-    /// Drops a stored reference to message `mid`.
-    fn release_msg(&mut self, mid: u64) {
-        if let Some(n) = self.msg_refs.get_mut(&mid) {
-            *n -= 1;
-            if *n == 0 {
-                self.msg_refs.remove(&mid);
-            }
-        }
+        let stored = msg.to_stored(will_expiry, now, unix_ms());
+        self.log(
+            Record::Msg {
+                mid: msg.mid,
+                msg: stored,
+            },
+            true,
+        );
     }
 
     /// Journals what a session's outbound half did.
@@ -272,7 +257,7 @@ impl Core {
                         true,
                     );
                 }
-                Event::Finished { dseq, mid } => {
+                Event::Finished { dseq, .. } => {
                     self.log(
                         Record::Done {
                             client: client.to_string(),
@@ -280,7 +265,6 @@ impl Core {
                         },
                         false,
                     );
-                    self.release_msg(mid);
                 }
             }
         }
@@ -795,14 +779,13 @@ impl Core {
     pub fn publish(&mut self, msg: Arc<Message>, now: Instant, fx: &mut Effects) -> usize {
         if msg.retain {
             if msg.payload.is_empty() {
-                if let Some(old) = self.retained.remove(&msg.topic) {
+                if self.retained.remove(&msg.topic).is_some() {
                     self.log(
                         Record::RetainDel {
                             topic: msg.topic.to_string(),
                         },
                         msg.qos != QoS::AtMostOnce,
                     );
-                    self.release_msg(old.mid);
                 }
             } else if self.retained.len() < self.cfg.max_retained_messages
                 || self.retained.contains_key(&msg.topic)
@@ -816,9 +799,7 @@ impl Core {
                     };
                     self.log(rec, msg.qos != QoS::AtMostOnce);
                 }
-                if let Some(old) = self.retained.insert(msg.topic.clone(), msg.clone()) {
-                    self.release_msg(old.mid);
-                }
+                self.retained.insert(msg.topic.clone(), msg.clone());
             } else {
                 tracing::warn!(topic = %msg.topic, "retained message limit reached; not retained");
             }
@@ -1217,9 +1198,9 @@ impl Core {
             return;
         };
         let persisted = s.persisted;
-        let mut will_gone = None;
+        let mut will_gone = false;
         match end {
-            End::Normal { will: false } => will_gone = s.will.take().map(|w| w.msg.mid),
+            End::Normal { will: false } => will_gone = s.will.take().is_some(),
             End::Normal { will: true } | End::Abnormal => {}
         }
         // Queued (unsent) shared deliveries go to another member of their group.
@@ -1239,21 +1220,20 @@ impl Core {
             if delay == 0 {
                 let w = w.clone();
                 s.will = None;
-                will_gone = Some(w.msg.mid);
+                will_gone = true;
                 self.publish_will(w, now, fx);
             } else {
                 s.will_at = Some(now + Duration::from_secs(u64::from(delay)));
             }
         }
         if persisted {
-            if let Some(mid) = will_gone {
+            if will_gone {
                 self.log(
                     Record::WillClear {
                         client: client.to_string(),
                     },
                     false,
                 );
-                self.release_msg(mid);
             }
             if !takeover && expiry > 0 {
                 let rec = Record::SessionOffline {
@@ -1300,7 +1280,6 @@ impl Core {
                 },
                 false,
             );
-            self.release_msg(d.msg.mid);
             d.dseq = 0;
             d.lsn = 0;
         }
@@ -1333,9 +1312,6 @@ impl Core {
                 },
                 false,
             );
-            if let Some(w) = &s.will {
-                self.release_msg(w.msg.mid);
-            }
         }
         if s.will_at.is_some() {
             if let Some(w) = s.will {
@@ -1349,7 +1325,6 @@ impl Core {
             if d.shared.is_some() && (!sent || d.qos == QoS::AtLeastOnce) {
                 self.reroute_shared(client, d, now, fx);
             } else if d.dseq != 0 {
-                self.release_msg(d.msg.mid);
             }
         }
         tracing::debug!(client = %client, "session ended");
@@ -1381,7 +1356,6 @@ impl Core {
                     },
                     false,
                 );
-                self.release_msg(w.msg.mid);
             }
             self.publish_will(w, now, fx);
         }
@@ -1402,7 +1376,6 @@ impl Core {
                 },
                 false,
             );
-            self.release_msg(m.mid);
         }
     }
 
@@ -1420,7 +1393,6 @@ impl Core {
         }
         for (topic, mid) in img.retained {
             if let Some((m, _)) = messages.get(&mid) {
-                *self.msg_refs.entry(mid).or_insert(0) += 1;
                 self.retained.insert(Arc::from(topic), m.clone());
             }
         }
@@ -1466,7 +1438,6 @@ impl Core {
                 let Some((msg, _)) = messages.get(&d.mid) else {
                     continue;
                 };
-                *self.msg_refs.entry(d.mid).or_insert(0) += 1;
                 let delivery = Delivery {
                     msg: msg.clone(),
                     qos: QoS::from_u8(d.qos).unwrap_or(QoS::AtLeastOnce),
@@ -1495,7 +1466,6 @@ impl Core {
             s.inbound_qos2 = si.inbound2;
             if let Some((mid, delay)) = si.will {
                 if let Some((msg, will_expiry)) = messages.get(&mid) {
-                    *self.msg_refs.entry(mid).or_insert(0) += 1;
                     s.will = Some(WillState {
                         msg: msg.clone(),
                         delay,
@@ -1674,6 +1644,7 @@ impl Core {
             user_properties: encode_user_properties(&Properties::default()),
             expires_at: None,
             publisher: None,
+            stored: std::sync::atomic::AtomicBool::new(false),
         };
         self.publish(Arc::new(msg), now, fx);
     }

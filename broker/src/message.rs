@@ -1,6 +1,7 @@
 //! An application message as the broker keeps it: owned, immutable, shared by every
 //! receiver through an `Arc`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,7 +11,7 @@ use mote_codec::{PropList, Properties, Publish, QoS, Sink};
 use crate::store::record::StoredMessage;
 
 /// One published message, after topic-alias resolution.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Message {
     /// Identifier of the message in the store (unique per broker run and across
     /// recoveries).
@@ -38,6 +39,28 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Client id of the publisher (for No Local); `None` for wills and `$SYS`.
     pub publisher: Option<Arc<str>>,
+    /// True once the store holds this message's record.
+    pub stored: AtomicBool,
+}
+
+impl Clone for Message {
+    fn clone(&self) -> Message {
+        Message {
+            mid: self.mid,
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            qos: self.qos,
+            retain: self.retain,
+            payload_format_indicator: self.payload_format_indicator,
+            content_type: self.content_type.clone(),
+            response_topic: self.response_topic.clone(),
+            correlation_data: self.correlation_data.clone(),
+            user_properties: self.user_properties.clone(),
+            expires_at: self.expires_at,
+            publisher: self.publisher.clone(),
+            stored: AtomicBool::new(self.stored.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl Message {
@@ -65,6 +88,7 @@ impl Message {
                 .message_expiry_interval
                 .map(|s| now + Duration::from_secs(u64::from(s))),
             publisher,
+            stored: AtomicBool::new(false),
         }
     }
 
@@ -175,6 +199,7 @@ impl Message {
             expires_at: (m.expires_at_ms != 0)
                 .then(|| unix_ms_to_instant(m.expires_at_ms, now, now_ms)),
             publisher: m.publisher.map(Arc::from),
+            stored: AtomicBool::new(true),
         };
         (msg, (m.will_expiry != u32::MAX).then_some(m.will_expiry))
     }
