@@ -257,7 +257,7 @@ impl Core {
                         true,
                     );
                 }
-                Event::Finished { dseq, .. } => {
+                Event::Finished { dseq } => {
                     self.log(
                         Record::Done {
                             client: client.to_string(),

@@ -70,8 +70,6 @@ pub enum Event {
     Finished {
         /// Delivery sequence number.
         dseq: u64,
-        /// The message it carried.
-        mid: u64,
     },
 }
 
@@ -429,10 +427,7 @@ impl Session {
 /// Reports a stored delivery as finished.
 fn finished(ev: EventSink<'_>, d: &Delivery) {
     if d.dseq != 0 {
-        ev(Event::Finished {
-            dseq: d.dseq,
-            mid: d.msg.mid,
-        });
+        ev(Event::Finished { dseq: d.dseq });
     }
 }
 
