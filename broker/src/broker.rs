@@ -10,7 +10,8 @@
 //! robin).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,8 +25,8 @@ use tokio::sync::Notify;
 use crate::config::MqttConfig;
 use crate::message::{encode_user_properties, unix_ms, Message};
 use crate::session::{
-    write_packet, Delivery, Event, Inflight, Kick, Link, Phase, QueueLimits, Session, Subscription,
-    WillState,
+    write_packet, Delivery, Event, Inflight, Kick, Link, Phase, QueueLimits, Session, SpillTo,
+    Subscription, WillState,
 };
 use crate::store::journal::{Journal, JournalRef};
 use crate::store::record::Record;
@@ -139,6 +140,13 @@ pub struct Core {
     next_dseq: u64,
     /// Size of the last snapshot written (compaction trigger).
     last_snapshot: u64,
+    /// Bytes of deliveries queued in memory across all sessions.
+    mem: Arc<AtomicUsize>,
+    /// Budget for `mem`; beyond it deliveries to persistent sessions wait on disk.
+    budget: usize,
+    /// Where spill files go (`None` with the in-memory store).
+    spill_dir: Option<PathBuf>,
+    next_spill: u64,
     /// Counters.
     pub stats: Stats,
 }
@@ -165,15 +173,34 @@ impl Core {
             next_mid: 1,
             next_dseq: 1,
             last_snapshot: 0,
+            mem: Arc::new(AtomicUsize::new(0)),
+            budget: usize::MAX,
+            spill_dir: None,
+            next_spill: 1,
             stats: Stats::default(),
         }
     }
 
-    /// An empty broker that journals durable state to `journal`.
-    pub fn with_journal(cfg: Arc<MqttConfig>, journal: Arc<Journal>) -> Core {
+    /// An empty broker that journals durable state to `journal` and keeps at most
+    /// `budget` bytes of queued deliveries in memory, spilling the rest to `spill_dir`.
+    pub fn with_journal(
+        cfg: Arc<MqttConfig>,
+        journal: Arc<Journal>,
+        spill_dir: PathBuf,
+        budget: usize,
+    ) -> Core {
         let mut core = Core::new(cfg);
         core.journal = Some(journal);
+        // Spill files are a cache of the journal: whatever a previous run left is stale.
+        let _ = std::fs::remove_dir_all(&spill_dir);
+        core.spill_dir = Some(spill_dir);
+        core.budget = budget;
         core
+    }
+
+    /// Bytes of deliveries queued in memory across all sessions.
+    pub fn queued_memory(&self) -> usize {
+        self.mem.load(Ordering::Relaxed)
     }
 
     /// Appends `rec` to the journal; with `wait`, the current call's replies are held
@@ -454,7 +481,7 @@ impl Core {
         let session = self
             .sessions
             .entry(client_id.clone())
-            .or_insert_with(|| Session::new(client_id.clone()));
+            .or_insert_with(|| Session::new(client_id.clone(), self.mem.clone()));
         let old_expiry = session.expiry_interval;
         let was_persisted = session.persisted;
         session.expiry_interval = expiry;
@@ -903,22 +930,57 @@ impl Core {
     }
 
     /// Queues `d` for `client`; QoS 0 is not queued for an offline session.
-    fn deliver(&mut self, client: &str, d: Delivery, now: Instant, fx: &mut Effects) -> bool {
+    fn deliver(&mut self, client: &str, mut d: Delivery, now: Instant, fx: &mut Effects) -> bool {
         let limits = self.limits;
-        let Some(s) = self.sessions.get_mut(client) else {
+        let Some(s) = self.sessions.get(client) else {
             return false;
         };
-        if d.msg.expired(now) {
-            return false;
-        }
-        if !s.online() && d.qos == QoS::AtMostOnce {
+        if d.msg.expired(now) || (!s.online() && d.qos == QoS::AtMostOnce) {
             return false;
         }
         self.stats.deliveries += 1;
         let qos = d.qos;
+        // A delivery to a persistent session is journaled before it is queued; beyond
+        // the memory budget it waits on disk only.
         let store = s.persisted && qos != QoS::AtMostOnce && self.journal.is_some();
-        let msg = d.msg.clone();
-        if s.enqueue(d, &limits) == crate::session::Enqueued::Dropped {
+        if store {
+            self.hold_msg(&d.msg, None, now);
+            d.dseq = self.next_dseq;
+            self.next_dseq += 1;
+            d.lsn = self.log(
+                Record::Enqueue {
+                    client: client.to_owned(),
+                    dseq: d.dseq,
+                    mid: d.msg.mid,
+                    qos: qos as u8,
+                    retain: d.retain,
+                    sub_ids: d.sub_ids.clone(),
+                    shared: d
+                        .shared
+                        .as_ref()
+                        .map(|(g, f)| (g.to_string(), f.to_string())),
+                },
+                true,
+            );
+        }
+        let dseq = d.dseq;
+        let over_budget = store && self.mem.load(Ordering::Relaxed) > self.budget;
+        let spill = match (&self.spill_dir, over_budget) {
+            (Some(dir), true) => Some(SpillTo {
+                dir,
+                seq: self.next_spill,
+            }),
+            _ => None,
+        };
+        let Some(s) = self.sessions.get_mut(client) else {
+            return false;
+        };
+        let had_spill = s.spill.is_some();
+        let result = s.enqueue(d, &limits, spill);
+        if !had_spill && s.spill.is_some() {
+            self.next_spill += 1;
+        }
+        if result == crate::session::Enqueued::Dropped {
             self.stats.dropped_overflow += 1;
             match &s.link {
                 // A connected consumer that cannot keep up with QoS 1/2 is disconnected
@@ -930,40 +992,19 @@ impl Core {
                 }
                 _ => tracing::debug!(client = %client, "queue full: delivery dropped"),
             }
+            if dseq != 0 {
+                self.log(
+                    Record::Done {
+                        client: client.to_owned(),
+                        dseq,
+                    },
+                    false,
+                );
+            }
             return false;
         }
         if let Some(link) = &s.link {
             fx.wake.push(link.notify.clone());
-        }
-        if store {
-            self.hold_msg(&msg, None, now);
-            let dseq = self.next_dseq;
-            self.next_dseq += 1;
-            let (qos, retain, sub_ids, shared) =
-                match self.sessions.get(client).and_then(|s| s.queue.back()) {
-                    Some(d) => (d.qos, d.retain, d.sub_ids.clone(), d.shared.clone()),
-                    None => return true,
-                };
-            let lsn = self.log(
-                Record::Enqueue {
-                    client: client.to_owned(),
-                    dseq,
-                    mid: msg.mid,
-                    qos: qos as u8,
-                    retain,
-                    sub_ids,
-                    shared: shared.map(|(g, f)| (g.to_string(), f.to_string())),
-                },
-                true,
-            );
-            if let Some(d) = self
-                .sessions
-                .get_mut(client)
-                .and_then(|s| s.queue.back_mut())
-            {
-                d.dseq = dseq;
-                d.lsn = lsn;
-            }
         }
         true
     }
@@ -1204,16 +1245,7 @@ impl Core {
             End::Normal { will: true } | End::Abnormal => {}
         }
         // Queued (unsent) shared deliveries go to another member of their group.
-        let mut reroute = Vec::new();
-        s.queue.retain(|d| {
-            if d.shared.is_some() {
-                reroute.push(d.clone());
-                false
-            } else {
-                true
-            }
-        });
-        s.queued_bytes = s.queue.iter().map(|d| d.msg.cost()).sum();
+        let reroute = s.take_queued(|d| d.shared.is_some());
         let expiry = s.expiry_interval;
         if let Some(w) = &s.will {
             let delay = w.delay.min(expiry);
@@ -1299,7 +1331,7 @@ impl Core {
     /// deliveries of shared subscriptions to other members (a begun QoS 2 flow is not
     /// re-sent elsewhere, MQTT 5 §4.8.2).
     fn end_session(&mut self, client: &Arc<str>, now: Instant, fx: &mut Effects) {
-        let Some(s) = self.sessions.remove(client) else {
+        let Some(mut s) = self.sessions.remove(client) else {
             return;
         };
         for f in s.subscriptions.keys() {
@@ -1314,14 +1346,17 @@ impl Core {
             );
         }
         if s.will_at.is_some() {
-            if let Some(w) = s.will {
+            if let Some(w) = s.will.take() {
                 self.publish_will(w, now, fx);
             }
         }
         // Queued shared deliveries and QoS 1 ones in flight go to another member; a QoS
         // 2 flow that has begun stays with this member (MQTT 5 §4.8.2) and ends here.
-        let inflight = s.inflight.into_iter().map(|i| (i.delivery, true));
-        for (d, sent) in s.queue.into_iter().map(|d| (d, false)).chain(inflight) {
+        let inflight = std::mem::take(&mut s.inflight)
+            .into_iter()
+            .map(|i| (i.delivery, true));
+        let queued = s.take_queued(|_| true).into_iter().map(|d| (d, false));
+        for (d, sent) in queued.chain(inflight) {
             if d.shared.is_some() && (!sent || d.qos == QoS::AtLeastOnce) {
                 self.reroute_shared(client, d, now, fx);
             } else if d.dseq != 0 {
@@ -1398,7 +1433,7 @@ impl Core {
         }
         for (client, si) in img.sessions {
             let id: Arc<str> = Arc::from(client);
-            let mut s = Session::new(id.clone());
+            let mut s = Session::new(id.clone(), self.mem.clone());
             s.expiry_interval = si.expiry;
             s.persisted = true;
             let offline = si.offline_at_ms.map_or(now, |ms| {
@@ -1458,8 +1493,19 @@ impl Core {
                         },
                     }),
                     None => {
-                        s.queued_bytes += delivery.msg.cost();
-                        s.queue.push_back(delivery);
+                        let over = self.mem.load(Ordering::Relaxed) > self.budget;
+                        let spill = match (&self.spill_dir, over) {
+                            (Some(dir), true) => Some(SpillTo {
+                                dir,
+                                seq: self.next_spill,
+                            }),
+                            _ => None,
+                        };
+                        let had = s.spill.is_some();
+                        s.restore_queued(delivery, spill);
+                        if !had && s.spill.is_some() {
+                            self.next_spill += 1;
+                        }
                     }
                 }
             }
@@ -1491,7 +1537,7 @@ impl Core {
     }
 
     /// Framed journal records describing the whole durable state now (for compaction).
-    pub fn snapshot(&self, now: Instant) -> Vec<u8> {
+    pub fn snapshot(&mut self, now: Instant) -> Vec<u8> {
         let mut snap = Snapshot {
             out: Vec::new(),
             buf: Vec::new(),
@@ -1506,7 +1552,7 @@ impl Core {
                 mid: m.mid,
             });
         }
-        for (id, s) in &self.sessions {
+        for (id, s) in &mut self.sessions {
             if !s.persisted {
                 continue;
             }
@@ -1538,19 +1584,7 @@ impl Core {
                 if d.dseq == 0 {
                     continue;
                 }
-                snap.msg(&d.msg, None);
-                snap.put(Record::Enqueue {
-                    client: client.clone(),
-                    dseq: d.dseq,
-                    mid: d.msg.mid,
-                    qos: d.qos as u8,
-                    retain: d.retain,
-                    sub_ids: d.sub_ids.clone(),
-                    shared: d
-                        .shared
-                        .as_ref()
-                        .map(|(g, f)| (g.to_string(), f.to_string())),
-                });
+                snap.delivery(&client, d);
                 if let Some((packet_id, phase)) = sent {
                     snap.put(Record::Sent {
                         client: client.clone(),
@@ -1563,6 +1597,13 @@ impl Core {
                             dseq: d.dseq,
                         });
                     }
+                }
+            }
+            if let Some(spill) = s.spill.as_mut() {
+                let now_ms = snap.now_ms;
+                let r = spill.for_each(now, now_ms, &mut |d| snap.delivery(&client, d));
+                if let Err(e) = r {
+                    tracing::error!(client = %client, error = %e, "spill unreadable while compacting");
                 }
             }
             for &packet_id in &s.inbound_qos2 {
@@ -1603,7 +1644,13 @@ impl Core {
         let online = self.sessions.values().filter(|s| s.online()).count();
         let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();
         let expired: u64 = self.sessions.values().map(|s| s.drops.expired).sum();
-        let values: [(&str, String); 11] = [
+        let spilled: usize = self
+            .sessions
+            .values()
+            .filter_map(|s| s.spill.as_ref())
+            .map(|s| s.count)
+            .sum();
+        let values: [(&str, String); 13] = [
             ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", uptime.as_secs())),
             ("clients/connected", online.to_string()),
@@ -1615,6 +1662,8 @@ impl Core {
             ("messages/queued", queued.to_string()),
             ("messages/dropped", self.stats.dropped_overflow.to_string()),
             ("messages/expired", expired.to_string()),
+            ("messages/spilled", spilled.to_string()),
+            ("memory/queued", self.queued_memory().to_string()),
         ];
         for (name, value) in values {
             let topic = format!("$SYS/broker/{name}");
@@ -1676,6 +1725,23 @@ impl Snapshot {
         self.buf.clear();
         rec.encode(&mut self.buf);
         crate::store::log::frame(&mut self.out, &self.buf);
+    }
+
+    /// The message of `d` (once) and its `Enqueue` record.
+    fn delivery(&mut self, client: &str, d: &Delivery) {
+        self.msg(&d.msg, None);
+        self.put(Record::Enqueue {
+            client: client.to_owned(),
+            dseq: d.dseq,
+            mid: d.msg.mid,
+            qos: d.qos as u8,
+            retain: d.retain,
+            sub_ids: d.sub_ids.clone(),
+            shared: d
+                .shared
+                .as_ref()
+                .map(|(g, f)| (g.to_string(), f.to_string())),
+        });
     }
 
     fn msg(&mut self, m: &Message, will_expiry: Option<u32>) {

@@ -212,6 +212,12 @@ pub struct StorageConfig {
     /// `"every=MS"` (at most MS milliseconds of acknowledged messages may be lost).
     /// Default `"always"`.
     pub fsync: FsyncPolicy,
+    /// Bytes of queued deliveries the broker keeps in memory across all sessions. Beyond
+    /// it, deliveries to persistent sessions wait on disk only (read back as the session
+    /// drains); per-session limits (`mqtt.max_queued_messages`, `mqtt.max_queued_bytes`)
+    /// still apply. Unused with `memory = true`. Must be at least 1. Default `268435456`
+    /// (256 MiB).
+    pub queue_memory_bytes: usize,
 }
 
 impl Default for StorageConfig {
@@ -220,6 +226,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("mote-data"),
             memory: false,
             fsync: FsyncPolicy::Always,
+            queue_memory_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -418,6 +425,10 @@ impl Config {
                 "storage.data_dir must not be empty (or set storage.memory = true)"
             );
         }
+        ensure!(
+            s.queue_memory_bytes >= 1,
+            "storage.queue_memory_bytes must be at least 1 (got 0)"
+        );
         if let FsyncPolicy::Every(d) = s.fsync {
             ensure!(
                 d >= Duration::from_millis(1),

@@ -123,7 +123,12 @@ pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
         image.retained.len(),
     );
     let config = Arc::new(config);
-    let mut core = Core::with_journal(Arc::new(config.mqtt.clone()), journal.clone());
+    let mut core = Core::with_journal(
+        Arc::new(config.mqtt.clone()),
+        journal.clone(),
+        dir.join("spill"),
+        config.storage.queue_memory_bytes,
+    );
     core.restore(image, std::time::Instant::now());
     // Start from a compact log: the replayed history is replaced by the live state.
     let snap = core.snapshot(std::time::Instant::now());

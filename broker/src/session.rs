@@ -11,7 +11,8 @@
 //! - `queue` holds at most `max_queued_messages` deliveries and `max_queued_bytes` bytes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +21,10 @@ use mote_codec::{Ack, Packet, Properties, Protocol, Publish, QoS, SubOptions};
 use tokio::sync::Notify;
 
 use crate::message::Message;
+use crate::store::spill::Spill;
+
+/// Bytes read back from a spill file at a time.
+const REFILL_BYTES: usize = 256 * 1024;
 
 /// One subscription of a session, as granted.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +197,25 @@ pub struct Session {
     pub drops: Drops,
     /// True while the store holds this session (it was opened with an expiry above 0).
     pub persisted: bool,
+    /// The tail of the queue kept on disk (always after `queue`).
+    pub spill: Option<Spill>,
+    /// Bytes queued in memory across all sessions (shared with the core).
+    mem: Arc<AtomicUsize>,
+}
+
+/// Where a delivery that must not stay in memory goes.
+#[derive(Debug, Clone, Copy)]
+pub struct SpillTo<'a> {
+    /// Directory of spill files.
+    pub dir: &'a Path,
+    /// Number for a new spill file.
+    pub seq: u64,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.mem.fetch_sub(self.queued_bytes, Ordering::Relaxed);
+    }
 }
 
 /// Limits the session enforces on its queue.
@@ -215,8 +239,8 @@ pub enum Enqueued {
 }
 
 impl Session {
-    /// A new empty session.
-    pub fn new(client_id: Arc<str>) -> Session {
+    /// A new empty session whose in-memory queue counts towards `mem`.
+    pub fn new(client_id: Arc<str>, mem: Arc<AtomicUsize>) -> Session {
         Session {
             client_id,
             subscriptions: HashMap::new(),
@@ -233,6 +257,8 @@ impl Session {
             offline_since: None,
             drops: Drops::default(),
             persisted: false,
+            spill: None,
+            mem,
         }
     }
 
@@ -242,9 +268,16 @@ impl Session {
     }
 
     /// Queues a delivery, evicting QoS 0 deliveries first when full.
-    pub fn enqueue(&mut self, d: Delivery, limits: &QueueLimits) -> Enqueued {
+    pub fn enqueue(
+        &mut self,
+        d: Delivery,
+        limits: &QueueLimits,
+        spill: Option<SpillTo<'_>>,
+    ) -> Enqueued {
         let cost = d.msg.cost();
-        while self.queue.len() >= limits.max_messages || self.queued_bytes + cost > limits.max_bytes
+        let (spilled, spilled_bytes) = self.spill.as_ref().map_or((0, 0), |s| (s.count, s.bytes));
+        while self.queue.len() + spilled >= limits.max_messages
+            || self.queued_bytes + spilled_bytes + cost > limits.max_bytes
         {
             if d.qos == QoS::AtMostOnce {
                 self.drops.overflow += 1;
@@ -253,7 +286,7 @@ impl Session {
             match self.queue.iter().position(|q| q.qos == QoS::AtMostOnce) {
                 Some(i) => {
                     if let Some(old) = self.queue.remove(i) {
-                        self.queued_bytes -= old.msg.cost();
+                        self.sub_mem(old.msg.cost());
                         self.drops.overflow += 1;
                     }
                 }
@@ -263,14 +296,102 @@ impl Session {
                 }
             }
         }
-        self.queued_bytes += cost;
+        // Once a tail is on disk, everything after it goes there too (order).
+        if d.qos != QoS::AtMostOnce && (self.spill.is_some() || spill.is_some()) {
+            match self.spill_push(&d, spill) {
+                Ok(()) => return Enqueued::Ok,
+                Err(e) => {
+                    tracing::warn!(client = %self.client_id, error = %e, "spill failed; queueing in memory")
+                }
+            }
+        }
+        self.add_mem(cost);
         self.queue.push_back(d);
         Enqueued::Ok
     }
 
+    fn spill_push(&mut self, d: &Delivery, to: Option<SpillTo<'_>>) -> std::io::Result<()> {
+        let now = Instant::now();
+        let now_ms = crate::message::unix_ms();
+        if self.spill.is_none() {
+            if let Some(to) = to {
+                self.spill = Some(Spill::create(to.dir, to.seq)?);
+            }
+        }
+        match self.spill.as_mut() {
+            Some(s) => s.push(d, now, now_ms),
+            None => Err(std::io::Error::other("no spill directory")),
+        }
+    }
+
+    /// Moves a chunk of the on-disk tail back into memory when the memory queue ran dry.
+    fn refill(&mut self) {
+        let Some(spill) = self.spill.as_mut() else {
+            return;
+        };
+        match spill.pop_chunk(REFILL_BYTES, Instant::now(), crate::message::unix_ms()) {
+            Ok(chunk) => {
+                for d in chunk {
+                    self.add_mem(d.msg.cost());
+                    self.queue.push_back(d);
+                }
+            }
+            Err(e) => {
+                // The deliveries are still in the journal and come back after a restart.
+                tracing::error!(client = %self.client_id, error = %e, "spill unreadable; dropping its in-memory view");
+                self.spill = None;
+            }
+        }
+        if self.spill.as_ref().is_some_and(Spill::is_empty) {
+            self.spill = None;
+        }
+    }
+
+    fn add_mem(&mut self, n: usize) {
+        self.queued_bytes += n;
+        self.mem.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub_mem(&mut self, n: usize) {
+        self.queued_bytes -= n;
+        self.mem.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Keeps only the queued deliveries `keep` accepts; returns the others.
+    pub fn take_queued(&mut self, mut take: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for d in std::mem::take(&mut self.queue) {
+            if take(&d) {
+                taken.push(d);
+            } else {
+                kept.push_back(d);
+            }
+        }
+        self.queue = kept;
+        for d in &taken {
+            self.sub_mem(d.msg.cost());
+        }
+        taken
+    }
+
+    /// Puts a restored delivery at the end of the queue (memory, or the spill tail).
+    pub fn restore_queued(&mut self, d: Delivery, spill: Option<SpillTo<'_>>) {
+        if (self.spill.is_some() || spill.is_some()) && self.spill_push(&d, spill).is_ok() {
+            return;
+        }
+        self.add_mem(d.msg.cost());
+        self.queue.push_back(d);
+    }
+
+    /// Deliveries waiting: in memory and on disk.
+    pub fn queued(&self) -> usize {
+        self.queue.len() + self.spill.as_ref().map_or(0, |s| s.count)
+    }
+
     fn pop_queue(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
-        self.queued_bytes -= d.msg.cost();
+        self.sub_mem(d.msg.cost());
         Some(d)
     }
 
@@ -329,7 +450,13 @@ impl Session {
             return;
         };
         let window = usize::from(link.client_receive_max.min(limits.max_inflight).max(1));
-        while let Some(front) = self.queue.front() {
+        loop {
+            if self.queue.is_empty() {
+                self.refill();
+            }
+            let Some(front) = self.queue.front() else {
+                break;
+            };
             if front.lsn > durable
                 || (front.qos != QoS::AtMostOnce && self.inflight.len() >= window)
             {

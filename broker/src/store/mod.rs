@@ -3,3 +3,4 @@ pub mod journal;
 pub mod log;
 pub mod record;
 pub mod recover;
+pub mod spill;
