@@ -205,3 +205,50 @@ fn acknowledged_messages_survive_sigkill_at_random_points() {
         crash_round(round);
     }
 }
+
+/// Beyond `storage.queue_memory_bytes`, an offline persistent subscriber's queue waits on
+/// disk: every message still arrives, in order, after a restart in the middle too.
+#[test]
+fn offline_queue_beyond_the_memory_budget_waits_on_disk() {
+    if !require_paho() {
+        return;
+    }
+    const SMALL: &str =
+        "[mqtt]\nmax_queued_messages = 100000\n[storage]\nqueue_memory_bytes = 65536\n";
+    let dir = std::env::temp_dir().join(format!("mote-spill-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let mut broker = Broker::start_with(&["--data-dir", &dir_s], Some(SMALL));
+    let (_, _) = subscriber(broker.port(), "spill-s", 1, Some("spill/#"), 0.2);
+    let (_, out, err) = script(
+        "crash_pub.py",
+        broker.port(),
+        &[
+            "--qos",
+            "1",
+            "--prefix",
+            "m",
+            "--count",
+            "8000",
+            "--topic",
+            "spill/x",
+            "--timeout",
+            "60",
+        ],
+    )
+    .wait_output(Duration::from_secs(90));
+    assert_eq!(acked(&out).len(), 8000, "{err}");
+    assert!(
+        std::fs::read_dir(dir.join("spill")).is_ok_and(|d| d.count() == 1),
+        "the queue beyond the budget is in one spill file"
+    );
+    assert_eq!(broker.terminate().map(|s| s.success()), Some(true));
+    let broker = Broker::start_with(&["--data-dir", &dir_s], Some(SMALL));
+    let (present, got) = subscriber(broker.port(), "spill-s", 1, None, 3.0);
+    assert!(present);
+    let got: Vec<String> = got.into_iter().map(|(_, p)| p).collect();
+    let want: Vec<String> = (0..8000).map(|i| format!("m-{i}")).collect();
+    assert_eq!(got, want, "every message, in order, exactly once");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
