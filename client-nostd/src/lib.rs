@@ -23,7 +23,14 @@
 //!   (`docs/sensor-event.md` gives the byte layout).
 //!
 //! Features: `embassy` (`EmbassyClock`), `tokio` (default; `TokioClock`,
-//! `FromTokio`; needs std).
+//! `FromTokio`; needs std). The codec is used without its `server` feature (a client
+//! never decodes CONNECT, SUBSCRIBE or UNSUBSCRIBE).
+//!
+//! Size: in a Cortex-M3 firmware doing connect, subscribe, a QoS 1 publish and one
+//! received message (`benches/size-clients`, opt-level "s", fat LTO) the client and
+//! codec take about 17 KB of flash; the client's state is 280 bytes (the [`State`], with
+//! the [`Session`], plus [`Runner`] and [`Client`]) besides the [`Buffers`] and the async
+//! runner's future (about 380 bytes).
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

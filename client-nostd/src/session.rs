@@ -392,7 +392,7 @@ impl<'b> Session<'b> {
                 };
             }
         };
-        let event = self.on_packet(now, packet);
+        let event = self.on_packet(now, &packet);
         Received::Frame { used, event }
     }
 
@@ -422,26 +422,28 @@ impl<'b> Session<'b> {
         if msg.qos == QoS::AtMostOnce && self.conn != Conn::Up {
             return Err(Error::NotConnected);
         }
-        let mut p = Publish {
+        // One packet, changed in place: every copy of a `Packet` is code on a device.
+        let mut packet = Packet::Publish(Publish {
             dup: false,
             qos: msg.qos,
             retain: msg.retain,
             topic: msg.topic,
             packet_id: 0,
-            properties: Properties {
-                content_type: msg.content_type,
-                message_expiry_interval: msg.message_expiry,
-                ..Properties::default()
-            },
+            properties: Properties::default(),
             payload: msg.payload,
-        };
+        });
         // The largest form it may take on the wire: with the topic and a topic alias.
-        if self.cfg.protocol.is_v5() && !self.aliases.is_empty() {
-            p.properties.topic_alias = Some(1);
+        let alias = (self.cfg.protocol.is_v5() && !self.aliases.is_empty()).then_some(1);
+        if let Packet::Publish(p) = &mut packet {
+            p.properties.content_type = msg.content_type;
+            p.properties.message_expiry_interval = msg.message_expiry;
+            p.properties.topic_alias = alias;
         }
-        self.check_wire(Packet::Publish(p).encoded_len(self.cfg.protocol))?;
-        p.properties.topic_alias = None;
-        self.store(Packet::Publish(p))
+        self.check_wire(packet.encoded_len(self.cfg.protocol))?;
+        if let Packet::Publish(p) = &mut packet {
+            p.properties.topic_alias = None;
+        }
+        self.store(&mut packet)
     }
 
     /// Encodes `event` with postcard and publishes it on [`Config::event_topic`],
@@ -469,13 +471,13 @@ impl<'b> Session<'b> {
         if filters.is_empty() || !filters.iter().all(|f| topic::is_valid_filter(f.filter)) {
             return Err(Error::InvalidTopic);
         }
-        let p = Packet::Subscribe(Subscribe {
+        let mut p = Packet::Subscribe(Subscribe {
             packet_id: 0,
             properties: Properties::default(),
             filters: List::Slice(filters),
         });
         self.check_wire(p.encoded_len(self.cfg.protocol))?;
-        self.store(p)
+        self.store(&mut p)
     }
 
     /// Queues an UNSUBSCRIBE; returns its packet identifier.
@@ -486,13 +488,13 @@ impl<'b> Session<'b> {
         if filters.is_empty() || !filters.iter().all(|f| topic::is_valid_filter(f)) {
             return Err(Error::InvalidTopic);
         }
-        let p = Packet::Unsubscribe(Unsubscribe {
+        let mut p = Packet::Unsubscribe(Unsubscribe {
             packet_id: 0,
             properties: Properties::default(),
             filters: List::Slice(filters),
         });
         self.check_wire(p.encoded_len(self.cfg.protocol))?;
-        self.store(p)
+        self.store(&mut p)
     }
 
     /// Ends the session's use: sends DISCONNECT (normal disconnection, so no will) if
@@ -670,7 +672,7 @@ impl<'b> Session<'b> {
     }
 
     /// Gives the packet an id (if it needs one) and encodes it into a free slot.
-    fn store(&mut self, mut packet: Packet<'_>) -> Result<u16, Error> {
+    fn store(&mut self, packet: &mut Packet<'_>) -> Result<u16, Error> {
         let i = self
             .meta
             .iter()
@@ -680,7 +682,7 @@ impl<'b> Session<'b> {
         if needed > self.slot_size {
             return Err(Error::BufferTooSmall { needed });
         }
-        let pid = match &mut packet {
+        let pid = match packet {
             Packet::Publish(p) if p.qos == QoS::AtMostOnce => 0,
             Packet::Publish(Publish { packet_id, .. })
             | Packet::Subscribe(Subscribe { packet_id, .. })
@@ -761,7 +763,7 @@ impl<'b> Session<'b> {
         }
     }
 
-    fn on_packet<'a>(&mut self, now: u64, packet: Packet<'a>) -> Option<Event<'a>> {
+    fn on_packet<'a>(&mut self, now: u64, packet: &Packet<'a>) -> Option<Event<'a>> {
         match (self.conn, packet) {
             (Conn::AwaitConnAck, Packet::ConnAck(c)) => {
                 if c.code != reason::SUCCESS {
@@ -893,7 +895,7 @@ impl<'b> Session<'b> {
         Event::Connected { session_present }
     }
 
-    fn on_publish<'a>(&mut self, p: Publish<'a>) -> Option<Event<'a>> {
+    fn on_publish<'a>(&mut self, p: &Publish<'a>) -> Option<Event<'a>> {
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.owe(PUBACK, p.packet_id),
@@ -915,7 +917,7 @@ impl<'b> Session<'b> {
                 }
             }
         }
-        Some(Event::Message(Incoming::new(&p)))
+        Some(Event::Message(Incoming::new(p)))
     }
 
     /// Moves due slots into `out` from offset `w`, earliest submission first.
@@ -1008,10 +1010,15 @@ impl<'b> Session<'b> {
         let start = i * self.slot_size;
         let len = self.meta.get(i).map_or(0, |m| usize::from(m.len));
         let data = self.slots.get(start..start + len).unwrap_or_default();
-        let Ok(Some((Packet::Publish(mut p), _))) = decode(data, proto, u32::MAX) else {
+        // Changed in place: every copy of a `Packet` is code on a device.
+        let Ok(Some((mut packet, _))) = decode(data, proto, u32::MAX) else {
             // Cannot happen (we encoded it); drop rather than retry forever.
             return Put::TooLarge;
         };
+        let Packet::Publish(p) = &mut packet else {
+            return Put::TooLarge;
+        };
+        let topic = p.topic;
         p.dup = dup;
         let mut bind = None;
         if self.alias_max > 0 {
@@ -1020,15 +1027,15 @@ impl<'b> Session<'b> {
                 .chunks(ALIAS_SLOT)
                 .take(usize::from(self.alias_max))
                 .position(|e| {
-                    e.first() == Some(&(p.topic.len() as u8))
-                        && e.get(1..=p.topic.len()) == Some(p.topic.as_bytes())
+                    e.first() == Some(&(topic.len() as u8))
+                        && e.get(1..=topic.len()) == Some(topic.as_bytes())
                 });
             match hit {
                 Some(k) => {
                     p.properties.topic_alias = Some(k as u16 + 1);
                     p.topic = "";
                 }
-                None if p.topic.len() < ALIAS_SLOT => {
+                None if topic.len() < ALIAS_SLOT => {
                     let alias = self.alias_next % self.alias_max + 1;
                     p.properties.topic_alias = Some(alias);
                     bind = Some(alias);
@@ -1036,7 +1043,6 @@ impl<'b> Session<'b> {
                 None => {}
             }
         }
-        let packet = Packet::Publish(p);
         if packet.encoded_len(proto) > self.max_packet as usize {
             return Put::TooLarge;
         }
@@ -1045,9 +1051,9 @@ impl<'b> Session<'b> {
         };
         if let Some(alias) = bind {
             let e = usize::from(alias - 1) * ALIAS_SLOT;
-            if let Some(entry) = self.aliases.get_mut(e..e + 1 + p.topic.len()) {
-                entry[0] = p.topic.len() as u8;
-                entry[1..].copy_from_slice(p.topic.as_bytes());
+            if let Some(entry) = self.aliases.get_mut(e..e + 1 + topic.len()) {
+                entry[0] = topic.len() as u8;
+                entry[1..].copy_from_slice(topic.as_bytes());
             }
             self.alias_next = alias;
         }

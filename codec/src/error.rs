@@ -10,7 +10,8 @@ use crate::reason;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
-    /// Packet type 0 or 15 in v3.1.1, or an unknown type.
+    /// Packet type 0 or 15 in v3.1.1, or an unknown type; without the `server` feature
+    /// also CONNECT, SUBSCRIBE and UNSUBSCRIBE, which only a server receives.
     #[error("invalid packet type {0}")]
     InvalidPacketType(u8),
     /// The low nibble of the fixed header has a value the packet type forbids.

@@ -4,7 +4,9 @@ use crate::properties::{PropCtx, Properties};
 use crate::reason;
 use crate::topic;
 use crate::types::{Protocol, QoS, SubOptions};
-use crate::wire::{read_var_int, var_int_len, Reader, Sink, SliceSink, Writer, MAX_VAR_INT};
+use crate::wire::{
+    read_var_int, var_int_len, DynSink, Reader, Sink, SliceSink, Writer, MAX_VAR_INT,
+};
 use crate::{DecodeError, EncodeError};
 
 /// Packet type numbers of the fixed header.
@@ -158,30 +160,66 @@ pub fn decode_body<'a>(
     }
     let mut r = Reader::new(body);
     let v5 = protocol.is_v5();
-    let packet = match ty {
+    // Every packet a client receives is built empty and then filled in place: returning
+    // each one by value would copy its ~160-byte properties several times over, in code
+    // repeated for every packet type.
+    let mut packet = match ty {
+        #[cfg(feature = "server")]
         PacketType::Connect => Packet::Connect(Connect::read(&mut r)?),
-        PacketType::ConnAck => Packet::ConnAck(ConnAck::read(&mut r, v5)?),
-        PacketType::Publish => Packet::Publish(Publish::read(&mut r, h.flags, v5)?),
-        PacketType::PubAck => Packet::PubAck(Ack::read(&mut r, v5, reason::PUBACK)?),
-        PacketType::PubRec => Packet::PubRec(Ack::read(&mut r, v5, reason::PUBACK)?),
-        PacketType::PubRel => Packet::PubRel(Ack::read(&mut r, v5, reason::PUBREL)?),
-        PacketType::PubComp => Packet::PubComp(Ack::read(&mut r, v5, reason::PUBREL)?),
+        #[cfg(feature = "server")]
         PacketType::Subscribe => Packet::Subscribe(Subscribe::read(&mut r, protocol)?),
-        PacketType::SubAck => Packet::SubAck(SubAck::read(&mut r, v5)?),
+        #[cfg(feature = "server")]
         PacketType::Unsubscribe => Packet::Unsubscribe(Unsubscribe::read(&mut r, v5)?),
-        PacketType::UnsubAck => Packet::UnsubAck(UnsubAck::read(&mut r, v5)?),
+        // Without the `server` feature the packets only a server receives are refused.
+        #[cfg(not(feature = "server"))]
+        PacketType::Connect | PacketType::Subscribe | PacketType::Unsubscribe => {
+            return Err(DecodeError::InvalidPacketType(h.packet_type))
+        }
+        PacketType::ConnAck => Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: 0,
+            properties: Properties::default(),
+        }),
+        PacketType::Publish => Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "",
+            packet_id: 0,
+            properties: Properties::default(),
+            payload: &[],
+        }),
+        PacketType::PubAck => Packet::PubAck(Ack::new(0)),
+        PacketType::PubRec => Packet::PubRec(Ack::new(0)),
+        PacketType::PubRel => Packet::PubRel(Ack::new(0)),
+        PacketType::PubComp => Packet::PubComp(Ack::new(0)),
+        PacketType::SubAck => Packet::SubAck(SubAck {
+            packet_id: 0,
+            properties: Properties::default(),
+            codes: &[],
+        }),
+        PacketType::UnsubAck => Packet::UnsubAck(UnsubAck {
+            packet_id: 0,
+            properties: Properties::default(),
+            codes: &[],
+        }),
         PacketType::PingReq => Packet::PingReq,
         PacketType::PingResp => Packet::PingResp,
-        PacketType::Disconnect => Packet::Disconnect(Disconnect::read(
-            &mut r,
-            v5,
-            PropCtx::Disconnect,
-            reason::DISCONNECT,
-        )?),
-        PacketType::Auth => {
-            Packet::Auth(Disconnect::read(&mut r, v5, PropCtx::Auth, reason::AUTH)?)
-        }
+        PacketType::Disconnect => Packet::Disconnect(Disconnect::new(0)),
+        PacketType::Auth => Packet::Auth(Disconnect::new(0)),
     };
+    match &mut packet {
+        Packet::ConnAck(c) => c.read(&mut r, v5)?,
+        Packet::Publish(p) => p.read(&mut r, h.flags, v5)?,
+        Packet::PubAck(a) | Packet::PubRec(a) => a.read(&mut r, v5, reason::PUBACK)?,
+        Packet::PubRel(a) | Packet::PubComp(a) => a.read(&mut r, v5, reason::PUBREL)?,
+        Packet::SubAck(s) => s.read(&mut r, v5)?,
+        Packet::UnsubAck(u) => u.read(&mut r, v5)?,
+        Packet::Disconnect(d) => d.read(&mut r, v5, PropCtx::Disconnect, reason::DISCONNECT)?,
+        Packet::Auth(d) => d.read(&mut r, v5, PropCtx::Auth, reason::AUTH)?,
+        // Read above (server packets), or without a body.
+        _ => {}
+    }
     r.finish()?;
     Ok(packet)
 }
@@ -394,11 +432,7 @@ pub trait ListItem<'a>: Sized + Copy + PartialEq {
     fn wire_len(&self) -> usize;
     /// Writes the entry.
     #[doc(hidden)]
-    fn write<S: Sink + ?Sized>(
-        &self,
-        w: &mut Writer<'_, S>,
-        p: Protocol,
-    ) -> Result<(), EncodeError>;
+    fn write(&self, w: &mut Writer<'_>, p: Protocol) -> Result<(), EncodeError>;
 }
 
 impl<'a> ListItem<'a> for SubscribeFilter<'a> {
@@ -411,11 +445,7 @@ impl<'a> ListItem<'a> for SubscribeFilter<'a> {
     fn wire_len(&self) -> usize {
         3 + self.filter.len()
     }
-    fn write<S: Sink + ?Sized>(
-        &self,
-        w: &mut Writer<'_, S>,
-        p: Protocol,
-    ) -> Result<(), EncodeError> {
+    fn write(&self, w: &mut Writer<'_>, p: Protocol) -> Result<(), EncodeError> {
         w.string(self.filter)?;
         w.u8(self.options.to_byte(p))
     }
@@ -428,11 +458,7 @@ impl<'a> ListItem<'a> for &'a str {
     fn wire_len(&self) -> usize {
         2 + self.len()
     }
-    fn write<S: Sink + ?Sized>(
-        &self,
-        w: &mut Writer<'_, S>,
-        _: Protocol,
-    ) -> Result<(), EncodeError> {
+    fn write(&self, w: &mut Writer<'_>, _: Protocol) -> Result<(), EncodeError> {
         w.string(self)
     }
 }
@@ -506,6 +532,7 @@ fn check_reason(code: u8, allowed: &[u8]) -> Result<u8, DecodeError> {
     }
 }
 
+#[cfg(feature = "server")]
 fn props<'a>(r: &mut Reader<'a>, v5: bool, ctx: PropCtx) -> Result<Properties<'a>, DecodeError> {
     if v5 {
         Properties::read(r, ctx)
@@ -515,6 +542,7 @@ fn props<'a>(r: &mut Reader<'a>, v5: bool, ctx: PropCtx) -> Result<Properties<'a
 }
 
 impl<'a> Connect<'a> {
+    #[cfg(feature = "server")]
     fn read(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let name = r.binary()?;
         let level = r.u8()?;
@@ -599,7 +627,7 @@ impl<'a> Connect<'a> {
         n
     }
 
-    fn write<S: Sink + ?Sized>(&self, w: &mut Writer<'_, S>) -> Result<(), EncodeError> {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         let v5 = self.protocol.is_v5();
         w.string(self.protocol.name())?;
         w.u8(self.protocol.level())?;
@@ -632,7 +660,8 @@ impl<'a> Connect<'a> {
 }
 
 impl<'a> ConnAck<'a> {
-    fn read(r: &mut Reader<'a>, v5: bool) -> Result<Self, DecodeError> {
+    /// Fills an empty CONNACK from its body.
+    fn read(&mut self, r: &mut Reader<'a>, v5: bool) -> Result<(), DecodeError> {
         let flags = r.u8()?;
         if flags & 0xFE != 0 {
             return Err(DecodeError::InvalidConnAckFlags(flags));
@@ -643,16 +672,18 @@ impl<'a> ConnAck<'a> {
         } else if code > 5 {
             return Err(DecodeError::InvalidReasonCode(code));
         }
-        Ok(ConnAck {
-            session_present: flags & 1 != 0,
-            code,
-            properties: props(r, v5, PropCtx::ConnAck)?,
-        })
+        self.session_present = flags & 1 != 0;
+        self.code = code;
+        if v5 {
+            self.properties.read_into(r, PropCtx::ConnAck)?;
+        }
+        Ok(())
     }
 }
 
 impl<'a> Publish<'a> {
-    fn read(r: &mut Reader<'a>, flags: u8, v5: bool) -> Result<Self, DecodeError> {
+    /// Fills an empty PUBLISH from its body.
+    fn read(&mut self, r: &mut Reader<'a>, flags: u8, v5: bool) -> Result<(), DecodeError> {
         let qos = QoS::from_u8((flags >> 1) & 0b11)?;
         let dup = flags & 0b1000 != 0;
         if dup && qos == QoS::AtMostOnce {
@@ -664,20 +695,20 @@ impl<'a> Publish<'a> {
         } else {
             r.packet_id()?
         };
-        let properties = props(r, v5, PropCtx::Publish)?;
-        let aliased = topic.is_empty() && properties.topic_alias.is_some();
+        if v5 {
+            self.properties.read_into(r, PropCtx::Publish)?;
+        }
+        let aliased = topic.is_empty() && self.properties.topic_alias.is_some();
         if !aliased && !topic::is_valid_name(topic) {
             return Err(DecodeError::InvalidTopicName);
         }
-        Ok(Publish {
-            dup,
-            qos,
-            retain: flags & 1 != 0,
-            topic,
-            packet_id,
-            properties,
-            payload: r.rest(),
-        })
+        self.dup = dup;
+        self.qos = qos;
+        self.retain = flags & 1 != 0;
+        self.topic = topic;
+        self.packet_id = packet_id;
+        self.payload = r.rest();
+        Ok(())
     }
 
     /// The first byte of the fixed header.
@@ -691,7 +722,7 @@ impl<'a> Publish<'a> {
         2 + self.topic.len() + pid + props + self.payload.len()
     }
 
-    fn write<S: Sink + ?Sized>(&self, w: &mut Writer<'_, S>, v5: bool) -> Result<(), EncodeError> {
+    fn write(&self, w: &mut Writer<'_>, v5: bool) -> Result<(), EncodeError> {
         w.string(self.topic)?;
         if self.qos != QoS::AtMostOnce {
             w.u16(self.packet_id)?;
@@ -704,16 +735,16 @@ impl<'a> Publish<'a> {
 }
 
 impl<'a> Ack<'a> {
-    fn read(r: &mut Reader<'a>, v5: bool, allowed: &[u8]) -> Result<Self, DecodeError> {
-        let packet_id = r.packet_id()?;
-        let mut ack = Ack::new(packet_id);
+    /// Fills an empty acknowledgement from its body.
+    fn read(&mut self, r: &mut Reader<'a>, v5: bool, allowed: &[u8]) -> Result<(), DecodeError> {
+        self.packet_id = r.packet_id()?;
         if v5 && r.remaining() > 0 {
-            ack.reason = check_reason(r.u8()?, allowed)?;
+            self.reason = check_reason(r.u8()?, allowed)?;
             if r.remaining() > 0 {
-                ack.properties = Properties::read(r, PropCtx::PubResp)?;
+                self.properties.read_into(r, PropCtx::PubResp)?;
             }
         }
-        Ok(ack)
+        Ok(())
     }
 
     fn remaining_len(&self, v5: bool) -> usize {
@@ -724,7 +755,7 @@ impl<'a> Ack<'a> {
         }
     }
 
-    fn write<S: Sink + ?Sized>(&self, w: &mut Writer<'_, S>, v5: bool) -> Result<(), EncodeError> {
+    fn write(&self, w: &mut Writer<'_>, v5: bool) -> Result<(), EncodeError> {
         w.u16(self.packet_id)?;
         let len = self.remaining_len(v5);
         if len >= 3 {
@@ -737,6 +768,7 @@ impl<'a> Ack<'a> {
     }
 }
 
+#[cfg(feature = "server")]
 impl<'a> Subscribe<'a> {
     fn read(r: &mut Reader<'a>, protocol: Protocol) -> Result<Self, DecodeError> {
         let packet_id = r.packet_id()?;
@@ -762,9 +794,12 @@ impl<'a> Subscribe<'a> {
 }
 
 impl<'a> SubAck<'a> {
-    fn read(r: &mut Reader<'a>, v5: bool) -> Result<Self, DecodeError> {
-        let packet_id = r.packet_id()?;
-        let properties = props(r, v5, PropCtx::SubAck)?;
+    /// Fills an empty SUBACK from its body.
+    fn read(&mut self, r: &mut Reader<'a>, v5: bool) -> Result<(), DecodeError> {
+        self.packet_id = r.packet_id()?;
+        if v5 {
+            self.properties.read_into(r, PropCtx::SubAck)?;
+        }
         let codes = r.rest();
         if codes.is_empty() {
             return Err(DecodeError::UnexpectedEnd);
@@ -777,14 +812,12 @@ impl<'a> SubAck<'a> {
         for &c in codes {
             check_reason(c, allowed)?;
         }
-        Ok(SubAck {
-            packet_id,
-            properties,
-            codes,
-        })
+        self.codes = codes;
+        Ok(())
     }
 }
 
+#[cfg(feature = "server")]
 impl<'a> Unsubscribe<'a> {
     fn read(r: &mut Reader<'a>, v5: bool) -> Result<Self, DecodeError> {
         let packet_id = r.packet_id()?;
@@ -808,16 +841,13 @@ impl<'a> Unsubscribe<'a> {
 }
 
 impl<'a> UnsubAck<'a> {
-    fn read(r: &mut Reader<'a>, v5: bool) -> Result<Self, DecodeError> {
-        let packet_id = r.packet_id()?;
+    /// Fills an empty UNSUBACK from its body.
+    fn read(&mut self, r: &mut Reader<'a>, v5: bool) -> Result<(), DecodeError> {
+        self.packet_id = r.packet_id()?;
         if !v5 {
-            return Ok(UnsubAck {
-                packet_id,
-                properties: Properties::default(),
-                codes: &[],
-            });
+            return Ok(());
         }
-        let properties = Properties::read(r, PropCtx::UnsubAck)?;
+        self.properties.read_into(r, PropCtx::UnsubAck)?;
         let codes = r.rest();
         if codes.is_empty() {
             return Err(DecodeError::UnexpectedEnd);
@@ -825,29 +855,27 @@ impl<'a> UnsubAck<'a> {
         for &c in codes {
             check_reason(c, reason::UNSUBACK)?;
         }
-        Ok(UnsubAck {
-            packet_id,
-            properties,
-            codes,
-        })
+        self.codes = codes;
+        Ok(())
     }
 }
 
 impl<'a> Disconnect<'a> {
+    /// Fills an empty DISCONNECT or AUTH from its body.
     fn read(
+        &mut self,
         r: &mut Reader<'a>,
         v5: bool,
         ctx: PropCtx,
         allowed: &[u8],
-    ) -> Result<Self, DecodeError> {
-        let mut d = Disconnect::new(0);
+    ) -> Result<(), DecodeError> {
         if v5 && r.remaining() > 0 {
-            d.reason = check_reason(r.u8()?, allowed)?;
+            self.reason = check_reason(r.u8()?, allowed)?;
             if r.remaining() > 0 {
-                d.properties = Properties::read(r, ctx)?;
+                self.properties.read_into(r, ctx)?;
             }
         }
-        Ok(d)
+        Ok(())
     }
 
     fn remaining_len(&self, v5: bool) -> usize {
@@ -858,7 +886,7 @@ impl<'a> Disconnect<'a> {
         }
     }
 
-    fn write<S: Sink + ?Sized>(&self, w: &mut Writer<'_, S>, v5: bool) -> Result<(), EncodeError> {
+    fn write(&self, w: &mut Writer<'_>, v5: bool) -> Result<(), EncodeError> {
         let len = self.remaining_len(v5);
         if len >= 1 {
             w.u8(self.reason)?;
@@ -950,7 +978,9 @@ impl<'a> Packet<'a> {
                 (ty as u8) << 4 | ty.required_flags().unwrap_or(0)
             }
         };
-        let mut w = Writer { sink };
+        let mut w = Writer {
+            sink: &mut DynSink(sink),
+        };
         w.u8(first)?;
         w.var_int(rem)?;
         match self {

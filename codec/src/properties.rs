@@ -5,7 +5,7 @@
 //! input and are parsed again on iteration, so decoding allocates nothing; to encode, the
 //! caller gives a slice.
 
-use crate::wire::{var_int_len, Reader, Sink, Writer, MAX_VAR_INT};
+use crate::wire::{var_int_len, Reader, Writer, MAX_VAR_INT};
 use crate::{DecodeError, EncodeError};
 
 /// Property identifiers (MQTT 5 §2.2.2.2).
@@ -68,6 +68,8 @@ pub mod id {
 
 /// Which packet (or the will inside CONNECT) a property block belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Without `server`, CONNECT, its will, SUBSCRIBE and UNSUBSCRIBE are never decoded.
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
 pub(crate) enum PropCtx {
     Connect,
     Will,
@@ -187,7 +189,7 @@ pub trait PropItem<'a>: Sized + Copy + PartialEq {
     fn value_len(&self) -> usize;
     /// Writes the value.
     #[doc(hidden)]
-    fn write_value<S: Sink + ?Sized>(&self, w: &mut Writer<'_, S>) -> Result<(), EncodeError>;
+    fn write_value(&self, w: &mut Writer<'_>) -> Result<(), EncodeError>;
 }
 
 /// A User Property: a name and a value, both UTF-8 strings; names may repeat.
@@ -201,7 +203,7 @@ impl<'a> PropItem<'a> for (&'a str, &'a str) {
     fn value_len(&self) -> usize {
         4 + self.0.len() + self.1.len()
     }
-    fn write_value<S: Sink + ?Sized>(&self, w: &mut Writer<'_, S>) -> Result<(), EncodeError> {
+    fn write_value(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         w.string(self.0)?;
         w.string(self.1)
     }
@@ -220,7 +222,7 @@ impl<'a> PropItem<'a> for u32 {
     fn value_len(&self) -> usize {
         var_int_len(*self as usize)
     }
-    fn write_value<S: Sink + ?Sized>(&self, w: &mut Writer<'_, S>) -> Result<(), EncodeError> {
+    fn write_value(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         if *self == 0 || *self > MAX_VAR_INT {
             return Err(EncodeError::TooLarge);
         }
@@ -264,18 +266,6 @@ impl<'a, T: PropItem<'a>> PropList<'a, T> {
     pub fn is_empty(&self) -> bool {
         self.iter().next().is_none()
     }
-
-    fn wire_len(&self) -> usize {
-        self.iter().map(|v| 1 + v.value_len()).sum()
-    }
-
-    fn write<S: Sink + ?Sized>(&self, w: &mut Writer<'_, S>) -> Result<(), EncodeError> {
-        for v in self.iter() {
-            w.u8(T::ID)?;
-            v.write_value(w)?;
-        }
-        Ok(())
-    }
 }
 
 impl<'a, T: PropItem<'a>> PartialEq for PropList<'a, T> {
@@ -316,15 +306,80 @@ impl<'a, T: PropItem<'a>> Iterator for PropListIter<'a, T> {
 
 /// Skips the value of property `pid` (known to be valid).
 fn skip_value(r: &mut Reader<'_>, pid: u8) -> Result<(), DecodeError> {
-    match value_kind(pid).ok_or(DecodeError::UnknownProperty(pid))? {
-        Kind::Byte => r.take(1).map(drop),
-        Kind::Two => r.take(2).map(drop),
-        Kind::Four => r.take(4).map(drop),
-        Kind::VarInt => r.var_int().map(drop),
-        Kind::Str | Kind::Bin => r.binary().map(drop),
+    let kind = value_kind(pid).ok_or(DecodeError::UnknownProperty(pid))?;
+    read_value(r, kind).map(drop)
+}
+
+/// A property value as read from the wire.
+#[derive(Clone, Copy)]
+enum Val<'a> {
+    /// A Byte, Two Byte, Four Byte or Variable Byte Integer.
+    Num(u32),
+    /// A UTF-8 string.
+    Str(&'a str),
+    /// Binary data.
+    Bin(&'a [u8]),
+    /// A User Property: both strings checked, the values left in the block.
+    Pair,
+}
+
+/// Reads one value of `kind`. One function for every property keeps the decoder small.
+#[inline(never)]
+fn read_value<'a>(r: &mut Reader<'a>, kind: Kind) -> Result<Val<'a>, DecodeError> {
+    Ok(match kind {
+        Kind::Byte => Val::Num(r.u8()?.into()),
+        Kind::Two => Val::Num(r.u16()?.into()),
+        Kind::Four => Val::Num(r.u32()?),
+        Kind::VarInt => Val::Num(r.var_int()?),
+        Kind::Str => Val::Str(r.string()?),
+        Kind::Bin => Val::Bin(r.binary()?),
         Kind::Pair => {
-            r.binary()?;
-            r.binary().map(drop)
+            r.string()?;
+            r.string()?;
+            Val::Pair
+        }
+    })
+}
+
+/// A property value to encode.
+#[derive(Clone, Copy)]
+enum Out<'a> {
+    Byte(u8),
+    Two(u16),
+    Four(u32),
+    /// A Variable Byte Integer (Subscription Identifier: 1 to 268,435,455).
+    Var(u32),
+    /// A string or binary data: two length bytes, then the bytes.
+    Bin(&'a [u8]),
+    /// A User Property.
+    Pair(&'a str, &'a str),
+}
+
+impl Out<'_> {
+    /// Bytes of the value (the identifier not included).
+    fn len(self) -> usize {
+        match self {
+            Out::Byte(_) => 1,
+            Out::Two(_) => 2,
+            Out::Four(_) => 4,
+            Out::Var(v) => var_int_len(v as usize),
+            Out::Bin(b) => 2 + b.len(),
+            Out::Pair(k, v) => 4 + k.len() + v.len(),
+        }
+    }
+
+    fn write(self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+        match self {
+            Out::Byte(b) => w.u8(b),
+            Out::Two(v) => w.u16(v),
+            Out::Four(v) => w.u32(v),
+            Out::Var(v) if v == 0 || v > MAX_VAR_INT => Err(EncodeError::TooLarge),
+            Out::Var(v) => w.var_int(v as usize),
+            Out::Bin(b) => w.binary(b),
+            Out::Pair(k, v) => {
+                w.string(k)?;
+                w.string(v)
+            }
         }
     }
 }
@@ -373,7 +428,7 @@ fn value_kind(pid: u8) -> Option<Kind> {
 
 /// The properties of one MQTT 5 packet (or of a will). Absent ones are `None`/empty.
 /// In 3.1.1 packets every field stays at its default.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Properties<'a> {
     /// 0x01: 0 = unspecified bytes, 1 = UTF-8.
     pub payload_format_indicator: Option<u8>,
@@ -431,33 +486,134 @@ pub struct Properties<'a> {
     pub shared_subscription_available: Option<bool>,
 }
 
-fn flag(v: u8, pid: u8) -> Result<bool, DecodeError> {
-    match v {
-        0 => Ok(false),
-        1 => Ok(true),
-        _ => Err(DecodeError::InvalidPropertyValue(pid)),
+/// No property: [`Properties::default`]. Copying one constant is smaller code than
+/// setting each of the 27 fields wherever a packet is built.
+const EMPTY: Properties<'static> = Properties {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: PropList::Slice(&[]),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: PropList::Slice(&[]),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifier_available: None,
+    shared_subscription_available: None,
+};
+
+impl Default for Properties<'_> {
+    #[inline(never)]
+    fn default() -> Self {
+        EMPTY
     }
 }
 
+/// One field of [`Properties`], by the type of its value.
+#[derive(Clone, Copy)]
+enum Field<'r, 'a> {
+    Byte(&'r Option<u8>),
+    Flag(&'r Option<bool>),
+    Two(&'r Option<u16>),
+    Four(&'r Option<u32>),
+    Str(&'r Option<&'a str>),
+    Bin(&'r Option<&'a [u8]>),
+    SubIds,
+    Users,
+}
+
+/// One field of [`Properties`] to set while decoding.
+enum Slot<'r, 'a> {
+    Byte(&'r mut Option<u8>),
+    Flag(&'r mut Option<bool>),
+    Two(&'r mut Option<u16>),
+    Four(&'r mut Option<u32>),
+    Str(&'r mut Option<&'a str>),
+    Bin(&'r mut Option<&'a [u8]>),
+    List,
+}
+
+/// The identifiers of [`Properties::fields`] and [`Properties::slots`], in order.
+static FIELD_IDS: [u8; 27] = {
+    use id::*;
+    [
+        PAYLOAD_FORMAT_INDICATOR,
+        MESSAGE_EXPIRY_INTERVAL,
+        CONTENT_TYPE,
+        RESPONSE_TOPIC,
+        CORRELATION_DATA,
+        SUBSCRIPTION_IDENTIFIER,
+        SESSION_EXPIRY_INTERVAL,
+        ASSIGNED_CLIENT_IDENTIFIER,
+        SERVER_KEEP_ALIVE,
+        AUTHENTICATION_METHOD,
+        AUTHENTICATION_DATA,
+        REQUEST_PROBLEM_INFORMATION,
+        WILL_DELAY_INTERVAL,
+        REQUEST_RESPONSE_INFORMATION,
+        RESPONSE_INFORMATION,
+        SERVER_REFERENCE,
+        REASON_STRING,
+        RECEIVE_MAXIMUM,
+        TOPIC_ALIAS_MAXIMUM,
+        TOPIC_ALIAS,
+        MAXIMUM_QOS,
+        RETAIN_AVAILABLE,
+        USER_PROPERTY,
+        MAXIMUM_PACKET_SIZE,
+        WILDCARD_SUBSCRIPTION_AVAILABLE,
+        SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+        SHARED_SUBSCRIPTION_AVAILABLE,
+    ]
+};
+
 impl<'a> Properties<'a> {
     /// Reads a property block (length prefix included) allowed in `ctx`.
+    #[cfg(feature = "server")]
     pub(crate) fn read(r: &mut Reader<'a>, ctx: PropCtx) -> Result<Self, DecodeError> {
+        let mut p = Properties::default();
+        p.read_into(r, ctx)?;
+        Ok(p)
+    }
+
+    /// Reads a property block (length prefix included) allowed in `ctx` into `self`,
+    /// which has no property yet. Filling the packet in place saves copying it.
+    pub(crate) fn read_into(
+        &mut self,
+        r: &mut Reader<'a>,
+        ctx: PropCtx,
+    ) -> Result<(), DecodeError> {
+        use id::*;
         let len = r.var_int()? as usize;
         let block = r.take(len)?;
-        let mut p = Properties::default();
+        let mut slots = self.slots();
+        let (mut has_user, mut has_sub_id) = (false, false);
         let mut br = Reader::new(block);
         let mut seen = 0u64;
         let allowed = ctx.allowed();
         let repeatable = ctx.repeatable();
-        let mut has_user = false;
-        let mut has_sub_id = false;
         while br.remaining() > 0 {
             let raw = br.var_int()?;
             let pid = u8::try_from(raw).map_err(|_| DecodeError::UnknownProperty(0xFF))?;
-            if value_kind(pid).is_none() {
-                return Err(DecodeError::UnknownProperty(pid));
-            }
-            let bit = 1u64 << pid;
+            let kind = value_kind(pid).ok_or(DecodeError::UnknownProperty(pid))?;
+            // Every known identifier is below 64.
+            let bit = 1u64 << (pid & 63);
             if allowed & bit == 0 {
                 return Err(DecodeError::PropertyNotAllowed(pid));
             }
@@ -465,124 +621,160 @@ impl<'a> Properties<'a> {
                 return Err(DecodeError::DuplicateProperty(pid));
             }
             seen |= bit;
-            use id::*;
-            match pid {
-                PAYLOAD_FORMAT_INDICATOR => {
-                    let v = br.u8()?;
-                    flag(v, pid)?;
-                    p.payload_format_indicator = Some(v);
-                }
-                MESSAGE_EXPIRY_INTERVAL => p.message_expiry_interval = Some(br.u32()?),
-                CONTENT_TYPE => p.content_type = Some(br.string()?),
-                RESPONSE_TOPIC => {
-                    let t = br.string()?;
-                    if !crate::topic::is_valid_name(t) {
-                        return Err(DecodeError::InvalidPropertyValue(pid));
-                    }
-                    p.response_topic = Some(t);
-                }
-                CORRELATION_DATA => p.correlation_data = Some(br.binary()?),
-                SUBSCRIPTION_IDENTIFIER => {
-                    <u32 as PropItem>::read_value(&mut br)?;
-                    has_sub_id = true;
-                }
-                SESSION_EXPIRY_INTERVAL => p.session_expiry_interval = Some(br.u32()?),
-                ASSIGNED_CLIENT_IDENTIFIER => p.assigned_client_identifier = Some(br.string()?),
-                SERVER_KEEP_ALIVE => p.server_keep_alive = Some(br.u16()?),
-                AUTHENTICATION_METHOD => p.authentication_method = Some(br.string()?),
-                AUTHENTICATION_DATA => p.authentication_data = Some(br.binary()?),
-                REQUEST_PROBLEM_INFORMATION => {
-                    p.request_problem_information = Some(flag(br.u8()?, pid)?)
-                }
-                WILL_DELAY_INTERVAL => p.will_delay_interval = Some(br.u32()?),
-                REQUEST_RESPONSE_INFORMATION => {
-                    p.request_response_information = Some(flag(br.u8()?, pid)?)
-                }
-                RESPONSE_INFORMATION => p.response_information = Some(br.string()?),
-                SERVER_REFERENCE => p.server_reference = Some(br.string()?),
-                REASON_STRING => p.reason_string = Some(br.string()?),
-                RECEIVE_MAXIMUM => match br.u16()? {
-                    0 => return Err(DecodeError::InvalidPropertyValue(pid)),
-                    v => p.receive_maximum = Some(v),
-                },
-                TOPIC_ALIAS_MAXIMUM => p.topic_alias_maximum = Some(br.u16()?),
-                TOPIC_ALIAS => match br.u16()? {
-                    0 => return Err(DecodeError::InvalidTopicAlias),
-                    v => p.topic_alias = Some(v),
-                },
-                MAXIMUM_QOS => {
-                    let v = br.u8()?;
-                    flag(v, pid)?;
-                    p.maximum_qos = Some(v);
-                }
-                RETAIN_AVAILABLE => p.retain_available = Some(flag(br.u8()?, pid)?),
-                USER_PROPERTY => {
-                    <UserProperty<'a> as PropItem>::read_value(&mut br)?;
-                    has_user = true;
-                }
-                MAXIMUM_PACKET_SIZE => match br.u32()? {
-                    0 => return Err(DecodeError::InvalidPropertyValue(pid)),
-                    v => p.maximum_packet_size = Some(v),
-                },
-                WILDCARD_SUBSCRIPTION_AVAILABLE => {
-                    p.wildcard_subscription_available = Some(flag(br.u8()?, pid)?)
-                }
-                SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
-                    p.subscription_identifier_available = Some(flag(br.u8()?, pid)?)
-                }
-                SHARED_SUBSCRIPTION_AVAILABLE => {
-                    p.shared_subscription_available = Some(flag(br.u8()?, pid)?)
-                }
-                _ => return Err(DecodeError::UnknownProperty(pid)),
+            let v = read_value(&mut br, kind)?;
+            let (n, s, b) = match v {
+                Val::Num(n) => (n, "", &[][..]),
+                Val::Str(s) => (0, s, &[][..]),
+                Val::Bin(b) => (0, "", b),
+                Val::Pair => (0, "", &[][..]),
+            };
+            let invalid = match pid {
+                TOPIC_ALIAS if n == 0 => return Err(DecodeError::InvalidTopicAlias),
+                RECEIVE_MAXIMUM | MAXIMUM_PACKET_SIZE | SUBSCRIPTION_IDENTIFIER => n == 0,
+                RESPONSE_TOPIC => !crate::topic::is_valid_name(s),
+                // Every one-byte property is 0 or 1.
+                _ => matches!(kind, Kind::Byte) && n > 1,
+            };
+            if invalid {
+                return Err(DecodeError::InvalidPropertyValue(pid));
+            }
+            let slot = FIELD_IDS.iter().position(|&x| x == pid);
+            match slot.and_then(|i| slots.get_mut(i)) {
+                Some(Slot::Byte(f)) => **f = Some(n as u8),
+                Some(Slot::Flag(f)) => **f = Some(n != 0),
+                Some(Slot::Two(f)) => **f = Some(n as u16),
+                Some(Slot::Four(f)) => **f = Some(n),
+                Some(Slot::Str(f)) => **f = Some(s),
+                Some(Slot::Bin(f)) => **f = Some(b),
+                // The repeatable ones are read again from the block on iteration.
+                Some(Slot::List) if pid == USER_PROPERTY => has_user = true,
+                Some(Slot::List) => has_sub_id = true,
+                None => {}
             }
         }
         if has_user {
-            p.user_properties = PropList::Wire(block);
+            self.user_properties = PropList::Wire(block);
         }
         if has_sub_id {
-            p.subscription_identifiers = PropList::Wire(block);
+            self.subscription_identifiers = PropList::Wire(block);
         }
-        Ok(p)
+        Ok(())
+    }
+
+    /// Every field in the order they are encoded (by identifier, see [`FIELD_IDS`]).
+    fn fields(&self) -> [Field<'_, 'a>; 27] {
+        use Field::*;
+        [
+            Byte(&self.payload_format_indicator),
+            Four(&self.message_expiry_interval),
+            Str(&self.content_type),
+            Str(&self.response_topic),
+            Bin(&self.correlation_data),
+            SubIds,
+            Four(&self.session_expiry_interval),
+            Str(&self.assigned_client_identifier),
+            Two(&self.server_keep_alive),
+            Str(&self.authentication_method),
+            Bin(&self.authentication_data),
+            Flag(&self.request_problem_information),
+            Four(&self.will_delay_interval),
+            Flag(&self.request_response_information),
+            Str(&self.response_information),
+            Str(&self.server_reference),
+            Str(&self.reason_string),
+            Two(&self.receive_maximum),
+            Two(&self.topic_alias_maximum),
+            Two(&self.topic_alias),
+            Byte(&self.maximum_qos),
+            Flag(&self.retain_available),
+            Users,
+            Four(&self.maximum_packet_size),
+            Flag(&self.wildcard_subscription_available),
+            Flag(&self.subscription_identifier_available),
+            Flag(&self.shared_subscription_available),
+        ]
+    }
+
+    /// Every field but the two lists, to be set while decoding (same order as
+    /// [`Properties::fields`]).
+    fn slots(&mut self) -> [Slot<'_, 'a>; 27] {
+        use Slot::*;
+        [
+            Byte(&mut self.payload_format_indicator),
+            Four(&mut self.message_expiry_interval),
+            Str(&mut self.content_type),
+            Str(&mut self.response_topic),
+            Bin(&mut self.correlation_data),
+            List,
+            Four(&mut self.session_expiry_interval),
+            Str(&mut self.assigned_client_identifier),
+            Two(&mut self.server_keep_alive),
+            Str(&mut self.authentication_method),
+            Bin(&mut self.authentication_data),
+            Flag(&mut self.request_problem_information),
+            Four(&mut self.will_delay_interval),
+            Flag(&mut self.request_response_information),
+            Str(&mut self.response_information),
+            Str(&mut self.server_reference),
+            Str(&mut self.reason_string),
+            Two(&mut self.receive_maximum),
+            Two(&mut self.topic_alias_maximum),
+            Two(&mut self.topic_alias),
+            Byte(&mut self.maximum_qos),
+            Flag(&mut self.retain_available),
+            List,
+            Four(&mut self.maximum_packet_size),
+            Flag(&mut self.wildcard_subscription_available),
+            Flag(&mut self.subscription_identifier_available),
+            Flag(&mut self.shared_subscription_available),
+        ]
+    }
+
+    /// Calls `f` with every present property in the order they are encoded. One loop
+    /// and one call site serve both [`Properties::content_len`] and
+    /// [`Properties::write`]: smaller code than a branch per field.
+    #[inline(never)]
+    fn each(
+        &self,
+        f: &mut dyn FnMut(u8, Out<'a>) -> Result<(), EncodeError>,
+    ) -> Result<(), EncodeError> {
+        for (&pid, field) in FIELD_IDS.iter().zip(self.fields()) {
+            let out = match field {
+                Field::Byte(v) => v.map(Out::Byte),
+                Field::Flag(v) => v.map(|b| Out::Byte(b.into())),
+                Field::Two(v) => v.map(Out::Two),
+                Field::Four(v) => v.map(Out::Four),
+                Field::Str(v) => v.map(|s| Out::Bin(s.as_bytes())),
+                Field::Bin(v) => v.map(Out::Bin),
+                Field::SubIds => {
+                    for v in self.subscription_identifiers.iter() {
+                        f(pid, Out::Var(v))?;
+                    }
+                    None
+                }
+                Field::Users => {
+                    for (k, v) in self.user_properties.iter() {
+                        f(pid, Out::Pair(k, v))?;
+                    }
+                    None
+                }
+            };
+            if let Some(v) = out {
+                f(pid, v)?;
+            }
+        }
+        Ok(())
     }
 
     /// Bytes of the property block without its length prefix.
     pub fn content_len(&self) -> usize {
-        fn s(v: Option<&str>) -> usize {
-            v.map_or(0, |s| 3 + s.len())
-        }
-        fn b(v: Option<&[u8]>) -> usize {
-            v.map_or(0, |s| 3 + s.len())
-        }
-        fn n<T>(v: Option<T>, size: usize) -> usize {
-            v.map_or(0, |_| 1 + size)
-        }
-        n(self.payload_format_indicator, 1)
-            + n(self.message_expiry_interval, 4)
-            + s(self.content_type)
-            + s(self.response_topic)
-            + b(self.correlation_data)
-            + self.subscription_identifiers.wire_len()
-            + n(self.session_expiry_interval, 4)
-            + s(self.assigned_client_identifier)
-            + n(self.server_keep_alive, 2)
-            + s(self.authentication_method)
-            + b(self.authentication_data)
-            + n(self.request_problem_information, 1)
-            + n(self.will_delay_interval, 4)
-            + n(self.request_response_information, 1)
-            + s(self.response_information)
-            + s(self.server_reference)
-            + s(self.reason_string)
-            + n(self.receive_maximum, 2)
-            + n(self.topic_alias_maximum, 2)
-            + n(self.topic_alias, 2)
-            + n(self.maximum_qos, 1)
-            + n(self.retain_available, 1)
-            + self.user_properties.wire_len()
-            + n(self.maximum_packet_size, 4)
-            + n(self.wildcard_subscription_available, 1)
-            + n(self.subscription_identifier_available, 1)
-            + n(self.shared_subscription_available, 1)
+        let mut n = 0;
+        // Counting never fails.
+        let _ = self.each(&mut |_, v| {
+            n += 1 + v.len();
+            Ok(())
+        });
+        n
     }
 
     /// Bytes of the property block including its length prefix.
@@ -597,68 +789,11 @@ impl<'a> Properties<'a> {
     }
 
     /// Writes the length prefix and every present property.
-    pub(crate) fn write<S: Sink + ?Sized>(&self, w: &mut Writer<'_, S>) -> Result<(), EncodeError> {
-        use id::*;
+    pub(crate) fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         w.var_int(self.content_len())?;
-        macro_rules! put {
-            ($field:expr, $id:expr, $method:ident) => {
-                if let Some(v) = $field {
-                    w.u8($id)?;
-                    w.$method(v)?;
-                }
-            };
-        }
-        put!(self.payload_format_indicator, PAYLOAD_FORMAT_INDICATOR, u8);
-        put!(self.message_expiry_interval, MESSAGE_EXPIRY_INTERVAL, u32);
-        put!(self.content_type, CONTENT_TYPE, string);
-        put!(self.response_topic, RESPONSE_TOPIC, string);
-        put!(self.correlation_data, CORRELATION_DATA, binary);
-        self.subscription_identifiers.write(w)?;
-        put!(self.session_expiry_interval, SESSION_EXPIRY_INTERVAL, u32);
-        put!(
-            self.assigned_client_identifier,
-            ASSIGNED_CLIENT_IDENTIFIER,
-            string
-        );
-        put!(self.server_keep_alive, SERVER_KEEP_ALIVE, u16);
-        put!(self.authentication_method, AUTHENTICATION_METHOD, string);
-        put!(self.authentication_data, AUTHENTICATION_DATA, binary);
-        put!(
-            self.request_problem_information.map(u8::from),
-            REQUEST_PROBLEM_INFORMATION,
-            u8
-        );
-        put!(self.will_delay_interval, WILL_DELAY_INTERVAL, u32);
-        put!(
-            self.request_response_information.map(u8::from),
-            REQUEST_RESPONSE_INFORMATION,
-            u8
-        );
-        put!(self.response_information, RESPONSE_INFORMATION, string);
-        put!(self.server_reference, SERVER_REFERENCE, string);
-        put!(self.reason_string, REASON_STRING, string);
-        put!(self.receive_maximum, RECEIVE_MAXIMUM, u16);
-        put!(self.topic_alias_maximum, TOPIC_ALIAS_MAXIMUM, u16);
-        put!(self.topic_alias, TOPIC_ALIAS, u16);
-        put!(self.maximum_qos, MAXIMUM_QOS, u8);
-        put!(self.retain_available.map(u8::from), RETAIN_AVAILABLE, u8);
-        self.user_properties.write(w)?;
-        put!(self.maximum_packet_size, MAXIMUM_PACKET_SIZE, u32);
-        put!(
-            self.wildcard_subscription_available.map(u8::from),
-            WILDCARD_SUBSCRIPTION_AVAILABLE,
-            u8
-        );
-        put!(
-            self.subscription_identifier_available.map(u8::from),
-            SUBSCRIPTION_IDENTIFIER_AVAILABLE,
-            u8
-        );
-        put!(
-            self.shared_subscription_available.map(u8::from),
-            SHARED_SUBSCRIPTION_AVAILABLE,
-            u8
-        );
-        Ok(())
+        self.each(&mut |pid, v| {
+            w.u8(pid)?;
+            v.write(w)
+        })
     }
 }

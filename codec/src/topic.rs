@@ -12,17 +12,19 @@ pub fn is_valid_name(name: &str) -> bool {
 
 /// True when `filter` is a syntactically valid topic filter.
 pub fn is_valid_filter(filter: &str) -> bool {
-    if filter.is_empty() {
+    // Byte by byte (no `split`, which is larger code): a wildcard must fill its level,
+    // and `#` must also be the last character.
+    let b = filter.as_bytes();
+    if b.is_empty() {
         return false;
     }
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        let last = levels.peek().is_none();
-        match level {
-            "#" if !last => return false,
-            "#" | "+" => {}
-            l if l.contains(['+', '#']) => return false,
-            _ => {}
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'+' || c == b'#' {
+            let starts = i == 0 || b.get(i - 1) == Some(&b'/');
+            let next = b.get(i + 1);
+            if !starts || next.is_some_and(|&n| n != b'/') || (c == b'#' && next.is_some()) {
+                return false;
+            }
         }
     }
     true
@@ -88,6 +90,34 @@ mod tests {
         }
         for bad in ["", "a#", "a/#/b", "#/a", "a+", "a/b+/c", "++", "a/##"] {
             assert!(!is_valid_filter(bad), "{bad}");
+        }
+    }
+
+    /// The byte loop agrees with the level-by-level definition on every string of up
+    /// to 7 characters over `a / + #`.
+    #[test]
+    fn filter_check_matches_the_level_definition() {
+        fn by_levels(filter: &str) -> bool {
+            let mut levels = filter.split('/').peekable();
+            !filter.is_empty()
+                && core::iter::from_fn(|| levels.next().map(|l| (l, levels.peek().is_none()))).all(
+                    |(level, last)| match level {
+                        "#" => last,
+                        "+" => true,
+                        l => !l.contains(['+', '#']),
+                    },
+                )
+        }
+        let mut buf = [0u8; 7];
+        for len in 0..=buf.len() {
+            for mut n in 0..4usize.pow(len as u32) {
+                for b in buf.iter_mut().take(len) {
+                    *b = b"a/+#"[n % 4];
+                    n /= 4;
+                }
+                let f = core::str::from_utf8(&buf[..len]).expect("ASCII");
+                assert_eq!(is_valid_filter(f), by_levels(f), "{f}");
+            }
         }
     }
 

@@ -101,7 +101,9 @@ impl<'a> Reader<'a> {
 /// forms; MQTT also forbids U+0000.
 pub(crate) fn check_utf8(b: &[u8]) -> Result<&str, DecodeError> {
     let s = core::str::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8)?;
-    if b.contains(&0) {
+    // A plain loop: `contains` would link `memchr` (about 400 bytes on a Cortex-M).
+    #[allow(clippy::manual_contains)]
+    if b.iter().any(|&c| c == 0) {
         return Err(DecodeError::InvalidUtf8);
     }
     Ok(s)
@@ -195,25 +197,40 @@ impl Sink for bytes::BytesMut {
     }
 }
 
-/// Typed writes on top of a [`Sink`].
+/// Typed writes on top of a [`Sink`]. The sink is a trait object, so the encoders exist
+/// once whatever the sinks a program uses (a slice, a `BytesMut`).
 #[allow(unreachable_pub, missing_debug_implementations)] // as `Reader`
-pub struct Writer<'s, S: Sink + ?Sized> {
-    pub(crate) sink: &'s mut S,
+pub struct Writer<'s> {
+    pub(crate) sink: &'s mut dyn Sink,
 }
 
-impl<S: Sink + ?Sized> Writer<'_, S> {
+/// Lets an unsized `S` stand behind `&mut dyn Sink`.
+pub(crate) struct DynSink<'s, S: Sink + ?Sized>(pub(crate) &'s mut S);
+
+impl<S: Sink + ?Sized> Sink for DynSink<'_, S> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        self.0.put(bytes)
+    }
+}
+
+impl Writer<'_> {
+    #[inline(never)]
     pub(crate) fn bytes(&mut self, b: &[u8]) -> Result<(), EncodeError> {
         self.sink.put(b)
     }
+    #[inline(never)]
     pub(crate) fn u8(&mut self, v: u8) -> Result<(), EncodeError> {
         self.sink.put(&[v])
     }
+    #[inline(never)]
     pub(crate) fn u16(&mut self, v: u16) -> Result<(), EncodeError> {
         self.sink.put(&v.to_be_bytes())
     }
+    #[inline(never)]
     pub(crate) fn u32(&mut self, v: u32) -> Result<(), EncodeError> {
         self.sink.put(&v.to_be_bytes())
     }
+    #[inline(never)]
     pub(crate) fn var_int(&mut self, v: usize) -> Result<(), EncodeError> {
         if v > MAX_VAR_INT as usize {
             return Err(EncodeError::TooLarge);
@@ -235,11 +252,13 @@ impl<S: Sink + ?Sized> Writer<'_, S> {
         }
         self.sink.put(&out[..n])
     }
+    #[inline(never)]
     pub(crate) fn binary(&mut self, b: &[u8]) -> Result<(), EncodeError> {
         let n = u16::try_from(b.len()).map_err(|_| EncodeError::TooLarge)?;
         self.u16(n)?;
         self.sink.put(b)
     }
+    #[inline(never)]
     pub(crate) fn string(&mut self, s: &str) -> Result<(), EncodeError> {
         self.binary(s.as_bytes())
     }
