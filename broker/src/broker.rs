@@ -1537,13 +1537,16 @@ impl Core {
     }
 
     /// Framed journal records describing the whole durable state now (for compaction).
-    pub fn snapshot(&mut self, now: Instant) -> Vec<u8> {
+    /// Hands the records to `sink` in chunks of about 1 MiB; returns the total size.
+    pub fn snapshot(&mut self, now: Instant, sink: &mut dyn FnMut(Vec<u8>)) -> u64 {
         let mut snap = Snapshot {
+            sink,
             out: Vec::new(),
             buf: Vec::new(),
             emitted: HashSet::new(),
             now,
             now_ms: unix_ms(),
+            total: 0,
         };
         for (topic, m) in self.retained.iter().filter(|(t, _)| !is_sys(t)) {
             snap.msg(m, None);
@@ -1601,7 +1604,7 @@ impl Core {
             }
             if let Some(spill) = s.spill.as_mut() {
                 let now_ms = snap.now_ms;
-                let r = spill.for_each(now, now_ms, &mut |d| snap.delivery(&client, d));
+                let r = spill.for_each(now, now_ms, &mut |d| snap.spilled_delivery(&client, d));
                 if let Err(e) = r {
                     tracing::error!(client = %client, error = %e, "spill unreadable while compacting");
                 }
@@ -1621,7 +1624,8 @@ impl Core {
                 });
             }
         }
-        snap.out
+        snap.flush();
+        snap.total
     }
 
     /// Replaces the journal's history with a snapshot once it has grown to several times
@@ -1633,10 +1637,11 @@ impl Core {
         if j.since_snapshot() < COMPACT_MIN.max(self.last_snapshot.saturating_mul(2)) {
             return;
         }
-        let snap = self.snapshot(now);
-        tracing::info!(bytes = snap.len(), "compacting the store");
-        self.last_snapshot = snap.len() as u64;
-        j.snapshot(snap);
+        j.snapshot_begin();
+        let bytes = self.snapshot(now, &mut |chunk| j.snapshot_chunk(chunk));
+        j.snapshot_end();
+        tracing::info!(bytes, "compacted the store");
+        self.last_snapshot = bytes;
     }
 
     /// Publishes the broker's counters under `$SYS/broker/` (retained, QoS 0).
@@ -1711,25 +1716,59 @@ fn owned<'s>(
         .filter(|s| s.link.as_ref().is_some_and(|l| l.conn_id == conn_id))
 }
 
-/// Builds a snapshot: framed records, each message written once.
-struct Snapshot {
+/// Builds a snapshot: framed records, each in-memory message written once, streamed to
+/// a sink in chunks.
+struct Snapshot<'s> {
+    sink: &'s mut dyn FnMut(Vec<u8>),
     out: Vec<u8>,
     buf: Vec<u8>,
     emitted: HashSet<u64>,
     now: Instant,
     now_ms: u64,
+    total: u64,
 }
 
-impl Snapshot {
+/// Size of the chunks a snapshot is handed over in.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+
+impl Snapshot<'_> {
     fn put(&mut self, rec: Record) {
         self.buf.clear();
         rec.encode(&mut self.buf);
         crate::store::log::frame(&mut self.out, &self.buf);
+        if self.out.len() >= SNAPSHOT_CHUNK {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.out.is_empty() {
+            self.total += self.out.len() as u64;
+            (self.sink)(std::mem::take(&mut self.out));
+        }
     }
 
     /// The message of `d` (once) and its `Enqueue` record.
     fn delivery(&mut self, client: &str, d: &Delivery) {
         self.msg(&d.msg, None);
+        self.enqueue(client, d);
+    }
+
+    /// A delivery read back from a spill file: its message is written without
+    /// remembering the id (spilled messages are copies; a duplicate record is harmless,
+    /// a set of every id is not).
+    fn spilled_delivery(&mut self, client: &str, d: &Delivery) {
+        if !self.emitted.contains(&d.msg.mid) {
+            let stored = d.msg.to_stored(None, self.now, self.now_ms);
+            self.put(Record::Msg {
+                mid: d.msg.mid,
+                msg: stored,
+            });
+        }
+        self.enqueue(client, d);
+    }
+
+    fn enqueue(&mut self, client: &str, d: &Delivery) {
         self.put(Record::Enqueue {
             client: client.to_owned(),
             dseq: d.dseq,

@@ -131,8 +131,11 @@ pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
     );
     core.restore(image, std::time::Instant::now());
     // Start from a compact log: the replayed history is replaced by the live state.
-    let snap = core.snapshot(std::time::Instant::now());
-    journal.snapshot(snap);
+    journal.snapshot_begin();
+    core.snapshot(std::time::Instant::now(), &mut |chunk| {
+        journal.snapshot_chunk(chunk)
+    });
+    journal.snapshot_end();
     tracing::info!(
         dir = %dir.display(),
         records = recovery.records,

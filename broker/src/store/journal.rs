@@ -18,6 +18,9 @@ use super::log::{frame, Log, Recovery};
 use super::record::Record;
 use crate::config::FsyncPolicy;
 
+/// Snapshot bytes that may wait for the writer before `snapshot_chunk` blocks.
+const SNAPSHOT_QUEUE: usize = 8 * 1024 * 1024;
+
 /// Default size at which a segment is closed and a new one started.
 const SEGMENT_LIMIT: u64 = 64 * 1024 * 1024;
 
@@ -26,8 +29,12 @@ const SEGMENT_LIMIT: u64 = 64 * 1024 * 1024;
 enum Job {
     /// Framed records.
     Records(Vec<u8>),
-    /// A snapshot of the whole live state that replaces every older segment.
-    Snapshot(Vec<u8>),
+    /// Start of a snapshot of the whole live state.
+    SnapshotBegin,
+    /// Framed records of the snapshot.
+    SnapshotChunk(Vec<u8>),
+    /// End of the snapshot: it replaces every older segment.
+    SnapshotEnd,
 }
 
 /// What the core has appended and the writer has not taken yet.
@@ -38,6 +45,8 @@ struct Pending {
     appended: u64,
     /// Bytes appended since the last snapshot (for the compaction trigger).
     since_snapshot: u64,
+    /// Snapshot bytes queued and not yet written (backpressure).
+    snapshot_queued: usize,
     shutdown: bool,
 }
 
@@ -47,6 +56,8 @@ pub struct Journal {
     // A std Mutex: appends hold it for a memcpy, the writer only to swap the job queue.
     pending: Mutex<Pending>,
     wake: Condvar,
+    /// Signalled when the writer took jobs (snapshot backpressure).
+    progress: Condvar,
     durable: AtomicU64,
     durable_tx: watch::Sender<u64>,
     policy: FsyncPolicy,
@@ -98,6 +109,7 @@ impl Journal {
         let journal = Arc::new(Journal {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
+            progress: Condvar::new(),
             durable: AtomicU64::new(0),
             durable_tx,
             policy,
@@ -151,14 +163,42 @@ impl Journal {
         lsn
     }
 
-    /// Queues a snapshot of the whole state (framed records) taken after every record
-    /// appended so far; once written, older segments are deleted.
-    pub fn snapshot(&self, framed: Vec<u8>) {
+    /// Starts a snapshot of the whole state, taken after every record appended so far.
+    /// Feed it with [`Journal::snapshot_chunk`] and close it with
+    /// [`Journal::snapshot_end`]; once written, older segments are deleted.
+    pub fn snapshot_begin(&self) {
         let mut p = self.lock();
-        p.since_snapshot = framed.len() as u64;
-        p.jobs.push_back(Job::Snapshot(framed));
+        p.since_snapshot = 0;
+        p.jobs.push_back(Job::SnapshotBegin);
         drop(p);
         self.wake.notify_one();
+    }
+
+    /// Queues framed snapshot records; blocks while too much snapshot data waits for the
+    /// writer, so a large snapshot is streamed rather than held in memory.
+    pub fn snapshot_chunk(&self, framed: Vec<u8>) {
+        let mut p = self.lock();
+        while p.snapshot_queued > SNAPSHOT_QUEUE && !self.failed() {
+            p = self.progress.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        p.snapshot_queued += framed.len();
+        p.since_snapshot += framed.len() as u64;
+        p.jobs.push_back(Job::SnapshotChunk(framed));
+        drop(p);
+        self.wake.notify_one();
+    }
+
+    /// Ends the snapshot started with [`Journal::snapshot_begin`].
+    pub fn snapshot_end(&self) {
+        self.lock().jobs.push_back(Job::SnapshotEnd);
+        self.wake.notify_one();
+    }
+
+    /// Writes a whole snapshot held in memory.
+    pub fn snapshot(&self, framed: Vec<u8>) {
+        self.snapshot_begin();
+        self.snapshot_chunk(framed);
+        self.snapshot_end();
     }
 
     /// Bytes appended since the last snapshot.
@@ -211,8 +251,10 @@ impl Journal {
                         _ => self.wake.wait(p).unwrap_or_else(|e| e.into_inner()),
                     };
                 }
+                p.snapshot_queued = 0;
                 (std::mem::take(&mut p.jobs), p.appended, p.shutdown)
             };
+            self.progress.notify_all();
             let mut result = Ok(());
             for job in jobs {
                 dirty = true;
@@ -221,7 +263,9 @@ impl Journal {
                         log.append_framed(&buf);
                         Ok(())
                     }
-                    Job::Snapshot(buf) => log.compact(&buf),
+                    Job::SnapshotBegin => log.begin_snapshot(),
+                    Job::SnapshotChunk(buf) => log.snapshot_chunk(&buf),
+                    Job::SnapshotEnd => log.end_snapshot(),
                 };
                 if result.is_err() {
                     break;

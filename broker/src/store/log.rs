@@ -51,7 +51,13 @@ pub struct Log {
     pending: Vec<u8>,
     /// Total bytes in all segments (for compaction decisions).
     total_len: u64,
+    /// The snapshot being written, if any.
+    snapshot: Option<File>,
+    snapshot_len: u64,
 }
+
+/// Name of a snapshot while it is being written.
+const SNAPSHOT_TMP: &str = "snapshot.tmp";
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:016}.log"))
@@ -136,6 +142,8 @@ impl Log {
         f: &mut dyn FnMut(&[u8]),
     ) -> io::Result<(Log, Recovery)> {
         fs::create_dir_all(dir)?;
+        // A snapshot that was never finished was never in force.
+        let _ = fs::remove_file(dir.join(SNAPSHOT_TMP));
         let mut segments: Vec<u64> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -190,6 +198,8 @@ impl Log {
                 segment_limit,
                 pending: Vec::with_capacity(64 * 1024),
                 total_len,
+                snapshot: None,
+                snapshot_len: 0,
             },
             report,
         ))
@@ -249,28 +259,75 @@ impl Log {
         self.total_len
     }
 
-    /// Replaces every segment before the active one with `snapshot` (framed records
-    /// describing the whole live state): the snapshot is written and synced as a new
-    /// segment first, then the old ones are deleted, so a crash at any point leaves a
-    /// log that recovers to the same state.
+    /// Starts a snapshot: everything appended so far is written and synced, and the
+    /// snapshot's records go to a temporary file until [`Log::end_snapshot`].
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn begin_snapshot(&mut self) -> io::Result<()> {
+        self.write(true)?;
+        self.snapshot = Some(
+            OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(self.dir.join(SNAPSHOT_TMP))?,
+        );
+        self.snapshot_len = 0;
+        Ok(())
+    }
+
+    /// Appends framed records to the snapshot being written.
+    ///
+    /// # Errors
+    /// I/O errors, or no snapshot started.
+    pub fn snapshot_chunk(&mut self, framed: &[u8]) -> io::Result<()> {
+        let f = self
+            .snapshot
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no snapshot started"))?;
+        f.write_all(framed)?;
+        self.snapshot_len += framed.len() as u64;
+        Ok(())
+    }
+
+    /// Finishes the snapshot: syncs it, renames it into place as the newest segment
+    /// (atomic), then deletes every older segment. A crash at any point leaves either the
+    /// old segments or the complete snapshot, never a partial one: recovery ignores (and
+    /// removes) the temporary file.
     ///
     /// # Errors
     /// I/O errors; the old segments are then kept.
-    pub fn compact(&mut self, snapshot: &[u8]) -> io::Result<()> {
-        // Everything appended so far goes into the old segments, which the snapshot
-        // supersedes; the snapshot lands in a segment numbered after them.
-        self.write(true)?;
-        self.roll()?;
-        self.active.write_all(snapshot)?;
-        self.active.sync_data()?;
-        self.active_len = snapshot.len() as u64;
-        let keep = self.segments.len() - 1;
-        for n in self.segments.drain(..keep) {
-            fs::remove_file(segment_path(&self.dir, n))?;
-        }
+    pub fn end_snapshot(&mut self) -> io::Result<()> {
+        let f = self
+            .snapshot
+            .take()
+            .ok_or_else(|| io::Error::other("no snapshot started"))?;
+        f.sync_all()?;
+        drop(f);
+        let n = self.segments.last().map_or(1, |n| n + 1);
+        fs::rename(self.dir.join(SNAPSHOT_TMP), segment_path(&self.dir, n))?;
         sync_dir(&self.dir)?;
-        self.total_len = self.active_len;
-        Ok(())
+        for old in self.segments.drain(..) {
+            fs::remove_file(segment_path(&self.dir, old))?;
+        }
+        self.segments.push(n);
+        self.active = OpenOptions::new()
+            .append(true)
+            .open(segment_path(&self.dir, n))?;
+        self.active_len = self.snapshot_len;
+        self.total_len = self.snapshot_len;
+        sync_dir(&self.dir)
+    }
+
+    /// Writes a whole snapshot at once (see [`Log::begin_snapshot`]).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn compact(&mut self, snapshot: &[u8]) -> io::Result<()> {
+        self.begin_snapshot()?;
+        self.snapshot_chunk(snapshot)?;
+        self.end_snapshot()
     }
 }
 
@@ -385,6 +442,23 @@ mod tests {
         drop(log);
         let (_, got, _) = reopen(&dir);
         assert_eq!(got, [b"after".to_vec()]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unfinished_snapshot_is_ignored() {
+        let dir = tmp("unfinished");
+        let (mut log, _, _) = reopen(&dir);
+        log.append(b"kept");
+        log.write(true).unwrap();
+        log.begin_snapshot().unwrap();
+        let mut partial = Vec::new();
+        frame(&mut partial, b"partial");
+        log.snapshot_chunk(&partial).unwrap();
+        drop(log); // crash before end_snapshot
+        let (_, got, _) = reopen(&dir);
+        assert_eq!(got, [b"kept".to_vec()]);
+        assert!(!dir.join(SNAPSHOT_TMP).exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -170,7 +170,8 @@ impl Spill {
         Ok(out)
     }
 
-    /// Calls `f` for every spilled delivery without consuming them (for snapshots).
+    /// Calls `f` for every spilled delivery without consuming them (for snapshots),
+    /// reading the file in chunks.
     ///
     /// # Errors
     /// I/O errors or an entry that does not parse.
@@ -181,19 +182,37 @@ impl Spill {
         f: &mut dyn FnMut(&Delivery),
     ) -> io::Result<()> {
         self.flush()?;
-        self.file.seek(SeekFrom::Start(self.read_pos))?;
-        let mut rest = Vec::new();
-        (&self.file)
-            .take(self.file_len - self.read_pos)
-            .read_to_end(&mut rest)?;
-        let mut at = 0;
-        while let Some(b) = rest.get(at..at + 4) {
-            let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-            let entry = rest
-                .get(at + 4..at + 4 + len)
-                .ok_or_else(|| bad("truncated spill entry"))?;
-            f(&parse(entry, now, now_ms)?);
-            at += 4 + len;
+        let mut pos = self.read_pos;
+        let mut buf: Vec<u8> = Vec::new();
+        while pos < self.file_len {
+            let want = ((self.file_len - pos) as usize).min(1024 * 1024);
+            buf.resize(want, 0);
+            self.file.seek(SeekFrom::Start(pos))?;
+            self.file.read_exact(&mut buf)?;
+            let mut at = 0;
+            while let Some(b) = buf.get(at..at + 4) {
+                let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                match buf.get(at + 4..at + 4 + len) {
+                    Some(entry) => {
+                        f(&parse(entry, now, now_ms)?);
+                        at += 4 + len;
+                    }
+                    None if at == 0 => {
+                        // One entry larger than the chunk.
+                        let mut big = vec![0u8; len];
+                        self.file.seek(SeekFrom::Start(pos + 4))?;
+                        self.file.read_exact(&mut big)?;
+                        f(&parse(&big, now, now_ms)?);
+                        at = 4 + len;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if at == 0 {
+                return Err(bad("truncated spill entry"));
+            }
+            pos += at as u64;
         }
         Ok(())
     }
@@ -310,6 +329,50 @@ mod tests {
         let path = s.path.clone();
         drop(s);
         assert!(!path.exists(), "the file goes with the spill");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn for_each_streams_across_chunk_boundaries() {
+        let dir = std::env::temp_dir().join(format!("mote-spill-big-{}", std::process::id()));
+        let now = Instant::now();
+        let mut s = Spill::create(&dir, 2).unwrap();
+        let payload = vec![7u8; 1500];
+        for i in 1..=2000u64 {
+            let p = Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: "big",
+                packet_id: 1,
+                properties: Properties::default(),
+                payload: &payload,
+            };
+            let msg = Message::from_publish(i, &p, Arc::from("big"), None, now);
+            let d = Delivery {
+                msg: Arc::new(msg),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                sub_ids: vec![],
+                shared: None,
+                dseq: i,
+                lsn: 0,
+            };
+            s.push(&d, now, 0).unwrap();
+        }
+        let mut seen = Vec::new();
+        s.for_each(now, 0, &mut |d| seen.push(d.dseq)).unwrap();
+        assert_eq!(seen, (1..=2000).collect::<Vec<_>>());
+        let first = s.pop_chunk(4096, now, 0).unwrap();
+        assert_eq!(first.len(), 3, "a chunk stops at its byte budget");
+        let mut rest = Vec::new();
+        s.for_each(now, 0, &mut |d| rest.push(d.dseq)).unwrap();
+        assert_eq!(
+            rest.first(),
+            Some(&4),
+            "what was read back is no longer in the spill"
+        );
+        drop(s);
         let _ = fs::remove_dir_all(&dir);
     }
 }
