@@ -11,6 +11,7 @@
 
 use core::cell::RefCell;
 use core::future::{poll_fn, Future};
+use core::pin::pin;
 use core::task::Poll;
 
 use embassy_futures::select::{select, select3, Either, Either3};
@@ -384,20 +385,35 @@ impl<'b, M: RawMutex, C: Clock> Runner<'_, 'b, M, C> {
             rx.copy_within(pos..len, 0);
             len -= pos;
 
-            // Everything due for transmission.
-            let mut ok = true;
-            loop {
-                let now = clock.now();
-                let n = state.with(|i| i.session.poll_transmit(now, tx))?;
-                if n == 0 {
-                    break;
+            // Everything due for transmission. The writes race the session's timers: a
+            // transport that stops draining (a peer that no longer acknowledges: an
+            // `embassy-net` socket's `flush` waits for the peer's ACK) must not stop the
+            // CONNACK/PINGRESP timeouts, which are what notice a dead connection.
+            let sent = {
+                let mut send = pin!(transmit(state, &*clock, tx, &mut *t));
+                loop {
+                    let deadline = state.with(|i| i.session.poll_timeout());
+                    let sleep = async {
+                        match deadline {
+                            Some(d) => clock.sleep_until(d).await,
+                            None => core::future::pending().await,
+                        }
+                    };
+                    match select(send.as_mut(), sleep).await {
+                        Either::First(r) => break r?,
+                        Either::Second(()) => {
+                            let now = clock.now();
+                            state.with(|i| i.session.handle_timeout(now));
+                            // Timed out: the write in progress is abandoned with the
+                            // connection (the close reason is already `Timeout`).
+                            if state.with(|i| i.session.is_closed()) {
+                                break true;
+                            }
+                        }
+                    }
                 }
-                if t.write_all(tx.get(..n).unwrap_or_default()).await.is_err() {
-                    ok = false;
-                    break;
-                }
-            }
-            if !ok || t.flush().await.is_err() {
+            };
+            if !sent {
                 state.with(|i| i.session.handle_closed());
             }
             while let Some(ev) = state.with(|i| i.session.poll_event()) {
@@ -436,6 +452,26 @@ impl<'b, M: RawMutex, C: Clock> Runner<'_, 'b, M, C> {
             }
         }
     }
+}
+
+/// Writes everything the session has due, then flushes; `false` when the transport failed.
+async fn transmit<M: RawMutex, C: Clock, T: Write>(
+    state: &State<'_, M>,
+    clock: &C,
+    tx: &mut [u8],
+    t: &mut T,
+) -> Result<bool, Error> {
+    loop {
+        let now = clock.now();
+        let n = state.with(|i| i.session.poll_transmit(now, tx))?;
+        if n == 0 {
+            break;
+        }
+        if t.write_all(tx.get(..n).unwrap_or_default()).await.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(t.flush().await.is_ok())
 }
 
 /// Completes when a client queued work for the runner.

@@ -353,15 +353,19 @@ impl<'b> Session<'b> {
     pub fn handle_timeout(&mut self, now: u64) {
         match self.conn {
             Conn::AwaitConnAck if now >= self.deadline => self.close(CloseReason::Timeout),
-            Conn::Up if self.ping_outstanding && now >= self.deadline => {
+            Conn::Up if (self.ping_outstanding || self.ping_pending) && now >= self.deadline => {
                 self.close(CloseReason::Timeout)
             }
             Conn::Up
                 if !self.ping_outstanding
+                    && !self.ping_pending
                     && self.keep_alive_ms > 0
                     && now >= self.last_tx.saturating_add(self.keep_alive_ms) =>
             {
                 self.ping_pending = true;
+                // The PINGRESP is due within the timeout even when the PINGREQ cannot be
+                // written (a transport that stopped draining); sending it re-arms this.
+                self.deadline = now.saturating_add(u64::from(self.cfg.timeout_ms));
             }
             _ => {}
         }
@@ -595,8 +599,8 @@ impl<'b> Session<'b> {
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.conn {
             Conn::AwaitConnAck => Some(self.deadline),
-            Conn::Up if self.ping_outstanding => Some(self.deadline),
-            Conn::Up if self.keep_alive_ms > 0 && !self.ping_pending => {
+            Conn::Up if self.ping_outstanding || self.ping_pending => Some(self.deadline),
+            Conn::Up if self.keep_alive_ms > 0 => {
                 Some(self.last_tx.saturating_add(self.keep_alive_ms))
             }
             _ => None,
