@@ -947,21 +947,7 @@ impl Core {
             self.hold_msg(&d.msg, None, now);
             d.dseq = self.next_dseq;
             self.next_dseq += 1;
-            d.lsn = self.log(
-                Record::Enqueue {
-                    client: client.to_owned(),
-                    dseq: d.dseq,
-                    mid: d.msg.mid,
-                    qos: qos as u8,
-                    retain: d.retain,
-                    sub_ids: d.sub_ids.clone(),
-                    shared: d
-                        .shared
-                        .as_ref()
-                        .map(|(g, f)| (g.to_string(), f.to_string())),
-                },
-                true,
-            );
+            d.lsn = self.log(d.enqueue_record(client), true);
         }
         let dseq = d.dseq;
         let over_budget = store && self.mem.load(Ordering::Relaxed) > self.budget;
@@ -1769,18 +1755,7 @@ impl Snapshot<'_> {
     }
 
     fn enqueue(&mut self, client: &str, d: &Delivery) {
-        self.put(Record::Enqueue {
-            client: client.to_owned(),
-            dseq: d.dseq,
-            mid: d.msg.mid,
-            qos: d.qos as u8,
-            retain: d.retain,
-            sub_ids: d.sub_ids.clone(),
-            shared: d
-                .shared
-                .as_ref()
-                .map(|(g, f)| (g.to_string(), f.to_string())),
-        });
+        self.put(d.enqueue_record(client));
     }
 
     fn msg(&mut self, m: &Message, will_expiry: Option<u32>) {

@@ -54,6 +54,24 @@ pub struct Delivery {
     pub lsn: u64,
 }
 
+impl Delivery {
+    /// The journal record that queues this delivery for `client`.
+    pub fn enqueue_record(&self, client: &str) -> crate::store::record::Record {
+        crate::store::record::Record::Enqueue {
+            client: client.to_owned(),
+            dseq: self.dseq,
+            mid: self.msg.mid,
+            qos: self.qos as u8,
+            retain: self.retain,
+            sub_ids: self.sub_ids.clone(),
+            shared: self
+                .shared
+                .as_ref()
+                .map(|(g, f)| (g.to_string(), f.to_string())),
+        }
+    }
+}
+
 /// What the outbound half did to a stored delivery (the core journals it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {

@@ -72,19 +72,7 @@ impl Spill {
         let mut entry = Vec::with_capacity(d.msg.cost() + 64);
         entry.extend_from_slice(&d.lsn.to_le_bytes());
         let mut enq = Vec::new();
-        Record::Enqueue {
-            client: String::new(),
-            dseq: d.dseq,
-            mid: d.msg.mid,
-            qos: d.qos as u8,
-            retain: d.retain,
-            sub_ids: d.sub_ids.clone(),
-            shared: d
-                .shared
-                .as_ref()
-                .map(|(g, f)| (g.to_string(), f.to_string())),
-        }
-        .encode(&mut enq);
+        d.enqueue_record("").encode(&mut enq);
         entry.extend_from_slice(&(enq.len() as u32).to_le_bytes());
         entry.extend_from_slice(&enq);
         Record::Msg {
