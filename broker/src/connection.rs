@@ -273,13 +273,14 @@ async fn run(
         }
     };
     tracing::info!(?end, "client disconnected");
-    shared.lock().disconnected(
-        &acc.client_id,
-        acc.conn_id,
-        end,
-        std::time::Instant::now(),
-        &mut fx,
-    );
+    let lsn = {
+        let mut core = shared.lock();
+        let now = std::time::Instant::now();
+        core.disconnected(&acc.client_id, acc.conn_id, end, now, &mut fx);
+        core.take_wait_lsn()
+    };
+    // A will published here reaches its subscribers once it is durable.
+    shared.durable(lsn).await;
     fx.run();
     Ok(())
 }

@@ -174,14 +174,18 @@ pub async fn serve(
                     _ = interval.tick() => {
                         let mut fx = Effects::default();
                         let now = std::time::Instant::now();
-                        let mut core = shared.lock();
-                        core.tick(now, &mut fx);
-                        core.maybe_compact(now);
-                        if !sys_every.is_zero() && now >= next_sys {
-                            core.publish_sys(now - started, now, &mut fx);
-                            next_sys = now + sys_every;
-                        }
-                        drop(core);
+                        let lsn = {
+                            let mut core = shared.lock();
+                            core.tick(now, &mut fx);
+                            core.maybe_compact(now);
+                            if !sys_every.is_zero() && now >= next_sys {
+                                core.publish_sys(now - started, now, &mut fx);
+                                next_sys = now + sys_every;
+                            }
+                            core.take_wait_lsn()
+                        };
+                        // Wills published by the tick wake their subscribers once durable.
+                        shared.durable(lsn).await;
                         fx.run();
                     }
                     _ = shutdown.cancelled() => break,
