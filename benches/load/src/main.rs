@@ -1,0 +1,914 @@
+//! `mqtt-load`: an MQTT load generator for side-by-side broker benchmarks.
+//!
+//! N publishers and M subscribers, each a raw MQTT connection encoded and decoded with
+//! `mote-codec` on tokio (no third-party MQTT client, so two brokers are driven by the
+//! very same bytes). Every payload starts with a mark (publisher, sequence number,
+//! send time), so each subscriber can tell which messages it got, which it got twice,
+//! and how long each took.
+//!
+//! ```text
+//! # QoS 1 fan-in: 8 publishers -> 1 subscriber, 64-byte payloads, 50,000 each
+//! mqtt-load --broker 127.0.0.1:1883 --publishers 8 --subscribers 1 --qos 1 --size 64 --count 50000
+//! # durable publish rate: offline persistent subscriber, drained afterwards
+//! mqtt-load --publishers 8 --subscribers 1 --qos 1 --persistent --offline-subs --drain --count 25000 --json
+//! # across a broker restart: publish now, drain later from another process
+//! mqtt-load --publishers 1 --count 1000000 --qos 1 --persistent --offline-subs
+//! mqtt-load --publishers 1 --count 1000000 --qos 1 --persistent --drain-only
+//! ```
+//!
+//! What it reports:
+//! - publish throughput: messages acknowledged per second (PUBACK for QoS 1, PUBCOMP for
+//!   QoS 2), or written per second for QoS 0, from the start to the last acknowledgement;
+//! - delivery throughput: distinct messages received by all subscribers per second, from
+//!   the start of publishing (or of the drain) to the last message received;
+//! - end-to-end latency p50/p90/p99/p99.9/max of first deliveries (online subscribers
+//!   only: for a drained queue the wait is the point, not a latency);
+//! - losses (acknowledged, or for QoS 0 sent, but never delivered) and duplicates.
+//!
+//! Exit status: 0 when the run is valid; 2 when a QoS 1/2 message was lost, a QoS 2
+//! message was delivered twice or a publish was refused; 1 when the run failed.
+
+mod mqtt;
+mod stats;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use mote_codec::{Protocol, QoS};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::mqtt::{AckKind, Conn, ConnectOpts, In, Mark, MARK_LEN};
+use crate::stats::{Histogram, Tracker};
+
+/// MQTT load generator: N publishers, M subscribers, raw MQTT over mote-codec.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mqtt-load", version)]
+struct Args {
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: SocketAddr,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 1)]
+    publishers: u32,
+    /// Subscribing connections; each receives every message.
+    #[arg(long, default_value_t = 1)]
+    subscribers: u32,
+    /// QoS of the publishes: 0, 1 or 2.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// QoS the subscribers ask for [default: --qos].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    sub_qos: Option<u8>,
+    /// Payload bytes (at least 20: publisher, sequence number, send time).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Messages per publisher.
+    #[arg(
+        long,
+        conflicts_with = "duration",
+        required_unless_present = "duration"
+    )]
+    count: Option<u64>,
+    /// Seconds to publish for (instead of --count).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// QoS 1/2 messages each publisher keeps unacknowledged at most.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=65535))]
+    inflight: u16,
+    /// Messages per second per publisher; 0 = as fast as the broker takes them.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Speak MQTT 5.0 (default 3.1.1).
+    #[arg(long)]
+    v5: bool,
+    /// Subscribers keep their session: clean session 0 (3.1.1) / clean start 0 with
+    /// Session Expiry 0xFFFFFFFF (5) and a fixed client id.
+    #[arg(long)]
+    persistent: bool,
+    /// Publisher i publishes on `<topic-prefix>/i` and subscribers subscribe to
+    /// `<topic-prefix>/#`; otherwise everyone uses `<topic-prefix>/shared`.
+    #[arg(long)]
+    topic_per_publisher: bool,
+    /// Subscribers subscribe, then disconnect before publishing starts (messages queue
+    /// in their sessions). Needs --persistent.
+    #[arg(long, requires = "persistent")]
+    offline_subs: bool,
+    /// With --offline-subs: reconnect the subscribers after publishing and count what
+    /// was queued for them.
+    #[arg(long, requires = "offline_subs")]
+    drain: bool,
+    /// Only reconnect the persistent subscribers and verify that --publishers x --count
+    /// messages arrive (the publishing happened in an earlier run with the same
+    /// --client-prefix, --publishers and --count).
+    #[arg(
+        long,
+        requires = "persistent",
+        requires = "count",
+        conflicts_with = "offline_subs"
+    )]
+    drain_only: bool,
+    /// Client ids are `<prefix>-pub-i` and `<prefix>-sub-i`.
+    #[arg(long, default_value = "load")]
+    client_prefix: String,
+    /// Topics start with this.
+    #[arg(long, default_value = "load")]
+    topic_prefix: String,
+    /// Seconds a subscriber waits without receiving anything, once the expected count is
+    /// known, before it gives up and reports the rest as lost.
+    #[arg(long, default_value_t = 10.0)]
+    settle: f64,
+    /// Seconds a publisher waits for an acknowledgement before it reports a stall.
+    #[arg(long, default_value_t = 60.0)]
+    stall: f64,
+    /// Hard limit on the whole run, seconds.
+    #[arg(long, default_value_t = 900.0)]
+    timeout: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The run's settings, shared read-only by every task.
+#[derive(Debug)]
+struct Plan {
+    args: Args,
+    protocol: Protocol,
+    qos: QoS,
+    sub_qos: QoS,
+    settle: Duration,
+    stall: Duration,
+}
+
+impl Plan {
+    fn new(args: Args) -> anyhow::Result<Plan> {
+        if args.size < MARK_LEN {
+            bail!("--size must be at least {MARK_LEN} bytes (the mark: publisher, sequence, time)");
+        }
+        if args.publishers == 0 {
+            bail!("--publishers must be at least 1");
+        }
+        if let Some(d) = args.duration {
+            if d.is_nan() || d <= 0.0 {
+                bail!("--duration must be positive");
+            }
+        }
+        let qos = QoS::from_u8(args.qos).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let sub_qos =
+            QoS::from_u8(args.sub_qos.unwrap_or(args.qos)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(Plan {
+            protocol: if args.v5 {
+                Protocol::V5
+            } else {
+                Protocol::V311
+            },
+            qos,
+            sub_qos,
+            settle: Duration::from_secs_f64(args.settle),
+            stall: Duration::from_secs_f64(args.stall),
+            args,
+        })
+    }
+
+    /// The QoS each delivery gets: the lower of publish and subscription.
+    fn delivery_qos(&self) -> QoS {
+        self.qos.min(self.sub_qos)
+    }
+
+    fn topic(&self, publisher: u32) -> String {
+        if self.args.topic_per_publisher {
+            format!("{}/{publisher}", self.args.topic_prefix)
+        } else {
+            format!("{}/shared", self.args.topic_prefix)
+        }
+    }
+
+    fn filter(&self) -> String {
+        if self.args.topic_per_publisher {
+            format!("{}/#", self.args.topic_prefix)
+        } else {
+            format!("{}/shared", self.args.topic_prefix)
+        }
+    }
+
+    fn publisher_opts(&self, i: u32) -> ConnectOpts {
+        ConnectOpts {
+            protocol: self.protocol,
+            client_id: format!("{}-pub-{i}", self.args.client_prefix),
+            clean: true,
+            session_expiry: None,
+        }
+    }
+
+    /// `clean` is forced to false when reconnecting to drain.
+    fn subscriber_opts(&self, i: u32, resume: bool) -> ConnectOpts {
+        let persistent = self.args.persistent;
+        ConnectOpts {
+            protocol: self.protocol,
+            client_id: format!("{}-sub-{i}", self.args.client_prefix),
+            clean: !persistent && !resume,
+            session_expiry: (persistent && self.protocol.is_v5()).then_some(u32::MAX),
+        }
+    }
+}
+
+/// The instant all timestamps in payloads count from (publishers and subscribers share
+/// the process, so no clock synchronisation is involved).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn ns_since_epoch(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_nanos() as u64
+}
+
+/// What one publisher did.
+#[derive(Debug, Default)]
+struct PubResult {
+    sent: u64,
+    acked: u64,
+    rejected: u64,
+    /// When the last acknowledgement (QoS 1/2) or write (QoS 0) completed.
+    done_at: Option<Instant>,
+    error: Option<String>,
+}
+
+/// Publisher `idx`: publishes until its count or the deadline, keeping at most
+/// `--inflight` QoS 1/2 messages unacknowledged, then waits for every acknowledgement.
+async fn publisher(idx: u32, plan: Arc<Plan>, mut conn: Conn, start: Instant) -> PubResult {
+    let mut r = PubResult::default();
+    if let Err(e) = publish_loop(idx, &plan, &mut conn, start, &mut r).await {
+        r.error = Some(format!("publisher {idx}: {e:#}"));
+        return r;
+    }
+    if let Err(e) = conn.disconnect().await {
+        r.error = Some(format!("publisher {idx}: {e:#}"));
+    }
+    r
+}
+
+async fn publish_loop(
+    idx: u32,
+    plan: &Plan,
+    conn: &mut Conn,
+    start: Instant,
+    r: &mut PubResult,
+) -> anyhow::Result<()> {
+    let a = &plan.args;
+    let qos = plan.qos;
+    let topic = plan.topic(idx);
+    let mut payload = vec![0u8; a.size];
+    let window = if qos == QoS::AtMostOnce {
+        usize::MAX
+    } else {
+        usize::from(a.inflight)
+    };
+    let deadline = a.duration.map(|d| start + Duration::from_secs_f64(d));
+    // Packet ids in use (index = id); ids cycle from 1 and skip the ones in use.
+    let mut in_use = vec![false; 65_536];
+    let mut next_pid: u16 = 1;
+    let mut inflight = 0usize;
+    let mut last_progress = Instant::now();
+    loop {
+        let mut now = Instant::now();
+        let mut rate_wait = None;
+        // Fill the window (QoS 1/2) or a 64 KiB batch (QoS 0).
+        loop {
+            let more = match (a.count, deadline) {
+                (Some(c), _) => r.sent < c,
+                (None, Some(d)) => now < d,
+                (None, None) => false,
+            };
+            if !more || inflight >= window || conn.pending() >= 64 * 1024 {
+                break;
+            }
+            if a.rate > 0.0 {
+                let due = start + Duration::from_secs_f64(r.sent as f64 / a.rate);
+                if due > now {
+                    rate_wait = Some(due);
+                    break;
+                }
+            }
+            let pid = if qos == QoS::AtMostOnce {
+                0
+            } else {
+                while in_use[usize::from(next_pid)] {
+                    next_pid = next_pid.checked_add(1).unwrap_or(1);
+                }
+                let pid = next_pid;
+                in_use[usize::from(pid)] = true;
+                next_pid = next_pid.checked_add(1).unwrap_or(1);
+                inflight += 1;
+                pid
+            };
+            Mark {
+                publisher: idx,
+                seq: r.sent,
+                sent_ns: ns_since_epoch(now),
+            }
+            .write(&mut payload);
+            conn.push_publish(&topic, qos, pid, &payload)?;
+            r.sent += 1;
+            now = Instant::now();
+        }
+        let can_send_more = match (a.count, deadline) {
+            (Some(c), _) => r.sent < c,
+            (None, Some(d)) => Instant::now() < d,
+            (None, None) => false,
+        };
+        conn.flush().await?;
+        if qos == QoS::AtMostOnce {
+            r.done_at = Some(Instant::now());
+            if !can_send_more {
+                return Ok(());
+            }
+            if let Some(due) = rate_wait {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            continue;
+        }
+        if !can_send_more && inflight == 0 {
+            return Ok(());
+        }
+        // Block for acknowledgements when nothing may be sent now; otherwise only take
+        // what has already arrived.
+        let wait = if inflight >= window || !can_send_more {
+            Duration::from_secs(1)
+        } else if let Some(due) = rate_wait {
+            due.saturating_duration_since(Instant::now())
+        } else {
+            Duration::ZERO
+        };
+        if inflight == 0 {
+            if let Some(due) = rate_wait {
+                tokio::time::sleep_until(due.into()).await;
+                continue;
+            }
+        }
+        conn.fill(wait).await?;
+        let mut progressed = false;
+        while let Some(p) = conn.next()? {
+            match p {
+                In::PubAck { pid, reason } if qos == QoS::AtLeastOnce => {
+                    release(&mut in_use, &mut inflight, pid)?;
+                    count_ack(r, reason);
+                    progressed = true;
+                }
+                In::PubRec { pid, reason } if qos == QoS::ExactlyOnce => {
+                    if reason >= 0x80 {
+                        // A refused PUBREC ends the flow (MQTT 5 §4.3.3).
+                        release(&mut in_use, &mut inflight, pid)?;
+                        count_ack(r, reason);
+                    } else {
+                        conn.push_ack(AckKind::PubRel, pid)?;
+                    }
+                    progressed = true;
+                }
+                In::PubComp { pid } if qos == QoS::ExactlyOnce => {
+                    release(&mut in_use, &mut inflight, pid)?;
+                    count_ack(r, 0);
+                    progressed = true;
+                }
+                In::Disconnect { reason } => bail!("broker sent DISCONNECT {reason:#04x}"),
+                other => bail!("unexpected packet {other:?}"),
+            }
+        }
+        let now = Instant::now();
+        if progressed {
+            last_progress = now;
+            r.done_at = Some(now);
+        } else if inflight > 0 && now - last_progress > plan.stall {
+            bail!(
+                "no acknowledgement for {:?} with {inflight} in flight",
+                plan.stall
+            );
+        }
+    }
+}
+
+fn release(in_use: &mut [bool], inflight: &mut usize, pid: u16) -> anyhow::Result<()> {
+    let slot = &mut in_use[usize::from(pid)];
+    if !*slot {
+        bail!("acknowledgement for packet id {pid}, which is not in flight");
+    }
+    *slot = false;
+    *inflight -= 1;
+    Ok(())
+}
+
+fn count_ack(r: &mut PubResult, reason: u8) {
+    if reason >= 0x80 {
+        r.rejected += 1;
+    } else {
+        r.acked += 1;
+    }
+}
+
+/// What one subscriber received.
+#[derive(Debug, Default)]
+struct SubResult {
+    tracker: Tracker,
+    latency: Histogram,
+    last_at: Option<Instant>,
+    session_present: Option<bool>,
+    error: Option<String>,
+}
+
+/// How a subscriber task starts.
+#[derive(Debug)]
+enum SubStart {
+    /// Already connected and subscribed.
+    Online(Conn),
+    /// Reconnect to a persistent session to drain it.
+    Resume,
+}
+
+/// Subscriber `idx`: acknowledges and records every delivery until the expected count
+/// (sent on `expected` once the publishers are done) arrived or nothing came for
+/// `--settle` seconds.
+async fn subscriber(
+    idx: u32,
+    plan: Arc<Plan>,
+    start: SubStart,
+    expected: watch::Receiver<Option<u64>>,
+    measure_latency: bool,
+) -> SubResult {
+    let mut r = SubResult {
+        tracker: Tracker::new(plan.args.publishers, plan.args.count.unwrap_or(0)),
+        ..SubResult::default()
+    };
+    let conn = match start {
+        SubStart::Online(c) => Ok(c),
+        SubStart::Resume => Conn::connect(plan.args.broker, &plan.subscriber_opts(idx, true))
+            .await
+            .map(|(c, present)| {
+                r.session_present = Some(present);
+                c
+            }),
+    };
+    let result = match conn {
+        Ok(mut c) => match receive_loop(&plan, &mut c, expected, measure_latency, &mut r).await {
+            Ok(()) => c.disconnect().await,
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        r.error = Some(format!("subscriber {idx}: {e:#}"));
+    }
+    r
+}
+
+async fn receive_loop(
+    plan: &Plan,
+    conn: &mut Conn,
+    expected: watch::Receiver<Option<u64>>,
+    measure_latency: bool,
+    r: &mut SubResult,
+) -> anyhow::Result<()> {
+    // QoS 2 packet ids received (PUBREC sent) and not yet released: a re-sent PUBLISH
+    // with such an id is the same message and is not delivered again (MQTT-4.3.3).
+    let mut awaiting_rel = vec![false; 65_536];
+    let mut known_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let now_ns = ns_since_epoch(now);
+        while let Some(p) = conn.next()? {
+            match p {
+                In::Publish { qos, pid, mark, .. } => {
+                    let repeat = qos == QoS::ExactlyOnce && awaiting_rel[usize::from(pid)];
+                    if !repeat {
+                        match mark {
+                            Some(m) => {
+                                if r.tracker.record(m.publisher, m.seq) && measure_latency {
+                                    r.latency.record(now_ns.saturating_sub(m.sent_ns));
+                                }
+                            }
+                            None => r.tracker.foreign += 1,
+                        }
+                        r.last_at = Some(now);
+                    }
+                    match qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => conn.push_ack(AckKind::PubAck, pid)?,
+                        QoS::ExactlyOnce => {
+                            awaiting_rel[usize::from(pid)] = true;
+                            conn.push_ack(AckKind::PubRec, pid)?;
+                        }
+                    }
+                }
+                In::PubRel { pid } => {
+                    awaiting_rel[usize::from(pid)] = false;
+                    conn.push_ack(AckKind::PubComp, pid)?;
+                }
+                In::Disconnect { reason } => bail!("broker sent DISCONNECT {reason:#04x}"),
+                _ => {}
+            }
+        }
+        conn.flush().await?;
+        if let Some(exp) = *expected.borrow() {
+            let known = *known_at.get_or_insert(now);
+            if r.tracker.unique >= exp {
+                return Ok(());
+            }
+            let quiet_since = r.last_at.map_or(known, |l| l.max(known));
+            if now - quiet_since > plan.settle {
+                return Ok(());
+            }
+        }
+        conn.fill(Duration::from_millis(100)).await?;
+    }
+}
+
+/// The whole run's outcome, as printed.
+#[derive(Debug, Serialize)]
+struct Report {
+    broker: String,
+    protocol: &'static str,
+    qos: u8,
+    sub_qos: u8,
+    size: usize,
+    publishers: u32,
+    subscribers: u32,
+    inflight: u16,
+    count_per_publisher: Option<u64>,
+    duration_secs: Option<f64>,
+    rate_per_publisher: f64,
+    topic_per_publisher: bool,
+    persistent: bool,
+    /// "online", "offline", "offline+drain" or "drain-only".
+    mode: &'static str,
+    publish: Option<PublishReport>,
+    delivery: Option<DeliveryReport>,
+    latency_us: Option<LatencyReport>,
+    /// False when a QoS 1/2 message was lost, a QoS 2 message duplicated, a publish
+    /// refused, or a connection failed.
+    valid: bool,
+    problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct PublishReport {
+    sent: u64,
+    /// Acknowledged successfully (QoS 1/2); equals `sent` for QoS 0.
+    acked: u64,
+    rejected: u64,
+    unacked: u64,
+    secs: f64,
+    /// `acked` per second from the start to the last acknowledgement (QoS 0: written).
+    msgs_per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct DeliveryReport {
+    /// "online" (while publishing) or "drain" (after reconnecting).
+    phase: &'static str,
+    expected_per_subscriber: u64,
+    /// Distinct messages received, all subscribers together.
+    received: u64,
+    duplicates: u64,
+    foreign: u64,
+    /// Acknowledged (QoS 0: sent) messages some subscriber never received.
+    lost: u64,
+    secs: f64,
+    /// `received` per second, all subscribers together.
+    msgs_per_sec: f64,
+    /// Distinct messages per subscriber.
+    per_subscriber: Vec<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct LatencyReport {
+    samples: u64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
+    let a = &plan.args;
+    epoch();
+    let mut problems = Vec::new();
+    let (exp_tx, exp_rx) = watch::channel(None);
+    let mut subs: Vec<JoinHandle<SubResult>> = Vec::new();
+    let mut pubs: Vec<PubResult> = Vec::new();
+    let mut publish_report = None;
+    let mut start: Instant;
+    let mode = if a.drain_only {
+        "drain-only"
+    } else if a.offline_subs && a.drain {
+        "offline+drain"
+    } else if a.offline_subs {
+        "offline"
+    } else {
+        "online"
+    };
+
+    if a.drain_only {
+        let total = u64::from(a.publishers) * a.count.unwrap_or(0);
+        exp_tx.send_replace(Some(total));
+        start = Instant::now();
+        for i in 0..a.subscribers {
+            subs.push(tokio::spawn(subscriber(
+                i,
+                plan.clone(),
+                SubStart::Resume,
+                exp_rx.clone(),
+                false,
+            )));
+        }
+    } else {
+        // Subscribers first, so that nothing published is missed.
+        let mut conns = Vec::new();
+        for i in 0..a.subscribers {
+            let (mut c, _) = Conn::connect(a.broker, &plan.subscriber_opts(i, false))
+                .await
+                .with_context(|| format!("subscriber {i}"))?;
+            c.subscribe(&plan.filter(), plan.sub_qos)
+                .await
+                .with_context(|| format!("subscriber {i}"))?;
+            conns.push(c);
+        }
+        for (i, c) in conns.into_iter().enumerate() {
+            if a.offline_subs {
+                c.disconnect().await?;
+            } else {
+                subs.push(tokio::spawn(subscriber(
+                    i as u32,
+                    plan.clone(),
+                    SubStart::Online(c),
+                    exp_rx.clone(),
+                    true,
+                )));
+            }
+        }
+        let mut pconns = Vec::new();
+        for i in 0..a.publishers {
+            let (c, _) = Conn::connect(a.broker, &plan.publisher_opts(i))
+                .await
+                .with_context(|| format!("publisher {i}"))?;
+            pconns.push(c);
+        }
+        start = Instant::now();
+        let handles: Vec<_> = pconns
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| tokio::spawn(publisher(i as u32, plan.clone(), c, start)))
+            .collect();
+        for h in handles {
+            pubs.push(h.await.context("publisher task")?);
+        }
+        let (sent, acked, rejected) = pubs.iter().fold((0, 0, 0), |(s, k, x), p| {
+            (s + p.sent, k + p.acked, x + p.rejected)
+        });
+        let acked = if plan.qos == QoS::AtMostOnce {
+            sent
+        } else {
+            acked
+        };
+        let end = pubs.iter().filter_map(|p| p.done_at).max().unwrap_or(start);
+        let secs = (end - start).as_secs_f64();
+        problems.extend(pubs.iter().filter_map(|p| p.error.clone()));
+        if rejected > 0 {
+            problems.push(format!("{rejected} publishes refused by the broker"));
+        }
+        publish_report = Some(PublishReport {
+            sent,
+            acked,
+            rejected,
+            unacked: sent - acked - rejected,
+            secs,
+            msgs_per_sec: if secs > 0.0 { acked as f64 / secs } else { 0.0 },
+        });
+        exp_tx.send_replace(Some(acked));
+        if a.offline_subs && a.drain {
+            start = Instant::now();
+            for i in 0..a.subscribers {
+                subs.push(tokio::spawn(subscriber(
+                    i,
+                    plan.clone(),
+                    SubStart::Resume,
+                    exp_rx.clone(),
+                    false,
+                )));
+            }
+        }
+    }
+
+    let mut results = Vec::new();
+    for h in subs {
+        results.push(h.await.context("subscriber task")?);
+    }
+    let delivery = (!results.is_empty()).then(|| {
+        let expected = exp_rx.borrow().unwrap_or(0);
+        let mut lost = 0;
+        for r in &results {
+            for p in 0..a.publishers {
+                // Only what the publisher saw acknowledged (QoS 0: sent) must arrive.
+                let (sent, unacked) = match pubs.get(p as usize) {
+                    Some(pr) if plan.qos == QoS::AtMostOnce => (pr.sent, 0),
+                    Some(pr) => (pr.sent, pr.sent - pr.acked),
+                    None => (a.count.unwrap_or(0), 0),
+                };
+                lost += r.tracker.missing(p, sent).saturating_sub(unacked);
+            }
+        }
+        let received: u64 = results.iter().map(|r| r.tracker.unique).sum();
+        let end = results
+            .iter()
+            .filter_map(|r| r.last_at)
+            .max()
+            .unwrap_or(start);
+        let secs = (end.max(start) - start).as_secs_f64();
+        DeliveryReport {
+            phase: if a.offline_subs || a.drain_only {
+                "drain"
+            } else {
+                "online"
+            },
+            expected_per_subscriber: expected,
+            received,
+            duplicates: results.iter().map(|r| r.tracker.duplicates).sum(),
+            foreign: results.iter().map(|r| r.tracker.foreign).sum(),
+            lost,
+            secs,
+            msgs_per_sec: if secs > 0.0 {
+                received as f64 / secs
+            } else {
+                0.0
+            },
+            per_subscriber: results.iter().map(|r| r.tracker.unique).collect(),
+        }
+    });
+    for (i, r) in results.iter().enumerate() {
+        problems.extend(r.error.clone());
+        if r.session_present == Some(false) {
+            problems.push(format!("subscriber {i}: session not present on reconnect"));
+        }
+    }
+    let mut latency = Histogram::default();
+    for r in &results {
+        latency.merge(&r.latency);
+    }
+    let latency_us = (latency.total() > 0).then(|| {
+        let us = |v: u64| (v as f64 / 1000.0 * 10.0).round() / 10.0;
+        LatencyReport {
+            samples: latency.total(),
+            p50: us(latency.quantile(0.50)),
+            p90: us(latency.quantile(0.90)),
+            p99: us(latency.quantile(0.99)),
+            p999: us(latency.quantile(0.999)),
+            max: us(latency.max()),
+        }
+    });
+
+    let mut valid = problems.is_empty();
+    if let Some(d) = &delivery {
+        if d.lost > 0 {
+            if plan.delivery_qos() == QoS::AtMostOnce {
+                problems.push(format!(
+                    "{} QoS 0 messages not delivered (allowed at QoS 0)",
+                    d.lost
+                ));
+            } else {
+                problems.push(format!("LOST {} acknowledged messages", d.lost));
+                valid = false;
+            }
+        }
+        if d.duplicates > 0 {
+            if plan.delivery_qos() == QoS::ExactlyOnce {
+                problems.push(format!("{} QoS 2 messages delivered twice", d.duplicates));
+                valid = false;
+            } else {
+                problems.push(format!(
+                    "{} duplicate deliveries (allowed at QoS 1)",
+                    d.duplicates
+                ));
+            }
+        }
+        if d.foreign > 0 {
+            problems.push(format!(
+                "{} deliveries without a load-generator mark",
+                d.foreign
+            ));
+        }
+    }
+
+    Ok(Report {
+        broker: a.broker.to_string(),
+        protocol: if a.v5 { "5.0" } else { "3.1.1" },
+        qos: a.qos,
+        sub_qos: plan.sub_qos as u8,
+        size: a.size,
+        publishers: a.publishers,
+        subscribers: a.subscribers,
+        inflight: a.inflight,
+        count_per_publisher: a.count,
+        duration_secs: a.duration,
+        rate_per_publisher: a.rate,
+        topic_per_publisher: a.topic_per_publisher,
+        persistent: a.persistent,
+        mode,
+        publish: publish_report,
+        delivery,
+        latency_us,
+        valid,
+        problems,
+    })
+}
+
+fn print_text(r: &Report) {
+    println!(
+        "mqtt-load {} MQTT {} qos {} (sub {}) {} B, {} pub -> {} sub, mode {}",
+        r.broker, r.protocol, r.qos, r.sub_qos, r.size, r.publishers, r.subscribers, r.mode
+    );
+    if let Some(p) = &r.publish {
+        println!(
+            "publish:  {:>12.0} msg/s  ({} acked of {} sent, {} refused, {} unacked) in {:.3} s",
+            p.msgs_per_sec, p.acked, p.sent, p.rejected, p.unacked, p.secs
+        );
+    }
+    if let Some(d) = &r.delivery {
+        println!(
+            "delivery: {:>12.0} msg/s  ({} received, {} expected per subscriber, {} lost, {} duplicates) in {:.3} s [{}]",
+            d.msgs_per_sec, d.received, d.expected_per_subscriber, d.lost, d.duplicates, d.secs, d.phase
+        );
+    }
+    if let Some(l) = &r.latency_us {
+        println!(
+            "latency:  p50 {} us  p90 {} us  p99 {} us  p99.9 {} us  max {} us  ({} samples)",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.samples
+        );
+    }
+    for p in &r.problems {
+        println!("problem:  {p}");
+    }
+    println!("valid:    {}", r.valid);
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let json = args.json;
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let plan = match Plan::new(args) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("mqtt-load: {e:#}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mqtt-load: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match tokio::time::timeout(timeout, run(plan)).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("run did not finish within {timeout:?}")),
+        }
+    });
+    // Tasks still blocked on a broker must not keep the process alive.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("mqtt-load: {e}");
+                        return std::process::ExitCode::from(1);
+                    }
+                }
+            } else {
+                print_text(&report);
+            }
+            if report.valid {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            if json {
+                let msg = serde_json::json!({ "valid": false, "error": format!("{e:#}") });
+                println!("{msg}");
+            } else {
+                eprintln!("mqtt-load: {e:#}");
+            }
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! One raw MQTT connection over `mote-codec`: a read buffer, a write buffer, and the
+//! packets the load generator needs turned into small owned values.
+//!
+//! No third-party MQTT client is involved, so what is measured is the broker plus a
+//! thin, batched client: every read drains all complete frames, every write sends all
+//! queued packets in one `write_all`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use bytes::{Buf as _, BytesMut};
+use mote_codec::{
+    Ack, Connect, Disconnect, Packet, Properties, Protocol, Publish, QoS, SubOptions, Subscribe,
+    SubscribeFilter,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+/// Largest frame accepted from the broker (the MQTT maximum).
+const MAX_FRAME: u32 = 268_435_460;
+
+/// How long the broker may take to answer CONNECT, SUBSCRIBE or DISCONNECT.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The marker the load generator writes at the start of every payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// Index of the publisher that sent the message.
+    pub(crate) publisher: u32,
+    /// Sequence number of the message within its publisher, from 0.
+    pub(crate) seq: u64,
+    /// Nanoseconds since the process's reference instant when it was encoded.
+    pub(crate) sent_ns: u64,
+}
+
+/// Bytes of a [`Mark`] on the wire; the smallest payload the generator sends.
+pub(crate) const MARK_LEN: usize = 20;
+
+impl Mark {
+    /// Writes the mark at the start of `payload` (at least [`MARK_LEN`] bytes).
+    pub(crate) fn write(&self, payload: &mut [u8]) {
+        payload[0..4].copy_from_slice(&self.publisher.to_be_bytes());
+        payload[4..12].copy_from_slice(&self.seq.to_be_bytes());
+        payload[12..20].copy_from_slice(&self.sent_ns.to_be_bytes());
+    }
+
+    /// Reads the mark at the start of `payload`, if it is long enough.
+    fn read(payload: &[u8]) -> Option<Mark> {
+        let p: &[u8; MARK_LEN] = payload.get(..MARK_LEN)?.try_into().ok()?;
+        let (a, rest) = p.split_at(4);
+        let (b, c) = rest.split_at(8);
+        Some(Mark {
+            publisher: u32::from_be_bytes(a.try_into().ok()?),
+            seq: u64::from_be_bytes(b.try_into().ok()?),
+            sent_ns: u64::from_be_bytes(c.try_into().ok()?),
+        })
+    }
+}
+
+/// A received packet reduced to what the generator acts on; owns nothing borrowed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum In {
+    /// CONNACK: session present, return/reason code.
+    ConnAck { present: bool, code: u8 },
+    /// SUBACK: the first return/reason code.
+    SubAck { code: u8 },
+    /// PUBACK: packet id, reason code.
+    PubAck { pid: u16, reason: u8 },
+    /// PUBREC: packet id, reason code.
+    PubRec { pid: u16, reason: u8 },
+    /// PUBREL: packet id.
+    PubRel { pid: u16 },
+    /// PUBCOMP: packet id.
+    PubComp { pid: u16 },
+    /// PUBLISH: its QoS, packet id and the mark in its payload (if any).
+    Publish {
+        qos: QoS,
+        pid: u16,
+        mark: Option<Mark>,
+    },
+    /// DISCONNECT from the server (v5), with its reason code.
+    Disconnect { reason: u8 },
+    /// Anything else (PINGRESP, UNSUBACK, AUTH): ignored.
+    Other,
+}
+
+impl In {
+    /// Reduces a decoded packet.
+    fn from_packet(p: &Packet<'_>) -> In {
+        match p {
+            Packet::ConnAck(c) => In::ConnAck {
+                present: c.session_present,
+                code: c.code,
+            },
+            Packet::SubAck(s) => In::SubAck {
+                code: s.codes.first().copied().unwrap_or(0x80),
+            },
+            Packet::PubAck(a) => In::PubAck {
+                pid: a.packet_id,
+                reason: a.reason,
+            },
+            Packet::PubRec(a) => In::PubRec {
+                pid: a.packet_id,
+                reason: a.reason,
+            },
+            Packet::PubRel(a) => In::PubRel { pid: a.packet_id },
+            Packet::PubComp(a) => In::PubComp { pid: a.packet_id },
+            Packet::Publish(p) => In::Publish {
+                qos: p.qos,
+                pid: p.packet_id,
+                mark: Mark::read(p.payload),
+            },
+            Packet::Disconnect(d) => In::Disconnect { reason: d.reason },
+            _ => In::Other,
+        }
+    }
+}
+
+/// How a client connects.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectOpts {
+    /// Protocol version.
+    pub(crate) protocol: Protocol,
+    /// Client identifier.
+    pub(crate) client_id: String,
+    /// Clean session (3.1.1) / clean start (5).
+    pub(crate) clean: bool,
+    /// v5 Session Expiry Interval, seconds.
+    pub(crate) session_expiry: Option<u32>,
+}
+
+/// A connected MQTT client socket with its buffers.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    protocol: Protocol,
+}
+
+impl Conn {
+    /// Opens a TCP connection, sends CONNECT and waits for a successful CONNACK.
+    /// Returns the connection and the CONNACK's Session Present flag.
+    ///
+    /// # Errors
+    /// Network errors, a timeout, or a refused CONNECT.
+    pub(crate) async fn connect(
+        addr: SocketAddr,
+        opts: &ConnectOpts,
+    ) -> anyhow::Result<(Conn, bool)> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let mut conn = Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(256 * 1024),
+            wbuf: BytesMut::with_capacity(256 * 1024),
+            protocol: opts.protocol,
+        };
+        let properties = Properties {
+            session_expiry_interval: opts.session_expiry,
+            ..Properties::default()
+        };
+        conn.push(&Packet::Connect(Connect {
+            protocol: opts.protocol,
+            clean_start: opts.clean,
+            // No keep alive: runs are bounded and a ping would only add noise.
+            keep_alive: 0,
+            properties,
+            client_id: &opts.client_id,
+            will: None,
+            username: None,
+            password: None,
+        }))?;
+        conn.flush().await?;
+        match conn.expect_one(HANDSHAKE_TIMEOUT).await? {
+            In::ConnAck { present, code: 0 } => Ok((conn, present)),
+            In::ConnAck { code, .. } => {
+                bail!("{}: CONNECT refused with code {code:#04x}", opts.client_id)
+            }
+            other => bail!("{}: expected CONNACK, got {other:?}", opts.client_id),
+        }
+    }
+
+    /// Subscribes to one filter and waits for a SUBACK granting it.
+    ///
+    /// # Errors
+    /// Network errors, a timeout, or a refused subscription.
+    pub(crate) async fn subscribe(&mut self, filter: &str, qos: QoS) -> anyhow::Result<()> {
+        let filters = [SubscribeFilter {
+            filter,
+            options: SubOptions::qos(qos),
+        }];
+        self.push(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: mote_codec::List::Slice(&filters),
+        }))?;
+        self.flush().await?;
+        match self.expect_one(HANDSHAKE_TIMEOUT).await? {
+            In::SubAck { code } if code < 0x80 => Ok(()),
+            In::SubAck { code } => bail!("SUBSCRIBE {filter} refused with code {code:#04x}"),
+            other => bail!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Sends DISCONNECT and waits (briefly) for the broker to close the socket, so the
+    /// session is offline when this returns.
+    ///
+    /// # Errors
+    /// Network errors while sending.
+    pub(crate) async fn disconnect(mut self) -> anyhow::Result<()> {
+        self.push(&Packet::Disconnect(Disconnect::new(0)))?;
+        self.flush().await?;
+        let _ = self.stream.shutdown().await;
+        let mut scratch = [0u8; 4096];
+        let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            while let Ok(n) = self.stream.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Encodes `packet` into the write buffer (sent by the next [`Conn::flush`]).
+    ///
+    /// # Errors
+    /// When the packet cannot be encoded.
+    pub(crate) fn push(&mut self, packet: &Packet<'_>) -> anyhow::Result<()> {
+        packet
+            .encode_to(self.protocol, &mut self.wbuf)
+            .map_err(|e| anyhow::anyhow!("cannot encode {:?}: {e:?}", packet.packet_type()))
+    }
+
+    /// Encodes a PUBLISH.
+    ///
+    /// # Errors
+    /// When the packet cannot be encoded.
+    pub(crate) fn push_publish(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        pid: u16,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
+        self.push(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic,
+            packet_id: pid,
+            properties: Properties::default(),
+            payload,
+        }))
+    }
+
+    /// Encodes an acknowledgement of type `kind` (PUBACK, PUBREC, PUBREL or PUBCOMP).
+    ///
+    /// # Errors
+    /// When the packet cannot be encoded.
+    pub(crate) fn push_ack(&mut self, kind: AckKind, pid: u16) -> anyhow::Result<()> {
+        let a = Ack::new(pid);
+        self.push(&match kind {
+            AckKind::PubAck => Packet::PubAck(a),
+            AckKind::PubRec => Packet::PubRec(a),
+            AckKind::PubRel => Packet::PubRel(a),
+            AckKind::PubComp => Packet::PubComp(a),
+        })
+    }
+
+    /// Bytes waiting in the write buffer.
+    pub(crate) fn pending(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Writes the whole write buffer to the socket.
+    ///
+    /// # Errors
+    /// Network errors.
+    pub(crate) async fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.stream
+                .write_all(&self.wbuf)
+                .await
+                .context("write to broker")?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes from the socket, waiting at most `wait`. Returns `false` on
+    /// timeout.
+    ///
+    /// # Errors
+    /// When the broker closed the connection or the read failed.
+    pub(crate) async fn fill(&mut self, wait: Duration) -> anyhow::Result<bool> {
+        if self.rbuf.capacity() - self.rbuf.len() < 64 * 1024 {
+            self.rbuf.reserve(256 * 1024);
+        }
+        // `read_buf` is cancel-safe: a timed-out read has read nothing.
+        match tokio::time::timeout(wait, self.stream.read_buf(&mut self.rbuf)).await {
+            Err(_) => Ok(false),
+            Ok(Ok(0)) => bail!("broker closed the connection"),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) => Err(e).context("read from broker"),
+        }
+    }
+
+    /// Takes the next complete packet from the read buffer, if there is one.
+    ///
+    /// # Errors
+    /// When the broker sent a malformed packet.
+    pub(crate) fn next(&mut self) -> anyhow::Result<Option<In>> {
+        let (packet, used) = match mote_codec::decode(&self.rbuf, self.protocol, MAX_FRAME) {
+            Ok(Some((p, used))) => (In::from_packet(&p), used),
+            Ok(None) => return Ok(None),
+            Err(e) => bail!("malformed packet from broker: {e:?}"),
+        };
+        self.rbuf.advance(used);
+        Ok(Some(packet))
+    }
+
+    /// Waits for one packet.
+    async fn expect_one(&mut self, wait: Duration) -> anyhow::Result<In> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(p) = self.next()? {
+                return Ok(p);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || !self.fill(left).await? {
+                bail!("no answer from the broker within {wait:?}");
+            }
+        }
+    }
+}
+
+/// The four acknowledgement packets of QoS 1 and 2.
+#[allow(clippy::enum_variant_names)] // the packets' names
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckKind {
+    /// PUBACK.
+    PubAck,
+    /// PUBREC.
+    PubRec,
+    /// PUBREL.
+    PubRel,
+    /// PUBCOMP.
+    PubComp,
+}
