@@ -106,9 +106,16 @@ impl Message {
         })
     }
 
-    /// Bytes this message costs in a queue (payload, topic, properties).
+    /// Bytes one queued delivery of this message holds in memory: its own heap data
+    /// (payload, topic, properties) plus the message and delivery structs and the
+    /// allocator's overhead per allocation. Budgets are counted with this, so it errs on
+    /// the high side rather than letting RSS outgrow a configured budget.
     pub fn cost(&self) -> usize {
-        self.payload.len() + self.topic.len() + self.user_properties.len() + 64
+        const FIXED: usize = std::mem::size_of::<Message>() + QUEUED_DELIVERY + 4 * ALLOC_OVERHEAD;
+        let props = self.content_type.as_ref().map_or(0, |s| s.len())
+            + self.response_topic.as_ref().map_or(0, |s| s.len())
+            + self.correlation_data.as_ref().map_or(0, |b| b.len());
+        self.payload.len() + self.topic.len() + self.user_properties.len() + props + FIXED
     }
 
     /// The v5 properties of a delivery of this message at `now`.
@@ -129,6 +136,11 @@ impl Message {
         }
     }
 }
+
+/// Bytes a delivery takes in a session's queue besides the message it points to.
+pub(crate) const QUEUED_DELIVERY: usize = 96;
+/// Bookkeeping malloc keeps per allocation (header and rounding), roughly.
+const ALLOC_OVERHEAD: usize = 16;
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
@@ -220,4 +232,12 @@ pub fn encode_user_properties(props: &Properties<'_>) -> Bytes {
         }
     }
     out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn delivery_cost_covers_the_delivery_struct() {
+        assert!(std::mem::size_of::<crate::session::Delivery>() <= super::QUEUED_DELIVERY);
+    }
 }
