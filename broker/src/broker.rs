@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -146,7 +146,8 @@ pub struct Core {
     budget: usize,
     /// Where spill files go (`None` with the in-memory store).
     spill_dir: Option<PathBuf>,
-    next_spill: u64,
+    /// Number of the next spill file.
+    next_spill: AtomicU64,
     /// Counters.
     pub stats: Stats,
 }
@@ -176,7 +177,7 @@ impl Core {
             mem: Arc::new(AtomicUsize::new(0)),
             budget: usize::MAX,
             spill_dir: None,
-            next_spill: 1,
+            next_spill: AtomicU64::new(1),
             stats: Stats::default(),
         }
     }
@@ -950,22 +951,15 @@ impl Core {
             d.lsn = self.log(d.enqueue_record(client), true);
         }
         let dseq = d.dseq;
-        let over_budget = store && self.mem.load(Ordering::Relaxed) > self.budget;
-        let spill = match (&self.spill_dir, over_budget) {
-            (Some(dir), true) => Some(SpillTo {
-                dir,
-                seq: self.next_spill,
-            }),
-            _ => None,
+        let spill = if store {
+            spill_to(&self.spill_dir, &self.next_spill, &self.mem, self.budget)
+        } else {
+            None
         };
         let Some(s) = self.sessions.get_mut(client) else {
             return false;
         };
-        let had_spill = s.spill.is_some();
         let result = s.enqueue(d, &limits, spill);
-        if !had_spill && s.spill.is_some() {
-            self.next_spill += 1;
-        }
         if result == crate::session::Enqueued::Dropped {
             self.stats.dropped_overflow += 1;
             match &s.link {
@@ -1479,19 +1473,9 @@ impl Core {
                         },
                     }),
                     None => {
-                        let over = self.mem.load(Ordering::Relaxed) > self.budget;
-                        let spill = match (&self.spill_dir, over) {
-                            (Some(dir), true) => Some(SpillTo {
-                                dir,
-                                seq: self.next_spill,
-                            }),
-                            _ => None,
-                        };
-                        let had = s.spill.is_some();
+                        let spill =
+                            spill_to(&self.spill_dir, &self.next_spill, &self.mem, self.budget);
                         s.restore_queued(delivery, spill);
-                        if !had && s.spill.is_some() {
-                            self.next_spill += 1;
-                        }
                     }
                 }
             }
@@ -1767,6 +1751,18 @@ impl Snapshot<'_> {
             });
         }
     }
+}
+
+/// Where deliveries to persistent sessions go while the memory queued across all sessions
+/// is over `budget`: a spill file in `dir` (`None`: memory, or no on-disk store).
+fn spill_to<'a>(
+    dir: &'a Option<PathBuf>,
+    seq: &'a AtomicU64,
+    mem: &AtomicUsize,
+    budget: usize,
+) -> Option<SpillTo<'a>> {
+    let dir = dir.as_deref()?;
+    (mem.load(Ordering::Relaxed) > budget).then_some(SpillTo { dir, seq })
 }
 
 /// True for topics under `$SYS`, which only the broker publishes to.

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -226,8 +226,8 @@ pub struct Session {
 pub struct SpillTo<'a> {
     /// Directory of spill files.
     pub dir: &'a Path,
-    /// Number for a new spill file.
-    pub seq: u64,
+    /// Numbers spill files; a new one takes the next.
+    pub seq: &'a AtomicU64,
 }
 
 impl Drop for Session {
@@ -333,7 +333,10 @@ impl Session {
         let now_ms = crate::message::unix_ms();
         if self.spill.is_none() {
             if let Some(to) = to {
-                self.spill = Some(Spill::create(to.dir, to.seq)?);
+                self.spill = Some(Spill::create(
+                    to.dir,
+                    to.seq.fetch_add(1, Ordering::Relaxed),
+                )?);
             }
         }
         match self.spill.as_mut() {

@@ -47,6 +47,8 @@ struct Pending {
     since_snapshot: u64,
     /// Snapshot bytes queued and not yet written (backpressure).
     snapshot_queued: usize,
+    /// Reused buffer a record is encoded into before it is framed.
+    scratch: Vec<u8>,
     shutdown: bool,
 }
 
@@ -62,7 +64,6 @@ pub struct Journal {
     durable_tx: watch::Sender<u64>,
     policy: FsyncPolicy,
     failed: AtomicBool,
-    scratch: Mutex<Vec<u8>>,
 }
 
 /// Handle that stops the writer thread and waits for the last sync.
@@ -114,7 +115,6 @@ impl Journal {
             durable_tx,
             policy,
             failed: AtomicBool::new(false),
-            scratch: Mutex::new(Vec::new()),
         });
         let thread = {
             let journal = journal.clone();
@@ -138,24 +138,18 @@ impl Journal {
 
     /// Appends `rec`; returns its position.
     pub fn append(&self, rec: &Record) -> u64 {
-        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        scratch.clear();
-        rec.encode(&mut scratch);
         let mut p = self.lock();
-        let framed = match p.jobs.back_mut() {
-            Some(Job::Records(buf)) => buf,
-            _ => {
-                p.jobs.push_back(Job::Records(Vec::with_capacity(4096)));
-                match p.jobs.back_mut() {
-                    Some(Job::Records(buf)) => buf,
-                    _ => unreachable!("just pushed a Records job"),
-                }
-            }
-        };
-        let before = framed.len();
-        frame(framed, &scratch);
-        let added = (framed.len() - before) as u64;
-        p.since_snapshot += added;
+        let Pending { jobs, scratch, .. } = &mut *p;
+        scratch.clear();
+        rec.encode(scratch);
+        if !matches!(jobs.back(), Some(Job::Records(_))) {
+            jobs.push_back(Job::Records(Vec::with_capacity(4096)));
+        }
+        if let Some(Job::Records(buf)) = jobs.back_mut() {
+            let before = buf.len();
+            frame(buf, scratch);
+            p.since_snapshot += (buf.len() - before) as u64;
+        }
         p.appended += 1;
         let lsn = p.appended;
         drop(p);
