@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::broker::{disconnect_packet, Close, Effects, End};
+use crate::broker::{disconnect_packet, Close, End};
 use crate::server::Shared;
 use crate::session::{write_packet, Kick};
 
@@ -76,7 +76,6 @@ async fn run(
     let max_packet = cfg.max_packet_size;
     let mut inbuf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::with_capacity(4096);
-    let mut fx = Effects::default();
 
     // Phase 1: a complete CONNECT within the connect timeout.
     let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
@@ -134,23 +133,14 @@ async fn run(
     };
     let notify = Arc::new(Notify::new());
     let kick = Arc::new(Kick::default());
-    let (accepted, lsn) = {
-        let mut core = shared.lock();
-        let now = std::time::Instant::now();
-        let acc = core.connect(
-            &connect,
-            notify.clone(),
-            kick.clone(),
-            now,
-            &mut out,
-            &mut fx,
-        );
-        (acc, core.take_wait_lsn())
-    };
-    inbuf.advance(header.frame_len());
     // Replies (and deliveries to others) go out only once what they confirm is durable.
-    shared.durable(lsn).await;
-    fx.run();
+    let accepted = shared
+        .apply(|core, fx| {
+            let now = std::time::Instant::now();
+            core.connect(&connect, notify.clone(), kick.clone(), now, &mut out, fx)
+        })
+        .await;
+    inbuf.advance(header.frame_len());
     flush(&mut stream, &mut out).await?;
     let Some(acc) = accepted else {
         return Ok(());
@@ -167,41 +157,40 @@ async fn run(
         // Handle every complete frame in the buffer under one lock.
         let mut consumed = 0;
         let mut close = None;
-        let lsn = {
-            let mut core = shared.lock();
-            let now = std::time::Instant::now();
-            loop {
-                let rest = &inbuf[consumed..];
-                let h = match check(rest, max_packet) {
-                    Ok(Some(h)) if rest.len() >= h.frame_len() => h,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "packet too large; closing");
-                        close = Some(Close::Error(e.reason_code()));
+        shared
+            .apply(|core, fx| {
+                let now = std::time::Instant::now();
+                loop {
+                    let rest = &inbuf[consumed..];
+                    let h = match check(rest, max_packet) {
+                        Ok(Some(h)) if rest.len() >= h.frame_len() => h,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "packet too large; closing");
+                            close = Some(Close::Error(e.reason_code()));
+                            break;
+                        }
+                    };
+                    let packet = match decode_body(&h, &rest[h.header_len..h.frame_len()], protocol)
+                    {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "malformed packet; closing");
+                            close = Some(Close::Error(e.reason_code()));
+                            break;
+                        }
+                    };
+                    consumed += h.frame_len();
+                    if let Err(c) =
+                        core.handle(&acc.client_id, acc.conn_id, &packet, now, &mut out, fx)
+                    {
+                        close = Some(c);
                         break;
                     }
-                };
-                let packet = match decode_body(&h, &rest[h.header_len..h.frame_len()], protocol) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "malformed packet; closing");
-                        close = Some(Close::Error(e.reason_code()));
-                        break;
-                    }
-                };
-                consumed += h.frame_len();
-                if let Err(c) =
-                    core.handle(&acc.client_id, acc.conn_id, &packet, now, &mut out, &mut fx)
-                {
-                    close = Some(c);
-                    break;
                 }
-            }
-            core.take_wait_lsn()
-        };
+            })
+            .await;
         inbuf.advance(consumed);
-        shared.durable(lsn).await;
-        fx.run();
         match close {
             Some(Close::Disconnected { will }) => {
                 flush(&mut stream, &mut out).await?;
@@ -248,16 +237,13 @@ async fn run(
                     let _ = flush(&mut stream, &mut out).await;
                     break 'conn End::Abnormal;
                 }
-                let (res, lsn) = {
-                    let mut core = shared.lock();
-                    let now = std::time::Instant::now();
-                    let res = core.drain(&acc.client_id, acc.conn_id, now, &mut out);
-                    (res, core.take_wait_lsn())
-                };
+                let now = std::time::Instant::now();
+                let res = shared
+                    .apply(|core, _| core.drain(&acc.client_id, acc.conn_id, now, &mut out))
+                    .await;
                 if res.is_err() {
                     return Ok(());
                 }
-                shared.durable(lsn).await;
             }
             _ = keepalive_expired => {
                 tracing::info!("keep alive expired; closing");
@@ -273,14 +259,10 @@ async fn run(
         }
     };
     tracing::info!(?end, "client disconnected");
-    let lsn = {
-        let mut core = shared.lock();
-        let now = std::time::Instant::now();
-        core.disconnected(&acc.client_id, acc.conn_id, end, now, &mut fx);
-        core.take_wait_lsn()
-    };
     // A will published here reaches its subscribers once it is durable.
-    shared.durable(lsn).await;
-    fx.run();
+    let now = std::time::Instant::now();
+    shared
+        .apply(|core, fx| core.disconnected(&acc.client_id, acc.conn_id, end, now, fx))
+        .await;
     Ok(())
 }

@@ -46,6 +46,25 @@ impl Shared {
         }
     }
 
+    /// Runs `f` on the core under its lock; once everything `f` journaled is durable, wakes
+    /// the connections it named and returns its result. A caller sends the replies `f`
+    /// produced only after this returns, so nothing is acknowledged before it is kept.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the core call is done before the first `.await`; cancelling only
+    /// skips the wake-ups.
+    pub async fn apply<R>(&self, f: impl FnOnce(&mut Core, &mut Effects) -> R) -> R {
+        let mut fx = Effects::default();
+        let (r, lsn) = {
+            let mut core = self.lock();
+            let r = f(&mut core, &mut fx);
+            (r, core.take_wait_lsn())
+        };
+        self.durable(lsn).await;
+        fx.run();
+        r
+    }
+
     /// Waits until the journal holds everything up to `lsn` durably (no-op for 0).
     ///
     /// # Cancel safety
@@ -172,21 +191,17 @@ pub async fn serve(
             loop {
                 tokio::select! {
                     _ = interval.tick() => {
-                        let mut fx = Effects::default();
                         let now = std::time::Instant::now();
-                        let lsn = {
-                            let mut core = shared.lock();
-                            core.tick(now, &mut fx);
+                        // Wills published by the tick wake their subscribers once durable.
+                        shared.apply(|core, fx| {
+                            core.tick(now, fx);
                             core.maybe_compact(now);
                             if !sys_every.is_zero() && now >= next_sys {
-                                core.publish_sys(now - started, now, &mut fx);
+                                core.publish_sys(now - started, now, fx);
                                 next_sys = now + sys_every;
                             }
-                            core.take_wait_lsn()
-                        };
-                        // Wills published by the tick wake their subscribers once durable.
-                        shared.durable(lsn).await;
-                        fx.run();
+                        })
+                        .await;
                     }
                     _ = shutdown.cancelled() => break,
                 }
