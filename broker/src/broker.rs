@@ -30,7 +30,7 @@ use crate::session::{
 };
 use crate::store::journal::{Journal, JournalRef};
 use crate::store::record::Record;
-use crate::store::recover::Image;
+use crate::store::recover::{DeliveryImage, Index};
 use crate::trie::SubscriptionTree;
 
 /// Key of a subscription in the trie: the client and, for shared subscriptions, the group.
@@ -1393,26 +1393,16 @@ impl Core {
             );
         }
     }
-
-    /// Loads the durable state replayed from the journal. Every restored session is
-    /// offline; sessions that were connected at the crash count as disconnected now
-    /// (their wills start their delay, their expiry starts counting).
-    pub fn restore(&mut self, img: Image, now: Instant) {
+    /// Recovery, step 1 of 3: the sessions of pass 1 with their subscriptions, expiry
+    /// and inbound QoS 2 state; their deliveries follow through
+    /// [`Core::restore_delivery`], retained messages and wills through
+    /// [`Core::restore_finish`].
+    pub fn restore_sessions(&mut self, index: &Index, now: Instant) {
         let now_ms = unix_ms();
-        self.next_mid = self.next_mid.max(img.max_mid + 1);
-        self.next_dseq = self.next_dseq.max(img.max_dseq + 1);
-        let mut messages: HashMap<u64, (Arc<Message>, Option<u32>)> = HashMap::new();
-        for (mid, m) in img.messages {
-            let (msg, will_expiry) = Message::from_stored(mid, m, now, now_ms);
-            messages.insert(mid, (Arc::new(msg), will_expiry));
-        }
-        for (topic, mid) in img.retained {
-            if let Some((m, _)) = messages.get(&mid) {
-                self.retained.insert(Arc::from(topic), m.clone());
-            }
-        }
-        for (client, si) in img.sessions {
-            let id: Arc<str> = Arc::from(client);
+        self.next_mid = self.next_mid.max(index.max_mid + 1);
+        self.next_dseq = self.next_dseq.max(index.max_dseq + 1);
+        for (client, si) in &index.sessions {
+            let id: Arc<str> = Arc::from(client.as_str());
             let mut s = Session::new(id.clone(), self.mem.clone());
             s.expiry_interval = si.expiry;
             s.persisted = true;
@@ -1420,10 +1410,10 @@ impl Core {
                 crate::message::unix_ms_to_instant(ms, now, now_ms)
             });
             s.offline_since = Some(offline);
-            for (filter, (opts, sub_id)) in si.subs {
+            for (filter, &(opts, sub_id)) in &si.subs {
                 let options = SubOptions::from_byte(opts, Protocol::V5).unwrap_or_default();
                 let sub_id = (sub_id != 0).then_some(sub_id);
-                let (group, inner) = match topic::split_shared(&filter) {
+                let (group, inner) = match topic::split_shared(filter) {
                     Some(Ok((g, inner))) => (Some(Arc::from(g)), inner.to_owned()),
                     _ => (None, filter.clone()),
                 };
@@ -1442,55 +1432,14 @@ impl Core {
                     entry,
                 );
                 s.subscriptions.insert(
-                    Arc::from(filter),
+                    Arc::from(filter.as_str()),
                     Subscription {
                         options,
                         id: sub_id,
                     },
                 );
             }
-            for (dseq, d) in si.deliveries {
-                let Some((msg, _)) = messages.get(&d.mid) else {
-                    continue;
-                };
-                let delivery = Delivery {
-                    msg: msg.clone(),
-                    qos: QoS::from_u8(d.qos).unwrap_or(QoS::AtLeastOnce),
-                    retain: d.retain,
-                    sub_ids: d.sub_ids,
-                    shared: d.shared.map(|(g, f)| (Arc::from(g), Arc::from(f))),
-                    dseq,
-                    lsn: 0,
-                };
-                match d.packet_id {
-                    Some(packet_id) => s.inflight.push_back(Inflight {
-                        packet_id,
-                        delivery,
-                        phase: if d.released {
-                            Phase::Released
-                        } else {
-                            Phase::Published
-                        },
-                    }),
-                    None => {
-                        let spill =
-                            spill_to(&self.spill_dir, &self.next_spill, &self.mem, self.budget);
-                        s.restore_queued(delivery, spill);
-                    }
-                }
-            }
-            s.inbound_qos2 = si.inbound2;
-            if let Some((mid, delay)) = si.will {
-                if let Some((msg, will_expiry)) = messages.get(&mid) {
-                    s.will = Some(WillState {
-                        msg: msg.clone(),
-                        delay,
-                        expiry: *will_expiry,
-                    });
-                    let wait = Duration::from_secs(u64::from(delay.min(si.expiry)));
-                    s.will_at = Some(offline + wait);
-                }
-            }
+            s.inbound_qos2 = si.inbound2.clone();
             s.expires_at = (si.expiry != u32::MAX)
                 .then(|| offline + Duration::from_secs(u64::from(si.expiry)));
             if si.offline_at_ms.is_none() {
@@ -1503,6 +1452,75 @@ impl Core {
                 );
             }
             self.sessions.insert(id, s);
+        }
+    }
+
+    /// Recovery, step 2: one live delivery of pass 2, in log order (the order its
+    /// session queued them). A sent one goes back in flight; the others are queued in
+    /// memory until the queue budget is used, then straight into the spill file.
+    pub fn restore_delivery(
+        &mut self,
+        client: &str,
+        dseq: u64,
+        d: DeliveryImage,
+        msg: Arc<Message>,
+    ) {
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let delivery = Delivery {
+            msg,
+            qos: QoS::from_u8(d.qos).unwrap_or(QoS::AtLeastOnce),
+            retain: d.retain,
+            sub_ids: d.sub_ids,
+            shared: d.shared.map(|(g, f)| (Arc::from(g), Arc::from(f))),
+            dseq,
+            lsn: 0,
+        };
+        match d.packet_id {
+            Some(packet_id) => s.inflight.push_back(Inflight {
+                packet_id,
+                delivery,
+                phase: if d.released {
+                    Phase::Released
+                } else {
+                    Phase::Published
+                },
+            }),
+            None => {
+                let spill = spill_to(&self.spill_dir, &self.next_spill, &self.mem, self.budget);
+                s.restore_queued(delivery, spill);
+            }
+        }
+    }
+
+    /// Recovery, step 3: retained messages and wills, from the messages pass 2 kept.
+    pub fn restore_finish(
+        &mut self,
+        index: &Index,
+        messages: &HashMap<u64, (Arc<Message>, Option<u32>)>,
+    ) {
+        for (topic, mid) in &index.retained {
+            if let Some((m, _)) = messages.get(mid) {
+                self.retained.insert(Arc::from(topic.as_str()), m.clone());
+            }
+        }
+        for (client, si) in &index.sessions {
+            let (Some((mid, delay)), Some(s)) = (si.will, self.sessions.get_mut(client.as_str()))
+            else {
+                continue;
+            };
+            let (Some((msg, will_expiry)), Some(offline)) = (messages.get(&mid), s.offline_since)
+            else {
+                continue;
+            };
+            s.will = Some(WillState {
+                msg: msg.clone(),
+                delay,
+                expiry: *will_expiry,
+            });
+            let wait = Duration::from_secs(u64::from(delay.min(si.expiry)));
+            s.will_at = Some(offline + wait);
         }
     }
 

@@ -10,8 +10,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{Core, Effects};
 use crate::config::Config;
+use crate::message::Message;
 use crate::store::journal::{Journal, WriterHandle};
-use crate::store::recover::Image;
+use crate::store::recover::Index;
 
 /// State shared by every connection task.
 #[derive(Debug)]
@@ -118,9 +119,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
     let started = std::time::Instant::now();
     let dir = config.storage.data_dir.clone();
-    let mut image = Image::default();
+    // Pass 1: the state's skeleton (sessions, subscriptions, what finished).
+    let mut index = Index::default();
     let (journal, writer, recovery) =
-        Journal::open(&dir, config.storage.fsync, &mut |b| image.apply_bytes(b))
+        Journal::open(&dir, config.storage.fsync, &mut |b| index.apply_bytes(b))
             .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", dir.display()))?;
     if recovery.truncated_bytes > 0 {
         tracing::warn!(
@@ -128,19 +130,13 @@ pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
             "store: truncated a torn write at the end of the log"
         );
     }
-    if recovery.corrupt_regions > 0 || image.unreadable > 0 {
+    if recovery.corrupt_regions > 0 || index.unreadable > 0 {
         tracing::warn!(
             regions = recovery.corrupt_regions,
-            unreadable = image.unreadable,
+            unreadable = index.unreadable,
             "store: skipped damaged records"
         );
     }
-    image.collect_garbage();
-    let (sessions, messages, retained) = (
-        image.sessions.len(),
-        image.messages.len(),
-        image.retained.len(),
-    );
     let config = Arc::new(config);
     let mut core = Core::with_journal(
         Arc::new(config.mqtt.clone()),
@@ -148,7 +144,29 @@ pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
         dir.join("spill"),
         config.storage.queue_memory_bytes,
     );
-    core.restore(image, std::time::Instant::now());
+    let now = std::time::Instant::now();
+    let now_ms = crate::message::unix_ms();
+    core.restore_sessions(&index, now);
+    // Pass 2: the queued deliveries, streamed into the sessions (and their spill files
+    // once the queue budget is used) with only the messages still to be named held.
+    let mut replay = index.replay();
+    crate::store::log::replay(&dir, recovery.active_segment, &mut |b| {
+        replay.apply_bytes(
+            b,
+            &mut |mid, m| {
+                let (msg, will_expiry) = Message::from_stored(mid, m, now, now_ms);
+                (Arc::new(msg), will_expiry)
+            },
+            &mut |client, dseq, d, (msg, _)| core.restore_delivery(client, dseq, d, msg),
+        )
+    })
+    .map_err(|e| anyhow::anyhow!("cannot read the store in {}: {e}", dir.display()))?;
+    let deliveries = replay.delivered;
+    let kept = replay.finish();
+    core.restore_finish(&index, &kept);
+    drop(kept);
+    let (sessions, retained) = (index.sessions.len(), index.retained.len());
+    drop(index);
     // Start from a compact log: the replayed history is replaced by the live state.
     journal.snapshot_begin();
     core.snapshot(std::time::Instant::now(), &mut |chunk| {
@@ -159,7 +177,7 @@ pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
         dir = %dir.display(),
         records = recovery.records,
         sessions,
-        messages,
+        deliveries,
         retained,
         ms = started.elapsed().as_millis() as u64,
         "store recovered"

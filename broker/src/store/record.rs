@@ -331,7 +331,7 @@ impl Record {
                 w.bytes(filter.as_bytes());
             }
             Record::Msg { mid, msg } => {
-                w.u8(7);
+                w.u8(Record::KIND_MSG);
                 w.u64(*mid);
                 msg.write(&mut w);
             }
@@ -344,7 +344,7 @@ impl Record {
                 sub_ids,
                 shared,
             } => {
-                w.u8(8);
+                w.u8(Record::KIND_ENQUEUE);
                 w.bytes(client.as_bytes());
                 w.u64(*dseq);
                 w.u64(*mid);
@@ -394,7 +394,7 @@ impl Record {
                 w.u16(*packet_id);
             }
             Record::RetainSet { topic, mid } => {
-                w.u8(14);
+                w.u8(Record::KIND_RETAIN_SET);
                 w.bytes(topic.as_bytes());
                 w.u64(*mid);
             }
@@ -403,7 +403,7 @@ impl Record {
                 w.bytes(topic.as_bytes());
             }
             Record::Will { client, mid, delay } => {
-                w.u8(16);
+                w.u8(Record::KIND_WILL);
                 w.bytes(client.as_bytes());
                 w.u64(*mid);
                 w.u32(*delay);
@@ -413,6 +413,27 @@ impl Record {
                 w.bytes(client.as_bytes());
             }
         }
+    }
+
+    /// Kind byte of a `Msg` record.
+    pub const KIND_MSG: u8 = 7;
+    /// Kind byte of an `Enqueue` record.
+    pub const KIND_ENQUEUE: u8 = 8;
+    /// Kind byte of a `RetainSet` record.
+    pub const KIND_RETAIN_SET: u8 = 14;
+    /// Kind byte of a `Will` record.
+    pub const KIND_WILL: u8 = 16;
+
+    /// The kind byte of an encoded record.
+    pub fn kind(buf: &[u8]) -> Option<u8> {
+        buf.first().copied()
+    }
+
+    /// The message id of an encoded `Msg` record, without decoding the message.
+    pub fn msg_id(buf: &[u8]) -> Option<u64> {
+        let mut r = R(buf);
+        (r.u8()? == Record::KIND_MSG).then_some(())?;
+        r.u64()
     }
 
     /// Parses a record; `None` when the bytes are not one.
@@ -444,11 +465,11 @@ impl Record {
                 client: r.string()?,
                 filter: r.string()?,
             },
-            7 => Record::Msg {
+            Record::KIND_MSG => Record::Msg {
                 mid: r.u64()?,
                 msg: StoredMessage::read(&mut r)?,
             },
-            8 => {
+            Record::KIND_ENQUEUE => {
                 let client = r.string()?;
                 let dseq = r.u64()?;
                 let mid = r.u64()?;
@@ -495,12 +516,12 @@ impl Record {
                 client: r.string()?,
                 packet_id: r.u16()?,
             },
-            14 => Record::RetainSet {
+            Record::KIND_RETAIN_SET => Record::RetainSet {
                 topic: r.string()?,
                 mid: r.u64()?,
             },
             15 => Record::RetainDel { topic: r.string()? },
-            16 => Record::Will {
+            Record::KIND_WILL => Record::Will {
                 client: r.string()?,
                 mid: r.u64()?,
                 delay: r.u32()?,
