@@ -217,6 +217,18 @@ impl Core {
         lsn
     }
 
+    /// As [`Core::log`], for a record `encode` writes in place.
+    fn log_with(&mut self, wait: bool, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
+        let Some(j) = &self.journal else {
+            return 0;
+        };
+        let lsn = j.append_with(encode);
+        if wait && j.waits() {
+            self.wait_lsn = self.wait_lsn.max(lsn);
+        }
+        lsn
+    }
+
     /// The journal position the replies produced since the last call must wait for
     /// (0 = none), resetting it.
     pub fn take_wait_lsn(&mut self) -> u64 {
@@ -245,14 +257,8 @@ impl Core {
         if self.journal.is_none() || msg.stored.swap(true, Ordering::Relaxed) {
             return;
         }
-        let stored = msg.to_stored(will_expiry, now, unix_ms());
-        self.log(
-            Record::Msg {
-                mid: msg.mid,
-                msg: stored,
-            },
-            true,
-        );
+        let stored = msg.stored(will_expiry, now, unix_ms());
+        self.log_with(true, &mut |b| stored.encode_msg(msg.mid, b));
     }
 
     /// Journals what a session's outbound half did.
@@ -948,7 +954,8 @@ impl Core {
             self.hold_msg(&d.msg, None, now);
             d.dseq = self.next_dseq;
             self.next_dseq += 1;
-            d.lsn = self.log(d.enqueue_record(client), true);
+            let rec = d.enqueue_record(client);
+            d.lsn = self.log_with(true, &mut |b| rec.encode(b));
         }
         let dseq = d.dseq;
         let spill = if store {
@@ -1530,7 +1537,6 @@ impl Core {
         let mut snap = Snapshot {
             sink,
             out: Vec::new(),
-            buf: Vec::new(),
             emitted: HashSet::new(),
             now,
             now_ms: unix_ms(),
@@ -1709,7 +1715,6 @@ fn owned<'s>(
 struct Snapshot<'s> {
     sink: &'s mut dyn FnMut(Vec<u8>),
     out: Vec<u8>,
-    buf: Vec<u8>,
     emitted: HashSet<u64>,
     now: Instant,
     now_ms: u64,
@@ -1721,9 +1726,11 @@ const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 
 impl Snapshot<'_> {
     fn put(&mut self, rec: Record) {
-        self.buf.clear();
-        rec.encode(&mut self.buf);
-        crate::store::log::frame(&mut self.out, &self.buf);
+        self.put_with(&mut |b| rec.encode(b));
+    }
+
+    fn put_with(&mut self, encode: &mut dyn FnMut(&mut Vec<u8>)) {
+        crate::store::log::frame_with(&mut self.out, encode);
         if self.out.len() >= SNAPSHOT_CHUNK {
             self.flush();
         }
@@ -1747,27 +1754,25 @@ impl Snapshot<'_> {
     /// a set of every id is not).
     fn spilled_delivery(&mut self, client: &str, d: &Delivery) {
         if !self.emitted.contains(&d.msg.mid) {
-            let stored = d.msg.to_stored(None, self.now, self.now_ms);
-            self.put(Record::Msg {
-                mid: d.msg.mid,
-                msg: stored,
-            });
+            self.put_msg(&d.msg, None);
         }
         self.enqueue(client, d);
     }
 
     fn enqueue(&mut self, client: &str, d: &Delivery) {
-        self.put(d.enqueue_record(client));
+        let rec = d.enqueue_record(client);
+        self.put_with(&mut |b| rec.encode(b));
     }
 
     fn msg(&mut self, m: &Message, will_expiry: Option<u32>) {
         if self.emitted.insert(m.mid) {
-            let stored = m.to_stored(will_expiry, self.now, self.now_ms);
-            self.put(Record::Msg {
-                mid: m.mid,
-                msg: stored,
-            });
+            self.put_msg(m, will_expiry);
         }
+    }
+
+    fn put_msg(&mut self, m: &Message, will_expiry: Option<u32>) {
+        let stored = m.stored(will_expiry, self.now, self.now_ms);
+        self.put_with(&mut |b| stored.encode_msg(m.mid, b));
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use mote_codec::{PropList, Properties, Publish, QoS, Sink};
 
-use crate::store::record::StoredMessage;
+use crate::store::record::{StoredMessage, StoredRef};
 
 /// One published message, after topic-alias resolution.
 #[derive(Debug)]
@@ -169,23 +169,24 @@ pub fn unix_ms_to_instant(ms: u64, now: Instant, now_ms: u64) -> Instant {
 }
 
 impl Message {
-    /// The stored form; `will_expiry` is the will's own expiry interval, if this is one.
-    pub fn to_stored(&self, will_expiry: Option<u32>, now: Instant, now_ms: u64) -> StoredMessage {
-        StoredMessage {
-            topic: self.topic.to_string(),
-            payload: self.payload.clone(),
+    /// The stored form, borrowed; `will_expiry` is the will's own expiry interval, if
+    /// this is one.
+    pub fn stored(&self, will_expiry: Option<u32>, now: Instant, now_ms: u64) -> StoredRef<'_> {
+        StoredRef {
+            topic: &self.topic,
+            payload: &self.payload,
             qos: self.qos as u8,
             retain: self.retain,
             payload_format_indicator: self.payload_format_indicator.unwrap_or(u8::MAX),
-            content_type: self.content_type.as_deref().map(str::to_owned),
-            response_topic: self.response_topic.as_deref().map(str::to_owned),
-            correlation_data: self.correlation_data.clone(),
-            user_properties: self.user_properties.clone(),
+            content_type: self.content_type.as_deref(),
+            response_topic: self.response_topic.as_deref(),
+            correlation_data: self.correlation_data.as_deref(),
+            user_properties: &self.user_properties,
             expires_at_ms: self
                 .expires_at
                 .map_or(0, |t| instant_to_unix_ms(t, now, now_ms).max(1)),
             will_expiry: will_expiry.unwrap_or(u32::MAX),
-            publisher: self.publisher.as_deref().map(str::to_owned),
+            publisher: self.publisher.as_deref(),
         }
     }
 

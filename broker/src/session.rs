@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::store::record::EnqueueRef;
 use bytes::BytesMut;
 use mote_codec::{Ack, Packet, Properties, Protocol, Publish, QoS, SubOptions};
 use tokio::sync::Notify;
@@ -56,18 +57,15 @@ pub struct Delivery {
 
 impl Delivery {
     /// The journal record that queues this delivery for `client`.
-    pub fn enqueue_record(&self, client: &str) -> crate::store::record::Record {
-        crate::store::record::Record::Enqueue {
-            client: client.to_owned(),
+    pub fn enqueue_record<'a>(&'a self, client: &'a str) -> EnqueueRef<'a> {
+        EnqueueRef {
+            client,
             dseq: self.dseq,
             mid: self.msg.mid,
             qos: self.qos as u8,
             retain: self.retain,
-            sub_ids: self.sub_ids.clone(),
-            shared: self
-                .shared
-                .as_ref()
-                .map(|(g, f)| (g.to_string(), f.to_string())),
+            sub_ids: &self.sub_ids,
+            shared: self.shared.as_ref().map(|(g, f)| (&**g, &**f)),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::log::{frame, Log, Recovery};
+use super::log::{frame_with, Log, Recovery};
 use super::record::Record;
 use crate::config::FsyncPolicy;
 
@@ -47,8 +47,10 @@ struct Pending {
     since_snapshot: u64,
     /// Snapshot bytes queued and not yet written (backpressure).
     snapshot_queued: usize,
-    /// Reused buffer a record is encoded into before it is framed.
-    scratch: Vec<u8>,
+    /// The writer sleeps on `wake`: an append must signal it. While the writer works
+    /// (writes, syncs) appends skip the signal, a system call each, and the writer
+    /// finds their records when it comes back for more.
+    writer_waiting: bool,
     shutdown: bool,
 }
 
@@ -138,22 +140,29 @@ impl Journal {
 
     /// Appends `rec`; returns its position.
     pub fn append(&self, rec: &Record) -> u64 {
+        self.append_with(&mut |b| rec.encode(b))
+    }
+
+    /// Appends the record that `encode` writes (straight into the queued bytes);
+    /// returns its position.
+    pub fn append_with(&self, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
         let mut p = self.lock();
-        let Pending { jobs, scratch, .. } = &mut *p;
-        scratch.clear();
-        rec.encode(scratch);
+        let jobs = &mut p.jobs;
         if !matches!(jobs.back(), Some(Job::Records(_))) {
             jobs.push_back(Job::Records(Vec::with_capacity(4096)));
         }
         if let Some(Job::Records(buf)) = jobs.back_mut() {
             let before = buf.len();
-            frame(buf, scratch);
+            frame_with(buf, encode);
             p.since_snapshot += (buf.len() - before) as u64;
         }
         p.appended += 1;
         let lsn = p.appended;
+        let wake = p.writer_waiting;
         drop(p);
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
         lsn
     }
 
@@ -230,9 +239,10 @@ impl Journal {
         // Written but not yet synced (only under `every=` and `never`).
         let mut dirty = false;
         loop {
-            let (jobs, upto, shutdown) = {
+            let (jobs, upto, shutdown, snapshot_waited) = {
                 let mut p = self.lock();
                 if p.jobs.is_empty() && !p.shutdown {
+                    p.writer_waiting = true;
                     p = match self.policy {
                         // Wake at the interval to sync what was written meanwhile.
                         FsyncPolicy::Every(d) if dirty => {
@@ -244,11 +254,19 @@ impl Journal {
                         }
                         _ => self.wake.wait(p).unwrap_or_else(|e| e.into_inner()),
                     };
+                    p.writer_waiting = false;
                 }
-                p.snapshot_queued = 0;
-                (std::mem::take(&mut p.jobs), p.appended, p.shutdown)
+                let snapshot_waited = std::mem::take(&mut p.snapshot_queued) > 0;
+                (
+                    std::mem::take(&mut p.jobs),
+                    p.appended,
+                    p.shutdown,
+                    snapshot_waited,
+                )
             };
-            self.progress.notify_all();
+            if snapshot_waited {
+                self.progress.notify_all();
+            }
             let mut result = Ok(());
             for job in jobs {
                 dirty = true;
@@ -304,6 +322,7 @@ pub type JournalRef = Option<Arc<Journal>>;
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::store::log::frame;
     use std::time::Duration;
 
     fn tmp(name: &str) -> std::path::PathBuf {

@@ -255,20 +255,123 @@ impl<'a> R<'a> {
     }
 }
 
-impl StoredMessage {
+/// A [`StoredMessage`] borrowed from wherever the message lives: what the broker
+/// journals for every stored message, encoded without copying its strings first.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredRef<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Payload.
+    pub payload: &'a [u8],
+    /// QoS as published.
+    pub qos: u8,
+    /// RETAIN as published.
+    pub retain: bool,
+    /// Payload Format Indicator (255 = absent).
+    pub payload_format_indicator: u8,
+    /// Content Type.
+    pub content_type: Option<&'a str>,
+    /// Response Topic.
+    pub response_topic: Option<&'a str>,
+    /// Correlation Data.
+    pub correlation_data: Option<&'a [u8]>,
+    /// User properties as encoded property bytes.
+    pub user_properties: &'a [u8],
+    /// Expiry as Unix milliseconds (0 = never).
+    pub expires_at_ms: u64,
+    /// Message expiry interval of a will (u32::MAX = none).
+    pub will_expiry: u32,
+    /// Publisher's client id.
+    pub publisher: Option<&'a str>,
+}
+
+impl StoredRef<'_> {
     fn write(&self, w: &mut W<'_>) {
         w.bytes(self.topic.as_bytes());
-        w.bytes(&self.payload);
+        w.bytes(self.payload);
         w.u8(self.qos);
         w.u8(u8::from(self.retain));
         w.u8(self.payload_format_indicator);
-        w.opt(self.content_type.as_deref().map(str::as_bytes));
-        w.opt(self.response_topic.as_deref().map(str::as_bytes));
-        w.opt(self.correlation_data.as_deref());
-        w.bytes(&self.user_properties);
+        w.opt(self.content_type.map(str::as_bytes));
+        w.opt(self.response_topic.map(str::as_bytes));
+        w.opt(self.correlation_data);
+        w.bytes(self.user_properties);
         w.u64(self.expires_at_ms);
         w.u32(self.will_expiry);
-        w.opt(self.publisher.as_deref().map(str::as_bytes));
+        w.opt(self.publisher.map(str::as_bytes));
+    }
+
+    /// Appends the `Msg` record of message `mid` to `out` (the bytes
+    /// [`Record::encode`] writes for `Record::Msg`).
+    pub fn encode_msg(&self, mid: u64, out: &mut Vec<u8>) {
+        let mut w = W(out);
+        w.u8(Record::KIND_MSG);
+        w.u64(mid);
+        self.write(&mut w);
+    }
+}
+
+/// An `Enqueue` record borrowed from the delivery it describes.
+#[derive(Debug, Clone, Copy)]
+pub struct EnqueueRef<'a> {
+    /// Client id.
+    pub client: &'a str,
+    /// Delivery sequence number.
+    pub dseq: u64,
+    /// Message id.
+    pub mid: u64,
+    /// Delivery QoS.
+    pub qos: u8,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// Subscription identifiers.
+    pub sub_ids: &'a [u32],
+    /// `$share` group and filter.
+    pub shared: Option<(&'a str, &'a str)>,
+}
+
+impl EnqueueRef<'_> {
+    /// Appends the record (the bytes [`Record::encode`] writes for `Record::Enqueue`).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = W(out);
+        w.u8(Record::KIND_ENQUEUE);
+        w.bytes(self.client.as_bytes());
+        w.u64(self.dseq);
+        w.u64(self.mid);
+        w.u8(self.qos);
+        w.u8(u8::from(self.retain));
+        w.u32(u32::try_from(self.sub_ids.len()).unwrap_or(0));
+        for id in self.sub_ids {
+            w.u32(*id);
+        }
+        match self.shared {
+            Some((g, f)) => {
+                w.u8(1);
+                w.bytes(g.as_bytes());
+                w.bytes(f.as_bytes());
+            }
+            None => w.u8(0),
+        }
+    }
+}
+
+impl StoredMessage {
+    /// The borrowed form.
+    pub fn as_ref(&self) -> StoredRef<'_> {
+        StoredRef {
+            topic: &self.topic,
+            payload: &self.payload,
+            qos: self.qos,
+            retain: self.retain,
+            payload_format_indicator: self.payload_format_indicator,
+            content_type: self.content_type.as_deref(),
+            response_topic: self.response_topic.as_deref(),
+            correlation_data: self.correlation_data.as_deref(),
+            user_properties: &self.user_properties,
+            expires_at_ms: self.expires_at_ms,
+            will_expiry: self.will_expiry,
+            publisher: self.publisher.as_deref(),
+        }
     }
 
     fn read(r: &mut R<'_>) -> Option<StoredMessage> {
@@ -330,11 +433,7 @@ impl Record {
                 w.bytes(client.as_bytes());
                 w.bytes(filter.as_bytes());
             }
-            Record::Msg { mid, msg } => {
-                w.u8(Record::KIND_MSG);
-                w.u64(*mid);
-                msg.write(&mut w);
-            }
+            Record::Msg { mid, msg } => msg.as_ref().encode_msg(*mid, w.0),
             Record::Enqueue {
                 client,
                 dseq,
@@ -343,26 +442,16 @@ impl Record {
                 retain,
                 sub_ids,
                 shared,
-            } => {
-                w.u8(Record::KIND_ENQUEUE);
-                w.bytes(client.as_bytes());
-                w.u64(*dseq);
-                w.u64(*mid);
-                w.u8(*qos);
-                w.u8(u8::from(*retain));
-                w.u32(u32::try_from(sub_ids.len()).unwrap_or(0));
-                for id in sub_ids {
-                    w.u32(*id);
-                }
-                match shared {
-                    Some((g, f)) => {
-                        w.u8(1);
-                        w.bytes(g.as_bytes());
-                        w.bytes(f.as_bytes());
-                    }
-                    None => w.u8(0),
-                }
+            } => EnqueueRef {
+                client,
+                dseq: *dseq,
+                mid: *mid,
+                qos: *qos,
+                retain: *retain,
+                sub_ids,
+                shared: shared.as_ref().map(|(g, f)| (g.as_str(), f.as_str())),
             }
+            .encode(w.0),
             Record::Sent {
                 client,
                 dseq,

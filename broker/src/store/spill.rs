@@ -69,20 +69,19 @@ impl Spill {
     /// # Errors
     /// When writing fails; the delivery is then not spilled.
     pub fn push(&mut self, d: &Delivery, now: Instant, now_ms: u64) -> io::Result<()> {
-        let mut entry = Vec::with_capacity(d.msg.cost() + 64);
-        entry.extend_from_slice(&d.lsn.to_le_bytes());
-        let mut enq = Vec::new();
-        d.enqueue_record("").encode(&mut enq);
-        entry.extend_from_slice(&(enq.len() as u32).to_le_bytes());
-        entry.extend_from_slice(&enq);
-        Record::Msg {
-            mid: d.msg.mid,
-            msg: d.msg.to_stored(None, now, now_ms),
-        }
-        .encode(&mut entry);
-        self.buffer
-            .extend_from_slice(&(entry.len() as u32).to_le_bytes());
-        self.buffer.extend_from_slice(&entry);
+        // Encoded in place; the two lengths are filled in after.
+        let b = &mut self.buffer;
+        let start = b.len();
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&d.lsn.to_le_bytes());
+        let enq = b.len();
+        b.extend_from_slice(&[0; 4]);
+        d.enqueue_record("").encode(b);
+        let enq_len = (b.len() - enq - 4) as u32;
+        b[enq..enq + 4].copy_from_slice(&enq_len.to_le_bytes());
+        d.msg.stored(None, now, now_ms).encode_msg(d.msg.mid, b);
+        let len = (b.len() - start - 4) as u32;
+        b[start..start + 4].copy_from_slice(&len.to_le_bytes());
         self.count += 1;
         self.bytes += d.msg.cost();
         if self.buffer.len() >= WRITE_CHUNK {
