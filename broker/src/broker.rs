@@ -1625,17 +1625,42 @@ impl Core {
     /// Replaces the journal's history with a snapshot once it has grown to several times
     /// the live state.
     pub fn maybe_compact(&mut self, now: Instant) {
-        let Some(j) = self.journal.clone() else {
+        let Some(j) = &self.journal else {
             return;
         };
-        if j.since_snapshot() < COMPACT_MIN.max(self.last_snapshot.saturating_mul(2)) {
+        let since = j.since_snapshot();
+        if since < COMPACT_MIN.max(self.last_snapshot.saturating_mul(2)) {
             return;
         }
+        // Rewriting a log that is mostly live state reclaims little, and the core waits
+        // while the snapshot is written: wait until at least half of the log can go. The
+        // live state is estimated by the queue cost of the queued deliveries (in memory
+        // and spilled), which is of the order of their records' size.
+        let spilled: usize = self
+            .sessions
+            .values()
+            .filter_map(|s| s.spill.as_ref())
+            .map(|s| s.bytes)
+            .sum();
+        let live = (self.queued_memory() + spilled) as u64;
+        if self.last_snapshot + since < live.saturating_mul(2) {
+            return;
+        }
+        let bytes = self.compact(now);
+        tracing::info!(bytes, "compacted the store");
+    }
+
+    /// Writes a snapshot of the live state that replaces the journal's history; returns
+    /// its size.
+    pub fn compact(&mut self, now: Instant) -> u64 {
+        let Some(j) = self.journal.clone() else {
+            return 0;
+        };
         j.snapshot_begin();
         let bytes = self.snapshot(now, &mut |chunk| j.snapshot_chunk(chunk));
         j.snapshot_end();
-        tracing::info!(bytes, "compacted the store");
         self.last_snapshot = bytes;
+        bytes
     }
 
     /// Publishes the broker's counters under `$SYS/broker/` (retained, QoS 0).

@@ -168,11 +168,7 @@ pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
     let (sessions, retained) = (index.sessions.len(), index.retained.len());
     drop(index);
     // Start from a compact log: the replayed history is replaced by the live state.
-    journal.snapshot_begin();
-    core.snapshot(std::time::Instant::now(), &mut |chunk| {
-        journal.snapshot_chunk(chunk)
-    });
-    journal.snapshot_end();
+    core.compact(std::time::Instant::now());
     tracing::info!(
         dir = %dir.display(),
         records = recovery.records,
