@@ -114,6 +114,8 @@ def main():
     ap.add_argument("--fsync", default="always")
     ap.add_argument("--budget", type=int, default=64 * 1024 * 1024,
                     help="storage.queue_memory_bytes, when the broker knows the key")
+    ap.add_argument("--rss-budget", type=int, default=0,
+                    help="storage.memory_budget_bytes (target for the whole process's RSS; 0 = not set)")
     ap.add_argument("--settle", type=float, default=5.0, help="seconds to sample after publishing")
     ap.add_argument("--work-dir", default="/var/tmp/mote-memory-bench", help="data dir parent (a disk, not tmpfs)")
     ap.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
@@ -142,6 +144,8 @@ def main():
     cfg_text = "[mqtt]\nmax_queued_messages = 2000000\nmax_queued_bytes = 4294967296\n"
     if budget_supported:
         cfg_text += f"\n[storage]\nqueue_memory_bytes = {a.budget}\n"
+        if a.rss_budget:
+            cfg_text += f"memory_budget_bytes = {a.rss_budget}\n"
     cfg = os.path.join(run_dir, "mote.toml")
     with open(cfg, "w") as f:
         f.write(cfg_text)
@@ -242,6 +246,8 @@ def main():
     pub = (res["publish"]["report"] or {}).get("publish") or {}
     d = (res["drain"]["report"] or {}).get("delivery") or {}
     budget = f"{mib(a.budget, 'B')} (storage.queue_memory_bytes)" if budget_supported else "not in force (key unknown to this broker)"
+    if budget_supported and a.rss_budget:
+        budget += f"; resident memory budget {mib(a.rss_budget, 'B')} (storage.memory_budget_bytes)"
     lines = [
         f"| quantity | value |",
         f"|---|---:|",

@@ -144,6 +144,11 @@ pub struct Core {
     mem: Arc<AtomicUsize>,
     /// Budget for `mem`; beyond it deliveries to persistent sessions wait on disk.
     budget: usize,
+    /// The configured budget for `mem`.
+    queue_budget: usize,
+    /// Target for the whole process's resident memory (0 = none): `budget` is capped
+    /// at it minus what the broker uses besides its queues.
+    memory_budget: usize,
     /// Where spill files go (`None` with the in-memory store).
     spill_dir: Option<PathBuf>,
     /// Number of the next spill file.
@@ -176,6 +181,8 @@ impl Core {
             last_snapshot: 0,
             mem: Arc::new(AtomicUsize::new(0)),
             budget: usize::MAX,
+            queue_budget: usize::MAX,
+            memory_budget: 0,
             spill_dir: None,
             next_spill: AtomicU64::new(1),
             stats: Stats::default(),
@@ -196,7 +203,31 @@ impl Core {
         let _ = std::fs::remove_dir_all(&spill_dir);
         core.spill_dir = Some(spill_dir);
         core.budget = budget;
+        core.queue_budget = budget;
         core
+    }
+
+    /// Caps the queue budget so that the process's resident memory stays near
+    /// `bytes` (0 = no cap); see [`Core::observe_resident`].
+    pub fn set_memory_budget(&mut self, bytes: usize) {
+        self.memory_budget = bytes;
+    }
+
+    /// The target for the process's resident memory (0 = none).
+    pub fn memory_budget(&self) -> usize {
+        self.memory_budget
+    }
+
+    /// Takes the process's resident memory, measured now: whatever is not queued
+    /// deliveries is taken off the memory budget to give the queue budget.
+    pub fn observe_resident(&mut self, rss: usize) {
+        if self.memory_budget == 0 {
+            return;
+        }
+        let other = rss.saturating_sub(self.queued_memory());
+        // A sixteenth held back for what queues and buffers grow between two readings.
+        let target = self.memory_budget - self.memory_budget / 16;
+        self.budget = self.queue_budget.min(target.saturating_sub(other));
     }
 
     /// Bytes of deliveries queued in memory across all sessions.

@@ -218,6 +218,14 @@ pub struct StorageConfig {
     /// still apply. Unused with `memory = true`. Must be at least 1. Default `268435456`
     /// (256 MiB).
     pub queue_memory_bytes: usize,
+    /// Resident memory (RSS) the whole broker should stay within while queues grow;
+    /// 0 = no such target. When set, the in-memory queue budget is also capped at this
+    /// minus what the rest of the broker uses (RSS less queued bytes, measured every
+    /// 100 ms), so queued deliveries move to disk before the process passes it.
+    /// Connections, their buffers and messages in flight still need memory of their
+    /// own: this steers the queues, it is not a hard limit. Unused with
+    /// `memory = true`. Default `0`.
+    pub memory_budget_bytes: usize,
 }
 
 impl Default for StorageConfig {
@@ -227,6 +235,7 @@ impl Default for StorageConfig {
             memory: false,
             fsync: FsyncPolicy::Always,
             queue_memory_bytes: 256 * 1024 * 1024,
+            memory_budget_bytes: 0,
         }
     }
 }

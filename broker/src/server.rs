@@ -144,9 +144,11 @@ pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
         dir.join("spill"),
         config.storage.queue_memory_bytes,
     );
+    core.set_memory_budget(config.storage.memory_budget_bytes);
     let now = std::time::Instant::now();
     let now_ms = crate::message::unix_ms();
     core.restore_sessions(&index, now);
+    let mut restored = 0u32;
     // Pass 2: the queued deliveries, streamed into the sessions (and their spill files
     // once the queue budget is used) with only the messages still to be named held.
     let mut replay = index.replay();
@@ -157,7 +159,13 @@ pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
                 let (msg, will_expiry) = Message::from_stored(mid, m, now, now_ms);
                 (Arc::new(msg), will_expiry)
             },
-            &mut |client, dseq, d, (msg, _)| core.restore_delivery(client, dseq, d, msg),
+            &mut |client, dseq, d, (msg, _)| {
+                if restored % 16384 == 0 {
+                    observe_resident(&mut core);
+                }
+                restored = restored.wrapping_add(1);
+                core.restore_delivery(client, dseq, d, msg)
+            },
         )
     })
     .map_err(|e| anyhow::anyhow!("cannot read the store in {}: {e}", dir.display()))?;
@@ -179,6 +187,25 @@ pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
         "store recovered"
     );
     Ok((Shared::with_core(config, core, journal), writer))
+}
+
+/// Tells the core the process's resident memory (when a memory budget is set).
+fn observe_resident(core: &mut Core) {
+    if core.memory_budget() == 0 {
+        return;
+    }
+    if let Some(rss) = resident_bytes() {
+        core.observe_resident(rss);
+    }
+}
+
+/// The process's resident memory (`VmRSS` of `/proc/self/status`); `None` where there
+/// is no such file.
+fn resident_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Serves connections from `listener` until `shutdown` is cancelled.
@@ -208,6 +235,7 @@ pub async fn serve(
                         let now = std::time::Instant::now();
                         // Wills published by the tick wake their subscribers once durable.
                         shared.apply(|core, fx| {
+                            observe_resident(core);
                             core.tick(now, fx);
                             core.maybe_compact(now);
                             if !sys_every.is_zero() && now >= next_sys {

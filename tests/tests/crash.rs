@@ -210,15 +210,33 @@ fn acknowledged_messages_survive_sigkill_at_random_points() {
 /// disk: every message still arrives, in order, after a restart in the middle too.
 #[test]
 fn offline_queue_beyond_the_memory_budget_waits_on_disk() {
+    queue_waits_on_disk(
+        "[mqtt]\nmax_queued_messages = 100000\n[storage]\nqueue_memory_bytes = 65536\n",
+        "queue",
+    );
+}
+
+/// `storage.memory_budget_bytes` below what the broker needs anyway leaves no room for
+/// queues in memory (the queue budget itself is the default 256 MiB): the queue goes to
+/// disk all the same.
+#[test]
+fn a_resident_memory_budget_sends_queues_to_disk() {
+    queue_waits_on_disk(
+        "[mqtt]\nmax_queued_messages = 100000\n[storage]\nmemory_budget_bytes = 1048576\n",
+        "rss",
+    );
+}
+
+/// Publishes 8,000 QoS 1 messages to an offline persistent subscriber under `config`;
+/// they must be in one spill file, and after a restart arrive in order, once each.
+fn queue_waits_on_disk(config: &str, tag: &str) {
     if !require_paho() {
         return;
     }
-    const SMALL: &str =
-        "[mqtt]\nmax_queued_messages = 100000\n[storage]\nqueue_memory_bytes = 65536\n";
-    let dir = std::env::temp_dir().join(format!("mote-spill-e2e-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("mote-spill-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let dir_s = dir.to_str().unwrap().to_owned();
-    let mut broker = Broker::start_with(&["--data-dir", &dir_s], Some(SMALL));
+    let mut broker = Broker::start_with(&["--data-dir", &dir_s], Some(config));
     let (_, _) = subscriber(broker.port(), "spill-s", 1, Some("spill/#"), 0.2);
     let (_, out, err) = script(
         "crash_pub.py",
@@ -243,7 +261,7 @@ fn offline_queue_beyond_the_memory_budget_waits_on_disk() {
         "the queue beyond the budget is in one spill file"
     );
     assert_eq!(broker.terminate().map(|s| s.success()), Some(true));
-    let broker = Broker::start_with(&["--data-dir", &dir_s], Some(SMALL));
+    let broker = Broker::start_with(&["--data-dir", &dir_s], Some(config));
     let (present, got) = subscriber(broker.port(), "spill-s", 1, None, 3.0);
     assert!(present);
     let got: Vec<String> = got.into_iter().map(|(_, p)| p).collect();
