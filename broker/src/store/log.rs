@@ -670,7 +670,7 @@ mod tests {
 
     #[test]
     fn rolls_into_preallocated_segments_and_their_zero_ends_are_not_damage() {
-        // 1 MiB segments: past half of one, a zero-filled spare is prepared and the
+        // 1 MiB segments: past half of each, a zero-filled spare is prepared and the
         // next roll writes into it; a reopen reads every record, reports nothing, and
         // cuts the zeros off.
         let dir = tmp("spare");
@@ -681,11 +681,9 @@ mod tests {
             log.append(&p);
             want.push(p);
             log.write(true).unwrap();
-            if i == 20 {
-                // Let the spare finish so the roll takes it.
-                while !log.spare.as_ref().is_some_and(|h| h.is_finished()) {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
+            // Let a spare being written finish, so the next roll takes it.
+            while log.spare.as_ref().is_some_and(|h| !h.is_finished()) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }
         let active = segment_path(&dir, *log.segments.last().unwrap());
