@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use mote_codec::{Ack, Packet, Properties, Protocol, Publish, QoS, SubOptions};
+use mote_codec::{Ack, Packet, PropValues, Properties, Protocol, Publish, QoS, SubOptions};
 use tokio::sync::Notify;
 
 use crate::message::Message;
@@ -602,7 +602,7 @@ fn encode_publish(
     let mut props = if v5 {
         d.msg.properties(&d.sub_ids, now)
     } else {
-        Properties::default()
+        PropValues::default()
     };
     let mut topic: &str = &d.msg.topic;
     let mut new_alias = None;
@@ -622,7 +622,7 @@ fn encode_publish(
         retain: d.retain,
         topic,
         packet_id,
-        properties: props,
+        properties: Properties::from(&props),
         payload: &d.msg.payload,
     });
     // Larger than the client accepts: the caller drops it as if delivered (MQTT-3.1.2-25).

@@ -37,6 +37,6 @@ pub use packet::{
     ListIter, Packet, PacketType, Publish, SubAck, Subscribe, SubscribeFilter, UnsubAck,
     Unsubscribe, Will,
 };
-pub use properties::{PropList, Properties, UserProperty};
+pub use properties::{PropList, PropValues, Properties, UserProperty};
 pub use types::{reason, Protocol, QoS, RetainHandling, SubOptions};
 pub use wire::{Sink, SliceSink, MAX_VAR_INT};

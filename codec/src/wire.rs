@@ -197,41 +197,109 @@ impl Sink for bytes::BytesMut {
     }
 }
 
-/// Typed writes on top of a [`Sink`]. The sink is a trait object, so the encoders exist
-/// once whatever the sinks a program uses (a slice, a `BytesMut`).
+/// Typed writes into a byte buffer: the caller's output slice, or a small stack buffer
+/// that spills into a [`Sink`] when full. One concrete writer serves every sink, so the
+/// encoders exist once; the common case (the bytes fit) is a bounds check and a copy,
+/// with no call through the sink per field.
 #[allow(unreachable_pub, missing_debug_implementations)] // as `Reader`
-pub struct Writer<'s> {
-    pub(crate) sink: &'s mut dyn Sink,
+pub struct Writer<'b> {
+    buf: &'b mut [u8],
+    pos: usize,
+    spill: Option<&'b mut dyn Sink>,
 }
 
-/// Lets an unsized `S` stand behind `&mut dyn Sink`.
-pub(crate) struct DynSink<'s, S: Sink + ?Sized>(pub(crate) &'s mut S);
-
-impl<S: Sink + ?Sized> Sink for DynSink<'_, S> {
-    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
-        self.0.put(bytes)
+impl<'b> Writer<'b> {
+    /// A writer filling `buf` and nothing else.
+    pub(crate) fn slice(buf: &'b mut [u8]) -> Self {
+        Writer {
+            buf,
+            pos: 0,
+            spill: None,
+        }
     }
-}
 
-impl Writer<'_> {
-    #[inline(never)]
+    /// A writer collecting small writes in `buf` and handing them to `sink` when it is
+    /// full (and at [`Writer::finish`]); large writes go to `sink` directly.
+    pub(crate) fn spilling(buf: &'b mut [u8], sink: &'b mut dyn Sink) -> Self {
+        Writer {
+            buf,
+            pos: 0,
+            spill: Some(sink),
+        }
+    }
+
+    /// Bytes written into the buffer and not yet handed to a sink.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Hands what is buffered to the sink, if there is one.
+    pub(crate) fn finish(&mut self) -> Result<(), EncodeError> {
+        if let Some(sink) = self.spill.as_mut() {
+            let n = core::mem::take(&mut self.pos);
+            sink.put(self.buf.get(..n).unwrap_or_default())?;
+        }
+        Ok(())
+    }
+
+    #[inline]
     pub(crate) fn bytes(&mut self, b: &[u8]) -> Result<(), EncodeError> {
-        self.sink.put(b)
+        let end = self.pos + b.len();
+        match self.buf.get_mut(self.pos..end) {
+            Some(dst) => {
+                dst.copy_from_slice(b);
+                self.pos = end;
+                Ok(())
+            }
+            None => self.overflow(b),
+        }
     }
+
+    /// `b` does not fit in the buffer: spill, or fail for a bare slice.
+    #[cold]
     #[inline(never)]
+    fn overflow(&mut self, b: &[u8]) -> Result<(), EncodeError> {
+        let Some(sink) = self.spill.as_mut() else {
+            return Err(EncodeError::BufferTooSmall {
+                needed: self.pos + b.len(),
+            });
+        };
+        let n = core::mem::take(&mut self.pos);
+        sink.put(self.buf.get(..n).unwrap_or_default())?;
+        if b.len() > self.buf.len() / 2 {
+            return sink.put(b);
+        }
+        self.bytes(b)
+    }
+
+    #[inline]
     pub(crate) fn u8(&mut self, v: u8) -> Result<(), EncodeError> {
-        self.sink.put(&[v])
+        match self.buf.get_mut(self.pos) {
+            Some(dst) => {
+                *dst = v;
+                self.pos += 1;
+                Ok(())
+            }
+            None => self.overflow(&[v]),
+        }
     }
-    #[inline(never)]
+    #[inline]
     pub(crate) fn u16(&mut self, v: u16) -> Result<(), EncodeError> {
-        self.sink.put(&v.to_be_bytes())
+        self.bytes(&v.to_be_bytes())
     }
-    #[inline(never)]
+    #[inline]
     pub(crate) fn u32(&mut self, v: u32) -> Result<(), EncodeError> {
-        self.sink.put(&v.to_be_bytes())
+        self.bytes(&v.to_be_bytes())
+    }
+    #[inline]
+    pub(crate) fn var_int(&mut self, v: usize) -> Result<(), EncodeError> {
+        if v < 128 {
+            return self.u8(v as u8);
+        }
+        self.long_var_int(v)
     }
     #[inline(never)]
-    pub(crate) fn var_int(&mut self, v: usize) -> Result<(), EncodeError> {
+    fn long_var_int(&mut self, v: usize) -> Result<(), EncodeError> {
         if v > MAX_VAR_INT as usize {
             return Err(EncodeError::TooLarge);
         }
@@ -250,16 +318,25 @@ impl Writer<'_> {
                 break;
             }
         }
-        self.sink.put(&out[..n])
+        self.bytes(&out[..n])
     }
-    #[inline(never)]
+    #[inline]
     pub(crate) fn binary(&mut self, b: &[u8]) -> Result<(), EncodeError> {
         let n = u16::try_from(b.len()).map_err(|_| EncodeError::TooLarge)?;
         self.u16(n)?;
-        self.sink.put(b)
+        self.bytes(b)
     }
-    #[inline(never)]
+    #[inline]
     pub(crate) fn string(&mut self, s: &str) -> Result<(), EncodeError> {
         self.binary(s.as_bytes())
+    }
+}
+
+/// Lets an unsized `S` stand behind `&mut dyn Sink`.
+pub(crate) struct DynSink<'s, S: Sink + ?Sized>(pub(crate) &'s mut S);
+
+impl<S: Sink + ?Sized> Sink for DynSink<'_, S> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        self.0.put(bytes)
     }
 }
