@@ -413,6 +413,9 @@ impl<'b> Session<'b> {
     /// (larger than a slot or the transmit buffer), [`Error::PacketTooLarge`] (larger
     /// than the broker accepts), [`Error::QosNotSupported`], [`Error::InvalidTopic`],
     /// [`Error::ShutDown`].
+    // Properties set field by field: the struct update syntax clippy prefers copies all
+    // 27 fields in code (216 bytes more on a Cortex-M3).
+    #[allow(clippy::field_reassign_with_default)]
     pub fn publish(&mut self, msg: &Message<'_>) -> Result<u16, Error> {
         if self.shut_down {
             return Err(Error::ShutDown);
@@ -428,17 +431,13 @@ impl<'b> Session<'b> {
         }
         // The largest form it may take on the wire: with the topic and a topic alias.
         let alias = (self.cfg.protocol.is_v5() && !self.aliases.is_empty()).then_some(1);
-        let largest = PropValues {
-            content_type: msg.content_type,
-            message_expiry_interval: msg.message_expiry,
-            topic_alias: alias,
-            ..PropValues::default()
-        };
+        let mut largest = PropValues::default();
+        largest.content_type = msg.content_type;
+        largest.message_expiry_interval = msg.message_expiry;
+        largest.topic_alias = alias;
         // Stored without the alias: the one to use is chosen when it is sent.
-        let stored = PropValues {
-            topic_alias: None,
-            ..largest
-        };
+        let mut stored = largest;
+        stored.topic_alias = None;
         // One packet, changed in place: every copy of a `Packet` is code on a device.
         let mut packet = Packet::Publish(Publish {
             dup: false,

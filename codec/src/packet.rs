@@ -1044,14 +1044,16 @@ impl<'a> Packet<'a> {
         }
     }
 
-    /// Encodes into `sink` for `protocol`. Small fields are gathered in a buffer on the
-    /// stack and handed to the sink in a few [`Sink::put`] calls; a large payload is
-    /// handed over as it is.
+    /// Encodes into `sink` for `protocol`: in place when the sink lends its memory
+    /// ([`Sink::put_in_place`]: a slice, a `BytesMut`), otherwise gathering small fields
+    /// in a buffer on the stack and handing them to [`Sink::put`] in a few calls (a large
+    /// payload is handed over as it is).
     ///
     /// # Errors
     /// [`EncodeError::BufferTooSmall`] from the sink, [`EncodeError::TooLarge`] when the
     /// packet or a field exceeds MQTT's limits, [`EncodeError::NotInVersion`] for AUTH in
-    /// 3.1.1. The sink may have taken part of the packet when a field is too large.
+    /// 3.1.1. A sink that lends its memory is left as it was on error; another one may
+    /// have taken part of the packet when a field is too large.
     pub fn encode_to<S: Sink + ?Sized>(
         &self,
         protocol: Protocol,
@@ -1059,6 +1061,10 @@ impl<'a> Packet<'a> {
     ) -> Result<(), EncodeError> {
         let l = self.lens(protocol);
         self.check_encodable(protocol, &l)?;
+        let mut fill = |buf: &mut [u8]| self.write(&mut Writer::slice(buf), protocol, &l);
+        if let Some(r) = sink.put_in_place(l.frame(), &mut fill) {
+            return r;
+        }
         let mut stack = [0u8; SPILL_BUF];
         let mut sink = DynSink(sink);
         let mut w = Writer::spilling(&mut stack, &mut sink);
@@ -1084,7 +1090,7 @@ impl<'a> Packet<'a> {
 }
 
 /// Bytes of the stack buffer [`Packet::encode_to`] gathers small fields in.
-const SPILL_BUF: usize = 128;
+const SPILL_BUF: usize = 64;
 
 /// What encoding one packet needs to know of its lengths.
 struct Lens {
@@ -1157,6 +1163,44 @@ mod tests {
         assert!(props <= 2 * word, "Properties is {props} bytes");
         assert!(packet <= 16 * word, "Packet is {packet} bytes");
         assert!(decoded <= 17 * word, "decode's result is {decoded} bytes");
+    }
+
+    /// `encode_to` writes a `BytesMut` in place: the same bytes as `encode`, after what it
+    /// held, and nothing when a field is too large.
+    #[cfg(feature = "bytes")]
+    #[test]
+    fn bytes_mut_in_place() {
+        let p = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "a/b",
+            packet_id: 3,
+            properties: Properties::default(),
+            payload: b"xyz",
+        });
+        let mut buf = [0u8; 64];
+        let n = p.encode(Protocol::V5, &mut buf).unwrap();
+        let mut out = bytes::BytesMut::from(&b"head"[..]);
+        p.encode_to(Protocol::V5, &mut out).unwrap();
+        assert_eq!(&out[..4], b"head");
+        assert_eq!(&out[4..], &buf[..n]);
+
+        let long = [b'v'; 70_000];
+        let users = [("k", core::str::from_utf8(&long).unwrap())];
+        let values = PropValues {
+            user_properties: PropList::Slice(&users),
+            ..PropValues::default()
+        };
+        let mut q = p;
+        if let Packet::Publish(x) = &mut q {
+            x.properties = Properties::Values(&values);
+        }
+        assert_eq!(
+            q.encode_to(Protocol::V5, &mut out),
+            Err(EncodeError::TooLarge)
+        );
+        assert_eq!(out.len(), 4 + n, "nothing appended on error");
     }
 
     #[test]

@@ -553,18 +553,7 @@ enum Field<'r, 'a> {
     Users,
 }
 
-/// One field of [`PropValues`] to set while decoding.
-enum Slot<'r, 'a> {
-    Byte(&'r mut Option<u8>),
-    Flag(&'r mut Option<bool>),
-    Two(&'r mut Option<u16>),
-    Four(&'r mut Option<u32>),
-    Str(&'r mut Option<&'a str>),
-    Bin(&'r mut Option<&'a [u8]>),
-    List,
-}
-
-/// The identifiers of [`PropValues::fields`] and [`PropValues::slots`], in order.
+/// The identifiers of [`PropValues::fields`], in order.
 static FIELD_IDS: [u8; 27] = {
     use id::*;
     [
@@ -601,9 +590,8 @@ static FIELD_IDS: [u8; 27] = {
 impl<'a> PropValues<'a> {
     /// The values of a validated property block (no length prefix).
     fn from_wire(block: &'a [u8]) -> Self {
+        use id::*;
         let mut p = PropValues::default();
-        let mut slots = p.slots();
-        let (mut has_user, mut has_sub_id) = (false, false);
         let mut br = Reader::new(block);
         while br.remaining() > 0 {
             // The block was validated: a failure cannot happen and ends the walk.
@@ -619,25 +607,40 @@ impl<'a> PropValues<'a> {
                 Val::Bin(b) => (0, b),
                 Val::Pair => (0, &[][..]),
             };
-            let slot = FIELD_IDS.iter().position(|&x| x == pid);
-            match slot.and_then(|i| slots.get_mut(i)) {
-                Some(Slot::Byte(f)) => **f = Some(n as u8),
-                Some(Slot::Flag(f)) => **f = Some(n != 0),
-                Some(Slot::Two(f)) => **f = Some(n as u16),
-                Some(Slot::Four(f)) => **f = Some(n),
-                Some(Slot::Str(f)) => **f = core::str::from_utf8(b).ok(),
-                Some(Slot::Bin(f)) => **f = Some(b),
+            let s = || core::str::from_utf8(b).ok();
+            match pid {
+                PAYLOAD_FORMAT_INDICATOR => p.payload_format_indicator = Some(n as u8),
+                MESSAGE_EXPIRY_INTERVAL => p.message_expiry_interval = Some(n),
+                CONTENT_TYPE => p.content_type = s(),
+                RESPONSE_TOPIC => p.response_topic = s(),
+                CORRELATION_DATA => p.correlation_data = Some(b),
                 // The repeatable ones are read again from the block on iteration.
-                Some(Slot::List) if pid == id::USER_PROPERTY => has_user = true,
-                Some(Slot::List) => has_sub_id = true,
-                None => {}
+                SUBSCRIPTION_IDENTIFIER => p.subscription_identifiers = PropList::Wire(block),
+                SESSION_EXPIRY_INTERVAL => p.session_expiry_interval = Some(n),
+                ASSIGNED_CLIENT_IDENTIFIER => p.assigned_client_identifier = s(),
+                SERVER_KEEP_ALIVE => p.server_keep_alive = Some(n as u16),
+                AUTHENTICATION_METHOD => p.authentication_method = s(),
+                AUTHENTICATION_DATA => p.authentication_data = Some(b),
+                REQUEST_PROBLEM_INFORMATION => p.request_problem_information = Some(n != 0),
+                WILL_DELAY_INTERVAL => p.will_delay_interval = Some(n),
+                REQUEST_RESPONSE_INFORMATION => p.request_response_information = Some(n != 0),
+                RESPONSE_INFORMATION => p.response_information = s(),
+                SERVER_REFERENCE => p.server_reference = s(),
+                REASON_STRING => p.reason_string = s(),
+                RECEIVE_MAXIMUM => p.receive_maximum = Some(n as u16),
+                TOPIC_ALIAS_MAXIMUM => p.topic_alias_maximum = Some(n as u16),
+                TOPIC_ALIAS => p.topic_alias = Some(n as u16),
+                MAXIMUM_QOS => p.maximum_qos = Some(n as u8),
+                RETAIN_AVAILABLE => p.retain_available = Some(n != 0),
+                USER_PROPERTY => p.user_properties = PropList::Wire(block),
+                MAXIMUM_PACKET_SIZE => p.maximum_packet_size = Some(n),
+                WILDCARD_SUBSCRIPTION_AVAILABLE => p.wildcard_subscription_available = Some(n != 0),
+                SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
+                    p.subscription_identifier_available = Some(n != 0)
+                }
+                SHARED_SUBSCRIPTION_AVAILABLE => p.shared_subscription_available = Some(n != 0),
+                _ => {}
             }
-        }
-        if has_user {
-            p.user_properties = PropList::Wire(block);
-        }
-        if has_sub_id {
-            p.subscription_identifiers = PropList::Wire(block);
         }
         p
     }
@@ -673,41 +676,6 @@ impl<'a> PropValues<'a> {
             Flag(&self.wildcard_subscription_available),
             Flag(&self.subscription_identifier_available),
             Flag(&self.shared_subscription_available),
-        ]
-    }
-
-    /// Every field but the two lists, to be set while decoding (same order as
-    /// [`PropValues::fields`]).
-    fn slots(&mut self) -> [Slot<'_, 'a>; 27] {
-        use Slot::*;
-        [
-            Byte(&mut self.payload_format_indicator),
-            Four(&mut self.message_expiry_interval),
-            Str(&mut self.content_type),
-            Str(&mut self.response_topic),
-            Bin(&mut self.correlation_data),
-            List,
-            Four(&mut self.session_expiry_interval),
-            Str(&mut self.assigned_client_identifier),
-            Two(&mut self.server_keep_alive),
-            Str(&mut self.authentication_method),
-            Bin(&mut self.authentication_data),
-            Flag(&mut self.request_problem_information),
-            Four(&mut self.will_delay_interval),
-            Flag(&mut self.request_response_information),
-            Str(&mut self.response_information),
-            Str(&mut self.server_reference),
-            Str(&mut self.reason_string),
-            Two(&mut self.receive_maximum),
-            Two(&mut self.topic_alias_maximum),
-            Two(&mut self.topic_alias),
-            Byte(&mut self.maximum_qos),
-            Flag(&mut self.retain_available),
-            List,
-            Four(&mut self.maximum_packet_size),
-            Flag(&mut self.wildcard_subscription_available),
-            Flag(&mut self.subscription_identifier_available),
-            Flag(&mut self.shared_subscription_available),
         ]
     }
 
@@ -954,12 +922,14 @@ impl core::fmt::Debug for Properties<'_> {
     }
 }
 
-/// Accessors of the single-valued properties: the value of `$field` of [`PropValues`],
-/// or found in the block.
+/// Accessors of the single-valued properties. Server builds read the field of
+/// [`PropValues`] directly or scan the block; device builds share one out-of-line lookup
+/// ([`Properties::get`]), which is smaller code.
 macro_rules! accessors {
     ($($(#[$doc:meta])* $name:ident: $ty:ty = $id:ident, |$v:ident| $conv:expr;)*) => {
         $(
             $(#[$doc])*
+            #[cfg(feature = "server")]
             pub fn $name(&self) -> Option<$ty> {
                 match *self {
                     Properties::Values(v) => v.$name,
@@ -968,6 +938,13 @@ macro_rules! accessors {
                         $conv
                     }
                 }
+            }
+
+            $(#[$doc])*
+            #[cfg(not(feature = "server"))]
+            pub fn $name(&self) -> Option<$ty> {
+                let $v = self.get(id::$id);
+                $conv
             }
         )*
     };
@@ -980,6 +957,32 @@ impl<'a> Properties<'a> {
         let block = r.take(len)?;
         validate(block, ctx)?;
         Ok(Properties::Wire(block))
+    }
+
+    /// The value of the first property `pid`, whatever the form.
+    #[cfg(not(feature = "server"))]
+    #[inline(never)]
+    fn get(&self, pid: u8) -> Option<Val<'a>> {
+        match *self {
+            Properties::Wire(b) => find(b, pid),
+            Properties::Values(v) => {
+                let mut found = None;
+                // Never fails: the closure does not.
+                let _ = v.each(&mut |id, out| {
+                    if id == pid && found.is_none() {
+                        found = match out {
+                            Out::Byte(n) => Some(Val::Num(n.into())),
+                            Out::Two(n) => Some(Val::Num(n.into())),
+                            Out::Four(n) | Out::Var(n) => Some(Val::Num(n)),
+                            Out::Bin(b) => Some(Val::Bin(b)),
+                            Out::Pair(..) => None,
+                        };
+                    }
+                    Ok(())
+                });
+                found
+            }
+        }
     }
 
     /// Every property at once.

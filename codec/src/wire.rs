@@ -154,6 +154,23 @@ pub trait Sink {
     /// # Errors
     /// [`EncodeError::BufferTooSmall`] when the sink is full.
     fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError>;
+
+    /// Appends `len` bytes that `fill` writes in place (it is given exactly `len`
+    /// bytes), for a sink that can lend its memory; on error nothing is appended.
+    /// Returns `None` when the sink cannot (the default): the encoder then hands the
+    /// packet over through [`Sink::put`] instead. A slice and a `BytesMut` lend theirs,
+    /// so a packet is written straight into place.
+    ///
+    /// # Errors
+    /// What `fill` returns; [`EncodeError::BufferTooSmall`] when there is no room.
+    fn put_in_place(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), EncodeError>,
+    ) -> Option<Result<(), EncodeError>> {
+        let _ = (len, fill);
+        None
+    }
 }
 
 /// A [`Sink`] over a caller's `&mut [u8]`, remembering how much was written.
@@ -187,6 +204,22 @@ impl Sink for SliceSink<'_> {
             None => Err(EncodeError::BufferTooSmall { needed: end }),
         }
     }
+
+    fn put_in_place(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), EncodeError>,
+    ) -> Option<Result<(), EncodeError>> {
+        let end = self.pos + len;
+        let Some(dst) = self.buf.get_mut(self.pos..end) else {
+            return Some(Err(EncodeError::BufferTooSmall { needed: end }));
+        };
+        let r = fill(dst);
+        if r.is_ok() {
+            self.pos = end;
+        }
+        Some(r)
+    }
 }
 
 #[cfg(feature = "bytes")]
@@ -195,12 +228,30 @@ impl Sink for bytes::BytesMut {
         self.extend_from_slice(bytes);
         Ok(())
     }
+
+    fn put_in_place(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), EncodeError>,
+    ) -> Option<Result<(), EncodeError>> {
+        let at = self.len();
+        // Zeroed first: writing into spare capacity would need `unsafe`.
+        self.resize(at + len, 0);
+        let r = fill(self.get_mut(at..).unwrap_or_default());
+        if r.is_err() {
+            self.truncate(at);
+        }
+        Some(r)
+    }
 }
 
 /// Typed writes into a byte buffer: the caller's output slice, or a small stack buffer
 /// that spills into a [`Sink`] when full. One concrete writer serves every sink, so the
 /// encoders exist once; the common case (the bytes fit) is a bounds check and a copy,
 /// with no call through the sink per field.
+///
+/// Server builds (feature `server`) inline the primitives into the encoders, for speed;
+/// device builds call them out of line, which is smaller code.
 #[allow(unreachable_pub, missing_debug_implementations)] // as `Reader`
 pub struct Writer<'b> {
     buf: &'b mut [u8],
@@ -242,7 +293,8 @@ impl<'b> Writer<'b> {
         Ok(())
     }
 
-    #[inline]
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
     pub(crate) fn bytes(&mut self, b: &[u8]) -> Result<(), EncodeError> {
         let end = self.pos + b.len();
         match self.buf.get_mut(self.pos..end) {
@@ -272,7 +324,8 @@ impl<'b> Writer<'b> {
         self.bytes(b)
     }
 
-    #[inline]
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
     pub(crate) fn u8(&mut self, v: u8) -> Result<(), EncodeError> {
         match self.buf.get_mut(self.pos) {
             Some(dst) => {
@@ -283,15 +336,18 @@ impl<'b> Writer<'b> {
             None => self.overflow(&[v]),
         }
     }
-    #[inline]
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
     pub(crate) fn u16(&mut self, v: u16) -> Result<(), EncodeError> {
         self.bytes(&v.to_be_bytes())
     }
-    #[inline]
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
     pub(crate) fn u32(&mut self, v: u32) -> Result<(), EncodeError> {
         self.bytes(&v.to_be_bytes())
     }
-    #[inline]
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
     pub(crate) fn var_int(&mut self, v: usize) -> Result<(), EncodeError> {
         if v < 128 {
             return self.u8(v as u8);
@@ -320,13 +376,15 @@ impl<'b> Writer<'b> {
         }
         self.bytes(&out[..n])
     }
-    #[inline]
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
     pub(crate) fn binary(&mut self, b: &[u8]) -> Result<(), EncodeError> {
         let n = u16::try_from(b.len()).map_err(|_| EncodeError::TooLarge)?;
         self.u16(n)?;
         self.bytes(b)
     }
-    #[inline]
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
     pub(crate) fn string(&mut self, s: &str) -> Result<(), EncodeError> {
         self.binary(s.as_bytes())
     }

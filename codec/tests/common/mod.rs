@@ -7,8 +7,8 @@
 
 use mote_codec::{
     check, decode, Ack, ConnAck, Connect, DecodeError, Disconnect, EncodeError, List, Packet,
-    PropList, PropValues, Properties, Protocol, Publish, QoS, RetainHandling, Sink, SubAck,
-    SubOptions, Subscribe, SubscribeFilter, UnsubAck, Unsubscribe, Will, MAX_VAR_INT,
+    PropList, PropValues, Properties, Protocol, Publish, QoS, RetainHandling, Sink, SliceSink,
+    SubAck, SubOptions, Subscribe, SubscribeFilter, UnsubAck, Unsubscribe, Will, MAX_VAR_INT,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -95,10 +95,29 @@ pub fn assert_round_trip(p: &Packet<'_>, proto: Protocol) {
     let bytes = encode(p, proto);
     let len = bytes.len();
 
-    // `encode_to` into another sink writes the same bytes.
+    // `encode_to` into another sink writes the same bytes, through `put` (a `Vec`) or in
+    // place (a slice after what it already holds).
     let mut sink = VecSink::default();
     p.encode_to(proto, &mut sink).unwrap();
     assert_eq!(sink.0, bytes, "encode_to differs from encode");
+    let mut out = vec![0xEEu8; len + 3];
+    let mut slice = SliceSink::new(&mut out);
+    slice.put(&[1, 2]).unwrap();
+    p.encode_to(proto, &mut slice).unwrap();
+    assert_eq!(slice.written(), 2 + len);
+    assert_eq!(
+        &out[2..2 + len],
+        &bytes[..],
+        "encode_to a slice differs from encode"
+    );
+    // No room: nothing written.
+    let mut slice = SliceSink::new(&mut out[..len + 1]);
+    slice.put(&[1, 2]).unwrap();
+    assert_eq!(
+        p.encode_to(proto, &mut slice),
+        Err(EncodeError::BufferTooSmall { needed: 2 + len })
+    );
+    assert_eq!(slice.written(), 2);
 
     // One byte short of room is refused up front.
     let mut small = vec![0u8; len - 1];
