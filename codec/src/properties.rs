@@ -1089,8 +1089,9 @@ impl<'a> Properties<'a> {
     pub(crate) fn write(&self, w: &mut Writer<'_>, len: usize) -> Result<(), EncodeError> {
         w.var_int(len)?;
         match *self {
+            // No property: the length byte alone.
+            _ if len == 0 => Ok(()),
             Properties::Wire(b) => w.bytes(b),
-            Properties::Values(_) if len == 0 => Ok(()),
             Properties::Values(v) => v.write_content(w),
         }
     }
