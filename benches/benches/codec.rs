@@ -199,6 +199,13 @@ fn check_fixture(ours: &Packet<'_>, theirs: &Theirs, v: Version, wire: &[u8]) {
     let mut out = BytesMut::new();
     theirs_write(theirs, &mut out);
     assert_eq!(&out[..], wire, "mqttbytes encodes other bytes");
+    let mut via = BytesMut::new();
+    ours.encode_to(v.protocol(), &mut via).unwrap();
+    assert_eq!(
+        &via[..],
+        wire,
+        "mote's encode_to into a BytesMut differs from encode"
+    );
     let (back, used) = decode(wire, v.protocol(), MAX_PACKET as u32)
         .unwrap()
         .unwrap();

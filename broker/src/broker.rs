@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mote_codec::{
-    reason, topic, Ack, ConnAck, Connect, Disconnect, Packet, Properties, Protocol, Publish, QoS,
-    RetainHandling, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe,
+    reason, topic, Ack, ConnAck, Connect, Disconnect, Packet, PropValues, Properties, Protocol,
+    Publish, QoS, RetainHandling, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe,
 };
 use tokio::sync::Notify;
 
@@ -389,7 +389,7 @@ impl Core {
                 reason::CLIENT_IDENTIFIER_NOT_VALID,
             );
         }
-        if c.properties.authentication_method.is_some() {
+        if c.properties.authentication_method().is_some() {
             return refuse(
                 out,
                 reason::v3::NOT_AUTHORIZED,
@@ -455,7 +455,7 @@ impl Core {
 
         let max_expiry = self.cfg.max_session_expiry;
         let requested_expiry = if v5 {
-            c.properties.session_expiry_interval.unwrap_or(0)
+            c.properties.session_expiry_interval().unwrap_or(0)
         } else if c.clean_start {
             0
         } else {
@@ -478,12 +478,12 @@ impl Core {
             notify,
             kick,
             protocol,
-            client_receive_max: c.properties.receive_maximum.unwrap_or(u16::MAX),
-            client_max_packet: c.properties.maximum_packet_size.unwrap_or(u32::MAX),
-            client_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
+            client_receive_max: c.properties.receive_maximum().unwrap_or(u16::MAX),
+            client_max_packet: c.properties.maximum_packet_size().unwrap_or(u32::MAX),
+            client_alias_max: c.properties.topic_alias_maximum().unwrap_or(0),
             alias_out: HashMap::new(),
             alias_in: HashMap::new(),
-            request_problem_info: c.properties.request_problem_information.unwrap_or(true),
+            request_problem_info: c.properties.request_problem_information().unwrap_or(true),
         };
         let will = c.will.as_ref().map(|w| {
             let publish = Publish {
@@ -508,11 +508,11 @@ impl Core {
             WillState {
                 msg: Arc::new(msg),
                 delay: if v5 {
-                    w.properties.will_delay_interval.unwrap_or(0)
+                    w.properties.will_delay_interval().unwrap_or(0)
                 } else {
                     0
                 },
-                expiry: w.properties.message_expiry_interval,
+                expiry: w.properties.message_expiry_interval(),
             }
         });
 
@@ -571,7 +571,7 @@ impl Core {
         }
         let session = self.sessions.get_mut(&client_id)?;
 
-        let mut props = Properties::default();
+        let mut props = PropValues::default();
         if v5 {
             let cfg = &self.cfg;
             props.receive_maximum = Some(cfg.receive_maximum);
@@ -595,7 +595,7 @@ impl Core {
         let ack = ConnAck {
             session_present,
             code: 0,
-            properties: props,
+            properties: Properties::from(&props),
         };
         write_packet(out, protocol, &Packet::ConnAck(ack));
         tracing::debug!(client = %client_id, ?protocol, session_present, "connected");
@@ -700,7 +700,7 @@ impl Core {
             Packet::PingReq => write_packet(out, protocol, &Packet::PingResp),
             Packet::Disconnect(d) => {
                 if v5 {
-                    if let Some(e) = d.properties.session_expiry_interval {
+                    if let Some(e) = d.properties.session_expiry_interval() {
                         if s.expiry_interval == 0 && e != 0 {
                             return Err(Close::Error(reason::PROTOCOL_ERROR));
                         }
@@ -755,11 +755,11 @@ impl Core {
             return Err(Close::Error(reason::RETAIN_NOT_SUPPORTED));
         }
         // Subscription identifiers travel only from server to client (MQTT-3.3.4-6).
-        if !p.properties.subscription_identifiers.is_empty() {
+        if !p.properties.subscription_identifiers().is_empty() {
             return Err(Close::Error(reason::PROTOCOL_ERROR));
         }
         // Topic alias resolution (per connection, client -> broker direction).
-        let topic: Arc<str> = match p.properties.topic_alias {
+        let topic: Arc<str> = match p.properties.topic_alias() {
             Some(alias) if alias > cfg.topic_alias_maximum => {
                 return Err(Close::Error(reason::TOPIC_ALIAS_INVALID));
             }
@@ -778,7 +778,7 @@ impl Core {
             return Err(Close::Error(reason::TOPIC_NAME_INVALID));
         }
         let mut code = reason::SUCCESS;
-        if p.properties.payload_format_indicator == Some(1)
+        if p.properties.payload_format_indicator() == Some(1)
             && std::str::from_utf8(p.payload).is_err()
         {
             if p.qos == QoS::AtMostOnce {
@@ -1042,7 +1042,7 @@ impl Core {
         let mut records = Vec::new();
         let protocol = s.link.as_ref().map_or(Protocol::V311, |l| l.protocol);
         let v5 = protocol.is_v5();
-        let sub_id = sub.properties.subscription_identifiers.iter().next();
+        let sub_id = sub.properties.subscription_identifiers().iter().next();
         if sub_id.is_some() && !cfg.subscription_identifiers {
             return Err(Close::Error(reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED));
         }
@@ -1936,10 +1936,10 @@ mod tests {
         expiry: Option<u32>,
         now: Instant,
     ) -> Client {
-        let props = Properties {
+        let props = Properties::Values(&PropValues {
             session_expiry_interval: expiry,
-            ..Properties::default()
-        };
+            ..PropValues::default()
+        });
         connect_with(core, &connect_packet(protocol, id, clean, props), now)
             .0
             .unwrap()
@@ -1976,7 +1976,7 @@ mod tests {
                     p.packet_id,
                     p.dup,
                     p.retain,
-                    p.properties.subscription_identifiers.iter().collect(),
+                    p.properties.subscription_identifiers().iter().collect(),
                 ));
             }
         });
@@ -2000,10 +2000,10 @@ mod tests {
         let ids: Vec<u32> = id.into_iter().collect();
         let p = Packet::Subscribe(Subscribe {
             packet_id: 1,
-            properties: Properties {
+            properties: Properties::Values(&PropValues {
                 subscription_identifiers: PropList::Slice(&ids),
-                ..Properties::default()
-            },
+                ..PropValues::default()
+            }),
             filters: List::Slice(&entries),
         });
         send(core, c, &p, now).unwrap();
@@ -2068,13 +2068,13 @@ mod tests {
         assert_eq!(a.code, 0);
         assert!(!a.session_present);
         let pr = a.properties;
-        assert_eq!(pr.receive_maximum, Some(1024));
-        assert_eq!(pr.topic_alias_maximum, Some(64));
-        assert_eq!(pr.maximum_packet_size, Some(1_048_576));
-        assert_eq!(pr.retain_available, Some(true));
-        assert_eq!(pr.shared_subscription_available, Some(true));
+        assert_eq!(pr.receive_maximum(), Some(1024));
+        assert_eq!(pr.topic_alias_maximum(), Some(64));
+        assert_eq!(pr.maximum_packet_size(), Some(1_048_576));
+        assert_eq!(pr.retain_available(), Some(true));
+        assert_eq!(pr.shared_subscription_available(), Some(true));
         assert!(pr
-            .assigned_client_identifier
+            .assigned_client_identifier()
             .is_some_and(|id| !id.is_empty()));
     }
 
@@ -2234,22 +2234,23 @@ mod tests {
             None,
             t0,
         );
-        let will = |delay| Will {
+        let will_props = PropValues {
+            will_delay_interval: Some(5),
+            ..PropValues::default()
+        };
+        let will = || Will {
             topic: "will/x",
             payload: b"gone",
             qos: QoS::AtLeastOnce,
             retain: false,
-            properties: Properties {
-                will_delay_interval: Some(delay),
-                ..Properties::default()
-            },
+            properties: Properties::Values(&will_props),
         };
-        let props = Properties {
+        let props = Properties::Values(&PropValues {
             session_expiry_interval: Some(100),
-            ..Properties::default()
-        };
+            ..PropValues::default()
+        });
         let mut c = connect_packet(Protocol::V5, "dev", true, props);
-        c.will = Some(will(5));
+        c.will = Some(will());
         let dev = connect_with(&mut core, &c, t0).0.unwrap();
         let mut fx = Effects::default();
         core.disconnected(&dev.id, dev.conn, End::Abnormal, t0, &mut fx);
@@ -2265,7 +2266,7 @@ mod tests {
 
         // Reconnecting (clean start 0) before the delay cancels the will.
         let mut c2 = connect_packet(Protocol::V5, "dev2", true, props);
-        c2.will = Some(will(5));
+        c2.will = Some(will());
         let dev2 = connect_with(&mut core, &c2, t0).0.unwrap();
         core.disconnected(&dev2.id, dev2.conn, End::Abnormal, t0, &mut fx);
         let _ = connect_with(
@@ -2320,10 +2321,10 @@ mod tests {
                 retain: false,
                 topic: "t",
                 packet_id: 3,
-                properties: Properties {
+                properties: Properties::Values(&PropValues {
                     message_expiry_interval: Some(expiry),
-                    ..Properties::default()
-                },
+                    ..PropValues::default()
+                }),
                 payload,
             });
             send(&mut core, &mut publ, &p, t0).unwrap();
@@ -2337,7 +2338,7 @@ mod tests {
         let mut got = Vec::new();
         each_packet(&bytes, Protocol::V5, |p| {
             if let Packet::Publish(p) = p {
-                got.push((p.payload.to_vec(), p.properties.message_expiry_interval));
+                got.push((p.payload.to_vec(), p.properties.message_expiry_interval()));
             }
         });
         assert_eq!(
@@ -2399,10 +2400,10 @@ mod tests {
                 Protocol::V5,
                 "x",
                 false,
-                Properties {
+                Properties::Values(&PropValues {
                     session_expiry_interval: Some(60),
-                    ..Properties::default()
-                },
+                    ..PropValues::default()
+                }),
             ),
             t0,
         );
@@ -2583,10 +2584,10 @@ mod tests {
     #[test]
     fn unknown_authentication_method_gets_connack_0x8c() {
         let mut core = core();
-        let props = Properties {
+        let props = Properties::Values(&PropValues {
             authentication_method: Some("SCRAM-SHA-1"),
-            ..Properties::default()
-        };
+            ..PropValues::default()
+        });
         let (c, bytes) = connect_with(
             &mut core,
             &connect_packet(Protocol::V5, "a", true, props),

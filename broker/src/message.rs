@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use mote_codec::{PropList, Properties, Publish, QoS, Sink};
+use mote_codec::{PropList, PropValues, Properties, Publish, QoS, Sink};
 
 use crate::store::record::{StoredMessage, StoredRef};
 
@@ -79,13 +79,13 @@ impl Message {
             payload: Bytes::copy_from_slice(p.payload),
             qos: p.qos,
             retain: p.retain,
-            payload_format_indicator: props.payload_format_indicator,
-            content_type: props.content_type.map(Arc::from),
-            response_topic: props.response_topic.map(Arc::from),
-            correlation_data: props.correlation_data.map(Bytes::copy_from_slice),
+            payload_format_indicator: props.payload_format_indicator(),
+            content_type: props.content_type().map(Arc::from),
+            response_topic: props.response_topic().map(Arc::from),
+            correlation_data: props.correlation_data().map(Bytes::copy_from_slice),
             user_properties: encode_user_properties(props),
             expires_at: props
-                .message_expiry_interval
+                .message_expiry_interval()
                 .map(|s| now + Duration::from_secs(u64::from(s))),
             publisher,
             stored: AtomicBool::new(false),
@@ -119,8 +119,8 @@ impl Message {
     }
 
     /// The v5 properties of a delivery of this message at `now`.
-    pub fn properties<'a>(&'a self, sub_ids: &'a [u32], now: Instant) -> Properties<'a> {
-        Properties {
+    pub fn properties<'a>(&'a self, sub_ids: &'a [u32], now: Instant) -> PropValues<'a> {
+        PropValues {
             payload_format_indicator: self.payload_format_indicator,
             message_expiry_interval: self.remaining_expiry(now),
             content_type: self.content_type.as_deref(),
@@ -132,7 +132,7 @@ impl Message {
                 PropList::Wire(&self.user_properties)
             },
             subscription_identifiers: PropList::Slice(sub_ids),
-            ..Properties::default()
+            ..PropValues::default()
         }
     }
 }
@@ -220,11 +220,12 @@ impl Message {
 
 /// Encodes the user properties of `props` as a bare run of 0x26 properties.
 pub fn encode_user_properties(props: &Properties<'_>) -> Bytes {
-    if props.user_properties.is_empty() {
+    let users = props.user_properties();
+    if users.is_empty() {
         return Bytes::new();
     }
     let mut out = BytesMut::new();
-    for (k, v) in props.user_properties.iter() {
+    for (k, v) in users.iter() {
         // Writing into BytesMut cannot fail; lengths were bounded by the decoder.
         let _ = out.put(&[mote_codec::properties::id::USER_PROPERTY]);
         for s in [k, v] {

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::store::record::EnqueueRef;
 use bytes::BytesMut;
-use mote_codec::{Ack, Packet, Properties, Protocol, Publish, QoS, SubOptions};
+use mote_codec::{Ack, Packet, PropValues, Properties, Protocol, Publish, QoS, SubOptions};
 use tokio::sync::Notify;
 
 use crate::message::Message;
@@ -600,7 +600,7 @@ fn encode_publish(
     let mut props = if v5 {
         d.msg.properties(&d.sub_ids, now)
     } else {
-        Properties::default()
+        PropValues::default()
     };
     let mut topic: &str = &d.msg.topic;
     let mut new_alias = None;
@@ -620,7 +620,7 @@ fn encode_publish(
         retain: d.retain,
         topic,
         packet_id,
-        properties: props,
+        properties: Properties::from(&props),
         payload: &d.msg.payload,
     });
     // Larger than the client accepts: the caller drops it as if delivered (MQTT-3.1.2-25).

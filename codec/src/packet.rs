@@ -4,9 +4,7 @@ use crate::properties::{PropCtx, Properties};
 use crate::reason;
 use crate::topic;
 use crate::types::{Protocol, QoS, SubOptions};
-use crate::wire::{
-    read_var_int, var_int_len, DynSink, Reader, Sink, SliceSink, Writer, MAX_VAR_INT,
-};
+use crate::wire::{read_var_int, var_int_len, DynSink, Reader, Sink, Writer, MAX_VAR_INT};
 use crate::{DecodeError, EncodeError};
 
 /// Packet type numbers of the fixed header.
@@ -160,9 +158,8 @@ pub fn decode_body<'a>(
     }
     let mut r = Reader::new(body);
     let v5 = protocol.is_v5();
-    // Every packet a client receives is built empty and then filled in place: returning
-    // each one by value would copy its ~160-byte properties several times over, in code
-    // repeated for every packet type.
+    // Every packet a client receives is built empty and then filled in place, in one
+    // place: smaller code than building each one by value.
     let mut packet = match ty {
         #[cfg(feature = "server")]
         PacketType::Connect => Packet::Connect(Connect::read(&mut r)?),
@@ -610,24 +607,18 @@ impl<'a> Connect<'a> {
         })
     }
 
-    fn remaining_len(&self) -> usize {
-        let v5 = self.protocol.is_v5();
-        let mut n = 2 + self.protocol.name().len() + 1 + 1 + 2 + 2 + self.client_id.len();
-        if v5 {
-            n += self.properties.wire_len();
-        }
+    /// Bytes after the fixed header, given the wire lengths of the property blocks.
+    fn remaining_len(&self, props: usize, will_props: usize) -> usize {
+        let mut n = 2 + self.protocol.name().len() + 1 + 1 + 2 + props + 2 + self.client_id.len();
         if let Some(w) = &self.will {
-            if v5 {
-                n += w.properties.wire_len();
-            }
-            n += 4 + w.topic.len() + w.payload.len();
+            n += will_props + 4 + w.topic.len() + w.payload.len();
         }
         n += self.username.map_or(0, |u| 2 + u.len());
         n += self.password.map_or(0, |p| 2 + p.len());
         n
     }
 
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+    fn write(&self, w: &mut Writer<'_>, l: &Lens) -> Result<(), EncodeError> {
         let v5 = self.protocol.is_v5();
         w.string(self.protocol.name())?;
         w.u8(self.protocol.level())?;
@@ -639,12 +630,12 @@ impl<'a> Connect<'a> {
         w.u8(flags)?;
         w.u16(self.keep_alive)?;
         if v5 {
-            self.properties.write(w)?;
+            self.properties.write(w, l.props)?;
         }
         w.string(self.client_id)?;
         if let Some(will) = &self.will {
             if v5 {
-                will.properties.write(w)?;
+                will.properties.write(w, l.will_props)?;
             }
             w.string(will.topic)?;
             w.binary(will.payload)?;
@@ -675,7 +666,7 @@ impl<'a> ConnAck<'a> {
         self.session_present = flags & 1 != 0;
         self.code = code;
         if v5 {
-            self.properties.read_into(r, PropCtx::ConnAck)?;
+            self.properties = Properties::read(r, PropCtx::ConnAck)?;
         }
         Ok(())
     }
@@ -696,9 +687,9 @@ impl<'a> Publish<'a> {
             r.packet_id()?
         };
         if v5 {
-            self.properties.read_into(r, PropCtx::Publish)?;
+            self.properties = Properties::read(r, PropCtx::Publish)?;
         }
-        let aliased = topic.is_empty() && self.properties.topic_alias.is_some();
+        let aliased = topic.is_empty() && self.properties.topic_alias().is_some();
         if !aliased && !topic::is_valid_name(topic) {
             return Err(DecodeError::InvalidTopicName);
         }
@@ -716,19 +707,19 @@ impl<'a> Publish<'a> {
         0x30 | (self.dup as u8) << 3 | (self.qos as u8) << 1 | self.retain as u8
     }
 
-    fn remaining_len(&self, v5: bool) -> usize {
+    /// Bytes after the fixed header, given the wire length of the property block.
+    fn remaining_len(&self, props: usize) -> usize {
         let pid = if self.qos == QoS::AtMostOnce { 0 } else { 2 };
-        let props = if v5 { self.properties.wire_len() } else { 0 };
         2 + self.topic.len() + pid + props + self.payload.len()
     }
 
-    fn write(&self, w: &mut Writer<'_>, v5: bool) -> Result<(), EncodeError> {
+    fn write(&self, w: &mut Writer<'_>, v5: bool, props: usize) -> Result<(), EncodeError> {
         w.string(self.topic)?;
         if self.qos != QoS::AtMostOnce {
             w.u16(self.packet_id)?;
         }
         if v5 {
-            self.properties.write(w)?;
+            self.properties.write(w, props)?;
         }
         w.bytes(self.payload)
     }
@@ -741,28 +732,28 @@ impl<'a> Ack<'a> {
         if v5 && r.remaining() > 0 {
             self.reason = check_reason(r.u8()?, allowed)?;
             if r.remaining() > 0 {
-                self.properties.read_into(r, PropCtx::PubResp)?;
+                self.properties = Properties::read(r, PropCtx::PubResp)?;
             }
         }
         Ok(())
     }
 
-    fn remaining_len(&self, v5: bool) -> usize {
-        match (v5, self.reason, self.properties.is_empty()) {
-            (false, _, _) | (true, 0, true) => 2,
-            (true, _, true) => 3,
-            (true, _, false) => 3 + self.properties.wire_len(),
+    /// Bytes after the fixed header, given the property block's content length.
+    fn remaining_len(&self, v5: bool, props: usize) -> usize {
+        match (v5, self.reason, props) {
+            (false, _, _) | (true, 0, 0) => 2,
+            (true, _, 0) => 3,
+            (true, _, n) => 3 + var_int_len(n) + n,
         }
     }
 
-    fn write(&self, w: &mut Writer<'_>, v5: bool) -> Result<(), EncodeError> {
+    fn write(&self, w: &mut Writer<'_>, l: &Lens) -> Result<(), EncodeError> {
         w.u16(self.packet_id)?;
-        let len = self.remaining_len(v5);
-        if len >= 3 {
+        if l.rem >= 3 {
             w.u8(self.reason)?;
         }
-        if len > 3 {
-            self.properties.write(w)?;
+        if l.rem > 3 {
+            self.properties.write(w, l.props)?;
         }
         Ok(())
     }
@@ -798,7 +789,7 @@ impl<'a> SubAck<'a> {
     fn read(&mut self, r: &mut Reader<'a>, v5: bool) -> Result<(), DecodeError> {
         self.packet_id = r.packet_id()?;
         if v5 {
-            self.properties.read_into(r, PropCtx::SubAck)?;
+            self.properties = Properties::read(r, PropCtx::SubAck)?;
         }
         let codes = r.rest();
         if codes.is_empty() {
@@ -847,7 +838,7 @@ impl<'a> UnsubAck<'a> {
         if !v5 {
             return Ok(());
         }
-        self.properties.read_into(r, PropCtx::UnsubAck)?;
+        self.properties = Properties::read(r, PropCtx::UnsubAck)?;
         let codes = r.rest();
         if codes.is_empty() {
             return Err(DecodeError::UnexpectedEnd);
@@ -872,27 +863,27 @@ impl<'a> Disconnect<'a> {
         if v5 && r.remaining() > 0 {
             self.reason = check_reason(r.u8()?, allowed)?;
             if r.remaining() > 0 {
-                self.properties.read_into(r, ctx)?;
+                self.properties = Properties::read(r, ctx)?;
             }
         }
         Ok(())
     }
 
-    fn remaining_len(&self, v5: bool) -> usize {
-        match (v5, self.reason, self.properties.is_empty()) {
-            (false, _, _) | (true, 0, true) => 0,
-            (true, _, true) => 1,
-            (true, _, false) => 1 + self.properties.wire_len(),
+    /// Bytes after the fixed header, given the property block's content length.
+    fn remaining_len(&self, v5: bool, props: usize) -> usize {
+        match (v5, self.reason, props) {
+            (false, _, _) | (true, 0, 0) => 0,
+            (true, _, 0) => 1,
+            (true, _, n) => 1 + var_int_len(n) + n,
         }
     }
 
-    fn write(&self, w: &mut Writer<'_>, v5: bool) -> Result<(), EncodeError> {
-        let len = self.remaining_len(v5);
-        if len >= 1 {
+    fn write(&self, w: &mut Writer<'_>, l: &Lens) -> Result<(), EncodeError> {
+        if l.rem >= 1 {
             w.u8(self.reason)?;
         }
-        if len > 1 {
-            self.properties.write(w)?;
+        if l.rem > 1 {
+            self.properties.write(w, l.props)?;
         }
         Ok(())
     }
@@ -920,57 +911,82 @@ impl<'a> Packet<'a> {
         }
     }
 
-    /// Bytes after the fixed header when encoded for `protocol`.
-    fn remaining_len(&self, protocol: Protocol) -> usize {
-        let v5 = protocol.is_v5();
-        let props = |p: &Properties<'_>| if v5 { p.wire_len() } else { 0 };
-        match self {
-            Packet::Connect(c) => c.remaining_len(),
-            Packet::ConnAck(c) => 2 + props(&c.properties),
-            Packet::Publish(p) => p.remaining_len(v5),
-            Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
-                a.remaining_len(v5)
+    /// The lengths an encoding for `protocol` needs, each computed once.
+    fn lens(&self, protocol: Protocol) -> Lens {
+        let v5 = match self {
+            Packet::Connect(c) => c.protocol.is_v5(),
+            _ => protocol.is_v5(),
+        };
+        // Content length of a property block, and its wire length (prefix included).
+        let content = |p: &Properties<'_>| if v5 { p.content_len() } else { 0 };
+        let wire = |n: usize| if v5 { var_int_len(n) + n } else { 0 };
+        let mut l = Lens {
+            rem: 0,
+            props: 0,
+            will_props: 0,
+        };
+        l.rem = match self {
+            Packet::Connect(c) => {
+                l.props = content(&c.properties);
+                l.will_props = c.will.as_ref().map_or(0, |w| content(&w.properties));
+                c.remaining_len(wire(l.props), wire(l.will_props))
             }
-            Packet::Subscribe(s) => 2 + props(&s.properties) + s.filters.wire_len(),
-            Packet::SubAck(s) => 2 + props(&s.properties) + s.codes.len(),
-            Packet::Unsubscribe(u) => 2 + props(&u.properties) + u.filters.wire_len(),
+            Packet::ConnAck(c) => {
+                l.props = content(&c.properties);
+                2 + wire(l.props)
+            }
+            Packet::Publish(p) => {
+                l.props = content(&p.properties);
+                p.remaining_len(wire(l.props))
+            }
+            Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+                l.props = content(&a.properties);
+                a.remaining_len(v5, l.props)
+            }
+            Packet::Subscribe(s) => {
+                l.props = content(&s.properties);
+                2 + wire(l.props) + s.filters.wire_len()
+            }
+            Packet::SubAck(s) => {
+                l.props = content(&s.properties);
+                2 + wire(l.props) + s.codes.len()
+            }
+            Packet::Unsubscribe(u) => {
+                l.props = content(&u.properties);
+                2 + wire(l.props) + u.filters.wire_len()
+            }
             Packet::UnsubAck(u) => {
-                2 + if v5 {
-                    u.properties.wire_len() + u.codes.len()
-                } else {
-                    0
-                }
+                l.props = content(&u.properties);
+                2 + if v5 { wire(l.props) + u.codes.len() } else { 0 }
             }
             Packet::PingReq | Packet::PingResp => 0,
-            Packet::Disconnect(d) | Packet::Auth(d) => d.remaining_len(v5),
-        }
+            Packet::Disconnect(d) | Packet::Auth(d) => {
+                l.props = content(&d.properties);
+                d.remaining_len(v5, l.props)
+            }
+        };
+        l
     }
 
     /// Exact bytes [`Packet::encode`] writes for `protocol` (CONNECT uses its own).
     pub fn encoded_len(&self, protocol: Protocol) -> usize {
-        let rem = self.remaining_len(protocol);
-        1 + var_int_len(rem) + rem
+        self.lens(protocol).frame()
     }
 
-    /// Encodes into `sink` for `protocol`.
-    ///
-    /// # Errors
-    /// [`EncodeError::BufferTooSmall`] from the sink, [`EncodeError::TooLarge`] when the
-    /// packet or a field exceeds MQTT's limits, [`EncodeError::NotInVersion`] for AUTH in
-    /// 3.1.1.
-    pub fn encode_to<S: Sink + ?Sized>(
-        &self,
-        protocol: Protocol,
-        sink: &mut S,
-    ) -> Result<(), EncodeError> {
-        let v5 = protocol.is_v5();
-        if matches!(self, Packet::Auth(_)) && !v5 {
+    /// Fails for what cannot be encoded at all for `protocol`.
+    fn check_encodable(&self, protocol: Protocol, l: &Lens) -> Result<(), EncodeError> {
+        if matches!(self, Packet::Auth(_)) && !protocol.is_v5() {
             return Err(EncodeError::NotInVersion);
         }
-        let rem = self.remaining_len(protocol);
-        if rem > MAX_VAR_INT as usize {
+        if l.rem > MAX_VAR_INT as usize {
             return Err(EncodeError::TooLarge);
         }
+        Ok(())
+    }
+
+    /// Writes the fixed header and the body whose lengths are `l`.
+    fn write(&self, w: &mut Writer<'_>, protocol: Protocol, l: &Lens) -> Result<(), EncodeError> {
+        let v5 = protocol.is_v5();
         let first = match self {
             Packet::Publish(p) => p.first_byte(),
             other => {
@@ -978,57 +994,82 @@ impl<'a> Packet<'a> {
                 (ty as u8) << 4 | ty.required_flags().unwrap_or(0)
             }
         };
-        let mut w = Writer {
-            sink: &mut DynSink(sink),
-        };
         w.u8(first)?;
-        w.var_int(rem)?;
+        w.var_int(l.rem)?;
         match self {
-            Packet::Connect(c) => c.write(&mut w),
+            Packet::Connect(c) => c.write(w, l),
             Packet::ConnAck(c) => {
                 w.u8(c.session_present as u8)?;
                 w.u8(c.code)?;
                 if v5 {
-                    c.properties.write(&mut w)?;
+                    c.properties.write(w, l.props)?;
                 }
                 Ok(())
             }
-            Packet::Publish(p) => p.write(&mut w, v5),
+            Packet::Publish(p) => p.write(w, v5, l.props),
             Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
-                a.write(&mut w, v5)
+                a.write(w, l)
             }
             Packet::Subscribe(s) => {
                 w.u16(s.packet_id)?;
                 if v5 {
-                    s.properties.write(&mut w)?;
+                    s.properties.write(w, l.props)?;
                 }
-                s.filters.iter().try_for_each(|f| f.write(&mut w, protocol))
+                s.filters.iter().try_for_each(|f| f.write(w, protocol))
             }
             Packet::SubAck(s) => {
                 w.u16(s.packet_id)?;
                 if v5 {
-                    s.properties.write(&mut w)?;
+                    s.properties.write(w, l.props)?;
                 }
                 w.bytes(s.codes)
             }
             Packet::Unsubscribe(u) => {
                 w.u16(u.packet_id)?;
                 if v5 {
-                    u.properties.write(&mut w)?;
+                    u.properties.write(w, l.props)?;
                 }
-                u.filters.iter().try_for_each(|f| f.write(&mut w, protocol))
+                u.filters.iter().try_for_each(|f| f.write(w, protocol))
             }
             Packet::UnsubAck(u) => {
                 w.u16(u.packet_id)?;
                 if v5 {
-                    u.properties.write(&mut w)?;
+                    u.properties.write(w, l.props)?;
                     w.bytes(u.codes)?;
                 }
                 Ok(())
             }
             Packet::PingReq | Packet::PingResp => Ok(()),
-            Packet::Disconnect(d) | Packet::Auth(d) => d.write(&mut w, v5),
+            Packet::Disconnect(d) | Packet::Auth(d) => d.write(w, l),
         }
+    }
+
+    /// Encodes into `sink` for `protocol`: in place when the sink lends its memory
+    /// ([`Sink::put_in_place`]: a slice, a `BytesMut`), otherwise gathering small fields
+    /// in a buffer on the stack and handing them to [`Sink::put`] in a few calls (a large
+    /// payload is handed over as it is).
+    ///
+    /// # Errors
+    /// [`EncodeError::BufferTooSmall`] from the sink, [`EncodeError::TooLarge`] when the
+    /// packet or a field exceeds MQTT's limits, [`EncodeError::NotInVersion`] for AUTH in
+    /// 3.1.1. A sink that lends its memory is left as it was on error; another one may
+    /// have taken part of the packet when a field is too large.
+    pub fn encode_to<S: Sink + ?Sized>(
+        &self,
+        protocol: Protocol,
+        sink: &mut S,
+    ) -> Result<(), EncodeError> {
+        let l = self.lens(protocol);
+        self.check_encodable(protocol, &l)?;
+        let mut fill = |buf: &mut [u8]| self.write(&mut Writer::slice(buf), protocol, &l);
+        if let Some(r) = sink.put_in_place(l.frame(), &mut fill) {
+            return r;
+        }
+        let mut stack = [0u8; SPILL_BUF];
+        let mut sink = DynSink(sink);
+        let mut w = Writer::spilling(&mut stack, &mut sink);
+        self.write(&mut w, protocol, &l)?;
+        w.finish()
     }
 
     /// Encodes into `out`, returning the bytes written (always [`Packet::encoded_len`]).
@@ -1036,13 +1077,35 @@ impl<'a> Packet<'a> {
     /// # Errors
     /// As [`Packet::encode_to`]; nothing useful is left in `out` on error.
     pub fn encode(&self, protocol: Protocol, out: &mut [u8]) -> Result<usize, EncodeError> {
-        let needed = self.encoded_len(protocol);
+        let l = self.lens(protocol);
+        let needed = l.frame();
         if out.len() < needed {
             return Err(EncodeError::BufferTooSmall { needed });
         }
-        let mut sink = SliceSink::new(out);
-        self.encode_to(protocol, &mut sink)?;
-        Ok(sink.written())
+        self.check_encodable(protocol, &l)?;
+        let mut w = Writer::slice(out);
+        self.write(&mut w, protocol, &l)?;
+        Ok(w.pos())
+    }
+}
+
+/// Bytes of the stack buffer [`Packet::encode_to`] gathers small fields in.
+const SPILL_BUF: usize = 64;
+
+/// What encoding one packet needs to know of its lengths.
+struct Lens {
+    /// The remaining length.
+    rem: usize,
+    /// Content length of the packet's property block (0 in 3.1.1).
+    props: usize,
+    /// Content length of the will's property block (CONNECT).
+    will_props: usize,
+}
+
+impl Lens {
+    /// Bytes of the whole frame.
+    fn frame(&self) -> usize {
+        1 + var_int_len(self.rem) + self.rem
     }
 }
 
@@ -1050,7 +1113,7 @@ impl<'a> Packet<'a> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::PropList;
+    use crate::{PropList, PropValues};
 
     fn round_trip(p: &Packet<'_>, protocol: Protocol) {
         let mut buf = [0u8; 512];
@@ -1069,22 +1132,75 @@ mod tests {
     fn publish_v5_with_repeated_properties() {
         let users = [("a", "1"), ("a", "2"), ("b", "")];
         let ids = [7u32, 300_000];
+        let props = PropValues {
+            user_properties: PropList::Slice(&users),
+            subscription_identifiers: PropList::Slice(&ids),
+            content_type: Some("text/plain"),
+            message_expiry_interval: Some(10),
+            ..PropValues::default()
+        };
         let p = Packet::Publish(Publish {
             dup: true,
             qos: QoS::ExactlyOnce,
             retain: true,
             topic: "a/b",
             packet_id: 9,
-            properties: Properties {
-                user_properties: PropList::Slice(&users),
-                subscription_identifiers: PropList::Slice(&ids),
-                content_type: Some("text/plain"),
-                message_expiry_interval: Some(10),
-                ..Properties::default()
-            },
+            properties: Properties::from(&props),
             payload: b"hello",
         });
         round_trip(&p, Protocol::V5);
+    }
+
+    /// A packet is moved on every decode: it must stay small. It was 608 bytes when
+    /// it held 27 property fields inline (twice in CONNECT).
+    #[test]
+    fn packet_stays_small() {
+        let word = core::mem::size_of::<usize>();
+        let packet = core::mem::size_of::<Packet<'_>>();
+        let props = core::mem::size_of::<Properties<'_>>();
+        let decoded = core::mem::size_of::<Result<Option<(Packet<'_>, usize)>, DecodeError>>();
+        // 16, 128 and 136 bytes on x86_64.
+        assert!(props <= 2 * word, "Properties is {props} bytes");
+        assert!(packet <= 16 * word, "Packet is {packet} bytes");
+        assert!(decoded <= 17 * word, "decode's result is {decoded} bytes");
+    }
+
+    /// `encode_to` writes a `BytesMut` in place: the same bytes as `encode`, after what it
+    /// held, and nothing when a field is too large.
+    #[cfg(feature = "bytes")]
+    #[test]
+    fn bytes_mut_in_place() {
+        let p = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "a/b",
+            packet_id: 3,
+            properties: Properties::default(),
+            payload: b"xyz",
+        });
+        let mut buf = [0u8; 64];
+        let n = p.encode(Protocol::V5, &mut buf).unwrap();
+        let mut out = bytes::BytesMut::from(&b"head"[..]);
+        p.encode_to(Protocol::V5, &mut out).unwrap();
+        assert_eq!(&out[..4], b"head");
+        assert_eq!(&out[4..], &buf[..n]);
+
+        let long = [b'v'; 70_000];
+        let users = [("k", core::str::from_utf8(&long).unwrap())];
+        let values = PropValues {
+            user_properties: PropList::Slice(&users),
+            ..PropValues::default()
+        };
+        let mut q = p;
+        if let Packet::Publish(x) = &mut q {
+            x.properties = Properties::Values(&values);
+        }
+        assert_eq!(
+            q.encode_to(Protocol::V5, &mut out),
+            Err(EncodeError::TooLarge)
+        );
+        assert_eq!(out.len(), 4 + n, "nothing appended on error");
     }
 
     #[test]

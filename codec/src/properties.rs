@@ -1,9 +1,12 @@
-//! MQTT 5 properties (§2.2.2): one struct with a field per property, validated per packet.
+//! MQTT 5 properties (§2.2.2): [`Properties`], the small `Copy` handle a packet holds,
+//! and [`PropValues`], one field per property, which a caller fills to encode.
 //!
-//! The two properties that may repeat (User Property everywhere, Subscription Identifier in
-//! PUBLISH) are [`PropList`]s: after decoding they point into the property block of the
-//! input and are parsed again on iteration, so decoding allocates nothing; to encode, the
-//! caller gives a slice.
+//! Decoding validates a property block as strictly as MQTT 5 asks (identifiers allowed
+//! in that packet, no duplicates, values in range, UTF-8) and keeps only the block: the
+//! accessors read it again on demand, so a packet stays small and decoding copies
+//! nothing. The two properties that may repeat (User Property everywhere, Subscription
+//! Identifier in PUBLISH) are [`PropList`]s: after decoding they point into the block
+//! and are parsed again on iteration; to encode, the caller gives a slice.
 
 use crate::wire::{var_int_len, Reader, Writer, MAX_VAR_INT};
 use crate::{DecodeError, EncodeError};
@@ -307,7 +310,7 @@ impl<'a, T: PropItem<'a>> Iterator for PropListIter<'a, T> {
 /// Skips the value of property `pid` (known to be valid).
 fn skip_value(r: &mut Reader<'_>, pid: u8) -> Result<(), DecodeError> {
     let kind = value_kind(pid).ok_or(DecodeError::UnknownProperty(pid))?;
-    read_value(r, kind).map(drop)
+    read_value(r, kind, false).map(drop)
 }
 
 /// A property value as read from the wire.
@@ -315,27 +318,34 @@ fn skip_value(r: &mut Reader<'_>, pid: u8) -> Result<(), DecodeError> {
 enum Val<'a> {
     /// A Byte, Two Byte, Four Byte or Variable Byte Integer.
     Num(u32),
-    /// A UTF-8 string.
+    /// A UTF-8 string, checked.
     Str(&'a str),
-    /// Binary data.
+    /// Binary data, or a string read from a block validated before (not checked again).
     Bin(&'a [u8]),
-    /// A User Property: both strings checked, the values left in the block.
+    /// A User Property, the values left in the block.
     Pair,
 }
 
-/// Reads one value of `kind`. One function for every property keeps the decoder small.
+/// Reads one value of `kind`, checking strings when `check` (decoding) and not when
+/// reading a block validated before. One function for every property keeps the code
+/// small.
 #[inline(never)]
-fn read_value<'a>(r: &mut Reader<'a>, kind: Kind) -> Result<Val<'a>, DecodeError> {
+fn read_value<'a>(r: &mut Reader<'a>, kind: Kind, check: bool) -> Result<Val<'a>, DecodeError> {
     Ok(match kind {
         Kind::Byte => Val::Num(r.u8()?.into()),
         Kind::Two => Val::Num(r.u16()?.into()),
         Kind::Four => Val::Num(r.u32()?),
         Kind::VarInt => Val::Num(r.var_int()?),
-        Kind::Str => Val::Str(r.string()?),
-        Kind::Bin => Val::Bin(r.binary()?),
+        Kind::Str if check => Val::Str(r.string()?),
+        Kind::Str | Kind::Bin => Val::Bin(r.binary()?),
+        Kind::Pair if check => {
+            r.string()?;
+            r.string()?;
+            Val::Pair
+        }
         Kind::Pair => {
-            r.string()?;
-            r.string()?;
+            r.binary()?;
+            r.binary()?;
             Val::Pair
         }
     })
@@ -428,10 +438,13 @@ fn value_kind(pid: u8) -> Option<Kind> {
     })
 }
 
-/// The properties of one MQTT 5 packet (or of a will). Absent ones are `None`/empty.
-/// In 3.1.1 packets every field stays at its default.
+/// The values of every MQTT 5 property, one field each (absent ones `None`/empty): what
+/// a caller fills in to encode properties (lend it to a packet with
+/// [`Properties::from`]), and what [`Properties::values`] gives for a decoded block.
+///
+/// It is large (27 fields), so packets do not hold it: they hold a [`Properties`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Properties<'a> {
+pub struct PropValues<'a> {
     /// 0x01: 0 = unspecified bytes, 1 = UTF-8.
     pub payload_format_indicator: Option<u8>,
     /// 0x02: seconds until the message expires.
@@ -488,9 +501,9 @@ pub struct Properties<'a> {
     pub shared_subscription_available: Option<bool>,
 }
 
-/// No property: [`Properties::default`]. Copying one constant is smaller code than
+/// No property: [`PropValues::default`]. Copying one constant is smaller code than
 /// setting each of the 27 fields wherever a packet is built.
-const EMPTY: Properties<'static> = Properties {
+const EMPTY: PropValues<'static> = PropValues {
     payload_format_indicator: None,
     message_expiry_interval: None,
     content_type: None,
@@ -520,14 +533,14 @@ const EMPTY: Properties<'static> = Properties {
     shared_subscription_available: None,
 };
 
-impl Default for Properties<'_> {
+impl Default for PropValues<'_> {
     #[inline(never)]
     fn default() -> Self {
         EMPTY
     }
 }
 
-/// One field of [`Properties`], by the type of its value.
+/// One field of [`PropValues`], by the type of its value.
 #[derive(Clone, Copy)]
 enum Field<'r, 'a> {
     Byte(&'r Option<u8>),
@@ -540,18 +553,7 @@ enum Field<'r, 'a> {
     Users,
 }
 
-/// One field of [`Properties`] to set while decoding.
-enum Slot<'r, 'a> {
-    Byte(&'r mut Option<u8>),
-    Flag(&'r mut Option<bool>),
-    Two(&'r mut Option<u16>),
-    Four(&'r mut Option<u32>),
-    Str(&'r mut Option<&'a str>),
-    Bin(&'r mut Option<&'a [u8]>),
-    List,
-}
-
-/// The identifiers of [`Properties::fields`] and [`Properties::slots`], in order.
+/// The identifiers of [`PropValues::fields`], in order.
 static FIELD_IDS: [u8; 27] = {
     use id::*;
     [
@@ -585,82 +587,62 @@ static FIELD_IDS: [u8; 27] = {
     ]
 };
 
-impl<'a> Properties<'a> {
-    /// Reads a property block (length prefix included) allowed in `ctx`.
-    #[cfg(feature = "server")]
-    pub(crate) fn read(r: &mut Reader<'a>, ctx: PropCtx) -> Result<Self, DecodeError> {
-        let mut p = Properties::default();
-        p.read_into(r, ctx)?;
-        Ok(p)
-    }
-
-    /// Reads a property block (length prefix included) allowed in `ctx` into `self`,
-    /// which has no property yet. Filling the packet in place saves copying it.
-    pub(crate) fn read_into(
-        &mut self,
-        r: &mut Reader<'a>,
-        ctx: PropCtx,
-    ) -> Result<(), DecodeError> {
+impl<'a> PropValues<'a> {
+    /// The values of a validated property block (no length prefix).
+    fn from_wire(block: &'a [u8]) -> Self {
         use id::*;
-        let len = r.var_int()? as usize;
-        let block = r.take(len)?;
-        let mut slots = self.slots();
-        let (mut has_user, mut has_sub_id) = (false, false);
+        let mut p = PropValues::default();
         let mut br = Reader::new(block);
-        let mut seen = 0u64;
-        let allowed = ctx.allowed();
-        let repeatable = ctx.repeatable();
         while br.remaining() > 0 {
-            let raw = br.var_int()?;
-            let pid = u8::try_from(raw).map_err(|_| DecodeError::UnknownProperty(0xFF))?;
-            let kind = value_kind(pid).ok_or(DecodeError::UnknownProperty(pid))?;
-            // Every known identifier is below 64.
-            let bit = 1u64 << (pid & 63);
-            if allowed & bit == 0 {
-                return Err(DecodeError::PropertyNotAllowed(pid));
-            }
-            if seen & bit != 0 && repeatable & bit == 0 {
-                return Err(DecodeError::DuplicateProperty(pid));
-            }
-            seen |= bit;
-            let v = read_value(&mut br, kind)?;
-            let (n, s, b) = match v {
-                Val::Num(n) => (n, "", &[][..]),
-                Val::Str(s) => (0, s, &[][..]),
-                Val::Bin(b) => (0, "", b),
-                Val::Pair => (0, "", &[][..]),
+            // The block was validated: a failure cannot happen and ends the walk.
+            let Ok(raw) = br.var_int() else { break };
+            let pid = raw as u8;
+            let Some(kind) = value_kind(pid) else { break };
+            let Ok(v) = read_value(&mut br, kind, false) else {
+                break;
             };
-            let invalid = match pid {
-                TOPIC_ALIAS if n == 0 => return Err(DecodeError::InvalidTopicAlias),
-                RECEIVE_MAXIMUM | MAXIMUM_PACKET_SIZE | SUBSCRIPTION_IDENTIFIER => n == 0,
-                RESPONSE_TOPIC => !crate::topic::is_valid_name(s),
-                // Every one-byte property is 0 or 1.
-                _ => matches!(kind, Kind::Byte) && n > 1,
+            let (n, b) = match v {
+                Val::Num(n) => (n, &[][..]),
+                Val::Str(s) => (0, s.as_bytes()),
+                Val::Bin(b) => (0, b),
+                Val::Pair => (0, &[][..]),
             };
-            if invalid {
-                return Err(DecodeError::InvalidPropertyValue(pid));
-            }
-            let slot = FIELD_IDS.iter().position(|&x| x == pid);
-            match slot.and_then(|i| slots.get_mut(i)) {
-                Some(Slot::Byte(f)) => **f = Some(n as u8),
-                Some(Slot::Flag(f)) => **f = Some(n != 0),
-                Some(Slot::Two(f)) => **f = Some(n as u16),
-                Some(Slot::Four(f)) => **f = Some(n),
-                Some(Slot::Str(f)) => **f = Some(s),
-                Some(Slot::Bin(f)) => **f = Some(b),
+            let s = || core::str::from_utf8(b).ok();
+            match pid {
+                PAYLOAD_FORMAT_INDICATOR => p.payload_format_indicator = Some(n as u8),
+                MESSAGE_EXPIRY_INTERVAL => p.message_expiry_interval = Some(n),
+                CONTENT_TYPE => p.content_type = s(),
+                RESPONSE_TOPIC => p.response_topic = s(),
+                CORRELATION_DATA => p.correlation_data = Some(b),
                 // The repeatable ones are read again from the block on iteration.
-                Some(Slot::List) if pid == USER_PROPERTY => has_user = true,
-                Some(Slot::List) => has_sub_id = true,
-                None => {}
+                SUBSCRIPTION_IDENTIFIER => p.subscription_identifiers = PropList::Wire(block),
+                SESSION_EXPIRY_INTERVAL => p.session_expiry_interval = Some(n),
+                ASSIGNED_CLIENT_IDENTIFIER => p.assigned_client_identifier = s(),
+                SERVER_KEEP_ALIVE => p.server_keep_alive = Some(n as u16),
+                AUTHENTICATION_METHOD => p.authentication_method = s(),
+                AUTHENTICATION_DATA => p.authentication_data = Some(b),
+                REQUEST_PROBLEM_INFORMATION => p.request_problem_information = Some(n != 0),
+                WILL_DELAY_INTERVAL => p.will_delay_interval = Some(n),
+                REQUEST_RESPONSE_INFORMATION => p.request_response_information = Some(n != 0),
+                RESPONSE_INFORMATION => p.response_information = s(),
+                SERVER_REFERENCE => p.server_reference = s(),
+                REASON_STRING => p.reason_string = s(),
+                RECEIVE_MAXIMUM => p.receive_maximum = Some(n as u16),
+                TOPIC_ALIAS_MAXIMUM => p.topic_alias_maximum = Some(n as u16),
+                TOPIC_ALIAS => p.topic_alias = Some(n as u16),
+                MAXIMUM_QOS => p.maximum_qos = Some(n as u8),
+                RETAIN_AVAILABLE => p.retain_available = Some(n != 0),
+                USER_PROPERTY => p.user_properties = PropList::Wire(block),
+                MAXIMUM_PACKET_SIZE => p.maximum_packet_size = Some(n),
+                WILDCARD_SUBSCRIPTION_AVAILABLE => p.wildcard_subscription_available = Some(n != 0),
+                SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
+                    p.subscription_identifier_available = Some(n != 0)
+                }
+                SHARED_SUBSCRIPTION_AVAILABLE => p.shared_subscription_available = Some(n != 0),
+                _ => {}
             }
         }
-        if has_user {
-            self.user_properties = PropList::Wire(block);
-        }
-        if has_sub_id {
-            self.subscription_identifiers = PropList::Wire(block);
-        }
-        Ok(())
+        p
     }
 
     /// Every field in the order they are encoded (by identifier, see [`FIELD_IDS`]).
@@ -697,44 +679,9 @@ impl<'a> Properties<'a> {
         ]
     }
 
-    /// Every field but the two lists, to be set while decoding (same order as
-    /// [`Properties::fields`]).
-    fn slots(&mut self) -> [Slot<'_, 'a>; 27] {
-        use Slot::*;
-        [
-            Byte(&mut self.payload_format_indicator),
-            Four(&mut self.message_expiry_interval),
-            Str(&mut self.content_type),
-            Str(&mut self.response_topic),
-            Bin(&mut self.correlation_data),
-            List,
-            Four(&mut self.session_expiry_interval),
-            Str(&mut self.assigned_client_identifier),
-            Two(&mut self.server_keep_alive),
-            Str(&mut self.authentication_method),
-            Bin(&mut self.authentication_data),
-            Flag(&mut self.request_problem_information),
-            Four(&mut self.will_delay_interval),
-            Flag(&mut self.request_response_information),
-            Str(&mut self.response_information),
-            Str(&mut self.server_reference),
-            Str(&mut self.reason_string),
-            Two(&mut self.receive_maximum),
-            Two(&mut self.topic_alias_maximum),
-            Two(&mut self.topic_alias),
-            Byte(&mut self.maximum_qos),
-            Flag(&mut self.retain_available),
-            List,
-            Four(&mut self.maximum_packet_size),
-            Flag(&mut self.wildcard_subscription_available),
-            Flag(&mut self.subscription_identifier_available),
-            Flag(&mut self.shared_subscription_available),
-        ]
-    }
-
     /// Calls `f` with every present property in the order they are encoded. One loop
-    /// and one call site serve both [`Properties::content_len`] and
-    /// [`Properties::write`]: smaller code than a branch per field.
+    /// and one call site serve both [`PropValues::content_len`] and
+    /// [`PropValues::write`]: smaller code than a branch per field.
     #[inline(never)]
     fn each(
         &self,
@@ -843,16 +790,309 @@ impl<'a> Properties<'a> {
         self.content_len() == 0
     }
 
-    /// Writes the length prefix and every present property.
-    pub(crate) fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
-        let len = self.content_len();
-        w.var_int(len)?;
-        if len == 0 {
-            return Ok(());
-        }
+    /// Writes every present property (the length prefix is the caller's).
+    fn write_content(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         self.each(&mut |pid, v| {
             w.u8(pid)?;
             v.write(w)
         })
+    }
+}
+
+/// Checks a property block (no length prefix) against MQTT 5 for `ctx`: known
+/// identifiers allowed there, no duplicates but of the repeatable ones, values in range,
+/// strings well-formed UTF-8.
+fn validate(block: &[u8], ctx: PropCtx) -> Result<(), DecodeError> {
+    use id::*;
+    let mut br = Reader::new(block);
+    let mut seen = 0u64;
+    let allowed = ctx.allowed();
+    let repeatable = ctx.repeatable();
+    while br.remaining() > 0 {
+        let raw = br.var_int()?;
+        let pid = u8::try_from(raw).map_err(|_| DecodeError::UnknownProperty(0xFF))?;
+        let kind = value_kind(pid).ok_or(DecodeError::UnknownProperty(pid))?;
+        // Every known identifier is below 64.
+        let bit = 1u64 << (pid & 63);
+        if allowed & bit == 0 {
+            return Err(DecodeError::PropertyNotAllowed(pid));
+        }
+        if seen & bit != 0 && repeatable & bit == 0 {
+            return Err(DecodeError::DuplicateProperty(pid));
+        }
+        seen |= bit;
+        let (n, s) = match read_value(&mut br, kind, true)? {
+            Val::Num(n) => (n, ""),
+            Val::Str(s) => (0, s),
+            Val::Bin(_) | Val::Pair => (0, ""),
+        };
+        let invalid = match pid {
+            TOPIC_ALIAS if n == 0 => return Err(DecodeError::InvalidTopicAlias),
+            RECEIVE_MAXIMUM | MAXIMUM_PACKET_SIZE | SUBSCRIPTION_IDENTIFIER => n == 0,
+            RESPONSE_TOPIC => !crate::topic::is_valid_name(s),
+            // Every one-byte property is 0 or 1.
+            _ => matches!(kind, Kind::Byte) && n > 1,
+        };
+        if invalid {
+            return Err(DecodeError::InvalidPropertyValue(pid));
+        }
+    }
+    Ok(())
+}
+
+/// The value of the first property `pid` in a validated block (no length prefix).
+fn find(block: &[u8], pid: u8) -> Option<Val<'_>> {
+    let mut r = Reader::new(block);
+    while r.remaining() > 0 {
+        let raw = r.var_int().ok()?;
+        let kind = value_kind(raw as u8)?;
+        let v = read_value(&mut r, kind, false).ok()?;
+        if raw == u32::from(pid) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The number in `v`, if it is one.
+fn num(v: Option<Val<'_>>) -> Option<u32> {
+    match v {
+        Some(Val::Num(n)) => Some(n),
+        _ => None,
+    }
+}
+
+/// The bytes in `v` (binary data or a string), if any.
+fn bin(v: Option<Val<'_>>) -> Option<&[u8]> {
+    match v {
+        Some(Val::Bin(b)) => Some(b),
+        Some(Val::Str(s)) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// The properties of one packet (or of a will), as a packet holds them: small and `Copy`.
+///
+/// A decoded packet holds [`Properties::Wire`], its validated property block, read again
+/// on demand by the accessors ([`Properties::topic_alias`],
+/// [`Properties::user_properties`], …; blocks are short), or all at once with
+/// [`Properties::values`]. To encode properties, fill a [`PropValues`] and lend it:
+/// `Properties::Values(&values)` (or `Properties::from(&values)`).
+/// [`Properties::default`] is "no property" (and what a 3.1.1 packet holds).
+///
+/// Two `Properties` are equal when they hold the same properties, whatever their form.
+#[derive(Clone, Copy)]
+pub enum Properties<'a> {
+    /// A property block without its length prefix, as decoded (and validated). Encoding
+    /// writes its bytes as they are; the accessors skip what they cannot parse, so a
+    /// block built by hand must be a valid one.
+    Wire(&'a [u8]),
+    /// Values a caller built, to encode.
+    Values(&'a PropValues<'a>),
+}
+
+impl Default for Properties<'_> {
+    fn default() -> Self {
+        Properties::Wire(&[])
+    }
+}
+
+impl<'a> From<&'a PropValues<'a>> for Properties<'a> {
+    fn from(v: &'a PropValues<'a>) -> Self {
+        Properties::Values(v)
+    }
+}
+
+impl PartialEq for Properties<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (*self, *other) {
+            (Properties::Wire(a), Properties::Wire(b)) if a == b => true,
+            _ => self.values() == other.values(),
+        }
+    }
+}
+
+impl core::fmt::Debug for Properties<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.is_empty() {
+            f.write_str("Properties(none)")
+        } else {
+            f.debug_tuple("Properties").field(&self.values()).finish()
+        }
+    }
+}
+
+/// Accessors of the single-valued properties. Server builds read the field of
+/// [`PropValues`] directly or scan the block; device builds share one out-of-line lookup
+/// ([`Properties::get`]), which is smaller code.
+macro_rules! accessors {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty = $id:ident, |$v:ident| $conv:expr;)*) => {
+        $(
+            $(#[$doc])*
+            #[cfg(feature = "server")]
+            pub fn $name(&self) -> Option<$ty> {
+                match *self {
+                    Properties::Values(v) => v.$name,
+                    Properties::Wire(b) => {
+                        let $v = find(b, id::$id);
+                        $conv
+                    }
+                }
+            }
+
+            $(#[$doc])*
+            #[cfg(not(feature = "server"))]
+            pub fn $name(&self) -> Option<$ty> {
+                let $v = self.get(id::$id);
+                $conv
+            }
+        )*
+    };
+}
+
+impl<'a> Properties<'a> {
+    /// Reads a property block (length prefix included) allowed in `ctx`.
+    pub(crate) fn read(r: &mut Reader<'a>, ctx: PropCtx) -> Result<Self, DecodeError> {
+        let len = r.var_int()? as usize;
+        let block = r.take(len)?;
+        validate(block, ctx)?;
+        Ok(Properties::Wire(block))
+    }
+
+    /// The value of the first property `pid`, whatever the form.
+    #[cfg(not(feature = "server"))]
+    #[inline(never)]
+    fn get(&self, pid: u8) -> Option<Val<'a>> {
+        match *self {
+            Properties::Wire(b) => find(b, pid),
+            Properties::Values(v) => {
+                let mut found = None;
+                // Never fails: the closure does not.
+                let _ = v.each(&mut |id, out| {
+                    if id == pid && found.is_none() {
+                        found = match out {
+                            Out::Byte(n) => Some(Val::Num(n.into())),
+                            Out::Two(n) => Some(Val::Num(n.into())),
+                            Out::Four(n) | Out::Var(n) => Some(Val::Num(n)),
+                            Out::Bin(b) => Some(Val::Bin(b)),
+                            Out::Pair(..) => None,
+                        };
+                    }
+                    Ok(())
+                });
+                found
+            }
+        }
+    }
+
+    /// Every property at once.
+    pub fn values(&self) -> PropValues<'a> {
+        match *self {
+            Properties::Values(v) => *v,
+            Properties::Wire(b) => PropValues::from_wire(b),
+        }
+    }
+
+    accessors! {
+        /// 0x01 Payload Format Indicator: 0 = unspecified bytes, 1 = UTF-8.
+        payload_format_indicator: u8 = PAYLOAD_FORMAT_INDICATOR, |v| num(v).map(|n| n as u8);
+        /// 0x02 Message Expiry Interval: seconds until the message expires.
+        message_expiry_interval: u32 = MESSAGE_EXPIRY_INTERVAL, |v| num(v);
+        /// 0x03 Content Type: MIME-like description of the payload.
+        content_type: &'a str = CONTENT_TYPE, |v| bin(v).and_then(|b| core::str::from_utf8(b).ok());
+        /// 0x08 Response Topic: topic for a response.
+        response_topic: &'a str = RESPONSE_TOPIC, |v| bin(v).and_then(|b| core::str::from_utf8(b).ok());
+        /// 0x09 Correlation Data: correlates a response with its request.
+        correlation_data: &'a [u8] = CORRELATION_DATA, |v| bin(v);
+        /// 0x11 Session Expiry Interval: seconds the session outlives the connection.
+        session_expiry_interval: u32 = SESSION_EXPIRY_INTERVAL, |v| num(v);
+        /// 0x12 Assigned Client Identifier: client identifier chosen by the server.
+        assigned_client_identifier: &'a str = ASSIGNED_CLIENT_IDENTIFIER, |v| bin(v).and_then(|b| core::str::from_utf8(b).ok());
+        /// 0x13 Server Keep Alive: keep alive the server imposes.
+        server_keep_alive: u16 = SERVER_KEEP_ALIVE, |v| num(v).map(|n| n as u16);
+        /// 0x15 Authentication Method: name of the extended authentication method.
+        authentication_method: &'a str = AUTHENTICATION_METHOD, |v| bin(v).and_then(|b| core::str::from_utf8(b).ok());
+        /// 0x16 Authentication Data: data of that method.
+        authentication_data: &'a [u8] = AUTHENTICATION_DATA, |v| bin(v);
+        /// 0x17 Request Problem Information: whether reason strings and user properties
+        /// may be sent on failures.
+        request_problem_information: bool = REQUEST_PROBLEM_INFORMATION, |v| num(v).map(|n| n != 0);
+        /// 0x18 Will Delay Interval: seconds to wait before publishing the will.
+        will_delay_interval: u32 = WILL_DELAY_INTERVAL, |v| num(v);
+        /// 0x19 Request Response Information: whether the client asks for Response
+        /// Information.
+        request_response_information: bool = REQUEST_RESPONSE_INFORMATION, |v| num(v).map(|n| n != 0);
+        /// 0x1A Response Information: basis for response topics.
+        response_information: &'a str = RESPONSE_INFORMATION, |v| bin(v).and_then(|b| core::str::from_utf8(b).ok());
+        /// 0x1C Server Reference: another server to use.
+        server_reference: &'a str = SERVER_REFERENCE, |v| bin(v).and_then(|b| core::str::from_utf8(b).ok());
+        /// 0x1F Reason String: human-readable diagnostic.
+        reason_string: &'a str = REASON_STRING, |v| bin(v).and_then(|b| core::str::from_utf8(b).ok());
+        /// 0x21 Receive Maximum: QoS 1/2 publications the sender accepts concurrently.
+        receive_maximum: u16 = RECEIVE_MAXIMUM, |v| num(v).map(|n| n as u16);
+        /// 0x22 Topic Alias Maximum: highest topic alias the sender accepts.
+        topic_alias_maximum: u16 = TOPIC_ALIAS_MAXIMUM, |v| num(v).map(|n| n as u16);
+        /// 0x23 Topic Alias of this PUBLISH (never 0).
+        topic_alias: u16 = TOPIC_ALIAS, |v| num(v).map(|n| n as u16);
+        /// 0x24 Maximum QoS: highest QoS the server supports (0 or 1; absent means 2).
+        maximum_qos: u8 = MAXIMUM_QOS, |v| num(v).map(|n| n as u8);
+        /// 0x25 Retain Available: whether the server supports retained messages.
+        retain_available: bool = RETAIN_AVAILABLE, |v| num(v).map(|n| n != 0);
+        /// 0x27 Maximum Packet Size: largest packet the sender accepts (never 0).
+        maximum_packet_size: u32 = MAXIMUM_PACKET_SIZE, |v| num(v);
+        /// 0x28 Wildcard Subscription Available.
+        wildcard_subscription_available: bool = WILDCARD_SUBSCRIPTION_AVAILABLE, |v| num(v).map(|n| n != 0);
+        /// 0x29 Subscription Identifier Available.
+        subscription_identifier_available: bool = SUBSCRIPTION_IDENTIFIER_AVAILABLE, |v| num(v).map(|n| n != 0);
+        /// 0x2A Shared Subscription Available.
+        shared_subscription_available: bool = SHARED_SUBSCRIPTION_AVAILABLE, |v| num(v).map(|n| n != 0);
+    }
+
+    /// 0x0B Subscription Identifiers, in order (several in a forwarded PUBLISH, one in
+    /// SUBSCRIBE).
+    pub fn subscription_identifiers(&self) -> PropList<'a, u32> {
+        match *self {
+            Properties::Values(v) => v.subscription_identifiers,
+            Properties::Wire(b) => PropList::Wire(b),
+        }
+    }
+
+    /// 0x26 User Properties, in order.
+    pub fn user_properties(&self) -> PropList<'a, UserProperty<'a>> {
+        match *self {
+            Properties::Values(v) => v.user_properties,
+            Properties::Wire(b) => PropList::Wire(b),
+        }
+    }
+
+    /// Bytes of the property block without its length prefix.
+    pub fn content_len(&self) -> usize {
+        match *self {
+            Properties::Wire(b) => b.len(),
+            Properties::Values(v) => v.content_len(),
+        }
+    }
+
+    /// Bytes of the property block including its length prefix.
+    pub fn wire_len(&self) -> usize {
+        let n = self.content_len();
+        var_int_len(n) + n
+    }
+
+    /// True when no property is present.
+    pub fn is_empty(&self) -> bool {
+        self.content_len() == 0
+    }
+
+    /// Writes the block: its length prefix `len` (from [`Properties::content_len`]),
+    /// then every property.
+    pub(crate) fn write(&self, w: &mut Writer<'_>, len: usize) -> Result<(), EncodeError> {
+        w.var_int(len)?;
+        match *self {
+            // No property: the length byte alone.
+            _ if len == 0 => Ok(()),
+            Properties::Wire(b) => w.bytes(b),
+            Properties::Values(v) => v.write_content(w),
+        }
     }
 }

@@ -101,9 +101,9 @@ impl<'a> Reader<'a> {
 /// forms; MQTT also forbids U+0000.
 pub(crate) fn check_utf8(b: &[u8]) -> Result<&str, DecodeError> {
     let s = core::str::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8)?;
-    // A plain loop: `contains` would link `memchr` (about 400 bytes on a Cortex-M).
-    #[allow(clippy::manual_contains)]
-    if b.iter().any(|&c| c == 0) {
+    // A plain loop: `contains` would link `memchr` (about 400 bytes on a Cortex-M). A
+    // fold without an early exit, so that it is vectorised where there are vectors.
+    if b.iter().fold(false, |zero, &c| zero | (c == 0)) {
         return Err(DecodeError::InvalidUtf8);
     }
     Ok(s)
@@ -154,6 +154,23 @@ pub trait Sink {
     /// # Errors
     /// [`EncodeError::BufferTooSmall`] when the sink is full.
     fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError>;
+
+    /// Appends `len` bytes that `fill` writes in place (it is given exactly `len`
+    /// bytes), for a sink that can lend its memory; on error nothing is appended.
+    /// Returns `None` when the sink cannot (the default): the encoder then hands the
+    /// packet over through [`Sink::put`] instead. A slice and a `BytesMut` lend theirs,
+    /// so a packet is written straight into place.
+    ///
+    /// # Errors
+    /// What `fill` returns; [`EncodeError::BufferTooSmall`] when there is no room.
+    fn put_in_place(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), EncodeError>,
+    ) -> Option<Result<(), EncodeError>> {
+        let _ = (len, fill);
+        None
+    }
 }
 
 /// A [`Sink`] over a caller's `&mut [u8]`, remembering how much was written.
@@ -187,6 +204,22 @@ impl Sink for SliceSink<'_> {
             None => Err(EncodeError::BufferTooSmall { needed: end }),
         }
     }
+
+    fn put_in_place(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), EncodeError>,
+    ) -> Option<Result<(), EncodeError>> {
+        let end = self.pos + len;
+        let Some(dst) = self.buf.get_mut(self.pos..end) else {
+            return Some(Err(EncodeError::BufferTooSmall { needed: end }));
+        };
+        let r = fill(dst);
+        if r.is_ok() {
+            self.pos = end;
+        }
+        Some(r)
+    }
 }
 
 #[cfg(feature = "bytes")]
@@ -195,43 +228,134 @@ impl Sink for bytes::BytesMut {
         self.extend_from_slice(bytes);
         Ok(())
     }
+
+    fn put_in_place(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), EncodeError>,
+    ) -> Option<Result<(), EncodeError>> {
+        let at = self.len();
+        // Zeroed first: writing into spare capacity would need `unsafe`.
+        self.resize(at + len, 0);
+        let r = fill(self.get_mut(at..).unwrap_or_default());
+        if r.is_err() {
+            self.truncate(at);
+        }
+        Some(r)
+    }
 }
 
-/// Typed writes on top of a [`Sink`]. The sink is a trait object, so the encoders exist
-/// once whatever the sinks a program uses (a slice, a `BytesMut`).
+/// Typed writes into a byte buffer: the caller's output slice, or a small stack buffer
+/// that spills into a [`Sink`] when full. One concrete writer serves every sink, so the
+/// encoders exist once; the common case (the bytes fit) is a bounds check and a copy,
+/// with no call through the sink per field.
+///
+/// Server builds (feature `server`) inline the primitives into the encoders, for speed;
+/// device builds call them out of line, which is smaller code.
 #[allow(unreachable_pub, missing_debug_implementations)] // as `Reader`
-pub struct Writer<'s> {
-    pub(crate) sink: &'s mut dyn Sink,
+pub struct Writer<'b> {
+    buf: &'b mut [u8],
+    pos: usize,
+    spill: Option<&'b mut dyn Sink>,
 }
 
-/// Lets an unsized `S` stand behind `&mut dyn Sink`.
-pub(crate) struct DynSink<'s, S: Sink + ?Sized>(pub(crate) &'s mut S);
-
-impl<S: Sink + ?Sized> Sink for DynSink<'_, S> {
-    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
-        self.0.put(bytes)
+impl<'b> Writer<'b> {
+    /// A writer filling `buf` and nothing else.
+    pub(crate) fn slice(buf: &'b mut [u8]) -> Self {
+        Writer {
+            buf,
+            pos: 0,
+            spill: None,
+        }
     }
-}
 
-impl Writer<'_> {
-    #[inline(never)]
+    /// A writer collecting small writes in `buf` and handing them to `sink` when it is
+    /// full (and at [`Writer::finish`]); large writes go to `sink` directly.
+    pub(crate) fn spilling(buf: &'b mut [u8], sink: &'b mut dyn Sink) -> Self {
+        Writer {
+            buf,
+            pos: 0,
+            spill: Some(sink),
+        }
+    }
+
+    /// Bytes written into the buffer and not yet handed to a sink.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Hands what is buffered to the sink, if there is one.
+    pub(crate) fn finish(&mut self) -> Result<(), EncodeError> {
+        if let Some(sink) = self.spill.as_mut() {
+            let n = core::mem::take(&mut self.pos);
+            sink.put(self.buf.get(..n).unwrap_or_default())?;
+        }
+        Ok(())
+    }
+
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
     pub(crate) fn bytes(&mut self, b: &[u8]) -> Result<(), EncodeError> {
-        self.sink.put(b)
+        let end = self.pos + b.len();
+        match self.buf.get_mut(self.pos..end) {
+            Some(dst) => {
+                dst.copy_from_slice(b);
+                self.pos = end;
+                Ok(())
+            }
+            None => self.overflow(b),
+        }
     }
+
+    /// `b` does not fit in the buffer: spill, or fail for a bare slice.
+    #[cold]
     #[inline(never)]
+    fn overflow(&mut self, b: &[u8]) -> Result<(), EncodeError> {
+        let Some(sink) = self.spill.as_mut() else {
+            return Err(EncodeError::BufferTooSmall {
+                needed: self.pos + b.len(),
+            });
+        };
+        let n = core::mem::take(&mut self.pos);
+        sink.put(self.buf.get(..n).unwrap_or_default())?;
+        if b.len() > self.buf.len() / 2 {
+            return sink.put(b);
+        }
+        self.bytes(b)
+    }
+
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
     pub(crate) fn u8(&mut self, v: u8) -> Result<(), EncodeError> {
-        self.sink.put(&[v])
+        match self.buf.get_mut(self.pos) {
+            Some(dst) => {
+                *dst = v;
+                self.pos += 1;
+                Ok(())
+            }
+            None => self.overflow(&[v]),
+        }
     }
-    #[inline(never)]
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
     pub(crate) fn u16(&mut self, v: u16) -> Result<(), EncodeError> {
-        self.sink.put(&v.to_be_bytes())
+        self.bytes(&v.to_be_bytes())
     }
-    #[inline(never)]
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
     pub(crate) fn u32(&mut self, v: u32) -> Result<(), EncodeError> {
-        self.sink.put(&v.to_be_bytes())
+        self.bytes(&v.to_be_bytes())
+    }
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
+    pub(crate) fn var_int(&mut self, v: usize) -> Result<(), EncodeError> {
+        if v < 128 {
+            return self.u8(v as u8);
+        }
+        self.long_var_int(v)
     }
     #[inline(never)]
-    pub(crate) fn var_int(&mut self, v: usize) -> Result<(), EncodeError> {
+    fn long_var_int(&mut self, v: usize) -> Result<(), EncodeError> {
         if v > MAX_VAR_INT as usize {
             return Err(EncodeError::TooLarge);
         }
@@ -250,16 +374,27 @@ impl Writer<'_> {
                 break;
             }
         }
-        self.sink.put(&out[..n])
+        self.bytes(&out[..n])
     }
-    #[inline(never)]
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
     pub(crate) fn binary(&mut self, b: &[u8]) -> Result<(), EncodeError> {
         let n = u16::try_from(b.len()).map_err(|_| EncodeError::TooLarge)?;
         self.u16(n)?;
-        self.sink.put(b)
+        self.bytes(b)
     }
-    #[inline(never)]
+    #[cfg_attr(feature = "server", inline)]
+    #[cfg_attr(not(feature = "server"), inline(never))]
     pub(crate) fn string(&mut self, s: &str) -> Result<(), EncodeError> {
         self.binary(s.as_bytes())
+    }
+}
+
+/// Lets an unsized `S` stand behind `&mut dyn Sink`.
+pub(crate) struct DynSink<'s, S: Sink + ?Sized>(pub(crate) &'s mut S);
+
+impl<S: Sink + ?Sized> Sink for DynSink<'_, S> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        self.0.put(bytes)
     }
 }

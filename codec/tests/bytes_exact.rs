@@ -16,8 +16,8 @@ mod common;
 use common::*;
 use mote_codec::{
     check, decode, Ack, ConnAck, Connect, DecodeError, Disconnect, EncodeError, List, Packet,
-    PropList, Properties, Protocol, Publish, QoS, RetainHandling, Sink, SubAck, SubOptions,
-    Subscribe, SubscribeFilter, UnsubAck, Unsubscribe, Will, MAX_VAR_INT,
+    PropList, PropValues, Properties, Protocol, Publish, QoS, RetainHandling, Sink, SubAck,
+    SubOptions, Subscribe, SubscribeFilter, UnsubAck, Unsubscribe, Will, MAX_VAR_INT,
 };
 
 /// encode == bytes and decode(bytes) == packet.
@@ -326,25 +326,25 @@ fn v5_connect_spec_example_with_will_properties() {
         protocol: Protocol::V5,
         clean_start: true,
         keep_alive: 10,
-        properties: Properties {
+        properties: Properties::Values(&PropValues {
             session_expiry_interval: Some(10),
-            ..no_props()
-        },
+            ..PropValues::default()
+        }),
         client_id: "dev1",
         will: Some(Will {
             topic: "w/t",
             payload: b"bye",
             qos: QoS::AtLeastOnce,
             retain: false,
-            properties: Properties {
+            properties: Properties::Values(&PropValues {
                 payload_format_indicator: Some(1),
                 content_type: Some("text"),
                 response_topic: Some("r/t"),
                 correlation_data: Some(&[0xC0, 0xDE]),
                 will_delay_interval: Some(5),
                 user_properties: PropList::Slice(&will_users),
-                ..no_props()
-            },
+                ..PropValues::default()
+            }),
         }),
         username: Some("user"),
         password: Some(b"pass"),
@@ -382,7 +382,7 @@ fn v5_connect_with_every_connect_property() {
         protocol: Protocol::V5,
         clean_start: true,
         keep_alive: 60,
-        properties: Properties {
+        properties: Properties::Values(&PropValues {
             session_expiry_interval: Some(60),
             authentication_method: Some("SCRAM"),
             authentication_data: Some(&[1, 2, 3]),
@@ -392,8 +392,8 @@ fn v5_connect_with_every_connect_property() {
             topic_alias_maximum: Some(10),
             user_properties: PropList::Slice(&users),
             maximum_packet_size: Some(1024),
-            ..no_props()
-        },
+            ..PropValues::default()
+        }),
         client_id: "c",
         will: None,
         username: None,
@@ -440,31 +440,27 @@ fn v5_connect_password_without_username() {
     );
 }
 
-fn connack_all_props<'a>(users: &'a [(&'a str, &'a str)]) -> Packet<'a> {
-    Packet::ConnAck(ConnAck {
-        session_present: true,
-        code: 0,
-        properties: Properties {
-            session_expiry_interval: Some(3600),
-            assigned_client_identifier: Some("auto-1"),
-            server_keep_alive: Some(30),
-            authentication_method: Some("SCRAM"),
-            authentication_data: Some(&[0xAA, 0xBB]),
-            response_information: Some("resp"),
-            server_reference: Some("srv"),
-            reason_string: Some("ok"),
-            receive_maximum: Some(100),
-            topic_alias_maximum: Some(16),
-            maximum_qos: Some(1),
-            retain_available: Some(false),
-            user_properties: PropList::Slice(users),
-            maximum_packet_size: Some(65536),
-            wildcard_subscription_available: Some(true),
-            subscription_identifier_available: Some(false),
-            shared_subscription_available: Some(true),
-            ..no_props()
-        },
-    })
+fn connack_all_props<'a>(users: &'a [(&'a str, &'a str)]) -> PropValues<'a> {
+    PropValues {
+        session_expiry_interval: Some(3600),
+        assigned_client_identifier: Some("auto-1"),
+        server_keep_alive: Some(30),
+        authentication_method: Some("SCRAM"),
+        authentication_data: Some(&[0xAA, 0xBB]),
+        response_information: Some("resp"),
+        server_reference: Some("srv"),
+        reason_string: Some("ok"),
+        receive_maximum: Some(100),
+        topic_alias_maximum: Some(16),
+        maximum_qos: Some(1),
+        retain_available: Some(false),
+        user_properties: PropList::Slice(users),
+        maximum_packet_size: Some(65536),
+        wildcard_subscription_available: Some(true),
+        subscription_identifier_available: Some(false),
+        shared_subscription_available: Some(true),
+        ..PropValues::default()
+    }
 }
 
 /// Each CONNACK property, in the order the encoder writes them (any order is valid).
@@ -492,7 +488,12 @@ const CONNACK_PROPS: [&[u8]; 18] = [
 #[test]
 fn v5_connack_with_every_connack_property() {
     let users = [("a", "1"), ("a", "2")];
-    let p = connack_all_props(&users);
+    let vals = connack_all_props(&users);
+    let p = Packet::ConnAck(ConnAck {
+        session_present: true,
+        code: 0,
+        properties: Properties::Values(&vals),
+    });
     let props = CONNACK_PROPS.concat();
     assert_eq!(props.len(), 83);
     let bytes = cat(&[&[0x20, 86, 0x01, 0x00, 83], &props]);
@@ -538,13 +539,13 @@ fn v5_publish_with_user_properties_subscription_ids_and_topic_alias() {
         retain: false,
         topic: "a/b",
         packet_id: 7,
-        properties: Properties {
+        properties: Properties::Values(&PropValues {
             message_expiry_interval: Some(30),
             subscription_identifiers: PropList::Slice(&ids),
             topic_alias: Some(5),
             user_properties: PropList::Slice(&users),
-            ..no_props()
-        },
+            ..PropValues::default()
+        }),
         payload: b"hi",
     });
     let bytes = cat(&[
@@ -568,16 +569,16 @@ fn v5_publish_with_user_properties_subscription_ids_and_topic_alias() {
     };
     assert_eq!(
         d.properties
-            .subscription_identifiers
+            .subscription_identifiers()
             .iter()
             .collect::<Vec<_>>(),
         ids
     );
     assert_eq!(
-        d.properties.user_properties.iter().collect::<Vec<_>>(),
+        d.properties.user_properties().iter().collect::<Vec<_>>(),
         users
     );
-    assert_eq!(d.properties.user_properties.len(), 2);
+    assert_eq!(d.properties.user_properties().len(), 2);
 }
 
 #[test]
@@ -588,10 +589,10 @@ fn v5_publish_empty_topic_with_alias_and_plain_qos0() {
         retain: false,
         topic: "",
         packet_id: 0,
-        properties: Properties {
+        properties: Properties::Values(&PropValues {
             topic_alias: Some(5),
-            ..no_props()
-        },
+            ..PropValues::default()
+        }),
         payload: b"x",
     });
     exact(
@@ -640,10 +641,10 @@ fn v5_puback_short_forms() {
     let with_string = Packet::PubAck(Ack {
         packet_id: 1,
         reason: 0x10,
-        properties: Properties {
+        properties: Properties::Values(&PropValues {
             reason_string: Some("none"),
-            ..no_props()
-        },
+            ..PropValues::default()
+        }),
     });
     exact(
         &with_string,
@@ -656,10 +657,10 @@ fn v5_puback_short_forms() {
     let success_with_user = Packet::PubAck(Ack {
         packet_id: 1,
         reason: 0,
-        properties: Properties {
+        properties: Properties::Values(&PropValues {
             user_properties: PropList::Slice(&users),
-            ..no_props()
-        },
+            ..PropValues::default()
+        }),
     });
     exact(
         &success_with_user,
@@ -735,10 +736,10 @@ fn v5_subscribe_with_options_and_subscription_id() {
     ];
     let p = Packet::Subscribe(Subscribe {
         packet_id: 10,
-        properties: Properties {
+        properties: Properties::Values(&PropValues {
             subscription_identifiers: PropList::Slice(&ids),
-            ..no_props()
-        },
+            ..PropValues::default()
+        }),
         filters: List::Slice(&filters),
     });
     let bytes = cat(&[
@@ -770,10 +771,10 @@ fn v5_subscribe_with_options_and_subscription_id() {
 fn v5_suback_unsubscribe_unsuback() {
     let suback = Packet::SubAck(SubAck {
         packet_id: 10,
-        properties: Properties {
+        properties: Properties::Values(&PropValues {
             reason_string: Some("x"),
-            ..no_props()
-        },
+            ..PropValues::default()
+        }),
         codes: &[0x01, 0x9E, 0xA2],
     });
     exact(
@@ -794,10 +795,10 @@ fn v5_suback_unsubscribe_unsuback() {
     let filters = ["a/#", "b"];
     let unsub = Packet::Unsubscribe(Unsubscribe {
         packet_id: 11,
-        properties: Properties {
+        properties: Properties::Values(&PropValues {
             user_properties: PropList::Slice(&users),
-            ..no_props()
-        },
+            ..PropValues::default()
+        }),
         filters: List::Slice(&filters),
     });
     exact(
@@ -842,12 +843,12 @@ fn v5_disconnect_forms() {
 
     let with_props = Packet::Disconnect(Disconnect {
         reason: 0x04,
-        properties: Properties {
+        properties: Properties::Values(&PropValues {
             session_expiry_interval: Some(0),
             server_reference: Some("srv"),
             reason_string: Some("bye"),
-            ..no_props()
-        },
+            ..PropValues::default()
+        }),
     });
     exact(
         &with_props,
@@ -874,11 +875,11 @@ fn v5_auth() {
     );
     let cont = Packet::Auth(Disconnect {
         reason: 0x18,
-        properties: Properties {
+        properties: Properties::Values(&PropValues {
             authentication_method: Some("SCRAM-SHA-1"),
             authentication_data: Some(&[0x01, 0x02]),
-            ..no_props()
-        },
+            ..PropValues::default()
+        }),
     });
     let bytes = cat(&[
         &[0xF0, 0x15, 0x18, 0x13],
@@ -1071,10 +1072,10 @@ fn encode_errors() {
             retain: false,
             topic: "t",
             packet_id: 0,
-            properties: Properties {
+            properties: Properties::Values(&PropValues {
                 subscription_identifiers: PropList::Slice(&ids),
-                ..no_props()
-            },
+                ..PropValues::default()
+            }),
             payload: b"",
         });
         let mut buf = [0u8; 64];

@@ -1130,12 +1130,12 @@ fn d22_v5_several_subscription_identifiers() {
     };
     assert_eq!(
         p.properties
-            .subscription_identifiers
+            .subscription_identifiers()
             .iter()
             .collect::<Vec<_>>(),
         [1, 2]
     );
-    assert_eq!(p.properties.payload_format_indicator, Some(1));
+    assert_eq!(p.properties.payload_format_indicator(), Some(1));
     assert_eq!(p.payload, b"hi");
 }
 

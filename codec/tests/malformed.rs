@@ -1052,7 +1052,7 @@ fn non_minimal_variable_byte_integers_accepted() {
     };
     assert_eq!(
         p.properties
-            .subscription_identifiers
+            .subscription_identifiers()
             .iter()
             .collect::<Vec<_>>(),
         [1]

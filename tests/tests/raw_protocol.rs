@@ -12,8 +12,8 @@ use common::{
     will, Msg, Raw, Recv, WAIT,
 };
 use mote_codec::{
-    reason, Ack, Connect, Disconnect, Packet, Properties, Protocol, QoS, RetainHandling,
-    SubOptions, Unsubscribe,
+    reason, Ack, Connect, Disconnect, Packet, PropValues, Properties, Protocol, QoS,
+    RetainHandling, SubOptions, Unsubscribe,
 };
 use mote_tests::Broker;
 
@@ -41,7 +41,7 @@ fn publish_once_qos(broker: &Broker, topic: &str, payload: &[u8], qos: QoS) {
 fn persistent(protocol: Protocol, id: &str, secs: u32) -> Connect<'_> {
     let mut c = connect_packet(protocol, id, protocol == V5);
     if protocol == V5 {
-        c.properties = expiry_props(secs);
+        c.properties = Properties::Values(expiry_props(secs));
     }
     c
 }
@@ -156,27 +156,27 @@ fn connack_v5_announces_server_limits() {
         unreachable!()
     };
     let p = a.properties;
-    assert_eq!(p.receive_maximum, Some(7), "Receive Maximum");
-    assert_eq!(p.maximum_packet_size, Some(5000), "Maximum Packet Size");
-    assert_eq!(p.topic_alias_maximum, Some(9), "Topic Alias Maximum");
-    assert_eq!(p.retain_available, Some(true), "Retain Available");
+    assert_eq!(p.receive_maximum(), Some(7), "Receive Maximum");
+    assert_eq!(p.maximum_packet_size(), Some(5000), "Maximum Packet Size");
+    assert_eq!(p.topic_alias_maximum(), Some(9), "Topic Alias Maximum");
+    assert_eq!(p.retain_available(), Some(true), "Retain Available");
     assert_eq!(
-        p.wildcard_subscription_available,
+        p.wildcard_subscription_available(),
         Some(true),
         "Wildcard Subscription Available"
     );
     assert_eq!(
-        p.shared_subscription_available,
+        p.shared_subscription_available(),
         Some(true),
         "Shared Subscription Available"
     );
     assert_eq!(
-        p.subscription_identifier_available,
+        p.subscription_identifier_available(),
         Some(true),
         "Subscription Identifier Available"
     );
     // Absent Maximum QoS means 2.
-    assert_eq!(p.maximum_qos, None);
+    assert_eq!(p.maximum_qos(), None);
 }
 
 #[test]
@@ -188,7 +188,7 @@ fn server_keep_alive_caps_the_client_keep_alive() {
     let Packet::ConnAck(a) = ack.packet() else {
         unreachable!()
     };
-    assert_eq!(a.properties.server_keep_alive, Some(60));
+    assert_eq!(a.properties.server_keep_alive(), Some(60));
     let mut c = connect_packet(V5, "ka-short", true);
     c.keep_alive = 30;
     let (_raw, ack) = connect_with(broker.addr, &c);
@@ -196,9 +196,9 @@ fn server_keep_alive_caps_the_client_keep_alive() {
         unreachable!()
     };
     assert!(
-        matches!(a.properties.server_keep_alive, None | Some(30)),
+        matches!(a.properties.server_keep_alive(), None | Some(30)),
         "a keep alive under the maximum is left alone: {:?}",
-        a.properties.server_keep_alive
+        a.properties.server_keep_alive()
     );
 }
 
@@ -239,7 +239,7 @@ fn keepalive_zero(protocol: Protocol) {
     c.keep_alive = 0;
     let (mut raw, ack) = connect_with(broker.addr, &c);
     if let Packet::ConnAck(a) = ack.packet() {
-        if let Some(ka) = a.properties.server_keep_alive {
+        if let Some(ka) = a.properties.server_keep_alive() {
             assert!(
                 ka == 0 || ka > 3,
                 "server keep alive {ka} would end the test"
@@ -275,7 +275,7 @@ fn empty_client_id_v5_gets_assigned_identifier() {
         };
         let id = a
             .properties
-            .assigned_client_identifier
+            .assigned_client_identifier()
             .expect("MQTT-3.2.2-16: Assigned Client Identifier")
             .to_owned();
         assert!(!id.is_empty());
@@ -492,7 +492,7 @@ fn packet_too_large_gets_0x95() {
     let Packet::ConnAck(a) = ack.packet() else {
         unreachable!()
     };
-    assert_eq!(a.properties.maximum_packet_size, Some(1024));
+    assert_eq!(a.properties.maximum_packet_size(), Some(1024));
     raw.disconnect();
     let big = vec![b'z'; 2000];
     let bytes = encode(
@@ -508,7 +508,11 @@ fn auth_without_method_is_a_protocol_error() {
     let broker = Broker::start();
     let mut raw = connect(broker.addr, V5, "authless");
     let mut d = Disconnect::new(reason::RE_AUTHENTICATE);
-    d.properties.authentication_method = Some("SCRAM-SHA-1");
+    let d_props = PropValues {
+        authentication_method: Some("SCRAM-SHA-1"),
+        ..d.properties.values()
+    };
+    d.properties = Properties::Values(&d_props);
     raw.send(&Packet::Auth(d));
     // MQTT-4.12.0-7: the client may not send AUTH without an Authentication Method in
     // CONNECT, so it is a Protocol Error (0x8C is not a DISCONNECT reason code, §3.14.2.1;
@@ -722,10 +726,19 @@ fn hundred_qos2_in_flight_arrive_exactly_once() {
 // Topic aliases, flow control, packet size
 // ---------------------------------------------------------------------------------------
 
-fn aliased<'a>(topic: &'a str, alias: u16, payload: &'a [u8]) -> Packet<'a> {
+/// A QoS 0 PUBLISH with the properties of [`alias`].
+fn aliased<'a>(topic: &'a str, props: &'a PropValues<'a>, payload: &'a [u8]) -> Packet<'a> {
     let mut p = publish(topic, payload, QoS::AtMostOnce, 0);
-    p.properties.topic_alias = Some(alias);
+    p.properties = Properties::Values(props);
     Packet::Publish(p)
+}
+
+/// Properties with a topic alias.
+fn alias(alias: u16) -> PropValues<'static> {
+    PropValues {
+        topic_alias: Some(alias),
+        ..PropValues::default()
+    }
 }
 
 #[test]
@@ -734,12 +747,12 @@ fn topic_alias_inbound() {
     let mut sub = connect(broker.addr, V5, "alias-sub");
     sub.subscribe("ta/#", QoS::AtMostOnce);
     let mut p = connect(broker.addr, V5, "alias-pub");
-    p.send(&aliased("ta/x", 1, b"first"));
-    p.send(&aliased("", 1, b"second"));
-    p.send(&aliased("ta/y", 1, b"third")); // remaps alias 1
-    p.send(&aliased("", 1, b"fourth"));
-    p.send(&aliased("ta/z", 5, b"fifth"));
-    p.send(&aliased("", 5, b"sixth"));
+    p.send(&aliased("ta/x", &alias(1), b"first"));
+    p.send(&aliased("", &alias(1), b"second"));
+    p.send(&aliased("ta/y", &alias(1), b"third")); // remaps alias 1
+    p.send(&aliased("", &alias(1), b"fourth"));
+    p.send(&aliased("ta/z", &alias(5), b"fifth"));
+    p.send(&aliased("", &alias(5), b"sixth"));
     let got: Vec<(String, Vec<u8>)> = (0..6)
         .map(|_| {
             let m = sub.expect_publish();
@@ -764,7 +777,7 @@ fn topic_alias_inbound() {
 fn topic_alias_above_maximum_gets_0x94() {
     let broker = Broker::start_with(&["--memory"], Some("[mqtt]\ntopic_alias_maximum = 5\n"));
     // §3.3.2.3.4: an alias greater than Topic Alias Maximum: DISCONNECT 0x94.
-    let bytes = encode(&aliased("obs/x", 6, b"x"), V5);
+    let bytes = encode(&aliased("obs/x", &alias(6), b"x"), V5);
     bad_packet_on(&broker, V5, &bytes, reason::TOPIC_ALIAS_INVALID);
 }
 
@@ -773,7 +786,7 @@ fn topic_alias_zero_gets_0x94() {
     // MQTT-3.3.2-8: Topic Alias 0 is not permitted; §3.3.2.3.4: 0x94.
     bad_packet(
         V5,
-        &encode(&aliased("obs/x", 0, b"x"), V5),
+        &encode(&aliased("obs/x", &alias(0), b"x"), V5),
         reason::TOPIC_ALIAS_INVALID,
     );
 }
@@ -783,7 +796,7 @@ fn topic_alias_unknown_is_a_protocol_error() {
     // Empty topic with an alias never set on this connection: Protocol Error.
     bad_packet(
         V5,
-        &encode(&aliased("", 3, b"x"), V5),
+        &encode(&aliased("", &alias(3), b"x"), V5),
         reason::PROTOCOL_ERROR,
     );
 }
@@ -792,13 +805,13 @@ fn topic_alias_unknown_is_a_protocol_error() {
 fn topic_aliases_die_with_the_connection() {
     let broker = Broker::start();
     let (mut p, _) = connect_with(broker.addr, &persistent(V5, "alias-reconnect", 60));
-    p.send(&aliased("ta/x", 1, b"first"));
+    p.send(&aliased("ta/x", &alias(1), b"first"));
     p.send(&Packet::PingReq);
     p.expect_kind(13);
     drop(p);
     // §3.3.2.3.4: aliases are per Network Connection, even when the session resumes.
     let mut p = resume(&broker, V5, "alias-reconnect");
-    p.send(&aliased("", 1, b"stale"));
+    p.send(&aliased("", &alias(1), b"stale"));
     assert_eq!(p.expect_close(), Some(reason::PROTOCOL_ERROR));
 }
 
@@ -852,7 +865,11 @@ fn receive_maximum_exceeded_gets_0x93() {
 fn server_respects_client_receive_maximum() {
     let broker = Broker::start();
     let mut c = connect_packet(V5, "slow-reader", true);
-    c.properties.receive_maximum = Some(2);
+    let c_props = PropValues {
+        receive_maximum: Some(2),
+        ..c.properties.values()
+    };
+    c.properties = Properties::Values(&c_props);
     let (mut sub, _) = connect_with(broker.addr, &c);
     sub.subscribe("crm/t", QoS::AtLeastOnce);
     let mut p = connect(broker.addr, V5, "fast-writer");
@@ -894,7 +911,11 @@ fn server_respects_client_receive_maximum() {
 fn client_maximum_packet_size_is_respected() {
     let broker = Broker::start();
     let mut c = connect_packet(V5, "tiny", true);
-    c.properties.maximum_packet_size = Some(100);
+    let c_props = PropValues {
+        maximum_packet_size: Some(100),
+        ..c.properties.values()
+    };
+    c.properties = Properties::Values(&c_props);
     let (mut sub, _) = connect_with(broker.addr, &c);
     sub.subscribe("mps/t", QoS::AtLeastOnce);
     let big = vec![b'B'; 500];
@@ -918,7 +939,11 @@ fn client_maximum_packet_size_is_respected() {
 fn outbound_topic_alias() {
     let broker = Broker::start();
     let mut c = connect_packet(V5, "alias-taker", true);
-    c.properties.topic_alias_maximum = Some(5);
+    let c_props = PropValues {
+        topic_alias_maximum: Some(5),
+        ..c.properties.values()
+    };
+    c.properties = Properties::Values(&c_props);
     let (mut sub, _) = connect_with(broker.addr, &c);
     sub.subscribe("oa/#", QoS::AtLeastOnce);
     let mut plain = connect(broker.addr, V5, "alias-refuser");
@@ -1241,7 +1266,11 @@ fn disconnect_cannot_raise_session_expiry_from_zero() {
     c.will = Some(will("se/will", b"protocol-error"));
     let (mut raw, _) = connect_with(broker.addr, &c);
     let mut d = Disconnect::new(reason::NORMAL_DISCONNECTION);
-    d.properties.session_expiry_interval = Some(30);
+    let d_props = PropValues {
+        session_expiry_interval: Some(30),
+        ..d.properties.values()
+    };
+    d.properties = Properties::Values(&d_props);
     raw.send(&Packet::Disconnect(d));
     // MQTT-3.14.2-2: Protocol Error.
     assert_eq!(raw.expect_close(), Some(reason::PROTOCOL_ERROR));
@@ -1260,7 +1289,11 @@ fn disconnect_can_end_a_persistent_session() {
     let broker = Broker::start();
     let (mut raw, _) = connect_with(broker.addr, &persistent(V5, "short-lived", 60));
     let mut d = Disconnect::new(reason::NORMAL_DISCONNECTION);
-    d.properties.session_expiry_interval = Some(0);
+    let d_props = PropValues {
+        session_expiry_interval: Some(0),
+        ..d.properties.values()
+    };
+    d.properties = Properties::Values(&d_props);
     raw.send(&Packet::Disconnect(d));
     assert!(raw.expect_closed_within(WAIT).is_empty());
     // §3.14.2.2.2: the new (zero) interval applies: the session ended.
@@ -1351,9 +1384,13 @@ fn will_waits_for_the_shorter_of_delay_and_session_expiry() {
     let mut observer = connect(broker.addr, V5, "observer");
     observer.subscribe("wse/#", QoS::AtMostOnce);
     let mut c = connect_packet(V5, "short-session", true);
-    c.properties = expiry_props(1);
+    c.properties = Properties::Values(expiry_props(1));
     let mut w = will("wse/t", b"session-ended");
-    w.properties.will_delay_interval = Some(30);
+    let w_props = PropValues {
+        will_delay_interval: Some(30),
+        ..w.properties.values()
+    };
+    w.properties = Properties::Values(&w_props);
     c.will = Some(w);
     let (raw, _) = connect_with(broker.addr, &c);
     drop(raw);
@@ -1377,11 +1414,15 @@ fn will_properties_and_retain_apply() {
     let mut w = will("wp/t", b"{\"gone\":true}");
     w.qos = QoS::AtLeastOnce;
     w.retain = true;
-    w.properties.content_type = Some("application/json");
-    w.properties.response_topic = Some("wp/reply");
-    w.properties.correlation_data = Some(b"c-1");
-    w.properties.message_expiry_interval = Some(100);
-    w.properties.user_properties = mote_codec::PropList::Slice(&[("who", "propertied")]);
+    let w_props = PropValues {
+        content_type: Some("application/json"),
+        response_topic: Some("wp/reply"),
+        correlation_data: Some(b"c-1"),
+        message_expiry_interval: Some(100),
+        user_properties: mote_codec::PropList::Slice(&[("who", "propertied")]),
+        ..w.properties.values()
+    };
+    w.properties = Properties::Values(&w_props);
     c.will = Some(w);
     let (raw, _) = connect_with(broker.addr, &c);
     drop(raw);
@@ -1416,7 +1457,11 @@ fn retained_message_expires() {
     for (topic, secs) in [("rx/short", 1), ("rx/long", 60)] {
         let mut r = publish(topic, b"r", QoS::AtLeastOnce, 1);
         r.retain = true;
-        r.properties.message_expiry_interval = Some(secs);
+        let r_props = PropValues {
+            message_expiry_interval: Some(secs),
+            ..r.properties.values()
+        };
+        r.properties = Properties::Values(&r_props);
         p.publish_acked(&r);
     }
     std::thread::sleep(Duration::from_millis(2100));
@@ -1469,7 +1514,7 @@ fn maximum_qos_1_is_announced_and_enforced() {
     let Packet::ConnAck(a) = ack.packet() else {
         unreachable!()
     };
-    assert_eq!(a.properties.maximum_qos, Some(1));
+    assert_eq!(a.properties.maximum_qos(), Some(1));
     // §3.2.2.3.4 / §3.9.3: the granted QoS is capped at Maximum QoS.
     assert_eq!(
         c.subscribe_with(1, &[("mq/t", opts(QoS::ExactlyOnce))], None),
@@ -1495,7 +1540,7 @@ fn retain_not_available_is_announced_and_enforced() {
     let Packet::ConnAck(a) = ack.packet() else {
         unreachable!()
     };
-    assert_eq!(a.properties.retain_available, Some(false));
+    assert_eq!(a.properties.retain_available(), Some(false));
     let mut r = publish("nr/t", b"x", QoS::AtMostOnce, 0);
     r.retain = true;
     c.send(&Packet::Publish(r));
@@ -1655,7 +1700,11 @@ fn takeover_resuming_session_within_will_delay_cancels_will() {
     observer.subscribe("td/#", QoS::AtMostOnce);
     let mut c = persistent(V5, "heir", 60);
     let mut w = will("td/will", b"must-not-appear");
-    w.properties.will_delay_interval = Some(5);
+    let w_props = PropValues {
+        will_delay_interval: Some(5),
+        ..w.properties.values()
+    };
+    w.properties = Properties::Values(&w_props);
     c.will = Some(w);
     let (mut first, _) = connect_with(broker.addr, &c);
     let mut second = resume(&broker, V5, "heir");
@@ -1676,7 +1725,7 @@ fn session_expiry_capped_by_server_is_announced() {
         unreachable!()
     };
     // §3.2.2.3.2: the Server tells the Client the Session Expiry Interval it uses.
-    assert_eq!(a.properties.session_expiry_interval, Some(10));
+    assert_eq!(a.properties.session_expiry_interval(), Some(10));
 }
 
 #[test]
@@ -1690,7 +1739,7 @@ fn max_keepalive_is_enforced() {
     let Packet::ConnAck(a) = ack.packet() else {
         unreachable!()
     };
-    assert_eq!(a.properties.server_keep_alive, Some(1));
+    assert_eq!(a.properties.server_keep_alive(), Some(1));
     let t0 = Instant::now();
     let frames = raw.expect_closed_within(Duration::from_secs(5));
     assert!(
@@ -1860,7 +1909,11 @@ fn payload_format_indicator_is_checked_consistently() {
     sub.subscribe("pfi/t", QoS::AtLeastOnce);
     let mut p = connect(broker.addr, V5, "pfi-pub");
     let mut bad = publish("pfi/t", &[0xFF, 0xFE], QoS::AtLeastOnce, 1);
-    bad.properties.payload_format_indicator = Some(1);
+    let bad_props = PropValues {
+        payload_format_indicator: Some(1),
+        ..bad.properties.values()
+    };
+    bad.properties = Properties::Values(&bad_props);
     p.send(&Packet::Publish(bad));
     let f = p.expect_kind(4);
     let Packet::PubAck(a) = f.packet() else {
@@ -1886,28 +1939,32 @@ fn publish_properties_pass_through_unchanged() {
     let mut p = connect(broker.addr, V5, "props-pub");
     let mut m = publish("pr/t", b"payload", QoS::AtLeastOnce, 1);
     let users = [("k", "1"), ("a", "x"), ("k", "2"), ("", "")];
-    m.properties.payload_format_indicator = Some(1);
-    m.properties.content_type = Some("text/plain; charset=utf-8");
-    m.properties.response_topic = Some("pr/reply/42");
-    m.properties.correlation_data = Some(&[0x00, 0xFF, 0x10]);
-    m.properties.user_properties = mote_codec::PropList::Slice(&users);
+    let m_props = PropValues {
+        payload_format_indicator: Some(1),
+        content_type: Some("text/plain; charset=utf-8"),
+        response_topic: Some("pr/reply/42"),
+        correlation_data: Some(&[0x00, 0xFF, 0x10]),
+        user_properties: mote_codec::PropList::Slice(&users),
+        ..m.properties.values()
+    };
+    m.properties = Properties::Values(&m_props);
     p.publish_acked(&m);
     let f = s5.expect_kind(3);
     let Packet::Publish(got) = f.packet() else {
         unreachable!()
     };
     // MQTT-3.3.2-4, -15, -16, -18: forwarded unaltered, user properties in order.
-    assert_eq!(got.properties.payload_format_indicator, Some(1));
+    assert_eq!(got.properties.payload_format_indicator(), Some(1));
     assert_eq!(
-        got.properties.content_type,
+        got.properties.content_type(),
         Some("text/plain; charset=utf-8")
     );
-    assert_eq!(got.properties.response_topic, Some("pr/reply/42"));
+    assert_eq!(got.properties.response_topic(), Some("pr/reply/42"));
     assert_eq!(
-        got.properties.correlation_data,
+        got.properties.correlation_data(),
         Some(&[0x00, 0xFF, 0x10][..])
     );
-    let u: Vec<(&str, &str)> = got.properties.user_properties.iter().collect();
+    let u: Vec<(&str, &str)> = got.properties.user_properties().iter().collect();
     assert_eq!(u, users);
     let m3 = s3.expect_publish();
     assert_eq!(m3.payload, b"payload");
@@ -1967,10 +2024,13 @@ fn disabled_features_are_announced_and_refused() {
     let Packet::ConnAck(a) = ack.packet() else {
         unreachable!()
     };
-    assert_eq!(a.properties.wildcard_subscription_available, Some(false));
-    assert_eq!(a.properties.shared_subscription_available, Some(false));
-    assert_eq!(a.properties.subscription_identifier_available, Some(false));
-    assert_eq!(a.properties.maximum_qos, Some(0));
+    assert_eq!(a.properties.wildcard_subscription_available(), Some(false));
+    assert_eq!(a.properties.shared_subscription_available(), Some(false));
+    assert_eq!(
+        a.properties.subscription_identifier_available(),
+        Some(false)
+    );
+    assert_eq!(a.properties.maximum_qos(), Some(0));
     // §3.2.2.3.11-13: using them anyway is refused with 0xA2 / 0x9E / 0xA1, by SUBACK or
     // DISCONNECT.
     for (filter, sub_id, code) in [
@@ -1992,10 +2052,10 @@ fn disabled_features_are_announced_and_refused() {
             options: opts(QoS::AtMostOnce),
         }];
         let ids: Vec<u32> = sub_id.into_iter().collect();
-        let properties = Properties {
+        let properties = Properties::Values(&PropValues {
             subscription_identifiers: mote_codec::PropList::Slice(&ids),
-            ..Properties::default()
-        };
+            ..PropValues::default()
+        });
         c.send(&Packet::Subscribe(mote_codec::Subscribe {
             packet_id: 1,
             properties,
@@ -2062,7 +2122,11 @@ fn expired_inflight(qos: QoS) {
     s.subscribe("ei/t", qos);
     let mut p = connect(broker.addr, V5, "ei-pub");
     let mut m = publish("ei/t", b"short-lived", qos, 1);
-    m.properties.message_expiry_interval = Some(1);
+    let m_props = PropValues {
+        message_expiry_interval: Some(1),
+        ..m.properties.values()
+    };
+    m.properties = Properties::Values(&m_props);
     p.publish_acked(&m);
     let first = s.expect_publish();
     assert_eq!(first.qos, qos);
@@ -2121,7 +2185,11 @@ fn client_publish_with_subscription_identifier_is_a_protocol_error() {
     let broker = Broker::start();
     let mut p = publish("obs/x", b"x", QoS::AtMostOnce, 0);
     let ids = [3u32];
-    p.properties.subscription_identifiers = mote_codec::PropList::Slice(&ids);
+    let p_props = PropValues {
+        subscription_identifiers: mote_codec::PropList::Slice(&ids),
+        ..p.properties.values()
+    };
+    p.properties = Properties::Values(&p_props);
     // MQTT-3.3.4-6: "A PUBLISH packet sent from a Client to a Server MUST NOT contain a
     // Subscription Identifier"; a violation is a Protocol Error (§4.13).
     bad_packet_on(

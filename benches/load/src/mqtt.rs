@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use bytes::{Buf as _, BytesMut};
 use mote_codec::{
-    Ack, Connect, Disconnect, Packet, Properties, Protocol, Publish, QoS, SubOptions, Subscribe,
-    SubscribeFilter,
+    Ack, Connect, Disconnect, Packet, PropValues, Properties, Protocol, Publish, QoS, SubOptions,
+    Subscribe, SubscribeFilter,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -159,10 +159,10 @@ impl Conn {
             wbuf: BytesMut::with_capacity(256 * 1024),
             protocol: opts.protocol,
         };
-        let properties = Properties {
+        let properties = Properties::Values(&PropValues {
             session_expiry_interval: opts.session_expiry,
-            ..Properties::default()
-        };
+            ..PropValues::default()
+        });
         conn.push(&Packet::Connect(Connect {
             protocol: opts.protocol,
             clean_start: opts.clean,

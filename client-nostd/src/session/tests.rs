@@ -54,7 +54,7 @@ fn describe(p: &Packet<'_>) -> String {
                 "PUBLISH q{} id{} dup{} '{}'",
                 p.qos as u8, p.packet_id, p.dup as u8, p.topic
             );
-            if let Some(a) = p.properties.topic_alias {
+            if let Some(a) = p.properties.topic_alias() {
                 s += &format!(" alias{a}");
             }
             s
@@ -199,9 +199,9 @@ fn connect_carries_will_credentials_keepalive_and_v5_limits() {
         );
         assert!(will.retain);
         if protocol.is_v5() {
-            assert_eq!(p.properties.session_expiry_interval, Some(3600));
-            assert_eq!(p.properties.receive_maximum, Some(INBOUND_MAX as u16));
-            assert_eq!(p.properties.maximum_packet_size, Some(256));
+            assert_eq!(p.properties.session_expiry_interval(), Some(3600));
+            assert_eq!(p.properties.receive_maximum(), Some(INBOUND_MAX as u16));
+            assert_eq!(p.properties.maximum_packet_size(), Some(256));
         }
         // Nothing else goes out before CONNACK.
         assert_eq!(s.poll_transmit(0, &mut buf).unwrap(), 0);
@@ -307,10 +307,10 @@ fn missing_pingresp_closes_the_connection() {
 fn server_keep_alive_overrides_the_configured_one() {
     let mut b = Bufs::new();
     let mut s = session(&mut b, cfg(Protocol::V5));
-    let props = Properties {
+    let props = Properties::Values(&PropValues {
         server_keep_alive: Some(3),
-        ..Properties::default()
-    };
+        ..PropValues::default()
+    });
     connect_with(&mut s, 0, false, props);
     assert_eq!(s.poll_timeout(), Some(3_000));
 }
@@ -633,10 +633,10 @@ fn broker_maximum_packet_size_is_never_exceeded() {
     let mut s = session(&mut b, cfg(Protocol::V5));
     s.publish(&Message::new("t", &[0u8; 60]).qos(QoS::AtLeastOnce))
         .unwrap();
-    let props = Properties {
+    let props = Properties::Values(&PropValues {
         maximum_packet_size: Some(40),
-        ..Properties::default()
-    };
+        ..PropValues::default()
+    });
     // Stored before the limit was known: dropped with 0x95 instead of sent.
     assert!(connect_with(&mut s, 0, false, props).is_empty());
     assert_eq!(
@@ -655,10 +655,10 @@ fn broker_maximum_packet_size_is_never_exceeded() {
 fn receive_maximum_limits_publishes_in_flight() {
     let mut b = Bufs::new();
     let mut s = session(&mut b, cfg(Protocol::V5));
-    let props = Properties {
+    let props = Properties::Values(&PropValues {
         receive_maximum: Some(2),
-        ..Properties::default()
-    };
+        ..PropValues::default()
+    });
     connect_with(&mut s, 0, false, props);
     for t in ["a", "b", "c"] {
         s.publish(&msg(t, QoS::AtLeastOnce)).unwrap();
@@ -673,10 +673,10 @@ fn receive_maximum_limits_publishes_in_flight() {
 fn broker_maximum_qos_is_enforced() {
     let mut b = Bufs::new();
     let mut s = session(&mut b, cfg(Protocol::V5));
-    let props = Properties {
+    let props = Properties::Values(&PropValues {
         maximum_qos: Some(1),
-        ..Properties::default()
-    };
+        ..PropValues::default()
+    });
     connect_with(&mut s, 0, false, props);
     assert_eq!(
         s.publish(&msg("t", QoS::ExactlyOnce)),
@@ -706,10 +706,10 @@ fn invalid_topics_are_refused() {
 fn topic_alias_replaces_a_repeated_topic() {
     let mut b = Bufs::new();
     let mut s = session(&mut b, cfg(Protocol::V5));
-    let props = Properties {
+    let props = Properties::Values(&PropValues {
         topic_alias_maximum: Some(10),
-        ..Properties::default()
-    };
+        ..PropValues::default()
+    });
     connect_with(&mut s, 0, false, props);
     let mut sent = Vec::new();
     for t in [
@@ -741,10 +741,10 @@ fn topic_alias_replaces_a_repeated_topic() {
 fn topic_aliases_start_over_on_each_connection() {
     let mut b = Bufs::new();
     let mut s = session(&mut b, cfg(Protocol::V5));
-    let props = Properties {
+    let props = Properties::Values(&PropValues {
         topic_alias_maximum: Some(1),
-        ..Properties::default()
-    };
+        ..PropValues::default()
+    });
     connect_with(&mut s, 0, false, props);
     s.publish(&msg("t", QoS::AtLeastOnce)).unwrap();
     assert_eq!(transmit(&mut s, 1), vec!["PUBLISH q1 id1 dup0 't' alias1"]);
@@ -961,6 +961,6 @@ fn sensor_events_carry_the_content_type_in_v5_and_use_the_event_topic() {
         assert_eq!(p.topic, "mote/events/dev-1");
         assert_eq!(SensorEvent::decode(p.payload).unwrap(), ev);
         let expected = protocol.is_v5().then_some(CONTENT_TYPE);
-        assert_eq!(p.properties.content_type, expected);
+        assert_eq!(p.properties.content_type(), expected);
     }
 }

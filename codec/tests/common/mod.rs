@@ -7,8 +7,8 @@
 
 use mote_codec::{
     check, decode, Ack, ConnAck, Connect, DecodeError, Disconnect, EncodeError, List, Packet,
-    PropList, Properties, Protocol, Publish, QoS, RetainHandling, Sink, SubAck, SubOptions,
-    Subscribe, SubscribeFilter, UnsubAck, Unsubscribe, Will, MAX_VAR_INT,
+    PropList, PropValues, Properties, Protocol, Publish, QoS, RetainHandling, Sink, SliceSink,
+    SubAck, SubOptions, Subscribe, SubscribeFilter, UnsubAck, Unsubscribe, Will, MAX_VAR_INT,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -95,10 +95,29 @@ pub fn assert_round_trip(p: &Packet<'_>, proto: Protocol) {
     let bytes = encode(p, proto);
     let len = bytes.len();
 
-    // `encode_to` into another sink writes the same bytes.
+    // `encode_to` into another sink writes the same bytes, through `put` (a `Vec`) or in
+    // place (a slice after what it already holds).
     let mut sink = VecSink::default();
     p.encode_to(proto, &mut sink).unwrap();
     assert_eq!(sink.0, bytes, "encode_to differs from encode");
+    let mut out = vec![0xEEu8; len + 3];
+    let mut slice = SliceSink::new(&mut out);
+    slice.put(&[1, 2]).unwrap();
+    p.encode_to(proto, &mut slice).unwrap();
+    assert_eq!(slice.written(), 2 + len);
+    assert_eq!(
+        &out[2..2 + len],
+        &bytes[..],
+        "encode_to a slice differs from encode"
+    );
+    // No room: nothing written.
+    let mut slice = SliceSink::new(&mut out[..len + 1]);
+    slice.put(&[1, 2]).unwrap();
+    assert_eq!(
+        p.encode_to(proto, &mut slice),
+        Err(EncodeError::BufferTooSmall { needed: 2 + len })
+    );
+    assert_eq!(slice.written(), 2);
 
     // One byte short of room is refused up front.
     let mut small = vec![0u8; len - 1];
@@ -206,8 +225,8 @@ impl OProps {
     }
 
     /// The borrowed properties; `users` must come from [`OProps::users`].
-    pub fn view<'a>(&'a self, users: &'a [(&'a str, &'a str)]) -> Properties<'a> {
-        Properties {
+    pub fn view<'a>(&'a self, users: &'a [(&'a str, &'a str)]) -> PropValues<'a> {
+        PropValues {
             payload_format_indicator: self.payload_format_indicator,
             message_expiry_interval: self.message_expiry_interval,
             content_type: self.content_type.as_deref(),
@@ -329,11 +348,11 @@ pub enum OPacket {
     },
 }
 
-fn ack_view<'a>(a: &'a OAck, users: &'a [(&'a str, &'a str)]) -> Ack<'a> {
+fn ack_view<'a>(a: &'a OAck, vals: &'a PropValues<'a>) -> Ack<'a> {
     Ack {
         packet_id: a.packet_id,
         reason: a.reason,
-        properties: a.props.view(users),
+        properties: Properties::from(vals),
     }
 }
 
@@ -344,18 +363,24 @@ impl OPacket {
             OPacket::Connect(c) => {
                 let users = c.props.users();
                 let will_users = c.will.as_ref().map(|w| w.props.users()).unwrap_or_default();
+                let vals = c.props.view(&users);
+                let will_vals = c
+                    .will
+                    .as_ref()
+                    .map(|w| w.props.view(&will_users))
+                    .unwrap_or_default();
                 let p = Packet::Connect(Connect {
                     protocol: c.protocol,
                     clean_start: c.clean_start,
                     keep_alive: c.keep_alive,
-                    properties: c.props.view(&users),
+                    properties: Properties::from(&vals),
                     client_id: &c.client_id,
                     will: c.will.as_ref().map(|w| Will {
                         topic: &w.topic,
                         payload: &w.payload,
                         qos: w.qos,
                         retain: w.retain,
-                        properties: w.props.view(&will_users),
+                        properties: Properties::from(&will_vals),
                     }),
                     username: c.username.as_deref(),
                     password: c.password.as_deref(),
@@ -368,39 +393,45 @@ impl OPacket {
                 props,
             } => {
                 let users = props.users();
+                let vals = props.view(&users);
                 f(&Packet::ConnAck(ConnAck {
                     session_present: *session_present,
                     code: *code,
-                    properties: props.view(&users),
+                    properties: Properties::from(&vals),
                 }))
             }
             OPacket::Publish(p) => {
                 let users = p.props.users();
+                let vals = p.props.view(&users);
                 f(&Packet::Publish(Publish {
                     dup: p.dup,
                     qos: p.qos,
                     retain: p.retain,
                     topic: &p.topic,
                     packet_id: p.packet_id,
-                    properties: p.props.view(&users),
+                    properties: Properties::from(&vals),
                     payload: &p.payload,
                 }))
             }
             OPacket::PubAck(a) => {
                 let users = a.props.users();
-                f(&Packet::PubAck(ack_view(a, &users)))
+                let vals = a.props.view(&users);
+                f(&Packet::PubAck(ack_view(a, &vals)))
             }
             OPacket::PubRec(a) => {
                 let users = a.props.users();
-                f(&Packet::PubRec(ack_view(a, &users)))
+                let vals = a.props.view(&users);
+                f(&Packet::PubRec(ack_view(a, &vals)))
             }
             OPacket::PubRel(a) => {
                 let users = a.props.users();
-                f(&Packet::PubRel(ack_view(a, &users)))
+                let vals = a.props.view(&users);
+                f(&Packet::PubRel(ack_view(a, &vals)))
             }
             OPacket::PubComp(a) => {
                 let users = a.props.users();
-                f(&Packet::PubComp(ack_view(a, &users)))
+                let vals = a.props.view(&users);
+                f(&Packet::PubComp(ack_view(a, &vals)))
             }
             OPacket::Subscribe {
                 packet_id,
@@ -408,6 +439,7 @@ impl OPacket {
                 filters,
             } => {
                 let users = props.users();
+                let vals = props.view(&users);
                 let filters: Vec<SubscribeFilter<'_>> = filters
                     .iter()
                     .map(|(filter, options)| SubscribeFilter {
@@ -417,7 +449,7 @@ impl OPacket {
                     .collect();
                 f(&Packet::Subscribe(Subscribe {
                     packet_id: *packet_id,
-                    properties: props.view(&users),
+                    properties: Properties::from(&vals),
                     filters: List::Slice(&filters),
                 }))
             }
@@ -427,9 +459,10 @@ impl OPacket {
                 codes,
             } => {
                 let users = props.users();
+                let vals = props.view(&users);
                 f(&Packet::SubAck(SubAck {
                     packet_id: *packet_id,
-                    properties: props.view(&users),
+                    properties: Properties::from(&vals),
                     codes,
                 }))
             }
@@ -439,10 +472,11 @@ impl OPacket {
                 filters,
             } => {
                 let users = props.users();
+                let vals = props.view(&users);
                 let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
                 f(&Packet::Unsubscribe(Unsubscribe {
                     packet_id: *packet_id,
-                    properties: props.view(&users),
+                    properties: Properties::from(&vals),
                     filters: List::Slice(&filters),
                 }))
             }
@@ -452,9 +486,10 @@ impl OPacket {
                 codes,
             } => {
                 let users = props.users();
+                let vals = props.view(&users);
                 f(&Packet::UnsubAck(UnsubAck {
                     packet_id: *packet_id,
-                    properties: props.view(&users),
+                    properties: Properties::from(&vals),
                     codes,
                 }))
             }
@@ -462,16 +497,18 @@ impl OPacket {
             OPacket::PingResp => f(&Packet::PingResp),
             OPacket::Disconnect { reason, props } => {
                 let users = props.users();
+                let vals = props.view(&users);
                 f(&Packet::Disconnect(Disconnect {
                     reason: *reason,
-                    properties: props.view(&users),
+                    properties: Properties::from(&vals),
                 }))
             }
             OPacket::Auth { reason, props } => {
                 let users = props.users();
+                let vals = props.view(&users);
                 f(&Packet::Auth(Disconnect {
                     reason: *reason,
-                    properties: props.view(&users),
+                    properties: Properties::from(&vals),
                 }))
             }
         }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mote_codec::{
-    Ack, Connect, Packet, Properties, Protocol, Publish, QoS, SubOptions, Subscribe,
+    Ack, Connect, Packet, PropValues, Properties, Protocol, Publish, QoS, SubOptions, Subscribe,
     SubscribeFilter, Will,
 };
 use mote_tests::{Broker, Reaped};
@@ -319,17 +319,17 @@ impl From<&Publish<'_>> for Msg {
             dup: p.dup,
             retain: p.retain,
             packet_id: p.packet_id,
-            topic_alias: pr.topic_alias,
-            sub_ids: pr.subscription_identifiers.iter().collect(),
-            expiry: pr.message_expiry_interval,
+            topic_alias: pr.topic_alias(),
+            sub_ids: pr.subscription_identifiers().iter().collect(),
+            expiry: pr.message_expiry_interval(),
             user_properties: pr
-                .user_properties
+                .user_properties()
                 .iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
-            content_type: pr.content_type.map(str::to_owned),
-            response_topic: pr.response_topic.map(str::to_owned),
-            correlation_data: pr.correlation_data.map(<[u8]>::to_vec),
+            content_type: pr.content_type().map(str::to_owned),
+            response_topic: pr.response_topic().map(str::to_owned),
+            correlation_data: pr.correlation_data().map(<[u8]>::to_vec),
         }
     }
 }
@@ -546,13 +546,13 @@ impl Raw {
             })
             .collect();
         let ids: Vec<u32> = sub_id.into_iter().collect();
-        let mut properties = Properties::default();
-        if !ids.is_empty() {
-            properties.subscription_identifiers = mote_codec::PropList::Slice(&ids);
-        }
+        let properties = PropValues {
+            subscription_identifiers: mote_codec::PropList::Slice(&ids),
+            ..PropValues::default()
+        };
         self.send(&Packet::Subscribe(Subscribe {
             packet_id,
-            properties,
+            properties: Properties::Values(&properties),
             filters: mote_codec::List::Slice(&entries),
         }));
         let f = self.expect_kind(9);
@@ -674,10 +674,11 @@ pub(crate) fn connack(f: &Frame) -> (bool, u8) {
     }
 }
 
-/// Properties with a session expiry interval.
-pub(crate) fn expiry_props<'a>(secs: u32) -> Properties<'a> {
-    Properties {
+/// Properties with a session expiry interval (kept for the life of the test process,
+/// so a packet holding them can be returned).
+pub(crate) fn expiry_props(secs: u32) -> &'static PropValues<'static> {
+    Box::leak(Box::new(PropValues {
         session_expiry_interval: Some(secs),
-        ..Properties::default()
-    }
+        ..PropValues::default()
+    }))
 }
