@@ -1204,6 +1204,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "server")] // decodes a packet only a server decodes
     fn connect_versions() {
         for protocol in [Protocol::V31, Protocol::V311, Protocol::V5] {
             let p = Packet::Connect(Connect {
@@ -1227,6 +1228,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "server")] // decodes a packet only a server decodes
     fn subscribe_list() {
         let filters = [
             SubscribeFilter {
