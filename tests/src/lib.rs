@@ -109,7 +109,12 @@ impl Broker {
         }
     }
 
-    /// The broker's port.
+    /// Process id of the broker (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Port the broker listens on.
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
