@@ -1667,18 +1667,19 @@ impl Core {
         // while the snapshot is written: wait until at least half of the log can go. The
         // live state is estimated by the queue cost of the queued deliveries (in memory
         // and spilled), which is of the order of their records' size.
-        let spilled: usize = self
-            .sessions
-            .values()
-            .filter_map(|s| s.spill.as_ref())
-            .map(|s| s.bytes)
-            .sum();
+        let (_, spilled) = self.spilled();
         let live = (self.queued_memory() + spilled) as u64;
         if self.last_snapshot + since < live.saturating_mul(2) {
             return;
         }
         let bytes = self.compact(now);
         tracing::info!(bytes, "compacted the store");
+    }
+
+    /// Deliveries waiting in spill files across all sessions, and their queue cost.
+    fn spilled(&self) -> (usize, usize) {
+        let spills = self.sessions.values().filter_map(|s| s.spill.as_ref());
+        spills.fold((0, 0), |(n, b), s| (n + s.count, b + s.bytes))
     }
 
     /// Writes a snapshot of the live state that replaces the journal's history; returns
@@ -1699,12 +1700,7 @@ impl Core {
         let online = self.sessions.values().filter(|s| s.online()).count();
         let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();
         let expired: u64 = self.sessions.values().map(|s| s.drops.expired).sum();
-        let spilled: usize = self
-            .sessions
-            .values()
-            .filter_map(|s| s.spill.as_ref())
-            .map(|s| s.count)
-            .sum();
+        let (spilled, _) = self.spilled();
         let values: [(&str, String); 13] = [
             ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", uptime.as_secs())),

@@ -290,19 +290,14 @@ impl Log {
             report.corrupt_regions += found.corrupt;
             report.records += found.records;
             let tail = found.len - found.good_end;
-            if tail > 0 && !found.dirty_tail {
-                // The unused, zero-filled end of a preallocated segment.
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)?
-                    .set_len(found.good_end)?;
-                total_len += found.good_end;
-                continue;
-            }
             if tail > 0 {
-                if Some(n) == last {
-                    // A torn write at the end of the newest segment: cut it off.
-                    report.truncated_bytes += tail;
+                // The unused, zero-filled end of a preallocated segment, or a torn write
+                // at the end of the newest segment: cut it off (only the latter is news).
+                let torn = found.dirty_tail && Some(n) == last;
+                if !found.dirty_tail || torn {
+                    if torn {
+                        report.truncated_bytes += tail;
+                    }
                     OpenOptions::new()
                         .write(true)
                         .open(&path)?
