@@ -288,7 +288,7 @@ impl Core {
         if self.journal.is_none() || msg.stored.swap(true, Ordering::Relaxed) {
             return;
         }
-        let stored = msg.stored(will_expiry, now, unix_ms());
+        let stored = msg.as_stored(will_expiry, now, unix_ms());
         self.log_with(true, &mut |b| stored.encode_msg(msg.mid, b));
     }
 
@@ -1823,7 +1823,7 @@ impl Snapshot<'_> {
     }
 
     fn put_msg(&mut self, m: &Message, will_expiry: Option<u32>) {
-        let stored = m.stored(will_expiry, self.now, self.now_ms);
+        let stored = m.as_stored(will_expiry, self.now, self.now_ms);
         self.put_with(&mut |b| stored.encode_msg(m.mid, b));
     }
 }

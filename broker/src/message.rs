@@ -171,7 +171,7 @@ pub fn unix_ms_to_instant(ms: u64, now: Instant, now_ms: u64) -> Instant {
 impl Message {
     /// The stored form, borrowed; `will_expiry` is the will's own expiry interval, if
     /// this is one.
-    pub fn stored(&self, will_expiry: Option<u32>, now: Instant, now_ms: u64) -> StoredRef<'_> {
+    pub fn as_stored(&self, will_expiry: Option<u32>, now: Instant, now_ms: u64) -> StoredRef<'_> {
         StoredRef {
             topic: &self.topic,
             payload: &self.payload,

@@ -79,7 +79,7 @@ impl Spill {
         d.enqueue_record("").encode(b);
         let enq_len = (b.len() - enq - 4) as u32;
         b[enq..enq + 4].copy_from_slice(&enq_len.to_le_bytes());
-        d.msg.stored(None, now, now_ms).encode_msg(d.msg.mid, b);
+        d.msg.as_stored(None, now, now_ms).encode_msg(d.msg.mid, b);
         let len = (b.len() - start - 4) as u32;
         b[start..start + 4].copy_from_slice(&len.to_le_bytes());
         self.count += 1;
