@@ -226,6 +226,10 @@ pub struct StorageConfig {
     /// own: this steers the queues, it is not a hard limit. Unused with
     /// `memory = true`. Default `0`.
     pub memory_budget_bytes: usize,
+    /// Size at which a log segment is closed and the next one started (the next is
+    /// prepared, zero-filled, in the background once the current one is half full).
+    /// At least 65536. Default `67108864` (64 MiB).
+    pub segment_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -236,6 +240,7 @@ impl Default for StorageConfig {
             fsync: FsyncPolicy::Always,
             queue_memory_bytes: 256 * 1024 * 1024,
             memory_budget_bytes: 0,
+            segment_bytes: crate::store::journal::DEFAULT_SEGMENT_BYTES,
         }
     }
 }
@@ -437,6 +442,11 @@ impl Config {
         ensure!(
             s.queue_memory_bytes >= 1,
             "storage.queue_memory_bytes must be at least 1 (got 0)"
+        );
+        ensure!(
+            s.segment_bytes >= 65536,
+            "storage.segment_bytes must be at least 65536 (got {})",
+            s.segment_bytes
         );
         if let FsyncPolicy::Every(d) = s.fsync {
             ensure!(

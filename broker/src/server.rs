@@ -121,9 +121,13 @@ pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
     let dir = config.storage.data_dir.clone();
     // Pass 1: the state's skeleton (sessions, subscriptions, what finished).
     let mut index = Index::default();
-    let (journal, writer, recovery) =
-        Journal::open(&dir, config.storage.fsync, &mut |b| index.apply_bytes(b))
-            .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", dir.display()))?;
+    let (journal, writer, recovery) = Journal::open(
+        &dir,
+        config.storage.fsync,
+        config.storage.segment_bytes,
+        &mut |b| index.apply_bytes(b),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", dir.display()))?;
     if recovery.truncated_bytes > 0 {
         tracing::warn!(
             bytes = recovery.truncated_bytes,

@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime};
 use mote_tests::{python_dir, require_paho, spawn, Broker, Reaped};
 
 /// Room for every message of a round in each subscriber's queue (10,000 by default).
-const QUEUE: &str = "[mqtt]\nmax_queued_messages = 100000\n";
+/// Small log segments (the smallest allowed), so that a kill lands among many segment
+/// rolls and in segments written into zero-filled, preallocated space.
+const QUEUE: &str = "[mqtt]\nmax_queued_messages = 100000\n[storage]\nsegment_bytes = 65536\n";
 
 fn script(name: &str, port: u16, args: &[&str]) -> Reaped {
     let mut cmd = Command::new("python3");

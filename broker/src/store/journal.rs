@@ -22,7 +22,7 @@ use crate::config::FsyncPolicy;
 const SNAPSHOT_QUEUE: usize = 8 * 1024 * 1024;
 
 /// Default size at which a segment is closed and a new one started.
-const SEGMENT_LIMIT: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Work for the writer thread, in order.
 #[derive(Debug)]
@@ -105,9 +105,10 @@ impl Journal {
     pub fn open(
         dir: &Path,
         policy: FsyncPolicy,
+        segment_bytes: u64,
         replay: &mut dyn FnMut(&[u8]),
     ) -> std::io::Result<(Arc<Journal>, WriterHandle, Recovery)> {
-        let (log, recovery) = Log::open(dir, SEGMENT_LIMIT, replay)?;
+        let (log, recovery) = Log::open(dir, segment_bytes, replay)?;
         let (durable_tx, _) = watch::channel(0);
         let journal = Arc::new(Journal {
             pending: Mutex::new(Pending::default()),
@@ -334,7 +335,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn appended_records_become_durable_and_replay() {
         let dir = tmp("durable");
-        let (j, writer, _) = Journal::open(&dir, FsyncPolicy::Always, &mut |_| {}).unwrap();
+        let (j, writer, _) = Journal::open(
+            &dir,
+            FsyncPolicy::Always,
+            DEFAULT_SEGMENT_BYTES,
+            &mut |_| {},
+        )
+        .unwrap();
         let mut last = 0;
         for i in 0..50u16 {
             last = j.append(&Record::Inbound2 {
@@ -348,11 +355,12 @@ mod tests {
         assert!(j.durable() >= last);
         writer.shutdown();
         let mut n = 0;
-        let (_, w2, rep) = Journal::open(&dir, FsyncPolicy::Always, &mut |b| {
-            assert!(Record::decode(b).is_some());
-            n += 1;
-        })
-        .unwrap();
+        let (_, w2, rep) =
+            Journal::open(&dir, FsyncPolicy::Always, DEFAULT_SEGMENT_BYTES, &mut |b| {
+                assert!(Record::decode(b).is_some());
+                n += 1;
+            })
+            .unwrap();
         w2.shutdown();
         assert_eq!((n, rep.records), (50, 50));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -361,7 +369,8 @@ mod tests {
     #[test]
     fn snapshot_supersedes_earlier_records() {
         let dir = tmp("snap");
-        let (j, writer, _) = Journal::open(&dir, FsyncPolicy::Never, &mut |_| {}).unwrap();
+        let (j, writer, _) =
+            Journal::open(&dir, FsyncPolicy::Never, DEFAULT_SEGMENT_BYTES, &mut |_| {}).unwrap();
         for _ in 0..10 {
             j.append(&Record::SessionEnd {
                 client: "old".into(),
@@ -381,7 +390,7 @@ mod tests {
         });
         writer.shutdown();
         let mut got = Vec::new();
-        let (_, w2, _) = Journal::open(&dir, FsyncPolicy::Never, &mut |b| {
+        let (_, w2, _) = Journal::open(&dir, FsyncPolicy::Never, DEFAULT_SEGMENT_BYTES, &mut |b| {
             got.push(Record::decode(b).unwrap())
         })
         .unwrap();
