@@ -1,13 +1,14 @@
 //! Mote: an MQTT 3.1.1 and 5.0 broker.
 //!
-//! Layout follows `DESIGN.md`: `server` accepts, `connection` moves bytes, `broker` and
-//! `session` hold every protocol rule without I/O, `trie` matches topics.
+//! Three layers (`docs/architecture.md` is the map):
+//! - [`proto`]: the protocol as a state machine without I/O — packets and time in,
+//!   packets, wake-ups and journal records out;
+//! - `store`: the embedded log below it (records, group commit, recovery, spill files),
+//!   which knows nothing of the protocol's types;
+//! - [`runtime`]: tokio — listeners, one task per connection, the durability gate, the
+//!   ticker, shutdown.
 
-pub mod broker;
 pub mod config;
-pub mod connection;
-pub mod message;
-pub mod server;
-pub mod session;
-pub mod store;
-pub mod trie;
+mod proto;
+pub mod runtime;
+mod store;

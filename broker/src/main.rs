@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
             tracing::info!("signal received");
             signals.cancel();
         });
-        mote_broker::server::run(config, shutdown).await
+        mote_broker::runtime::run(config, shutdown).await
     })
 }
 

@@ -22,7 +22,7 @@ use crate::config::FsyncPolicy;
 const SNAPSHOT_QUEUE: usize = 8 * 1024 * 1024;
 
 /// Default size at which a segment is closed and a new one started.
-pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Work for the writer thread, in order.
 #[derive(Debug)]
@@ -56,7 +56,7 @@ struct Pending {
 
 /// The journal shared by the core and its writer thread.
 #[derive(Debug)]
-pub struct Journal {
+pub(crate) struct Journal {
     // A std Mutex: appends hold it for a memcpy, the writer only to swap the job queue.
     pending: Mutex<Pending>,
     wake: Condvar,
@@ -70,14 +70,14 @@ pub struct Journal {
 
 /// Handle that stops the writer thread and waits for the last sync.
 #[derive(Debug)]
-pub struct WriterHandle {
+pub(crate) struct WriterHandle {
     journal: Arc<Journal>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl WriterHandle {
     /// Writes and syncs everything appended, then stops the writer.
-    pub fn shutdown(mut self) {
+    pub(crate) fn shutdown(mut self) {
         self.stop();
     }
 
@@ -102,7 +102,7 @@ impl Journal {
     ///
     /// # Errors
     /// I/O errors opening the log.
-    pub fn open(
+    pub(crate) fn open(
         dir: &Path,
         policy: FsyncPolicy,
         segment_bytes: u64,
@@ -140,13 +140,13 @@ impl Journal {
     }
 
     /// Appends `rec`; returns its position.
-    pub fn append(&self, rec: &Record) -> u64 {
+    pub(crate) fn append(&self, rec: &Record) -> u64 {
         self.append_with(&mut |b| rec.encode(b))
     }
 
     /// Appends the record that `encode` writes (straight into the queued bytes);
     /// returns its position.
-    pub fn append_with(&self, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
+    pub(crate) fn append_with(&self, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
         let mut p = self.lock();
         let jobs = &mut p.jobs;
         if !matches!(jobs.back(), Some(Job::Records(_))) {
@@ -170,7 +170,7 @@ impl Journal {
     /// Starts a snapshot of the whole state, taken after every record appended so far.
     /// Feed it with [`Journal::snapshot_chunk`] and close it with
     /// [`Journal::snapshot_end`]; once written, older segments are deleted.
-    pub fn snapshot_begin(&self) {
+    pub(crate) fn snapshot_begin(&self) {
         let mut p = self.lock();
         p.since_snapshot = 0;
         p.jobs.push_back(Job::SnapshotBegin);
@@ -180,7 +180,7 @@ impl Journal {
 
     /// Queues framed snapshot records; blocks while too much snapshot data waits for the
     /// writer, so a large snapshot is streamed rather than held in memory.
-    pub fn snapshot_chunk(&self, framed: Vec<u8>) {
+    pub(crate) fn snapshot_chunk(&self, framed: Vec<u8>) {
         let mut p = self.lock();
         while p.snapshot_queued > SNAPSHOT_QUEUE && !self.failed() {
             p = self.progress.wait(p).unwrap_or_else(|e| e.into_inner());
@@ -193,35 +193,36 @@ impl Journal {
     }
 
     /// Ends the snapshot started with [`Journal::snapshot_begin`].
-    pub fn snapshot_end(&self) {
+    pub(crate) fn snapshot_end(&self) {
         self.lock().jobs.push_back(Job::SnapshotEnd);
         self.wake.notify_one();
     }
 
+    #[cfg(test)]
     /// Writes a whole snapshot held in memory.
-    pub fn snapshot(&self, framed: Vec<u8>) {
+    pub(crate) fn snapshot(&self, framed: Vec<u8>) {
         self.snapshot_begin();
         self.snapshot_chunk(framed);
         self.snapshot_end();
     }
 
     /// Bytes appended since the last snapshot.
-    pub fn since_snapshot(&self) -> u64 {
+    pub(crate) fn since_snapshot(&self) -> u64 {
         self.lock().since_snapshot
     }
 
     /// True when acknowledgements must wait for the writer (`--fsync always`).
-    pub fn waits(&self) -> bool {
+    pub(crate) fn waits(&self) -> bool {
         self.policy == FsyncPolicy::Always
     }
 
     /// The last position known durable.
-    pub fn durable(&self) -> u64 {
+    pub(crate) fn durable(&self) -> u64 {
         self.durable.load(Ordering::Acquire)
     }
 
     /// True once a write or sync failed: nothing more is acknowledged.
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
 
@@ -229,7 +230,7 @@ impl Journal {
     ///
     /// # Cancel safety
     /// Cancel-safe: it only watches a counter.
-    pub async fn wait_durable(&self, lsn: u64) {
+    pub(crate) async fn wait_durable(&self, lsn: u64) {
         let mut rx = self.durable_tx.subscribe();
         let _ = rx.wait_for(|d| *d >= lsn).await;
     }
@@ -317,7 +318,7 @@ impl Journal {
 }
 
 /// Shares one journal as an optional handle in the core (`None` = in-memory store).
-pub type JournalRef = Option<Arc<Journal>>;
+pub(crate) type JournalRef = Option<Arc<Journal>>;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -22,29 +22,29 @@ use std::thread::JoinHandle;
 /// Start of every record.
 const MAGIC: [u8; 4] = *b"MoTe";
 /// Bytes before the payload.
-pub const HEADER: usize = 12;
+pub(crate) const HEADER: usize = 12;
 /// Largest payload accepted when reading (a larger length field is corruption).
 const MAX_RECORD: usize = 512 * 1024 * 1024;
 
 /// What recovery found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Recovery {
+pub(crate) struct Recovery {
     /// Segments read.
-    pub segments: usize,
+    pub(crate) segments: usize,
     /// Intact records handed to the caller.
-    pub records: u64,
+    pub(crate) records: u64,
     /// Damaged regions skipped in the middle of the log (each loses one record, or the
     /// few a damaged region spans).
-    pub corrupt_regions: u64,
+    pub(crate) corrupt_regions: u64,
     /// Bytes cut from the end of the newest segment (a torn write).
-    pub truncated_bytes: u64,
+    pub(crate) truncated_bytes: u64,
     /// The segment new records go to: [`replay`] reads the ones before it.
-    pub active_segment: u64,
+    pub(crate) active_segment: u64,
 }
 
 /// The log: closed segments plus one active segment that appends go to.
 #[derive(Debug)]
-pub struct Log {
+pub(crate) struct Log {
     dir: PathBuf,
     /// Numbers of all segments, oldest first; the last is active.
     segments: Vec<u64>,
@@ -72,14 +72,15 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:016}.log"))
 }
 
+#[cfg(test)]
 /// Appends one framed record holding `payload` to `out`.
-pub fn frame(out: &mut Vec<u8>, payload: &[u8]) {
+pub(crate) fn frame(out: &mut Vec<u8>, payload: &[u8]) {
     frame_with(out, &mut |b| b.extend_from_slice(payload));
 }
 
 /// Appends one framed record whose payload `encode` appends, in place (no copy of the
 /// payload through a buffer of its own).
-pub fn frame_with(out: &mut Vec<u8>, encode: &mut dyn FnMut(&mut Vec<u8>)) {
+pub(crate) fn frame_with(out: &mut Vec<u8>, encode: &mut dyn FnMut(&mut Vec<u8>)) {
     let at = out.len();
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&[0; HEADER - 4]);
@@ -255,7 +256,7 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
 ///
 /// # Errors
 /// I/O errors of the directory or files.
-pub fn replay(dir: &Path, before: u64, f: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+pub(crate) fn replay(dir: &Path, before: u64, f: &mut dyn FnMut(&[u8])) -> io::Result<()> {
     for n in list_segments(dir)?.into_iter().filter(|&n| n < before) {
         scan(&mut File::open(segment_path(dir, n))?, f)?;
     }
@@ -268,7 +269,7 @@ impl Log {
     ///
     /// # Errors
     /// I/O errors of the directory or files.
-    pub fn open(
+    pub(crate) fn open(
         dir: &Path,
         segment_limit: u64,
         f: &mut dyn FnMut(&[u8]),
@@ -336,19 +337,15 @@ impl Log {
         ))
     }
 
+    #[cfg(test)]
     /// Buffers one record; nothing reaches the file until [`Log::write`].
-    pub fn append(&mut self, payload: &[u8]) {
+    pub(crate) fn append(&mut self, payload: &[u8]) {
         frame(&mut self.pending, payload);
     }
 
     /// Buffers already framed records (see [`frame`]).
-    pub fn append_framed(&mut self, framed: &[u8]) {
+    pub(crate) fn append_framed(&mut self, framed: &[u8]) {
         self.pending.extend_from_slice(framed);
-    }
-
-    /// True when nothing is buffered.
-    pub fn is_idle(&self) -> bool {
-        self.pending.is_empty()
     }
 
     /// Writes buffered records to the active segment, then `fsync`s it when `sync`.
@@ -356,7 +353,7 @@ impl Log {
     ///
     /// # Errors
     /// I/O errors; the records are then not durable and the caller must not acknowledge.
-    pub fn write(&mut self, sync: bool) -> io::Result<()> {
+    pub(crate) fn write(&mut self, sync: bool) -> io::Result<()> {
         if !self.pending.is_empty() {
             self.active.write_all_at(&self.pending, self.active_len)?;
             self.active_len += self.pending.len() as u64;
@@ -403,17 +400,12 @@ impl Log {
         sync_dir(&self.dir)
     }
 
-    /// Bytes in all segments.
-    pub fn total_len(&self) -> u64 {
-        self.total_len
-    }
-
     /// Starts a snapshot: everything appended so far is written and synced, and the
     /// snapshot's records go to a temporary file until [`Log::end_snapshot`].
     ///
     /// # Errors
     /// I/O errors.
-    pub fn begin_snapshot(&mut self) -> io::Result<()> {
+    pub(crate) fn begin_snapshot(&mut self) -> io::Result<()> {
         self.write(true)?;
         self.snapshot = Some(
             OpenOptions::new()
@@ -430,7 +422,7 @@ impl Log {
     ///
     /// # Errors
     /// I/O errors, or no snapshot started.
-    pub fn snapshot_chunk(&mut self, framed: &[u8]) -> io::Result<()> {
+    pub(crate) fn snapshot_chunk(&mut self, framed: &[u8]) -> io::Result<()> {
         let f = self
             .snapshot
             .as_mut()
@@ -447,7 +439,7 @@ impl Log {
     ///
     /// # Errors
     /// I/O errors; the old segments are then kept.
-    pub fn end_snapshot(&mut self) -> io::Result<()> {
+    pub(crate) fn end_snapshot(&mut self) -> io::Result<()> {
         let f = self
             .snapshot
             .take()
@@ -469,11 +461,12 @@ impl Log {
         sync_dir(&self.dir)
     }
 
+    #[cfg(test)]
     /// Writes a whole snapshot at once (see [`Log::begin_snapshot`]).
     ///
     /// # Errors
     /// I/O errors.
-    pub fn compact(&mut self, snapshot: &[u8]) -> io::Result<()> {
+    pub(crate) fn compact(&mut self, snapshot: &[u8]) -> io::Result<()> {
         self.begin_snapshot()?;
         self.snapshot_chunk(snapshot)?;
         self.end_snapshot()

@@ -1,6 +1,6 @@
 //! The store: what makes acknowledged messages survive a crash.
-pub mod journal;
-pub mod log;
-pub mod record;
-pub mod recover;
-pub mod spill;
+pub(crate) mod journal;
+pub(crate) mod log;
+pub(crate) mod record;
+pub(crate) mod recover;
+pub(crate) mod spill;

@@ -14,36 +14,36 @@ use bytes::Bytes;
 
 /// A message as stored (shared by deliveries, retained entries and wills).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMessage {
+pub(crate) struct StoredMessage {
     /// Topic name.
-    pub topic: String,
+    pub(crate) topic: String,
     /// Payload.
-    pub payload: Bytes,
+    pub(crate) payload: Bytes,
     /// QoS as published.
-    pub qos: u8,
+    pub(crate) qos: u8,
     /// RETAIN as published.
-    pub retain: bool,
+    pub(crate) retain: bool,
     /// Payload Format Indicator (255 = absent).
-    pub payload_format_indicator: u8,
+    pub(crate) payload_format_indicator: u8,
     /// Content Type.
-    pub content_type: Option<String>,
+    pub(crate) content_type: Option<String>,
     /// Response Topic.
-    pub response_topic: Option<String>,
+    pub(crate) response_topic: Option<String>,
     /// Correlation Data.
-    pub correlation_data: Option<Bytes>,
+    pub(crate) correlation_data: Option<Bytes>,
     /// User properties as encoded property bytes.
-    pub user_properties: Bytes,
+    pub(crate) user_properties: Bytes,
     /// Expiry as Unix milliseconds (0 = never).
-    pub expires_at_ms: u64,
+    pub(crate) expires_at_ms: u64,
     /// Message expiry interval of a will, counted from its publication (u32::MAX = none).
-    pub will_expiry: u32,
+    pub(crate) will_expiry: u32,
     /// Publisher's client id.
-    pub publisher: Option<String>,
+    pub(crate) publisher: Option<String>,
 }
 
 /// One change to durable state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record {
+pub(crate) enum Record {
     /// A persistent session starts (or restarts clean) with this expiry interval.
     SessionOpen {
         /// Client id.
@@ -258,31 +258,31 @@ impl<'a> R<'a> {
 /// A [`StoredMessage`] borrowed from wherever the message lives: what the broker
 /// journals for every stored message, encoded without copying its strings first.
 #[derive(Debug, Clone, Copy)]
-pub struct StoredRef<'a> {
+pub(crate) struct StoredRef<'a> {
     /// Topic name.
-    pub topic: &'a str,
+    pub(crate) topic: &'a str,
     /// Payload.
-    pub payload: &'a [u8],
+    pub(crate) payload: &'a [u8],
     /// QoS as published.
-    pub qos: u8,
+    pub(crate) qos: u8,
     /// RETAIN as published.
-    pub retain: bool,
+    pub(crate) retain: bool,
     /// Payload Format Indicator (255 = absent).
-    pub payload_format_indicator: u8,
+    pub(crate) payload_format_indicator: u8,
     /// Content Type.
-    pub content_type: Option<&'a str>,
+    pub(crate) content_type: Option<&'a str>,
     /// Response Topic.
-    pub response_topic: Option<&'a str>,
+    pub(crate) response_topic: Option<&'a str>,
     /// Correlation Data.
-    pub correlation_data: Option<&'a [u8]>,
+    pub(crate) correlation_data: Option<&'a [u8]>,
     /// User properties as encoded property bytes.
-    pub user_properties: &'a [u8],
+    pub(crate) user_properties: &'a [u8],
     /// Expiry as Unix milliseconds (0 = never).
-    pub expires_at_ms: u64,
+    pub(crate) expires_at_ms: u64,
     /// Message expiry interval of a will (u32::MAX = none).
-    pub will_expiry: u32,
+    pub(crate) will_expiry: u32,
     /// Publisher's client id.
-    pub publisher: Option<&'a str>,
+    pub(crate) publisher: Option<&'a str>,
 }
 
 impl StoredRef<'_> {
@@ -303,7 +303,7 @@ impl StoredRef<'_> {
 
     /// Appends the `Msg` record of message `mid` to `out` (the bytes
     /// [`Record::encode`] writes for `Record::Msg`).
-    pub fn encode_msg(&self, mid: u64, out: &mut Vec<u8>) {
+    pub(crate) fn encode_msg(&self, mid: u64, out: &mut Vec<u8>) {
         let mut w = W(out);
         w.u8(Record::KIND_MSG);
         w.u64(mid);
@@ -313,26 +313,26 @@ impl StoredRef<'_> {
 
 /// An `Enqueue` record borrowed from the delivery it describes.
 #[derive(Debug, Clone, Copy)]
-pub struct EnqueueRef<'a> {
+pub(crate) struct EnqueueRef<'a> {
     /// Client id.
-    pub client: &'a str,
+    pub(crate) client: &'a str,
     /// Delivery sequence number.
-    pub dseq: u64,
+    pub(crate) dseq: u64,
     /// Message id.
-    pub mid: u64,
+    pub(crate) mid: u64,
     /// Delivery QoS.
-    pub qos: u8,
+    pub(crate) qos: u8,
     /// RETAIN flag to send.
-    pub retain: bool,
+    pub(crate) retain: bool,
     /// Subscription identifiers.
-    pub sub_ids: &'a [u32],
+    pub(crate) sub_ids: &'a [u32],
     /// `$share` group and filter.
-    pub shared: Option<(&'a str, &'a str)>,
+    pub(crate) shared: Option<(&'a str, &'a str)>,
 }
 
 impl EnqueueRef<'_> {
     /// Appends the record (the bytes [`Record::encode`] writes for `Record::Enqueue`).
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         let mut w = W(out);
         w.u8(Record::KIND_ENQUEUE);
         w.bytes(self.client.as_bytes());
@@ -357,7 +357,7 @@ impl EnqueueRef<'_> {
 
 impl StoredMessage {
     /// The borrowed form.
-    pub fn as_ref(&self) -> StoredRef<'_> {
+    pub(crate) fn as_ref(&self) -> StoredRef<'_> {
         StoredRef {
             topic: &self.topic,
             payload: &self.payload,
@@ -394,7 +394,7 @@ impl StoredMessage {
 
 impl Record {
     /// Appends the binary form of the record to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         let mut w = W(out);
         match self {
             Record::SessionOpen { client, expiry } => {
@@ -505,28 +505,28 @@ impl Record {
     }
 
     /// Kind byte of a `Msg` record.
-    pub const KIND_MSG: u8 = 7;
+    pub(crate) const KIND_MSG: u8 = 7;
     /// Kind byte of an `Enqueue` record.
-    pub const KIND_ENQUEUE: u8 = 8;
+    pub(crate) const KIND_ENQUEUE: u8 = 8;
     /// Kind byte of a `RetainSet` record.
-    pub const KIND_RETAIN_SET: u8 = 14;
+    pub(crate) const KIND_RETAIN_SET: u8 = 14;
     /// Kind byte of a `Will` record.
-    pub const KIND_WILL: u8 = 16;
+    pub(crate) const KIND_WILL: u8 = 16;
 
     /// The kind byte of an encoded record.
-    pub fn kind(buf: &[u8]) -> Option<u8> {
+    pub(crate) fn kind(buf: &[u8]) -> Option<u8> {
         buf.first().copied()
     }
 
     /// The message id of an encoded `Msg` record, without decoding the message.
-    pub fn msg_id(buf: &[u8]) -> Option<u64> {
+    pub(crate) fn msg_id(buf: &[u8]) -> Option<u64> {
         let mut r = R(buf);
         (r.u8()? == Record::KIND_MSG).then_some(())?;
         r.u64()
     }
 
     /// Parses a record; `None` when the bytes are not one.
-    pub fn decode(buf: &[u8]) -> Option<Record> {
+    pub(crate) fn decode(buf: &[u8]) -> Option<Record> {
         let mut r = R(buf);
         let rec = match r.u8()? {
             1 => Record::SessionOpen {

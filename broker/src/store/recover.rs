@@ -22,57 +22,57 @@ use super::record::{Record, StoredMessage};
 
 /// A delivery as the journal left it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryImage {
+pub(crate) struct DeliveryImage {
     /// Message id.
-    pub mid: u64,
+    pub(crate) mid: u64,
     /// Delivery QoS.
-    pub qos: u8,
+    pub(crate) qos: u8,
     /// RETAIN to send.
-    pub retain: bool,
+    pub(crate) retain: bool,
     /// Subscription identifiers.
-    pub sub_ids: Vec<u32>,
+    pub(crate) sub_ids: Vec<u32>,
     /// Shared group and filter.
-    pub shared: Option<(String, String)>,
+    pub(crate) shared: Option<(String, String)>,
     /// Packet id if it was sent.
-    pub packet_id: Option<u16>,
+    pub(crate) packet_id: Option<u16>,
     /// PUBREC received.
-    pub released: bool,
+    pub(crate) released: bool,
 }
 
 /// A persistent session as the journal left it, without its queued deliveries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SessionImage {
+pub(crate) struct SessionImage {
     /// Position of the `SessionOpen` record that started it: its records come after.
-    pub opened_at: u64,
+    pub(crate) opened_at: u64,
     /// Session Expiry Interval.
-    pub expiry: u32,
+    pub(crate) expiry: u32,
     /// When its connection ended (Unix ms); `None` if it was connected at the crash.
-    pub offline_at_ms: Option<u64>,
+    pub(crate) offline_at_ms: Option<u64>,
     /// Subscriptions: full filter -> (options byte, identifier or 0).
-    pub subs: BTreeMap<String, (u8, u32)>,
+    pub(crate) subs: BTreeMap<String, (u8, u32)>,
     /// Deliveries sent and not finished: sequence number -> (packet id, PUBREC seen).
-    pub sent: HashMap<u64, (u16, bool)>,
+    pub(crate) sent: HashMap<u64, (u16, bool)>,
     /// Inbound QoS 2 packet ids awaiting PUBREL.
-    pub inbound2: HashSet<u16>,
+    pub(crate) inbound2: HashSet<u16>,
     /// Will: message id and delay.
-    pub will: Option<(u64, u32)>,
+    pub(crate) will: Option<(u64, u32)>,
 }
 
 /// Pass 1: everything durable except message bodies and queued deliveries.
 #[derive(Debug, Clone, Default)]
-pub struct Index {
+pub(crate) struct Index {
     /// Sessions by client id.
-    pub sessions: HashMap<String, SessionImage>,
+    pub(crate) sessions: HashMap<String, SessionImage>,
     /// Retained: topic -> message id.
-    pub retained: HashMap<String, u64>,
+    pub(crate) retained: HashMap<String, u64>,
     /// Highest message id seen.
-    pub max_mid: u64,
+    pub(crate) max_mid: u64,
     /// Highest delivery sequence number seen.
-    pub max_dseq: u64,
+    pub(crate) max_dseq: u64,
     /// Records that could not be parsed (format mismatch).
-    pub unreadable: u64,
+    pub(crate) unreadable: u64,
     /// Records seen; the position of the next one.
-    pub records: u64,
+    pub(crate) records: u64,
     /// Deliveries that finished (sorted by [`Index::replay`]).
     done: Vec<u64>,
     /// (message id, position) of every record naming a message; [`Index::replay`]
@@ -84,7 +84,7 @@ pub struct Index {
 
 impl Index {
     /// Applies the raw payload of the next log record.
-    pub fn apply_bytes(&mut self, b: &[u8]) {
+    pub(crate) fn apply_bytes(&mut self, b: &[u8]) {
         let pos = self.records;
         self.records += 1;
         // Message bodies are most of the log and pass 1 needs only their ids.
@@ -207,7 +207,7 @@ impl Index {
     }
 
     /// Ends pass 1 and starts pass 2.
-    pub fn replay<M: Clone>(&mut self) -> Replay<'_, M> {
+    pub(crate) fn replay<M: Clone>(&mut self) -> Replay<'_, M> {
         self.done.sort_unstable();
         // Sorted by id then position: keep the last entry of each id.
         self.last_ref.sort_unstable();
@@ -234,7 +234,7 @@ impl Index {
 
 /// Pass 2: the live deliveries in log order, each with its message.
 #[derive(Debug)]
-pub struct Replay<'i, M> {
+pub(crate) struct Replay<'i, M> {
     index: &'i Index,
     pos: u64,
     /// Retained messages and wills: kept to the end.
@@ -242,14 +242,14 @@ pub struct Replay<'i, M> {
     /// Messages decoded and still named by a record to come (or kept).
     messages: HashMap<u64, M>,
     /// Deliveries handed out.
-    pub delivered: u64,
+    pub(crate) delivered: u64,
 }
 
 impl<M: Clone> Replay<'_, M> {
     /// Applies the raw payload of the next log record (the same records, in the same
     /// order, as pass 1 saw). `make` turns a stored message into the caller's form;
     /// `deliver` receives each live delivery with its session's client id.
-    pub fn apply_bytes(
+    pub(crate) fn apply_bytes(
         &mut self,
         b: &[u8],
         make: &mut dyn FnMut(u64, StoredMessage) -> M,
@@ -321,7 +321,7 @@ impl<M: Clone> Replay<'_, M> {
     }
 
     /// Ends the replay: the retained messages and wills, by message id.
-    pub fn finish(self) -> HashMap<u64, M> {
+    pub(crate) fn finish(self) -> HashMap<u64, M> {
         let kept = self.kept;
         let mut messages = self.messages;
         messages.retain(|mid, _| kept.contains(mid));

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::record::Record;
-use crate::message::Message;
-use crate::session::Delivery;
+use crate::proto::message::Message;
+use crate::proto::session::Delivery;
 use mote_codec::QoS;
 
 /// Bytes buffered before a write to the file.
@@ -24,7 +24,7 @@ const WRITE_CHUNK: usize = 64 * 1024;
 
 /// One session's spilled queue tail, oldest first.
 #[derive(Debug)]
-pub struct Spill {
+pub(crate) struct Spill {
     path: PathBuf,
     file: File,
     /// Next byte to read.
@@ -34,9 +34,9 @@ pub struct Spill {
     /// Entries not yet written to the file.
     buffer: Vec<u8>,
     /// Deliveries spilled and not yet read back.
-    pub count: usize,
+    pub(crate) count: usize,
     /// Queue cost of those deliveries.
-    pub bytes: usize,
+    pub(crate) bytes: usize,
 }
 
 impl Spill {
@@ -44,7 +44,7 @@ impl Spill {
     ///
     /// # Errors
     /// When the file cannot be created.
-    pub fn create(dir: &Path, seq: u64) -> io::Result<Spill> {
+    pub(crate) fn create(dir: &Path, seq: u64) -> io::Result<Spill> {
         fs::create_dir_all(dir)?;
         let path = dir.join(format!("{seq:016}.spill"));
         let file = OpenOptions::new()
@@ -68,7 +68,7 @@ impl Spill {
     ///
     /// # Errors
     /// When writing fails; the delivery is then not spilled.
-    pub fn push(&mut self, d: &Delivery, now: Instant, now_ms: u64) -> io::Result<()> {
+    pub(crate) fn push(&mut self, d: &Delivery, now: Instant, now_ms: u64) -> io::Result<()> {
         // Encoded in place; the two lengths are filled in after.
         let b = &mut self.buffer;
         let start = b.len();
@@ -106,7 +106,7 @@ impl Spill {
     ///
     /// # Errors
     /// I/O errors, or an entry that does not parse.
-    pub fn pop_chunk(
+    pub(crate) fn pop_chunk(
         &mut self,
         max_bytes: usize,
         now: Instant,
@@ -162,7 +162,7 @@ impl Spill {
     ///
     /// # Errors
     /// I/O errors or an entry that does not parse.
-    pub fn for_each(
+    pub(crate) fn for_each(
         &mut self,
         now: Instant,
         now_ms: u64,
@@ -205,7 +205,7 @@ impl Spill {
     }
 
     /// True when every spilled delivery was read back.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.count == 0
     }
 }

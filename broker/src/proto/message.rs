@@ -12,35 +12,35 @@ use crate::store::record::{StoredMessage, StoredRef};
 
 /// One published message, after topic-alias resolution.
 #[derive(Debug)]
-pub struct Message {
+pub(crate) struct Message {
     /// Identifier of the message in the store (unique per broker run and across
     /// recoveries).
-    pub mid: u64,
+    pub(crate) mid: u64,
     /// Topic name.
-    pub topic: Arc<str>,
+    pub(crate) topic: Arc<str>,
     /// Payload.
-    pub payload: Bytes,
+    pub(crate) payload: Bytes,
     /// QoS it was published with.
-    pub qos: QoS,
+    pub(crate) qos: QoS,
     /// RETAIN flag as published.
-    pub retain: bool,
+    pub(crate) retain: bool,
     /// v5 Payload Format Indicator.
-    pub payload_format_indicator: Option<u8>,
+    pub(crate) payload_format_indicator: Option<u8>,
     /// v5 Content Type.
-    pub content_type: Option<Arc<str>>,
+    pub(crate) content_type: Option<Arc<str>>,
     /// v5 Response Topic.
-    pub response_topic: Option<Arc<str>>,
+    pub(crate) response_topic: Option<Arc<str>>,
     /// v5 Correlation Data.
-    pub correlation_data: Option<Bytes>,
+    pub(crate) correlation_data: Option<Bytes>,
     /// v5 User Properties, kept as their encoded property-block bytes (only 0x26
     /// entries) so every delivery re-emits them without allocating.
-    pub user_properties: Bytes,
+    pub(crate) user_properties: Bytes,
     /// When the v5 Message Expiry Interval runs out.
-    pub expires_at: Option<Instant>,
+    pub(crate) expires_at: Option<Instant>,
     /// Client id of the publisher (for No Local); `None` for wills and `$SYS`.
-    pub publisher: Option<Arc<str>>,
+    pub(crate) publisher: Option<Arc<str>>,
     /// True once the store holds this message's record.
-    pub stored: AtomicBool,
+    pub(crate) stored: AtomicBool,
 }
 
 impl Clone for Message {
@@ -65,7 +65,7 @@ impl Clone for Message {
 
 impl Message {
     /// Builds a message from a decoded PUBLISH whose topic is `topic` (alias resolved).
-    pub fn from_publish(
+    pub(crate) fn from_publish(
         mid: u64,
         p: &Publish<'_>,
         topic: Arc<str>,
@@ -93,12 +93,12 @@ impl Message {
     }
 
     /// True when the message expired at `now`.
-    pub fn expired(&self, now: Instant) -> bool {
+    pub(crate) fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
     }
 
     /// Seconds of expiry left at `now` (rounded up, at least 1 while not expired).
-    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+    pub(crate) fn remaining_expiry(&self, now: Instant) -> Option<u32> {
         self.expires_at.map(|t| {
             let left = t.saturating_duration_since(now);
             let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
@@ -110,7 +110,7 @@ impl Message {
     /// (payload, topic, properties) plus the message and delivery structs and the
     /// allocator's overhead per allocation. Budgets are counted with this, so it errs on
     /// the high side rather than letting RSS outgrow a configured budget.
-    pub fn cost(&self) -> usize {
+    pub(crate) fn cost(&self) -> usize {
         const FIXED: usize = std::mem::size_of::<Message>() + QUEUED_DELIVERY + 4 * ALLOC_OVERHEAD;
         let props = self.content_type.as_ref().map_or(0, |s| s.len())
             + self.response_topic.as_ref().map_or(0, |s| s.len())
@@ -119,7 +119,7 @@ impl Message {
     }
 
     /// The v5 properties of a delivery of this message at `now`.
-    pub fn properties<'a>(&'a self, sub_ids: &'a [u32], now: Instant) -> PropValues<'a> {
+    pub(crate) fn properties<'a>(&'a self, sub_ids: &'a [u32], now: Instant) -> PropValues<'a> {
         PropValues {
             payload_format_indicator: self.payload_format_indicator,
             message_expiry_interval: self.remaining_expiry(now),
@@ -143,14 +143,14 @@ pub(crate) const QUEUED_DELIVERY: usize = 96;
 const ALLOC_OVERHEAD: usize = 16;
 
 /// Wall-clock milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `at` as Unix milliseconds, given that `now` is `now_ms`.
-pub fn instant_to_unix_ms(at: Instant, now: Instant, now_ms: u64) -> u64 {
+pub(crate) fn instant_to_unix_ms(at: Instant, now: Instant, now_ms: u64) -> u64 {
     if at >= now {
         now_ms.saturating_add(u64::try_from((at - now).as_millis()).unwrap_or(u64::MAX))
     } else {
@@ -159,7 +159,7 @@ pub fn instant_to_unix_ms(at: Instant, now: Instant, now_ms: u64) -> u64 {
 }
 
 /// Unix milliseconds `ms` as an `Instant`, given that `now` is `now_ms`.
-pub fn unix_ms_to_instant(ms: u64, now: Instant, now_ms: u64) -> Instant {
+pub(crate) fn unix_ms_to_instant(ms: u64, now: Instant, now_ms: u64) -> Instant {
     if ms >= now_ms {
         now + Duration::from_millis(ms - now_ms)
     } else {
@@ -171,7 +171,12 @@ pub fn unix_ms_to_instant(ms: u64, now: Instant, now_ms: u64) -> Instant {
 impl Message {
     /// The stored form, borrowed; `will_expiry` is the will's own expiry interval, if
     /// this is one.
-    pub fn as_stored(&self, will_expiry: Option<u32>, now: Instant, now_ms: u64) -> StoredRef<'_> {
+    pub(crate) fn as_stored(
+        &self,
+        will_expiry: Option<u32>,
+        now: Instant,
+        now_ms: u64,
+    ) -> StoredRef<'_> {
         StoredRef {
             topic: &self.topic,
             payload: &self.payload,
@@ -191,7 +196,7 @@ impl Message {
     }
 
     /// Rebuilds a message from its stored form; also returns the will expiry.
-    pub fn from_stored(
+    pub(crate) fn from_stored(
         mid: u64,
         m: StoredMessage,
         now: Instant,
@@ -219,7 +224,7 @@ impl Message {
 }
 
 /// Encodes the user properties of `props` as a bare run of 0x26 properties.
-pub fn encode_user_properties(props: &Properties<'_>) -> Bytes {
+pub(crate) fn encode_user_properties(props: &Properties<'_>) -> Bytes {
     let users = props.user_properties();
     if users.is_empty() {
         return Bytes::new();
@@ -240,6 +245,6 @@ pub fn encode_user_properties(props: &Properties<'_>) -> Bytes {
 mod tests {
     #[test]
     fn delivery_cost_covers_the_delivery_struct() {
-        assert!(std::mem::size_of::<crate::session::Delivery>() <= super::QUEUED_DELIVERY);
+        assert!(std::mem::size_of::<crate::proto::session::Delivery>() <= super::QUEUED_DELIVERY);
     }
 }

@@ -85,7 +85,7 @@ enum Slot {
 }
 
 /// Subscription trie: MQTT topic filters -> subscribers.
-pub struct SubscriptionTree<K, V> {
+pub(crate) struct SubscriptionTree<K, V> {
     /// Root for every filter whose first level does not start with `$`.
     root: Node<K, V>,
     /// Roots for filters whose first level starts with `$`, by that level; literal only, so
@@ -99,12 +99,12 @@ pub struct SubscriptionTree<K, V> {
 
 impl<K: Clone + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
     /// Creates an empty tree.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Insert or replace the entry of `key` under `filter`. Returns the old value if `key` already had that filter.
-    pub fn insert(&mut self, filter: &str, key: K, value: V) -> Option<V> {
+    pub(crate) fn insert(&mut self, filter: &str, key: K, value: V) -> Option<V> {
         let (first, mut levels) = split_filter(filter);
         let mut node = match first {
             Some(first) => self.dollar.entry(Box::from(first)).or_default(),
@@ -136,7 +136,7 @@ impl<K: Clone + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
     }
 
     /// Remove `key`'s entry under `filter`; prunes empty nodes. Returns the removed value.
-    pub fn remove(&mut self, filter: &str, key: &K) -> Option<V> {
+    pub(crate) fn remove(&mut self, filter: &str, key: &K) -> Option<V> {
         let (first, levels) = split_filter(filter);
         let removed = match first {
             Some(first) => {
@@ -155,7 +155,7 @@ impl<K: Clone + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
     }
 
     /// Call `f(filter, key, value)` for every subscription whose filter matches the topic name `topic`.
-    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&str, &K, &V)) {
+    pub(crate) fn for_each_match(&self, topic: &str, mut f: impl FnMut(&str, &K, &V)) {
         let mut levels = topic.split('/');
         match levels.next() {
             // `$` topics are looked up under their own literal root only.
@@ -168,8 +168,9 @@ impl<K: Clone + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
         }
     }
 
+    #[cfg(test)]
     /// Convenience: collect matches (key, value) into a Vec.
-    pub fn matches(&self, topic: &str) -> Vec<(K, V)> {
+    pub(crate) fn matches(&self, topic: &str) -> Vec<(K, V)> {
         let mut out = Vec::new();
         self.for_each_match(topic, |_, key, value| {
             out.push((key.clone(), value.clone()));
@@ -178,17 +179,19 @@ impl<K: Clone + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
     }
 
     /// Number of (filter, key) entries.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
+    #[cfg(test)]
     /// Whether the tree holds no entry at all.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    #[cfg(test)]
     /// Incremented on every insert/remove that changed the tree (lets callers keep caches).
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 }

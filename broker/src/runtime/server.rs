@@ -8,19 +8,19 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{Core, Effects};
 use crate::config::Config;
-use crate::message::Message;
+use crate::proto::message::Message;
+use crate::proto::{Core, Effects};
 use crate::store::journal::{Journal, WriterHandle};
 use crate::store::recover::Index;
 
 /// State shared by every connection task.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The merged configuration.
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// The on-disk journal; `None` with `--memory`.
-    pub journal: Option<Arc<Journal>>,
+    pub(crate) journal: Option<Arc<Journal>>,
     // One std Mutex around the whole core: every critical section is a few map operations
     // and an encode into a buffer, never an `.await`, so a sync lock is cheaper than an
     // async one and contention stays low on the small machines we target.
@@ -29,7 +29,7 @@ pub struct Shared {
 
 impl Shared {
     /// A broker with an empty core and the in-memory store.
-    pub fn new(config: Config) -> Shared {
+    pub(crate) fn new(config: Config) -> Shared {
         let config = Arc::new(config);
         Shared {
             core: Mutex::new(Core::new(Arc::new(config.mqtt.clone()))),
@@ -39,7 +39,7 @@ impl Shared {
     }
 
     /// A broker whose state was recovered from (and is journaled to) the on-disk store.
-    pub fn with_core(config: Arc<Config>, core: Core, journal: Arc<Journal>) -> Shared {
+    pub(crate) fn with_core(config: Arc<Config>, core: Core, journal: Arc<Journal>) -> Shared {
         Shared {
             core: Mutex::new(core),
             config,
@@ -54,7 +54,7 @@ impl Shared {
     /// # Cancel safety
     /// Cancel-safe: the core call is done before the first `.await`; cancelling only
     /// skips the wake-ups.
-    pub async fn apply<R>(&self, f: impl FnOnce(&mut Core, &mut Effects) -> R) -> R {
+    pub(crate) async fn apply<R>(&self, f: impl FnOnce(&mut Core, &mut Effects) -> R) -> R {
         let mut fx = Effects::default();
         let (r, lsn) = {
             let mut core = self.lock();
@@ -70,7 +70,7 @@ impl Shared {
     ///
     /// # Cancel safety
     /// Cancel-safe.
-    pub async fn durable(&self, lsn: u64) {
+    pub(crate) async fn durable(&self, lsn: u64) {
         if let (Some(j), true) = (&self.journal, lsn > 0) {
             j.wait_durable(lsn).await;
         }
@@ -78,7 +78,7 @@ impl Shared {
 
     /// Locks the core. A panic while holding the lock is a bug; the state is still
     /// consistent enough to keep serving other clients, so poisoning is ignored.
-    pub fn lock(&self) -> MutexGuard<'_, Core> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -116,7 +116,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 ///
 /// # Errors
 /// When the directory or its files cannot be read or created.
-pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
+pub(crate) fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
     let started = std::time::Instant::now();
     let dir = config.storage.data_dir.clone();
     // Pass 1: the state's skeleton (sessions, subscriptions, what finished).
@@ -150,7 +150,7 @@ pub fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
     );
     core.set_memory_budget(config.storage.memory_budget_bytes);
     let now = std::time::Instant::now();
-    let now_ms = crate::message::unix_ms();
+    let now_ms = crate::proto::message::unix_ms();
     core.restore_sessions(&index, now);
     let mut restored = 0u32;
     // Pass 2: the queued deliveries, streamed into the sessions (and their spill files
@@ -216,7 +216,7 @@ fn resident_bytes() -> Option<usize> {
 ///
 /// # Errors
 /// Never today; kept fallible for listeners to come.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -278,7 +278,7 @@ pub async fn serve(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            crate::connection::serve(stream, peer, shared, shutdown).await;
+            crate::runtime::connection::serve(stream, peer, shared, shutdown).await;
             drop(permit);
         });
     }

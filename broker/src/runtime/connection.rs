@@ -18,16 +18,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::broker::{disconnect_packet, Close, End};
-use crate::server::Shared;
-use crate::session::{write_packet, Kick};
+use crate::proto::session::{write_packet, Kick};
+use crate::proto::{disconnect_packet, Close, End};
+use crate::runtime::server::Shared;
 
 /// How long a write may block before the client counts as gone (a consumer that does
 /// not read at all).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one TCP connection until it ends.
-pub async fn serve(
+pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,

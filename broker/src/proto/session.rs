@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use mote_codec::{Ack, Packet, PropValues, Properties, Protocol, Publish, QoS, SubOptions};
 use tokio::sync::Notify;
 
-use crate::message::Message;
+use crate::proto::message::Message;
 use crate::store::spill::Spill;
 
 /// Bytes read back from a spill file at a time.
@@ -29,35 +29,35 @@ const REFILL_BYTES: usize = 256 * 1024;
 
 /// One subscription of a session, as granted.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Subscription {
+pub(crate) struct Subscription {
     /// Options with the granted QoS.
-    pub options: SubOptions,
+    pub(crate) options: SubOptions,
     /// v5 Subscription Identifier.
-    pub id: Option<u32>,
+    pub(crate) id: Option<u32>,
 }
 
 /// A message on its way to one receiver.
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// The message.
-    pub msg: Arc<Message>,
+    pub(crate) msg: Arc<Message>,
     /// QoS for this receiver: min(publish, subscription).
-    pub qos: QoS,
+    pub(crate) qos: QoS,
     /// RETAIN flag to send.
-    pub retain: bool,
+    pub(crate) retain: bool,
     /// Matching v5 subscription identifiers.
-    pub sub_ids: Vec<u32>,
+    pub(crate) sub_ids: Vec<u32>,
     /// `(group, filter)` when it came through a shared subscription.
-    pub shared: Option<(Arc<str>, Arc<str>)>,
+    pub(crate) shared: Option<(Arc<str>, Arc<str>)>,
     /// Store sequence number of this delivery (0 = not stored: QoS 0 or a clean session).
-    pub dseq: u64,
+    pub(crate) dseq: u64,
     /// Journal position that must be durable before this delivery may be sent.
-    pub lsn: u64,
+    pub(crate) lsn: u64,
 }
 
 impl Delivery {
     /// The journal record that queues this delivery for `client`.
-    pub fn enqueue_record<'a>(&'a self, client: &'a str) -> EnqueueRef<'a> {
+    pub(crate) fn enqueue_record<'a>(&'a self, client: &'a str) -> EnqueueRef<'a> {
         EnqueueRef {
             client,
             dseq: self.dseq,
@@ -72,7 +72,7 @@ impl Delivery {
 
 /// What the outbound half did to a stored delivery (the core journals it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// Sent for the first time with this packet id.
     Sent {
         /// Delivery sequence number.
@@ -95,11 +95,11 @@ pub enum Event {
 }
 
 /// Receives [`Event`]s; a no-op for volatile sessions.
-pub type EventSink<'a> = &'a mut dyn FnMut(Event);
+pub(crate) type EventSink<'a> = &'a mut dyn FnMut(Event);
 
 /// Where an outbound QoS 1/2 delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Published,
     /// PUBREL sent; waiting for PUBCOMP.
@@ -108,124 +108,122 @@ pub enum Phase {
 
 /// An outbound QoS 1/2 delivery not yet acknowledged.
 #[derive(Debug, Clone)]
-pub struct Inflight {
+pub(crate) struct Inflight {
     /// Packet identifier.
-    pub packet_id: u16,
+    pub(crate) packet_id: u16,
     /// The delivery.
-    pub delivery: Delivery,
+    pub(crate) delivery: Delivery,
     /// Where the flow stands.
-    pub phase: Phase,
+    pub(crate) phase: Phase,
 }
 
 /// Why the broker ends a connection from outside its task (takeover, overflow).
 #[derive(Debug, Default)]
-pub struct Kick {
+pub(crate) struct Kick {
     reason: AtomicU8,
 }
 
 impl Kick {
     /// Asks the connection to close with the v5 `reason` (0 = not kicked).
-    pub fn set(&self, reason: u8) {
+    pub(crate) fn set(&self, reason: u8) {
         self.reason.store(reason, Ordering::Release);
     }
     /// The reason asked for, 0 if none.
-    pub fn get(&self) -> u8 {
+    pub(crate) fn get(&self) -> u8 {
         self.reason.load(Ordering::Acquire)
     }
 }
 
 /// The connection-scoped part of a session.
 #[derive(Debug)]
-pub struct Link {
+pub(crate) struct Link {
     /// Unique id of the connection.
-    pub conn_id: u64,
+    pub(crate) conn_id: u64,
     /// Wakes the connection task when there is something to send.
-    pub notify: Arc<Notify>,
+    pub(crate) notify: Arc<Notify>,
     /// Set when the broker wants the connection closed.
-    pub kick: Arc<Kick>,
+    pub(crate) kick: Arc<Kick>,
     /// Protocol of this connection.
-    pub protocol: Protocol,
+    pub(crate) protocol: Protocol,
     /// Client's v5 Receive Maximum (how many QoS 1/2 we may have unacknowledged).
-    pub client_receive_max: u16,
+    pub(crate) client_receive_max: u16,
     /// Client's v5 Maximum Packet Size.
-    pub client_max_packet: u32,
+    pub(crate) client_max_packet: u32,
     /// Client's v5 Topic Alias Maximum (outbound aliases we may assign).
-    pub client_alias_max: u16,
+    pub(crate) client_alias_max: u16,
     /// Outbound topic aliases we assigned on this connection.
-    pub alias_out: HashMap<Arc<str>, u16>,
+    pub(crate) alias_out: HashMap<Arc<str>, u16>,
     /// Inbound topic aliases the client set on this connection.
-    pub alias_in: HashMap<u16, Arc<str>>,
-    /// Whether the client asked for problem information (v5, default true).
-    pub request_problem_info: bool,
+    pub(crate) alias_in: HashMap<u16, Arc<str>>,
 }
 
 /// The will of a connection, kept owned until it fires or is cancelled.
 #[derive(Debug, Clone)]
-pub struct WillState {
+pub(crate) struct WillState {
     /// The message to publish.
-    pub msg: Arc<Message>,
+    pub(crate) msg: Arc<Message>,
     /// v5 Will Delay Interval in seconds.
-    pub delay: u32,
+    pub(crate) delay: u32,
     /// v5 Message Expiry Interval of the will, counted from its publication.
-    pub expiry: Option<u32>,
+    pub(crate) expiry: Option<u32>,
 }
 
 /// Counters of what a session had to drop.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Drops {
+pub(crate) struct Drops {
     /// Deliveries dropped because the queue was full.
-    pub overflow: u64,
+    pub(crate) overflow: u64,
     /// Deliveries dropped because the message expired.
-    pub expired: u64,
+    pub(crate) expired: u64,
     /// Deliveries dropped because they exceeded the client's Maximum Packet Size.
-    pub too_large: u64,
+    pub(crate) too_large: u64,
 }
 
 /// A client's session.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     /// Client identifier.
-    pub client_id: Arc<str>,
+    pub(crate) client_id: Arc<str>,
     /// Subscriptions by full filter (including any `$share/group/` prefix).
-    pub subscriptions: HashMap<Arc<str>, Subscription>,
+    pub(crate) subscriptions: HashMap<Arc<str>, Subscription>,
     /// Session Expiry Interval in seconds (`u32::MAX` = never).
-    pub expiry_interval: u32,
+    pub(crate) expiry_interval: u32,
     /// Deliveries not yet sent.
-    pub queue: VecDeque<Delivery>,
+    pub(crate) queue: VecDeque<Delivery>,
     /// Bytes held by `queue`.
-    pub queued_bytes: usize,
+    pub(crate) queued_bytes: usize,
     /// Sent, unacknowledged QoS 1/2 deliveries, oldest first.
-    pub inflight: VecDeque<Inflight>,
+    pub(crate) inflight: VecDeque<Inflight>,
     /// Inbound QoS 2 packet ids between PUBREC and PUBREL.
-    pub inbound_qos2: HashSet<u16>,
+    pub(crate) inbound_qos2: HashSet<u16>,
     next_packet_id: u16,
     /// The live connection, if any.
-    pub link: Option<Link>,
+    pub(crate) link: Option<Link>,
     /// The will of the current (or last) connection.
-    pub will: Option<WillState>,
+    pub(crate) will: Option<WillState>,
     /// When the session ends while offline.
-    pub expires_at: Option<Instant>,
+    pub(crate) expires_at: Option<Instant>,
     /// When the pending will fires while offline.
-    pub will_at: Option<Instant>,
+    pub(crate) will_at: Option<Instant>,
     /// When the last connection ended (for the store).
-    pub offline_since: Option<Instant>,
+    pub(crate) offline_since: Option<Instant>,
     /// Drop counters.
-    pub drops: Drops,
+    pub(crate) drops: Drops,
     /// True while the store holds this session (it was opened with an expiry above 0).
-    pub persisted: bool,
+    pub(crate) persisted: bool,
     /// The tail of the queue kept on disk (always after `queue`).
-    pub spill: Option<Spill>,
+    pub(crate) spill: Option<Spill>,
     /// Bytes queued in memory across all sessions (shared with the core).
     mem: Arc<AtomicUsize>,
 }
 
 /// Where a delivery that must not stay in memory goes.
 #[derive(Debug, Clone, Copy)]
-pub struct SpillTo<'a> {
+pub(crate) struct SpillTo<'a> {
     /// Directory of spill files.
-    pub dir: &'a Path,
+    pub(crate) dir: &'a Path,
     /// Numbers spill files; a new one takes the next.
-    pub seq: &'a AtomicU64,
+    pub(crate) seq: &'a AtomicU64,
 }
 
 impl Drop for Session {
@@ -236,18 +234,18 @@ impl Drop for Session {
 
 /// Limits the session enforces on its queue.
 #[derive(Debug, Clone, Copy)]
-pub struct QueueLimits {
+pub(crate) struct QueueLimits {
     /// Most deliveries queued.
-    pub max_messages: usize,
+    pub(crate) max_messages: usize,
     /// Most bytes queued.
-    pub max_bytes: usize,
+    pub(crate) max_bytes: usize,
     /// Most outbound QoS 1/2 inflight (before the client's Receive Maximum).
-    pub max_inflight: u16,
+    pub(crate) max_inflight: u16,
 }
 
 /// What happened to a delivery offered to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Enqueued {
+pub(crate) enum Enqueued {
     /// Queued.
     Ok,
     /// Dropped (queue full, nothing lower to evict).
@@ -256,7 +254,7 @@ pub enum Enqueued {
 
 impl Session {
     /// A new empty session whose in-memory queue counts towards `mem`.
-    pub fn new(client_id: Arc<str>, mem: Arc<AtomicUsize>) -> Session {
+    pub(crate) fn new(client_id: Arc<str>, mem: Arc<AtomicUsize>) -> Session {
         Session {
             client_id,
             subscriptions: HashMap::new(),
@@ -279,12 +277,12 @@ impl Session {
     }
 
     /// True when a connection is attached.
-    pub fn online(&self) -> bool {
+    pub(crate) fn online(&self) -> bool {
         self.link.is_some()
     }
 
     /// Queues a delivery, evicting QoS 0 deliveries first when full.
-    pub fn enqueue(
+    pub(crate) fn enqueue(
         &mut self,
         d: Delivery,
         limits: &QueueLimits,
@@ -328,7 +326,7 @@ impl Session {
 
     fn spill_push(&mut self, d: &Delivery, to: Option<SpillTo<'_>>) -> std::io::Result<()> {
         let now = Instant::now();
-        let now_ms = crate::message::unix_ms();
+        let now_ms = crate::proto::message::unix_ms();
         if self.spill.is_none() {
             if let Some(to) = to {
                 self.spill = Some(Spill::create(
@@ -348,7 +346,11 @@ impl Session {
         let Some(spill) = self.spill.as_mut() else {
             return;
         };
-        match spill.pop_chunk(REFILL_BYTES, Instant::now(), crate::message::unix_ms()) {
+        match spill.pop_chunk(
+            REFILL_BYTES,
+            Instant::now(),
+            crate::proto::message::unix_ms(),
+        ) {
             Ok(chunk) => {
                 for d in chunk {
                     self.add_mem(d.msg.cost());
@@ -377,7 +379,7 @@ impl Session {
     }
 
     /// Keeps only the queued deliveries `keep` accepts; returns the others.
-    pub fn take_queued(&mut self, mut take: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+    pub(crate) fn take_queued(&mut self, mut take: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for d in std::mem::take(&mut self.queue) {
@@ -395,17 +397,12 @@ impl Session {
     }
 
     /// Puts a restored delivery at the end of the queue (memory, or the spill tail).
-    pub fn restore_queued(&mut self, d: Delivery, spill: Option<SpillTo<'_>>) {
+    pub(crate) fn restore_queued(&mut self, d: Delivery, spill: Option<SpillTo<'_>>) {
         if (self.spill.is_some() || spill.is_some()) && self.spill_push(&d, spill).is_ok() {
             return;
         }
         self.add_mem(d.msg.cost());
         self.queue.push_back(d);
-    }
-
-    /// Deliveries waiting: in memory and on disk.
-    pub fn queued(&self) -> usize {
-        self.queue.len() + self.spill.as_ref().map_or(0, |s| s.count)
     }
 
     fn pop_queue(&mut self) -> Option<Delivery> {
@@ -427,7 +424,7 @@ impl Session {
 
     /// Re-sends the inflight window after a reconnect: PUBLISH with DUP for those not yet
     /// acknowledged, PUBREL for those released, in their original order.
-    pub fn resend_inflight(&mut self, out: &mut BytesMut, now: Instant, ev: EventSink<'_>) {
+    pub(crate) fn resend_inflight(&mut self, out: &mut BytesMut, now: Instant, ev: EventSink<'_>) {
         let Some(link) = self.link.as_mut() else {
             return;
         };
@@ -457,7 +454,7 @@ impl Session {
 
     /// Moves queued deliveries onto the wire while the inflight window has room, stopping
     /// at the first one whose journal position `lsn` is not yet `durable`.
-    pub fn drain(
+    pub(crate) fn drain(
         &mut self,
         out: &mut BytesMut,
         limits: &QueueLimits,
@@ -524,7 +521,13 @@ impl Session {
 
     /// Handles PUBACK/PUBCOMP: the flow for `packet_id` is complete. Returns false if the
     /// id was not inflight in the expected phase.
-    pub fn complete(&mut self, packet_id: u16, phase: Phase, qos: QoS, ev: EventSink<'_>) -> bool {
+    pub(crate) fn complete(
+        &mut self,
+        packet_id: u16,
+        phase: Phase,
+        qos: QoS,
+        ev: EventSink<'_>,
+    ) -> bool {
         match self
             .inflight
             .iter()
@@ -542,7 +545,7 @@ impl Session {
 
     /// Handles PUBREC: the QoS 2 flow moves to `Released`. A PUBREC with an error reason
     /// ends the flow. Returns false if the id was unknown.
-    pub fn received(&mut self, packet_id: u16, reason: u8, ev: EventSink<'_>) -> bool {
+    pub(crate) fn received(&mut self, packet_id: u16, reason: u8, ev: EventSink<'_>) -> bool {
         let pos = self
             .inflight
             .iter()
@@ -578,7 +581,7 @@ fn finished(ev: EventSink<'_>, d: &Delivery) {
 }
 
 /// Encodes `packet` for `protocol` into `out`.
-pub fn write_packet(out: &mut BytesMut, protocol: Protocol, packet: &Packet<'_>) {
+pub(crate) fn write_packet(out: &mut BytesMut, protocol: Protocol, packet: &Packet<'_>) {
     // Encoding into a BytesMut can only fail for packets beyond MQTT's size limits, which
     // the broker never builds from decoded input.
     if let Err(e) = packet.encode_to(protocol, out) {

@@ -22,27 +22,31 @@ use mote_codec::{
 };
 use tokio::sync::Notify;
 
+pub(crate) mod message;
+pub(crate) mod session;
+pub(crate) mod trie;
+
 use crate::config::MqttConfig;
-use crate::message::{encode_user_properties, unix_ms, Message};
-use crate::session::{
-    write_packet, Delivery, Event, Inflight, Kick, Link, Phase, QueueLimits, Session, SpillTo,
-    Subscription, WillState,
-};
 use crate::store::journal::{Journal, JournalRef};
 use crate::store::record::Record;
 use crate::store::recover::{DeliveryImage, Index};
-use crate::trie::SubscriptionTree;
+use message::{encode_user_properties, unix_ms, Message};
+use session::{
+    write_packet, Delivery, Event, Inflight, Kick, Link, Phase, QueueLimits, Session, SpillTo,
+    Subscription, WillState,
+};
+use trie::SubscriptionTree;
 
 /// Key of a subscription in the trie: the client and, for shared subscriptions, the group.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SubKey {
+pub(crate) struct SubKey {
     client: Arc<str>,
     group: Option<Arc<str>>,
 }
 
 /// What the trie stores per subscription.
 #[derive(Debug, Clone)]
-pub struct SubEntry {
+pub(crate) struct SubEntry {
     qos: QoS,
     no_local: bool,
     retain_as_published: bool,
@@ -57,14 +61,14 @@ type GroupKey = (Arc<str>, Arc<str>);
 
 /// Connections to wake once the lock is released.
 #[derive(Debug, Default)]
-pub struct Effects {
+pub(crate) struct Effects {
     /// Notifiers of connections with new deliveries (or a kick).
-    pub wake: Vec<Arc<Notify>>,
+    pub(crate) wake: Vec<Arc<Notify>>,
 }
 
 impl Effects {
     /// Wakes every connection named, consuming the list.
-    pub fn run(&mut self) {
+    pub(crate) fn run(&mut self) {
         for n in self.wake.drain(..) {
             n.notify_one();
         }
@@ -73,7 +77,7 @@ impl Effects {
 
 /// How a connection ended, as the core needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// DISCONNECT from the client; `will` when its reason was 0x04.
     Normal {
         /// Publish the will anyway (v5 reason 0x04).
@@ -85,7 +89,7 @@ pub enum End {
 
 /// Why the core wants the connection closed after a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Close {
+pub(crate) enum Close {
     /// The client disconnected normally.
     Disconnected {
         /// v5 reason 0x04: publish the will.
@@ -99,31 +103,31 @@ pub enum Close {
 
 /// A successful CONNECT.
 #[derive(Debug, Clone)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// The (possibly assigned) client id.
-    pub client_id: Arc<str>,
+    pub(crate) client_id: Arc<str>,
     /// The connection's id.
-    pub conn_id: u64,
+    pub(crate) conn_id: u64,
     /// Keep alive to enforce, seconds (0 = none).
-    pub keep_alive: u16,
+    pub(crate) keep_alive: u16,
     /// Protocol of the connection.
-    pub protocol: Protocol,
+    pub(crate) protocol: Protocol,
 }
 
 /// Counters of the whole broker.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// PUBLISH packets received.
-    pub publish_received: u64,
+    pub(crate) publish_received: u64,
     /// Deliveries queued to sessions.
-    pub deliveries: u64,
+    pub(crate) deliveries: u64,
     /// Deliveries dropped because a session queue was full.
-    pub dropped_overflow: u64,
+    pub(crate) dropped_overflow: u64,
 }
 
 /// The broker state: sessions, subscriptions, retained messages.
 #[derive(Debug)]
-pub struct Core {
+pub(crate) struct Core {
     cfg: Arc<MqttConfig>,
     limits: QueueLimits,
     sessions: HashMap<Arc<str>, Session>,
@@ -154,12 +158,12 @@ pub struct Core {
     /// Number of the next spill file.
     next_spill: AtomicU64,
     /// Counters.
-    pub stats: Stats,
+    pub(crate) stats: Stats,
 }
 
 impl Core {
     /// An empty broker with the limits of `cfg`.
-    pub fn new(cfg: Arc<MqttConfig>) -> Core {
+    pub(crate) fn new(cfg: Arc<MqttConfig>) -> Core {
         let limits = QueueLimits {
             max_messages: cfg.max_queued_messages,
             max_bytes: cfg.max_queued_bytes,
@@ -191,7 +195,7 @@ impl Core {
 
     /// An empty broker that journals durable state to `journal` and keeps at most
     /// `budget` bytes of queued deliveries in memory, spilling the rest to `spill_dir`.
-    pub fn with_journal(
+    pub(crate) fn with_journal(
         cfg: Arc<MqttConfig>,
         journal: Arc<Journal>,
         spill_dir: PathBuf,
@@ -209,18 +213,18 @@ impl Core {
 
     /// Caps the queue budget so that the process's resident memory stays near
     /// `bytes` (0 = no cap); see [`Core::observe_resident`].
-    pub fn set_memory_budget(&mut self, bytes: usize) {
+    pub(crate) fn set_memory_budget(&mut self, bytes: usize) {
         self.memory_budget = bytes;
     }
 
     /// The target for the process's resident memory (0 = none).
-    pub fn memory_budget(&self) -> usize {
+    pub(crate) fn memory_budget(&self) -> usize {
         self.memory_budget
     }
 
     /// Takes the process's resident memory, measured now: whatever is not queued
     /// deliveries is taken off the memory budget to give the queue budget.
-    pub fn observe_resident(&mut self, rss: usize) {
+    pub(crate) fn observe_resident(&mut self, rss: usize) {
         if self.memory_budget == 0 {
             return;
         }
@@ -231,7 +235,7 @@ impl Core {
     }
 
     /// Bytes of deliveries queued in memory across all sessions.
-    pub fn queued_memory(&self) -> usize {
+    pub(crate) fn queued_memory(&self) -> usize {
         self.mem.load(Ordering::Relaxed)
     }
 
@@ -262,7 +266,7 @@ impl Core {
 
     /// The journal position the replies produced since the last call must wait for
     /// (0 = none), resetting it.
-    pub fn take_wait_lsn(&mut self) -> u64 {
+    pub(crate) fn take_wait_lsn(&mut self) -> u64 {
         std::mem::take(&mut self.wait_lsn)
     }
 
@@ -346,19 +350,9 @@ impl Core {
         self.log_events(client, events);
     }
 
-    /// Number of sessions (online and offline).
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// Number of retained messages.
-    pub fn retained_count(&self) -> usize {
-        self.retained.len()
-    }
-
     /// Handles CONNECT: CONNACK into `out`; on success the session is attached to a new
     /// link woken through `notify` and closed through `kick`.
-    pub fn connect(
+    pub(crate) fn connect(
         &mut self,
         c: &Connect<'_>,
         notify: Arc<Notify>,
@@ -483,7 +477,6 @@ impl Core {
             client_alias_max: c.properties.topic_alias_maximum().unwrap_or(0),
             alias_out: HashMap::new(),
             alias_in: HashMap::new(),
-            request_problem_info: c.properties.request_problem_information().unwrap_or(true),
         };
         let will = c.will.as_ref().map(|w| {
             let publish = Publish {
@@ -620,7 +613,7 @@ impl Core {
     }
 
     /// Sends queued deliveries of `client` that fit its window.
-    pub fn drain(
+    pub(crate) fn drain(
         &mut self,
         client: &str,
         conn_id: u64,
@@ -637,7 +630,7 @@ impl Core {
     ///
     /// # Errors
     /// [`Close`] when the connection must end.
-    pub fn handle(
+    pub(crate) fn handle(
         &mut self,
         client: &Arc<str>,
         conn_id: u64,
@@ -841,7 +834,7 @@ impl Core {
 
     /// Routes `msg` to every matching subscription and stores/deletes it as retained.
     /// Returns the number of sessions it was queued for.
-    pub fn publish(&mut self, msg: Arc<Message>, now: Instant, fx: &mut Effects) -> usize {
+    pub(crate) fn publish(&mut self, msg: Arc<Message>, now: Instant, fx: &mut Effects) -> usize {
         if msg.retain {
             if msg.payload.is_empty() {
                 if self.retained.remove(&msg.topic).is_some() {
@@ -998,7 +991,7 @@ impl Core {
             return false;
         };
         let result = s.enqueue(d, &limits, spill);
-        if result == crate::session::Enqueued::Dropped {
+        if result == crate::proto::session::Enqueued::Dropped {
             self.stats.dropped_overflow += 1;
             match &s.link {
                 // A connected consumer that cannot keep up with QoS 1/2 is disconnected
@@ -1227,7 +1220,7 @@ impl Core {
 
     /// The connection `conn_id` of `client` ended. Schedules or publishes the will,
     /// starts the session expiry, hands shared deliveries to other members.
-    pub fn disconnected(
+    pub(crate) fn disconnected(
         &mut self,
         client: &Arc<str>,
         conn_id: u64,
@@ -1384,7 +1377,7 @@ impl Core {
     }
 
     /// Fires due wills and ends expired sessions. Call periodically.
-    pub fn tick(&mut self, now: Instant, fx: &mut Effects) {
+    pub(crate) fn tick(&mut self, now: Instant, fx: &mut Effects) {
         let mut wills = Vec::new();
         let mut expired = Vec::new();
         for (id, s) in &mut self.sessions {
@@ -1435,7 +1428,7 @@ impl Core {
     /// and inbound QoS 2 state; their deliveries follow through
     /// [`Core::restore_delivery`], retained messages and wills through
     /// [`Core::restore_finish`].
-    pub fn restore_sessions(&mut self, index: &Index, now: Instant) {
+    pub(crate) fn restore_sessions(&mut self, index: &Index, now: Instant) {
         let now_ms = unix_ms();
         self.next_mid = self.next_mid.max(index.max_mid + 1);
         self.next_dseq = self.next_dseq.max(index.max_dseq + 1);
@@ -1445,7 +1438,7 @@ impl Core {
             s.expiry_interval = si.expiry;
             s.persisted = true;
             let offline = si.offline_at_ms.map_or(now, |ms| {
-                crate::message::unix_ms_to_instant(ms, now, now_ms)
+                crate::proto::message::unix_ms_to_instant(ms, now, now_ms)
             });
             s.offline_since = Some(offline);
             for (filter, &(opts, sub_id)) in &si.subs {
@@ -1496,7 +1489,7 @@ impl Core {
     /// Recovery, step 2: one live delivery of pass 2, in log order (the order its
     /// session queued them). A sent one goes back in flight; the others are queued in
     /// memory until the queue budget is used, then straight into the spill file.
-    pub fn restore_delivery(
+    pub(crate) fn restore_delivery(
         &mut self,
         client: &str,
         dseq: u64,
@@ -1533,7 +1526,7 @@ impl Core {
     }
 
     /// Recovery, step 3: retained messages and wills, from the messages pass 2 kept.
-    pub fn restore_finish(
+    pub(crate) fn restore_finish(
         &mut self,
         index: &Index,
         messages: &HashMap<u64, (Arc<Message>, Option<u32>)>,
@@ -1564,7 +1557,7 @@ impl Core {
 
     /// Framed journal records describing the whole durable state now (for compaction).
     /// Hands the records to `sink` in chunks of about 1 MiB; returns the total size.
-    pub fn snapshot(&mut self, now: Instant, sink: &mut dyn FnMut(Vec<u8>)) -> u64 {
+    pub(crate) fn snapshot(&mut self, now: Instant, sink: &mut dyn FnMut(Vec<u8>)) -> u64 {
         let mut snap = Snapshot {
             sink,
             out: Vec::new(),
@@ -1590,7 +1583,7 @@ impl Core {
                 expiry: s.expiry_interval,
             });
             if let (Some(at), false) = (s.offline_since, s.online()) {
-                let at_ms = crate::message::instant_to_unix_ms(at, now, snap.now_ms);
+                let at_ms = crate::proto::message::instant_to_unix_ms(at, now, snap.now_ms);
                 snap.put(Record::SessionOffline {
                     client: client.clone(),
                     at_ms,
@@ -1655,7 +1648,7 @@ impl Core {
 
     /// Replaces the journal's history with a snapshot once it has grown to several times
     /// the live state.
-    pub fn maybe_compact(&mut self, now: Instant) {
+    pub(crate) fn maybe_compact(&mut self, now: Instant) {
         let Some(j) = &self.journal else {
             return;
         };
@@ -1684,7 +1677,7 @@ impl Core {
 
     /// Writes a snapshot of the live state that replaces the journal's history; returns
     /// its size.
-    pub fn compact(&mut self, now: Instant) -> u64 {
+    pub(crate) fn compact(&mut self, now: Instant) -> u64 {
         let Some(j) = self.journal.clone() else {
             return 0;
         };
@@ -1696,7 +1689,7 @@ impl Core {
     }
 
     /// Publishes the broker's counters under `$SYS/broker/` (retained, QoS 0).
-    pub fn publish_sys(&mut self, uptime: Duration, now: Instant, fx: &mut Effects) {
+    pub(crate) fn publish_sys(&mut self, uptime: Duration, now: Instant, fx: &mut Effects) {
         let online = self.sessions.values().filter(|s| s.online()).count();
         let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();
         let expired: u64 = self.sessions.values().map(|s| s.drops.expired).sum();
@@ -1723,7 +1716,7 @@ impl Core {
     }
 
     /// Publishes a broker-originated message (e.g. `$SYS`).
-    pub fn publish_system(
+    pub(crate) fn publish_system(
         &mut self,
         topic: &str,
         payload: Bytes,
@@ -1854,7 +1847,7 @@ fn is_denied(deny: &[String], filter: &str) -> bool {
 
 /// A DISCONNECT for `protocol` with `reason` (nothing for 3.1.1, which has no server
 /// DISCONNECT).
-pub fn disconnect_packet(out: &mut BytesMut, protocol: Protocol, reason: u8) {
+pub(crate) fn disconnect_packet(out: &mut BytesMut, protocol: Protocol, reason: u8) {
     if protocol.is_v5() {
         write_packet(out, protocol, &Packet::Disconnect(Disconnect::new(reason)));
     }
@@ -2445,7 +2438,7 @@ mod tests {
             "existing subscription, handling 1"
         );
         send(&mut core, &mut publ, &retained(b""), t0).unwrap();
-        assert_eq!(core.retained_count(), 0, "empty payload deletes");
+        assert_eq!(core.retained.len(), 0, "empty payload deletes");
         let got = received(&mut core, &mut sub, t0);
         assert_eq!(
             got.len(),
@@ -2600,6 +2593,6 @@ mod tests {
             (a.code, a.session_present),
             (reason::BAD_AUTHENTICATION_METHOD, false)
         );
-        assert_eq!(core.session_count(), 0);
+        assert_eq!(core.sessions.len(), 0);
     }
 }

@@ -1,0 +1,7 @@
+//! The tokio runtime around the sans-IO core: listeners, connection tasks, the shared
+//! state with its durability gate, the ticker and shutdown.
+
+pub(crate) mod connection;
+pub(crate) mod server;
+
+pub use server::run;
