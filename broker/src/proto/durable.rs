@@ -1,0 +1,105 @@
+//! Journaling: what the core writes to the store and which replies wait for it.
+
+use super::*;
+
+impl Core {
+    /// Appends `rec` to the journal; with `wait`, the current call's replies are held
+    /// until it is durable. Returns its position (0 without a journal).
+    pub(super) fn log(&mut self, rec: Record, wait: bool) -> u64 {
+        let Some(j) = &self.journal else {
+            return 0;
+        };
+        let lsn = j.append(&rec);
+        if wait && j.waits() {
+            self.wait_lsn = self.wait_lsn.max(lsn);
+        }
+        lsn
+    }
+
+    /// As [`Core::log`], for a record `encode` writes in place.
+    pub(super) fn log_with(&mut self, wait: bool, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
+        let Some(j) = &self.journal else {
+            return 0;
+        };
+        let lsn = j.append_with(encode);
+        if wait && j.waits() {
+            self.wait_lsn = self.wait_lsn.max(lsn);
+        }
+        lsn
+    }
+
+    /// The journal position the replies produced since the last call must wait for
+    /// (0 = none), resetting it.
+    pub(crate) fn take_wait_lsn(&mut self) -> u64 {
+        std::mem::take(&mut self.wait_lsn)
+    }
+
+    /// Position up to which deliveries may be sent.
+    pub(super) fn durable(&self) -> u64 {
+        match &self.journal {
+            Some(j) if j.waits() => j.durable(),
+            _ => u64::MAX,
+        }
+    }
+
+    /// A fresh message id.
+    pub(super) fn mid(&mut self) -> u64 {
+        let m = self.next_mid;
+        self.next_mid += 1;
+        m
+    }
+
+    /// Writes `msg`'s record the first time a stored thing (delivery, retained entry,
+    /// will) refers to it. Records of messages nothing refers to any more are dropped
+    /// by the next compaction.
+    pub(super) fn hold_msg(&mut self, msg: &Message, will_expiry: Option<u32>, now: Instant) {
+        if self.journal.is_none() || msg.stored.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let stored = msg.as_stored(will_expiry, now, unix_ms());
+        self.log_with(true, &mut |b| stored.encode_msg(msg.mid, b));
+    }
+
+    /// Journals what a session's outbound half did.
+    pub(super) fn log_events(&mut self, client: &Arc<str>, events: Vec<Event>) {
+        for e in events {
+            match e {
+                Event::Sent {
+                    dseq,
+                    packet_id,
+                    qos,
+                } => {
+                    // A QoS 2 PUBLISH may go out only once its packet id is durable: after
+                    // a crash it must be re-sent with the same id, or the receiver would
+                    // take it for a new message.
+                    let rec = Record::Sent {
+                        client: client.to_string(),
+                        dseq,
+                        packet_id,
+                    };
+                    self.log(rec, qos == QoS::ExactlyOnce);
+                }
+                Event::Released { dseq } => {
+                    // PUBREL only after PUBREC is durable: re-sending the PUBLISH after
+                    // the receiver let the id go would deliver it twice.
+                    self.log(
+                        Record::Released {
+                            client: client.to_string(),
+                            dseq,
+                        },
+                        true,
+                    );
+                }
+                Event::Finished { dseq } => {
+                    self.log(
+                        Record::Done {
+                            client: client.to_string(),
+                            dseq,
+                        },
+                        false,
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Routing a published message to sessions: matching subscriptions, shared groups, queueing.
+
+use super::*;
+
+impl Core {
+    /// Routes `msg` to every matching subscription and stores/deletes it as retained.
+    /// Returns the number of sessions it was queued for.
+    pub(crate) fn publish(&mut self, msg: Arc<Message>, now: Instant, fx: &mut Effects) -> usize {
+        if msg.retain {
+            if msg.payload.is_empty() {
+                if self.retained.remove(&msg.topic).is_some() {
+                    self.log(
+                        Record::RetainDel {
+                            topic: msg.topic.to_string(),
+                        },
+                        msg.qos != QoS::AtMostOnce,
+                    );
+                }
+            } else if self.retained.len() < self.cfg.max_retained_messages
+                || self.retained.contains_key(&msg.topic)
+            {
+                // `$SYS` values are regenerated at start-up; they are not stored.
+                if !is_sys(&msg.topic) {
+                    self.hold_msg(&msg, None, now);
+                    let rec = Record::RetainSet {
+                        topic: msg.topic.to_string(),
+                        mid: msg.mid,
+                    };
+                    self.log(rec, msg.qos != QoS::AtMostOnce);
+                }
+                self.retained.insert(msg.topic.clone(), msg.clone());
+            } else {
+                tracing::warn!(topic = %msg.topic, "retained message limit reached; not retained");
+            }
+        }
+        struct Target {
+            qos: QoS,
+            retain: bool,
+            sub_ids: Vec<u32>,
+        }
+        let mut direct: HashMap<Arc<str>, Target> = HashMap::new();
+        let mut groups: HashMap<GroupKey, Vec<(Arc<str>, SubEntry)>> = HashMap::new();
+        self.subs
+            .for_each_match(&msg.topic, |filter, key, entry| match &key.group {
+                None => {
+                    if entry.no_local && msg.publisher.as_deref() == Some(&*key.client) {
+                        return;
+                    }
+                    let t = direct.entry(key.client.clone()).or_insert(Target {
+                        qos: QoS::AtMostOnce,
+                        retain: false,
+                        sub_ids: Vec::new(),
+                    });
+                    t.qos = t.qos.max(entry.qos);
+                    t.retain |= entry.retain_as_published && msg.retain;
+                    if let Some(id) = entry.id {
+                        t.sub_ids.push(id);
+                    }
+                }
+                Some(group) => groups
+                    .entry((group.clone(), Arc::from(filter)))
+                    .or_default()
+                    .push((key.client.clone(), entry.clone())),
+            });
+        let mut count = 0;
+        for (client, t) in direct {
+            let d = Delivery {
+                qos: msg.qos.min(t.qos),
+                retain: t.retain,
+                sub_ids: t.sub_ids,
+                msg: msg.clone(),
+                shared: None,
+                dseq: 0,
+                lsn: 0,
+            };
+            count += usize::from(self.deliver(&client, d, now, fx));
+        }
+        for ((group, filter), mut members) in groups {
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            if let Some(client) = self.pick_member(&group, &filter, &members, None) {
+                if let Some((_, e)) = members.iter().find(|m| m.0 == client) {
+                    let d = Delivery {
+                        qos: msg.qos.min(e.qos),
+                        retain: e.retain_as_published && msg.retain,
+                        sub_ids: e.id.into_iter().collect(),
+                        msg: msg.clone(),
+                        shared: Some((group.clone(), filter.clone())),
+                        dseq: 0,
+                        lsn: 0,
+                    };
+                    count += usize::from(self.deliver(&client, d, now, fx));
+                }
+            }
+        }
+        count
+    }
+
+    /// Chooses the member of a shared group to receive the next message: round robin over
+    /// online members, or over all members when none is online; never `exclude`.
+    pub(super) fn pick_member(
+        &mut self,
+        group: &Arc<str>,
+        filter: &Arc<str>,
+        members: &[(Arc<str>, SubEntry)],
+        exclude: Option<&str>,
+    ) -> Option<Arc<str>> {
+        let candidates: Vec<&Arc<str>> = members
+            .iter()
+            .map(|m| &m.0)
+            .filter(|c| Some(&***c) != exclude)
+            .collect();
+        let online: Vec<&Arc<str>> = candidates
+            .iter()
+            .copied()
+            .filter(|c| self.sessions.get(&***c).is_some_and(Session::online))
+            .collect();
+        let pool = if online.is_empty() {
+            &candidates
+        } else {
+            &online
+        };
+        if pool.is_empty() {
+            return None;
+        }
+        let rr = self
+            .shared_rr
+            .entry((group.clone(), filter.clone()))
+            .or_insert(0);
+        let chosen = pool[*rr % pool.len()].clone();
+        *rr = rr.wrapping_add(1);
+        Some(chosen)
+    }
+
+    /// Queues `d` for `client`; QoS 0 is not queued for an offline session.
+    pub(super) fn deliver(
+        &mut self,
+        client: &str,
+        mut d: Delivery,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> bool {
+        let limits = self.limits;
+        let Some(s) = self.sessions.get(client) else {
+            return false;
+        };
+        if d.msg.expired(now) || (!s.online() && d.qos == QoS::AtMostOnce) {
+            return false;
+        }
+        self.stats.deliveries += 1;
+        let qos = d.qos;
+        // A delivery to a persistent session is journaled before it is queued; beyond
+        // the memory budget it waits on disk only.
+        let store = s.persisted && qos != QoS::AtMostOnce && self.journal.is_some();
+        if store {
+            self.hold_msg(&d.msg, None, now);
+            d.dseq = self.next_dseq;
+            self.next_dseq += 1;
+            let rec = d.enqueue_record(client);
+            d.lsn = self.log_with(true, &mut |b| rec.encode(b));
+        }
+        let dseq = d.dseq;
+        let spill = if store {
+            spill_to(&self.spill_dir, &self.next_spill, &self.mem, self.budget)
+        } else {
+            None
+        };
+        let Some(s) = self.sessions.get_mut(client) else {
+            return false;
+        };
+        let result = s.enqueue(d, &limits, spill);
+        if result == crate::proto::session::Enqueued::Dropped {
+            self.stats.dropped_overflow += 1;
+            match &s.link {
+                // A connected consumer that cannot keep up with QoS 1/2 is disconnected
+                // (its persistent session keeps queueing up to the same bound).
+                Some(link) if qos != QoS::AtMostOnce && link.kick.get() == 0 => {
+                    tracing::warn!(client = %client, "slow consumer: queue full, disconnecting");
+                    link.kick.set(reason::QUOTA_EXCEEDED);
+                    fx.wake.push(link.notify.clone());
+                }
+                _ => tracing::debug!(client = %client, "queue full: delivery dropped"),
+            }
+            if dseq != 0 {
+                self.log(
+                    Record::Done {
+                        client: client.to_owned(),
+                        dseq,
+                    },
+                    false,
+                );
+            }
+            return false;
+        }
+        if let Some(link) = &s.link {
+            fx.wake.push(link.notify.clone());
+        }
+        true
+    }
+
+    /// Gives a shared delivery to another member of its group (the previous one left).
+    pub(super) fn reroute_shared(
+        &mut self,
+        from: &Arc<str>,
+        mut d: Delivery,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let Some((group, filter)) = d.shared.clone() else {
+            return;
+        };
+        if d.dseq != 0 {
+            self.log(
+                Record::Done {
+                    client: from.to_string(),
+                    dseq: d.dseq,
+                },
+                false,
+            );
+            d.dseq = 0;
+            d.lsn = 0;
+        }
+        let mut members = Vec::new();
+        self.subs.for_each_match(&d.msg.topic, |f, key, entry| {
+            if f == &*filter && key.group.as_deref() == Some(&*group) {
+                members.push((key.client.clone(), entry.clone()));
+            }
+        });
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(client) = self.pick_member(&group, &filter, &members, Some(from)) {
+            self.deliver(&client, d, now, fx);
+        }
+    }
+}

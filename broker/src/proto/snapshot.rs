@@ -1,0 +1,335 @@
+//! Snapshots of the durable state (compaction) and recovery from the store.
+
+use super::*;
+
+impl Core {
+    /// Recovery, step 1 of 3: the sessions of pass 1 with their subscriptions, expiry
+    /// and inbound QoS 2 state; their deliveries follow through
+    /// [`Core::restore_delivery`], retained messages and wills through
+    /// [`Core::restore_finish`].
+    pub(crate) fn restore_sessions(&mut self, index: &Index, now: Instant) {
+        let now_ms = unix_ms();
+        self.next_mid = self.next_mid.max(index.max_mid + 1);
+        self.next_dseq = self.next_dseq.max(index.max_dseq + 1);
+        for (client, si) in &index.sessions {
+            let id: Arc<str> = Arc::from(client.as_str());
+            let mut s = Session::new(id.clone(), self.mem.clone());
+            s.expiry_interval = si.expiry;
+            s.persisted = true;
+            let offline = si.offline_at_ms.map_or(now, |ms| {
+                crate::proto::message::unix_ms_to_instant(ms, now, now_ms)
+            });
+            s.offline_since = Some(offline);
+            for (filter, &(opts, sub_id)) in &si.subs {
+                let options = SubOptions::from_byte(opts, Protocol::V5).unwrap_or_default();
+                let sub_id = (sub_id != 0).then_some(sub_id);
+                let (group, inner) = match topic::split_shared(filter) {
+                    Some(Ok((g, inner))) => (Some(Arc::from(g)), inner.to_owned()),
+                    _ => (None, filter.clone()),
+                };
+                let entry = SubEntry {
+                    qos: options.qos,
+                    no_local: options.no_local,
+                    retain_as_published: options.retain_as_published,
+                    id: sub_id,
+                };
+                self.subs.insert(
+                    &inner,
+                    SubKey {
+                        client: id.clone(),
+                        group,
+                    },
+                    entry,
+                );
+                s.subscriptions.insert(
+                    Arc::from(filter.as_str()),
+                    Subscription {
+                        options,
+                        id: sub_id,
+                    },
+                );
+            }
+            s.inbound_qos2 = si.inbound2.clone();
+            s.expires_at = (si.expiry != u32::MAX)
+                .then(|| offline + Duration::from_secs(u64::from(si.expiry)));
+            if si.offline_at_ms.is_none() {
+                self.log(
+                    Record::SessionOffline {
+                        client: id.to_string(),
+                        at_ms: now_ms,
+                    },
+                    false,
+                );
+            }
+            self.sessions.insert(id, s);
+        }
+    }
+
+    /// Recovery, step 2: one live delivery of pass 2, in log order (the order its
+    /// session queued them). A sent one goes back in flight; the others are queued in
+    /// memory until the queue budget is used, then straight into the spill file.
+    pub(crate) fn restore_delivery(
+        &mut self,
+        client: &str,
+        dseq: u64,
+        d: DeliveryImage,
+        msg: Arc<Message>,
+    ) {
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let delivery = Delivery {
+            msg,
+            qos: QoS::from_u8(d.qos).unwrap_or(QoS::AtLeastOnce),
+            retain: d.retain,
+            sub_ids: d.sub_ids,
+            shared: d.shared.map(|(g, f)| (Arc::from(g), Arc::from(f))),
+            dseq,
+            lsn: 0,
+        };
+        match d.packet_id {
+            Some(packet_id) => s.inflight.push_back(Inflight {
+                packet_id,
+                delivery,
+                phase: if d.released {
+                    Phase::Released
+                } else {
+                    Phase::Published
+                },
+            }),
+            None => {
+                let spill = spill_to(&self.spill_dir, &self.next_spill, &self.mem, self.budget);
+                s.restore_queued(delivery, spill);
+            }
+        }
+    }
+
+    /// Recovery, step 3: retained messages and wills, from the messages pass 2 kept.
+    pub(crate) fn restore_finish(
+        &mut self,
+        index: &Index,
+        messages: &HashMap<u64, (Arc<Message>, Option<u32>)>,
+    ) {
+        for (topic, mid) in &index.retained {
+            if let Some((m, _)) = messages.get(mid) {
+                self.retained.insert(Arc::from(topic.as_str()), m.clone());
+            }
+        }
+        for (client, si) in &index.sessions {
+            let (Some((mid, delay)), Some(s)) = (si.will, self.sessions.get_mut(client.as_str()))
+            else {
+                continue;
+            };
+            let (Some((msg, will_expiry)), Some(offline)) = (messages.get(&mid), s.offline_since)
+            else {
+                continue;
+            };
+            s.will = Some(WillState {
+                msg: msg.clone(),
+                delay,
+                expiry: *will_expiry,
+            });
+            let wait = Duration::from_secs(u64::from(delay.min(si.expiry)));
+            s.will_at = Some(offline + wait);
+        }
+    }
+
+    /// Framed journal records describing the whole durable state now (for compaction).
+    /// Hands the records to `sink` in chunks of about 1 MiB; returns the total size.
+    pub(crate) fn snapshot(&mut self, now: Instant, sink: &mut dyn FnMut(Vec<u8>)) -> u64 {
+        let mut snap = Snapshot {
+            sink,
+            out: Vec::new(),
+            emitted: HashSet::new(),
+            now,
+            now_ms: unix_ms(),
+            total: 0,
+        };
+        for (topic, m) in self.retained.iter().filter(|(t, _)| !is_sys(t)) {
+            snap.msg(m, None);
+            snap.put(Record::RetainSet {
+                topic: topic.to_string(),
+                mid: m.mid,
+            });
+        }
+        for (id, s) in &mut self.sessions {
+            if !s.persisted {
+                continue;
+            }
+            let client = id.to_string();
+            snap.put(Record::SessionOpen {
+                client: client.clone(),
+                expiry: s.expiry_interval,
+            });
+            if let (Some(at), false) = (s.offline_since, s.online()) {
+                let at_ms = crate::proto::message::instant_to_unix_ms(at, now, snap.now_ms);
+                snap.put(Record::SessionOffline {
+                    client: client.clone(),
+                    at_ms,
+                });
+            }
+            for (filter, sub) in &s.subscriptions {
+                snap.put(Record::SubAdd {
+                    client: client.clone(),
+                    filter: filter.to_string(),
+                    options: sub.options.to_byte(Protocol::V5),
+                    id: sub.id.unwrap_or(0),
+                });
+            }
+            let inflight = s
+                .inflight
+                .iter()
+                .map(|i| (&i.delivery, Some((i.packet_id, i.phase))));
+            for (d, sent) in inflight.chain(s.queue.iter().map(|d| (d, None))) {
+                if d.dseq == 0 {
+                    continue;
+                }
+                snap.delivery(&client, d);
+                if let Some((packet_id, phase)) = sent {
+                    snap.put(Record::Sent {
+                        client: client.clone(),
+                        dseq: d.dseq,
+                        packet_id,
+                    });
+                    if phase == Phase::Released {
+                        snap.put(Record::Released {
+                            client: client.clone(),
+                            dseq: d.dseq,
+                        });
+                    }
+                }
+            }
+            if let Some(spill) = s.spill.as_mut() {
+                let now_ms = snap.now_ms;
+                let r = spill.for_each(now, now_ms, &mut |d| snap.spilled_delivery(&client, d));
+                if let Err(e) = r {
+                    tracing::error!(client = %client, error = %e, "spill unreadable while compacting");
+                }
+            }
+            for &packet_id in &s.inbound_qos2 {
+                snap.put(Record::Inbound2 {
+                    client: client.clone(),
+                    packet_id,
+                });
+            }
+            if let Some(w) = &s.will {
+                snap.msg(&w.msg, w.expiry);
+                snap.put(Record::Will {
+                    client: client.clone(),
+                    mid: w.msg.mid,
+                    delay: w.delay,
+                });
+            }
+        }
+        snap.flush();
+        snap.total
+    }
+
+    /// Replaces the journal's history with a snapshot once it has grown to several times
+    /// the live state.
+    pub(crate) fn maybe_compact(&mut self, now: Instant) {
+        let Some(j) = &self.journal else {
+            return;
+        };
+        let since = j.since_snapshot();
+        if since < COMPACT_MIN.max(self.last_snapshot.saturating_mul(2)) {
+            return;
+        }
+        // Rewriting a log that is mostly live state reclaims little, and the core waits
+        // while the snapshot is written: wait until at least half of the log can go. The
+        // live state is estimated by the queue cost of the queued deliveries (in memory
+        // and spilled), which is of the order of their records' size.
+        let (_, spilled) = self.spilled();
+        let live = (self.queued_memory() + spilled) as u64;
+        if self.last_snapshot + since < live.saturating_mul(2) {
+            return;
+        }
+        let bytes = self.compact(now);
+        tracing::info!(bytes, "compacted the store");
+    }
+
+    /// Deliveries waiting in spill files across all sessions, and their queue cost.
+    pub(super) fn spilled(&self) -> (usize, usize) {
+        let spills = self.sessions.values().filter_map(|s| s.spill.as_ref());
+        spills.fold((0, 0), |(n, b), s| (n + s.count, b + s.bytes))
+    }
+
+    /// Writes a snapshot of the live state that replaces the journal's history; returns
+    /// its size.
+    pub(crate) fn compact(&mut self, now: Instant) -> u64 {
+        let Some(j) = self.journal.clone() else {
+            return 0;
+        };
+        j.snapshot_begin();
+        let bytes = self.snapshot(now, &mut |chunk| j.snapshot_chunk(chunk));
+        j.snapshot_end();
+        self.last_snapshot = bytes;
+        bytes
+    }
+}
+
+/// Builds a snapshot: framed records, each in-memory message written once, streamed to
+/// a sink in chunks.
+struct Snapshot<'s> {
+    sink: &'s mut dyn FnMut(Vec<u8>),
+    out: Vec<u8>,
+    emitted: HashSet<u64>,
+    now: Instant,
+    now_ms: u64,
+    total: u64,
+}
+
+/// Size of the chunks a snapshot is handed over in.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+
+impl Snapshot<'_> {
+    fn put(&mut self, rec: Record) {
+        self.put_with(&mut |b| rec.encode(b));
+    }
+
+    fn put_with(&mut self, encode: &mut dyn FnMut(&mut Vec<u8>)) {
+        crate::store::log::frame_with(&mut self.out, encode);
+        if self.out.len() >= SNAPSHOT_CHUNK {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.out.is_empty() {
+            self.total += self.out.len() as u64;
+            (self.sink)(std::mem::take(&mut self.out));
+        }
+    }
+
+    /// The message of `d` (once) and its `Enqueue` record.
+    fn delivery(&mut self, client: &str, d: &Delivery) {
+        self.msg(&d.msg, None);
+        self.enqueue(client, d);
+    }
+
+    /// A delivery read back from a spill file: its message is written without
+    /// remembering the id (spilled messages are copies; a duplicate record is harmless,
+    /// a set of every id is not).
+    fn spilled_delivery(&mut self, client: &str, d: &Delivery) {
+        if !self.emitted.contains(&d.msg.mid) {
+            self.put_msg(&d.msg, None);
+        }
+        self.enqueue(client, d);
+    }
+
+    fn enqueue(&mut self, client: &str, d: &Delivery) {
+        let rec = d.enqueue_record(client);
+        self.put_with(&mut |b| rec.encode(b));
+    }
+
+    fn msg(&mut self, m: &Message, will_expiry: Option<u32>) {
+        if self.emitted.insert(m.mid) {
+            self.put_msg(m, will_expiry);
+        }
+    }
+
+    fn put_msg(&mut self, m: &Message, will_expiry: Option<u32>) {
+        let stored = m.as_stored(will_expiry, self.now, self.now_ms);
+        self.put_with(&mut |b| stored.encode_msg(m.mid, b));
+    }
+}

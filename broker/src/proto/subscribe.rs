@@ -1,0 +1,203 @@
+//! SUBSCRIBE and UNSUBSCRIBE.
+
+use super::*;
+
+impl Core {
+    pub(super) fn handle_subscribe(
+        &mut self,
+        client: &Arc<str>,
+        conn_id: u64,
+        sub: &Subscribe<'_>,
+        now: Instant,
+        out: &mut BytesMut,
+        fx: &mut Effects,
+    ) -> Result<(), Close> {
+        let cfg = self.cfg.clone();
+        let s = owned(&mut self.sessions, client, conn_id).ok_or(Close::TakenOver)?;
+        let persisted = s.persisted;
+        let mut records = Vec::new();
+        let protocol = s.link.as_ref().map_or(Protocol::V311, |l| l.protocol);
+        let v5 = protocol.is_v5();
+        let sub_id = sub.properties.subscription_identifiers().iter().next();
+        if sub_id.is_some() && !cfg.subscription_identifiers {
+            return Err(Close::Error(reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED));
+        }
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut retained_for: Vec<(String, QoS, bool)> = Vec::new();
+        for f in sub.filters.iter() {
+            let fail = |v5code: u8| {
+                if v5 {
+                    v5code
+                } else {
+                    reason::v3::SUBACK_FAILURE
+                }
+            };
+            let (group, inner) = match topic::split_shared(f.filter) {
+                None => (None, f.filter),
+                Some(Err(())) => {
+                    codes.push(fail(reason::TOPIC_FILTER_INVALID));
+                    continue;
+                }
+                Some(Ok((g, inner))) => {
+                    if f.options.no_local {
+                        return Err(Close::Error(reason::PROTOCOL_ERROR));
+                    }
+                    if !cfg.shared_subscriptions {
+                        codes.push(fail(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED));
+                        continue;
+                    }
+                    (Some(g), inner)
+                }
+            };
+            if f.filter.len() > cfg.max_topic_length
+                || inner.split('/').count() > cfg.max_topic_levels
+            {
+                codes.push(fail(reason::TOPIC_FILTER_INVALID));
+                continue;
+            }
+            if is_denied(&cfg.deny_subscribe, inner) || is_denied(&cfg.deny_subscribe, f.filter) {
+                codes.push(reason::UNSPECIFIED_ERROR);
+                continue;
+            }
+            if topic::has_wildcard(inner) && !cfg.wildcard_subscriptions {
+                codes.push(fail(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED));
+                continue;
+            }
+            let qos = f
+                .options
+                .qos
+                .min(QoS::from_u8(cfg.max_qos).unwrap_or(QoS::ExactlyOnce));
+            let mut options = f.options;
+            options.qos = qos;
+            let full: Arc<str> = Arc::from(f.filter);
+            if persisted {
+                records.push(Record::SubAdd {
+                    client: client.to_string(),
+                    filter: f.filter.to_owned(),
+                    options: options.to_byte(Protocol::V5),
+                    id: sub_id.unwrap_or(0),
+                });
+            }
+            let existed = s
+                .subscriptions
+                .insert(
+                    full,
+                    Subscription {
+                        options,
+                        id: sub_id,
+                    },
+                )
+                .is_some();
+            self.subs.insert(
+                inner,
+                SubKey {
+                    client: client.clone(),
+                    group: group.map(Arc::from),
+                },
+                SubEntry {
+                    qos,
+                    no_local: options.no_local,
+                    retain_as_published: options.retain_as_published,
+                    id: sub_id,
+                },
+            );
+            let send_retained = group.is_none()
+                && (!v5
+                    || match options.retain_handling {
+                        RetainHandling::SendAtSubscribe => true,
+                        RetainHandling::SendIfNew => !existed,
+                        RetainHandling::DoNotSend => false,
+                    });
+            if send_retained {
+                retained_for.push((inner.to_owned(), qos, options.retain_as_published));
+            }
+            codes.push(qos as u8);
+        }
+        for rec in records {
+            self.log(rec, true);
+        }
+        let ack = SubAck {
+            packet_id: sub.packet_id,
+            properties: Properties::default(),
+            codes: &codes,
+        };
+        write_packet(out, protocol, &Packet::SubAck(ack));
+        // Retained messages follow the SUBACK (MQTT-3.8.4-4), flagged RETAIN.
+        let mut deliveries = Vec::new();
+        for (filter, qos, _) in &retained_for {
+            for msg in self.retained.values() {
+                if topic::matches(filter, &msg.topic) && !msg.expired(now) {
+                    deliveries.push(Delivery {
+                        qos: msg.qos.min(*qos),
+                        retain: true,
+                        sub_ids: sub_id.into_iter().collect(),
+                        msg: msg.clone(),
+                        shared: None,
+                        dseq: 0,
+                        lsn: 0,
+                    });
+                }
+            }
+        }
+        for d in deliveries {
+            self.deliver(client, d, now, fx);
+        }
+        self.drain_session(client, out, now);
+        Ok(())
+    }
+
+    pub(super) fn handle_unsubscribe(
+        &mut self,
+        client: &Arc<str>,
+        conn_id: u64,
+        u: &Unsubscribe<'_>,
+        out: &mut BytesMut,
+    ) -> Result<(), Close> {
+        let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
+        let protocol = s.link.as_ref().map_or(Protocol::V311, |l| l.protocol);
+        let persisted = s.persisted;
+        let mut codes = Vec::with_capacity(u.filters.len());
+        let mut removed = Vec::new();
+        for f in u.filters.iter() {
+            if s.subscriptions.remove(f).is_some() {
+                removed.push(f);
+                codes.push(reason::SUCCESS);
+            } else {
+                codes.push(reason::NO_SUBSCRIPTION_EXISTED);
+            }
+        }
+        for f in removed {
+            self.remove_trie_entry(client, f);
+            if persisted {
+                self.log(
+                    Record::SubDel {
+                        client: client.to_string(),
+                        filter: f.to_owned(),
+                    },
+                    true,
+                );
+            }
+        }
+        let ack = UnsubAck {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            codes: &codes,
+        };
+        write_packet(out, protocol, &Packet::UnsubAck(ack));
+        Ok(())
+    }
+
+    pub(super) fn remove_trie_entry(&mut self, client: &Arc<str>, full_filter: &str) {
+        let (group, inner) = match topic::split_shared(full_filter) {
+            Some(Ok((g, inner))) => (Some(Arc::from(g)), inner),
+            _ => (None, full_filter),
+        };
+        self.subs.remove(
+            inner,
+            &SubKey {
+                client: client.clone(),
+                group,
+            },
+        );
+    }
+}

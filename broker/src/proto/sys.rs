@@ -1,0 +1,59 @@
+//! `$SYS/broker/...`: the broker's counters published as retained messages.
+
+use super::*;
+
+impl Core {
+    /// Publishes the broker's counters under `$SYS/broker/` (retained, QoS 0).
+    pub(crate) fn publish_sys(&mut self, uptime: Duration, now: Instant, fx: &mut Effects) {
+        let online = self.sessions.values().filter(|s| s.online()).count();
+        let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();
+        let expired: u64 = self.sessions.values().map(|s| s.drops.expired).sum();
+        let (spilled, _) = self.spilled();
+        let values: [(&str, String); 13] = [
+            ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
+            ("uptime", format!("{} seconds", uptime.as_secs())),
+            ("clients/connected", online.to_string()),
+            ("clients/total", self.sessions.len().to_string()),
+            ("subscriptions/count", self.subs.len().to_string()),
+            ("retained/count", self.retained.len().to_string()),
+            ("messages/received", self.stats.publish_received.to_string()),
+            ("messages/delivered", self.stats.deliveries.to_string()),
+            ("messages/queued", queued.to_string()),
+            ("messages/dropped", self.stats.dropped_overflow.to_string()),
+            ("messages/expired", expired.to_string()),
+            ("messages/spilled", spilled.to_string()),
+            ("memory/queued", self.queued_memory().to_string()),
+        ];
+        for (name, value) in values {
+            let topic = format!("$SYS/broker/{name}");
+            self.publish_system(&topic, Bytes::from(value), true, now, fx);
+        }
+    }
+
+    /// Publishes a broker-originated message (e.g. `$SYS`).
+    pub(crate) fn publish_system(
+        &mut self,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let msg = Message {
+            mid: self.mid(),
+            topic: Arc::from(topic),
+            payload,
+            qos: QoS::AtMostOnce,
+            retain,
+            payload_format_indicator: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: encode_user_properties(&Properties::default()),
+            expires_at: None,
+            publisher: None,
+            stored: std::sync::atomic::AtomicBool::new(false),
+        };
+        self.publish(Arc::new(msg), now, fx);
+    }
+}

@@ -1,0 +1,742 @@
+//! The core driven directly with decoded packets and virtual time: no sockets.
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use mote_codec::{List, PropList, SubOptions, SubscribeFilter, Will};
+
+/// A received PUBLISH: topic, payload, qos, packet id, dup, retain, subscription ids.
+type Got = (String, Vec<u8>, QoS, u16, bool, bool, Vec<u32>);
+
+/// One simulated client attached to the core.
+struct Client {
+    id: Arc<str>,
+    conn: u64,
+    protocol: Protocol,
+    kick: Arc<Kick>,
+    out: BytesMut,
+}
+
+fn core() -> Core {
+    Core::new(Arc::new(MqttConfig::default()))
+}
+
+fn connect_with(core: &mut Core, c: &Connect<'_>, now: Instant) -> (Option<Client>, Vec<u8>) {
+    let kick = Arc::new(Kick::default());
+    let mut out = BytesMut::new();
+    let mut fx = Effects::default();
+    let acc = core.connect(
+        c,
+        Arc::new(Notify::new()),
+        kick.clone(),
+        now,
+        &mut out,
+        &mut fx,
+    );
+    let bytes = out.to_vec();
+    let client = acc.map(|a| Client {
+        id: a.client_id,
+        conn: a.conn_id,
+        protocol: a.protocol,
+        kick,
+        out: BytesMut::new(),
+    });
+    (client, bytes)
+}
+
+fn connect_packet<'a>(
+    protocol: Protocol,
+    id: &'a str,
+    clean: bool,
+    props: Properties<'a>,
+) -> Connect<'a> {
+    Connect {
+        protocol,
+        clean_start: clean,
+        keep_alive: 30,
+        properties: props,
+        client_id: id,
+        will: None,
+        username: None,
+        password: None,
+    }
+}
+
+fn connect(
+    core: &mut Core,
+    protocol: Protocol,
+    id: &str,
+    clean: bool,
+    expiry: Option<u32>,
+    now: Instant,
+) -> Client {
+    let props = Properties::Values(&PropValues {
+        session_expiry_interval: expiry,
+        ..PropValues::default()
+    });
+    connect_with(core, &connect_packet(protocol, id, clean, props), now)
+        .0
+        .unwrap()
+}
+
+/// Every packet in `bytes`, decoded with `protocol`, passed to `f`.
+fn each_packet(bytes: &[u8], protocol: Protocol, mut f: impl FnMut(Packet<'_>)) {
+    let mut at = 0;
+    while at < bytes.len() {
+        let (p, n) = mote_codec::decode(&bytes[at..], protocol, u32::MAX)
+            .unwrap()
+            .unwrap();
+        f(p);
+        at += n;
+    }
+}
+
+fn send(core: &mut Core, c: &mut Client, p: &Packet<'_>, now: Instant) -> Result<(), Close> {
+    let mut fx = Effects::default();
+    core.handle(&c.id, c.conn, p, now, &mut c.out, &mut fx)
+}
+
+/// Drains and returns what the core has for `c` as owned (topic, payload, qos, id, dup, retain, sub ids).
+fn received(core: &mut Core, c: &mut Client, now: Instant) -> Vec<Got> {
+    let _ = core.drain(&c.id, c.conn, now, &mut c.out);
+    let bytes = c.out.split().to_vec();
+    let mut v = Vec::new();
+    each_packet(&bytes, c.protocol, |p| {
+        if let Packet::Publish(p) = p {
+            v.push((
+                p.topic.to_owned(),
+                p.payload.to_vec(),
+                p.qos,
+                p.packet_id,
+                p.dup,
+                p.retain,
+                p.properties.subscription_identifiers().iter().collect(),
+            ));
+        }
+    });
+    v
+}
+
+fn subscribe(
+    core: &mut Core,
+    c: &mut Client,
+    filters: &[(&str, SubOptions)],
+    id: Option<u32>,
+    now: Instant,
+) -> Vec<u8> {
+    let entries: Vec<SubscribeFilter<'_>> = filters
+        .iter()
+        .map(|(f, o)| SubscribeFilter {
+            filter: f,
+            options: *o,
+        })
+        .collect();
+    let ids: Vec<u32> = id.into_iter().collect();
+    let p = Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::Values(&PropValues {
+            subscription_identifiers: PropList::Slice(&ids),
+            ..PropValues::default()
+        }),
+        filters: List::Slice(&entries),
+    });
+    send(core, c, &p, now).unwrap();
+    let bytes = c.out.split().to_vec();
+    let mut codes = Vec::new();
+    each_packet(&bytes, c.protocol, |p| {
+        if let Packet::SubAck(a) = p {
+            codes = a.codes.to_vec();
+        }
+    });
+    // Put back anything after the SUBACK (retained deliveries).
+    let mut rest = BytesMut::new();
+    each_packet(&bytes, c.protocol, |p| {
+        if !matches!(p, Packet::SubAck(_)) {
+            p.encode_to(c.protocol, &mut rest).unwrap();
+        }
+    });
+    c.out = rest;
+    codes
+}
+
+fn publish(
+    core: &mut Core,
+    c: &mut Client,
+    topic: &str,
+    payload: &[u8],
+    qos: QoS,
+    id: u16,
+    now: Instant,
+) {
+    let p = Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic,
+        packet_id: id,
+        properties: Properties::default(),
+        payload,
+    });
+    send(core, c, &p, now).unwrap();
+    c.out.clear();
+}
+
+fn q(qos: QoS) -> SubOptions {
+    SubOptions::qos(qos)
+}
+
+#[test]
+fn v5_connack_announces_limits() {
+    let mut core = core();
+    let (_, bytes) = connect_with(
+        &mut core,
+        &connect_packet(Protocol::V5, "", true, Properties::default()),
+        Instant::now(),
+    );
+    let (p, _) = mote_codec::decode(&bytes, Protocol::V5, u32::MAX)
+        .unwrap()
+        .unwrap();
+    let Packet::ConnAck(a) = p else {
+        panic!("not a CONNACK")
+    };
+    assert_eq!(a.code, 0);
+    assert!(!a.session_present);
+    let pr = a.properties;
+    assert_eq!(pr.receive_maximum(), Some(1024));
+    assert_eq!(pr.topic_alias_maximum(), Some(64));
+    assert_eq!(pr.maximum_packet_size(), Some(1_048_576));
+    assert_eq!(pr.retain_available(), Some(true));
+    assert_eq!(pr.shared_subscription_available(), Some(true));
+    assert!(pr
+        .assigned_client_identifier()
+        .is_some_and(|id| !id.is_empty()));
+}
+
+#[test]
+fn v311_empty_id_without_clean_session_is_rejected() {
+    let mut core = core();
+    let (c, bytes) = connect_with(
+        &mut core,
+        &connect_packet(Protocol::V311, "", false, Properties::default()),
+        Instant::now(),
+    );
+    assert!(c.is_none());
+    assert_eq!(bytes, [0x20, 0x02, 0x00, 0x02]);
+}
+
+#[test]
+fn qos1_flow_and_window() {
+    let now = Instant::now();
+    let mut core = core();
+    let mut sub = connect(&mut core, Protocol::V311, "sub", true, None, now);
+    let mut publ = connect(&mut core, Protocol::V311, "pub", true, None, now);
+    assert_eq!(
+        subscribe(
+            &mut core,
+            &mut sub,
+            &[("a/+", q(QoS::AtLeastOnce))],
+            None,
+            now
+        ),
+        [1]
+    );
+    publish(&mut core, &mut publ, "a/b", b"1", QoS::AtLeastOnce, 10, now);
+    publish(&mut core, &mut publ, "a/b", b"2", QoS::ExactlyOnce, 11, now);
+    let got = received(&mut core, &mut sub, now);
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        (got[0].2, got[1].2),
+        (QoS::AtLeastOnce, QoS::AtLeastOnce),
+        "granted QoS caps delivery"
+    );
+    let s = &core.sessions["sub"];
+    assert_eq!(s.inflight.len(), 2);
+    send(
+        &mut core,
+        &mut sub,
+        &Packet::PubAck(Ack::new(got[0].3)),
+        now,
+    )
+    .unwrap();
+    send(
+        &mut core,
+        &mut sub,
+        &Packet::PubAck(Ack::new(got[1].3)),
+        now,
+    )
+    .unwrap();
+    assert!(core.sessions["sub"].inflight.is_empty());
+}
+
+#[test]
+fn qos2_duplicate_publish_is_delivered_once() {
+    let now = Instant::now();
+    let mut core = core();
+    let mut sub = connect(&mut core, Protocol::V5, "sub", true, None, now);
+    let mut publ = connect(&mut core, Protocol::V5, "pub", true, None, now);
+    subscribe(
+        &mut core,
+        &mut sub,
+        &[("t", q(QoS::ExactlyOnce))],
+        None,
+        now,
+    );
+    publish(&mut core, &mut publ, "t", b"x", QoS::ExactlyOnce, 7, now);
+    publish(&mut core, &mut publ, "t", b"x", QoS::ExactlyOnce, 7, now);
+    assert_eq!(received(&mut core, &mut sub, now).len(), 1);
+    send(&mut core, &mut publ, &Packet::PubRel(Ack::new(7)), now).unwrap();
+    assert!(core.sessions["pub"].inbound_qos2.is_empty());
+    // After PUBREL the id is free: the same id is a new message.
+    publish(&mut core, &mut publ, "t", b"y", QoS::ExactlyOnce, 7, now);
+    assert_eq!(received(&mut core, &mut sub, now).len(), 1);
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_once_with_every_identifier() {
+    let now = Instant::now();
+    let mut core = core();
+    let mut sub = connect(&mut core, Protocol::V5, "sub", true, None, now);
+    let mut publ = connect(&mut core, Protocol::V5, "pub", true, None, now);
+    subscribe(
+        &mut core,
+        &mut sub,
+        &[("a/#", q(QoS::AtMostOnce))],
+        Some(1),
+        now,
+    );
+    subscribe(
+        &mut core,
+        &mut sub,
+        &[("a/+", q(QoS::AtLeastOnce))],
+        Some(2),
+        now,
+    );
+    publish(&mut core, &mut publ, "a/b", b"x", QoS::ExactlyOnce, 1, now);
+    let got = received(&mut core, &mut sub, now);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].2, QoS::AtLeastOnce);
+    let mut ids = got[0].6.clone();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2]);
+}
+
+#[test]
+fn persistent_session_queues_and_resends_with_dup() {
+    let t0 = Instant::now();
+    let mut core = core();
+    let mut sub = connect(&mut core, Protocol::V311, "sub", false, None, t0);
+    let mut publ = connect(&mut core, Protocol::V311, "pub", true, None, t0);
+    subscribe(&mut core, &mut sub, &[("t", q(QoS::AtLeastOnce))], None, t0);
+    publish(&mut core, &mut publ, "t", b"1", QoS::AtLeastOnce, 1, t0);
+    let first = received(&mut core, &mut sub, t0);
+    assert_eq!(first.len(), 1);
+    let mut fx = Effects::default();
+    core.disconnected(&sub.id, sub.conn, End::Abnormal, t0, &mut fx);
+    publish(&mut core, &mut publ, "t", b"2", QoS::AtLeastOnce, 2, t0);
+    publish(&mut core, &mut publ, "t", b"q0", QoS::AtMostOnce, 0, t0);
+    let (c, bytes) = connect_with(
+        &mut core,
+        &connect_packet(Protocol::V311, "sub", false, Properties::default()),
+        t0,
+    );
+    assert_eq!(&bytes[..4], [0x20, 0x02, 0x01, 0x00], "session present");
+    let mut got = Vec::new();
+    each_packet(&bytes[4..], Protocol::V311, |p| {
+        if let Packet::Publish(p) = p {
+            got.push((p.payload.to_vec(), p.dup, p.packet_id));
+        }
+    });
+    assert_eq!(
+        got.len(),
+        2,
+        "unacked resent, queued QoS 1 sent, QoS 0 not queued offline"
+    );
+    assert_eq!(got[0], (b"1".to_vec(), true, first[0].3));
+    assert_eq!((got[1].0.as_slice(), got[1].1), (&b"2"[..], false));
+    drop(c);
+}
+
+#[test]
+fn will_waits_for_its_delay_and_is_cancelled_by_reconnect() {
+    let t0 = Instant::now();
+    let mut core = core();
+    let mut watcher = connect(&mut core, Protocol::V5, "w", true, None, t0);
+    subscribe(
+        &mut core,
+        &mut watcher,
+        &[("will/#", q(QoS::AtLeastOnce))],
+        None,
+        t0,
+    );
+    let will_props = PropValues {
+        will_delay_interval: Some(5),
+        ..PropValues::default()
+    };
+    let will = || Will {
+        topic: "will/x",
+        payload: b"gone",
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::Values(&will_props),
+    };
+    let props = Properties::Values(&PropValues {
+        session_expiry_interval: Some(100),
+        ..PropValues::default()
+    });
+    let mut c = connect_packet(Protocol::V5, "dev", true, props);
+    c.will = Some(will());
+    let dev = connect_with(&mut core, &c, t0).0.unwrap();
+    let mut fx = Effects::default();
+    core.disconnected(&dev.id, dev.conn, End::Abnormal, t0, &mut fx);
+    core.tick(t0 + Duration::from_secs(4), &mut fx);
+    assert!(
+        received(&mut core, &mut watcher, t0).is_empty(),
+        "not before the delay"
+    );
+    core.tick(t0 + Duration::from_secs(6), &mut fx);
+    let got = received(&mut core, &mut watcher, t0);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "will/x");
+
+    // Reconnecting (clean start 0) before the delay cancels the will.
+    let mut c2 = connect_packet(Protocol::V5, "dev2", true, props);
+    c2.will = Some(will());
+    let dev2 = connect_with(&mut core, &c2, t0).0.unwrap();
+    core.disconnected(&dev2.id, dev2.conn, End::Abnormal, t0, &mut fx);
+    let _ = connect_with(
+        &mut core,
+        &connect_packet(Protocol::V5, "dev2", false, props),
+        t0 + Duration::from_secs(1),
+    );
+    core.tick(t0 + Duration::from_secs(10), &mut fx);
+    assert!(received(&mut core, &mut watcher, t0).is_empty());
+}
+
+#[test]
+fn normal_disconnect_discards_the_will_and_session_expiry_zero_ends_session() {
+    let t0 = Instant::now();
+    let mut core = core();
+    let mut watcher = connect(&mut core, Protocol::V311, "w", true, None, t0);
+    subscribe(
+        &mut core,
+        &mut watcher,
+        &[("will", q(QoS::AtMostOnce))],
+        None,
+        t0,
+    );
+    let mut c = connect_packet(Protocol::V311, "dev", true, Properties::default());
+    c.will = Some(Will {
+        topic: "will",
+        payload: b"x",
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties::default(),
+    });
+    let dev = connect_with(&mut core, &c, t0).0.unwrap();
+    let mut fx = Effects::default();
+    core.disconnected(&dev.id, dev.conn, End::Normal { will: false }, t0, &mut fx);
+    assert!(received(&mut core, &mut watcher, t0).is_empty());
+    assert!(!core.sessions.contains_key("dev"));
+}
+
+#[test]
+fn offline_message_expires_in_the_queue() {
+    let t0 = Instant::now();
+    let mut core = core();
+    let mut sub = connect(&mut core, Protocol::V5, "sub", false, Some(300), t0);
+    let mut publ = connect(&mut core, Protocol::V5, "pub", true, None, t0);
+    subscribe(&mut core, &mut sub, &[("t", q(QoS::AtLeastOnce))], None, t0);
+    let mut fx = Effects::default();
+    core.disconnected(&sub.id, sub.conn, End::Normal { will: false }, t0, &mut fx);
+    for (payload, expiry) in [(&b"short"[..], 1u32), (&b"long"[..], 100)] {
+        let p = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t",
+            packet_id: 3,
+            properties: Properties::Values(&PropValues {
+                message_expiry_interval: Some(expiry),
+                ..PropValues::default()
+            }),
+            payload,
+        });
+        send(&mut core, &mut publ, &p, t0).unwrap();
+    }
+    let later = t0 + Duration::from_secs(10);
+    let (_, bytes) = connect_with(
+        &mut core,
+        &connect_packet(Protocol::V5, "sub", false, Properties::default()),
+        later,
+    );
+    let mut got = Vec::new();
+    each_packet(&bytes, Protocol::V5, |p| {
+        if let Packet::Publish(p) = p {
+            got.push((p.payload.to_vec(), p.properties.message_expiry_interval()));
+        }
+    });
+    assert_eq!(
+        got,
+        [(b"long".to_vec(), Some(90))],
+        "expired dropped, remaining interval forwarded"
+    );
+}
+
+#[test]
+fn shared_group_gives_each_message_to_one_member_and_reroutes_on_leave() {
+    let t0 = Instant::now();
+    let mut core = core();
+    let mut a = connect(&mut core, Protocol::V5, "a", false, Some(60), t0);
+    let mut b = connect(&mut core, Protocol::V5, "b", true, None, t0);
+    let mut publ = connect(&mut core, Protocol::V5, "pub", true, None, t0);
+    for c in [&mut a, &mut b] {
+        assert_eq!(
+            subscribe(
+                &mut core,
+                c,
+                &[("$share/g/jobs", q(QoS::AtLeastOnce))],
+                None,
+                t0
+            ),
+            [1]
+        );
+    }
+    for i in 0..10u16 {
+        publish(
+            &mut core,
+            &mut publ,
+            "jobs",
+            &i.to_be_bytes(),
+            QoS::AtLeastOnce,
+            i + 1,
+            t0,
+        );
+    }
+    // a leaves before draining its queue: its queued jobs go to b.
+    let mut fx = Effects::default();
+    core.disconnected(&a.id, a.conn, End::Abnormal, t0, &mut fx);
+    let got_b = received(&mut core, &mut b, t0);
+    let mut payloads: Vec<Vec<u8>> = got_b.iter().map(|g| g.1.clone()).collect();
+    payloads.sort();
+    payloads.dedup();
+    assert_eq!(payloads.len(), 10, "every job reached b exactly once");
+    assert!(received(&mut core, &mut a, t0).is_empty());
+}
+
+#[test]
+fn takeover_kicks_the_old_connection() {
+    let t0 = Instant::now();
+    let mut core = core();
+    let old = connect(&mut core, Protocol::V5, "x", false, Some(60), t0);
+    let (new, bytes) = connect_with(
+        &mut core,
+        &connect_packet(
+            Protocol::V5,
+            "x",
+            false,
+            Properties::Values(&PropValues {
+                session_expiry_interval: Some(60),
+                ..PropValues::default()
+            }),
+        ),
+        t0,
+    );
+    assert_eq!(old.kick.get(), reason::SESSION_TAKEN_OVER);
+    assert_eq!(bytes[2], 1, "session present");
+    let mut old = old;
+    assert_eq!(
+        send(&mut core, &mut old, &Packet::PingReq, t0),
+        Err(Close::TakenOver)
+    );
+    let mut new = new.unwrap();
+    assert_eq!(send(&mut core, &mut new, &Packet::PingReq, t0), Ok(()));
+}
+
+#[test]
+fn retained_messages_replace_delete_and_follow_retain_handling() {
+    let t0 = Instant::now();
+    let mut core = core();
+    let mut publ = connect(&mut core, Protocol::V5, "pub", true, None, t0);
+    let retained = |payload: &'static [u8]| {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            topic: "r",
+            packet_id: 0,
+            properties: Properties::default(),
+            payload,
+        })
+    };
+    send(&mut core, &mut publ, &retained(b"one"), t0).unwrap();
+    send(&mut core, &mut publ, &retained(b"two"), t0).unwrap();
+    let mut sub = connect(&mut core, Protocol::V5, "sub", true, None, t0);
+    subscribe(&mut core, &mut sub, &[("r", q(QoS::AtLeastOnce))], None, t0);
+    let got = received(&mut core, &mut sub, t0);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].1.as_slice(), got[0].5), (&b"two"[..], true));
+    let mut opts = q(QoS::AtLeastOnce);
+    opts.retain_handling = RetainHandling::SendIfNew;
+    subscribe(&mut core, &mut sub, &[("r", opts)], None, t0);
+    assert!(
+        received(&mut core, &mut sub, t0).is_empty(),
+        "existing subscription, handling 1"
+    );
+    send(&mut core, &mut publ, &retained(b""), t0).unwrap();
+    assert_eq!(core.retained.len(), 0, "empty payload deletes");
+    let got = received(&mut core, &mut sub, t0);
+    assert_eq!(
+        got.len(),
+        1,
+        "the delete is still delivered to current subscribers"
+    );
+    assert!(
+        !got[0].5,
+        "live forward without Retain As Published clears RETAIN"
+    );
+}
+
+#[test]
+fn receive_maximum_exceeded_is_0x93() {
+    let t0 = Instant::now();
+    let cfg = MqttConfig {
+        receive_maximum: 2,
+        ..MqttConfig::default()
+    };
+    let mut core = Core::new(Arc::new(cfg));
+    let mut c = connect(&mut core, Protocol::V5, "p", true, None, t0);
+    let p = |id| {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "t",
+            packet_id: id,
+            properties: Properties::default(),
+            payload: b"",
+        })
+    };
+    assert!(send(&mut core, &mut c, &p(1), t0).is_ok());
+    assert!(send(&mut core, &mut c, &p(2), t0).is_ok());
+    assert_eq!(
+        send(&mut core, &mut c, &p(3), t0),
+        Err(Close::Error(reason::RECEIVE_MAXIMUM_EXCEEDED))
+    );
+}
+
+#[test]
+fn denied_filter_gets_0x80_in_both_versions() {
+    let t0 = Instant::now();
+    let cfg = MqttConfig {
+        deny_subscribe: vec!["test/nosubscribe".into(), "secret/#".into()],
+        ..MqttConfig::default()
+    };
+    let mut core = Core::new(Arc::new(cfg));
+    for protocol in [Protocol::V311, Protocol::V5] {
+        let mut c = connect(&mut core, protocol, "c", true, None, t0);
+        let codes = subscribe(
+            &mut core,
+            &mut c,
+            &[
+                ("test/nosubscribe", q(QoS::AtLeastOnce)),
+                ("secret/a", q(QoS::AtMostOnce)),
+                ("ok", q(QoS::AtLeastOnce)),
+            ],
+            None,
+            t0,
+        );
+        assert_eq!(codes, [0x80, 0x80, 0x01]);
+    }
+}
+
+#[test]
+fn no_local_and_retain_as_published() {
+    let t0 = Instant::now();
+    let mut core = core();
+    let mut c = connect(&mut core, Protocol::V5, "c", true, None, t0);
+    let mut nl = q(QoS::AtMostOnce);
+    nl.no_local = true;
+    nl.retain_as_published = true;
+    subscribe(&mut core, &mut c, &[("t", nl)], None, t0);
+    publish(&mut core, &mut c, "t", b"mine", QoS::AtMostOnce, 0, t0);
+    assert!(received(&mut core, &mut c, t0).is_empty());
+    let mut other = connect(&mut core, Protocol::V5, "o", true, None, t0);
+    let p = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: true,
+        topic: "t",
+        packet_id: 0,
+        properties: Properties::default(),
+        payload: b"r",
+    });
+    send(&mut core, &mut other, &p, t0).unwrap();
+    let got = received(&mut core, &mut c, t0);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].5, "Retain As Published keeps RETAIN");
+}
+
+#[test]
+fn sys_counters_reach_sys_subscribers_but_not_hash() {
+    let t0 = Instant::now();
+    let mut core = core();
+    let mut all = connect(&mut core, Protocol::V5, "all", true, None, t0);
+    let mut sys = connect(&mut core, Protocol::V5, "sys", true, None, t0);
+    subscribe(&mut core, &mut all, &[("#", q(QoS::AtMostOnce))], None, t0);
+    subscribe(
+        &mut core,
+        &mut sys,
+        &[("$SYS/broker/clients/+", q(QoS::AtMostOnce))],
+        None,
+        t0,
+    );
+    let mut fx = Effects::default();
+    core.publish_sys(Duration::from_secs(3), t0, &mut fx);
+    assert!(
+        received(&mut core, &mut all, t0).is_empty(),
+        "# never matches $SYS"
+    );
+    let got = received(&mut core, &mut sys, t0);
+    let connected = got
+        .iter()
+        .find(|g| g.0 == "$SYS/broker/clients/connected")
+        .unwrap();
+    assert_eq!(connected.1, b"2");
+    // Clients may not publish into $SYS.
+    publish(
+        &mut core,
+        &mut all,
+        "$SYS/broker/clients/connected",
+        b"999",
+        QoS::AtMostOnce,
+        0,
+        t0,
+    );
+    assert!(received(&mut core, &mut sys, t0).is_empty());
+}
+
+#[test]
+fn unknown_authentication_method_gets_connack_0x8c() {
+    let mut core = core();
+    let props = Properties::Values(&PropValues {
+        authentication_method: Some("SCRAM-SHA-1"),
+        ..PropValues::default()
+    });
+    let (c, bytes) = connect_with(
+        &mut core,
+        &connect_packet(Protocol::V5, "a", true, props),
+        Instant::now(),
+    );
+    assert!(c.is_none());
+    let (p, _) = mote_codec::decode(&bytes, Protocol::V5, u32::MAX)
+        .unwrap()
+        .unwrap();
+    let Packet::ConnAck(a) = p else {
+        panic!("not a CONNACK")
+    };
+    assert_eq!(
+        (a.code, a.session_present),
+        (reason::BAD_AUTHENTICATION_METHOD, false)
+    );
+    assert_eq!(core.sessions.len(), 0);
+}
