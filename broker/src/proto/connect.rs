@@ -8,7 +8,7 @@ impl Core {
     pub(crate) fn connect(
         &mut self,
         c: &Connect<'_>,
-        notify: Arc<Notify>,
+        notify: Arc<dyn Wake>,
         kick: Arc<Kick>,
         now: Instant,
         out: &mut BytesMut,

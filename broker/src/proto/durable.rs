@@ -56,7 +56,7 @@ impl Core {
         if self.journal.is_none() || msg.stored.swap(true, Ordering::Relaxed) {
             return;
         }
-        let stored = msg.as_stored(will_expiry, now, unix_ms());
+        let stored = msg.as_stored(will_expiry, now, self.clock.unix_ms(now));
         self.log_with(true, &mut |b| stored.encode_msg(msg.mid, b));
     }
 
@@ -102,4 +102,67 @@ impl Core {
             }
         }
     }
+}
+
+/// The store's log as the core sees it: records appended in order, each at a position
+/// that becomes durable later (the runtime backs it with `store::journal`).
+pub(crate) trait Journal: Send + Sync + std::fmt::Debug {
+    /// Appends the record `encode` writes; returns its position.
+    fn append_with(&self, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64;
+    /// Appends `rec`; returns its position.
+    fn append(&self, rec: &Record) -> u64 {
+        self.append_with(&mut |b| rec.encode(b))
+    }
+    /// True when replies must wait for their records' positions to become durable.
+    fn waits(&self) -> bool;
+    /// The highest position known durable.
+    fn durable(&self) -> u64;
+    /// Bytes appended since the last snapshot (the compaction trigger).
+    fn since_snapshot(&self) -> u64;
+    /// Starts a snapshot that replaces everything appended before it.
+    fn snapshot_begin(&self);
+    /// Framed records of the snapshot.
+    fn snapshot_chunk(&self, framed: Vec<u8>);
+    /// Ends the snapshot.
+    fn snapshot_end(&self);
+}
+
+/// A session's queue tail kept outside memory (the runtime backs it with a spill file):
+/// opaque entries, each standing for `cost` bytes of queue, oldest first.
+pub(crate) trait QueueTail: Send + std::fmt::Debug {
+    /// Appends the entry `encode` writes.
+    ///
+    /// # Errors
+    /// When it cannot be kept; the caller keeps the delivery in memory instead.
+    fn push(&mut self, cost: usize, encode: &mut dyn FnMut(&mut Vec<u8>)) -> std::io::Result<()>;
+    /// Takes entries from the front until their cost reaches `max_bytes` (at least one).
+    ///
+    /// # Errors
+    /// When the tail cannot be read, or `visit` fails.
+    fn pop_chunk(
+        &mut self,
+        max_bytes: usize,
+        visit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()>;
+    /// Visits every entry without taking it.
+    ///
+    /// # Errors
+    /// When the tail cannot be read, or `visit` fails.
+    fn for_each(
+        &mut self,
+        visit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()>;
+    /// Entries waiting.
+    fn count(&self) -> usize;
+    /// Summed cost of the entries waiting.
+    fn bytes(&self) -> usize;
+}
+
+/// Makes queue tails.
+pub(crate) trait TailStore: Send + Sync + std::fmt::Debug {
+    /// A new, empty tail.
+    ///
+    /// # Errors
+    /// When none can be made (the caller keeps deliveries in memory).
+    fn create(&self) -> std::io::Result<Box<dyn QueueTail>>;
 }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mote_codec::{PropList, PropValues, Properties, Publish, QoS, Sink};
@@ -141,13 +141,6 @@ impl Message {
 pub(crate) const QUEUED_DELIVERY: usize = 96;
 /// Bookkeeping malloc keeps per allocation (header and rounding), roughly.
 const ALLOC_OVERHEAD: usize = 16;
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// `at` as Unix milliseconds, given that `now` is `now_ms`.
 pub(crate) fn instant_to_unix_ms(at: Instant, now: Instant, now_ms: u64) -> u64 {

@@ -10,8 +10,7 @@
 //! robin).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,10 +19,9 @@ use mote_codec::{
     reason, topic, Ack, ConnAck, Connect, Disconnect, Packet, PropValues, Properties, Protocol,
     Publish, QoS, RetainHandling, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe,
 };
-use tokio::sync::Notify;
 
 mod connect;
-mod durable;
+pub(crate) mod durable;
 pub(crate) mod message;
 mod router;
 pub(crate) mod session;
@@ -33,13 +31,13 @@ mod sys;
 pub(crate) mod trie;
 
 use crate::config::MqttConfig;
-use crate::store::journal::{Journal, JournalRef};
 use crate::store::record::Record;
 use crate::store::recover::{DeliveryImage, Index};
-use message::{encode_user_properties, unix_ms, Message};
+use durable::{Journal, TailStore};
+use message::{encode_user_properties, Message};
 use session::{
     write_packet, Delivery, Event, Inflight, Kick, Link, Phase, QueueLimits, Session, SpillTo,
-    Subscription, WillState,
+    Subscription, Wake, WillState,
 };
 use trie::SubscriptionTree;
 
@@ -69,14 +67,14 @@ type GroupKey = (Arc<str>, Arc<str>);
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
     /// Notifiers of connections with new deliveries (or a kick).
-    pub(crate) wake: Vec<Arc<Notify>>,
+    pub(crate) wake: Vec<Arc<dyn Wake>>,
 }
 
 impl Effects {
     /// Wakes every connection named, consuming the list.
     pub(crate) fn run(&mut self) {
         for n in self.wake.drain(..) {
-            n.notify_one();
+            n.wake();
         }
     }
 }
@@ -143,7 +141,7 @@ pub(crate) struct Core {
     next_conn_id: u64,
     next_assigned: u64,
     /// The on-disk journal (`None` for the in-memory store).
-    journal: JournalRef,
+    journal: Option<Arc<dyn Journal>>,
     /// Highest journal position the current call's replies must wait for.
     wait_lsn: u64,
     next_mid: u64,
@@ -159,17 +157,17 @@ pub(crate) struct Core {
     /// Target for the whole process's resident memory (0 = none): `budget` is capped
     /// at it minus what the broker uses besides its queues.
     memory_budget: usize,
-    /// Where spill files go (`None` with the in-memory store).
-    spill_dir: Option<PathBuf>,
-    /// Number of the next spill file.
-    next_spill: AtomicU64,
+    /// Where queue tails go beyond the budget (`None` with the in-memory store).
+    tails: Option<Arc<dyn TailStore>>,
+    /// The wall clock, read by the runtime and passed in; the core never reads a clock.
+    clock: Clock,
     /// Counters.
     pub(crate) stats: Stats,
 }
 
 impl Core {
-    /// An empty broker with the limits of `cfg`.
-    pub(crate) fn new(cfg: Arc<MqttConfig>) -> Core {
+    /// An empty broker with the limits of `cfg`, starting at `clock`.
+    pub(crate) fn new(cfg: Arc<MqttConfig>, clock: Clock) -> Core {
         let limits = QueueLimits {
             max_messages: cfg.max_queued_messages,
             max_bytes: cfg.max_queued_bytes,
@@ -193,28 +191,39 @@ impl Core {
             budget: usize::MAX,
             queue_budget: usize::MAX,
             memory_budget: 0,
-            spill_dir: None,
-            next_spill: AtomicU64::new(1),
+            tails: None,
+            clock,
             stats: Stats::default(),
         }
     }
 
     /// An empty broker that journals durable state to `journal` and keeps at most
-    /// `budget` bytes of queued deliveries in memory, spilling the rest to `spill_dir`.
+    /// `budget` bytes of queued deliveries in memory, the rest in queue tails from `tails`.
     pub(crate) fn with_journal(
         cfg: Arc<MqttConfig>,
-        journal: Arc<Journal>,
-        spill_dir: PathBuf,
+        journal: Arc<dyn Journal>,
+        tails: Arc<dyn TailStore>,
         budget: usize,
+        clock: Clock,
     ) -> Core {
-        let mut core = Core::new(cfg);
+        let mut core = Core::new(cfg, clock);
         core.journal = Some(journal);
-        // Spill files are a cache of the journal: whatever a previous run left is stale.
-        let _ = std::fs::remove_dir_all(&spill_dir);
-        core.spill_dir = Some(spill_dir);
+        core.tails = Some(tails);
         core.budget = budget;
         core.queue_budget = budget;
         core
+    }
+
+    /// Sets the wall clock. The core derives wall time for any later instant from the
+    /// monotonic clock; the runtime sets it again from time to time so the two do not
+    /// drift apart.
+    pub(crate) fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// `now` in both clocks.
+    fn clock(&self, now: Instant) -> Clock {
+        Clock::new(now, self.clock.unix_ms(now))
     }
 
     /// Caps the queue budget so that the process's resident memory stays near
@@ -249,9 +258,10 @@ impl Core {
     fn drain_session(&mut self, client: &Arc<str>, out: &mut BytesMut, now: Instant) {
         let limits = self.limits;
         let durable = self.durable();
+        let clock = self.clock(now);
         let mut events = Vec::new();
         if let Some(s) = self.sessions.get_mut(client) {
-            s.drain(out, &limits, now, durable, &mut |e| events.push(e));
+            s.drain(out, &limits, now, clock, durable, &mut |e| events.push(e));
         }
         self.log_events(client, events);
     }
@@ -544,7 +554,7 @@ impl Core {
             if !takeover && expiry > 0 {
                 let rec = Record::SessionOffline {
                     client: client.to_string(),
-                    at_ms: unix_ms(),
+                    at_ms: self.clock.unix_ms(now),
                 };
                 self.log(rec, false);
             }
@@ -674,15 +684,41 @@ fn owned<'s>(
 }
 
 /// Where deliveries to persistent sessions go while the memory queued across all sessions
-/// is over `budget`: a spill file in `dir` (`None`: memory, or no on-disk store).
+/// is over `budget`: a queue tail from `tails` (`None`: memory, or no on-disk store).
 fn spill_to<'a>(
-    dir: &'a Option<PathBuf>,
-    seq: &'a AtomicU64,
+    tails: &'a Option<Arc<dyn TailStore>>,
     mem: &AtomicUsize,
     budget: usize,
-) -> Option<SpillTo<'a>> {
-    let dir = dir.as_deref()?;
-    (mem.load(Ordering::Relaxed) > budget).then_some(SpillTo { dir, seq })
+) -> SpillTo<'a> {
+    let tails = tails.as_deref()?;
+    (mem.load(Ordering::Relaxed) > budget).then_some(tails)
+}
+
+/// A moment in the two clocks the core needs: monotonic for timers and expiry, Unix
+/// milliseconds for what the store keeps across restarts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    /// The monotonic instant.
+    pub(crate) at: Instant,
+    /// Unix time in milliseconds at `at`.
+    unix_ms: u64,
+}
+
+impl Clock {
+    /// The moment `at`, which is `unix_ms` on the wall clock.
+    pub(crate) fn new(at: Instant, unix_ms: u64) -> Clock {
+        Clock { at, unix_ms }
+    }
+
+    /// Unix milliseconds at `t`, by the monotonic distance from this moment.
+    pub(crate) fn unix_ms(&self, t: Instant) -> u64 {
+        if t >= self.at {
+            self.unix_ms + (t - self.at).as_millis() as u64
+        } else {
+            self.unix_ms
+                .saturating_sub((self.at - t).as_millis() as u64)
+        }
+    }
 }
 
 /// True for topics under `$SYS`, which only the broker publishes to.

@@ -140,6 +140,7 @@ impl Core {
         fx: &mut Effects,
     ) -> bool {
         let limits = self.limits;
+        let clock = self.clock(now);
         let Some(s) = self.sessions.get(client) else {
             return false;
         };
@@ -160,14 +161,14 @@ impl Core {
         }
         let dseq = d.dseq;
         let spill = if store {
-            spill_to(&self.spill_dir, &self.next_spill, &self.mem, self.budget)
+            spill_to(&self.tails, &self.mem, self.budget)
         } else {
             None
         };
         let Some(s) = self.sessions.get_mut(client) else {
             return false;
         };
-        let result = s.enqueue(d, &limits, spill);
+        let result = s.enqueue(d, &limits, spill, clock);
         if result == crate::proto::session::Enqueued::Dropped {
             self.stats.dropped_overflow += 1;
             match &s.link {

@@ -11,18 +11,17 @@
 //! - `queue` holds at most `max_queued_messages` deliveries and `max_queued_bytes` bytes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::store::record::EnqueueRef;
+use crate::store::record::{EnqueueRef, Record};
 use bytes::BytesMut;
 use mote_codec::{Ack, Packet, PropValues, Properties, Protocol, Publish, QoS, SubOptions};
-use tokio::sync::Notify;
 
+use super::durable::{QueueTail, TailStore};
+use super::Clock;
 use crate::proto::message::Message;
-use crate::store::spill::Spill;
 
 /// Bytes read back from a spill file at a time.
 const REFILL_BYTES: usize = 256 * 1024;
@@ -117,6 +116,13 @@ pub(crate) struct Inflight {
     pub(crate) phase: Phase,
 }
 
+/// How the core wakes the task serving a connection (the runtime implements it; the core
+/// only names whom to wake, in [`super::Effects`]).
+pub(crate) trait Wake: Send + Sync + std::fmt::Debug {
+    /// There is something to send, or the connection was kicked.
+    fn wake(&self);
+}
+
 /// Why the broker ends a connection from outside its task (takeover, overflow).
 #[derive(Debug, Default)]
 pub(crate) struct Kick {
@@ -140,7 +146,7 @@ pub(crate) struct Link {
     /// Unique id of the connection.
     pub(crate) conn_id: u64,
     /// Wakes the connection task when there is something to send.
-    pub(crate) notify: Arc<Notify>,
+    pub(crate) notify: Arc<dyn Wake>,
     /// Set when the broker wants the connection closed.
     pub(crate) kick: Arc<Kick>,
     /// Protocol of this connection.
@@ -212,19 +218,13 @@ pub(crate) struct Session {
     /// True while the store holds this session (it was opened with an expiry above 0).
     pub(crate) persisted: bool,
     /// The tail of the queue kept on disk (always after `queue`).
-    pub(crate) spill: Option<Spill>,
+    pub(crate) spill: Option<Box<dyn QueueTail>>,
     /// Bytes queued in memory across all sessions (shared with the core).
     mem: Arc<AtomicUsize>,
 }
 
-/// Where a delivery that must not stay in memory goes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SpillTo<'a> {
-    /// Directory of spill files.
-    pub(crate) dir: &'a Path,
-    /// Numbers spill files; a new one takes the next.
-    pub(crate) seq: &'a AtomicU64,
-}
+/// Where a delivery that must not stay in memory goes (`None`: memory).
+pub(crate) type SpillTo<'a> = Option<&'a dyn TailStore>;
 
 impl Drop for Session {
     fn drop(&mut self) {
@@ -286,10 +286,11 @@ impl Session {
         &mut self,
         d: Delivery,
         limits: &QueueLimits,
-        spill: Option<SpillTo<'_>>,
+        spill: SpillTo<'_>,
+        clock: Clock,
     ) -> Enqueued {
         let cost = d.msg.cost();
-        let (spilled, spilled_bytes) = self.spill.as_ref().map_or((0, 0), |s| (s.count, s.bytes));
+        let (spilled, spilled_bytes) = self.spilled();
         while self.queue.len() + spilled >= limits.max_messages
             || self.queued_bytes + spilled_bytes + cost > limits.max_bytes
         {
@@ -312,7 +313,7 @@ impl Session {
         }
         // Once a tail is on disk, everything after it goes there too (order).
         if d.qos != QoS::AtMostOnce && (self.spill.is_some() || spill.is_some()) {
-            match self.spill_push(&d, spill) {
+            match self.spill_push(&d, spill, clock) {
                 Ok(()) => return Enqueued::Ok,
                 Err(e) => {
                     tracing::warn!(client = %self.client_id, error = %e, "spill failed; queueing in memory")
@@ -324,46 +325,45 @@ impl Session {
         Enqueued::Ok
     }
 
-    fn spill_push(&mut self, d: &Delivery, to: Option<SpillTo<'_>>) -> std::io::Result<()> {
-        let now = Instant::now();
-        let now_ms = crate::proto::message::unix_ms();
+    /// Deliveries in the on-disk tail, and their queue cost.
+    pub(crate) fn spilled(&self) -> (usize, usize) {
+        self.spill
+            .as_ref()
+            .map_or((0, 0), |s| (s.count(), s.bytes()))
+    }
+
+    fn spill_push(&mut self, d: &Delivery, to: SpillTo<'_>, clock: Clock) -> std::io::Result<()> {
         if self.spill.is_none() {
             if let Some(to) = to {
-                self.spill = Some(Spill::create(
-                    to.dir,
-                    to.seq.fetch_add(1, Ordering::Relaxed),
-                )?);
+                self.spill = Some(to.create()?);
             }
         }
         match self.spill.as_mut() {
-            Some(s) => s.push(d, now, now_ms),
+            Some(s) => s.push(d.msg.cost(), &mut |b| encode_spilled(d, clock, b)),
             None => Err(std::io::Error::other("no spill directory")),
         }
     }
 
     /// Moves a chunk of the on-disk tail back into memory when the memory queue ran dry.
-    fn refill(&mut self) {
+    fn refill(&mut self, clock: Clock) {
         let Some(spill) = self.spill.as_mut() else {
             return;
         };
-        match spill.pop_chunk(
-            REFILL_BYTES,
-            Instant::now(),
-            crate::proto::message::unix_ms(),
-        ) {
-            Ok(chunk) => {
-                for d in chunk {
-                    self.add_mem(d.msg.cost());
-                    self.queue.push_back(d);
-                }
-            }
-            Err(e) => {
-                // The deliveries are still in the journal and come back after a restart.
-                tracing::error!(client = %self.client_id, error = %e, "spill unreadable; dropping its in-memory view");
-                self.spill = None;
-            }
+        let mut chunk = Vec::new();
+        let read = spill.pop_chunk(REFILL_BYTES, &mut |e| {
+            chunk.push(decode_spilled(e, clock)?);
+            Ok(())
+        });
+        for d in chunk {
+            self.add_mem(d.msg.cost());
+            self.queue.push_back(d);
         }
-        if self.spill.as_ref().is_some_and(Spill::is_empty) {
+        if let Err(e) = read {
+            // The deliveries are still in the journal and come back after a restart.
+            tracing::error!(client = %self.client_id, error = %e, "spill unreadable; dropping its in-memory view");
+            self.spill = None;
+        }
+        if self.spill.as_ref().is_some_and(|s| s.count() == 0) {
             self.spill = None;
         }
     }
@@ -397,8 +397,8 @@ impl Session {
     }
 
     /// Puts a restored delivery at the end of the queue (memory, or the spill tail).
-    pub(crate) fn restore_queued(&mut self, d: Delivery, spill: Option<SpillTo<'_>>) {
-        if (self.spill.is_some() || spill.is_some()) && self.spill_push(&d, spill).is_ok() {
+    pub(crate) fn restore_queued(&mut self, d: Delivery, spill: SpillTo<'_>, clock: Clock) {
+        if (self.spill.is_some() || spill.is_some()) && self.spill_push(&d, spill, clock).is_ok() {
             return;
         }
         self.add_mem(d.msg.cost());
@@ -459,6 +459,7 @@ impl Session {
         out: &mut BytesMut,
         limits: &QueueLimits,
         now: Instant,
+        clock: Clock,
         durable: u64,
         ev: EventSink<'_>,
     ) {
@@ -468,7 +469,7 @@ impl Session {
         let window = usize::from(link.client_receive_max.min(limits.max_inflight).max(1));
         loop {
             if self.queue.is_empty() {
-                self.refill();
+                self.refill(clock);
             }
             let Some(front) = self.queue.front() else {
                 break;
@@ -570,6 +571,61 @@ impl Session {
             }
             None => false,
         }
+    }
+}
+
+/// Writes `d` as a spill entry: its journal position, its `Enqueue` record (without the
+/// client, which the file belongs to) and its message's `Msg` record.
+fn encode_spilled(d: &Delivery, clock: Clock, b: &mut Vec<u8>) {
+    b.extend_from_slice(&d.lsn.to_le_bytes());
+    let enq = b.len();
+    b.extend_from_slice(&[0; 4]);
+    d.enqueue_record("").encode(b);
+    let enq_len = (b.len() - enq - 4) as u32;
+    b[enq..enq + 4].copy_from_slice(&enq_len.to_le_bytes());
+    let now = clock.at;
+    d.msg
+        .as_stored(None, now, clock.unix_ms(now))
+        .encode_msg(d.msg.mid, b);
+}
+
+/// Reads a spill entry written by [`encode_spilled`] back into a delivery.
+pub(crate) fn decode_spilled(entry: &[u8], clock: Clock) -> std::io::Result<Delivery> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "unreadable spill entry");
+    let word = |at: usize, n: usize| entry.get(at..at + n).ok_or_else(bad);
+    let lsn = word(0, 8)?;
+    let lsn = u64::from_le_bytes([
+        lsn[0], lsn[1], lsn[2], lsn[3], lsn[4], lsn[5], lsn[6], lsn[7],
+    ]);
+    let enq_len = word(8, 4)?;
+    let enq_len = u32::from_le_bytes([enq_len[0], enq_len[1], enq_len[2], enq_len[3]]) as usize;
+    let enq = entry.get(12..12 + enq_len).and_then(Record::decode);
+    let msg = entry.get(12 + enq_len..).and_then(Record::decode);
+    match (enq, msg) {
+        (
+            Some(Record::Enqueue {
+                dseq,
+                qos,
+                retain,
+                sub_ids,
+                shared,
+                ..
+            }),
+            Some(Record::Msg { mid, msg }),
+        ) => {
+            let now = clock.at;
+            let (msg, _) = Message::from_stored(mid, msg, now, clock.unix_ms(now));
+            Ok(Delivery {
+                msg: Arc::new(msg),
+                qos: QoS::from_u8(qos).unwrap_or(QoS::AtLeastOnce),
+                retain,
+                sub_ids,
+                shared: shared.map(|(g, f)| (Arc::from(g), Arc::from(f))),
+                dseq,
+                lsn,
+            })
+        }
+        _ => Err(bad()),
     }
 }
 

@@ -8,7 +8,7 @@ impl Core {
     /// [`Core::restore_delivery`], retained messages and wills through
     /// [`Core::restore_finish`].
     pub(crate) fn restore_sessions(&mut self, index: &Index, now: Instant) {
-        let now_ms = unix_ms();
+        let now_ms = self.clock.unix_ms(now);
         self.next_mid = self.next_mid.max(index.max_mid + 1);
         self.next_dseq = self.next_dseq.max(index.max_dseq + 1);
         for (client, si) in &index.sessions {
@@ -74,7 +74,9 @@ impl Core {
         dseq: u64,
         d: DeliveryImage,
         msg: Arc<Message>,
+        now: Instant,
     ) {
+        let clock = self.clock(now);
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
@@ -98,8 +100,8 @@ impl Core {
                 },
             }),
             None => {
-                let spill = spill_to(&self.spill_dir, &self.next_spill, &self.mem, self.budget);
-                s.restore_queued(delivery, spill);
+                let spill = spill_to(&self.tails, &self.mem, self.budget);
+                s.restore_queued(delivery, spill, clock);
             }
         }
     }
@@ -142,7 +144,7 @@ impl Core {
             out: Vec::new(),
             emitted: HashSet::new(),
             now,
-            now_ms: unix_ms(),
+            now_ms: self.clock.unix_ms(now),
             total: 0,
         };
         for (topic, m) in self.retained.iter().filter(|(t, _)| !is_sys(t)) {
@@ -201,7 +203,11 @@ impl Core {
             }
             if let Some(spill) = s.spill.as_mut() {
                 let now_ms = snap.now_ms;
-                let r = spill.for_each(now, now_ms, &mut |d| snap.spilled_delivery(&client, d));
+                let clock = Clock::new(now, now_ms);
+                let r = spill.for_each(&mut |e| {
+                    snap.spilled_delivery(&client, &session::decode_spilled(e, clock)?);
+                    Ok(())
+                });
                 if let Err(e) = r {
                     tracing::error!(client = %client, error = %e, "spill unreadable while compacting");
                 }
@@ -251,7 +257,7 @@ impl Core {
     /// Deliveries waiting in spill files across all sessions, and their queue cost.
     pub(super) fn spilled(&self) -> (usize, usize) {
         let spills = self.sessions.values().filter_map(|s| s.spill.as_ref());
-        spills.fold((0, 0), |(n, b), s| (n + s.count, b + s.bytes))
+        spills.fold((0, 0), |(n, b), s| (n + s.count(), b + s.bytes()))
     }
 
     /// Writes a snapshot of the live state that replaces the journal's history; returns

@@ -17,22 +17,26 @@ struct Client {
     out: BytesMut,
 }
 
+/// A connection task that is never woken (the tests drain explicitly).
+#[derive(Debug)]
+struct NoWake;
+
+impl Wake for NoWake {
+    fn wake(&self) {}
+}
+
 fn core() -> Core {
-    Core::new(Arc::new(MqttConfig::default()))
+    Core::new(
+        Arc::new(MqttConfig::default()),
+        Clock::new(Instant::now(), 1_700_000_000_000),
+    )
 }
 
 fn connect_with(core: &mut Core, c: &Connect<'_>, now: Instant) -> (Option<Client>, Vec<u8>) {
     let kick = Arc::new(Kick::default());
     let mut out = BytesMut::new();
     let mut fx = Effects::default();
-    let acc = core.connect(
-        c,
-        Arc::new(Notify::new()),
-        kick.clone(),
-        now,
-        &mut out,
-        &mut fx,
-    );
+    let acc = core.connect(c, Arc::new(NoWake), kick.clone(), now, &mut out, &mut fx);
     let bytes = out.to_vec();
     let client = acc.map(|a| Client {
         id: a.client_id,
@@ -603,7 +607,7 @@ fn receive_maximum_exceeded_is_0x93() {
         receive_maximum: 2,
         ..MqttConfig::default()
     };
-    let mut core = Core::new(Arc::new(cfg));
+    let mut core = Core::new(Arc::new(cfg), Clock::new(Instant::now(), 1_700_000_000_000));
     let mut c = connect(&mut core, Protocol::V5, "p", true, None, t0);
     let p = |id| {
         Packet::Publish(Publish {
@@ -631,7 +635,7 @@ fn denied_filter_gets_0x80_in_both_versions() {
         deny_subscribe: vec!["test/nosubscribe".into(), "secret/#".into()],
         ..MqttConfig::default()
     };
-    let mut core = Core::new(Arc::new(cfg));
+    let mut core = Core::new(Arc::new(cfg), Clock::new(Instant::now(), 1_700_000_000_000));
     for protocol in [Protocol::V311, Protocol::V5] {
         let mut c = connect(&mut core, protocol, "c", true, None, t0);
         let codes = subscribe(

@@ -18,9 +18,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::proto::session::{write_packet, Kick};
+use super::shared::Shared;
+use crate::proto::session::{write_packet, Kick, Wake};
 use crate::proto::{disconnect_packet, Close, End};
-use crate::runtime::server::Shared;
+
+/// The connection task's wake-up: the core names it in its effects.
+impl Wake for Notify {
+    fn wake(&self) {
+        self.notify_one();
+    }
+}
 
 /// How long a write may block before the client counts as gone (a consumer that does
 /// not read at all).

@@ -2,6 +2,8 @@
 //! state with its durability gate, the ticker and shutdown.
 
 pub(crate) mod connection;
+mod ports;
 pub(crate) mod server;
+pub(crate) mod shared;
 
 pub use server::run;

@@ -1,6 +1,6 @@
 //! Listener, accept loop, connection limit, housekeeping and graceful shutdown.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -8,80 +8,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::shared::Shared;
 use crate::config::Config;
 use crate::proto::message::Message;
-use crate::proto::{Core, Effects};
+use crate::proto::Core;
 use crate::store::journal::{Journal, WriterHandle};
 use crate::store::recover::Index;
-
-/// State shared by every connection task.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    /// The merged configuration.
-    pub(crate) config: Arc<Config>,
-    /// The on-disk journal; `None` with `--memory`.
-    pub(crate) journal: Option<Arc<Journal>>,
-    // One std Mutex around the whole core: every critical section is a few map operations
-    // and an encode into a buffer, never an `.await`, so a sync lock is cheaper than an
-    // async one and contention stays low on the small machines we target.
-    core: Mutex<Core>,
-}
-
-impl Shared {
-    /// A broker with an empty core and the in-memory store.
-    pub(crate) fn new(config: Config) -> Shared {
-        let config = Arc::new(config);
-        Shared {
-            core: Mutex::new(Core::new(Arc::new(config.mqtt.clone()))),
-            config,
-            journal: None,
-        }
-    }
-
-    /// A broker whose state was recovered from (and is journaled to) the on-disk store.
-    pub(crate) fn with_core(config: Arc<Config>, core: Core, journal: Arc<Journal>) -> Shared {
-        Shared {
-            core: Mutex::new(core),
-            config,
-            journal: Some(journal),
-        }
-    }
-
-    /// Runs `f` on the core under its lock; once everything `f` journaled is durable, wakes
-    /// the connections it named and returns its result. A caller sends the replies `f`
-    /// produced only after this returns, so nothing is acknowledged before it is kept.
-    ///
-    /// # Cancel safety
-    /// Cancel-safe: the core call is done before the first `.await`; cancelling only
-    /// skips the wake-ups.
-    pub(crate) async fn apply<R>(&self, f: impl FnOnce(&mut Core, &mut Effects) -> R) -> R {
-        let mut fx = Effects::default();
-        let (r, lsn) = {
-            let mut core = self.lock();
-            let r = f(&mut core, &mut fx);
-            (r, core.take_wait_lsn())
-        };
-        self.durable(lsn).await;
-        fx.run();
-        r
-    }
-
-    /// Waits until the journal holds everything up to `lsn` durably (no-op for 0).
-    ///
-    /// # Cancel safety
-    /// Cancel-safe.
-    pub(crate) async fn durable(&self, lsn: u64) {
-        if let (Some(j), true) = (&self.journal, lsn > 0) {
-            j.wait_durable(lsn).await;
-        }
-    }
-
-    /// Locks the core. A panic while holding the lock is a bug; the state is still
-    /// consistent enough to keep serving other clients, so poisoning is ignored.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+use crate::store::spill::SpillDir;
 
 /// How often wills, session expiry and message expiry are checked.
 const TICK: Duration = Duration::from_millis(100);
@@ -142,15 +75,17 @@ pub(crate) fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle
         );
     }
     let config = Arc::new(config);
+    let clock = super::ports::now();
     let mut core = Core::with_journal(
         Arc::new(config.mqtt.clone()),
         journal.clone(),
-        dir.join("spill"),
+        Arc::new(SpillDir::new(dir.join("spill"))),
         config.storage.queue_memory_bytes,
+        clock,
     );
     core.set_memory_budget(config.storage.memory_budget_bytes);
     let now = std::time::Instant::now();
-    let now_ms = crate::proto::message::unix_ms();
+    let now_ms = clock.unix_ms(now);
     core.restore_sessions(&index, now);
     let mut restored = 0u32;
     // Pass 2: the queued deliveries, streamed into the sessions (and their spill files
@@ -168,7 +103,7 @@ pub(crate) fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle
                     observe_resident(&mut core);
                 }
                 restored = restored.wrapping_add(1);
-                core.restore_delivery(client, dseq, d, msg)
+                core.restore_delivery(client, dseq, d, msg, now)
             },
         )
     })
@@ -236,9 +171,11 @@ pub(crate) async fn serve(
             loop {
                 tokio::select! {
                     _ = interval.tick() => {
-                        let now = std::time::Instant::now();
+                        let clock = super::ports::now();
+                        let now = clock.at;
                         // Wills published by the tick wake their subscribers once durable.
                         shared.apply(|core, fx| {
+                            core.set_clock(clock);
                             observe_resident(core);
                             core.tick(now, fx);
                             core.maybe_compact(now);

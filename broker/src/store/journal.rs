@@ -14,9 +14,10 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+use super::fsync::FsyncPolicy;
 use super::log::{frame_with, Log, Recovery};
+#[cfg(test)]
 use super::record::Record;
-use crate::config::FsyncPolicy;
 
 /// Snapshot bytes that may wait for the writer before `snapshot_chunk` blocks.
 const SNAPSHOT_QUEUE: usize = 8 * 1024 * 1024;
@@ -140,6 +141,7 @@ impl Journal {
     }
 
     /// Appends `rec`; returns its position.
+    #[cfg(test)]
     pub(crate) fn append(&self, rec: &Record) -> u64 {
         self.append_with(&mut |b| rec.encode(b))
     }
@@ -316,9 +318,6 @@ impl Journal {
         }
     }
 }
-
-/// Shares one journal as an optional handle in the core (`None` = in-memory store).
-pub(crate) type JournalRef = Option<Arc<Journal>>;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

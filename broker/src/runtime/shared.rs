@@ -1,0 +1,80 @@
+//! The state every connection task shares: the core behind its lock, the configuration,
+//! and the durability gate (a reply leaves only once what it depends on is durable).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::config::Config;
+use crate::proto::{Core, Effects};
+use crate::store::journal::Journal;
+
+/// State shared by every connection task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The merged configuration.
+    pub(crate) config: Arc<Config>,
+    /// The on-disk journal; `None` with `--memory`.
+    pub(crate) journal: Option<Arc<Journal>>,
+    // One std Mutex around the whole core: every critical section is a few map operations
+    // and an encode into a buffer, never an `.await`, so a sync lock is cheaper than an
+    // async one and contention stays low on the small machines we target.
+    core: Mutex<Core>,
+}
+
+impl Shared {
+    /// A broker with an empty core and the in-memory store.
+    pub(crate) fn new(config: Config) -> Shared {
+        let config = Arc::new(config);
+        Shared {
+            core: Mutex::new(Core::new(
+                Arc::new(config.mqtt.clone()),
+                super::ports::now(),
+            )),
+            config,
+            journal: None,
+        }
+    }
+
+    /// A broker whose state was recovered from (and is journaled to) the on-disk store.
+    pub(crate) fn with_core(config: Arc<Config>, core: Core, journal: Arc<Journal>) -> Shared {
+        Shared {
+            core: Mutex::new(core),
+            config,
+            journal: Some(journal),
+        }
+    }
+
+    /// Runs `f` on the core under its lock; once everything `f` journaled is durable, wakes
+    /// the connections it named and returns its result. A caller sends the replies `f`
+    /// produced only after this returns, so nothing is acknowledged before it is kept.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the core call is done before the first `.await`; cancelling only
+    /// skips the wake-ups.
+    pub(crate) async fn apply<R>(&self, f: impl FnOnce(&mut Core, &mut Effects) -> R) -> R {
+        let mut fx = Effects::default();
+        let (r, lsn) = {
+            let mut core = self.lock();
+            let r = f(&mut core, &mut fx);
+            (r, core.take_wait_lsn())
+        };
+        self.durable(lsn).await;
+        fx.run();
+        r
+    }
+
+    /// Waits until the journal holds everything up to `lsn` durably (no-op for 0).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe.
+    pub(crate) async fn durable(&self, lsn: u64) {
+        if let (Some(j), true) = (&self.journal, lsn > 0) {
+            j.wait_durable(lsn).await;
+        }
+    }
+
+    /// Locks the core. A panic while holding the lock is a bug; the state is still
+    /// consistent enough to keep serving other clients, so poisoning is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
