@@ -7,6 +7,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod message;
+mod proto;
 pub mod server;
 pub mod session;
 pub mod store;
