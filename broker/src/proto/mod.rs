@@ -1,3 +1,4 @@
 //! The sans-IO protocol core's data structures (the lead replaces this file).
 #![allow(dead_code)]
 pub(crate) mod retained;
+pub(crate) mod timers;
