@@ -932,6 +932,26 @@ mod tests {
             prop_assert_eq!(walk_in_steps(&index, &filter, limit), walk_all(&index, &filter));
         }
 
+        /// From any cursor (also one from another filter's walk, or a topic never
+        /// retained), a walk visits exactly the matches strictly after it, in order.
+        #[test]
+        fn walk_from_any_cursor_visits_what_follows_it(
+            topics in prop::collection::vec(topic_strategy(), 0..40),
+            filter in filter_strategy(),
+            after in topic_strategy(),
+        ) {
+            let mut index = RetainedIndex::new();
+            for topic in &topics {
+                index.insert(Arc::from(topic.as_str()), (), None);
+            }
+            let cursor = Cursor { after: Some(Arc::from(after.as_str())) };
+            let want: Vec<String> = walk_all(&index, &filter)
+                .into_iter()
+                .filter(|t| order_key(t) > order_key(&after))
+                .collect();
+            prop_assert_eq!(walk_in_steps_from(&index, &filter, Some(&cursor)), want);
+        }
+
         /// With inserts and removes between steps, a resumed walk visits every topic
         /// present throughout exactly once, any other matching topic at most once, only
         /// matching topics, in strictly increasing order.
