@@ -1,11 +1,11 @@
 //! A session's queue of deliveries waiting to be sent: FIFO, with the oldest droppable
 //! (QoS 0) item evictable in amortised O(1).
 //!
-//! When a session's queue is full, a QoS 1 or 2 delivery evicts the oldest queued QoS 0
-//! one, and a QoS 0 delivery is itself dropped (the broker may drop QoS 0 messages, MQTT 5
-//! §4.3.1 and §4.13; QoS 1/2 messages of a persistent session must be kept, MQTT 3.1.1
-//! §3.1.2.4, MQTT 5 §3.1.2.4). The limits live with the caller; this type makes eviction
-//! cheap.
+//! A session's state holds the QoS 1 and 2 messages pending transmission and, only
+//! optionally, the QoS 0 ones (MQTT 3.1.1 §4.1, MQTT 5 §4.1). So when a session's queue is
+//! full, a QoS 1 or 2 delivery evicts the oldest queued QoS 0 one, and a QoS 0 delivery is
+//! itself dropped. The limits and that policy live with the caller; this type makes the
+//! eviction cheap.
 //!
 //! # Shape
 //!

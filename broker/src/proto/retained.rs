@@ -233,9 +233,11 @@ impl<V> RetainedIndex<V> {
     /// filter; `None` starts from the beginning), at most `limit` of them.
     ///
     /// Returns the cursor to resume from when more matches remain, `None` when the walk
-    /// is complete. Cost: the trie nodes the filter can reach (a literal filter touches
-    /// O(levels) nodes, a filter matching nothing reaches no entry of other topics), plus
-    /// O(levels · log fanout) to skip what precedes the cursor; finding out that a match
+    /// is complete. Cost: the walk enters only nodes whose path matches a prefix of the
+    /// filter (a literal filter enters one node per level, and a filter matching nothing
+    /// visits no entry), plus O(levels · log fanout) to skip what precedes the cursor.
+    /// `limit` bounds the entries visited, not the nodes entered: a `+` over a wide level
+    /// whose subtrees hold no match is crossed in one call. Finding out that a match
     /// remains after the `limit`-th costs the search up to that next match.
     pub(crate) fn for_each_match(
         &self,
