@@ -23,11 +23,14 @@ use mote_codec::{
 mod connect;
 pub(crate) mod durable;
 pub(crate) mod message;
+pub(crate) mod queue;
+pub(crate) mod retained;
 mod router;
 pub(crate) mod session;
 mod snapshot;
 mod subscribe;
 mod sys;
+pub(crate) mod timers;
 pub(crate) mod trie;
 
 use crate::config::MqttConfig;
