@@ -94,9 +94,9 @@ impl Core {
             } else {
                 // Reconnecting before the will delay ran out cancels the will.
                 old.will = None;
-                old.will_at = None;
-                old.expires_at = None;
                 session_present = true;
+                self.timers.cancel(&Timer::Will(client_id.clone()));
+                self.timers.cancel(&Timer::Expiry(client_id.clone()));
             }
         }
 

@@ -38,10 +38,12 @@ use crate::store::record::Record;
 use crate::store::recover::{DeliveryImage, Index};
 use durable::{Journal, TailStore};
 use message::{encode_user_properties, Message};
+use retained::RetainedIndex;
 use session::{
     write_packet, Delivery, Event, Inflight, Kick, Link, Phase, QueueLimits, Session, SpillTo,
     Subscription, Wake, WillState,
 };
+use timers::Timers;
 use trie::SubscriptionTree;
 
 /// Key of a subscription in the trie: the client and, for shared subscriptions, the group.
@@ -140,7 +142,7 @@ pub(crate) struct Core {
     sessions: HashMap<Arc<str>, Session>,
     subs: SubscriptionTree<SubKey, SubEntry>,
     shared_rr: HashMap<GroupKey, usize>,
-    retained: HashMap<Arc<str>, Arc<Message>>,
+    retained: RetainedIndex<Arc<Message>>,
     next_conn_id: u64,
     next_assigned: u64,
     /// The on-disk journal (`None` for the in-memory store).
@@ -164,8 +166,19 @@ pub(crate) struct Core {
     tails: Option<Arc<dyn TailStore>>,
     /// The wall clock, read by the runtime and passed in; the core never reads a clock.
     clock: Clock,
+    /// Will delays and session expiries of offline sessions, in deadline order.
+    timers: Timers<Timer>,
     /// Counters.
     pub(crate) stats: Stats,
+}
+
+/// A deadline the core keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Timer {
+    /// The will of an offline session is due (its Will Delay Interval ran out).
+    Will(Arc<str>),
+    /// An offline session expires (its Session Expiry Interval ran out).
+    Expiry(Arc<str>),
 }
 
 impl Core {
@@ -182,7 +195,7 @@ impl Core {
             sessions: HashMap::new(),
             subs: SubscriptionTree::new(),
             shared_rr: HashMap::new(),
-            retained: HashMap::new(),
+            retained: RetainedIndex::new(),
             next_conn_id: 1,
             next_assigned: 1,
             journal: None,
@@ -196,6 +209,7 @@ impl Core {
             memory_budget: 0,
             tails: None,
             clock,
+            timers: Timers::new(),
             stats: Stats::default(),
         }
     }
@@ -259,6 +273,7 @@ impl Core {
 
     /// Sends what `client`'s session may send now, journaling it.
     fn drain_session(&mut self, client: &Arc<str>, out: &mut BytesMut, now: Instant) {
+        self.retained_step(client, now);
         let limits = self.limits;
         let durable = self.durable();
         let clock = self.clock(now);
@@ -542,7 +557,8 @@ impl Core {
                 will_gone = true;
                 self.publish_will(w, now, fx);
             } else {
-                s.will_at = Some(now + Duration::from_secs(u64::from(delay)));
+                let at = now + Duration::from_secs(u64::from(delay));
+                self.timers.set(Timer::Will(client.clone()), at);
             }
         }
         if persisted {
@@ -570,9 +586,9 @@ impl Core {
         }
         if expiry == 0 {
             self.end_session(client, now, fx);
-        } else if let Some(s) = self.sessions.get_mut(client) {
-            s.expires_at =
-                (expiry != u32::MAX).then(|| now + Duration::from_secs(u64::from(expiry)));
+        } else if expiry != u32::MAX {
+            let at = now + Duration::from_secs(u64::from(expiry));
+            self.timers.set(Timer::Expiry(client.clone()), at);
         }
     }
 
@@ -604,7 +620,8 @@ impl Core {
                 false,
             );
         }
-        if s.will_at.is_some() {
+        self.timers.cancel(&Timer::Expiry(client.clone()));
+        if self.timers.cancel(&Timer::Will(client.clone())).is_some() {
             if let Some(w) = s.will.take() {
                 self.publish_will(w, now, fx);
             }
@@ -624,49 +641,44 @@ impl Core {
         tracing::debug!(client = %client, "session ended");
     }
 
-    /// Fires due wills and ends expired sessions. Call periodically.
-    pub(crate) fn tick(&mut self, now: Instant, fx: &mut Effects) {
-        let mut wills = Vec::new();
-        let mut expired = Vec::new();
-        for (id, s) in &mut self.sessions {
-            if s.online() {
-                continue;
-            }
-            if s.will_at.is_some_and(|t| t <= now) {
-                s.will_at = None;
-                if let Some(w) = s.will.take() {
-                    wills.push((id.clone(), s.persisted, w));
+    /// The next instant at which [`Core::handle_timeout`] has work, if any.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let timers = self.timers.next_deadline();
+        let retained = self.retained.next_expiry();
+        match (timers, retained) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fires due wills, ends expired sessions and drops expired retained messages: only
+    /// what is due, taken in deadline order from the timers (no scan of all sessions).
+    pub(crate) fn handle_timeout(&mut self, now: Instant, fx: &mut Effects) {
+        while let Some((timer, _)) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Will(id) => {
+                    let Some(s) = self.sessions.get_mut(&id) else {
+                        continue;
+                    };
+                    let Some(w) = s.will.take() else {
+                        continue;
+                    };
+                    if s.persisted {
+                        let rec = Record::WillClear {
+                            client: id.to_string(),
+                        };
+                        self.log(rec, false);
+                    }
+                    self.publish_will(w, now, fx);
                 }
-            }
-            if s.expires_at.is_some_and(|t| t <= now) {
-                expired.push(id.clone());
+                Timer::Expiry(id) => self.end_session(&id, now, fx),
             }
         }
-        for (id, persisted, w) in wills {
-            if persisted {
-                self.log(
-                    Record::WillClear {
-                        client: id.to_string(),
-                    },
-                    false,
-                );
-            }
-            self.publish_will(w, now, fx);
-        }
-        for id in expired {
-            self.end_session(&id, now, fx);
-        }
-        let gone: Vec<Arc<Message>> = self
-            .retained
-            .values()
-            .filter(|m| m.expired(now))
-            .cloned()
-            .collect();
-        for m in gone {
-            self.retained.remove(&m.topic);
+        // Retained messages leave in expiry order: no scan of the unexpired ones.
+        for (topic, _) in self.retained.pop_expired(now, usize::MAX) {
             self.log(
                 Record::RetainDel {
-                    topic: m.topic.to_string(),
+                    topic: topic.to_string(),
                 },
                 false,
             );

@@ -93,6 +93,7 @@ pub(crate) struct Cursor {
 }
 
 impl Cursor {
+    #[cfg(test)]
     /// The last topic visited before the walk stopped, if any.
     pub(crate) fn last_topic(&self) -> Option<&Arc<str>> {
         self.after.as_ref()
@@ -136,6 +137,7 @@ impl<V> RetainedIndex<V> {
         self.len
     }
 
+    #[cfg(test)]
     /// Whether no topic is retained.
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0

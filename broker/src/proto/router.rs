@@ -17,7 +17,7 @@ impl Core {
                     );
                 }
             } else if self.retained.len() < self.cfg.max_retained_messages
-                || self.retained.contains_key(&msg.topic)
+                || self.retained.get(&msg.topic).is_some()
             {
                 // `$SYS` values are regenerated at start-up; they are not stored.
                 if !is_sys(&msg.topic) {
@@ -28,7 +28,8 @@ impl Core {
                     };
                     self.log(rec, msg.qos != QoS::AtMostOnce);
                 }
-                self.retained.insert(msg.topic.clone(), msg.clone());
+                self.retained
+                    .insert(msg.topic.clone(), msg.clone(), msg.expires_at);
             } else {
                 tracing::warn!(topic = %msg.topic, "retained message limit reached; not retained");
             }

@@ -20,6 +20,8 @@ use bytes::BytesMut;
 use mote_codec::{Ack, Packet, PropValues, Properties, Protocol, Publish, QoS, SubOptions};
 
 use super::durable::{QueueTail, TailStore};
+use super::queue::{DeliveryQueue, Queued};
+use super::retained::Cursor;
 use super::Clock;
 use crate::proto::message::Message;
 
@@ -195,22 +197,18 @@ pub(crate) struct Session {
     /// Session Expiry Interval in seconds (`u32::MAX` = never).
     pub(crate) expiry_interval: u32,
     /// Deliveries not yet sent.
-    pub(crate) queue: VecDeque<Delivery>,
-    /// Bytes held by `queue`.
-    pub(crate) queued_bytes: usize,
+    pub(crate) queue: DeliveryQueue<Delivery>,
     /// Sent, unacknowledged QoS 1/2 deliveries, oldest first.
     pub(crate) inflight: VecDeque<Inflight>,
     /// Inbound QoS 2 packet ids between PUBREC and PUBREL.
     pub(crate) inbound_qos2: HashSet<u16>,
     next_packet_id: u16,
+    /// Retained messages still to send for recent subscriptions, in order.
+    pub(crate) retained_jobs: VecDeque<RetainedJob>,
     /// The live connection, if any.
     pub(crate) link: Option<Link>,
     /// The will of the current (or last) connection.
     pub(crate) will: Option<WillState>,
-    /// When the session ends while offline.
-    pub(crate) expires_at: Option<Instant>,
-    /// When the pending will fires while offline.
-    pub(crate) will_at: Option<Instant>,
     /// When the last connection ended (for the store).
     pub(crate) offline_since: Option<Instant>,
     /// Drop counters.
@@ -223,12 +221,38 @@ pub(crate) struct Session {
     mem: Arc<AtomicUsize>,
 }
 
+impl Queued for Delivery {
+    /// QoS 0 deliveries make room for others when a queue is full (MQTT 5 §4.1 lets a
+    /// server drop QoS 0 messages it queues).
+    fn droppable(&self) -> bool {
+        self.qos == QoS::AtMostOnce
+    }
+    fn cost(&self) -> usize {
+        self.msg.cost()
+    }
+}
+
+/// Retained messages still to send for a new subscription: walked from the retained
+/// index in steps bounded by the session's queue room, so one SUBSCRIBE can neither
+/// hold the core nor grow a queue past its limits.
+#[derive(Debug)]
+pub(crate) struct RetainedJob {
+    /// The subscription's filter (without any `$share/` prefix).
+    pub(crate) filter: Arc<str>,
+    /// Granted QoS.
+    pub(crate) qos: QoS,
+    /// v5 Subscription Identifier.
+    pub(crate) sub_id: Option<u32>,
+    /// Where the walk resumes (`None`: from the start).
+    pub(crate) cursor: Option<Cursor>,
+}
+
 /// Where a delivery that must not stay in memory goes (`None`: memory).
 pub(crate) type SpillTo<'a> = Option<&'a dyn TailStore>;
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.mem.fetch_sub(self.queued_bytes, Ordering::Relaxed);
+        self.mem.fetch_sub(self.queue.bytes(), Ordering::Relaxed);
     }
 }
 
@@ -259,15 +283,13 @@ impl Session {
             client_id,
             subscriptions: HashMap::new(),
             expiry_interval: 0,
-            queue: VecDeque::new(),
-            queued_bytes: 0,
+            queue: DeliveryQueue::new(),
+            retained_jobs: VecDeque::new(),
             inflight: VecDeque::new(),
             inbound_qos2: HashSet::new(),
             next_packet_id: 1,
             link: None,
             will: None,
-            expires_at: None,
-            will_at: None,
             offline_since: None,
             drops: Drops::default(),
             persisted: false,
@@ -292,18 +314,17 @@ impl Session {
         let cost = d.msg.cost();
         let (spilled, spilled_bytes) = self.spilled();
         while self.queue.len() + spilled >= limits.max_messages
-            || self.queued_bytes + spilled_bytes + cost > limits.max_bytes
+            || self.queue.bytes() + spilled_bytes + cost > limits.max_bytes
         {
             if d.qos == QoS::AtMostOnce {
                 self.drops.overflow += 1;
                 return Enqueued::Dropped;
             }
-            match self.queue.iter().position(|q| q.qos == QoS::AtMostOnce) {
-                Some(i) => {
-                    if let Some(old) = self.queue.remove(i) {
-                        self.sub_mem(old.msg.cost());
-                        self.drops.overflow += 1;
-                    }
+            // The oldest queued QoS 0 delivery makes room (amortised O(1)).
+            match self.queue.evict_droppable() {
+                Some(old) => {
+                    self.sub_mem(old.msg.cost());
+                    self.drops.overflow += 1;
                 }
                 None => {
                     self.drops.overflow += 1;
@@ -368,28 +389,19 @@ impl Session {
         }
     }
 
+    /// Counts `n` more bytes queued in memory across all sessions (the session's own
+    /// count is its queue's).
     fn add_mem(&mut self, n: usize) {
-        self.queued_bytes += n;
         self.mem.fetch_add(n, Ordering::Relaxed);
     }
 
     fn sub_mem(&mut self, n: usize) {
-        self.queued_bytes -= n;
         self.mem.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Keeps only the queued deliveries `keep` accepts; returns the others.
     pub(crate) fn take_queued(&mut self, mut take: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
-        let mut taken = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.queue.len());
-        for d in std::mem::take(&mut self.queue) {
-            if take(&d) {
-                taken.push(d);
-            } else {
-                kept.push_back(d);
-            }
-        }
-        self.queue = kept;
+        let taken = self.queue.take_where(|d| take(d));
         for d in &taken {
             self.sub_mem(d.msg.cost());
         }

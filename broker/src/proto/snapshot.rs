@@ -50,8 +50,10 @@ impl Core {
                 );
             }
             s.inbound_qos2 = si.inbound2.clone();
-            s.expires_at = (si.expiry != u32::MAX)
-                .then(|| offline + Duration::from_secs(u64::from(si.expiry)));
+            if si.expiry != u32::MAX {
+                let at = offline + Duration::from_secs(u64::from(si.expiry));
+                self.timers.set(Timer::Expiry(id.clone()), at);
+            }
             if si.offline_at_ms.is_none() {
                 self.log(
                     Record::SessionOffline {
@@ -114,7 +116,8 @@ impl Core {
     ) {
         for (topic, mid) in &index.retained {
             if let Some((m, _)) = messages.get(mid) {
-                self.retained.insert(Arc::from(topic.as_str()), m.clone());
+                let topic = Arc::from(topic.as_str());
+                self.retained.insert(topic, m.clone(), m.expires_at);
             }
         }
         for (client, si) in &index.sessions {
@@ -132,7 +135,8 @@ impl Core {
                 expiry: *will_expiry,
             });
             let wait = Duration::from_secs(u64::from(delay.min(si.expiry)));
-            s.will_at = Some(offline + wait);
+            let id: Arc<str> = Arc::from(client.as_str());
+            self.timers.set(Timer::Will(id), offline + wait);
         }
     }
 

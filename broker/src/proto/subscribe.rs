@@ -1,6 +1,10 @@
 //! SUBSCRIBE and UNSUBSCRIBE.
 
 use super::*;
+use session::RetainedJob;
+
+/// Most retained messages queued for new subscriptions in one step.
+const RETAINED_STEP: usize = 256;
 
 impl Core {
     pub(super) fn handle_subscribe(
@@ -23,7 +27,9 @@ impl Core {
             return Err(Close::Error(reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED));
         }
         let mut codes = Vec::with_capacity(sub.filters.len());
-        let mut retained_for: Vec<(String, QoS, bool)> = Vec::new();
+        // Filters whose retained messages are due, by full filter: a filter repeated in
+        // one SUBSCRIBE is one subscription, and its last options win.
+        let mut retained_for: Vec<(Arc<str>, Arc<str>, QoS)> = Vec::new();
         for f in sub.filters.iter() {
             let fail = |v5code: u8| {
                 if v5 {
@@ -108,8 +114,9 @@ impl Core {
                         RetainHandling::SendIfNew => !existed,
                         RetainHandling::DoNotSend => false,
                     });
+            retained_for.retain(|(full, _, _)| &**full != f.filter);
             if send_retained {
-                retained_for.push((inner.to_owned(), qos, options.retain_as_published));
+                retained_for.push((Arc::from(f.filter), Arc::from(inner), qos));
             }
             codes.push(qos as u8);
         }
@@ -122,28 +129,81 @@ impl Core {
             codes: &codes,
         };
         write_packet(out, protocol, &Packet::SubAck(ack));
-        // Retained messages follow the SUBACK (MQTT-3.8.4-4), flagged RETAIN.
-        let mut deliveries = Vec::new();
-        for (filter, qos, _) in &retained_for {
-            for msg in self.retained.values() {
-                if topic::matches(filter, &msg.topic) && !msg.expired(now) {
-                    deliveries.push(Delivery {
-                        qos: msg.qos.min(*qos),
-                        retain: true,
-                        sub_ids: sub_id.into_iter().collect(),
-                        msg: msg.clone(),
-                        shared: None,
-                        dseq: 0,
-                        lsn: 0,
-                    });
-                }
+        // Retained messages follow the SUBACK (MQTT-3.8.4-4), flagged RETAIN; they are
+        // walked from the index in steps as the session's queue has room.
+        if let Some(s) = self.sessions.get_mut(client) {
+            for (_, filter, qos) in retained_for {
+                // A new subscription to a filter replaces one still being sent.
+                s.retained_jobs.retain(|j| j.filter != filter);
+                s.retained_jobs.push_back(RetainedJob {
+                    filter,
+                    qos,
+                    sub_id,
+                    cursor: None,
+                });
             }
         }
-        for d in deliveries {
-            self.deliver(client, d, now, fx);
-        }
+        let _ = fx;
         self.drain_session(client, out, now);
         Ok(())
+    }
+
+    /// Queues the next retained messages of `client`'s pending subscriptions, as many
+    /// as its queue has room for and at most [`RETAINED_STEP`]. When some remain and
+    /// this step queued something, the connection is woken to take the next step (after
+    /// it has written this one): a large retained set never holds the core long.
+    pub(super) fn retained_step(&mut self, client: &Arc<str>, now: Instant) {
+        let limits = self.limits;
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        if s.retained_jobs.is_empty() || !s.online() {
+            return;
+        }
+        let (spilled, _) = s.spilled();
+        let room = limits
+            .max_messages
+            .saturating_sub(s.queue.len() + spilled)
+            .min(RETAINED_STEP);
+        let mut found = Vec::new();
+        while found.len() < room {
+            let Some(job) = s.retained_jobs.front_mut() else {
+                break;
+            };
+            let (qos, sub_id) = (job.qos, job.sub_id);
+            let limit = room - found.len();
+            job.cursor =
+                self.retained
+                    .for_each_match(&job.filter, job.cursor.as_ref(), limit, |_, msg| {
+                        if !msg.expired(now) {
+                            found.push(Delivery {
+                                qos: msg.qos.min(qos),
+                                retain: true,
+                                sub_ids: sub_id.into_iter().collect(),
+                                msg: msg.clone(),
+                                shared: None,
+                                dseq: 0,
+                                lsn: 0,
+                            });
+                        }
+                    });
+            if job.cursor.is_none() {
+                s.retained_jobs.pop_front();
+            }
+        }
+        let more = !s.retained_jobs.is_empty();
+        let wake = s.link.as_ref().map(|l| l.notify.clone());
+        let queued = !found.is_empty();
+        let mut fx = Effects::default();
+        for d in found {
+            self.deliver(client, d, now, &mut fx);
+        }
+        if more && queued {
+            if let Some(w) = wake {
+                fx.wake.push(w);
+            }
+        }
+        fx.run();
     }
 
     pub(super) fn handle_unsubscribe(

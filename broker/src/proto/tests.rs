@@ -392,12 +392,12 @@ fn will_waits_for_its_delay_and_is_cancelled_by_reconnect() {
     let dev = connect_with(&mut core, &c, t0).0.unwrap();
     let mut fx = Effects::default();
     core.disconnected(&dev.id, dev.conn, End::Abnormal, t0, &mut fx);
-    core.tick(t0 + Duration::from_secs(4), &mut fx);
+    core.handle_timeout(t0 + Duration::from_secs(4), &mut fx);
     assert!(
         received(&mut core, &mut watcher, t0).is_empty(),
         "not before the delay"
     );
-    core.tick(t0 + Duration::from_secs(6), &mut fx);
+    core.handle_timeout(t0 + Duration::from_secs(6), &mut fx);
     let got = received(&mut core, &mut watcher, t0);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, "will/x");
@@ -412,7 +412,7 @@ fn will_waits_for_its_delay_and_is_cancelled_by_reconnect() {
         &connect_packet(Protocol::V5, "dev2", false, props),
         t0 + Duration::from_secs(1),
     );
-    core.tick(t0 + Duration::from_secs(10), &mut fx);
+    core.handle_timeout(t0 + Duration::from_secs(10), &mut fx);
     assert!(received(&mut core, &mut watcher, t0).is_empty());
 }
 

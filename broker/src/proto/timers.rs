@@ -55,6 +55,7 @@ impl<K: Clone + Hash + Eq> Timers<K> {
         Some(place.0)
     }
 
+    #[cfg(test)]
     /// `key`'s deadline, if set.
     pub(crate) fn get(&self, key: &K) -> Option<Instant> {
         self.by_key.get(key).map(|&(at, _)| at)
@@ -77,11 +78,13 @@ impl<K: Clone + Hash + Eq> Timers<K> {
         Some((key, at))
     }
 
+    #[cfg(test)]
     /// Number of keys with a deadline.
     pub(crate) fn len(&self) -> usize {
         self.by_key.len()
     }
 
+    #[cfg(test)]
     /// Whether no deadline is set.
     pub(crate) fn is_empty(&self) -> bool {
         self.by_key.is_empty()

@@ -177,7 +177,9 @@ pub(crate) async fn serve(
                         shared.apply(|core, fx| {
                             core.set_clock(clock);
                             observe_resident(core);
-                            core.tick(now, fx);
+                            if core.poll_timeout().is_some_and(|t| t <= now) {
+                                core.handle_timeout(now, fx);
+                            }
                             core.maybe_compact(now);
                             if !sys_every.is_zero() && now >= next_sys {
                                 core.publish_sys(now - started, now, fx);
