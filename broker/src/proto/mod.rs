@@ -243,6 +243,13 @@ impl Core {
         Clock::new(now, self.clock.unix_ms(now))
     }
 
+    /// Sets the bytes of queued deliveries kept in memory across all sessions. With the
+    /// in-memory store there is nowhere else to put them, so this is a hard cap.
+    pub(crate) fn set_queue_budget(&mut self, bytes: usize) {
+        self.budget = bytes;
+        self.queue_budget = bytes;
+    }
+
     /// Caps the queue budget so that the process's resident memory stays near
     /// `bytes` (0 = no cap); see [`Core::observe_resident`].
     pub(crate) fn set_memory_budget(&mut self, bytes: usize) {
@@ -279,7 +286,11 @@ impl Core {
         let clock = self.clock(now);
         let mut events = Vec::new();
         if let Some(s) = self.sessions.get_mut(client) {
-            s.drain(out, &limits, now, clock, durable, &mut |e| events.push(e));
+            if s.drain(out, &limits, now, clock, durable, &mut |e| events.push(e)) {
+                if let Some(link) = &s.link {
+                    link.notify.wake();
+                }
+            }
         }
         self.log_events(client, events);
     }

@@ -148,6 +148,13 @@ impl Core {
         if d.msg.expired(now) || (!s.online() && d.qos == QoS::AtMostOnce) {
             return false;
         }
+        // Without a disk to spill to, the queue budget is a hard cap across all sessions:
+        // past it a delivery is dropped (counted), so the broker's memory stays bounded.
+        if self.tails.is_none() && self.queued_memory() + d.msg.cost() > self.budget {
+            self.stats.dropped_overflow += 1;
+            tracing::debug!(client = %client, "queue memory budget reached: delivery dropped");
+            return false;
+        }
         self.stats.deliveries += 1;
         let qos = d.qos;
         // A delivery to a persistent session is journaled before it is queued; beyond

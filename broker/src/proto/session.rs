@@ -25,6 +25,10 @@ use super::retained::Cursor;
 use super::Clock;
 use crate::proto::message::Message;
 
+/// Bytes of PUBLISH packets one drain writes into a connection's outbound buffer before
+/// it stops to let the connection write them.
+pub(crate) const OUTBOUND_BATCH: usize = 256 * 1024;
+
 /// Bytes read back from a spill file at a time.
 const REFILL_BYTES: usize = 256 * 1024;
 
@@ -474,9 +478,9 @@ impl Session {
         clock: Clock,
         durable: u64,
         ev: EventSink<'_>,
-    ) {
+    ) -> bool {
         let Some(link) = self.link.as_ref() else {
-            return;
+            return false;
         };
         let window = usize::from(link.client_receive_max.min(limits.max_inflight).max(1));
         loop {
@@ -486,6 +490,12 @@ impl Session {
             let Some(front) = self.queue.front() else {
                 break;
             };
+            if out.len() >= OUTBOUND_BATCH {
+                // The rest waits until this batch is written: the outbound buffer stays
+                // bounded however many QoS 0 messages are queued; the caller wakes the
+                // connection again.
+                return true;
+            }
             if front.lsn > durable
                 || (front.qos != QoS::AtMostOnce && self.inflight.len() >= window)
             {
@@ -530,6 +540,7 @@ impl Session {
                 }
             }
         }
+        false
     }
 
     /// Handles PUBACK/PUBCOMP: the flow for `packet_id` is complete. Returns false if the

@@ -29,7 +29,7 @@ impl Core {
         let mut codes = Vec::with_capacity(sub.filters.len());
         // Filters whose retained messages are due, by full filter: a filter repeated in
         // one SUBSCRIBE is one subscription, and its last options win.
-        let mut retained_for: Vec<(Arc<str>, Arc<str>, QoS)> = Vec::new();
+        let mut retained_for: HashMap<Arc<str>, (usize, Arc<str>, QoS)> = HashMap::new();
         for f in sub.filters.iter() {
             let fail = |v5code: u8| {
                 if v5 {
@@ -114,9 +114,11 @@ impl Core {
                         RetainHandling::SendIfNew => !existed,
                         RetainHandling::DoNotSend => false,
                     });
-            retained_for.retain(|(full, _, _)| &**full != f.filter);
             if send_retained {
-                retained_for.push((Arc::from(f.filter), Arc::from(inner), qos));
+                let order = retained_for.len();
+                retained_for.insert(Arc::from(f.filter), (order, Arc::from(inner), qos));
+            } else {
+                retained_for.remove(f.filter);
             }
             codes.push(qos as u8);
         }
@@ -132,9 +134,12 @@ impl Core {
         // Retained messages follow the SUBACK (MQTT-3.8.4-4), flagged RETAIN; they are
         // walked from the index in steps as the session's queue has room.
         if let Some(s) = self.sessions.get_mut(client) {
-            for (_, filter, qos) in retained_for {
-                // A new subscription to a filter replaces one still being sent.
-                s.retained_jobs.retain(|j| j.filter != filter);
+            let mut due: Vec<(usize, Arc<str>, QoS)> = retained_for.into_values().collect();
+            due.sort_unstable_by_key(|d| d.0);
+            // A new subscription to a filter replaces one still being sent.
+            let fresh: HashSet<&Arc<str>> = due.iter().map(|d| &d.1).collect();
+            s.retained_jobs.retain(|j| !fresh.contains(&j.filter));
+            for (_, filter, qos) in due {
                 s.retained_jobs.push_back(RetainedJob {
                     filter,
                     qos,

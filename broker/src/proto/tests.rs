@@ -744,3 +744,198 @@ fn unknown_authentication_method_gets_connack_0x8c() {
     );
     assert_eq!(core.sessions.len(), 0);
 }
+
+/// Publishes a retained QoS 0 message on `topic` from a throwaway client.
+fn retain(core: &mut Core, topic: &str, now: Instant) {
+    let msg = Message::from_publish(
+        core.mid(),
+        &Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            topic,
+            packet_id: 0,
+            properties: Properties::default(),
+            payload: b"r",
+        },
+        Arc::from(topic),
+        None,
+        now,
+    );
+    core.publish(Arc::new(msg), now, &mut Effects::default());
+}
+
+#[test]
+fn one_subscribe_repeating_a_filter_is_one_subscription_and_retained_arrive_once() {
+    // Issue #10 fault 2: 100,000 copies of `#` with 1,000 retained messages built a
+    // delivery per (filter, message) pair and aborted the broker.
+    let mut cfg = MqttConfig::default();
+    cfg.max_queued_messages = 100;
+    let mut core = Core::new(Arc::new(cfg), Clock::new(Instant::now(), 1_700_000_000_000));
+    let now = Instant::now();
+    for i in 0..1000 {
+        retain(&mut core, &format!("r/{i}"), now);
+    }
+    let mut c = connect(&mut core, Protocol::V5, "many", true, None, now);
+    let filters = vec![("#", q(QoS::AtMostOnce)); 100_000];
+    let codes = subscribe(&mut core, &mut c, &filters, None, now);
+    assert_eq!(codes.len(), 100_000, "one reason code per filter, in order");
+    assert_eq!(core.sessions["many"].subscriptions.len(), 1);
+    assert!(
+        core.sessions["many"].queue.len() <= 100,
+        "retained deliveries stay within the session's queue limit"
+    );
+    // The rest comes in steps as the session drains: each message exactly once.
+    let mut got = std::collections::BTreeSet::new();
+    for _ in 0..1000 {
+        let batch = received(&mut core, &mut c, now);
+        if batch.is_empty() && core.sessions["many"].retained_jobs.is_empty() {
+            break;
+        }
+        for m in batch {
+            assert!(m.5, "sent because of a new subscription: RETAIN 1");
+            assert!(got.insert(m.0.clone()), "{} delivered twice", m.0);
+        }
+    }
+    assert_eq!(got.len(), 1000);
+}
+
+#[test]
+fn non_matching_filters_do_not_walk_every_retained_message() {
+    // Issue #10 fault 3: 30,000 non-matching filters with 10,000 retained messages held
+    // the core for 23 s (each filter matched against every retained message). With the
+    // retained index each literal filter costs its levels; this bound is 10x above what
+    // a debug build needs here and far below the old cost.
+    let mut core = core();
+    let now = Instant::now();
+    for i in 0..10_000 {
+        retain(&mut core, &format!("sensors/{i}/temp"), now);
+    }
+    let mut c = connect(&mut core, Protocol::V5, "wide", true, None, now);
+    let names: Vec<String> = (0..30_000).map(|i| format!("other/{i}/x")).collect();
+    let filters: Vec<(&str, SubOptions)> = names
+        .iter()
+        .map(|n| (n.as_str(), q(QoS::AtLeastOnce)))
+        .collect();
+    let started = std::time::Instant::now();
+    let codes = subscribe(&mut core, &mut c, &filters, None, now);
+    assert_eq!(codes.len(), 30_000);
+    assert!(received(&mut core, &mut c, now).is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "30,000 filters took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_full_queue_evicts_its_oldest_qos0_for_a_qos1_delivery() {
+    let mut cfg = MqttConfig::default();
+    cfg.max_queued_messages = 4;
+    let mut core = Core::new(Arc::new(cfg), Clock::new(Instant::now(), 1_700_000_000_000));
+    let now = Instant::now();
+    let mut sub = connect(&mut core, Protocol::V5, "sub", false, Some(600), now);
+    subscribe(
+        &mut core,
+        &mut sub,
+        &[("t", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    // Offline with a persistent session: QoS 0 is not queued offline, so fill the queue
+    // while online without draining, then check what QoS 1 evicts.
+    let mut p = connect(&mut core, Protocol::V5, "pub", true, None, now);
+    publish(&mut core, &mut p, "t", b"q0-a", QoS::AtMostOnce, 0, now);
+    publish(&mut core, &mut p, "t", b"q1-b", QoS::AtLeastOnce, 1, now);
+    publish(&mut core, &mut p, "t", b"q0-c", QoS::AtMostOnce, 0, now);
+    publish(&mut core, &mut p, "t", b"q1-d", QoS::AtLeastOnce, 2, now);
+    // Full (4): a QoS 1 delivery evicts the oldest QoS 0 one; a QoS 0 one is dropped.
+    publish(&mut core, &mut p, "t", b"q1-e", QoS::AtLeastOnce, 3, now);
+    publish(&mut core, &mut p, "t", b"q0-f", QoS::AtMostOnce, 0, now);
+    let got: Vec<Vec<u8>> = received(&mut core, &mut sub, now)
+        .into_iter()
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            b"q1-b".to_vec(),
+            b"q0-c".to_vec(),
+            b"q1-d".to_vec(),
+            b"q1-e".to_vec()
+        ]
+    );
+    assert_eq!(core.sessions["sub"].drops.overflow, 2);
+}
+
+#[test]
+fn the_queue_budget_caps_memory_without_a_store() {
+    // Issue #10 fault 4: with `--memory` there was no broker-wide cap on queued bytes.
+    let mut core = core();
+    core.set_queue_budget(64 * 1024);
+    let now = Instant::now();
+    for i in 0..50 {
+        let mut s = connect(
+            &mut core,
+            Protocol::V5,
+            &format!("s{i}"),
+            false,
+            Some(600),
+            now,
+        );
+        subscribe(&mut core, &mut s, &[("t", q(QoS::AtLeastOnce))], None, now);
+        let mut fx = Effects::default();
+        core.disconnected(&s.id, s.conn, End::Abnormal, now, &mut fx);
+    }
+    let mut p = connect(&mut core, Protocol::V5, "pub", true, None, now);
+    let payload = vec![0u8; 1000];
+    for i in 0..200u16 {
+        publish(
+            &mut core,
+            &mut p,
+            "t",
+            &payload,
+            QoS::AtLeastOnce,
+            i + 1,
+            now,
+        );
+    }
+    assert!(
+        core.queued_memory() <= 64 * 1024,
+        "{}",
+        core.queued_memory()
+    );
+    assert!(
+        core.stats.dropped_overflow > 0,
+        "what did not fit is counted"
+    );
+}
+
+#[test]
+fn a_large_backlog_of_qos0_leaves_in_bounded_batches() {
+    // Issue #10 fault 9: a drain moved every queued QoS 0 message into the outbound
+    // buffer at once.
+    let mut core = core();
+    let now = Instant::now();
+    let mut sub = connect(&mut core, Protocol::V5, "sub", true, None, now);
+    subscribe(&mut core, &mut sub, &[("t", q(QoS::AtMostOnce))], None, now);
+    let mut p = connect(&mut core, Protocol::V5, "pub", true, None, now);
+    let payload = vec![1u8; 1000];
+    for _ in 0..2000 {
+        publish(&mut core, &mut p, "t", &payload, QoS::AtMostOnce, 0, now);
+    }
+    let mut total = 0;
+    loop {
+        let _ = core.drain(&sub.id, sub.conn, now, &mut sub.out);
+        let n = sub.out.len();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            n < session::OUTBOUND_BATCH + 2048,
+            "one drain wrote {n} bytes"
+        );
+        total += sub.out.split().len();
+    }
+    assert!(total >= 2000 * 1000, "every message left: {total} bytes");
+}

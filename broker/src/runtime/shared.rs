@@ -24,11 +24,10 @@ impl Shared {
     /// A broker with an empty core and the in-memory store.
     pub(crate) fn new(config: Config) -> Shared {
         let config = Arc::new(config);
+        let mut core = Core::new(Arc::new(config.mqtt.clone()), super::ports::now());
+        core.set_queue_budget(config.storage.queue_memory_bytes);
         Shared {
-            core: Mutex::new(Core::new(
-                Arc::new(config.mqtt.clone()),
-                super::ports::now(),
-            )),
+            core: Mutex::new(core),
             config,
             journal: None,
         }
