@@ -769,8 +769,10 @@ fn retain(core: &mut Core, topic: &str, now: Instant) {
 fn one_subscribe_repeating_a_filter_is_one_subscription_and_retained_arrive_once() {
     // Issue #10 fault 2: 100,000 copies of `#` with 1,000 retained messages built a
     // delivery per (filter, message) pair and aborted the broker.
-    let mut cfg = MqttConfig::default();
-    cfg.max_queued_messages = 100;
+    let cfg = MqttConfig {
+        max_queued_messages: 100,
+        ..MqttConfig::default()
+    };
     let mut core = Core::new(Arc::new(cfg), Clock::new(Instant::now(), 1_700_000_000_000));
     let now = Instant::now();
     for i in 0..1000 {
@@ -830,8 +832,10 @@ fn non_matching_filters_do_not_walk_every_retained_message() {
 
 #[test]
 fn a_full_queue_evicts_its_oldest_qos0_for_a_qos1_delivery() {
-    let mut cfg = MqttConfig::default();
-    cfg.max_queued_messages = 4;
+    let cfg = MqttConfig {
+        max_queued_messages: 4,
+        ..MqttConfig::default()
+    };
     let mut core = Core::new(Arc::new(cfg), Clock::new(Instant::now(), 1_700_000_000_000));
     let now = Instant::now();
     let mut sub = connect(&mut core, Protocol::V5, "sub", false, Some(600), now);
