@@ -109,6 +109,24 @@ impl Journal {
         replay: &mut dyn FnMut(&[u8]),
     ) -> std::io::Result<(Arc<Journal>, WriterHandle, Recovery)> {
         let (log, recovery) = Log::open(dir, segment_bytes, replay)?;
+        let (journal, writer) = Journal::start(log, policy)?;
+        Ok((journal, writer, recovery))
+    }
+
+    /// Test seam: opens the log in `dir` with `faults` injected into its file operations.
+    #[cfg(test)]
+    fn open_with_faults(
+        dir: &Path,
+        policy: FsyncPolicy,
+        faults: Arc<super::log::FailPoints>,
+    ) -> std::io::Result<(Arc<Journal>, WriterHandle)> {
+        let (mut log, _) = Log::open(dir, DEFAULT_SEGMENT_BYTES, &mut |_| {})?;
+        log.faults = faults;
+        Journal::start(log, policy)
+    }
+
+    /// Starts the writer thread on `log`.
+    fn start(log: Log, policy: FsyncPolicy) -> std::io::Result<(Arc<Journal>, WriterHandle)> {
         let (durable_tx, _) = watch::channel(0);
         let journal = Arc::new(Journal {
             pending: Mutex::new(Pending::default()),
@@ -131,7 +149,6 @@ impl Journal {
                 journal,
                 thread: Some(thread),
             },
-            recovery,
         ))
     }
 
@@ -323,7 +340,7 @@ pub type JournalRef = Option<Arc<Journal>>;
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::store::log::frame;
+    use crate::store::log::{frame, FailPoints};
     use std::time::Duration;
 
     fn tmp(name: &str) -> std::path::PathBuf {
@@ -363,6 +380,31 @@ mod tests {
             .unwrap();
         w2.shutdown();
         assert_eq!((n, rep.records), (50, 50));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn always_releases_a_waiter_only_after_the_sync() {
+        let dir = tmp("always-sync");
+        let faults = Arc::new(FailPoints::default());
+        faults.hold_syncs.store(true, Ordering::Release);
+        let (j, writer) =
+            Journal::open_with_faults(&dir, FsyncPolicy::Always, faults.clone()).unwrap();
+        let lsn = j.append(&Record::SessionEnd { client: "c".into() });
+        // Written, but its sync is held: the waiter must not be released.
+        while faults.writes.load(Ordering::Acquire) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let early = tokio::time::timeout(Duration::from_millis(200), j.wait_durable(lsn)).await;
+        assert!(early.is_err(), "released before its sync");
+        assert_eq!(j.durable(), 0);
+        faults.hold_syncs.store(false, Ordering::Release);
+        tokio::time::timeout(Duration::from_secs(5), j.wait_durable(lsn))
+            .await
+            .unwrap();
+        assert!(j.durable() >= lsn);
+        assert!(faults.syncs.load(Ordering::Acquire) >= 1);
+        writer.shutdown();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
