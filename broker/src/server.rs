@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{Core, Effects};
 use crate::config::Config;
 use crate::message::Message;
-use crate::store::journal::{Journal, WriterHandle};
+use crate::store::journal::{Journal, JournalFailed, WriterHandle};
 use crate::store::recover::Index;
 
 /// State shared by every connection task.
@@ -61,18 +61,27 @@ impl Shared {
             let r = f(&mut core, &mut fx);
             (r, core.take_wait_lsn())
         };
-        self.durable(lsn).await;
+        if self.durable(lsn).await.is_err() {
+            // The journal failed: what `f` produced must never be sent. This task stays
+            // parked until `run` (which sees the same failure) stops the process, and
+            // the connection closes unacknowledged.
+            std::future::pending::<()>().await;
+        }
         fx.run();
         r
     }
 
     /// Waits until the journal holds everything up to `lsn` durably (no-op for 0).
     ///
+    /// # Errors
+    /// [`JournalFailed`] when it never will: nothing depending on `lsn` may be sent.
+    ///
     /// # Cancel safety
     /// Cancel-safe.
-    pub async fn durable(&self, lsn: u64) {
-        if let (Some(j), true) = (&self.journal, lsn > 0) {
-            j.wait_durable(lsn).await;
+    pub async fn durable(&self, lsn: u64) -> Result<(), JournalFailed> {
+        match (&self.journal, lsn > 0) {
+            (Some(j), true) => j.wait_durable(lsn).await,
+            _ => Ok(()),
         }
     }
 
@@ -103,11 +112,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let listener = TcpListener::bind(shared.config.mqtt.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!("listening mqtt={addr}");
-    let result = serve(listener, Arc::new(shared), shutdown).await;
+    let journal = shared.journal.clone();
+    let failed = async {
+        match &journal {
+            Some(j) => j.failed_signal().await,
+            None => std::future::pending().await,
+        }
+    };
+    // A failed journal write or sync stops the broker at once: connections waiting on
+    // it are never acknowledged, and only recovery from the log at the next start is
+    // trustworthy (see `store::journal`).
+    let result = tokio::select! {
+        r = serve(listener, Arc::new(shared), shutdown) => r,
+        () = failed => Err(anyhow::anyhow!("the store failed; exiting so recovery runs at the next start")),
+    };
     if let Some(w) = writer {
         // Writes and syncs whatever the last connections appended.
-        tokio::task::spawn_blocking(move || w.shutdown()).await?;
-        tracing::info!("store flushed");
+        match tokio::task::spawn_blocking(move || w.shutdown()).await? {
+            Ok(()) => tracing::info!("store flushed"),
+            Err(e) => {
+                tracing::error!(error = %e, "store not flushed");
+                return result.and(Err(anyhow::anyhow!("store not flushed: {e}")));
+            }
+        }
     }
     result
 }
