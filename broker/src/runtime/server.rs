@@ -36,11 +36,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let listener = TcpListener::bind(shared.config.mqtt.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!("listening mqtt={addr}");
-    let result = serve(listener, Arc::new(shared), shutdown).await;
+    let journal = shared.journal.clone();
+    let failed = async {
+        match &journal {
+            Some(j) => j.failed_signal().await,
+            None => std::future::pending().await,
+        }
+    };
+    // A failed journal write or sync stops the broker at once: connections waiting on
+    // it are never acknowledged, and only recovery from the log at the next start is
+    // trustworthy (see `store::journal`).
+    let result = tokio::select! {
+        r = serve(listener, Arc::new(shared), shutdown) => r,
+        () = failed => Err(anyhow::anyhow!("the store failed; exiting so recovery runs at the next start")),
+    };
     if let Some(w) = writer {
         // Writes and syncs whatever the last connections appended.
-        tokio::task::spawn_blocking(move || w.shutdown()).await?;
-        tracing::info!("store flushed");
+        match tokio::task::spawn_blocking(move || w.shutdown()).await? {
+            Ok(()) => tracing::info!("store flushed"),
+            Err(e) => {
+                tracing::error!(error = %e, "store not flushed");
+                return result.and(Err(anyhow::anyhow!("store not flushed: {e}")));
+            }
+        }
     }
     result
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::Config;
 use crate::proto::{Core, Effects};
-use crate::store::journal::Journal;
+use crate::store::journal::{Journal, JournalFailed};
 
 /// State shared by every connection task.
 #[derive(Debug)]
@@ -56,18 +56,27 @@ impl Shared {
             let r = f(&mut core, &mut fx);
             (r, core.take_wait_lsn())
         };
-        self.durable(lsn).await;
+        if self.durable(lsn).await.is_err() {
+            // The journal failed: what `f` produced must never be sent. This task stays
+            // parked until `run` (which sees the same failure) stops the process, and
+            // the connection closes unacknowledged.
+            std::future::pending::<()>().await;
+        }
         fx.run();
         r
     }
 
     /// Waits until the journal holds everything up to `lsn` durably (no-op for 0).
     ///
+    /// # Errors
+    /// [`JournalFailed`] when it never will: nothing depending on `lsn` may be sent.
+    ///
     /// # Cancel safety
     /// Cancel-safe.
-    pub(crate) async fn durable(&self, lsn: u64) {
-        if let (Some(j), true) = (&self.journal, lsn > 0) {
-            j.wait_durable(lsn).await;
+    pub(crate) async fn durable(&self, lsn: u64) -> Result<(), JournalFailed> {
+        match (&self.journal, lsn > 0) {
+            (Some(j), true) => j.wait_durable(lsn).await,
+            _ => Ok(()),
         }
     }
 

@@ -14,10 +14,12 @@ pub enum FsyncPolicy {
     /// Sync before every acknowledgement (PUBACK/PUBREC); nothing acknowledged is lost.
     #[default]
     Always,
-    /// Never sync explicitly; the OS decides. A crash may lose acknowledged messages.
+    /// Never sync explicitly; the OS decides. Acknowledgements wait until the record is
+    /// written (a process crash loses nothing acknowledged); a power cut may lose any.
     Never,
-    /// Sync at this interval (whole milliseconds, at least 1); a crash may lose up to
-    /// this much acknowledged data.
+    /// Sync at this interval (whole milliseconds, at least 1). Acknowledgements wait until
+    /// the record is written (a process crash loses nothing acknowledged); a power cut
+    /// may lose up to this much acknowledged data.
     Every(Duration),
 }
 

@@ -1,11 +1,38 @@
 //! Group commit: the core appends records under its lock; one writer thread writes them
-//! to the [`Log`] and, under `--fsync always`, syncs once for everything appended since
-//! the last sync, then publishes the new durable position. Connections wait for that
-//! position before sending the acknowledgements that depend on it.
+//! to the [`Log`] (one `write` per batch) and, under `--fsync always`, syncs once for
+//! everything appended since the last sync, then publishes the new positions.
+//! Connections wait for the acknowledged position before sending the acknowledgements
+//! that depend on it.
 //!
 //! Positions ("LSNs") count records appended since start-up; only their order matters.
+//! The writer publishes two of them:
+//!
+//! - *written*: every record up to it has been handed to the kernel (`write(2)` done):
+//!   it has left the process, so a crash of the process alone cannot lose it;
+//! - *synced*: every record up to it has also been `fsync`ed: a power cut cannot lose it.
+//!
+//! Acknowledgements wait for *synced* under `--fsync always` and for *written* under
+//! `--fsync every=MS` and `--fsync never` (so [`Journal::waits`] is true for every
+//! policy); `every=MS` adds a sync at most MS milliseconds after a write.
+//!
+//! Invariants:
+//!
+//! - The acknowledged position ([`Journal::durable`]) only grows, and never past a record
+//!   whose write (under `always`: write and sync) has not succeeded.
+//! - **A failed write or sync is fatal for the journal.** After a failed `fsync` the
+//!   kernel may have dropped the dirty pages it could not write and marked them clean,
+//!   so a later `fsync` that succeeds says nothing about them (PostgreSQL's
+//!   "fsyncgate"). From the first failure the writer writes nothing more, the
+//!   acknowledged position never moves again, every present and future
+//!   [`Journal::wait_durable`] for a position past it returns [`JournalFailed`],
+//!   [`Journal::failed_signal`] resolves so the runtime can stop the process, and
+//!   [`WriterHandle::shutdown`] returns the error. The log on disk is then the only
+//!   trustworthy state: recovery at the next start rebuilds from it. Snapshots
+//!   (compaction) follow the same rule: a failed snapshot write or sync fails the
+//!   journal, and the older segments stay in force.
 
 use std::collections::VecDeque;
+use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -55,16 +82,38 @@ struct Pending {
     shutdown: bool,
 }
 
+/// The journal can no longer make anything durable: a write or sync of the log failed.
+/// Nothing past [`Journal::durable`] may be acknowledged; the process should stop so
+/// that recovery runs from the log on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the store failed a write or sync: nothing more is durable")]
+pub(crate) struct JournalFailed;
+
+/// What the writer publishes to waiters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Published {
+    /// The acknowledged position (see [`Journal::durable`]).
+    acked: u64,
+    /// A write or sync failed: `acked` is final.
+    failed: bool,
+}
+
 /// The journal shared by the core and its writer thread.
 #[derive(Debug)]
 pub(crate) struct Journal {
     // A std Mutex: appends hold it for a memcpy, the writer only to swap the job queue.
     pending: Mutex<Pending>,
     wake: Condvar,
-    /// Signalled when the writer took jobs (snapshot backpressure).
+    /// Signalled when the writer took jobs (snapshot backpressure), and on failure.
     progress: Condvar,
-    durable: AtomicU64,
-    durable_tx: watch::Sender<u64>,
+    /// Every record up to here has been written to the file.
+    written: AtomicU64,
+    /// Every record up to here has been written and synced.
+    synced: AtomicU64,
+    /// The position acknowledgements wait for: `synced` under `always`, else `written`.
+    acked: AtomicU64,
+    /// `acked` and the failed flag, for waiters.
+    published: watch::Sender<Published>,
     policy: FsyncPolicy,
     failed: AtomicBool,
 }
@@ -73,27 +122,36 @@ pub(crate) struct Journal {
 #[derive(Debug)]
 pub(crate) struct WriterHandle {
     journal: Arc<Journal>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl WriterHandle {
     /// Writes and syncs everything appended, then stops the writer.
-    pub(crate) fn shutdown(mut self) {
-        self.stop();
+    ///
+    /// # Errors
+    /// The error of the final write or sync, or of the earlier failure that stopped the
+    /// journal: the store is then not known to be flushed.
+    pub(crate) fn shutdown(mut self) -> io::Result<()> {
+        self.stop()
     }
 
-    fn stop(&mut self) {
+    fn stop(&mut self) -> io::Result<()> {
+        let Some(t) = self.thread.take() else {
+            return Ok(());
+        };
         self.journal.lock().shutdown = true;
         self.journal.wake.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        t.join()
+            .unwrap_or_else(|_| Err(io::Error::other("the journal writer panicked")))
     }
 }
 
 impl Drop for WriterHandle {
     fn drop(&mut self) {
-        self.stop();
+        // `shutdown` hands the result to its caller; a drop can only log it.
+        if let Err(e) = self.stop() {
+            tracing::error!(error = %e, "store: the final write or sync failed");
+        }
     }
 }
 
@@ -110,13 +168,33 @@ impl Journal {
         replay: &mut dyn FnMut(&[u8]),
     ) -> std::io::Result<(Arc<Journal>, WriterHandle, Recovery)> {
         let (log, recovery) = Log::open(dir, segment_bytes, replay)?;
-        let (durable_tx, _) = watch::channel(0);
+        let (journal, writer) = Journal::start(log, policy)?;
+        Ok((journal, writer, recovery))
+    }
+
+    /// Test seam: opens the log in `dir` with `faults` injected into its file operations.
+    #[cfg(test)]
+    fn open_with_faults(
+        dir: &Path,
+        policy: FsyncPolicy,
+        faults: Arc<super::log::FailPoints>,
+    ) -> std::io::Result<(Arc<Journal>, WriterHandle)> {
+        let (mut log, _) = Log::open(dir, DEFAULT_SEGMENT_BYTES, &mut |_| {})?;
+        log.faults = faults;
+        Journal::start(log, policy)
+    }
+
+    /// Starts the writer thread on `log`.
+    fn start(log: Log, policy: FsyncPolicy) -> std::io::Result<(Arc<Journal>, WriterHandle)> {
+        let (published, _) = watch::channel(Published::default());
         let journal = Arc::new(Journal {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             progress: Condvar::new(),
-            durable: AtomicU64::new(0),
-            durable_tx,
+            written: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            published,
             policy,
             failed: AtomicBool::new(false),
         });
@@ -132,7 +210,6 @@ impl Journal {
                 journal,
                 thread: Some(thread),
             },
-            recovery,
         ))
     }
 
@@ -140,8 +217,8 @@ impl Journal {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends `rec`; returns its position.
     #[cfg(test)]
+    /// Appends `rec`; returns its position.
     pub(crate) fn append(&self, rec: &Record) -> u64 {
         self.append_with(&mut |b| rec.encode(b))
     }
@@ -213,14 +290,29 @@ impl Journal {
         self.lock().since_snapshot
     }
 
-    /// True when acknowledgements must wait for the writer (`--fsync always`).
+    /// True when acknowledgements must wait for the writer: under every policy, since
+    /// even `--fsync never` waits for the record to leave the process (see the module
+    /// docs).
     pub(crate) fn waits(&self) -> bool {
-        self.policy == FsyncPolicy::Always
+        true
     }
 
-    /// The last position known durable.
+    /// The position acknowledgements may cover: synced under `--fsync always`, written
+    /// under `every=MS` and `never`. Final once the journal failed.
     pub(crate) fn durable(&self) -> u64 {
-        self.durable.load(Ordering::Acquire)
+        self.acked.load(Ordering::Acquire)
+    }
+
+    #[cfg(test)]
+    /// Every record up to this position has been written to the file.
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    #[cfg(test)]
+    /// Every record up to this position has been written and synced.
+    pub(crate) fn synced(&self) -> u64 {
+        self.synced.load(Ordering::Acquire)
     }
 
     /// True once a write or sync failed: nothing more is acknowledged.
@@ -228,20 +320,46 @@ impl Journal {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// Waits until position `lsn` is durable.
+    /// Waits until position `lsn` may be acknowledged (see [`Journal::durable`]).
+    ///
+    /// # Errors
+    /// [`JournalFailed`] once the journal failed before `lsn` became durable: it never
+    /// will, and what depends on it must not be acknowledged.
     ///
     /// # Cancel safety
     /// Cancel-safe: it only watches a counter.
-    pub(crate) async fn wait_durable(&self, lsn: u64) {
-        let mut rx = self.durable_tx.subscribe();
-        let _ = rx.wait_for(|d| *d >= lsn).await;
+    pub(crate) async fn wait_durable(&self, lsn: u64) -> Result<(), JournalFailed> {
+        let mut rx = self.published.subscribe();
+        // The sender lives in `self`, so `wait_for` cannot see it dropped.
+        let acked = rx
+            .wait_for(|p| p.acked >= lsn || p.failed)
+            .await
+            .map(|p| p.acked);
+        match acked {
+            Ok(acked) if acked >= lsn => Ok(()),
+            _ => Err(JournalFailed),
+        }
     }
 
-    /// The writer thread: take jobs, write, sync per policy, publish the durable position.
-    fn writer(&self, mut log: Log) {
+    /// Resolves once the journal failed (never while it works): the runtime's cue to
+    /// stop and exit non-zero, so that recovery runs from the log.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only watches a flag.
+    pub(crate) async fn failed_signal(&self) {
+        let mut rx = self.published.subscribe();
+        let _ = rx.wait_for(|p| p.failed).await;
+    }
+
+    /// The writer thread: take jobs, write, sync per policy, publish the positions.
+    /// Returns when shut down: the result of the final write and sync, or the failure
+    /// that stopped the journal earlier.
+    fn writer(&self, mut log: Log) -> io::Result<()> {
         let mut last_sync = Instant::now();
         // Written but not yet synced (only under `every=` and `never`).
         let mut dirty = false;
+        // The first failure: from then on nothing is written (see the module docs).
+        let mut failure: Option<io::Error> = None;
         loop {
             let (jobs, upto, shutdown, snapshot_waited) = {
                 let mut p = self.lock();
@@ -271,51 +389,99 @@ impl Journal {
             if snapshot_waited {
                 self.progress.notify_all();
             }
-            let mut result = Ok(());
-            for job in jobs {
-                dirty = true;
-                result = match job {
-                    Job::Records(buf) => {
-                        log.append_framed(&buf);
-                        Ok(())
-                    }
-                    Job::SnapshotBegin => log.begin_snapshot(),
-                    Job::SnapshotChunk(buf) => log.snapshot_chunk(&buf),
-                    Job::SnapshotEnd => log.end_snapshot(),
-                };
-                if result.is_err() {
-                    break;
+            if let Some(e) = &failure {
+                // Failed: what comes in now is dropped, never written nor acknowledged.
+                drop(jobs);
+                if shutdown {
+                    return Err(io::Error::new(e.kind(), e.to_string()));
                 }
+                continue;
             }
-            let sync = dirty
-                && match self.policy {
-                    FsyncPolicy::Always => true,
-                    FsyncPolicy::Never => shutdown,
-                    FsyncPolicy::Every(d) => shutdown || last_sync.elapsed() >= d,
-                };
-            if result.is_ok() {
-                result = log.write(sync);
-            }
-            match result {
+            dirty |= !jobs.is_empty();
+            let sync = shutdown
+                || (dirty
+                    && match self.policy {
+                        FsyncPolicy::Always => true,
+                        FsyncPolicy::Never => false,
+                        FsyncPolicy::Every(d) => last_sync.elapsed() >= d,
+                    });
+            match self.commit(&mut log, jobs, upto, sync) {
+                Ok(()) if shutdown => return Ok(()),
                 Ok(()) => {
                     if sync {
                         last_sync = Instant::now();
                         dirty = false;
                     }
-                    self.durable.store(upto, Ordering::Release);
-                    self.durable_tx.send_replace(upto);
                 }
                 Err(e) => {
-                    // Nothing after this point is acknowledged: the waiters never wake.
-                    tracing::error!(error = %e, "store write failed; acknowledgements stop");
-                    self.failed.store(true, Ordering::Release);
+                    self.fail(&e);
+                    if shutdown {
+                        return Err(e);
+                    }
+                    failure = Some(e);
+                    dirty = false;
                 }
             }
-            if shutdown {
-                let _ = log.write(true);
-                return;
+        }
+    }
+
+    /// Writes `jobs` (the records up to position `upto` among them) with one write,
+    /// syncs when `sync`, and publishes what became written and synced.
+    fn commit(&self, log: &mut Log, jobs: VecDeque<Job>, upto: u64, sync: bool) -> io::Result<()> {
+        for job in jobs {
+            match job {
+                Job::Records(buf) => log.append_framed(&buf),
+                Job::SnapshotBegin => log.begin_snapshot()?,
+                Job::SnapshotChunk(buf) => log.snapshot_chunk(&buf)?,
+                Job::SnapshotEnd => log.end_snapshot()?,
             }
         }
+        if self.policy == FsyncPolicy::Always {
+            // Strict: nothing is published before the sync (`sync` is false only for
+            // an empty batch).
+            log.write(sync)?;
+            self.written.fetch_max(upto, Ordering::AcqRel);
+            self.synced.fetch_max(upto, Ordering::AcqRel);
+            self.publish_acked(upto);
+            return Ok(());
+        }
+        // The acknowledgements wait for the write only (the record has left the
+        // process); the sync, when due, follows.
+        log.write(false)?;
+        self.written.fetch_max(upto, Ordering::AcqRel);
+        self.publish_acked(upto);
+        if sync {
+            log.write(true)?;
+            self.synced.fetch_max(upto, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Moves the acknowledged position to `upto` and wakes the waiters it covers.
+    /// Only the writer thread calls it, and never after [`Journal::fail`].
+    fn publish_acked(&self, upto: u64) {
+        self.acked.fetch_max(upto, Ordering::AcqRel);
+        self.published.send_if_modified(|p| {
+            let moved = upto > p.acked;
+            p.acked = p.acked.max(upto);
+            moved
+        });
+    }
+
+    /// Makes the journal failed: the acknowledged position is final, waiters past it
+    /// get [`JournalFailed`], the failed signal fires, blocked snapshot producers return.
+    fn fail(&self, e: &io::Error) {
+        tracing::error!(
+            error = %e,
+            durable = self.durable(),
+            "store write or sync failed; nothing more is acknowledged"
+        );
+        self.failed.store(true, Ordering::Release);
+        self.published.send_modify(|p| p.failed = true);
+        // Under the lock, so a producer between its check of `failed` and its wait
+        // cannot miss the wake-up.
+        let _pending = self.lock();
+        self.progress.notify_all();
     }
 }
 
@@ -323,13 +489,193 @@ impl Journal {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::store::log::frame;
+    use crate::store::log::{frame, FailPoints};
     use std::time::Duration;
 
     fn tmp(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("mote-journal-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    fn rec(i: u16) -> Record {
+        Record::Inbound2 {
+            client: "c".into(),
+            packet_id: i,
+        }
+    }
+
+    /// Makes the next write (`Op::Write`) or sync of the log fail, once.
+    fn fail_next(count: &AtomicU64, fail: &AtomicU64) {
+        fail.store(count.load(Ordering::Acquire) + 1, Ordering::Release);
+    }
+
+    /// Waits (bounded) for `lsn`: `None` when still waiting after `ms`.
+    async fn wait(j: &Journal, lsn: u64, ms: u64) -> Option<Result<(), JournalFailed>> {
+        tokio::time::timeout(Duration::from_millis(ms), j.wait_durable(lsn))
+            .await
+            .ok()
+    }
+
+    /// Resolves (bounded) when the failed signal fires.
+    async fn failed_signal_fires(j: &Journal) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), j.failed_signal())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_sync_is_fatal_and_a_later_success_acknowledges_nothing() {
+        // fsyncgate: after a failed fsync the kernel may have dropped the pages; a later
+        // write and sync that succeed must not publish a position covering them.
+        let dir = tmp("failed-sync");
+        let faults = Arc::new(FailPoints::default());
+        let (j, writer) =
+            Journal::open_with_faults(&dir, FsyncPolicy::Always, faults.clone()).unwrap();
+        let a = j.append(&rec(1));
+        assert_eq!(wait(&j, a, 5000).await, Some(Ok(())));
+        // A waiter already parked on the record whose sync will fail.
+        faults.hold_writes.store(true, Ordering::Release);
+        let b = j.append(&rec(2));
+        let parked = {
+            let j = j.clone();
+            tokio::spawn(async move { j.wait_durable(b).await })
+        };
+        fail_next(&faults.syncs, &faults.fail_sync);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        faults.hold_writes.store(false, Ordering::Release);
+        let got = tokio::time::timeout(Duration::from_secs(5), parked)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Err(JournalFailed), "the parked waiter gets an error");
+        assert!(failed_signal_fires(&j).await);
+        assert!(j.failed());
+        // The N-th sync only failed; later ones would succeed. Yet nothing moves.
+        let c = j.append(&rec(3));
+        assert_eq!(wait(&j, c, 5000).await, Some(Err(JournalFailed)));
+        assert_eq!(wait(&j, b, 5000).await, Some(Err(JournalFailed)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            (j.durable(), j.synced()),
+            (a, a),
+            "durable covers the failed sync"
+        );
+        // What was durable before the failure stays acknowledged.
+        assert_eq!(wait(&j, a, 5000).await, Some(Ok(())));
+        let e = writer.shutdown().unwrap_err();
+        assert!(e.to_string().contains("injected"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_is_fatal_under_every() {
+        let dir = tmp("failed-write");
+        let faults = Arc::new(FailPoints::default());
+        let every = FsyncPolicy::Every(Duration::from_millis(1000));
+        let (j, writer) = Journal::open_with_faults(&dir, every, faults.clone()).unwrap();
+        let a = j.append(&rec(1));
+        assert_eq!(wait(&j, a, 5000).await, Some(Ok(())));
+        fail_next(&faults.writes, &faults.fail_write);
+        let b = j.append(&rec(2));
+        assert_eq!(wait(&j, b, 5000).await, Some(Err(JournalFailed)));
+        assert!(failed_signal_fires(&j).await);
+        let c = j.append(&rec(3));
+        assert_eq!(wait(&j, c, 5000).await, Some(Err(JournalFailed)));
+        assert_eq!(j.durable(), a);
+        assert!(writer.shutdown().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_acknowledges_once_written_without_waiting_for_the_sync() {
+        // `every=1000`: the acknowledgement waits for the write (the record left the
+        // process), not for the sync a second later.
+        let dir = tmp("every-written");
+        let faults = Arc::new(FailPoints::default());
+        faults.hold_writes.store(true, Ordering::Release);
+        let every = FsyncPolicy::Every(Duration::from_millis(1000));
+        let (j, writer) = Journal::open_with_faults(&dir, every, faults.clone()).unwrap();
+        assert!(
+            j.waits(),
+            "acknowledgements under every= wait for the writer"
+        );
+        let lsn = j.append(&rec(1));
+        // While the write is held the waiter stays parked.
+        assert_eq!(wait(&j, lsn, 200).await, None, "released before the write");
+        assert_eq!(j.durable(), 0);
+        let released = Instant::now();
+        faults.hold_writes.store(false, Ordering::Release);
+        assert_eq!(wait(&j, lsn, 5000).await, Some(Ok(())));
+        let took = released.elapsed();
+        assert!(took < Duration::from_millis(500), "waited {took:?}");
+        assert_eq!(
+            (j.written(), j.synced()),
+            (lsn, 0),
+            "acknowledged before the sync"
+        );
+        assert_eq!(faults.syncs.load(Ordering::Acquire), 0);
+        writer.shutdown().unwrap();
+        assert_eq!(
+            faults.syncs.load(Ordering::Acquire),
+            1,
+            "synced at shutdown"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_reports_a_failed_final_sync() {
+        let dir = tmp("final-sync");
+        let faults = Arc::new(FailPoints::default());
+        let (j, writer) =
+            Journal::open_with_faults(&dir, FsyncPolicy::Never, faults.clone()).unwrap();
+        let a = j.append(&rec(1));
+        assert_eq!(wait(&j, a, 5000).await, Some(Ok(())));
+        assert_eq!(faults.syncs.load(Ordering::Acquire), 0);
+        fail_next(&faults.syncs, &faults.fail_sync);
+        let e = writer.shutdown().unwrap_err();
+        assert!(e.to_string().contains("injected failure of Sync"), "{e}");
+        assert!(j.failed());
+        assert_eq!(j.synced(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_snapshot_write_fails_the_journal_and_keeps_the_old_segments() {
+        let dir = tmp("failed-snapshot");
+        let faults = Arc::new(FailPoints::default());
+        let (j, writer) =
+            Journal::open_with_faults(&dir, FsyncPolicy::Always, faults.clone()).unwrap();
+        let a = j.append(&rec(1));
+        assert_eq!(wait(&j, a, 5000).await, Some(Ok(())));
+        fail_next(&faults.writes, &faults.fail_write);
+        j.snapshot_begin();
+        let mut snap = Vec::new();
+        let mut payload = Vec::new();
+        rec(99).encode(&mut payload);
+        frame(&mut snap, &payload);
+        j.snapshot_chunk(snap);
+        assert!(failed_signal_fires(&j).await);
+        // Producers of a snapshot are not blocked by backpressure once failed.
+        for _ in 0..3 {
+            j.snapshot_chunk(vec![0; SNAPSHOT_QUEUE / 2]);
+        }
+        j.snapshot_end();
+        let b = j.append(&rec(2));
+        assert_eq!(wait(&j, b, 5000).await, Some(Err(JournalFailed)));
+        assert_eq!(j.durable(), a);
+        assert!(writer.shutdown().is_err());
+        // The snapshot never took effect: the log holds the record from before it.
+        let mut got = Vec::new();
+        let (_, w2, _) =
+            Journal::open(&dir, FsyncPolicy::Always, DEFAULT_SEGMENT_BYTES, &mut |b| {
+                got.push(Record::decode(b).unwrap())
+            })
+            .unwrap();
+        w2.shutdown().unwrap();
+        assert_eq!(got, [rec(1)]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,9 +697,10 @@ mod tests {
         }
         tokio::time::timeout(Duration::from_secs(5), j.wait_durable(last))
             .await
+            .unwrap()
             .unwrap();
         assert!(j.durable() >= last);
-        writer.shutdown();
+        writer.shutdown().unwrap();
         let mut n = 0;
         let (_, w2, rep) =
             Journal::open(&dir, FsyncPolicy::Always, DEFAULT_SEGMENT_BYTES, &mut |b| {
@@ -361,8 +708,34 @@ mod tests {
                 n += 1;
             })
             .unwrap();
-        w2.shutdown();
+        w2.shutdown().unwrap();
         assert_eq!((n, rep.records), (50, 50));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn always_releases_a_waiter_only_after_the_sync() {
+        let dir = tmp("always-sync");
+        let faults = Arc::new(FailPoints::default());
+        faults.hold_syncs.store(true, Ordering::Release);
+        let (j, writer) =
+            Journal::open_with_faults(&dir, FsyncPolicy::Always, faults.clone()).unwrap();
+        let lsn = j.append(&Record::SessionEnd { client: "c".into() });
+        // Written, but its sync is held: the waiter must not be released.
+        while faults.writes.load(Ordering::Acquire) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let early = tokio::time::timeout(Duration::from_millis(200), j.wait_durable(lsn)).await;
+        assert!(early.is_err(), "released before its sync");
+        assert_eq!(j.durable(), 0);
+        faults.hold_syncs.store(false, Ordering::Release);
+        tokio::time::timeout(Duration::from_secs(5), j.wait_durable(lsn))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(j.durable() >= lsn);
+        assert!(faults.syncs.load(Ordering::Acquire) >= 1);
+        writer.shutdown().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -388,13 +761,13 @@ mod tests {
         j.append(&Record::SessionEnd {
             client: "after".into(),
         });
-        writer.shutdown();
+        writer.shutdown().unwrap();
         let mut got = Vec::new();
         let (_, w2, _) = Journal::open(&dir, FsyncPolicy::Never, DEFAULT_SEGMENT_BYTES, &mut |b| {
             got.push(Record::decode(b).unwrap())
         })
         .unwrap();
-        w2.shutdown();
+        w2.shutdown().unwrap();
         assert_eq!(
             got,
             [

@@ -17,6 +17,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+#[cfg(test)]
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(test)]
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Start of every record.
@@ -61,6 +65,57 @@ pub(crate) struct Log {
     /// The snapshot being written, if any.
     snapshot: Option<File>,
     snapshot_len: u64,
+    /// Test seam: failures and pauses a test injects into the file operations.
+    #[cfg(test)]
+    pub(crate) faults: Arc<FailPoints>,
+}
+
+/// A file operation of the log that can fail (see [`FailPoints`]).
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// Bytes handed to the kernel (`write(2)`).
+    Write,
+    /// `fsync`/`fdatasync` of a log file.
+    Sync,
+}
+
+/// Test seam: makes the N-th write or sync of a [`Log`] fail once (the ones after it
+/// succeed again, as after a real failed `fsync`), or holds writes or syncs until
+/// released, so tests can check what the journal does around them.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct FailPoints {
+    /// The write with this number (counting from 1) fails; 0 = none.
+    pub(crate) fail_write: AtomicU64,
+    /// The sync with this number (counting from 1) fails; 0 = none.
+    pub(crate) fail_sync: AtomicU64,
+    /// Writes attempted so far.
+    pub(crate) writes: AtomicU64,
+    /// Syncs attempted so far.
+    pub(crate) syncs: AtomicU64,
+    /// While set, writes wait before they start.
+    pub(crate) hold_writes: AtomicBool,
+    /// While set, syncs wait before they start.
+    pub(crate) hold_syncs: AtomicBool,
+}
+
+#[cfg(test)]
+impl FailPoints {
+    /// Counts `op`, waits while it is held, and fails it if it is the one asked for.
+    fn check(&self, op: Op) -> io::Result<()> {
+        let (count, fail, hold) = match op {
+            Op::Write => (&self.writes, &self.fail_write, &self.hold_writes),
+            Op::Sync => (&self.syncs, &self.fail_sync, &self.hold_syncs),
+        };
+        while hold.load(Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let n = count.fetch_add(1, Ordering::AcqRel) + 1;
+        if fail.load(Ordering::Acquire) == n {
+            return Err(io::Error::other(format!("injected failure of {op:?} {n}")));
+        }
+        Ok(())
+    }
 }
 
 /// Name of a snapshot while it is being written.
@@ -332,6 +387,8 @@ impl Log {
                 total_len,
                 snapshot: None,
                 snapshot_len: 0,
+                #[cfg(test)]
+                faults: Arc::default(),
             },
             report,
         ))
@@ -355,12 +412,14 @@ impl Log {
     /// I/O errors; the records are then not durable and the caller must not acknowledge.
     pub(crate) fn write(&mut self, sync: bool) -> io::Result<()> {
         if !self.pending.is_empty() {
+            self.inject(Op::Write)?;
             self.active.write_all_at(&self.pending, self.active_len)?;
             self.active_len += self.pending.len() as u64;
             self.total_len += self.pending.len() as u64;
             self.pending.clear();
         }
         if sync {
+            self.inject(Op::Sync)?;
             self.active.sync_data()?;
         }
         if self.active_len >= self.segment_limit {
@@ -374,6 +433,7 @@ impl Log {
     /// Closes the active segment (synced) and starts the next: the prepared spare if it
     /// is ready, else an empty file.
     fn roll(&mut self) -> io::Result<()> {
+        self.inject(Op::Sync)?;
         self.active.sync_data()?;
         let next = self.segments.last().map_or(1, |n| n + 1);
         let path = segment_path(&self.dir, next);
@@ -400,6 +460,19 @@ impl Log {
         sync_dir(&self.dir)
     }
 
+    /// Test seam: lets a test fail or hold this operation (nothing outside tests).
+    #[cfg(test)]
+    fn inject(&self, op: Op) -> io::Result<()> {
+        self.faults.check(op)
+    }
+
+    /// Test seam: lets a test fail or hold this operation (nothing outside tests).
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn inject(&self, _op: Op) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Starts a snapshot: everything appended so far is written and synced, and the
     /// snapshot's records go to a temporary file until [`Log::end_snapshot`].
     ///
@@ -423,6 +496,7 @@ impl Log {
     /// # Errors
     /// I/O errors, or no snapshot started.
     pub(crate) fn snapshot_chunk(&mut self, framed: &[u8]) -> io::Result<()> {
+        self.inject(Op::Write)?;
         let f = self
             .snapshot
             .as_mut()
@@ -444,6 +518,7 @@ impl Log {
             .snapshot
             .take()
             .ok_or_else(|| io::Error::other("no snapshot started"))?;
+        self.inject(Op::Sync)?;
         f.sync_all()?;
         drop(f);
         let n = self.segments.last().map_or(1, |n| n + 1);
