@@ -103,7 +103,10 @@ pub struct Config {
 pub struct MqttConfig {
     /// Address the MQTT listener binds to (flag `--mqtt`). Default `"127.0.0.1:1883"`.
     pub listen: SocketAddr,
-    /// Most client connections open at once; further connections are refused.
+    /// Most client connections open at once (counting sockets that have not sent CONNECT
+    /// yet). When the table is full a new connection takes the place of the oldest socket
+    /// that has not completed CONNECT, else of the connected client idle longest (see
+    /// `idle_evict_after_secs`); when there is neither it is refused.
     /// Must be at least 1. Default `10000`.
     pub max_connections: usize,
     /// Largest MQTT packet accepted, in bytes, counting the whole packet (fixed header
@@ -165,6 +168,34 @@ pub struct MqttConfig {
     /// Seconds between publications of the broker's counters under `$SYS/broker/...`
     /// (retained, QoS 0); `0` turns them off. Default `10`.
     pub sys_interval_secs: u64,
+    /// Largest packet accepted from a client before its CONNECT is accepted, that is the
+    /// CONNECT itself, in bytes (whole packet; `max_packet_size` applies too when it is
+    /// smaller). A larger one closes the connection without reading its body, so a
+    /// client that has not connected cannot make the broker buffer more than this.
+    /// Must be between 64 and 268435460. Default `65536` (64 KiB: room for a 256-byte
+    /// client id, a multi-KiB token as password and a will of tens of KiB).
+    pub max_connect_packet_size: u32,
+    /// Seconds a connected client must have sent nothing before it can be evicted to make
+    /// room for a new connection when `max_connections` is reached (sockets that have not
+    /// completed CONNECT go first, oldest first; then the client idle longest, with v5
+    /// DISCONNECT 0x89 Server busy; its will and session expiry proceed as for any lost
+    /// connection). `0` never evicts connected clients. MQTT 3.1.1 §3.1.2.10 lets a server
+    /// disconnect a client it finds inactive whatever its Keep Alive. Default `60`.
+    pub idle_evict_after_secs: u64,
+    /// Most sockets one IP address may hold that have not completed CONNECT; a further
+    /// one is closed at once. `0` means no limit. Default `64`.
+    pub max_pending_per_ip: usize,
+    /// Most connections (with or without CONNECT) one IP address may hold; a further one
+    /// is closed at once. `0` means no limit. Default `0` (devices behind one NAT
+    /// address share it).
+    pub max_connections_per_ip: usize,
+    /// Threads serving connections. `1` serves every connection on one thread, which
+    /// handles packets that arrive together in the order they arrived, also across
+    /// connections (a SUBSCRIBE that reaches the broker before another client's PUBLISH
+    /// is handled first). More threads serve connections in parallel and keep no order
+    /// across connections. Must be at least 1. Default `1` (the core takes one lock per
+    /// batch of packets, so more threads add little throughput).
+    pub worker_threads: usize,
 }
 
 impl Default for MqttConfig {
@@ -192,6 +223,11 @@ impl Default for MqttConfig {
             max_retained_messages: 1_000_000,
             deny_subscribe: Vec::new(),
             sys_interval_secs: 10,
+            max_connect_packet_size: 64 * 1024,
+            idle_evict_after_secs: 60,
+            max_pending_per_ip: 64,
+            max_connections_per_ip: 0,
+            worker_threads: 1,
         }
     }
 }
@@ -344,6 +380,16 @@ impl Config {
             "mqtt.max_client_id_length must be between {MIN_CLIENT_ID_LENGTH} and \
              {MAX_MQTT_STRING} (got {})",
             m.max_client_id_length
+        );
+        ensure!(
+            (MIN_MQTT_PACKET_SIZE..=MAX_MQTT_PACKET_SIZE).contains(&m.max_connect_packet_size),
+            "mqtt.max_connect_packet_size must be between {MIN_MQTT_PACKET_SIZE} and \
+             {MAX_MQTT_PACKET_SIZE} bytes (got {})",
+            m.max_connect_packet_size
+        );
+        ensure!(
+            m.worker_threads >= 1,
+            "mqtt.worker_threads must be at least 1 (got 0)"
         );
         for (i, filter) in m.deny_subscribe.iter().enumerate() {
             if let Err(why) = check_topic_filter(filter) {
@@ -608,6 +654,11 @@ mod tests {
             ),
             ("[mqtt]\nmax_inflight = 0", "mqtt.max_inflight"),
             ("[mqtt]\nmax_connections = 0", "mqtt.max_connections"),
+            (
+                "[mqtt]\nmax_connect_packet_size = 63",
+                "mqtt.max_connect_packet_size",
+            ),
+            ("[mqtt]\nworker_threads = 0", "mqtt.worker_threads"),
             ("[mqtt]\nmax_topic_length = 0", "mqtt.max_topic_length"),
             (
                 "[mqtt]\nmax_client_id_length = 5",

@@ -19,9 +19,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = runtime(config.mqtt.worker_threads)?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
@@ -32,6 +30,32 @@ fn main() -> anyhow::Result<()> {
         });
         mote_broker::runtime::run(config, shutdown).await
     })
+}
+
+/// The runtime that serves connections.
+///
+/// With one thread it is tokio's current-thread scheduler, which runs woken tasks first
+/// in, first out, in the order the I/O driver reported them ready, which is the order
+/// their data arrived: packets that arrive together on different connections are handled
+/// in arrival order. The multi-threaded scheduler keeps no such order: a task woken by
+/// I/O goes into its worker's LIFO slot, so of two connections readable together the one
+/// that became ready *last* runs first, while another worker may steal the other one and
+/// run it in parallel. A SUBSCRIBE that reached the broker just before another client's
+/// PUBLISH to that topic then lost the race in 15 of 50 trials (issue #10, fault 11).
+/// Turning the LIFO slot off needs `--cfg tokio_unstable` and would still leave the
+/// parallel race; the core is one lock taken per batch of packets, so one thread costs
+/// little throughput (the saturation runs in `benches/RESULTS.md` used 1.0–1.1 cores).
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
 }
 
 /// Keeps glibc's malloc from holding on to freed memory.

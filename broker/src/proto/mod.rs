@@ -30,6 +30,7 @@ pub(crate) mod session;
 mod snapshot;
 mod subscribe;
 mod sys;
+pub(crate) use sys::ListenerStats;
 pub(crate) mod timers;
 pub(crate) mod trie;
 

@@ -2,14 +2,32 @@
 
 use super::*;
 
+/// What the listeners know and the core does not: sockets before CONNECT, and the
+/// connections the connection table refused or evicted.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ListenerStats {
+    /// Sockets open that have not completed CONNECT.
+    pub(crate) pending: usize,
+    /// Connections refused (table full, or a per-address limit).
+    pub(crate) refused: u64,
+    /// Connections evicted to make room (idle or pre-CONNECT).
+    pub(crate) evicted: u64,
+}
+
 impl Core {
     /// Publishes the broker's counters under `$SYS/broker/` (retained, QoS 0).
-    pub(crate) fn publish_sys(&mut self, uptime: Duration, now: Instant, fx: &mut Effects) {
+    pub(crate) fn publish_sys(
+        &mut self,
+        uptime: Duration,
+        listeners: ListenerStats,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
         let online = self.sessions.values().filter(|s| s.online()).count();
         let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();
         let expired: u64 = self.sessions.values().map(|s| s.drops.expired).sum();
         let (spilled, _) = self.spilled();
-        let values: [(&str, String); 13] = [
+        let values: [(&str, String); 16] = [
             ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", uptime.as_secs())),
             ("clients/connected", online.to_string()),
@@ -23,6 +41,9 @@ impl Core {
             ("messages/expired", expired.to_string()),
             ("messages/spilled", spilled.to_string()),
             ("memory/queued", self.queued_memory().to_string()),
+            ("clients/pending", listeners.pending.to_string()),
+            ("connections/refused", listeners.refused.to_string()),
+            ("connections/evicted", listeners.evicted.to_string()),
         ];
         for (name, value) in values {
             let topic = format!("$SYS/broker/{name}");

@@ -1,8 +1,22 @@
 //! One task per client connection: read frames into a buffer, decode them, hand them to
 //! the core under its lock, write what comes back. No protocol rule lives here.
 //!
+//! Invariants:
+//! - Once the core accepted a CONNECT, it is told that the link ended
+//!   (`Core::disconnected`) exactly once, however the connection ends: a read or write
+//!   error, a timeout, a close the core asked for, eviction, shutdown, and even a panic
+//!   or the task being dropped (see [`LinkGuard`]). The one exception is a takeover,
+//!   where the core detached the link itself.
+//! - Before CONNECT a client can make the broker buffer at most
+//!   `max_connect_packet_size` bytes; after a large packet the read and write buffers
+//!   shrink back to [`BUF_CAPACITY`].
+//! - When the broker closes a connection after telling the client why (a DISCONNECT, a
+//!   refusing CONNACK), it closes gracefully ([`close_gracefully`]): closing a socket
+//!   with unread input sends a reset, which makes the client's TCP stack drop whatever
+//!   it had not read yet, reason code included.
+//!
 //! Cancel safety: the only futures raced in `select!` are `read_buf` (cancel-safe: bytes
-//! read are in the buffer), `Notify::notified`, timers and the shutdown token. Writes
+//! read are in the buffer), `Notify::notified`, timers and cancellation tokens. Writes
 //! happen outside `select!`.
 
 use std::net::SocketAddr;
@@ -19,8 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::shared::Shared;
+use super::table::Slot;
 use crate::proto::session::{write_packet, Kick, Wake};
-use crate::proto::{disconnect_packet, Close, End};
+use crate::proto::{disconnect_packet, Accepted, Close, End};
 
 /// The connection task's wake-up: the core names it in its effects.
 impl Wake for Notify {
@@ -33,24 +48,52 @@ impl Wake for Notify {
 /// not read at all).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves one TCP connection until it ends.
+/// Capacity buffers start with and shrink back to.
+const BUF_CAPACITY: usize = 4096;
+
+/// A buffer that grew beyond this (for a large packet) is replaced by a small one once
+/// the packet has passed, so one large packet does not pin memory for the connection's
+/// life.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
+/// Longest a graceful close discards the client's input before closing anyway.
+const LINGER_MAX: Duration = Duration::from_secs(2);
+
+/// A graceful close ends early once the client has sent nothing for this long: with no
+/// unread input left, closing sends no reset.
+const LINGER_QUIET: Duration = Duration::from_millis(200);
+
+/// How the socket is closed once the connection is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// Close at once: the client closed, vanished, or was told nothing.
+    Now,
+    /// The broker told the client why it closes: let that reach it first.
+    Graceful,
+}
+
+/// Serves one TCP connection until it ends. `slot` is its place in the connection
+/// table, released when this returns.
 pub(crate) async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    slot: Slot,
 ) {
     let span = tracing::info_span!("conn", %peer, client = tracing::field::Empty);
     async move {
-        if let Err(e) = run(stream, &shared, &shutdown).await {
-            tracing::debug!(error = %e, "connection closed by I/O error");
+        if run(&mut stream, &shared, &shutdown, &slot).await == Closing::Graceful {
+            close_gracefully(&mut stream).await;
         }
+        drop(slot);
     }
     .instrument(span)
     .await
 }
 
-/// Writes `out` to the socket and clears it.
+/// Writes `out` to the socket and clears it (shrinking it if a large packet made it
+/// grow).
 async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
@@ -65,7 +108,26 @@ async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()
         }
     }
     out.clear();
+    if out.capacity() > SHRINK_ABOVE {
+        *out = BytesMut::with_capacity(BUF_CAPACITY);
+    }
     Ok(())
+}
+
+/// Ends a connection after the broker said why: shuts the write side (what was sent is
+/// followed by a FIN, not lost to a reset), then reads and discards the client's input
+/// until it closes, is quiet for [`LINGER_QUIET`], or [`LINGER_MAX`] passed.
+async fn close_gracefully(stream: &mut TcpStream) {
+    let _ = tokio::time::timeout(LINGER_QUIET, stream.shutdown()).await;
+    let deadline = Instant::now() + LINGER_MAX;
+    let mut scratch = [0u8; 4096];
+    loop {
+        let quiet = (Instant::now() + LINGER_QUIET).min(deadline);
+        match tokio::time::timeout_at(quiet, stream.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 && Instant::now() < deadline => {}
+            _ => return,
+        }
+    }
 }
 
 /// The protocol level byte of a CONNECT body, if it can be found.
@@ -74,46 +136,164 @@ fn connect_level(body: &[u8]) -> Option<u8> {
     body.get(2 + name_len).copied()
 }
 
-async fn run(
-    mut stream: TcpStream,
-    shared: &Shared,
-    shutdown: &CancellationToken,
-) -> std::io::Result<()> {
-    let cfg = &shared.config.mqtt;
-    let max_packet = cfg.max_packet_size;
-    let mut inbuf = BytesMut::with_capacity(4096);
-    let mut out = BytesMut::with_capacity(4096);
+/// Replaces `buf` by a small buffer holding the same bytes if it grew large and what
+/// is left in it is small.
+fn shrink(buf: &mut BytesMut, grew: bool) {
+    if grew && buf.len() <= BUF_CAPACITY {
+        let mut small = BytesMut::with_capacity(BUF_CAPACITY);
+        small.extend_from_slice(buf);
+        *buf = small;
+    }
+}
 
-    // Phase 1: a complete CONNECT within the connect timeout.
+/// Owns the duty to tell the core that the link of an accepted CONNECT ended.
+///
+/// Explicit ends go through [`LinkGuard::end`] (which waits until what the core
+/// journaled, a will say, is durable) or [`LinkGuard::taken_over`]. If the guard is
+/// dropped without either (the task panicked, or was dropped at shutdown), `Drop` spawns
+/// a task that ends the link as lost: done in a task of its own, not during the
+/// unwinding, so a core that panicked once cannot make it panic again mid-unwind.
+#[derive(Debug)]
+struct LinkGuard {
+    shared: Arc<Shared>,
+    client_id: Arc<str>,
+    conn_id: u64,
+    armed: bool,
+}
+
+impl LinkGuard {
+    fn new(shared: &Arc<Shared>, acc: &Accepted) -> LinkGuard {
+        LinkGuard {
+            shared: shared.clone(),
+            client_id: acc.client_id.clone(),
+            conn_id: acc.conn_id,
+            armed: true,
+        }
+    }
+
+    /// Tells the core the link ended as `end`; its will reaches subscribers once durable.
+    ///
+    /// # Cancel safety
+    /// The core is told at the first poll; cancelling later only skips the wait for
+    /// durability and the wake-ups.
+    async fn end(mut self, end: End) {
+        self.armed = false;
+        tracing::info!(?end, "client disconnected");
+        let (client, conn_id) = (self.client_id.clone(), self.conn_id);
+        let now = std::time::Instant::now();
+        self.shared
+            .apply(|core, fx| core.disconnected(&client, conn_id, end, now, fx))
+            .await;
+    }
+
+    /// The core detached the link itself (another connection took the session over).
+    fn taken_over(mut self) {
+        self.armed = false;
+        tracing::info!("session taken over");
+    }
+}
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (shared, client, conn_id) = (self.shared.clone(), self.client_id.clone(), self.conn_id);
+        tracing::warn!("connection task ended without ending its link; ending it now");
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let now = std::time::Instant::now();
+                    shared
+                        .apply(|core, fx| {
+                            core.disconnected(&client, conn_id, End::Abnormal, now, fx)
+                        })
+                        .await;
+                });
+            }
+            Err(_) => tracing::error!("no runtime to end the link on"),
+        }
+    }
+}
+
+/// How the link of an accepted connection ended.
+#[derive(Debug)]
+struct LinkExit {
+    /// What to tell the core; `None` after a takeover.
+    end: Option<End>,
+    closing: Closing,
+}
+
+impl LinkExit {
+    fn ended(end: End, closing: Closing) -> LinkExit {
+        LinkExit {
+            end: Some(end),
+            closing,
+        }
+    }
+
+    fn taken_over() -> LinkExit {
+        LinkExit {
+            end: None,
+            closing: Closing::Now,
+        }
+    }
+}
+
+/// The whole connection: CONNECT, then packets until the end. Returns how to close.
+async fn run(
+    stream: &mut TcpStream,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    slot: &Slot,
+) -> Closing {
+    let cfg = &shared.config.mqtt;
+    let mut inbuf = BytesMut::with_capacity(BUF_CAPACITY);
+    let mut out = BytesMut::new();
+
+    // Phase 1: a complete CONNECT within the connect timeout, no larger than the
+    // pre-CONNECT limit.
+    let connect_limit = cfg.max_connect_packet_size.min(cfg.max_packet_size);
     let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
     let header: FrameHeader = loop {
         if let Some(&first) = inbuf.first() {
             if first >> 4 != 1 {
                 tracing::warn!(first_byte = first, "first packet is not CONNECT; closing");
-                return Ok(());
+                return Closing::Now;
             }
         }
-        match check(&inbuf, max_packet) {
+        match check(&inbuf, connect_limit) {
             Ok(Some(h)) if inbuf.len() >= h.frame_len() => break h,
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "bad CONNECT frame; closing");
-                return Ok(());
+                // The version is not known yet (the level byte may not have arrived),
+                // so no CONNACK could be read: just close (MQTT-4.8.0-1 allows closing
+                // on a malformed packet; one over our limit is treated alike).
+                tracing::warn!(error = %e, limit = connect_limit, "bad or oversized CONNECT frame; closing");
+                return Closing::Now;
             }
         }
         tokio::select! {
-            r = stream.read_buf(&mut inbuf) => if r? == 0 { return Ok(()) },
+            r = stream.read_buf(&mut inbuf) => match r {
+                Ok(0) | Err(_) => return Closing::Now,
+                Ok(_) => {}
+            },
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::info!("no CONNECT within the connect timeout; closing");
-                return Ok(());
+                return Closing::Now;
             }
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = slot.evicted() => {
+                tracing::info!("evicted before CONNECT (connection table full)");
+                return Closing::Now;
+            }
+            _ = shutdown.cancelled() => return Closing::Now,
         }
     };
+    let grew = inbuf.capacity() > SHRINK_ABOVE;
     let body = &inbuf[header.header_len..header.frame_len()];
     let connect = match decode_body(&header, body, Protocol::V5) {
         Ok(Packet::Connect(c)) => c,
-        Ok(_) => return Ok(()),
+        Ok(_) => return Closing::Now,
         Err(e) => {
             tracing::warn!(error = %e, "invalid CONNECT; closing");
             match e {
@@ -134,8 +314,10 @@ async fn run(
                 }
                 _ => {}
             }
-            flush(&mut stream, &mut out).await?;
-            return Ok(());
+            if out.is_empty() || flush(stream, &mut out).await.is_err() {
+                return Closing::Now;
+            }
+            return Closing::Graceful;
         }
     };
     let notify = Arc::new(Notify::new());
@@ -148,128 +330,195 @@ async fn run(
         })
         .await;
     inbuf.advance(header.frame_len());
-    flush(&mut stream, &mut out).await?;
+    shrink(&mut inbuf, grew);
     let Some(acc) = accepted else {
-        return Ok(());
+        // A refusing CONNACK (MQTT-3.2.2-5: then close the connection).
+        return match flush(stream, &mut out).await {
+            Ok(()) => Closing::Graceful,
+            Err(_) => Closing::Now,
+        };
     };
+    // From here on the core holds a link for this connection: every way out below ends
+    // it (`?` in `link` included), and the guard covers what cannot return.
+    let guard = LinkGuard::new(shared, &acc);
+    slot.connected();
     tracing::Span::current().record("client", &*acc.client_id);
     tracing::info!(protocol = ?acc.protocol, keep_alive = acc.keep_alive, "client connected");
-    let protocol = acc.protocol;
-    let keep_alive =
-        (acc.keep_alive > 0).then(|| Duration::from_millis(u64::from(acc.keep_alive) * 1500));
-    let mut last_rx = Instant::now();
-
-    // Phase 2: packets until the end.
-    let end = 'conn: loop {
-        // Handle every complete frame in the buffer under one lock.
-        let mut consumed = 0;
-        let mut close = None;
-        shared
-            .apply(|core, fx| {
-                let now = std::time::Instant::now();
-                loop {
-                    let rest = &inbuf[consumed..];
-                    let h = match check(rest, max_packet) {
-                        Ok(Some(h)) if rest.len() >= h.frame_len() => h,
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "packet too large; closing");
-                            close = Some(Close::Error(e.reason_code()));
-                            break;
-                        }
-                    };
-                    let packet = match decode_body(&h, &rest[h.header_len..h.frame_len()], protocol)
-                    {
-                        Ok(p) => p,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "malformed packet; closing");
-                            close = Some(Close::Error(e.reason_code()));
-                            break;
-                        }
-                    };
-                    consumed += h.frame_len();
-                    if let Err(c) =
-                        core.handle(&acc.client_id, acc.conn_id, &packet, now, &mut out, fx)
-                    {
-                        close = Some(c);
-                        break;
-                    }
-                }
-            })
-            .await;
-        inbuf.advance(consumed);
-        match close {
-            Some(Close::Disconnected { will }) => {
-                flush(&mut stream, &mut out).await?;
-                break 'conn End::Normal { will };
-            }
-            Some(Close::Error(code)) => {
-                if code != mote_codec::reason::PROTOCOL_ERROR {
-                    tracing::info!(reason = code, "closing connection");
-                } else {
-                    tracing::warn!(reason = code, "protocol error; closing");
-                }
-                disconnect_packet(&mut out, protocol, code);
-                let _ = flush(&mut stream, &mut out).await;
-                break 'conn End::Abnormal;
-            }
-            Some(Close::TakenOver) => return Ok(()),
-            None => {}
-        }
-        flush(&mut stream, &mut out).await?;
-
-        let keepalive_expired = async {
-            match keep_alive {
-                Some(ka) => tokio::time::sleep_until(last_rx + ka).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            r = stream.read_buf(&mut inbuf) => {
-                match r {
-                    Ok(0) => break 'conn End::Abnormal,
-                    Ok(_) => last_rx = Instant::now(),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "read failed");
-                        break 'conn End::Abnormal;
-                    }
-                }
-            }
-            _ = notify.notified() => {
-                let reason = kick.get();
-                if reason != 0 {
-                    // Taken over (the core already detached us) or too slow (still
-                    // attached: `disconnected` below detaches and keeps the session).
-                    disconnect_packet(&mut out, protocol, reason);
-                    let _ = flush(&mut stream, &mut out).await;
-                    break 'conn End::Abnormal;
-                }
-                let now = std::time::Instant::now();
-                let res = shared
-                    .apply(|core, _| core.drain(&acc.client_id, acc.conn_id, now, &mut out))
-                    .await;
-                if res.is_err() {
-                    return Ok(());
-                }
-            }
-            _ = keepalive_expired => {
-                tracing::info!("keep alive expired; closing");
-                disconnect_packet(&mut out, protocol, mote_codec::reason::KEEP_ALIVE_TIMEOUT);
-                let _ = flush(&mut stream, &mut out).await;
-                break 'conn End::Abnormal;
-            }
-            _ = shutdown.cancelled() => {
-                disconnect_packet(&mut out, protocol, mote_codec::reason::SERVER_SHUTTING_DOWN);
-                let _ = flush(&mut stream, &mut out).await;
-                break 'conn End::Abnormal;
-            }
+    let link = Link {
+        shared,
+        shutdown,
+        slot,
+        acc: &acc,
+        notify: &notify,
+        kick: &kick,
+    };
+    let exit = match link.serve(stream, inbuf, out).await {
+        Ok(exit) => exit,
+        Err(e) => {
+            tracing::debug!(error = %e, "connection lost (I/O error)");
+            LinkExit::ended(End::Abnormal, Closing::Now)
         }
     };
-    tracing::info!(?end, "client disconnected");
-    // A will published here reaches its subscribers once it is durable.
-    let now = std::time::Instant::now();
-    shared
-        .apply(|core, fx| core.disconnected(&acc.client_id, acc.conn_id, end, now, fx))
-        .await;
-    Ok(())
+    match exit.end {
+        Some(end) => guard.end(end).await,
+        None => guard.taken_over(),
+    }
+    exit.closing
+}
+
+/// What phase 2 of a connection works with.
+struct Link<'a> {
+    shared: &'a Shared,
+    shutdown: &'a CancellationToken,
+    slot: &'a Slot,
+    acc: &'a Accepted,
+    notify: &'a Notify,
+    kick: &'a Kick,
+}
+
+impl Link<'_> {
+    /// Phase 2: packets until the end. Every return (an I/O error through `?` included)
+    /// goes back to [`run`], which ends the link.
+    async fn serve(
+        &self,
+        stream: &mut TcpStream,
+        mut inbuf: BytesMut,
+        mut out: BytesMut,
+    ) -> std::io::Result<LinkExit> {
+        let (shared, acc) = (self.shared, self.acc);
+        let max_packet = shared.config.mqtt.max_packet_size;
+        let protocol = acc.protocol;
+        let keep_alive =
+            (acc.keep_alive > 0).then(|| Duration::from_millis(u64::from(acc.keep_alive) * 1500));
+        let mut last_rx = Instant::now();
+        // The CONNECT's CONNACK (and anything else it produced).
+        flush(stream, &mut out).await?;
+        loop {
+            // Handle every complete frame in the buffer under one lock.
+            let mut consumed = 0;
+            let mut close = None;
+            let grew = inbuf.capacity() > SHRINK_ABOVE;
+            shared
+                .apply(|core, fx| {
+                    let now = std::time::Instant::now();
+                    loop {
+                        let rest = &inbuf[consumed..];
+                        let h = match check(rest, max_packet) {
+                            Ok(Some(h)) if rest.len() >= h.frame_len() => h,
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "packet too large; closing");
+                                close = Some(Close::Error(e.reason_code()));
+                                break;
+                            }
+                        };
+                        let packet =
+                            match decode_body(&h, &rest[h.header_len..h.frame_len()], protocol) {
+                                Ok(p) => p,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "malformed packet; closing");
+                                    close = Some(Close::Error(e.reason_code()));
+                                    break;
+                                }
+                            };
+                        consumed += h.frame_len();
+                        if let Err(c) =
+                            core.handle(&acc.client_id, acc.conn_id, &packet, now, &mut out, fx)
+                        {
+                            close = Some(c);
+                            break;
+                        }
+                    }
+                })
+                .await;
+            inbuf.advance(consumed);
+            shrink(&mut inbuf, grew);
+            match close {
+                Some(Close::Disconnected { will }) => {
+                    // The client ended normally; that its socket is gone by the time
+                    // our last replies go out does not make the end abnormal.
+                    let _ = flush(stream, &mut out).await;
+                    return Ok(LinkExit::ended(End::Normal { will }, Closing::Now));
+                }
+                Some(Close::Error(code)) => {
+                    if code != mote_codec::reason::PROTOCOL_ERROR {
+                        tracing::info!(reason = code, "closing connection");
+                    } else {
+                        tracing::warn!(reason = code, "protocol error; closing");
+                    }
+                    disconnect_packet(&mut out, protocol, code);
+                    return Ok(self.close_with(stream, &mut out).await);
+                }
+                Some(Close::TakenOver) => return Ok(LinkExit::taken_over()),
+                None => {}
+            }
+            flush(stream, &mut out).await?;
+
+            let keepalive_expired = async {
+                match keep_alive {
+                    Some(ka) => tokio::time::sleep_until(last_rx + ka).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = stream.read_buf(&mut inbuf) => {
+                    match r {
+                        Ok(0) => return Ok(LinkExit::ended(End::Abnormal, Closing::Now)),
+                        Ok(_) => {
+                            last_rx = Instant::now();
+                            self.slot.touch();
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "read failed");
+                            return Ok(LinkExit::ended(End::Abnormal, Closing::Now));
+                        }
+                    }
+                }
+                _ = self.notify.notified() => {
+                    let reason = self.kick.get();
+                    if reason != 0 {
+                        // Taken over (the core already detached us) or too slow (still
+                        // attached: ending the link detaches it and keeps the session).
+                        disconnect_packet(&mut out, protocol, reason);
+                        return Ok(self.close_with(stream, &mut out).await);
+                    }
+                    let now = std::time::Instant::now();
+                    let res = shared
+                        .apply(|core, _| core.drain(&acc.client_id, acc.conn_id, now, &mut out))
+                        .await;
+                    if res.is_err() {
+                        return Ok(LinkExit::taken_over());
+                    }
+                }
+                _ = keepalive_expired => {
+                    // MQTT-3.1.2-24 (5.0) / 3.1.2-10 (3.1.1): 1.5 × Keep Alive without a packet.
+                    tracing::info!("keep alive expired; closing");
+                    disconnect_packet(&mut out, protocol, mote_codec::reason::KEEP_ALIVE_TIMEOUT);
+                    return Ok(self.close_with(stream, &mut out).await);
+                }
+                _ = self.slot.evicted() => {
+                    // Idle longest while the connection table was full (3.1.1 §3.1.2.10
+                    // lets a server disconnect an inactive client whatever its Keep Alive).
+                    tracing::info!("evicted as idle (connection table full); closing");
+                    disconnect_packet(&mut out, protocol, mote_codec::reason::SERVER_BUSY);
+                    return Ok(self.close_with(stream, &mut out).await);
+                }
+                _ = self.shutdown.cancelled() => {
+                    disconnect_packet(&mut out, protocol, mote_codec::reason::SERVER_SHUTTING_DOWN);
+                    return Ok(self.close_with(stream, &mut out).await);
+                }
+            }
+        }
+    }
+
+    /// Sends what is in `out` (a DISCONNECT) and ends the link as lost; the socket is then
+    /// closed gracefully so the client can read it. A client that does not read gets at
+    /// most [`LINGER_MAX`] to take it, not [`WRITE_TIMEOUT`]: the link's end (its will)
+    /// waits for this.
+    async fn close_with(&self, stream: &mut TcpStream, out: &mut BytesMut) -> LinkExit {
+        match tokio::time::timeout(LINGER_MAX, flush(stream, out)).await {
+            Ok(Ok(())) => LinkExit::ended(End::Abnormal, Closing::Graceful),
+            _ => LinkExit::ended(End::Abnormal, Closing::Now),
+        }
+    }
 }

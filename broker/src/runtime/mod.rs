@@ -5,5 +5,6 @@ pub(crate) mod connection;
 mod ports;
 pub(crate) mod server;
 pub(crate) mod shared;
+mod table;
 
 pub use server::run;

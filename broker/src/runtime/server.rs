@@ -1,17 +1,18 @@
-//! Listener, accept loop, connection limit, housekeeping and graceful shutdown.
+//! Listener, accept loop (admission through the connection table), housekeeping and
+//! graceful shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::shared::Shared;
+use super::table::{Refused, Table};
 use crate::config::Config;
 use crate::proto::message::Message;
-use crate::proto::Core;
+use crate::proto::{Core, ListenerStats};
 use crate::store::journal::{Journal, WriterHandle};
 use crate::store::recover::Index;
 use crate::store::spill::SpillDir;
@@ -175,10 +176,11 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
-    let limit = Arc::new(Semaphore::new(shared.config.mqtt.max_connections));
+    let table = Arc::new(Table::new(&shared.config.mqtt));
 
     let ticker = {
         let shared = shared.clone();
+        let table = table.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let mut interval = tokio::time::interval(TICK);
@@ -200,7 +202,10 @@ pub(crate) async fn serve(
                             }
                             core.maybe_compact(now);
                             if !sys_every.is_zero() && now >= next_sys {
-                                core.publish_sys(now - started, now, fx);
+                                let (pending, _) = table.counts();
+                                let (refused, evicted) = table.stats();
+                                let listeners = ListenerStats { pending, refused, evicted };
+                                core.publish_sys(now - started, listeners, now, fx);
                                 next_sys = now + sys_every;
                             }
                         })
@@ -226,18 +231,26 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; refusing");
-            drop(stream);
-            continue;
+        let slot = match table.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // Under attack this happens per accept: keep it out of the default log
+                // level except for a full table, which an operator must hear about.
+                if why == Refused::Full {
+                    tracing::warn!(%peer, "connection limit reached; refusing");
+                } else {
+                    tracing::debug!(%peer, ?why, "per-address limit reached; refusing");
+                }
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            crate::runtime::connection::serve(stream, peer, shared, shutdown).await;
-            drop(permit);
-        });
+        tracker.spawn(super::connection::serve(
+            stream, peer, shared, shutdown, slot,
+        ));
     }
     tracing::info!("shutting down");
     tracker.close();

@@ -1,0 +1,384 @@
+//! The connection table ([`Table`]): every open client socket, for the connection
+//! limits and eviction. Its policy against
+//! idle sockets that would lock live clients out (issue #10):
+//! - at most `max_connections` entries; when full, a new connection evicts the oldest
+//!   socket that has not completed CONNECT, else the connected client that has sent
+//!   nothing for longest, if that is at least `idle_evict_after_secs`; else it is refused;
+//! - per IP address at most `max_pending_per_ip` sockets without CONNECT and at most
+//!   `max_connections_per_ip` in all (0 = no limit); a socket over either is refused.
+//!
+//! Invariant: an entry leaves the table exactly once, by eviction or when its
+//! [`Slot`] is dropped, and the per-IP counts change with it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+/// Why the table refused a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// `max_connections` reached and nothing could be evicted.
+    Full,
+    /// The address holds `max_pending_per_ip` sockets without CONNECT.
+    PendingPerIp,
+    /// The address holds `max_connections_per_ip` connections.
+    PerIp,
+}
+
+/// What the table and a connection task share about one connection.
+#[derive(Debug)]
+struct SlotCtl {
+    /// Cancelled when the table evicts the connection.
+    evict: CancellationToken,
+    /// When the connection last received a packet, in ms since the table's epoch.
+    last_rx_ms: AtomicU64,
+}
+
+/// One table entry.
+#[derive(Debug, Clone)]
+struct Entry {
+    ip: IpAddr,
+    ctl: Arc<SlotCtl>,
+}
+
+/// Entries per IP address.
+#[derive(Debug, Default, Clone, Copy)]
+struct IpCount {
+    pending: usize,
+    total: usize,
+}
+
+/// The table's state, under one lock.
+#[derive(Debug, Default)]
+struct TableInner {
+    next_id: u64,
+    /// Sockets without an accepted CONNECT, by id; ids grow with accept order, so the
+    /// first entry is the oldest.
+    pending: BTreeMap<u64, Entry>,
+    /// Connections with an accepted CONNECT.
+    connected: HashMap<u64, Entry>,
+    per_ip: HashMap<IpAddr, IpCount>,
+    /// No connected entry can have been idle for `idle_evict_after` before this time (ms
+    /// since the epoch): a lower bound from the last scan (`last_rx_ms` only grows and
+    /// new entries start at "now"), so a full table under a connection flood is not
+    /// scanned on every accept.
+    no_idle_victim_before: u64,
+    evicted: u64,
+    refused: u64,
+}
+
+impl TableInner {
+    /// Removes entry `id` (pending or connected) and its per-IP counts; `None` when it is
+    /// not (or no longer) in the table.
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let (entry, was_pending) = match self.pending.remove(&id) {
+            Some(e) => (e, true),
+            None => (self.connected.remove(&id)?, false),
+        };
+        if let Some(c) = self.per_ip.get_mut(&entry.ip) {
+            c.total = c.total.saturating_sub(1);
+            if was_pending {
+                c.pending = c.pending.saturating_sub(1);
+            }
+            if c.total == 0 {
+                self.per_ip.remove(&entry.ip);
+            }
+        }
+        Some(entry)
+    }
+
+    fn len(&self) -> usize {
+        self.pending.len() + self.connected.len()
+    }
+}
+
+/// The connection table: every open client socket, for the connection limits and
+/// eviction (policy in the module docs).
+#[derive(Debug)]
+pub(crate) struct Table {
+    // A std Mutex: each critical section is a few map operations (a scan of the
+    // connected entries only when no pending socket is left to evict, at most once per
+    // `no_idle_victim_before`), never an `.await`.
+    inner: Mutex<TableInner>,
+    max: usize,
+    max_pending_per_ip: usize,
+    max_per_ip: usize,
+    /// `None`: connected clients are never evicted.
+    idle_evict_after_ms: Option<u64>,
+    epoch: std::time::Instant,
+}
+
+impl Table {
+    /// An empty table with the limits of `cfg`.
+    pub(crate) fn new(cfg: &crate::config::MqttConfig) -> Table {
+        Table {
+            inner: Mutex::new(TableInner::default()),
+            max: cfg.max_connections,
+            max_pending_per_ip: cfg.max_pending_per_ip,
+            max_per_ip: cfg.max_connections_per_ip,
+            idle_evict_after_ms: (cfg.idle_evict_after_secs > 0)
+                .then(|| cfg.idle_evict_after_secs.saturating_mul(1000)),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TableInner> {
+        // No code under this lock can leave the maps half-updated by a panic.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Entries in the table: (without CONNECT, connected).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let t = self.lock();
+        (t.pending.len(), t.connected.len())
+    }
+
+    /// Admits a new connection from `ip`, evicting another one if the table is full.
+    ///
+    /// # Errors
+    /// [`Refused`] when a per-IP limit is reached, or the table is full and nothing in it
+    /// may be evicted.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
+        self.admit_at(ip, self.now_ms())
+    }
+
+    /// [`Table::admit`] at `now` (ms since the table's epoch).
+    fn admit_at(self: &Arc<Self>, ip: IpAddr, now: u64) -> Result<Slot, Refused> {
+        let mut t = self.lock();
+        let count = t.per_ip.get(&ip).copied().unwrap_or_default();
+        let refused = if self.max_pending_per_ip > 0 && count.pending >= self.max_pending_per_ip {
+            Some(Refused::PendingPerIp)
+        } else if self.max_per_ip > 0 && count.total >= self.max_per_ip {
+            Some(Refused::PerIp)
+        } else if t.len() >= self.max && !self.evict_one(&mut t, now) {
+            Some(Refused::Full)
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            t.refused += 1;
+            return Err(why);
+        }
+        let id = t.next_id;
+        t.next_id += 1;
+        let ctl = Arc::new(SlotCtl {
+            evict: CancellationToken::new(),
+            last_rx_ms: AtomicU64::new(now),
+        });
+        t.pending.insert(
+            id,
+            Entry {
+                ip,
+                ctl: ctl.clone(),
+            },
+        );
+        let c = t.per_ip.entry(ip).or_default();
+        c.pending += 1;
+        c.total += 1;
+        Ok(Slot {
+            table: self.clone(),
+            id,
+            ctl,
+        })
+    }
+
+    /// Evicts the oldest pending socket, else the connected client idle longest if idle
+    /// long enough; false when there is none.
+    fn evict_one(&self, t: &mut TableInner, now: u64) -> bool {
+        let victim = match t.pending.keys().next() {
+            Some(&id) => Some((id, "no CONNECT")),
+            None => self.idle_victim(t, now).map(|id| (id, "idle")),
+        };
+        let Some((id, why)) = victim else {
+            return false;
+        };
+        if let Some(e) = t.remove(id) {
+            e.ctl.evict.cancel();
+            t.evicted += 1;
+            tracing::debug!(ip = %e.ip, why, evicted = t.evicted, "connection table full; evicting");
+        }
+        true
+    }
+
+    /// The connected entry idle longest, if idle for at least `idle_evict_after`.
+    fn idle_victim(&self, t: &mut TableInner, now: u64) -> Option<u64> {
+        let idle = self.idle_evict_after_ms?;
+        if now < t.no_idle_victim_before {
+            return None;
+        }
+        let (id, last) = t
+            .connected
+            .iter()
+            .map(|(id, e)| (*id, e.ctl.last_rx_ms.load(Ordering::Relaxed)))
+            .min_by_key(|&(_, last)| last)?;
+        if now.saturating_sub(last) >= idle {
+            Some(id)
+        } else {
+            t.no_idle_victim_before = last.saturating_add(idle);
+            None
+        }
+    }
+
+    /// Refusals and evictions so far.
+    pub(crate) fn stats(&self) -> (u64, u64) {
+        let t = self.lock();
+        (t.refused, t.evicted)
+    }
+}
+
+/// A connection's place in the [`Table`]; leaves the table when dropped (unless it was
+/// evicted, which removed it already).
+#[derive(Debug)]
+pub(crate) struct Slot {
+    table: Arc<Table>,
+    id: u64,
+    ctl: Arc<SlotCtl>,
+}
+
+impl Slot {
+    /// The connection's CONNECT was accepted: it no longer counts as pending.
+    pub(crate) fn connected(&self) {
+        let now = self.table.now_ms();
+        self.ctl.last_rx_ms.store(now, Ordering::Relaxed);
+        let mut t = self.table.lock();
+        if let Some(e) = t.pending.remove(&self.id) {
+            if let Some(c) = t.per_ip.get_mut(&e.ip) {
+                c.pending = c.pending.saturating_sub(1);
+            }
+            t.connected.insert(self.id, e);
+        }
+    }
+
+    /// A packet arrived: the connection is not idle.
+    pub(crate) fn touch(&self) {
+        self.ctl
+            .last_rx_ms
+            .store(self.table.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Resolves once the table evicted this connection.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe.
+    pub(crate) fn evicted(&self) -> WaitForCancellationFuture<'_> {
+        self.ctl.evict.cancelled()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.table.lock().remove(self.id);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::MqttConfig;
+
+    fn table(max: usize, pending_per_ip: usize, per_ip: usize, idle_secs: u64) -> Arc<Table> {
+        let cfg = MqttConfig {
+            max_connections: max,
+            max_pending_per_ip: pending_per_ip,
+            max_connections_per_ip: per_ip,
+            idle_evict_after_secs: idle_secs,
+            ..MqttConfig::default()
+        };
+        Arc::new(Table::new(&cfg))
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    fn evicted(s: &Slot) -> bool {
+        s.ctl.evict.is_cancelled()
+    }
+
+    #[test]
+    fn full_table_evicts_the_oldest_pending_socket_first() {
+        let t = table(3, 0, 0, 60);
+        let a = t.admit_at(ip(1), 0).unwrap();
+        let b = t.admit_at(ip(2), 1).unwrap();
+        let c = t.admit_at(ip(3), 2).unwrap();
+        a.connected();
+        let d = t.admit_at(ip(4), 3).unwrap();
+        // `a` is connected and not idle: the oldest pending one, `b`, makes room.
+        assert!(!evicted(&a) && evicted(&b) && !evicted(&c) && !evicted(&d));
+        assert_eq!(t.counts(), (2, 1));
+        let e = t.admit_at(ip(5), 4).unwrap();
+        assert!(evicted(&c) && !evicted(&e));
+        assert_eq!(t.stats(), (0, 2));
+    }
+
+    #[test]
+    fn connected_clients_are_evicted_only_when_idle_long_enough() {
+        let t = table(2, 0, 0, 60);
+        let a = t.admit_at(ip(1), 0).unwrap();
+        let b = t.admit_at(ip(2), 0).unwrap();
+        a.connected();
+        b.connected();
+        a.ctl.last_rx_ms.store(1_000, Ordering::Relaxed);
+        b.ctl.last_rx_ms.store(2_000, Ordering::Relaxed);
+        // Idle 59 s at most: refused (and no scan again before a could be idle 60 s).
+        assert_eq!(t.admit_at(ip(3), 60_000).err(), Some(Refused::Full));
+        assert_eq!(t.lock().no_idle_victim_before, 61_000);
+        assert_eq!(t.admit_at(ip(3), 60_999).err(), Some(Refused::Full));
+        // a has now been idle 60 s and is the longest idle.
+        let c = t.admit_at(ip(3), 61_000).unwrap();
+        assert!(evicted(&a) && !evicted(&b) && !evicted(&c));
+        assert_eq!(t.stats(), (2, 1));
+    }
+
+    #[test]
+    fn without_idle_eviction_a_full_table_of_clients_refuses() {
+        let t = table(1, 0, 0, 0);
+        let a = t.admit_at(ip(1), 0).unwrap();
+        a.connected();
+        assert_eq!(t.admit_at(ip(2), u64::MAX / 2).err(), Some(Refused::Full));
+        assert!(!evicted(&a));
+    }
+
+    #[test]
+    fn per_address_limits() {
+        let t = table(100, 2, 3, 60);
+        let a = t.admit_at(ip(1), 0).unwrap();
+        let b = t.admit_at(ip(1), 0).unwrap();
+        assert_eq!(t.admit_at(ip(1), 0).err(), Some(Refused::PendingPerIp));
+        let _other = t.admit_at(ip(2), 0).unwrap();
+        // A CONNECT frees a pending place, not a connection place.
+        a.connected();
+        let c = t.admit_at(ip(1), 0).unwrap();
+        c.connected();
+        assert_eq!(t.admit_at(ip(1), 0).err(), Some(Refused::PerIp));
+        drop(b);
+        let _d = t.admit_at(ip(1), 0).unwrap();
+        assert_eq!(t.stats().0, 2);
+    }
+
+    #[test]
+    fn an_entry_leaves_once_whether_evicted_or_dropped() {
+        let t = table(1, 1, 1, 60);
+        let a = t.admit_at(ip(1), 0).unwrap();
+        let b = t.admit_at(ip(1), 0);
+        // Per-address limits come before eviction: a does not make room for b.
+        assert_eq!(b.err(), Some(Refused::PendingPerIp));
+        let c = t.admit_at(ip(2), 0).unwrap();
+        assert!(evicted(&a));
+        // Dropping the evicted slot must not free c's place or count twice.
+        drop(a);
+        assert_eq!(t.counts(), (1, 0));
+        assert_eq!(t.lock().per_ip.get(&ip(1)).map(|c| c.total), None);
+        drop(c);
+        assert_eq!(t.counts(), (0, 0));
+        assert!(t.lock().per_ip.is_empty());
+    }
+}
