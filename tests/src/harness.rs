@@ -259,7 +259,9 @@ fn trial(
     Trial::ignorable_test(name, move || {
         if let Some(reason) = unmet(&needs) {
             if under_ci() {
-                return Err(format!("{reason} (CI=true: a missing tool is a failure)").into());
+                return Err(
+                    format!("{reason} (under CI=true a test that cannot run fails)").into(),
+                );
             }
             not_run
                 .lock()

@@ -6,8 +6,10 @@
 //! The binary is `target/<profile>/mote`, next to the test executable's `deps/`. When it
 //! is missing (`cargo test -p mote-client` on a clean target dir builds no broker) or
 //! older than the broker's or the codec's sources (`cargo test -p mote-tests` after a
-//! broker change), [`mote_bin`] builds it first with `cargo build -p mote-broker`. Set
-//! `MOTE_BIN` to test another build; it is then used as it is.
+//! broker change), [`mote_bin`] builds it first with `cargo build -p mote-broker` into the
+//! same target directory (cargo has released its lock by the time tests run, so this does
+//! not wait on the outer `cargo test`). Set `MOTE_BIN` to test another build; it is then
+//! used as it is.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -65,17 +67,18 @@ fn workspace_root() -> PathBuf {
     here.parent().unwrap_or(here).to_path_buf()
 }
 
-/// True when some source the binary is built from (the broker's and the codec's sources
-/// and manifests, the lock file) is newer than `bin`. Only mtimes are compared, as cargo
-/// itself does; a false "stale" costs one no-op cargo call.
+/// True when a source of the broker (the broker's and the codec's `src/` and manifests)
+/// is newer than `bin`. Only mtimes are compared, as cargo itself does. The workspace
+/// manifest and the lock file are left out on purpose: they change with every dependency
+/// of any member, and a false "stale" costs a `cargo build -p mote-broker`, whose feature
+/// set differs from `cargo test --workspace`'s (so it may build the broker's dependencies
+/// once more).
 fn is_stale(bin: &Path, root: &Path) -> bool {
     let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
         return true;
     };
     let mut newest = SystemTime::UNIX_EPOCH;
     for p in [
-        "Cargo.toml",
-        "Cargo.lock",
         "broker/Cargo.toml",
         "broker/build.rs",
         "broker/src",
@@ -125,7 +128,8 @@ fn build_mote(root: &Path, profile_dir: &Path) -> Result<(), String> {
         .stdout(Stdio::null());
     // Its progress goes to the terminal (stderr inherited): a cold build takes minutes.
     eprintln!(
-        "mote-tests: the `mote` binary is missing or older than its sources; running {cmd:?}"
+        "mote-tests: the `mote` binary is missing or older than the broker's sources; \
+         running {cmd:?}"
     );
     let mut child = cmd
         .spawn()
