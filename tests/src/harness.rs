@@ -18,7 +18,7 @@
 //!
 //! A target uses it with `harness = false` in its `[[test]]` entry and a `main`:
 //!
-//! ```ignore
+//! ```text
 //! fn main() -> std::process::ExitCode {
 //!     use mote_tests::harness::{Suite, MOSQUITTO_PUB};
 //!     Suite::new()
