@@ -13,9 +13,12 @@
 //! - an MQTT 5 subscriber built on `mote-client` gets the events with their content type.
 //!
 //! The `mote` binary is the one next to this test executable (`target/<profile>/mote`,
-//! built by `cargo test --workspace`; set `MOTE_BIN` to use another). Mosquitto is
-//! `/usr/sbin/mosquitto` (or `mosquitto` on `PATH`): missing, its tests fail under
-//! `CI=true` and are skipped loudly elsewhere.
+//! built by `mote_tests::mote_bin` when missing or stale; set `MOTE_BIN` to use another).
+//! Mosquitto is `/usr/sbin/mosquitto` (or `mosquitto` on `PATH`).
+//!
+//! Run by `mote_tests::harness` (`harness = false`): without Mosquitto its tests are
+//! reported as ignored, with the reason, and under `CI=true` they fail. The tests against
+//! `mote` need nothing from outside and always run.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -30,11 +33,41 @@ use mote_client::{
     Buffers, Client, CloseReason, Config, ConnectFn, Event, FromTokio, Protocol, QoS, SensorEvent,
     Session, State, SubOptions, SubscribeFilter, TokioClock, Value, CONTENT_TYPE,
 };
+use mote_tests::harness::{Need, Suite};
 use mote_tests::{Reaped, TempFile};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(15);
+
+fn main() -> std::process::ExitCode {
+    Suite::new()
+        .async_tests(
+            &[],
+            mote_tests::async_tests![
+                mote_v311_every_qos,
+                mote_v5_every_qos,
+                mote_v311_connection_cut_resumes_session,
+                mote_v5_connection_cut_resumes_session,
+                mote_v311_broker_restart,
+                mote_v5_broker_restart,
+                mote_v5_subscriber_gets_content_type,
+            ],
+        )
+        .async_tests(
+            &[MOSQUITTO],
+            mote_tests::async_tests![
+                mosquitto_v311_every_qos,
+                mosquitto_v5_every_qos,
+                mosquitto_v311_connection_cut_resumes_session,
+                mosquitto_v5_connection_cut_resumes_session,
+                mosquitto_v311_broker_restart,
+                mosquitto_v5_broker_restart,
+                mosquitto_v5_subscriber_gets_content_type,
+            ],
+        )
+        .run()
+}
 
 // ---- brokers --------------------------------------------------------------------------
 
@@ -56,13 +89,32 @@ struct Broker {
     proc: Option<Running>,
 }
 
-fn mosquitto_bin() -> Option<&'static str> {
-    let bin = if std::path::Path::new("/usr/sbin/mosquitto").exists() {
+/// The Mosquitto broker: `/usr/sbin/mosquitto` when it is there, else `mosquitto` on
+/// `PATH`.
+fn mosquitto_bin() -> &'static str {
+    if std::path::Path::new("/usr/sbin/mosquitto").exists() {
         "/usr/sbin/mosquitto"
     } else {
         "mosquitto"
-    };
-    mote_tests::require_tool(bin, &["-h"]).then_some(bin)
+    }
+}
+
+/// The Mosquitto broker can be run (the harness checks it before each Mosquitto test).
+const MOSQUITTO: Need = Need::Check {
+    what: "mosquitto",
+    check: mosquitto_runs,
+};
+
+fn mosquitto_runs() -> Result<(), String> {
+    let bin = mosquitto_bin();
+    Command::new(bin)
+        .arg("-h")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(drop)
+        .map_err(|e| mote_tests::harness::cannot_run(bin, &e, "apt-get install mosquitto"))
 }
 
 fn free_port() -> u16 {
@@ -74,19 +126,15 @@ fn free_port() -> u16 {
 }
 
 impl Broker {
-    /// Starts a broker of `kind` on a free port; `None` when Mosquitto is missing (the
-    /// test is skipped; under `CI=true` `require_tool` panics instead).
-    fn start(kind: Kind) -> Option<Broker> {
-        if kind == Kind::Mosquitto {
-            mosquitto_bin()?;
-        }
+    /// Starts a broker of `kind` on a free port.
+    fn start(kind: Kind) -> Broker {
         let mut b = Broker {
             kind,
             port: free_port(),
             proc: None,
         };
         b.restart();
-        Some(b)
+        b
     }
 
     /// Starts the process again on the same port (all state lost: in-memory mote,
@@ -107,7 +155,7 @@ impl Broker {
                     "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence false\n"
                 );
                 let conf = TempFile::new("mote-client-mosquitto", ".conf", conf.as_bytes());
-                let child = Command::new(mosquitto_bin().unwrap())
+                let child = Command::new(mosquitto_bin())
                     .arg("-c")
                     .arg(&conf.path)
                     .stdin(Stdio::null())
@@ -348,9 +396,7 @@ impl Subscriber {
 
 /// QoS 0/1/2 events published back to back; QoS 1 arrive, QoS 2 arrive exactly once.
 async fn every_qos(kind: Kind, protocol: Protocol) {
-    let Some(broker) = Broker::start(kind) else {
-        return;
-    };
+    let broker = Broker::start(kind);
     let cfg = config("qos", protocol);
     let sub = subscriber(broker.port, cfg.event_topic).await;
     let dev = device(cfg, broker.port);
@@ -436,9 +482,7 @@ impl Drop for Proxy {
 /// The connection is cut while QoS 1/2 flows are in the middle; the broker keeps the
 /// session, the client resumes it and completes every flow.
 async fn cut_mid_stream(kind: Kind, protocol: Protocol) {
-    let Some(broker) = Broker::start(kind) else {
-        return;
-    };
+    let broker = Broker::start(kind);
     let proxy = Proxy::start(broker.port).await;
     let mut cfg = config("cut", protocol);
     cfg.clean_start = false;
@@ -478,9 +522,7 @@ async fn cut_mid_stream(kind: Kind, protocol: Protocol) {
 
 /// The broker dies mid-stream and comes back empty on the same port.
 async fn broker_restart(kind: Kind, protocol: Protocol) {
-    let Some(mut broker) = Broker::start(kind) else {
-        return;
-    };
+    let mut broker = Broker::start(kind);
     let cfg = config("restart", protocol);
     let topic = cfg.event_topic;
     let sub = subscriber(broker.port, topic).await;
@@ -537,9 +579,7 @@ async fn broker_restart(kind: Kind, protocol: Protocol) {
 /// An MQTT 5 subscriber built on `mote-client` (automatic subscription, inbound QoS 2)
 /// receives the events with their content type.
 async fn v5_subscriber(kind: Kind) {
-    let Some(broker) = Broker::start(kind) else {
-        return;
-    };
+    let broker = Broker::start(kind);
     let pub_cfg = config("v5pub", Protocol::V5);
     let filter: &'static [SubscribeFilter<'static>] = Box::leak(Box::new([SubscribeFilter {
         filter: pub_cfg.event_topic,
@@ -589,72 +629,58 @@ async fn v5_subscriber(kind: Kind) {
 
 // ---- the matrix -----------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mote_v311_every_qos() {
     every_qos(Kind::Mote, Protocol::V311).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mote_v5_every_qos() {
     every_qos(Kind::Mote, Protocol::V5).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_v311_every_qos() {
     every_qos(Kind::Mosquitto, Protocol::V311).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_v5_every_qos() {
     every_qos(Kind::Mosquitto, Protocol::V5).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mote_v311_connection_cut_resumes_session() {
     cut_mid_stream(Kind::Mote, Protocol::V311).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mote_v5_connection_cut_resumes_session() {
     cut_mid_stream(Kind::Mote, Protocol::V5).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_v311_connection_cut_resumes_session() {
     cut_mid_stream(Kind::Mosquitto, Protocol::V311).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_v5_connection_cut_resumes_session() {
     cut_mid_stream(Kind::Mosquitto, Protocol::V5).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mote_v311_broker_restart() {
     broker_restart(Kind::Mote, Protocol::V311).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mote_v5_broker_restart() {
     broker_restart(Kind::Mote, Protocol::V5).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_v311_broker_restart() {
     broker_restart(Kind::Mosquitto, Protocol::V311).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_v5_broker_restart() {
     broker_restart(Kind::Mosquitto, Protocol::V5).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mote_v5_subscriber_gets_content_type() {
     v5_subscriber(Kind::Mote).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_v5_subscriber_gets_content_type() {
     v5_subscriber(Kind::Mosquitto).await;
 }

@@ -1,36 +1,161 @@
 //! Harness for end-to-end tests: start the real `mote` binary on a free loopback port,
-//! find third-party clients, and reap every child process.
+//! find third-party clients, and reap every child process. [`harness`] runs a test
+//! target whose tests need outside tools, reporting a test that cannot run as ignored,
+//! with the reason.
 //!
-//! The binary is looked up next to the test executable (`target/<profile>/mote`); it is
-//! built by `cargo test --workspace` because the broker crate's own integration tests
-//! need it. Set `MOTE_BIN` to test another build.
+//! The binary is `target/<profile>/mote`, next to the test executable's `deps/`. When it
+//! is missing (`cargo test -p mote-client` on a clean target dir builds no broker) or
+//! older than the broker's or the codec's sources (`cargo test -p mote-tests` after a
+//! broker change), [`mote_bin`] builds it first with `cargo build -p mote-broker` into the
+//! same target directory (cargo has released its lock by the time tests run, so this does
+//! not wait on the outer `cargo test`). Set `MOTE_BIN` to test another build; it is then
+//! used as it is.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
-/// Path of the `mote` binary under test.
+pub mod harness;
+
+/// Path of the `mote` binary under test, built first when it is missing or stale (once
+/// per test process). Panics, saying why, when it cannot be built.
 pub fn mote_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOTE_BIN") {
-        return PathBuf::from(p);
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BIN.get_or_init(find_or_build_mote) {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("{e}"),
     }
-    let exe = std::env::current_exe().unwrap_or_default();
+}
+
+/// The longest a build of the broker may take (a cold debug build takes a few minutes on
+/// two cores); past it the build is ended and the test fails, naming the command.
+const BUILD_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+fn find_or_build_mote() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("MOTE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     // target/<profile>/deps/<test-exe> -> target/<profile>/mote
-    let dir = exe
+    let profile_dir = exe
         .parent()
-        .and_then(|d| d.parent())
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let bin = dir.join(format!("mote{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "mote binary not found at {}; run `cargo build -p mote-broker` or set MOTE_BIN",
-        bin.display()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("unexpected test executable path {}", exe.display()))?;
+    let bin = profile_dir.join(format!("mote{}", std::env::consts::EXE_SUFFIX));
+    let root = workspace_root();
+    if bin.exists() && !is_stale(&bin, &root) {
+        return Ok(bin);
+    }
+    build_mote(&root, profile_dir)?;
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "`cargo build -p mote-broker` succeeded but left no binary at {}; \
+             set MOTE_BIN to the broker to test",
+            bin.display()
+        ))
+    }
+}
+
+/// The workspace root (this crate's parent directory).
+fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// True when a source of the broker (the broker's and the codec's `src/` and manifests)
+/// is newer than `bin`. Only mtimes are compared, as cargo itself does. The workspace
+/// manifest and the lock file are left out on purpose: they change with every dependency
+/// of any member, and a false "stale" costs a `cargo build -p mote-broker`, whose feature
+/// set differs from `cargo test --workspace`'s (so it may build the broker's dependencies
+/// once more).
+fn is_stale(bin: &Path, root: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return true;
+    };
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for p in [
+        "broker/Cargo.toml",
+        "broker/build.rs",
+        "broker/src",
+        "codec/Cargo.toml",
+        "codec/src",
+    ] {
+        newest_mtime(&root.join(p), &mut newest);
+    }
+    newest > built
+}
+
+/// Raises `newest` to the mtime of `path` and, for a directory, of everything under it.
+fn newest_mtime(path: &Path, newest: &mut SystemTime) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if let Ok(t) = meta.modified() {
+        *newest = (*newest).max(t);
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            newest_mtime(&entry.path(), newest);
+        }
+    }
+}
+
+/// Runs `cargo build -p mote-broker --bin mote` so that the binary lands in
+/// `profile_dir`. Cargo releases the target directory's lock before it runs the test
+/// executables, so a nested build into the same directory does not wait on the outer
+/// `cargo test`; it is bounded by [`BUILD_LIMIT`] all the same.
+fn build_mote(root: &Path, profile_dir: &Path) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let target_dir = profile_dir.parent().unwrap_or(profile_dir);
+    let mut cmd = Command::new(&cargo);
+    cmd.arg("build")
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"))
+        .args(["-p", "mote-broker", "--bin", "mote", "--profile", profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // Its progress goes to the terminal (stderr inherited): a cold build takes minutes.
+    eprintln!(
+        "mote-tests: the `mote` binary is missing or older than the broker's sources; \
+         running {cmd:?}"
     );
-    bin
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}; set MOTE_BIN to the broker to test"))?;
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if start.elapsed() < BUILD_LIMIT => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{cmd:?} did not finish within {BUILD_LIMIT:?}; build the broker first \
+                     or set MOTE_BIN"
+                ));
+            }
+        }
+    };
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed ({status}); see its output above"))
+    }
 }
 
 /// A running `mote` process, killed and reaped on drop.
@@ -222,7 +347,11 @@ pub fn spawn(cmd: &mut Command) -> Reaped {
 }
 
 /// True when the external tool `name` can be run. Under `CI=true` a missing tool fails
-/// the test; elsewhere the test is skipped with a loud message.
+/// the test; elsewhere the caller is expected to return early, with a loud message.
+///
+/// For plain `#[test]`s only: the built-in harness then reports the test as *passed*.
+/// Targets whose tests need outside tools use [`harness`] instead, which reports them as
+/// ignored, with the reason.
 pub fn require_tool(name: &str, probe: &[&str]) -> bool {
     let ok = Command::new(name)
         .args(probe)
@@ -231,7 +360,7 @@ pub fn require_tool(name: &str, probe: &[&str]) -> bool {
         .status()
         .is_ok();
     if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
+        if harness::under_ci() {
             panic!("required tool `{name}` is missing under CI=true");
         }
         eprintln!("\n!!! SKIPPING: `{name}` is not installed (CI=true makes this a failure) !!!\n");
@@ -239,25 +368,17 @@ pub fn require_tool(name: &str, probe: &[&str]) -> bool {
     ok
 }
 
-/// True when `python3 -c "import paho.mqtt"` works (2.x required); same CI rule as
-/// [`require_tool`].
+/// True when `python3 -c "import paho.mqtt"` works (2.x required); same CI rule and the
+/// same caveat as [`require_tool`].
 pub fn require_paho() -> bool {
-    let ok = Command::new("python3")
-        .args([
-            "-c",
-            "import paho.mqtt, sys; sys.exit(0 if paho.mqtt.__version__.startswith('2') else 1)",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("python3 paho-mqtt 2.x is missing under CI=true");
+    match harness::PAHO.check() {
+        Ok(()) => true,
+        Err(reason) if harness::under_ci() => panic!("{reason} (under CI=true)"),
+        Err(reason) => {
+            eprintln!("\n!!! SKIPPING: {reason} (CI=true makes this a failure) !!!\n");
+            false
         }
-        eprintln!("\n!!! SKIPPING: python3 paho-mqtt 2.x is not installed (CI=true makes this a failure) !!!\n");
     }
-    ok
 }
 
 /// Directory of the Python client scripts.

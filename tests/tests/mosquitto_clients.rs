@@ -1,13 +1,47 @@
 //! End-to-end scenarios through Debian's `mosquitto_pub`/`mosquitto_sub` (2.0.x), each
 //! against its own `mote` broker on a free port, over MQTT 3.1, 3.1.1 and 5.0.
+//!
+//! Run by `mote_tests::harness` (`harness = false`): without `mosquitto_pub`,
+//! `mosquitto_sub` or `stdbuf` every test here is reported as ignored, with the reason,
+//! and under `CI=true` it fails.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{have_clients, messages, mosq_pub, mosq_sub, mosq_sub_nowait, wait_messages, Proc};
-use mote_tests::{require_tool, Broker};
+use common::{messages, mosq_pub, mosq_sub, mosq_sub_nowait, wait_messages, Proc};
+use mote_tests::harness::{Suite, MOSQUITTO_PUB, MOSQUITTO_SUB, STDBUF};
+use mote_tests::Broker;
+
+fn main() -> std::process::ExitCode {
+    Suite::new()
+        .tests(
+            &[MOSQUITTO_PUB, MOSQUITTO_SUB, STDBUF],
+            mote_tests::tests![
+                pubsub_qos_0_1_2_mqttv31,
+                pubsub_qos_0_1_2_mqttv311,
+                pubsub_qos_0_1_2_mqttv5,
+                pubsub_across_protocol_versions,
+                wildcards_and_dollar_topics,
+                sys_topics_are_published_but_not_matched_by_hash,
+                retained_message_flag_and_deletion,
+                will_published_when_client_is_killed,
+                will_not_published_on_normal_disconnect,
+                will_delay_interval_v5,
+                will_delay_cancelled_by_reconnect_v5,
+                persistent_session_mqttv311_gets_messages_sent_while_offline,
+                persistent_session_mqttv5_gets_messages_sent_while_offline,
+                v5_properties_pass_through,
+                deny_subscribe_refused,
+                shared_subscription_splits_messages,
+                overlapping_subscriptions_deliver_one_copy,
+                message_expiry_while_offline_v5,
+                session_takeover_ends_first_client_v5,
+            ],
+        )
+        .run()
+}
 
 const VERSIONS: [&str; 3] = ["mqttv31", "mqttv311", "mqttv5"];
 
@@ -72,35 +106,19 @@ fn pubsub_every_qos(version: &str) {
     }
 }
 
-#[test]
 fn pubsub_qos_0_1_2_mqttv31() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     pubsub_every_qos("mqttv31");
 }
 
-#[test]
 fn pubsub_qos_0_1_2_mqttv311() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     pubsub_every_qos("mqttv311");
 }
 
-#[test]
 fn pubsub_qos_0_1_2_mqttv5() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     pubsub_every_qos("mqttv5");
 }
 
-#[test]
 fn pubsub_across_protocol_versions() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = Broker::start();
     let mut subs: Vec<(&str, Proc)> = VERSIONS
         .iter()
@@ -133,11 +151,7 @@ fn pubsub_across_protocol_versions() {
     }
 }
 
-#[test]
 fn wildcards_and_dollar_topics() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = Broker::start();
     let filters = ["w/#", "w/+/c", "#", "+/x", "+", "$test/#", "$test/+"];
     let mut subs: Vec<Proc> = filters
@@ -174,11 +188,7 @@ fn wildcards_and_dollar_topics() {
     }
 }
 
-#[test]
 fn sys_topics_are_published_but_not_matched_by_hash() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = Broker::start();
     let mut sys = mosq_sub(
         &broker,
@@ -192,11 +202,7 @@ fn sys_topics_are_published_but_not_matched_by_hash() {
     assert!(got.is_empty(), "`#` received {got:?}");
 }
 
-#[test]
 fn retained_message_flag_and_deletion() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = Broker::start();
     let mut live311 = mosq_sub(
         &broker,
@@ -244,11 +250,7 @@ fn retained_message_flag_and_deletion() {
     assert_eq!(finish(&mut again, &broker), vec!["r/other x"]);
 }
 
-#[test]
 fn will_published_when_client_is_killed() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = Broker::start();
     let mut observer = mosq_sub(&broker, &["-V", "mqttv5", "-t", "will/#", "-v", "-W", "12"]);
     for (i, v) in VERSIONS.iter().enumerate() {
@@ -282,11 +284,7 @@ fn will_published_when_client_is_killed() {
     }
 }
 
-#[test]
 fn will_not_published_on_normal_disconnect() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = Broker::start();
     let mut observer = mosq_sub(&broker, &["-V", "mqttv5", "-t", "wn/#", "-v", "-W", "10"]);
     for v in VERSIONS {
@@ -315,11 +313,7 @@ fn will_not_published_on_normal_disconnect() {
     assert_eq!(messages(&observer), vec!["wn/sentinel end"]);
 }
 
-#[test]
 fn will_delay_interval_v5() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = Broker::start();
     let mut observer = mosq_sub(&broker, &["-V", "mqttv5", "-t", "wd/t", "-v", "-W", "12"]);
     let mut willer = mosq_sub(
@@ -359,11 +353,7 @@ fn will_delay_interval_v5() {
     );
 }
 
-#[test]
 fn will_delay_cancelled_by_reconnect_v5() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = Broker::start();
     let mut observer = mosq_sub(&broker, &["-V", "mqttv5", "-t", "wc/#", "-v", "-W", "12"]);
     let mut willer = mosq_sub(
@@ -453,27 +443,15 @@ fn persistent_session(version: &str, session_args: &[&str]) {
     );
 }
 
-#[test]
 fn persistent_session_mqttv311_gets_messages_sent_while_offline() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     persistent_session("mqttv311", &[]);
 }
 
-#[test]
 fn persistent_session_mqttv5_gets_messages_sent_while_offline() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     persistent_session("mqttv5", &["-x", "60"]);
 }
 
-#[test]
 fn v5_properties_pass_through() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = Broker::start();
     let mut sub = mosq_sub(
         &broker,
@@ -544,11 +522,7 @@ fn deny_subscribe_config() -> Broker {
     )
 }
 
-#[test]
 fn deny_subscribe_refused() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = deny_subscribe_config();
     for v in ["mqttv311", "mqttv5"] {
         let mut p = mosq_sub_nowait(&broker, &["-V", v, "-t", "test/nosubscribe", "-W", "8"]);
@@ -577,11 +551,7 @@ fn deny_subscribe_refused() {
     assert_eq!(finish(&mut ok, &broker), vec!["test/ok yes"]);
 }
 
-#[test]
 fn shared_subscription_splits_messages() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = Broker::start();
     let member_args = [
         "-V",
@@ -640,11 +610,7 @@ fn shared_subscription_splits_messages() {
     b.kill();
 }
 
-#[test]
 fn overlapping_subscriptions_deliver_one_copy() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = Broker::start();
     let mut subs: Vec<Proc> = ["mqttv311", "mqttv5"]
         .iter()
@@ -668,11 +634,7 @@ fn overlapping_subscriptions_deliver_one_copy() {
     }
 }
 
-#[test]
 fn message_expiry_while_offline_v5() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = Broker::start();
     let session = [
         "-V", "mqttv5", "-c", "-x", "60", "-i", "expiring", "-q", "1", "-t", "me/t",
@@ -740,11 +702,7 @@ fn message_expiry_while_offline_v5() {
     );
 }
 
-#[test]
 fn session_takeover_ends_first_client_v5() {
-    if !require_tool("mosquitto_pub", &["--help"]) || !have_clients() {
-        return;
-    }
     let broker = Broker::start();
     let args = ["-V", "mqttv5", "-i", "twin", "-t", "tk/t", "-v", "-W", "10"];
     let mut first = mosq_sub(&broker, &args);

@@ -4,12 +4,80 @@
 //! The scripts print one JSON line per check (`{"check": NAME, "ok": BOOL, ...}`) and a
 //! final `{"result": ...}`, and exit 0 only if every check passed. The tests here also
 //! name the checks that must have run, so a script that silently skipped one fails.
+//!
+//! Run by `mote_tests::harness` (`harness = false`): without python3 and paho-mqtt 2.x
+//! every test here is reported as ignored, with the reason, and under `CI=true` it fails.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 use std::time::Duration;
 
-use mote_tests::{python_dir, require_paho, spawn, Broker};
+use mote_tests::harness::{Suite, PAHO};
+use mote_tests::{python_dir, spawn, Broker};
+
+fn main() -> std::process::ExitCode {
+    Suite::new()
+        .tests(
+            &[PAHO],
+            mote_tests::tests![
+                pubsub_qos0_v311,
+                pubsub_qos1_v311,
+                pubsub_qos2_v311,
+                pubsub_qos0_v5,
+                pubsub_qos1_v5,
+                pubsub_qos2_v5,
+                pubsub_qos_downgraded_to_subscription,
+                retained_set_replace_delete_v311,
+                retained_set_replace_delete_v5,
+                will_on_socket_close_without_disconnect_v311,
+                will_on_socket_close_without_disconnect_v5,
+                will_when_client_process_killed_v311,
+                will_when_client_process_killed_v5,
+                will_on_keepalive_timeout_v311,
+                will_on_keepalive_timeout_v5,
+                no_will_on_normal_disconnect_v311,
+                no_will_on_normal_disconnect_v5,
+                will_on_disconnect_reason_0x04_v5,
+                will_delay_interval_v5,
+                will_cancelled_by_reconnect_within_delay_v5,
+                will_with_retain_is_kept_as_retained_v311,
+                will_with_retain_is_kept_as_retained_v5,
+                will_delay_capped_by_session_expiry_v5,
+                persistent_session_gets_offline_qos1_qos2_v311,
+                persistent_session_gets_offline_qos1_qos2_v5,
+                unacked_qos1_resent_with_dup_on_resume_v311,
+                unacked_qos1_resent_with_dup_on_resume_v5,
+                pubrel_resent_on_resume_not_redelivered_v311,
+                pubrel_resent_on_resume_not_redelivered_v5,
+                v5_publish_properties_pass_through,
+                v5_subscription_identifiers_on_overlapping_subscriptions,
+                v5_no_local,
+                v5_retain_as_published,
+                v5_retain_handling,
+                v5_message_expiry_offline_and_retained,
+                shared_subscription_each_message_once_v311,
+                shared_subscription_each_message_once_v5,
+                shared_subscription_qos0_and_qos2,
+                shared_subscription_unacked_qos1_goes_to_other_member_v311,
+                shared_subscription_unacked_qos1_goes_to_other_member_v5,
+                unsubscribe_v311,
+                unsubscribe_v5,
+                connack_v311,
+                v5_connack_announces_default_limits,
+                v5_connack_announces_configured_limits,
+                v5_assigned_client_identifier_for_empty_id,
+                v5_server_keep_alive_overrides_larger_client_value,
+                v5_server_keep_alive_is_enforced_consistently,
+                takeover_v311,
+                takeover_v5_sends_disconnect_0x8e,
+                takeover_of_clean_session_does_not_resume_it_v311,
+                takeover_of_expiry_zero_session_does_not_resume_it_v5,
+                v5_client_receive_maximum_respected,
+                v5_client_maximum_packet_size_respected,
+            ],
+        )
+        .run()
+}
 
 /// Runs `script` against `broker` with `args`, asserting it passed every check and ran
 /// each of `checks`. Returns its stdout.
@@ -61,9 +129,6 @@ const VERSIONS: [&str; 2] = ["311", "5"];
 // ---------------------------------------------------------------- publish/subscribe
 
 fn pubsub(version: &str, qos: &str, sub_qos: Option<&str>) {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     let mut args = vec!["--version", version, "--qos", qos];
     if let Some(s) = sub_qos {
@@ -82,38 +147,31 @@ fn pubsub(version: &str, qos: &str, sub_qos: Option<&str>) {
     run_py(&broker, "pubsub.py", &args, &checks);
 }
 
-#[test]
 fn pubsub_qos0_v311() {
     pubsub("311", "0", None);
 }
 
-#[test]
 fn pubsub_qos1_v311() {
     pubsub("311", "1", None);
 }
 
-#[test]
 fn pubsub_qos2_v311() {
     pubsub("311", "2", None);
 }
 
-#[test]
 fn pubsub_qos0_v5() {
     pubsub("5", "0", None);
 }
 
-#[test]
 fn pubsub_qos1_v5() {
     pubsub("5", "1", None);
 }
 
-#[test]
 fn pubsub_qos2_v5() {
     pubsub("5", "2", None);
 }
 
 /// A QoS 2 publish to a QoS 1 subscription arrives at QoS 1 (and QoS 1 to QoS 0 at 0).
-#[test]
 fn pubsub_qos_downgraded_to_subscription() {
     for v in VERSIONS {
         pubsub(v, "2", Some("1"));
@@ -124,9 +182,6 @@ fn pubsub_qos_downgraded_to_subscription() {
 // ---------------------------------------------------------------- retained
 
 fn retained(version: &str) {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     run_py(
         &broker,
@@ -145,12 +200,10 @@ fn retained(version: &str) {
     );
 }
 
-#[test]
 fn retained_set_replace_delete_v311() {
     retained("311");
 }
 
-#[test]
 fn retained_set_replace_delete_v5() {
     retained("5");
 }
@@ -158,9 +211,6 @@ fn retained_set_replace_delete_v5() {
 // ---------------------------------------------------------------- wills
 
 fn will(version: &str, mode: &str, checks: &[&str]) {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     let mut all = checks.to_vec();
     let fires = !matches!(mode, "normal" | "delay-cancel");
@@ -178,32 +228,26 @@ fn will(version: &str, mode: &str, checks: &[&str]) {
     );
 }
 
-#[test]
 fn will_on_socket_close_without_disconnect_v311() {
     will("311", "abnormal", &["connack"]);
 }
 
-#[test]
 fn will_on_socket_close_without_disconnect_v5() {
     will("5", "abnormal", &["connack"]);
 }
 
-#[test]
 fn will_when_client_process_killed_v311() {
     will("311", "kill", &["child_ready"]);
 }
 
-#[test]
 fn will_when_client_process_killed_v5() {
     will("5", "kill", &["child_ready"]);
 }
 
-#[test]
 fn will_on_keepalive_timeout_v311() {
     will("311", "keepalive", &["will_after_keepalive_grace"]);
 }
 
-#[test]
 fn will_on_keepalive_timeout_v5() {
     will(
         "5",
@@ -212,27 +256,22 @@ fn will_on_keepalive_timeout_v5() {
     );
 }
 
-#[test]
 fn no_will_on_normal_disconnect_v311() {
     will("311", "normal", &["no_will_after_normal_disconnect"]);
 }
 
-#[test]
 fn no_will_on_normal_disconnect_v5() {
     will("5", "normal", &["no_will_after_normal_disconnect"]);
 }
 
-#[test]
 fn will_on_disconnect_reason_0x04_v5() {
     will("5", "reason4", &["connack"]);
 }
 
-#[test]
 fn will_delay_interval_v5() {
     will("5", "delay", &["will_after_delay"]);
 }
 
-#[test]
 fn will_cancelled_by_reconnect_within_delay_v5() {
     will(
         "5",
@@ -245,17 +284,14 @@ fn will_cancelled_by_reconnect_within_delay_v5() {
     );
 }
 
-#[test]
 fn will_with_retain_is_kept_as_retained_v311() {
     will("311", "retained", &["will_kept_as_retained"]);
 }
 
-#[test]
 fn will_with_retain_is_kept_as_retained_v5() {
     will("5", "retained", &["will_kept_as_retained"]);
 }
 
-#[test]
 fn will_delay_capped_by_session_expiry_v5() {
     will("5", "delay-expiry", &["will_when_session_expires"]);
 }
@@ -263,9 +299,6 @@ fn will_delay_capped_by_session_expiry_v5() {
 // ---------------------------------------------------------------- persistent sessions
 
 fn session(version: &str) {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     run_py(
         &broker,
@@ -285,20 +318,15 @@ fn session(version: &str) {
     );
 }
 
-#[test]
 fn persistent_session_gets_offline_qos1_qos2_v311() {
     session("311");
 }
 
-#[test]
 fn persistent_session_gets_offline_qos1_qos2_v5() {
     session("5");
 }
 
 fn redeliver(version: &str, qos: &str) {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     let mut checks = vec![
         "first_delivery",
@@ -323,33 +351,25 @@ fn redeliver(version: &str, qos: &str) {
     );
 }
 
-#[test]
 fn unacked_qos1_resent_with_dup_on_resume_v311() {
     redeliver("311", "1");
 }
 
-#[test]
 fn unacked_qos1_resent_with_dup_on_resume_v5() {
     redeliver("5", "1");
 }
 
-#[test]
 fn pubrel_resent_on_resume_not_redelivered_v311() {
     redeliver("311", "2");
 }
 
-#[test]
 fn pubrel_resent_on_resume_not_redelivered_v5() {
     redeliver("5", "2");
 }
 
 // ---------------------------------------------------------------- v5 features
 
-#[test]
 fn v5_publish_properties_pass_through() {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     let mut checks = Vec::new();
     let names: Vec<String> = ["0", "1", "2"]
@@ -380,11 +400,7 @@ fn v5_publish_properties_pass_through() {
     run_py(&broker, "props.py", &[], &checks);
 }
 
-#[test]
 fn v5_subscription_identifiers_on_overlapping_subscriptions() {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     run_py(
         &broker,
@@ -402,11 +418,7 @@ fn v5_subscription_identifiers_on_overlapping_subscriptions() {
     );
 }
 
-#[test]
 fn v5_no_local() {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     run_py(
         &broker,
@@ -416,11 +428,7 @@ fn v5_no_local() {
     );
 }
 
-#[test]
 fn v5_retain_as_published() {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     run_py(
         &broker,
@@ -434,11 +442,7 @@ fn v5_retain_as_published() {
     );
 }
 
-#[test]
 fn v5_retain_handling() {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     run_py(
         &broker,
@@ -456,11 +460,7 @@ fn v5_retain_handling() {
     );
 }
 
-#[test]
 fn v5_message_expiry_offline_and_retained() {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     run_py(
         &broker,
@@ -482,9 +482,6 @@ fn v5_message_expiry_offline_and_retained() {
 // ---------------------------------------------------------------- shared subscriptions
 
 fn shared(version: &str, qos: &str) {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     run_py(
         &broker,
@@ -506,26 +503,20 @@ fn shared(version: &str, qos: &str) {
     );
 }
 
-#[test]
 fn shared_subscription_each_message_once_v311() {
     shared("311", "1");
 }
 
-#[test]
 fn shared_subscription_each_message_once_v5() {
     shared("5", "1");
 }
 
-#[test]
 fn shared_subscription_qos0_and_qos2() {
     shared("311", "0");
     shared("5", "2");
 }
 
 fn shared_reroute(version: &str) {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     run_py(
         &broker,
@@ -542,12 +533,10 @@ fn shared_reroute(version: &str) {
     );
 }
 
-#[test]
 fn shared_subscription_unacked_qos1_goes_to_other_member_v311() {
     shared_reroute("311");
 }
 
-#[test]
 fn shared_subscription_unacked_qos1_goes_to_other_member_v5() {
     shared_reroute("5");
 }
@@ -555,9 +544,6 @@ fn shared_subscription_unacked_qos1_goes_to_other_member_v5() {
 // ---------------------------------------------------------------- unsubscribe
 
 fn unsubscribe(version: &str) {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     let first = if version == "5" {
         "unsuback_codes"
@@ -579,23 +565,17 @@ fn unsubscribe(version: &str) {
     );
 }
 
-#[test]
 fn unsubscribe_v311() {
     unsubscribe("311");
 }
 
-#[test]
 fn unsubscribe_v5() {
     unsubscribe("5");
 }
 
 // ---------------------------------------------------------------- CONNACK
 
-#[test]
 fn connack_v311() {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     run_py(
         &broker,
@@ -605,11 +585,7 @@ fn connack_v311() {
     );
 }
 
-#[test]
 fn v5_connack_announces_default_limits() {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     run_py(
         &broker,
@@ -658,11 +634,7 @@ fn v5_connack_announces_default_limits() {
     );
 }
 
-#[test]
 fn v5_connack_announces_configured_limits() {
-    if !require_paho() {
-        return;
-    }
     let config = "[mqtt]\nreceive_maximum = 20\nmax_packet_size = 4096\n\
                   topic_alias_maximum = 5\nmax_qos = 1\nretain_available = false\n\
                   wildcard_subscriptions = true\nshared_subscriptions = false\n\
@@ -708,11 +680,7 @@ fn v5_connack_announces_configured_limits() {
     );
 }
 
-#[test]
 fn v5_assigned_client_identifier_for_empty_id() {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     let out = run_py(
         &broker,
@@ -728,11 +696,7 @@ fn v5_assigned_client_identifier_for_empty_id() {
     );
 }
 
-#[test]
 fn v5_server_keep_alive_overrides_larger_client_value() {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start_with(&["--memory"], Some("[mqtt]\nmax_keepalive = 60\n"));
     run_py(
         &broker,
@@ -771,11 +735,7 @@ fn v5_server_keep_alive_overrides_larger_client_value() {
 
 /// With a 2 s server keep alive, paho (told 2 s instead of its 120 s) pings in time and
 /// the broker keeps the connection for 4 s: the override is consistent on both sides.
-#[test]
 fn v5_server_keep_alive_is_enforced_consistently() {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start_with(&["--memory"], Some("[mqtt]\nmax_keepalive = 2\n"));
     run_py(
         &broker,
@@ -802,9 +762,6 @@ fn v5_server_keep_alive_is_enforced_consistently() {
 // ---------------------------------------------------------------- takeover
 
 fn takeover(version: &str, case: &str, checks: &[&str]) {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     run_py(
         &broker,
@@ -827,14 +784,12 @@ const TAKEOVER_RESUME: &[&str] = &[
     "clean_takeover_no_subscriptions",
 ];
 
-#[test]
 fn takeover_v311() {
     let mut checks = TAKEOVER_RESUME.to_vec();
     checks.push("first_disconnect_not_from_server");
     takeover("311", "resume", &checks);
 }
 
-#[test]
 fn takeover_v5_sends_disconnect_0x8e() {
     let mut checks = TAKEOVER_RESUME.to_vec();
     checks.push("first_disconnect_reason");
@@ -847,23 +802,17 @@ const TAKEOVER_EXPIRED: &[&str] = &[
     "old_subscriptions_gone",
 ];
 
-#[test]
 fn takeover_of_clean_session_does_not_resume_it_v311() {
     takeover("311", "expired", TAKEOVER_EXPIRED);
 }
 
-#[test]
 fn takeover_of_expiry_zero_session_does_not_resume_it_v5() {
     takeover("5", "expired", TAKEOVER_EXPIRED);
 }
 
 // ---------------------------------------------------------------- limits the client sets
 
-#[test]
 fn v5_client_receive_maximum_respected() {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     for qos in ["1", "2"] {
         run_py(
@@ -880,11 +829,7 @@ fn v5_client_receive_maximum_respected() {
     }
 }
 
-#[test]
 fn v5_client_maximum_packet_size_respected() {
-    if !require_paho() {
-        return;
-    }
     let broker = Broker::start();
     run_py(
         &broker,
