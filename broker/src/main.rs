@@ -23,8 +23,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
+        let signalled = shutdown_signal()?;
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signalled.await;
             tracing::info!("signal received");
             signals.cancel();
         });
@@ -90,25 +91,29 @@ fn fixed_malloc_thresholds() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn fixed_malloc_thresholds() {}
 
-/// Resolves on SIGINT or SIGTERM.
-async fn wait_for_signal() {
+/// Installs the SIGINT and SIGTERM handlers now (before the listener reports ready, so a
+/// signal sent right after the ready line is caught) and returns a future that resolves
+/// on either.
+///
+/// # Errors
+/// When a handler cannot be installed.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
