@@ -144,18 +144,28 @@ pub(crate) trait QueueTail: Send + std::fmt::Debug {
         max_bytes: usize,
         visit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> std::io::Result<()>;
-    /// Visits every entry without taking it.
+    /// A view of the entries waiting now, readable later from another thread while this
+    /// tail goes on (for snapshots).
     ///
     /// # Errors
-    /// When the tail cannot be read, or `visit` fails.
-    fn for_each(
-        &mut self,
-        visit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-    ) -> std::io::Result<()>;
+    /// When the view cannot be made.
+    fn frozen(&mut self) -> std::io::Result<Box<dyn FrozenTail>>;
     /// Entries waiting.
     fn count(&self) -> usize;
     /// Summed cost of the entries waiting.
     fn bytes(&self) -> usize;
+}
+
+/// The entries a [`QueueTail`] held when the view was taken.
+pub(crate) trait FrozenTail: Send + std::fmt::Debug {
+    /// Visits every entry, oldest first.
+    ///
+    /// # Errors
+    /// When the entries cannot be read, or `visit` fails.
+    fn for_each(
+        &mut self,
+        visit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()>;
 }
 
 /// Makes queue tails.

@@ -28,9 +28,10 @@ pub(crate) mod retained;
 mod router;
 pub(crate) mod session;
 mod snapshot;
+pub(crate) use snapshot::Compaction;
 mod subscribe;
 mod sys;
-pub(crate) use sys::ListenerStats;
+pub(crate) use sys::RuntimeStats;
 pub(crate) mod timers;
 pub(crate) mod trie;
 
@@ -154,6 +155,8 @@ pub(crate) struct Core {
     next_dseq: u64,
     /// Size of the last snapshot written (compaction trigger).
     last_snapshot: u64,
+    /// A compaction is being written (at most one at a time).
+    compacting: bool,
     /// Bytes of deliveries queued in memory across all sessions.
     mem: Arc<AtomicUsize>,
     /// Budget for `mem`; beyond it deliveries to persistent sessions wait on disk.
@@ -204,6 +207,7 @@ impl Core {
             next_mid: 1,
             next_dseq: 1,
             last_snapshot: 0,
+            compacting: false,
             mem: Arc::new(AtomicUsize::new(0)),
             budget: usize::MAX,
             queue_budget: usize::MAX,

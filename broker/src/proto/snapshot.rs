@@ -1,6 +1,7 @@
 //! Snapshots of the durable state (compaction) and recovery from the store.
 
 use super::*;
+use durable::FrozenTail;
 
 impl Core {
     /// Recovery, step 1 of 3: the sessions of pass 1 with their subscriptions, expiry
@@ -140,58 +141,218 @@ impl Core {
         }
     }
 
-    /// Framed journal records describing the whole durable state now (for compaction).
-    /// Hands the records to `sink` in chunks of about 1 MiB; returns the total size.
-    pub(crate) fn snapshot(&mut self, now: Instant, sink: &mut dyn FnMut(Vec<u8>)) -> u64 {
+    /// A copy of the durable state now, to be written as a snapshot without the core
+    /// (messages are shared, not copied; a spill file is read through a frozen view of
+    /// the entries it holds now).
+    fn image(&mut self, now: Instant) -> Image {
+        let retained = self
+            .retained
+            .iter()
+            .filter(|(t, _)| !is_sys(t))
+            .map(|(t, m)| (t.clone(), m.clone()))
+            .collect();
+        let now_ms = self.clock.unix_ms(now);
+        let mut sessions = Vec::new();
+        for (id, s) in &mut self.sessions {
+            if !s.persisted {
+                continue;
+            }
+            let offline_at_ms = match (s.offline_since, s.online()) {
+                (Some(at), false) => {
+                    Some(crate::proto::message::instant_to_unix_ms(at, now, now_ms))
+                }
+                _ => None,
+            };
+            let subs = s
+                .subscriptions
+                .iter()
+                .map(|(f, sub)| (f.clone(), sub.options.to_byte(Protocol::V5), sub.id))
+                .collect();
+            let inflight = s
+                .inflight
+                .iter()
+                .map(|i| (i.delivery.clone(), Some((i.packet_id, i.phase))));
+            let queued = s.queue.iter().map(|d| (d.clone(), None));
+            let deliveries = inflight
+                .chain(queued)
+                .filter(|(d, _)| d.dseq != 0)
+                .collect();
+            let spill = match s.spill.as_mut().map(|t| t.frozen()) {
+                Some(Ok(view)) => Some(view),
+                Some(Err(e)) => {
+                    tracing::error!(client = %id, error = %e, "spill unreadable while compacting");
+                    None
+                }
+                None => None,
+            };
+            sessions.push(SessionImage {
+                client: id.clone(),
+                expiry: s.expiry_interval,
+                offline_at_ms,
+                subs,
+                deliveries,
+                spill,
+                inbound2: s.inbound_qos2.iter().copied().collect(),
+                will: s.will.clone(),
+            });
+        }
+        Image {
+            now,
+            now_ms,
+            retained,
+            sessions,
+        }
+    }
+
+    /// Starts a compaction when the journal has grown to several times the live state:
+    /// the journal starts its snapshot and the state is copied, here, under the core's
+    /// lock; the snapshot is then encoded and written by [`Compaction::run`], away from
+    /// it. Records appended meanwhile go to the log after the snapshot. `None` when no
+    /// compaction is due or one is still running.
+    pub(crate) fn begin_compaction(&mut self, now: Instant) -> Option<Compaction> {
+        let j = self.journal.clone()?;
+        if self.compacting {
+            return None;
+        }
+        let since = j.since_snapshot();
+        if since < COMPACT_MIN.max(self.last_snapshot.saturating_mul(2)) {
+            return None;
+        }
+        // Rewriting a log that is mostly live state reclaims little: wait until at least
+        // half of the log can go. The live state is estimated by the queue cost of the
+        // queued deliveries (in memory and spilled), of the order of their records' size.
+        let (_, spilled) = self.spilled();
+        let live = (self.queued_memory() + spilled) as u64;
+        if self.last_snapshot + since < live.saturating_mul(2) {
+            return None;
+        }
+        self.compacting = true;
+        j.snapshot_begin();
+        Some(Compaction {
+            image: self.image(now),
+            journal: j,
+        })
+    }
+
+    /// A compaction from [`Core::begin_compaction`] wrote `bytes`.
+    pub(crate) fn compaction_done(&mut self, bytes: u64) {
+        self.compacting = false;
+        self.last_snapshot = bytes;
+        tracing::info!(bytes, "compacted the store");
+    }
+
+    /// Deliveries waiting in spill files across all sessions, and their queue cost.
+    pub(super) fn spilled(&self) -> (usize, usize) {
+        let spills = self.sessions.values().filter_map(|s| s.spill.as_ref());
+        spills.fold((0, 0), |(n, b), s| (n + s.count(), b + s.bytes()))
+    }
+
+    /// Writes a snapshot of the live state that replaces the journal's history, now and
+    /// in full (at start-up); returns its size.
+    pub(crate) fn compact(&mut self, now: Instant) -> u64 {
+        let Some(j) = self.journal.clone() else {
+            return 0;
+        };
+        j.snapshot_begin();
+        let bytes = Compaction {
+            image: self.image(now),
+            journal: j,
+        }
+        .run();
+        self.last_snapshot = bytes;
+        bytes
+    }
+}
+
+/// A snapshot being made: the state as it was when the journal started the snapshot,
+/// and the journal to write it to. It is `Send`: the runtime writes it on another thread
+/// while the core goes on.
+#[derive(Debug)]
+pub(crate) struct Compaction {
+    image: Image,
+    journal: Arc<dyn Journal>,
+}
+
+impl Compaction {
+    /// Encodes the snapshot's records, hands them to the journal in chunks of about
+    /// 1 MiB (waiting when the journal's writer falls behind) and ends the snapshot;
+    /// returns its size.
+    pub(crate) fn run(self) -> u64 {
+        let j = self.journal;
+        let bytes = self.image.write(&mut |chunk| j.snapshot_chunk(chunk));
+        j.snapshot_end();
+        bytes
+    }
+}
+
+/// The durable state at one point, shared or copied out of the core.
+#[derive(Debug)]
+struct Image {
+    now: Instant,
+    now_ms: u64,
+    retained: Vec<(Arc<str>, Arc<Message>)>,
+    sessions: Vec<SessionImage>,
+}
+
+/// One persistent session in an [`Image`].
+#[derive(Debug)]
+struct SessionImage {
+    client: Arc<str>,
+    expiry: u32,
+    offline_at_ms: Option<u64>,
+    /// Full filter, options byte (v5 form), subscription identifier.
+    subs: Vec<(Arc<str>, u8, Option<u32>)>,
+    /// Stored deliveries in flight (with packet id and phase), then queued in memory.
+    deliveries: Vec<(Delivery, Option<(u16, Phase)>)>,
+    /// The queue's tail on disk.
+    spill: Option<Box<dyn FrozenTail>>,
+    inbound2: Vec<u16>,
+    will: Option<WillState>,
+}
+
+impl Image {
+    /// Framed journal records describing this state, handed to `sink` in chunks of
+    /// about 1 MiB; returns the total size.
+    fn write(mut self, sink: &mut dyn FnMut(Vec<u8>)) -> u64 {
         let mut snap = Snapshot {
             sink,
             out: Vec::new(),
             emitted: HashSet::new(),
-            now,
-            now_ms: self.clock.unix_ms(now),
+            now: self.now,
+            now_ms: self.now_ms,
             total: 0,
         };
-        for (topic, m) in self.retained.iter().filter(|(t, _)| !is_sys(t)) {
+        for (topic, m) in &self.retained {
             snap.msg(m, None);
             snap.put(Record::RetainSet {
                 topic: topic.to_string(),
                 mid: m.mid,
             });
         }
-        for (id, s) in &mut self.sessions {
-            if !s.persisted {
-                continue;
-            }
-            let client = id.to_string();
+        let clock = Clock::new(self.now, self.now_ms);
+        for s in &mut self.sessions {
+            let client = s.client.to_string();
             snap.put(Record::SessionOpen {
                 client: client.clone(),
-                expiry: s.expiry_interval,
+                expiry: s.expiry,
             });
-            if let (Some(at), false) = (s.offline_since, s.online()) {
-                let at_ms = crate::proto::message::instant_to_unix_ms(at, now, snap.now_ms);
+            if let Some(at_ms) = s.offline_at_ms {
                 snap.put(Record::SessionOffline {
                     client: client.clone(),
                     at_ms,
                 });
             }
-            for (filter, sub) in &s.subscriptions {
+            for (filter, options, id) in &s.subs {
                 snap.put(Record::SubAdd {
                     client: client.clone(),
                     filter: filter.to_string(),
-                    options: sub.options.to_byte(Protocol::V5),
-                    id: sub.id.unwrap_or(0),
+                    options: *options,
+                    id: id.unwrap_or(0),
                 });
             }
-            let inflight = s
-                .inflight
-                .iter()
-                .map(|i| (&i.delivery, Some((i.packet_id, i.phase))));
-            for (d, sent) in inflight.chain(s.queue.iter().map(|d| (d, None))) {
-                if d.dseq == 0 {
-                    continue;
-                }
+            for (d, sent) in &s.deliveries {
                 snap.delivery(&client, d);
-                if let Some((packet_id, phase)) = sent {
+                if let Some((packet_id, phase)) = *sent {
                     snap.put(Record::Sent {
                         client: client.clone(),
                         dseq: d.dseq,
@@ -206,8 +367,6 @@ impl Core {
                 }
             }
             if let Some(spill) = s.spill.as_mut() {
-                let now_ms = snap.now_ms;
-                let clock = Clock::new(now, now_ms);
                 let r = spill.for_each(&mut |e| {
                     snap.spilled_delivery(&client, &session::decode_spilled(e, clock)?);
                     Ok(())
@@ -216,7 +375,7 @@ impl Core {
                     tracing::error!(client = %client, error = %e, "spill unreadable while compacting");
                 }
             }
-            for &packet_id in &s.inbound_qos2 {
+            for &packet_id in &s.inbound2 {
                 snap.put(Record::Inbound2 {
                     client: client.clone(),
                     packet_id,
@@ -233,48 +392,6 @@ impl Core {
         }
         snap.flush();
         snap.total
-    }
-
-    /// Replaces the journal's history with a snapshot once it has grown to several times
-    /// the live state.
-    pub(crate) fn maybe_compact(&mut self, now: Instant) {
-        let Some(j) = &self.journal else {
-            return;
-        };
-        let since = j.since_snapshot();
-        if since < COMPACT_MIN.max(self.last_snapshot.saturating_mul(2)) {
-            return;
-        }
-        // Rewriting a log that is mostly live state reclaims little, and the core waits
-        // while the snapshot is written: wait until at least half of the log can go. The
-        // live state is estimated by the queue cost of the queued deliveries (in memory
-        // and spilled), which is of the order of their records' size.
-        let (_, spilled) = self.spilled();
-        let live = (self.queued_memory() + spilled) as u64;
-        if self.last_snapshot + since < live.saturating_mul(2) {
-            return;
-        }
-        let bytes = self.compact(now);
-        tracing::info!(bytes, "compacted the store");
-    }
-
-    /// Deliveries waiting in spill files across all sessions, and their queue cost.
-    pub(super) fn spilled(&self) -> (usize, usize) {
-        let spills = self.sessions.values().filter_map(|s| s.spill.as_ref());
-        spills.fold((0, 0), |(n, b), s| (n + s.count(), b + s.bytes()))
-    }
-
-    /// Writes a snapshot of the live state that replaces the journal's history; returns
-    /// its size.
-    pub(crate) fn compact(&mut self, now: Instant) -> u64 {
-        let Some(j) = self.journal.clone() else {
-            return 0;
-        };
-        j.snapshot_begin();
-        let bytes = self.snapshot(now, &mut |chunk| j.snapshot_chunk(chunk));
-        j.snapshot_end();
-        self.last_snapshot = bytes;
-        bytes
     }
 }
 

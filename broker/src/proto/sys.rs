@@ -2,16 +2,21 @@
 
 use super::*;
 
-/// What the listeners know and the core does not: sockets before CONNECT, and the
-/// connections the connection table refused or evicted.
+/// What the runtime knows and the core does not: sockets before CONNECT, the
+/// connections the connection table refused or evicted, and how long the core's lock is
+/// held.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct ListenerStats {
+pub(crate) struct RuntimeStats {
     /// Sockets open that have not completed CONNECT.
     pub(crate) pending: usize,
     /// Connections refused (table full, or a per-address limit).
     pub(crate) refused: u64,
     /// Connections evicted to make room (idle or pre-CONNECT).
     pub(crate) evicted: u64,
+    /// Longest hold of the core's lock since start, microseconds.
+    pub(crate) hold_max_us: u64,
+    /// 99.9th percentile of the core's lock hold times (bucket upper bound), microseconds.
+    pub(crate) hold_p999_us: u64,
 }
 
 impl Core {
@@ -19,7 +24,7 @@ impl Core {
     pub(crate) fn publish_sys(
         &mut self,
         uptime: Duration,
-        listeners: ListenerStats,
+        runtime: RuntimeStats,
         now: Instant,
         fx: &mut Effects,
     ) {
@@ -27,7 +32,7 @@ impl Core {
         let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();
         let expired: u64 = self.sessions.values().map(|s| s.drops.expired).sum();
         let (spilled, _) = self.spilled();
-        let values: [(&str, String); 16] = [
+        let values: [(&str, String); 18] = [
             ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", uptime.as_secs())),
             ("clients/connected", online.to_string()),
@@ -41,9 +46,11 @@ impl Core {
             ("messages/expired", expired.to_string()),
             ("messages/spilled", spilled.to_string()),
             ("memory/queued", self.queued_memory().to_string()),
-            ("clients/pending", listeners.pending.to_string()),
-            ("connections/refused", listeners.refused.to_string()),
-            ("connections/evicted", listeners.evicted.to_string()),
+            ("clients/pending", runtime.pending.to_string()),
+            ("connections/refused", runtime.refused.to_string()),
+            ("connections/evicted", runtime.evicted.to_string()),
+            ("core/hold_max_us", runtime.hold_max_us.to_string()),
+            ("core/hold_p999_us", runtime.hold_p999_us.to_string()),
         ];
         for (name, value) in values {
             let topic = format!("$SYS/broker/{name}");

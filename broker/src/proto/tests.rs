@@ -695,12 +695,7 @@ fn sys_counters_reach_sys_subscribers_but_not_hash() {
         t0,
     );
     let mut fx = Effects::default();
-    core.publish_sys(
-        Duration::from_secs(3),
-        ListenerStats::default(),
-        t0,
-        &mut fx,
-    );
+    core.publish_sys(Duration::from_secs(3), RuntimeStats::default(), t0, &mut fx);
     assert!(
         received(&mut core, &mut all, t0).is_empty(),
         "# never matches $SYS"

@@ -5,10 +5,10 @@
 use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::proto::durable::{Journal, QueueTail, TailStore};
+use crate::proto::durable::{FrozenTail, Journal, QueueTail, TailStore};
 use crate::proto::Clock;
 use crate::store::journal;
-use crate::store::spill::{Spill, SpillDir};
+use crate::store::spill::{Spill, SpillDir, SpillView};
 
 impl Journal for journal::Journal {
     fn append_with(&self, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
@@ -45,14 +45,20 @@ impl QueueTail for Spill {
     ) -> io::Result<()> {
         Spill::pop_chunk(self, max_bytes, visit)
     }
-    fn for_each(&mut self, visit: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
-        Spill::for_each(self, visit)
+    fn frozen(&mut self) -> io::Result<Box<dyn FrozenTail>> {
+        Ok(Box::new(Spill::frozen(self)?))
     }
     fn count(&self) -> usize {
         Spill::count(self)
     }
     fn bytes(&self) -> usize {
         Spill::bytes(self)
+    }
+}
+
+impl FrozenTail for SpillView {
+    fn for_each(&mut self, visit: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        SpillView::for_each(self, visit)
     }
 }
 

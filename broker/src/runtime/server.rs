@@ -12,7 +12,7 @@ use super::shared::Shared;
 use super::table::{Refused, Table};
 use crate::config::Config;
 use crate::proto::message::Message;
-use crate::proto::{Core, ListenerStats};
+use crate::proto::{Compaction, Core, RuntimeStats};
 use crate::store::journal::{Journal, WriterHandle};
 use crate::store::recover::Index;
 use crate::store::spill::SpillDir;
@@ -147,6 +147,15 @@ pub(crate) fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle
     Ok((Shared::with_core(config, core, journal), writer))
 }
 
+/// Writes a snapshot begun by the core away from its lock (the state was copied when it
+/// began), then tells the core it is done.
+async fn compact(shared: Arc<Shared>, c: Compaction) {
+    match tokio::task::spawn_blocking(move || c.run()).await {
+        Ok(bytes) => shared.lock().compaction_done(bytes),
+        Err(e) => tracing::error!(error = %e, "compaction failed"),
+    }
+}
+
 /// Tells the core the process's resident memory (when a memory budget is set).
 fn observe_resident(core: &mut Core) {
     if core.memory_budget() == 0 {
@@ -182,6 +191,7 @@ pub(crate) async fn serve(
         let shared = shared.clone();
         let table = table.clone();
         let shutdown = shutdown.clone();
+        let tasks = tracker.clone();
         tracker.spawn(async move {
             let mut interval = tokio::time::interval(TICK);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -194,22 +204,32 @@ pub(crate) async fn serve(
                         let clock = super::ports::now();
                         let now = clock.at;
                         // Wills published by the tick wake their subscribers once durable.
-                        shared.apply(|core, fx| {
+                        let compaction = shared.apply(|core, fx| {
                             core.set_clock(clock);
                             observe_resident(core);
                             if core.poll_timeout().is_some_and(|t| t <= now) {
                                 core.handle_timeout(now, fx);
                             }
-                            core.maybe_compact(now);
                             if !sys_every.is_zero() && now >= next_sys {
                                 let (pending, _) = table.counts();
                                 let (refused, evicted) = table.stats();
-                                let listeners = ListenerStats { pending, refused, evicted };
-                                core.publish_sys(now - started, listeners, now, fx);
+                                let (hold_max_us, hold_p999_us) = shared.hold_times();
+                                let stats = RuntimeStats {
+                                    pending,
+                                    refused,
+                                    evicted,
+                                    hold_max_us,
+                                    hold_p999_us,
+                                };
+                                core.publish_sys(now - started, stats, now, fx);
                                 next_sys = now + sys_every;
                             }
+                            core.begin_compaction(now)
                         })
                         .await;
+                        if let Some(c) = compaction {
+                            tasks.spawn(compact(shared.clone(), c));
+                        }
                     }
                     _ = shutdown.cancelled() => break,
                 }

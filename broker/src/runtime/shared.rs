@@ -1,7 +1,10 @@
 //! The state every connection task shares: the core behind its lock, the configuration,
 //! and the durability gate (a reply leaves only once what it depends on is durable).
 
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use crate::config::Config;
 use crate::proto::{Core, Effects};
@@ -18,6 +21,8 @@ pub(crate) struct Shared {
     // and an encode into a buffer, never an `.await`, so a sync lock is cheaper than an
     // async one and contention stays low on the small machines we target.
     core: Mutex<Core>,
+    /// How long the core's lock is held, each time.
+    holds: HoldStats,
 }
 
 impl Shared {
@@ -30,6 +35,7 @@ impl Shared {
             core: Mutex::new(core),
             config,
             journal: None,
+            holds: HoldStats::default(),
         }
     }
 
@@ -39,6 +45,7 @@ impl Shared {
             core: Mutex::new(core),
             config,
             journal: Some(journal),
+            holds: HoldStats::default(),
         }
     }
 
@@ -82,7 +89,85 @@ impl Shared {
 
     /// Locks the core. A panic while holding the lock is a bug; the state is still
     /// consistent enough to keep serving other clients, so poisoning is ignored.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn lock(&self) -> CoreGuard<'_> {
+        CoreGuard {
+            core: self.core.lock().unwrap_or_else(|p| p.into_inner()),
+            since: Instant::now(),
+            holds: &self.holds,
+        }
+    }
+
+    /// The longest the core's lock was held, and the 99.9th percentile of the hold
+    /// times (the upper bound of its power-of-two bucket), in microseconds, since start.
+    pub(crate) fn hold_times(&self) -> (u64, u64) {
+        (
+            self.holds.max_us.load(Ordering::Relaxed),
+            self.holds.quantile_us(0.999),
+        )
+    }
+}
+
+/// The core, locked; the hold time is counted when it is released.
+#[derive(Debug)]
+pub(crate) struct CoreGuard<'a> {
+    core: MutexGuard<'a, Core>,
+    since: Instant,
+    holds: &'a HoldStats,
+}
+
+impl Deref for CoreGuard<'_> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+}
+
+impl Drop for CoreGuard<'_> {
+    fn drop(&mut self) {
+        self.holds.record(self.since.elapsed().as_micros() as u64);
+    }
+}
+
+/// Bucket count of [`HoldStats`]: bucket `i` counts holds below 2^i microseconds (the
+/// last one everything longer).
+const HOLD_BUCKETS: usize = 24;
+
+/// A histogram of lock hold times in power-of-two buckets of microseconds, lock-free.
+#[derive(Debug, Default)]
+struct HoldStats {
+    buckets: [AtomicU64; HOLD_BUCKETS],
+    max_us: AtomicU64,
+}
+
+impl HoldStats {
+    fn record(&self, us: u64) {
+        let i = (64 - us.leading_zeros() as usize).min(HOLD_BUCKETS - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The upper bound (in microseconds) of the bucket holding quantile `q`.
+    fn quantile_us(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let rank = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank.max(1) {
+                return 1u64 << i;
+            }
+        }
+        0
     }
 }

@@ -62,8 +62,9 @@ pub(crate) struct Log {
     pending: Vec<u8>,
     /// Total bytes in all segments (for compaction decisions).
     total_len: u64,
-    /// The snapshot being written, if any.
-    snapshot: Option<File>,
+    /// The snapshot being written, if any, and the segment number reserved for it: the
+    /// segment that records appended meanwhile go to comes right after it.
+    snapshot: Option<(File, u64)>,
     snapshot_len: u64,
     /// Test seam: failures and pauses a test injects into the file operations.
     #[cfg(test)]
@@ -473,20 +474,28 @@ impl Log {
         Ok(())
     }
 
-    /// Starts a snapshot: everything appended so far is written and synced, and the
-    /// snapshot's records go to a temporary file until [`Log::end_snapshot`].
+    /// Starts a snapshot: everything appended so far is written and synced; the
+    /// snapshot's records go to a temporary file until [`Log::end_snapshot`], and records
+    /// appended meanwhile go to a new segment numbered after the one reserved for the
+    /// snapshot, so they survive it and replay after it. (The snapshot is taken of the
+    /// state at this point; it is written while the broker goes on.)
     ///
     /// # Errors
     /// I/O errors.
     pub(crate) fn begin_snapshot(&mut self) -> io::Result<()> {
         self.write(true)?;
-        self.snapshot = Some(
-            OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .open(self.dir.join(SNAPSHOT_TMP))?,
-        );
+        let slot = self.segments.last().map_or(1, |n| n + 1);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(self.dir.join(SNAPSHOT_TMP))?;
+        // The next segment skips the reserved number.
+        self.segments.push(slot);
+        let rolled = self.roll();
+        self.segments.retain(|&n| n != slot);
+        rolled?;
+        self.snapshot = Some((file, slot));
         self.snapshot_len = 0;
         Ok(())
     }
@@ -497,7 +506,7 @@ impl Log {
     /// I/O errors, or no snapshot started.
     pub(crate) fn snapshot_chunk(&mut self, framed: &[u8]) -> io::Result<()> {
         self.inject(Op::Write)?;
-        let f = self
+        let (f, _) = self
             .snapshot
             .as_mut()
             .ok_or_else(|| io::Error::other("no snapshot started"))?;
@@ -506,33 +515,34 @@ impl Log {
         Ok(())
     }
 
-    /// Finishes the snapshot: syncs it, renames it into place as the newest segment
-    /// (atomic), then deletes every older segment. A crash at any point leaves either the
-    /// old segments or the complete snapshot, never a partial one: recovery ignores (and
-    /// removes) the temporary file.
+    /// Finishes the snapshot: syncs it, renames it into place as the segment reserved for
+    /// it (atomic), then deletes every segment before it. Segments after it (records
+    /// appended since [`Log::begin_snapshot`]) stay. A crash at any point leaves either
+    /// the old segments or the complete snapshot, never a partial one: recovery ignores
+    /// (and removes) the temporary file.
     ///
     /// # Errors
     /// I/O errors; the old segments are then kept.
     pub(crate) fn end_snapshot(&mut self) -> io::Result<()> {
-        let f = self
+        let (f, slot) = self
             .snapshot
             .take()
             .ok_or_else(|| io::Error::other("no snapshot started"))?;
         self.inject(Op::Sync)?;
         f.sync_all()?;
         drop(f);
-        let n = self.segments.last().map_or(1, |n| n + 1);
-        fs::rename(self.dir.join(SNAPSHOT_TMP), segment_path(&self.dir, n))?;
+        fs::rename(self.dir.join(SNAPSHOT_TMP), segment_path(&self.dir, slot))?;
         sync_dir(&self.dir)?;
-        for old in self.segments.drain(..) {
-            fs::remove_file(segment_path(&self.dir, old))?;
+        let mut kept = vec![slot];
+        for n in std::mem::take(&mut self.segments) {
+            if n < slot {
+                fs::remove_file(segment_path(&self.dir, n))?;
+            } else {
+                kept.push(n);
+            }
         }
-        self.segments.push(n);
-        self.active = OpenOptions::new()
-            .write(true)
-            .open(segment_path(&self.dir, n))?;
-        self.active_len = self.snapshot_len;
-        self.total_len = self.snapshot_len;
+        self.segments = kept;
+        self.total_len = self.snapshot_len + self.active_len;
         sync_dir(&self.dir)
     }
 

@@ -12,6 +12,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -199,8 +200,53 @@ impl Spill {
         Ok(())
     }
 
-    /// Calls `visit` for every entry waiting, without taking them (for snapshots),
-    /// reading the file in chunks.
+    /// A view of the entries waiting now, readable later and from another thread while
+    /// this spill goes on: appends come after its end, and its own handle on the file
+    /// keeps the data readable even once the spill is dropped and the file removed.
+    ///
+    /// # Errors
+    /// I/O errors writing buffered entries or duplicating the handle.
+    pub(crate) fn frozen(&mut self) -> io::Result<SpillView> {
+        self.flush()?;
+        Ok(SpillView {
+            file: self.file.try_clone()?,
+            start: self.read_pos,
+            end: self.file_len,
+        })
+    }
+
+    /// Calls `visit` for every entry waiting, without taking them.
+    ///
+    /// # Errors
+    /// I/O errors, a truncated entry, or what `visit` returns.
+    #[cfg(test)]
+    pub(crate) fn for_each(
+        &mut self,
+        visit: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.frozen()?.for_each(visit)
+    }
+}
+
+/// The entries a [`Spill`] held when [`Spill::frozen`] was called.
+#[derive(Debug)]
+pub(crate) struct SpillView {
+    /// A handle of its own (reads are positioned, so the spill's offset is not shared).
+    file: File,
+    start: u64,
+    end: u64,
+}
+
+impl SpillView {
+    /// Reads `len` bytes at `pos`.
+    fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, pos)?;
+        Ok(buf)
+    }
+
+    /// Calls `visit` for every entry of the view, oldest first, reading the file in
+    /// chunks.
     ///
     /// # Errors
     /// I/O errors, a truncated entry, or what `visit` returns.
@@ -208,10 +254,9 @@ impl Spill {
         &mut self,
         visit: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     ) -> io::Result<()> {
-        self.flush()?;
-        let mut pos = self.read_pos;
-        while pos < self.file_len {
-            let want = ((self.file_len - pos) as usize).min(1024 * 1024);
+        let mut pos = self.start;
+        while pos < self.end {
+            let want = ((self.end - pos) as usize).min(1024 * 1024);
             let buf = self.read_at(pos, want)?;
             let mut at = 0;
             while let Some(len) = u32_at(&buf, at) {
