@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+
+mod twins;
 use mote_codec::{List, PropList, SubOptions, SubscribeFilter, Will};
 
 /// A received PUBLISH: topic, payload, qos, packet id, dup, retain, subscription ids.
