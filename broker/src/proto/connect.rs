@@ -181,7 +181,7 @@ impl Core {
                             client: id.clone(),
                             expiry,
                         },
-                        true,
+                        Why::Connack,
                     );
                 }
                 (true, true) if old_expiry != expiry => {
@@ -190,18 +190,18 @@ impl Core {
                             client: id.clone(),
                             expiry,
                         },
-                        true,
+                        Why::Connack,
                     );
                 }
                 (true, false) => {
                     // Resumed with Session Expiry 0: the session now ends with this
                     // connection, so the store lets go of it.
-                    self.log(Record::SessionEnd { client: id.clone() }, false);
+                    self.log(Record::SessionEnd { client: id.clone() }, Why::NoPromise);
                 }
                 _ => {}
             }
             if was_persisted && expiry > 0 && session_present {
-                self.log(Record::WillClear { client: id.clone() }, false);
+                self.log(Record::WillClear { client: id.clone() }, Why::NoPromise);
             }
             if let (Some(w), true) = (&will, expiry > 0) {
                 self.hold_msg(&w.msg, w.expiry, now);
@@ -211,7 +211,7 @@ impl Core {
                         mid: w.msg.mid,
                         delay: w.delay,
                     },
-                    false,
+                    Why::NoPromise,
                 );
             }
         }

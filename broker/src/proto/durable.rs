@@ -1,28 +1,77 @@
 //! Journaling: what the core writes to the store and which replies wait for it.
+//!
+//! Every record is written for a reason ([`Why`]); whether the replies of the current
+//! call wait until the record is durable is decided by that reason alone, in
+//! [`Why::waits`] — the one table of durability decisions. The rule: a reply waits for a
+//! record when losing the record after the reply went out would break what the reply
+//! promised.
 
 use super::*;
 
+/// Why a journal record is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// CONNACK reports the session: Session Present and its expiry must survive a crash.
+    Connack,
+    /// SUBACK / UNSUBACK confirm a subscription change of a persistent session.
+    Subscription,
+    /// PUBACK / PUBREC confirm that a message is kept: queued for a persistent session,
+    /// retained or deleted from the retained set, an inbound QoS 2 id held, a will kept.
+    Accept,
+    /// An outbound QoS 2 PUBLISH leaves only once its packet id is kept: after a crash it
+    /// must be re-sent with the same id, or the receiver would take it for a new message.
+    SendQos2,
+    /// PUBREL leaves only once PUBREC is kept: re-sending the PUBLISH after the receiver
+    /// let the id go would deliver it twice.
+    Release,
+    /// Nothing is promised: an end (delivery done or dropped, session offline or ended,
+    /// will cleared, inbound QoS 2 released), a QoS 0 publish's retained change, an
+    /// outbound QoS 1 send. A crash that loses it redoes an idempotent step at most.
+    NoPromise,
+}
+
+impl Why {
+    /// True when the replies of the call that wrote the record wait until it is durable.
+    pub(crate) const fn waits(self) -> bool {
+        match self {
+            Why::Connack | Why::Subscription | Why::Accept | Why::SendQos2 | Why::Release => true,
+            Why::NoPromise => false,
+        }
+    }
+
+    /// [`Why::Accept`] for a QoS 1/2 publish (it is acknowledged), else
+    /// [`Why::NoPromise`].
+    pub(crate) fn accept(qos: QoS) -> Why {
+        if qos == QoS::AtMostOnce {
+            Why::NoPromise
+        } else {
+            Why::Accept
+        }
+    }
+}
+
 impl Core {
-    /// Appends `rec` to the journal; with `wait`, the current call's replies are held
-    /// until it is durable. Returns its position (0 without a journal).
-    pub(super) fn log(&mut self, rec: Record, wait: bool) -> u64 {
+    /// Appends `rec`, written because of `why`, to the journal; when `why` waits, the
+    /// current call's replies are held until it is durable. Returns its position (0
+    /// without a journal).
+    pub(super) fn log(&mut self, rec: Record, why: Why) -> u64 {
         let Some(j) = &self.journal else {
             return 0;
         };
         let lsn = j.append(&rec);
-        if wait && j.waits() {
+        if why.waits() && j.waits() {
             self.wait_lsn = self.wait_lsn.max(lsn);
         }
         lsn
     }
 
     /// As [`Core::log`], for a record `encode` writes in place.
-    pub(super) fn log_with(&mut self, wait: bool, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
+    pub(super) fn log_with(&mut self, why: Why, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
         let Some(j) = &self.journal else {
             return 0;
         };
         let lsn = j.append_with(encode);
-        if wait && j.waits() {
+        if why.waits() && j.waits() {
             self.wait_lsn = self.wait_lsn.max(lsn);
         }
         lsn
@@ -57,7 +106,7 @@ impl Core {
             return;
         }
         let stored = msg.as_stored(will_expiry, now, self.clock.unix_ms(now));
-        self.log_with(true, &mut |b| stored.encode_msg(msg.mid, b));
+        self.log_with(Why::Accept, &mut |b| stored.encode_msg(msg.mid, b));
     }
 
     /// Journals what a session's outbound half did.
@@ -69,35 +118,31 @@ impl Core {
                     packet_id,
                     qos,
                 } => {
-                    // A QoS 2 PUBLISH may go out only once its packet id is durable: after
-                    // a crash it must be re-sent with the same id, or the receiver would
-                    // take it for a new message.
                     let rec = Record::Sent {
                         client: client.to_string(),
                         dseq,
                         packet_id,
                     };
-                    self.log(rec, qos == QoS::ExactlyOnce);
+                    let why = if qos == QoS::ExactlyOnce {
+                        Why::SendQos2
+                    } else {
+                        Why::NoPromise
+                    };
+                    self.log(rec, why);
                 }
                 Event::Released { dseq } => {
-                    // PUBREL only after PUBREC is durable: re-sending the PUBLISH after
-                    // the receiver let the id go would deliver it twice.
-                    self.log(
-                        Record::Released {
-                            client: client.to_string(),
-                            dseq,
-                        },
-                        true,
-                    );
+                    let rec = Record::Released {
+                        client: client.to_string(),
+                        dseq,
+                    };
+                    self.log(rec, Why::Release);
                 }
                 Event::Finished { dseq } => {
-                    self.log(
-                        Record::Done {
-                            client: client.to_string(),
-                            dseq,
-                        },
-                        false,
-                    );
+                    let rec = Record::Done {
+                        client: client.to_string(),
+                        dseq,
+                    };
+                    self.log(rec, Why::NoPromise);
                 }
             }
         }

@@ -38,7 +38,7 @@ pub(crate) mod trie;
 use crate::config::MqttConfig;
 use crate::store::record::Record;
 use crate::store::recover::{DeliveryImage, Index};
-use durable::{Journal, TailStore};
+use durable::{Journal, TailStore, Why};
 use message::{encode_user_properties, Message};
 use retained::RetainedIndex;
 use session::{
@@ -369,7 +369,7 @@ impl Core {
                         client: client.to_string(),
                         packet_id: a.packet_id,
                     };
-                    self.log(rec, false);
+                    self.log(rec, Why::NoPromise);
                 }
             }
             Packet::PubComp(a) => {
@@ -398,7 +398,7 @@ impl Core {
                                     client: client.to_string(),
                                     expiry: e,
                                 },
-                                false,
+                                Why::NoPromise,
                             );
                         }
                     }
@@ -515,7 +515,7 @@ impl Core {
                             client: client.to_string(),
                             packet_id: p.packet_id,
                         };
-                        self.log(rec, true);
+                        self.log(rec, Why::Accept);
                     }
                 }
                 write_packet(out, protocol, &Packet::PubRec(ack));
@@ -583,7 +583,7 @@ impl Core {
                     Record::WillClear {
                         client: client.to_string(),
                     },
-                    false,
+                    Why::NoPromise,
                 );
             }
             if !takeover && expiry > 0 {
@@ -591,7 +591,7 @@ impl Core {
                     client: client.to_string(),
                     at_ms: self.clock.unix_ms(now),
                 };
-                self.log(rec, false);
+                self.log(rec, Why::NoPromise);
             }
         }
         for d in reroute {
@@ -633,7 +633,7 @@ impl Core {
                 Record::SessionEnd {
                     client: client.to_string(),
                 },
-                false,
+                Why::NoPromise,
             );
         }
         self.timers.cancel(&Timer::Expiry(client.clone()));
@@ -683,7 +683,7 @@ impl Core {
                         let rec = Record::WillClear {
                             client: id.to_string(),
                         };
-                        self.log(rec, false);
+                        self.log(rec, Why::NoPromise);
                     }
                     self.publish_will(w, now, fx);
                 }
@@ -696,7 +696,7 @@ impl Core {
                 Record::RetainDel {
                     topic: topic.to_string(),
                 },
-                false,
+                Why::NoPromise,
             );
         }
     }

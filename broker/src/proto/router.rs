@@ -13,7 +13,7 @@ impl Core {
                         Record::RetainDel {
                             topic: msg.topic.to_string(),
                         },
-                        msg.qos != QoS::AtMostOnce,
+                        Why::accept(msg.qos),
                     );
                 }
             } else if self.retained.len() < self.cfg.max_retained_messages
@@ -26,7 +26,7 @@ impl Core {
                         topic: msg.topic.to_string(),
                         mid: msg.mid,
                     };
-                    self.log(rec, msg.qos != QoS::AtMostOnce);
+                    self.log(rec, Why::accept(msg.qos));
                 }
                 self.retained
                     .insert(msg.topic.clone(), msg.clone(), msg.expires_at);
@@ -165,7 +165,7 @@ impl Core {
             d.dseq = self.next_dseq;
             self.next_dseq += 1;
             let rec = d.enqueue_record(client);
-            d.lsn = self.log_with(true, &mut |b| rec.encode(b));
+            d.lsn = self.log_with(Why::Accept, &mut |b| rec.encode(b));
         }
         let dseq = d.dseq;
         let spill = if store {
@@ -195,7 +195,7 @@ impl Core {
                         client: client.to_owned(),
                         dseq,
                     },
-                    false,
+                    Why::NoPromise,
                 );
             }
             return false;
@@ -223,7 +223,7 @@ impl Core {
                     client: from.to_string(),
                     dseq: d.dseq,
                 },
-                false,
+                Why::NoPromise,
             );
             d.dseq = 0;
             d.lsn = 0;

@@ -61,7 +61,7 @@ impl Core {
                         client: id.to_string(),
                         at_ms: now_ms,
                     },
-                    false,
+                    Why::NoPromise,
                 );
             }
             self.sessions.insert(id, s);

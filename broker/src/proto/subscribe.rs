@@ -123,7 +123,7 @@ impl Core {
             codes.push(qos as u8);
         }
         for rec in records {
-            self.log(rec, true);
+            self.log(rec, Why::Subscription);
         }
         let ack = SubAck {
             packet_id: sub.packet_id,
@@ -239,7 +239,7 @@ impl Core {
                         client: client.to_string(),
                         filter: f.to_owned(),
                     },
-                    true,
+                    Why::Subscription,
                 );
             }
         }
