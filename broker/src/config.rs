@@ -268,6 +268,11 @@ pub struct StorageConfig {
     /// prepared, zero-filled, in the background once the current one is half full).
     /// At least 65536. Default `67108864` (64 MiB).
     pub segment_bytes: u64,
+    /// Log growth since the last compaction below which the log is never compacted.
+    /// Beyond it, the log is rewritten as a snapshot of the live state once it is at
+    /// least twice the last snapshot and at least half of it is garbage. At least 65536.
+    /// Default `67108864` (64 MiB).
+    pub compact_min_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -279,6 +284,7 @@ impl Default for StorageConfig {
             queue_memory_bytes: 256 * 1024 * 1024,
             memory_budget_bytes: 0,
             segment_bytes: crate::store::journal::DEFAULT_SEGMENT_BYTES,
+            compact_min_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -412,6 +418,11 @@ impl Config {
             s.segment_bytes >= 65536,
             "storage.segment_bytes must be at least 65536 (got {})",
             s.segment_bytes
+        );
+        ensure!(
+            s.compact_min_bytes >= 65536,
+            "storage.compact_min_bytes must be at least 65536 (got {})",
+            s.compact_min_bytes
         );
         if let FsyncPolicy::Every(d) = s.fsync {
             ensure!(

@@ -64,9 +64,6 @@ pub(crate) struct SubEntry {
     id: Option<u32>,
 }
 
-/// Journal growth (bytes since the last snapshot) below which compaction never runs.
-const COMPACT_MIN: u64 = 64 * 1024 * 1024;
-
 /// A shared subscription: its group and its (inner) filter.
 type GroupKey = (Arc<str>, Arc<str>);
 
@@ -157,6 +154,8 @@ pub(crate) struct Core {
     last_snapshot: u64,
     /// A compaction is being written (at most one at a time).
     compacting: bool,
+    /// Log growth below which the log is not compacted.
+    compact_min: u64,
     /// Bytes of deliveries queued in memory across all sessions.
     mem: Arc<AtomicUsize>,
     /// Budget for `mem`; beyond it deliveries to persistent sessions wait on disk.
@@ -208,6 +207,7 @@ impl Core {
             next_dseq: 1,
             last_snapshot: 0,
             compacting: false,
+            compact_min: 64 * 1024 * 1024,
             mem: Arc::new(AtomicUsize::new(0)),
             budget: usize::MAX,
             queue_budget: usize::MAX,
@@ -246,6 +246,11 @@ impl Core {
     /// `now` in both clocks.
     fn clock(&self, now: Instant) -> Clock {
         Clock::new(now, self.clock.unix_ms(now))
+    }
+
+    /// Sets the log growth below which the log is never compacted.
+    pub(crate) fn set_compact_min(&mut self, bytes: u64) {
+        self.compact_min = bytes;
     }
 
     /// Sets the bytes of queued deliveries kept in memory across all sessions. With the

@@ -215,7 +215,7 @@ impl Core {
             return None;
         }
         let since = j.since_snapshot();
-        if since < COMPACT_MIN.max(self.last_snapshot.saturating_mul(2)) {
+        if since < self.compact_min.max(self.last_snapshot.saturating_mul(2)) {
             return None;
         }
         // Rewriting a log that is mostly live state reclaims little: wait until at least

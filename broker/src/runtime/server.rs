@@ -103,6 +103,7 @@ pub(crate) fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle
         clock,
     );
     core.set_memory_budget(config.storage.memory_budget_bytes);
+    core.set_compact_min(config.storage.compact_min_bytes);
     let now = std::time::Instant::now();
     let now_ms = clock.unix_ms(now);
     core.restore_sessions(&index, now);
