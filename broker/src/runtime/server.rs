@@ -205,9 +205,15 @@ pub(crate) async fn serve(
                         let clock = super::ports::now();
                         let now = clock.at;
                         // Wills published by the tick wake their subscribers once durable.
+                        // Read outside the core's lock (a file read).
+                        let rss = (shared.config.storage.memory_budget_bytes > 0)
+                            .then(resident_bytes)
+                            .flatten();
                         let compaction = shared.apply(|core, fx| {
                             core.set_clock(clock);
-                            observe_resident(core);
+                            if let Some(rss) = rss {
+                                core.observe_resident(rss);
+                            }
                             if core.poll_timeout().is_some_and(|t| t <= now) {
                                 core.handle_timeout(now, fx);
                             }
