@@ -1962,3 +1962,489 @@ fn will_is_published_when_the_connection_is_lost() {
         b"timed-out"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Retained messages, limits, shared subscriptions, properties
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn retained_message_expires_and_forwards_its_remaining_interval() {
+    // MQTT-3.3.2-5, MQTT-3.3.2-6; raw_protocol.rs: `retained_message_expires`.
+    let mut core = core();
+    let t0 = Instant::now();
+    let mut p = online(&mut core, V5, "retainer", t0);
+    for (topic, secs) in [("rx/short", 1), ("rx/long", 60)] {
+        let props = PropValues {
+            message_expiry_interval: Some(secs),
+            ..PropValues::default()
+        };
+        let mut r = retained(topic, b"r", QoS::AtLeastOnce, 1);
+        r.properties = Properties::Values(&props);
+        p.publish_acked(&mut core, &r, t0);
+    }
+    let later = t0 + millis(2100);
+    advance(&mut core, later);
+    let mut s = online(&mut core, V5, "late", later);
+    s.subscribe(&mut core, "rx/#", QoS::AtLeastOnce, later);
+    let m = s.expect_publish(&mut core, later);
+    assert_eq!(m.topic, "rx/long");
+    assert!(
+        m.expiry.is_some_and(|e| (55..=58).contains(&e)),
+        "{:?}",
+        m.expiry
+    );
+    s.ack(&mut core, &m, later);
+    s.expect_nothing(&mut core, later);
+}
+
+#[test]
+fn maximum_qos_1_is_announced_and_enforced() {
+    // MQTT 5 §3.2.2.3.4, MQTT-3.2.2-12, §3.9.3; raw_protocol.rs:
+    // `maximum_qos_1_is_announced_and_enforced`.
+    let mut core = core_with(MqttConfig {
+        max_qos: 1,
+        ..MqttConfig::default()
+    });
+    let now = Instant::now();
+    let o = open(&mut core, &plain(V5, "qos-capped"), now);
+    with_connack(&o.bytes, V5, |a| {
+        assert_eq!(a.properties.maximum_qos(), Some(1))
+    });
+    let mut c = o.peer.unwrap();
+    // The granted QoS is capped at Maximum QoS.
+    let codes = c.subscribe_with(&mut core, 1, &[("mq/t", q(QoS::ExactlyOnce))], None, now);
+    assert_eq!(codes, [1]);
+    // A PUBLISH above it: DISCONNECT 0x9B.
+    let r = c.send(
+        &mut core,
+        &Packet::Publish(msg("mq/t", b"x", QoS::ExactlyOnce, 1)),
+        now,
+    );
+    assert_eq!(r, Err(Close::Error(reason::QOS_NOT_SUPPORTED)));
+    // A will QoS above it is refused in CONNACK with 0x9B.
+    let mut cw = plain(V5, "will-qos2");
+    cw.will = Some(Will {
+        qos: QoS::ExactlyOnce,
+        ..will("mq/w", b"x")
+    });
+    let o = open(&mut core, &cw, now);
+    assert_eq!(o.ack, (false, reason::QOS_NOT_SUPPORTED));
+    assert!(o.peer.is_none());
+    assert!(!core.sessions.contains_key("will-qos2"));
+}
+
+#[test]
+fn retain_not_available_is_announced_and_enforced() {
+    // MQTT 5 §3.2.2.3.5; raw_protocol.rs: `retain_not_available_is_announced_and_enforced`.
+    let mut core = core_with(MqttConfig {
+        retain_available: false,
+        ..MqttConfig::default()
+    });
+    let now = Instant::now();
+    let o = open(&mut core, &plain(V5, "no-retain"), now);
+    with_connack(&o.bytes, V5, |a| {
+        assert_eq!(a.properties.retain_available(), Some(false));
+    });
+    let mut c = o.peer.unwrap();
+    let r = c.send(
+        &mut core,
+        &Packet::Publish(retained("nr/t", b"x", QoS::AtMostOnce, 0)),
+        now,
+    );
+    assert_eq!(r, Err(Close::Error(reason::RETAIN_NOT_SUPPORTED)));
+    assert_eq!(core.retained.len(), 0);
+}
+
+#[test]
+fn slow_consumer_is_kicked_with_quota_exceeded() {
+    // DESIGN (MQTT 5 §4.13 0x97); raw_protocol.rs: `slow_consumer_is_disconnected_with_quota_exceeded`.
+    let mut core = core_with(MqttConfig {
+        max_queued_messages: 3,
+        max_inflight: 1,
+        ..MqttConfig::default()
+    });
+    let now = Instant::now();
+    let mut observer = online(&mut core, V5, "observer", now);
+    observer.subscribe(&mut core, "obs/#", QoS::AtMostOnce, now);
+    let mut slow = online(&mut core, V5, "slowpoke", now);
+    slow.subscribe(&mut core, "sc/t", QoS::AtLeastOnce, now);
+    let mut p = online(&mut core, V5, "firehose", now);
+    for i in 1..=8u16 {
+        p.publish_acked(&mut core, &msg("sc/t", b"x", QoS::AtLeastOnce, i), now);
+        // The slow consumer's task writes what it may and never acknowledges.
+        slow.pump(&mut core, now);
+    }
+    assert_eq!(slow.kicked(), reason::QUOTA_EXCEEDED);
+    assert_eq!(observer.kicked(), 0);
+    assert_eq!(p.kicked(), 0);
+    slow.closed(&mut core, Close::Error(reason::QUOTA_EXCEEDED), now);
+    publish_once(&mut core, "obs/x", b"fine", QoS::AtLeastOnce, now);
+    assert_eq!(observer.expect_publish(&mut core, now).payload, b"fine");
+}
+
+/// Two members of `$share/g/sl/t`; one message at `qos`; the member that got it ends
+/// its session (expiry 0) without acknowledging. What the other member then receives.
+fn shared_member_leaves(qos: QoS) -> Option<Msg> {
+    let mut core = core();
+    let now = Instant::now();
+    let mut a = online(&mut core, V5, "member-a", now);
+    let mut b = online(&mut core, V5, "member-b", now);
+    for m in [&mut a, &mut b] {
+        let codes = m.subscribe_with(
+            &mut core,
+            1,
+            &[("$share/g/sl/t", q(QoS::ExactlyOnce))],
+            None,
+            now,
+        );
+        assert_eq!(codes, [2]);
+    }
+    publish_once(&mut core, "sl/t", b"job", qos, now);
+    let (chosen, mut other) = match a.recv(&mut core, now) {
+        Some(Out::Publish(m)) => {
+            assert_eq!(m.payload, b"job");
+            (a, b)
+        }
+        Some(o) => panic!("{o:?}"),
+        None => {
+            assert_eq!(b.expect_publish(&mut core, now).payload, b"job");
+            (b, a)
+        }
+    };
+    chosen.hang_up(&mut core, now);
+    let got = other.recv(&mut core, now).map(|o| match o {
+        Out::Publish(m) => m,
+        o => panic!("{o:?}"),
+    });
+    other.expect_nothing(&mut core, now);
+    got
+}
+
+#[test]
+fn shared_qos1_goes_to_another_member_when_the_session_ends() {
+    // MQTT 5 §4.8.2; raw_protocol.rs: `shared_qos1_goes_to_another_member_when_session_ends`.
+    let m = shared_member_leaves(QoS::AtLeastOnce).expect("QoS 1 message re-routed");
+    assert_eq!(m.payload, b"job");
+}
+
+#[test]
+fn shared_qos2_begun_is_never_sent_to_another_member() {
+    // MQTT-4.8.2-5; raw_protocol.rs: `shared_qos2_begun_is_never_sent_to_another_member`.
+    assert_eq!(shared_member_leaves(QoS::ExactlyOnce), None);
+}
+
+#[test]
+fn invalid_utf8_under_payload_format_indicator_is_0x99_and_not_forwarded() {
+    // MQTT 5 §3.3.2.3.2 (MQTT-3.3.2-4 receiver check); raw_protocol.rs:
+    // `payload_format_indicator_is_checked_consistently`.
+    let mut core = core();
+    let now = Instant::now();
+    let mut sub = online(&mut core, V5, "pfi-sub", now);
+    sub.subscribe(&mut core, "pfi/t", QoS::AtLeastOnce, now);
+    let mut p = online(&mut core, V5, "pfi-pub", now);
+    let props = PropValues {
+        payload_format_indicator: Some(1),
+        ..PropValues::default()
+    };
+    let mut bad = msg("pfi/t", &[0xFF, 0xFE], QoS::AtLeastOnce, 1);
+    bad.properties = Properties::Values(&props);
+    p.send_ok(&mut core, &Packet::Publish(bad), now);
+    match p.expect(&mut core, now) {
+        Out::PubAck(1, reason::PAYLOAD_FORMAT_INVALID) => sub.expect_nothing(&mut core, now),
+        Out::PubAck(1, 0) => {
+            assert_eq!(sub.expect_publish(&mut core, now).payload, [0xFF, 0xFE]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn publish_properties_pass_through_unchanged() {
+    // MQTT-3.3.2-4, -15, -16, -18; raw_protocol.rs: `publish_properties_pass_through_unchanged`.
+    let mut core = core();
+    let now = Instant::now();
+    let mut s5 = online(&mut core, V5, "props-5", now);
+    s5.subscribe(&mut core, "pr/t", QoS::AtLeastOnce, now);
+    let mut s3 = online(&mut core, V311, "props-311", now);
+    s3.subscribe(&mut core, "pr/t", QoS::AtLeastOnce, now);
+    let mut p = online(&mut core, V5, "props-pub", now);
+    let users = [("k", "1"), ("a", "x"), ("k", "2"), ("", "")];
+    let props = PropValues {
+        payload_format_indicator: Some(1),
+        content_type: Some("text/plain; charset=utf-8"),
+        response_topic: Some("pr/reply/42"),
+        correlation_data: Some(&[0x00, 0xFF, 0x10]),
+        user_properties: PropList::Slice(&users),
+        ..PropValues::default()
+    };
+    let mut m = msg("pr/t", b"payload", QoS::AtLeastOnce, 1);
+    m.properties = Properties::Values(&props);
+    p.publish_acked(&mut core, &m, now);
+    let got = s5.expect_publish(&mut core, now);
+    assert_eq!(got.payload_format_indicator, Some(1));
+    assert_eq!(
+        got.content_type.as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(got.response_topic.as_deref(), Some("pr/reply/42"));
+    assert_eq!(
+        got.correlation_data.as_deref(),
+        Some(&[0x00, 0xFF, 0x10][..])
+    );
+    let want: Vec<(String, String)> = users
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(got.user_properties, want, "in order, repeats kept");
+    assert_eq!(s3.expect_publish(&mut core, now).payload, b"payload");
+}
+
+#[test]
+fn server_only_packets_from_a_client_are_protocol_errors() {
+    // MQTT 5 §4.13 / §2.1.2; raw_protocol.rs: `server_only_packets_from_a_client_are_protocol_errors`
+    // (packet type 0 cannot be decoded: the runtime's).
+    let mut core = core();
+    let now = Instant::now();
+    let none = PropValues::default();
+    let packets = [
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: 0,
+            properties: Properties::Values(&none),
+        }),
+        Packet::SubAck(SubAck {
+            packet_id: 1,
+            properties: Properties::default(),
+            codes: &[0],
+        }),
+        Packet::UnsubAck(UnsubAck {
+            packet_id: 1,
+            properties: Properties::default(),
+            codes: &[0],
+        }),
+        Packet::PingResp,
+    ];
+    for p in packets {
+        bad_packet(&mut core, V5, &p, reason::PROTOCOL_ERROR, now);
+    }
+}
+
+#[test]
+fn client_publish_with_a_subscription_identifier_is_a_protocol_error() {
+    // MQTT-3.3.4-6; raw_protocol.rs: `client_publish_with_subscription_identifier_is_a_protocol_error`.
+    let mut core = core();
+    let ids = [3u32];
+    let props = PropValues {
+        subscription_identifiers: PropList::Slice(&ids),
+        ..PropValues::default()
+    };
+    let mut p = msg("obs/x", b"x", QoS::AtMostOnce, 0);
+    p.properties = Properties::Values(&props);
+    bad_packet(
+        &mut core,
+        V5,
+        &Packet::Publish(p),
+        reason::PROTOCOL_ERROR,
+        Instant::now(),
+    );
+}
+
+#[test]
+fn a_reader_that_never_drains_does_not_hold_up_others() {
+    // DESIGN (per-session queues); raw_protocol.rs: `slow_reader_does_not_hold_up_others`
+    // (the socket back-pressure is the runtime's; here: one session's backlog costs the
+    // others nothing).
+    let mut core = core();
+    let now = Instant::now();
+    let mut slow = online(&mut core, V311, "slow", now);
+    slow.subscribe(&mut core, "flood/t", QoS::AtMostOnce, now);
+    let mut fast = online(&mut core, V5, "fast", now);
+    fast.subscribe(&mut core, "flood/#", QoS::AtLeastOnce, now);
+    let mut p = online(&mut core, V5, "flooder", now);
+    let payload = vec![b'f'; 16 * 1024];
+    let mut n = 0usize;
+    let mut take = |fast: &mut Peer, core: &mut Core| {
+        let mut end = false;
+        while let Some(o) = fast.recv(core, now) {
+            let Out::Publish(m) = o else { panic!("{o:?}") };
+            fast.ack(core, &m, now);
+            if m.topic == "flood/end" {
+                end = true;
+            } else {
+                n += 1;
+            }
+        }
+        end
+    };
+    for i in 0..600 {
+        p.send_ok(
+            &mut core,
+            &Packet::Publish(msg("flood/t", &payload, QoS::AtMostOnce, 0)),
+            now,
+        );
+        if i % 50 == 0 {
+            assert!(!take(&mut fast, &mut core));
+        }
+    }
+    p.publish_acked(
+        &mut core,
+        &msg("flood/end", b"end", QoS::AtLeastOnce, 1),
+        now,
+    );
+    assert!(take(&mut fast, &mut core), "the end marker arrived");
+    assert_eq!(n, 600, "fast subscriber lost QoS 0 messages");
+    assert_eq!(slow.kicked(), 0);
+    assert!(core.sessions["slow"].queue.len() <= MqttConfig::default().max_queued_messages);
+}
+
+// ---------------------------------------------------------------------------------------
+// Crash recovery
+// ---------------------------------------------------------------------------------------
+
+/// A journal in memory: every record kept in order and durable once appended (the
+/// store with `--fsync always`, minus the files).
+#[derive(Debug, Default)]
+struct MemJournal {
+    records: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl MemJournal {
+    fn records(&self) -> Vec<Vec<u8>> {
+        self.records.lock().unwrap().clone()
+    }
+}
+
+impl durable::Journal for MemJournal {
+    fn append_with(&self, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
+        let mut b = Vec::new();
+        encode(&mut b);
+        let mut records = self.records.lock().unwrap();
+        records.push(b);
+        records.len() as u64
+    }
+    fn waits(&self) -> bool {
+        true
+    }
+    fn durable(&self) -> u64 {
+        self.records.lock().unwrap().len() as u64
+    }
+    fn since_snapshot(&self) -> u64 {
+        // Never enough for a compaction: these tests keep the whole log.
+        0
+    }
+    fn snapshot_begin(&self) {
+        panic!("no compaction in these tests");
+    }
+    fn snapshot_chunk(&self, _framed: Vec<u8>) {
+        panic!("no compaction in these tests");
+    }
+    fn snapshot_end(&self) {
+        panic!("no compaction in these tests");
+    }
+}
+
+/// Queue tails that cannot be made: with an unlimited budget none is asked for.
+#[derive(Debug)]
+struct NoTails;
+
+impl durable::TailStore for NoTails {
+    fn create(&self) -> std::io::Result<Box<dyn durable::QueueTail>> {
+        Err(std::io::Error::other("no spill files in these tests"))
+    }
+}
+
+/// A core journaling into `journal`.
+fn durable_core(journal: Arc<MemJournal>, now: Instant) -> Core {
+    Core::with_journal(
+        Arc::new(MqttConfig::default()),
+        journal,
+        Arc::new(NoTails),
+        usize::MAX,
+        Clock::new(now, 1_700_000_000_000),
+    )
+}
+
+/// A new core rebuilt from `records` the way the runtime recovers the store: the index
+/// pass, the sessions, the deliveries in log order, then retained messages and wills.
+fn recover(records: &[Vec<u8>], now: Instant) -> Core {
+    let mut index = crate::store::recover::Index::default();
+    for r in records {
+        index.apply_bytes(r);
+    }
+    let mut core = durable_core(Arc::new(MemJournal::default()), now);
+    core.restore_sessions(&index, now);
+    let now_ms = core.clock.unix_ms(now);
+    let mut replay = index.replay();
+    for r in records {
+        replay.apply_bytes(
+            r,
+            &mut |mid, m| {
+                let (msg, will_expiry) = Message::from_stored(mid, m, now, now_ms);
+                (Arc::new(msg), will_expiry)
+            },
+            &mut |client, dseq, d, (msg, _)| core.restore_delivery(client, dseq, d, msg, now),
+        );
+    }
+    let kept = replay.finish();
+    core.restore_finish(&index, &kept);
+    core
+}
+
+#[test]
+fn queue_inbound_qos2_and_retained_survive_a_crash() {
+    // DESIGN (nothing acknowledged is lost), MQTT-4.3.3-10; raw_protocol.rs:
+    // `session_queue_inbound_qos2_and_retained_survive_broker_crash` (the log here is in
+    // memory; writing it to disk is the store's).
+    let t0 = Instant::now();
+    let journal = Arc::new(MemJournal::default());
+    let mut core = durable_core(journal.clone(), t0);
+    let e = expiry(3600);
+    let mut s = join(&mut core, &persistent(V5, "durable-sub", &e), t0);
+    s.subscribe(&mut core, "d/t", QoS::AtLeastOnce, t0);
+    s.disconnect(&mut core, t0);
+    let mut p = join(&mut core, &persistent(V5, "durable-pub", &e), t0);
+    p.publish_acked(&mut core, &msg("d/t", b"m1", QoS::AtLeastOnce, 1), t0);
+    p.publish_acked(&mut core, &msg("d/t", b"m2", QoS::AtLeastOnce, 2), t0);
+    p.publish_acked(
+        &mut core,
+        &retained("d/r", b"kept", QoS::AtLeastOnce, 3),
+        t0,
+    );
+    // A QoS 2 flow left between PUBREC and PUBREL.
+    p.send_ok(
+        &mut core,
+        &Packet::Publish(msg("d/t", b"m3", QoS::ExactlyOnce, 7)),
+        t0,
+    );
+    assert!(matches!(p.expect(&mut core, t0), Out::PubRec(7, _)));
+    // The crash: the core is gone without ending any link.
+    drop(core);
+
+    let t1 = t0 + secs(1);
+    let mut core = recover(&journal.records(), t1);
+    let mut p = resume(&mut core, V5, "durable-pub", t1);
+    let mut dup = msg("d/t", b"m3", QoS::ExactlyOnce, 7);
+    dup.dup = true;
+    p.send_ok(&mut core, &Packet::Publish(dup), t1);
+    assert!(matches!(p.expect(&mut core, t1), Out::PubRec(7, _)));
+    p.send_ok(&mut core, &Packet::PubRel(Ack::new(7)), t1);
+    assert_eq!(
+        p.expect(&mut core, t1),
+        Out::PubComp(7, 0),
+        "inbound QoS 2 state lost"
+    );
+    let mut s = resume(&mut core, V5, "durable-sub", t1);
+    let got: Vec<Vec<u8>> = (0..3)
+        .map(|_| {
+            let m = s.expect_publish(&mut core, t1);
+            s.ack(&mut core, &m, t1);
+            m.payload
+        })
+        .collect();
+    assert_eq!(got, [b"m1".to_vec(), b"m2".to_vec(), b"m3".to_vec()]);
+    s.expect_nothing(&mut core, t1);
+    let mut late = online(&mut core, V5, "late", t1);
+    late.subscribe(&mut core, "d/r", QoS::AtLeastOnce, t1);
+    let m = late.expect_publish(&mut core, t1);
+    assert!(m.retain && m.payload == b"kept");
+}
