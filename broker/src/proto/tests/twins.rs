@@ -2448,3 +2448,50 @@ fn queue_inbound_qos2_and_retained_survive_a_crash() {
     let m = late.expect_publish(&mut core, t1);
     assert!(m.retain && m.payload == b"kept");
 }
+
+// ---------------------------------------------------------------------------------------
+// Extra: no raw_protocol.rs counterpart
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn dollar_topics_are_not_matched_by_a_leading_wildcard_live_or_retained() {
+    // MQTT-4.7.2-1 (v5 §4.7.2); no raw_protocol.rs test: the issue's `$` topics priority.
+    let mut core = core();
+    let now = Instant::now();
+    let mut p = online(&mut core, V5, "dollar-pub", now);
+    p.publish_acked(
+        &mut core,
+        &retained("$app/r", b"kept", QoS::AtLeastOnce, 1),
+        now,
+    );
+    let filters = ["#", "+/r", "+/+", "$app/#", "$app/+", "$app/r"];
+    let mut subs: Vec<Peer> = Vec::new();
+    for (i, f) in filters.iter().enumerate() {
+        let mut s = online(&mut core, V5, &format!("s{i}"), now);
+        s.subscribe(&mut core, f, QoS::AtLeastOnce, now);
+        subs.push(s);
+    }
+    // Retained messages on subscribe.
+    for (s, f) in subs.iter_mut().zip(filters) {
+        let got: Vec<String> = std::iter::from_fn(|| s.recv(&mut core, now))
+            .map(|o| match o {
+                Out::Publish(m) => m.topic,
+                o => panic!("{o:?}"),
+            })
+            .collect();
+        let want: &[&str] = if f.starts_with('$') { &["$app/r"] } else { &[] };
+        assert_eq!(got, want, "retained for {f:?}");
+    }
+    // Live messages.
+    p.publish_acked(&mut core, &msg("$app/r", b"live", QoS::AtMostOnce, 0), now);
+    for (s, f) in subs.iter_mut().zip(filters) {
+        let got: Vec<Vec<u8>> = std::iter::from_fn(|| s.recv(&mut core, now))
+            .map(|o| match o {
+                Out::Publish(m) => m.payload,
+                o => panic!("{o:?}"),
+            })
+            .collect();
+        let want: &[&[u8]] = if f.starts_with('$') { &[b"live"] } else { &[] };
+        assert_eq!(got, want, "live for {f:?}");
+    }
+}
