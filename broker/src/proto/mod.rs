@@ -451,7 +451,8 @@ impl Core {
         }
         // Topic alias resolution (per connection, client -> broker direction).
         let topic: Arc<str> = match p.properties.topic_alias() {
-            Some(alias) if alias > cfg.topic_alias_maximum => {
+            // 0 is never a valid alias (MQTT-3.3.2-8); the decoder refuses it too.
+            Some(alias) if alias == 0 || alias > cfg.topic_alias_maximum => {
                 return Err(Close::Error(reason::TOPIC_ALIAS_INVALID));
             }
             Some(alias) if p.topic.is_empty() => match link.alias_in.get(&alias) {
@@ -654,9 +655,10 @@ impl Core {
             .map(|i| (i.delivery, true));
         let queued = s.take_queued(|_| true).into_iter().map(|d| (d, false));
         for (d, sent) in queued.chain(inflight) {
+            // The rest goes with the session (its `SessionEnd` record drops them from
+            // the store).
             if d.shared.is_some() && (!sent || d.qos == QoS::AtLeastOnce) {
                 self.reroute_shared(client, d, now, fx);
-            } else if d.dseq != 0 {
             }
         }
         tracing::debug!(client = %client, "session ended");
