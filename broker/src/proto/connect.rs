@@ -69,8 +69,7 @@ impl Core {
 
         // Takeover and session resumption.
         if let Some(old) = self.sessions.get_mut(&client_id) {
-            old.offline_since = None;
-            if let Some(link) = old.link.take() {
+            if let Some(link) = old.take_link() {
                 let reason = reason::SESSION_TAKEN_OVER;
                 link.kick.set(reason);
                 fx.wake.push(link.notify);
@@ -81,7 +80,7 @@ impl Core {
                 if self
                     .sessions
                     .get(&client_id)
-                    .is_some_and(|s| s.expiry_interval == 0)
+                    .is_some_and(|s| s.expiry_interval() == 0)
                 {
                     self.end_session(&client_id, now, fx);
                 }
@@ -93,7 +92,7 @@ impl Core {
                 self.end_session(&client_id, now, fx);
             } else {
                 // Reconnecting before the will delay ran out cancels the will.
-                old.will = None;
+                old.set_will(None);
                 session_present = true;
                 self.timers.cancel(&Timer::Will(client_id.clone()));
                 self.timers.cancel(&Timer::Expiry(client_id.clone()));
@@ -166,12 +165,12 @@ impl Core {
             .sessions
             .entry(client_id.clone())
             .or_insert_with(|| Session::new(client_id.clone(), self.mem.clone()));
-        let old_expiry = session.expiry_interval;
-        let was_persisted = session.persisted;
-        session.expiry_interval = expiry;
-        session.link = Some(link);
-        session.will = will.clone();
-        session.persisted = expiry > 0;
+        let old_expiry = session.expiry_interval();
+        let was_persisted = session.persisted();
+        session.set_expiry_interval(expiry);
+        session.attach(link);
+        session.set_will(will.clone());
+        session.set_persisted(expiry > 0);
         if self.journal.is_some() {
             let id = client_id.to_string();
             match (was_persisted, expiry > 0) {

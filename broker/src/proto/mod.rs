@@ -297,7 +297,7 @@ impl Core {
         let mut events = Vec::new();
         if let Some(s) = self.sessions.get_mut(client) {
             if s.drain(out, &limits, now, clock, durable, &mut |e| events.push(e)) {
-                if let Some(link) = &s.link {
+                if let Some(link) = s.link() {
                     link.notify.wake();
                 }
             }
@@ -319,7 +319,7 @@ impl Core {
         out: &mut BytesMut,
     ) -> Result<(), Close> {
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
-        let id = s.client_id.clone();
+        let id = s.client_id().clone();
         self.drain_session(&id, out, now);
         Ok(())
     }
@@ -339,9 +339,9 @@ impl Core {
     ) -> Result<(), Close> {
         let max_expiry = self.cfg.max_session_expiry;
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
-        let protocol = s.link.as_ref().map_or(Protocol::V311, |l| l.protocol);
+        let protocol = s.link().map_or(Protocol::V311, |l| l.protocol);
         let v5 = protocol.is_v5();
-        let persisted = s.persisted;
+        let persisted = s.persisted();
         let mut events = Vec::new();
         match packet {
             Packet::Publish(p) => return self.handle_publish(client, conn_id, p, now, out, fx),
@@ -364,7 +364,7 @@ impl Core {
             }
             Packet::PubRel(a) => {
                 let mut comp = Ack::new(a.packet_id);
-                let known = s.inbound_qos2.remove(&a.packet_id);
+                let known = s.release_inbound_qos2(a.packet_id);
                 if !known && v5 {
                     comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
                 }
@@ -392,11 +392,11 @@ impl Core {
             Packet::Disconnect(d) => {
                 if v5 {
                     if let Some(e) = d.properties.session_expiry_interval() {
-                        if s.expiry_interval == 0 && e != 0 {
+                        if s.expiry_interval() == 0 && e != 0 {
                             return Err(Close::Error(reason::PROTOCOL_ERROR));
                         }
                         let e = e.min(max_expiry);
-                        s.expiry_interval = e;
+                        s.set_expiry_interval(e);
                         if persisted && e > 0 {
                             self.log(
                                 Record::SessionExpiry {
@@ -434,7 +434,7 @@ impl Core {
         self.stats.publish_received += 1;
         let cfg = self.cfg.clone();
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
-        let Some(link) = s.link.as_mut() else {
+        let Some(link) = s.link_mut() else {
             return Err(Close::TakenOver);
         };
         let protocol = link.protocol;
@@ -479,17 +479,17 @@ impl Core {
             code = reason::PAYLOAD_FORMAT_INVALID;
         }
         if p.qos == QoS::ExactlyOnce {
-            if s.inbound_qos2.contains(&p.packet_id) {
+            if s.holds_inbound_qos2(p.packet_id) {
                 // A re-sent PUBLISH of a flow we already hold: acknowledge, don't deliver again.
                 write_packet(out, protocol, &Packet::PubRec(Ack::new(p.packet_id)));
                 return Ok(());
             }
-            if s.inbound_qos2.len() >= usize::from(cfg.receive_maximum) {
+            if s.inbound_qos2_count() >= usize::from(cfg.receive_maximum) {
                 return Err(Close::Error(reason::RECEIVE_MAXIMUM_EXCEEDED));
             }
         }
         // `$SYS` belongs to the broker: clients may not publish into it.
-        let persisted = s.persisted;
+        let persisted = s.persisted();
         let routed = if code == reason::SUCCESS && !is_sys(&topic) {
             let mid = self.mid();
             let msg = Arc::new(Message::from_publish(
@@ -514,7 +514,7 @@ impl Core {
             QoS::ExactlyOnce => {
                 if code < 0x80 {
                     if let Some(s) = self.owned(client, conn_id) {
-                        s.inbound_qos2.insert(p.packet_id);
+                        s.hold_inbound_qos2(p.packet_id);
                     }
                     if persisted {
                         let rec = Record::Inbound2 {
@@ -544,8 +544,7 @@ impl Core {
         let Some(s) = self.owned(client, conn_id) else {
             return;
         };
-        s.link = None;
-        s.offline_since = Some(now);
+        s.detach(now);
         self.link_ended(client, end, false, now, fx);
     }
 
@@ -562,22 +561,21 @@ impl Core {
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
-        let persisted = s.persisted;
+        let persisted = s.persisted();
         let mut will_gone = false;
         match end {
-            End::Normal { will: false } => will_gone = s.will.take().is_some(),
+            End::Normal { will: false } => will_gone = s.take_will().is_some(),
             End::Normal { will: true } | End::Abnormal => {}
         }
         // Queued (unsent) shared deliveries go to another member of their group.
         let reroute = s.take_queued(|d| d.shared.is_some());
-        let expiry = s.expiry_interval;
-        if let Some(w) = &s.will {
-            let delay = w.delay.min(expiry);
+        let expiry = s.expiry_interval();
+        if let Some(delay) = s.will().map(|w| w.delay.min(expiry)) {
             if delay == 0 {
-                let w = w.clone();
-                s.will = None;
-                will_gone = true;
-                self.publish_will(w, now, fx);
+                if let Some(w) = s.take_will() {
+                    will_gone = true;
+                    self.publish_will(w, now, fx);
+                }
             } else {
                 let at = now + Duration::from_secs(u64::from(delay));
                 self.timers.set(Timer::Will(client.clone()), at);
@@ -631,10 +629,10 @@ impl Core {
         let Some(mut s) = self.sessions.remove(client) else {
             return;
         };
-        for f in s.subscriptions.keys() {
+        for f in s.subscriptions().map(|(f, _)| f) {
             self.remove_trie_entry(client, f);
         }
-        if s.persisted {
+        if s.persisted() {
             self.log(
                 Record::SessionEnd {
                     client: client.to_string(),
@@ -644,15 +642,13 @@ impl Core {
         }
         self.timers.cancel(&Timer::Expiry(client.clone()));
         if self.timers.cancel(&Timer::Will(client.clone())).is_some() {
-            if let Some(w) = s.will.take() {
+            if let Some(w) = s.take_will() {
                 self.publish_will(w, now, fx);
             }
         }
         // Queued shared deliveries and QoS 1 ones in flight go to another member; a QoS
         // 2 flow that has begun stays with this member (MQTT 5 §4.8.2) and ends here.
-        let inflight = std::mem::take(&mut s.inflight)
-            .into_iter()
-            .map(|i| (i.delivery, true));
+        let inflight = s.take_inflight().into_iter().map(|i| (i.delivery, true));
         let queued = s.take_queued(|_| true).into_iter().map(|d| (d, false));
         for (d, sent) in queued.chain(inflight) {
             // The rest goes with the session (its `SessionEnd` record drops them from
@@ -683,10 +679,10 @@ impl Core {
                     let Some(s) = self.sessions.get_mut(&id) else {
                         continue;
                     };
-                    let Some(w) = s.will.take() else {
+                    let Some(w) = s.take_will() else {
                         continue;
                     };
-                    if s.persisted {
+                    if s.persisted() {
                         let rec = Record::WillClear {
                             client: id.to_string(),
                         };
@@ -716,9 +712,7 @@ fn owned<'s>(
     client: &str,
     conn_id: u64,
 ) -> Option<&'s mut Session> {
-    sessions
-        .get_mut(client)
-        .filter(|s| s.link.as_ref().is_some_and(|l| l.conn_id == conn_id))
+    sessions.get_mut(client).filter(|s| s.owned_by(conn_id))
 }
 
 /// Where deliveries to persistent sessions go while the memory queued across all sessions

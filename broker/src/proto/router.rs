@@ -159,7 +159,7 @@ impl Core {
         let qos = d.qos;
         // A delivery to a persistent session is journaled before it is queued; beyond
         // the memory budget it waits on disk only.
-        let store = s.persisted && qos != QoS::AtMostOnce && self.journal.is_some();
+        let store = s.persisted() && qos != QoS::AtMostOnce && self.journal.is_some();
         if store {
             self.hold_msg(&d.msg, None, now);
             d.dseq = self.next_dseq;
@@ -179,7 +179,7 @@ impl Core {
         let result = s.enqueue(d, &limits, spill, clock);
         if result == crate::proto::session::Enqueued::Dropped {
             self.stats.dropped_overflow += 1;
-            match &s.link {
+            match s.link() {
                 // A connected consumer that cannot keep up with QoS 1/2 is disconnected
                 // (its persistent session keeps queueing up to the same bound).
                 Some(link) if qos != QoS::AtMostOnce && link.kick.get() == 0 => {
@@ -200,7 +200,7 @@ impl Core {
             }
             return false;
         }
-        if let Some(link) = &s.link {
+        if let Some(link) = s.link() {
             fx.wake.push(link.notify.clone());
         }
         true

@@ -191,36 +191,37 @@ pub(crate) struct Drops {
     pub(crate) too_large: u64,
 }
 
-/// A client's session.
+/// A client's session: one client's protocol state in both directions, behind its own
+/// methods (the core asks it, it does not reach into it).
 #[derive(Debug)]
 pub(crate) struct Session {
     /// Client identifier.
-    pub(crate) client_id: Arc<str>,
+    client_id: Arc<str>,
     /// Subscriptions by full filter (including any `$share/group/` prefix).
-    pub(crate) subscriptions: HashMap<Arc<str>, Subscription>,
+    subscriptions: HashMap<Arc<str>, Subscription>,
     /// Session Expiry Interval in seconds (`u32::MAX` = never).
-    pub(crate) expiry_interval: u32,
+    expiry_interval: u32,
     /// Deliveries not yet sent.
-    pub(crate) queue: DeliveryQueue<Delivery>,
+    queue: DeliveryQueue<Delivery>,
     /// Sent, unacknowledged QoS 1/2 deliveries, oldest first.
-    pub(crate) inflight: VecDeque<Inflight>,
+    inflight: VecDeque<Inflight>,
     /// Inbound QoS 2 packet ids between PUBREC and PUBREL.
-    pub(crate) inbound_qos2: HashSet<u16>,
+    inbound_qos2: HashSet<u16>,
     next_packet_id: u16,
     /// Retained messages still to send for recent subscriptions, in order.
-    pub(crate) retained_jobs: VecDeque<RetainedJob>,
+    retained_jobs: VecDeque<RetainedJob>,
     /// The live connection, if any.
-    pub(crate) link: Option<Link>,
+    link: Option<Link>,
     /// The will of the current (or last) connection.
-    pub(crate) will: Option<WillState>,
+    will: Option<WillState>,
     /// When the last connection ended (for the store).
-    pub(crate) offline_since: Option<Instant>,
+    offline_since: Option<Instant>,
     /// Drop counters.
-    pub(crate) drops: Drops,
+    drops: Drops,
     /// True while the store holds this session (it was opened with an expiry above 0).
-    pub(crate) persisted: bool,
+    persisted: bool,
     /// The tail of the queue kept on disk (always after `queue`).
-    pub(crate) spill: Option<Box<dyn QueueTail>>,
+    spill: Option<Box<dyn QueueTail>>,
     /// Bytes queued in memory across all sessions (shared with the core).
     mem: Arc<AtomicUsize>,
 }
@@ -300,6 +301,199 @@ impl Session {
             spill: None,
             mem,
         }
+    }
+
+    /// Client identifier.
+    pub(crate) fn client_id(&self) -> &Arc<str> {
+        &self.client_id
+    }
+
+    /// True while the store holds this session (it was opened with an expiry above 0).
+    pub(crate) fn persisted(&self) -> bool {
+        self.persisted
+    }
+
+    /// Marks the session as held by the store (or not).
+    pub(crate) fn set_persisted(&mut self, persisted: bool) {
+        self.persisted = persisted;
+    }
+
+    /// Session Expiry Interval in seconds (`u32::MAX` = never).
+    pub(crate) fn expiry_interval(&self) -> u32 {
+        self.expiry_interval
+    }
+
+    /// Sets the Session Expiry Interval.
+    pub(crate) fn set_expiry_interval(&mut self, secs: u32) {
+        self.expiry_interval = secs;
+    }
+
+    /// When the last connection ended, while offline.
+    pub(crate) fn offline_since(&self) -> Option<Instant> {
+        self.offline_since
+    }
+
+    /// The live connection, if any.
+    pub(crate) fn link(&self) -> Option<&Link> {
+        self.link.as_ref()
+    }
+
+    /// The live connection, if any, to change its connection-scoped state (aliases).
+    pub(crate) fn link_mut(&mut self) -> Option<&mut Link> {
+        self.link.as_mut()
+    }
+
+    /// True when connection `conn_id` is the one attached.
+    pub(crate) fn owned_by(&self, conn_id: u64) -> bool {
+        self.link.as_ref().is_some_and(|l| l.conn_id == conn_id)
+    }
+
+    /// Attaches a new connection.
+    pub(crate) fn attach(&mut self, link: Link) {
+        self.link = Some(link);
+        self.offline_since = None;
+    }
+
+    /// Detaches the connection for a takeover: another attaches at once, so the session
+    /// is not offline in between.
+    pub(crate) fn take_link(&mut self) -> Option<Link> {
+        self.offline_since = None;
+        self.link.take()
+    }
+
+    /// Detaches the connection that ended at `now`; the session is offline from then.
+    pub(crate) fn detach(&mut self, now: Instant) {
+        self.link = None;
+        self.offline_since = Some(now);
+    }
+
+    /// Marks a recovered session offline since `at`.
+    pub(crate) fn set_offline_since(&mut self, at: Instant) {
+        self.offline_since = Some(at);
+    }
+
+    /// The will of the current (or last) connection.
+    pub(crate) fn will(&self) -> Option<&WillState> {
+        self.will.as_ref()
+    }
+
+    /// Sets (or clears) the will.
+    pub(crate) fn set_will(&mut self, will: Option<WillState>) {
+        self.will = will;
+    }
+
+    /// Takes the will out (it is published or discarded).
+    pub(crate) fn take_will(&mut self) -> Option<WillState> {
+        self.will.take()
+    }
+
+    /// Subscriptions by full filter (including any `$share/group/` prefix).
+    pub(crate) fn subscriptions(&self) -> impl Iterator<Item = (&Arc<str>, &Subscription)> {
+        self.subscriptions.iter()
+    }
+
+    /// Number of subscriptions.
+    #[cfg(test)]
+    pub(crate) fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Adds or replaces the subscription to `filter`; true when it replaced one.
+    pub(crate) fn subscribe(&mut self, filter: Arc<str>, sub: Subscription) -> bool {
+        self.subscriptions.insert(filter, sub).is_some()
+    }
+
+    /// Removes the subscription to `filter`; true when there was one.
+    pub(crate) fn unsubscribe(&mut self, filter: &str) -> bool {
+        self.subscriptions.remove(filter).is_some()
+    }
+
+    /// True when inbound QoS 2 packet id `id` is between PUBREC and PUBREL.
+    pub(crate) fn holds_inbound_qos2(&self, id: u16) -> bool {
+        self.inbound_qos2.contains(&id)
+    }
+
+    /// Inbound QoS 2 flows between PUBREC and PUBREL.
+    pub(crate) fn inbound_qos2_count(&self) -> usize {
+        self.inbound_qos2.len()
+    }
+
+    /// Holds inbound QoS 2 packet id `id` until PUBREL (MQTT-4.3.3-9).
+    pub(crate) fn hold_inbound_qos2(&mut self, id: u16) {
+        self.inbound_qos2.insert(id);
+    }
+
+    /// PUBREL for `id`: lets it go; true when it was held.
+    pub(crate) fn release_inbound_qos2(&mut self, id: u16) -> bool {
+        self.inbound_qos2.remove(&id)
+    }
+
+    /// The inbound QoS 2 packet ids held.
+    pub(crate) fn inbound_qos2(&self) -> impl Iterator<Item = u16> + '_ {
+        self.inbound_qos2.iter().copied()
+    }
+
+    /// Restores the inbound QoS 2 ids held (recovery).
+    pub(crate) fn restore_inbound_qos2(&mut self, ids: HashSet<u16>) {
+        self.inbound_qos2 = ids;
+    }
+
+    /// Deliveries queued in memory (not the on-disk tail).
+    pub(crate) fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Deliveries queued in memory, oldest first.
+    pub(crate) fn queued(&self) -> impl Iterator<Item = &Delivery> {
+        self.queue.iter()
+    }
+
+    /// Sent, unacknowledged QoS 1/2 deliveries, oldest first.
+    pub(crate) fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.inflight.iter()
+    }
+
+    /// Takes every delivery in flight out (the session ends).
+    pub(crate) fn take_inflight(&mut self) -> VecDeque<Inflight> {
+        std::mem::take(&mut self.inflight)
+    }
+
+    /// Puts a recovered delivery back in flight, after those already there.
+    pub(crate) fn restore_inflight(&mut self, inflight: Inflight) {
+        self.inflight.push_back(inflight);
+    }
+
+    /// What this session had to drop.
+    pub(crate) fn drops(&self) -> Drops {
+        self.drops
+    }
+
+    /// The on-disk tail of the queue, if any.
+    pub(crate) fn spill_mut(&mut self) -> Option<&mut (dyn QueueTail + 'static)> {
+        self.spill.as_deref_mut()
+    }
+
+    /// Queues retained-message jobs for new subscriptions; each replaces a job for the
+    /// same filter still running.
+    pub(crate) fn add_retained_jobs(&mut self, jobs: Vec<RetainedJob>) {
+        let fresh: HashSet<&Arc<str>> = jobs.iter().map(|j| &j.filter).collect();
+        self.retained_jobs.retain(|j| !fresh.contains(&j.filter));
+        self.retained_jobs.extend(jobs);
+    }
+
+    /// The retained-message job to continue, if any.
+    pub(crate) fn retained_job(&mut self) -> Option<&mut RetainedJob> {
+        self.retained_jobs.front_mut()
+    }
+
+    /// The current retained-message job is complete.
+    pub(crate) fn finish_retained_job(&mut self) {
+        self.retained_jobs.pop_front();
+    }
+
+    /// True while retained messages of new subscriptions are still to be queued.
+    pub(crate) fn has_retained_jobs(&self) -> bool {
+        !self.retained_jobs.is_empty()
     }
 
     /// True when a connection is attached.

@@ -15,12 +15,12 @@ impl Core {
         for (client, si) in &index.sessions {
             let id: Arc<str> = Arc::from(client.as_str());
             let mut s = Session::new(id.clone(), self.mem.clone());
-            s.expiry_interval = si.expiry;
-            s.persisted = true;
+            s.set_expiry_interval(si.expiry);
+            s.set_persisted(true);
             let offline = si.offline_at_ms.map_or(now, |ms| {
                 crate::proto::message::unix_ms_to_instant(ms, now, now_ms)
             });
-            s.offline_since = Some(offline);
+            s.set_offline_since(offline);
             for (filter, &(opts, sub_id)) in &si.subs {
                 let options = SubOptions::from_byte(opts, Protocol::V5).unwrap_or_default();
                 let sub_id = (sub_id != 0).then_some(sub_id);
@@ -42,7 +42,7 @@ impl Core {
                     },
                     entry,
                 );
-                s.subscriptions.insert(
+                s.subscribe(
                     Arc::from(filter.as_str()),
                     Subscription {
                         options,
@@ -50,7 +50,7 @@ impl Core {
                     },
                 );
             }
-            s.inbound_qos2 = si.inbound2.clone();
+            s.restore_inbound_qos2(si.inbound2.clone());
             if si.expiry != u32::MAX {
                 let at = offline + Duration::from_secs(u64::from(si.expiry));
                 self.timers.set(Timer::Expiry(id.clone()), at);
@@ -93,7 +93,7 @@ impl Core {
             lsn: 0,
         };
         match d.packet_id {
-            Some(packet_id) => s.inflight.push_back(Inflight {
+            Some(packet_id) => s.restore_inflight(Inflight {
                 packet_id,
                 delivery,
                 phase: if d.released {
@@ -126,15 +126,15 @@ impl Core {
             else {
                 continue;
             };
-            let (Some((msg, will_expiry)), Some(offline)) = (messages.get(&mid), s.offline_since)
+            let (Some((msg, will_expiry)), Some(offline)) = (messages.get(&mid), s.offline_since())
             else {
                 continue;
             };
-            s.will = Some(WillState {
+            s.set_will(Some(WillState {
                 msg: msg.clone(),
                 delay,
                 expiry: *will_expiry,
-            });
+            }));
             let wait = Duration::from_secs(u64::from(delay.min(si.expiry)));
             let id: Arc<str> = Arc::from(client.as_str());
             self.timers.set(Timer::Will(id), offline + wait);
@@ -154,30 +154,28 @@ impl Core {
         let now_ms = self.clock.unix_ms(now);
         let mut sessions = Vec::new();
         for (id, s) in &mut self.sessions {
-            if !s.persisted {
+            if !s.persisted() {
                 continue;
             }
-            let offline_at_ms = match (s.offline_since, s.online()) {
+            let offline_at_ms = match (s.offline_since(), s.online()) {
                 (Some(at), false) => {
                     Some(crate::proto::message::instant_to_unix_ms(at, now, now_ms))
                 }
                 _ => None,
             };
             let subs = s
-                .subscriptions
-                .iter()
+                .subscriptions()
                 .map(|(f, sub)| (f.clone(), sub.options.to_byte(Protocol::V5), sub.id))
                 .collect();
             let inflight = s
-                .inflight
-                .iter()
+                .inflight()
                 .map(|i| (i.delivery.clone(), Some((i.packet_id, i.phase))));
-            let queued = s.queue.iter().map(|d| (d.clone(), None));
+            let queued = s.queued().map(|d| (d.clone(), None));
             let deliveries = inflight
                 .chain(queued)
                 .filter(|(d, _)| d.dseq != 0)
                 .collect();
-            let spill = match s.spill.as_mut().map(|t| t.frozen()) {
+            let spill = match s.spill_mut().map(|t| t.frozen()) {
                 Some(Ok(view)) => Some(view),
                 Some(Err(e)) => {
                     tracing::error!(client = %id, error = %e, "spill unreadable while compacting");
@@ -187,13 +185,13 @@ impl Core {
             };
             sessions.push(SessionImage {
                 client: id.clone(),
-                expiry: s.expiry_interval,
+                expiry: s.expiry_interval(),
                 offline_at_ms,
                 subs,
                 deliveries,
                 spill,
-                inbound2: s.inbound_qos2.iter().copied().collect(),
-                will: s.will.clone(),
+                inbound2: s.inbound_qos2().collect(),
+                will: s.will().cloned(),
             });
         }
         Image {
@@ -243,8 +241,8 @@ impl Core {
 
     /// Deliveries waiting in spill files across all sessions, and their queue cost.
     pub(super) fn spilled(&self) -> (usize, usize) {
-        let spills = self.sessions.values().filter_map(|s| s.spill.as_ref());
-        spills.fold((0, 0), |(n, b), s| (n + s.count(), b + s.bytes()))
+        let spills = self.sessions.values().map(Session::spilled);
+        spills.fold((0, 0), |(n, b), (sn, sb)| (n + sn, b + sb))
     }
 
     /// Writes a snapshot of the live state that replaces the journal's history, now and

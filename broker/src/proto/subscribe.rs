@@ -18,9 +18,9 @@ impl Core {
     ) -> Result<(), Close> {
         let cfg = self.cfg.clone();
         let s = owned(&mut self.sessions, client, conn_id).ok_or(Close::TakenOver)?;
-        let persisted = s.persisted;
+        let persisted = s.persisted();
         let mut records = Vec::new();
-        let protocol = s.link.as_ref().map_or(Protocol::V311, |l| l.protocol);
+        let protocol = s.link().map_or(Protocol::V311, |l| l.protocol);
         let v5 = protocol.is_v5();
         let sub_id = sub.properties.subscription_identifiers().iter().next();
         if sub_id.is_some() && !cfg.subscription_identifiers {
@@ -84,16 +84,13 @@ impl Core {
                     id: sub_id.unwrap_or(0),
                 });
             }
-            let existed = s
-                .subscriptions
-                .insert(
-                    full,
-                    Subscription {
-                        options,
-                        id: sub_id,
-                    },
-                )
-                .is_some();
+            let existed = s.subscribe(
+                full,
+                Subscription {
+                    options,
+                    id: sub_id,
+                },
+            );
             self.subs.insert(
                 inner,
                 SubKey {
@@ -136,17 +133,13 @@ impl Core {
         if let Some(s) = self.sessions.get_mut(client) {
             let mut due: Vec<(usize, Arc<str>, QoS)> = retained_for.into_values().collect();
             due.sort_unstable_by_key(|d| d.0);
-            // A new subscription to a filter replaces one still being sent.
-            let fresh: HashSet<&Arc<str>> = due.iter().map(|d| &d.1).collect();
-            s.retained_jobs.retain(|j| !fresh.contains(&j.filter));
-            for (_, filter, qos) in due {
-                s.retained_jobs.push_back(RetainedJob {
-                    filter,
-                    qos,
-                    sub_id,
-                    cursor: None,
-                });
-            }
+            let jobs = due.into_iter().map(|(_, filter, qos)| RetainedJob {
+                filter,
+                qos,
+                sub_id,
+                cursor: None,
+            });
+            s.add_retained_jobs(jobs.collect());
         }
         let _ = fx;
         self.drain_session(client, out, now);
@@ -162,17 +155,17 @@ impl Core {
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
-        if s.retained_jobs.is_empty() || !s.online() {
+        if !s.has_retained_jobs() || !s.online() {
             return;
         }
         let (spilled, _) = s.spilled();
         let room = limits
             .max_messages
-            .saturating_sub(s.queue.len() + spilled)
+            .saturating_sub(s.queued_len() + spilled)
             .min(RETAINED_STEP);
         let mut found = Vec::new();
         while found.len() < room {
-            let Some(job) = s.retained_jobs.front_mut() else {
+            let Some(job) = s.retained_job() else {
                 break;
             };
             let (qos, sub_id) = (job.qos, job.sub_id);
@@ -193,11 +186,11 @@ impl Core {
                         }
                     });
             if job.cursor.is_none() {
-                s.retained_jobs.pop_front();
+                s.finish_retained_job();
             }
         }
-        let more = !s.retained_jobs.is_empty();
-        let wake = s.link.as_ref().map(|l| l.notify.clone());
+        let more = s.has_retained_jobs();
+        let wake = s.link().map(|l| l.notify.clone());
         let queued = !found.is_empty();
         let mut fx = Effects::default();
         for d in found {
@@ -219,12 +212,12 @@ impl Core {
         out: &mut BytesMut,
     ) -> Result<(), Close> {
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
-        let protocol = s.link.as_ref().map_or(Protocol::V311, |l| l.protocol);
-        let persisted = s.persisted;
+        let protocol = s.link().map_or(Protocol::V311, |l| l.protocol);
+        let persisted = s.persisted();
         let mut codes = Vec::with_capacity(u.filters.len());
         let mut removed = Vec::new();
         for f in u.filters.iter() {
-            if s.subscriptions.remove(f).is_some() {
+            if s.unsubscribe(f) {
                 removed.push(f);
                 codes.push(reason::SUCCESS);
             } else {

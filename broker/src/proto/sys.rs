@@ -29,8 +29,8 @@ impl Core {
         fx: &mut Effects,
     ) {
         let online = self.sessions.values().filter(|s| s.online()).count();
-        let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();
-        let expired: u64 = self.sessions.values().map(|s| s.drops.expired).sum();
+        let queued: usize = self.sessions.values().map(|s| s.queued_len()).sum();
+        let expired: u64 = self.sessions.values().map(|s| s.drops().expired).sum();
         let (spilled, _) = self.spilled();
         let values: [(&str, String); 18] = [
             ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),

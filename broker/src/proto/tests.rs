@@ -256,7 +256,7 @@ fn qos1_flow_and_window() {
         "granted QoS caps delivery"
     );
     let s = &core.sessions["sub"];
-    assert_eq!(s.inflight.len(), 2);
+    assert_eq!(s.inflight().count(), 2);
     send(
         &mut core,
         &mut sub,
@@ -271,7 +271,7 @@ fn qos1_flow_and_window() {
         now,
     )
     .unwrap();
-    assert!(core.sessions["sub"].inflight.is_empty());
+    assert!(core.sessions["sub"].inflight().next().is_none());
 }
 
 #[test]
@@ -291,7 +291,7 @@ fn qos2_duplicate_publish_is_delivered_once() {
     publish(&mut core, &mut publ, "t", b"x", QoS::ExactlyOnce, 7, now);
     assert_eq!(received(&mut core, &mut sub, now).len(), 1);
     send(&mut core, &mut publ, &Packet::PubRel(Ack::new(7)), now).unwrap();
-    assert!(core.sessions["pub"].inbound_qos2.is_empty());
+    assert!(core.sessions["pub"].inbound_qos2_count() == 0);
     // After PUBREL the id is free: the same id is a new message.
     publish(&mut core, &mut publ, "t", b"y", QoS::ExactlyOnce, 7, now);
     assert_eq!(received(&mut core, &mut sub, now).len(), 1);
@@ -784,16 +784,16 @@ fn one_subscribe_repeating_a_filter_is_one_subscription_and_retained_arrive_once
     let filters = vec![("#", q(QoS::AtMostOnce)); 100_000];
     let codes = subscribe(&mut core, &mut c, &filters, None, now);
     assert_eq!(codes.len(), 100_000, "one reason code per filter, in order");
-    assert_eq!(core.sessions["many"].subscriptions.len(), 1);
+    assert_eq!(core.sessions["many"].subscription_count(), 1);
     assert!(
-        core.sessions["many"].queue.len() <= 100,
+        core.sessions["many"].queued_len() <= 100,
         "retained deliveries stay within the session's queue limit"
     );
     // The rest comes in steps as the session drains: each message exactly once.
     let mut got = std::collections::BTreeSet::new();
     for _ in 0..1000 {
         let batch = received(&mut core, &mut c, now);
-        if batch.is_empty() && core.sessions["many"].retained_jobs.is_empty() {
+        if batch.is_empty() && !core.sessions["many"].has_retained_jobs() {
             break;
         }
         for m in batch {
@@ -871,7 +871,7 @@ fn a_full_queue_evicts_its_oldest_qos0_for_a_qos1_delivery() {
             b"q1-e".to_vec()
         ]
     );
-    assert_eq!(core.sessions["sub"].drops.overflow, 2);
+    assert_eq!(core.sessions["sub"].drops().overflow, 2);
 }
 
 #[test]

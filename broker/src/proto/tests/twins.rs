@@ -797,7 +797,7 @@ fn session_expiry_capped_by_the_server_is_announced() {
     with_connack(&o.bytes, V5, |a| {
         assert_eq!(a.properties.session_expiry_interval(), Some(10));
     });
-    assert_eq!(core.sessions["greedy-session"].expiry_interval, 10);
+    assert_eq!(core.sessions["greedy-session"].expiry_interval(), 10);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -873,7 +873,7 @@ fn qos2_outbound_resumes_with_pubrel() {
         );
         s.send_ok(&mut core, &Packet::PubComp(Ack::new(m.packet_id)), now);
         s.expect_nothing(&mut core, now);
-        assert!(core.sessions["q2o"].inflight.is_empty());
+        assert!(core.sessions["q2o"].inflight().next().is_none());
     }
 }
 
@@ -1257,7 +1257,8 @@ fn client_maximum_packet_size_is_respected() {
     sub.ack(&mut core, &m, now);
     sub.expect_nothing(&mut core, now);
     assert_eq!(
-        core.sessions["tiny"].drops.too_large, 1,
+        core.sessions["tiny"].drops().too_large,
+        1,
         "discarded, counted"
     );
 }
@@ -1639,7 +1640,7 @@ fn resubscribe_replaces_options_without_losing_inflight() {
     );
     s.ack(&mut core, &m1, now);
     assert!(
-        core.sessions["changer"].inflight.is_empty(),
+        core.sessions["changer"].inflight().next().is_none(),
         "m1 was still in flight"
     );
     publish_once(&mut core, "rp/t", b"m2", QoS::AtLeastOnce, now);
@@ -1667,7 +1668,7 @@ fn malformed_share_names_are_refused() {
             ),
         }
         assert!(
-            core.sessions["filters"].subscriptions.is_empty(),
+            core.sessions["filters"].subscription_count() == 0,
             "{filter:?}"
         );
     }
@@ -2294,7 +2295,7 @@ fn a_reader_that_never_drains_does_not_hold_up_others() {
     assert!(take(&mut fast, &mut core), "the end marker arrived");
     assert_eq!(n, 600, "fast subscriber lost QoS 0 messages");
     assert_eq!(slow.kicked(), 0);
-    assert!(core.sessions["slow"].queue.len() <= MqttConfig::default().max_queued_messages);
+    assert!(core.sessions["slow"].queued_len() <= MqttConfig::default().max_queued_messages);
 }
 
 // ---------------------------------------------------------------------------------------
