@@ -1,0 +1,240 @@
+//! A session's outbound half: packet ids, the inflight window, draining the queue onto
+//! the wire, acknowledgements, and encoding deliveries as PUBLISH (topic aliases,
+//! remaining expiry, the client's Maximum Packet Size).
+
+use super::*;
+
+impl Session {
+    /// The next free outbound packet id, never 0, skipping ids still inflight.
+    pub(super) fn alloc_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Re-sends the inflight window after a reconnect: PUBLISH with DUP for those not yet
+    /// acknowledged, PUBREL for those released, in their original order.
+    pub(crate) fn resend_inflight(&mut self, out: &mut BytesMut, now: Instant, ev: EventSink<'_>) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        let mut keep = VecDeque::with_capacity(self.inflight.len());
+        for inf in std::mem::take(&mut self.inflight) {
+            match inf.phase {
+                Phase::Released => {
+                    write_packet(out, link.protocol, &Packet::PubRel(Ack::new(inf.packet_id)));
+                    keep.push_back(inf);
+                }
+                Phase::Published => {
+                    // Onward delivery has begun, so even an expired message is re-sent
+                    // with its packet id (MQTT-4.4.0-1; expiry only deletes copies whose
+                    // delivery has not started, §3.3.2.3.3).
+                    match encode_publish(link, &inf.delivery, inf.packet_id, true, now, out) {
+                        Ok(()) => keep.push_back(inf),
+                        Err(()) => {
+                            self.drops.too_large += 1;
+                            finished(ev, &inf.delivery);
+                        }
+                    }
+                }
+            }
+        }
+        self.inflight = keep;
+    }
+
+    /// Moves queued deliveries onto the wire while the inflight window has room, stopping
+    /// at the first one whose journal position `lsn` is not yet `durable`.
+    pub(crate) fn drain(
+        &mut self,
+        out: &mut BytesMut,
+        limits: &QueueLimits,
+        now: Instant,
+        clock: Clock,
+        durable: u64,
+        ev: EventSink<'_>,
+    ) -> bool {
+        let Some(link) = self.link.as_ref() else {
+            return false;
+        };
+        let window = usize::from(link.client_receive_max.min(limits.max_inflight).max(1));
+        loop {
+            if self.queue.is_empty() {
+                self.refill(clock);
+            }
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            if out.len() >= OUTBOUND_BATCH {
+                // The rest waits until this batch is written: the outbound buffer stays
+                // bounded however many QoS 0 messages are queued; the caller wakes the
+                // connection again.
+                return true;
+            }
+            if front.lsn > durable
+                || (front.qos != QoS::AtMostOnce && self.inflight.len() >= window)
+            {
+                break;
+            }
+            let Some(d) = self.pop_queue() else {
+                break;
+            };
+            if d.msg.expired(now) {
+                self.drops.expired += 1;
+                finished(ev, &d);
+                continue;
+            }
+            let packet_id = if d.qos == QoS::AtMostOnce {
+                0
+            } else {
+                self.alloc_packet_id()
+            };
+            let Some(link) = self.link.as_mut() else {
+                break;
+            };
+            match encode_publish(link, &d, packet_id, false, now, out) {
+                Ok(()) if d.qos != QoS::AtMostOnce => {
+                    if d.dseq != 0 {
+                        ev(Event::Sent {
+                            dseq: d.dseq,
+                            packet_id,
+                            qos: d.qos,
+                        });
+                    }
+                    self.inflight.push_back(Inflight {
+                        packet_id,
+                        delivery: d,
+                        phase: Phase::Published,
+                    })
+                }
+                Ok(()) => finished(ev, &d),
+                // Larger than the client accepts: dropped as if delivered (MQTT-3.1.2-25).
+                Err(()) => {
+                    self.drops.too_large += 1;
+                    finished(ev, &d);
+                }
+            }
+        }
+        false
+    }
+
+    /// Handles PUBACK/PUBCOMP: the flow for `packet_id` is complete. Returns false if the
+    /// id was not inflight in the expected phase.
+    pub(crate) fn complete(
+        &mut self,
+        packet_id: u16,
+        phase: Phase,
+        qos: QoS,
+        ev: EventSink<'_>,
+    ) -> bool {
+        match self
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.phase == phase && i.delivery.qos == qos)
+        {
+            Some(pos) => {
+                if let Some(i) = self.inflight.remove(pos) {
+                    finished(ev, &i.delivery);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Handles PUBREC: the QoS 2 flow moves to `Released`. A PUBREC with an error reason
+    /// ends the flow. Returns false if the id was unknown.
+    pub(crate) fn received(&mut self, packet_id: u16, reason: u8, ev: EventSink<'_>) -> bool {
+        let pos = self
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.delivery.qos == QoS::ExactlyOnce);
+        match pos {
+            Some(pos) if reason >= 0x80 => {
+                if let Some(i) = self.inflight.remove(pos) {
+                    finished(ev, &i.delivery);
+                }
+                true
+            }
+            Some(pos) => {
+                if let Some(i) = self.inflight.get_mut(pos) {
+                    if i.phase != Phase::Released && i.delivery.dseq != 0 {
+                        ev(Event::Released {
+                            dseq: i.delivery.dseq,
+                        });
+                    }
+                    i.phase = Phase::Released;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Reports a stored delivery as finished.
+fn finished(ev: EventSink<'_>, d: &Delivery) {
+    if d.dseq != 0 {
+        ev(Event::Finished { dseq: d.dseq });
+    }
+}
+
+/// Encodes `packet` for `protocol` into `out`.
+pub(crate) fn write_packet(out: &mut BytesMut, protocol: Protocol, packet: &Packet<'_>) {
+    // Encoding into a BytesMut can only fail for packets beyond MQTT's size limits, which
+    // the broker never builds from decoded input.
+    if let Err(e) = packet.encode_to(protocol, out) {
+        tracing::error!(error = %e, "could not encode an outbound packet");
+    }
+}
+
+/// Encodes one delivery as PUBLISH, applying topic aliases, the remaining message expiry,
+/// and the client's Maximum Packet Size. `Err(())` when it does not fit that limit.
+fn encode_publish(
+    link: &mut Link,
+    d: &Delivery,
+    packet_id: u16,
+    dup: bool,
+    now: Instant,
+    out: &mut BytesMut,
+) -> Result<(), ()> {
+    let v5 = link.protocol.is_v5();
+    let mut props = if v5 {
+        d.msg.properties(&d.sub_ids, now)
+    } else {
+        PropValues::default()
+    };
+    let mut topic: &str = &d.msg.topic;
+    let mut new_alias = None;
+    if v5 && link.client_alias_max > 0 {
+        if let Some(&alias) = link.alias_out.get(&d.msg.topic) {
+            props.topic_alias = Some(alias);
+            topic = "";
+        } else if link.alias_out.len() < usize::from(link.client_alias_max) {
+            let alias = link.alias_out.len() as u16 + 1;
+            props.topic_alias = Some(alias);
+            new_alias = Some(alias);
+        }
+    }
+    let publish = Packet::Publish(Publish {
+        dup,
+        qos: d.qos,
+        retain: d.retain,
+        topic,
+        packet_id,
+        properties: Properties::from(&props),
+        payload: &d.msg.payload,
+    });
+    // Larger than the client accepts: the caller drops it as if delivered (MQTT-3.1.2-25).
+    if publish.encoded_len(link.protocol) > link.client_max_packet as usize {
+        return Err(());
+    }
+    if let Some(alias) = new_alias {
+        link.alias_out.insert(d.msg.topic.clone(), alias);
+    }
+    write_packet(out, link.protocol, &publish);
+    Ok(())
+}
