@@ -251,9 +251,9 @@ pub struct StorageConfig {
     /// Bytes of queued deliveries the broker keeps in memory across all sessions. Beyond
     /// it, deliveries to persistent sessions wait on disk only (read back as the session
     /// drains); per-session limits (`mqtt.max_queued_messages`, `mqtt.max_queued_bytes`)
-    /// still apply. With `memory = true` there is no disk, so this is a hard cap: past it
-    /// deliveries are dropped and counted (`$SYS/broker/messages/dropped`). Must be at
-    /// least 1. Default `268435456`
+    /// still apply. Deliveries that cannot wait on disk (QoS 0, clean sessions, and every
+    /// delivery with `memory = true`) meet it as a hard cap: past it they are dropped and
+    /// counted (`$SYS/broker/messages/dropped`). Must be at least 1. Default `268435456`
     /// (256 MiB).
     pub queue_memory_bytes: usize,
     /// Resident memory (RSS) the whole broker should stay within while queues grow;

@@ -148,18 +148,20 @@ impl Core {
         if d.msg.expired(now) || (!s.online() && d.qos == QoS::AtMostOnce) {
             return false;
         }
-        // Without a disk to spill to, the queue budget is a hard cap across all sessions:
-        // past it a delivery is dropped (counted), so the broker's memory stays bounded.
-        if self.tails.is_none() && self.queued_memory() + d.msg.cost() > self.budget {
+        let qos = d.qos;
+        // A delivery to a persistent session is journaled before it is queued; beyond
+        // the memory budget it waits on disk only.
+        let store = s.persisted() && qos != QoS::AtMostOnce && self.journal.is_some();
+        // What cannot wait on disk (QoS 0, clean sessions, the in-memory store) meets the
+        // queue budget as a hard cap across all sessions: past it the delivery is dropped
+        // (counted), so the broker's memory stays bounded in every mode.
+        let spillable = store && self.tails.is_some();
+        if !spillable && self.queued_memory() + d.msg.cost() > self.budget {
             self.stats.dropped_overflow += 1;
             tracing::debug!(client = %client, "queue memory budget reached: delivery dropped");
             return false;
         }
         self.stats.deliveries += 1;
-        let qos = d.qos;
-        // A delivery to a persistent session is journaled before it is queued; beyond
-        // the memory budget it waits on disk only.
-        let store = s.persisted() && qos != QoS::AtMostOnce && self.journal.is_some();
         if store {
             self.hold_msg(&d.msg, None, now);
             d.dseq = self.next_dseq;

@@ -27,9 +27,9 @@ use super::Clock;
 mod outbound;
 mod spill;
 
+use crate::proto::message::Message;
 pub(crate) use outbound::write_packet;
 pub(crate) use spill::decode_spilled;
-use crate::proto::message::Message;
 
 /// Bytes of PUBLISH packets one drain writes into a connection's outbound buffer before
 /// it stops to let the connection write them.
@@ -590,6 +590,4 @@ impl Session {
         self.sub_mem(d.msg.cost());
         Some(d)
     }
-
 }
-

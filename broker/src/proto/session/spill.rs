@@ -4,7 +4,12 @@
 use super::*;
 
 impl Session {
-    pub(super) fn spill_push(&mut self, d: &Delivery, to: SpillTo<'_>, clock: Clock) -> std::io::Result<()> {
+    pub(super) fn spill_push(
+        &mut self,
+        d: &Delivery,
+        to: SpillTo<'_>,
+        clock: Clock,
+    ) -> std::io::Result<()> {
         if self.spill.is_none() {
             if let Some(to) = to {
                 self.spill = Some(to.create()?);
