@@ -161,6 +161,18 @@ pub struct MqttConfig {
     pub max_client_id_length: usize,
     /// Most retained messages kept across all topics. Default `1000000`.
     pub max_retained_messages: usize,
+    /// Most bytes of retained messages kept across all topics (payload, topic,
+    /// properties and bookkeeping); a retained message that would pass it is delivered
+    /// but not retained, and counted (`$SYS/broker/retained/refused`). Must be at least
+    /// 1. Default `268435456` (256 MiB).
+    pub max_retained_bytes: usize,
+    /// Largest payload, in bytes, of a message that is retained; a larger one is
+    /// delivered but not retained, and counted. Default `1048576` (1 MiB).
+    pub max_retained_message_bytes: usize,
+    /// Most subscriptions one session may hold; a SUBSCRIBE past it gets v5 reason 0x97
+    /// (Quota exceeded), 3.1.1 0x80, for the filters beyond it. Must be at least 1.
+    /// Default `10000`.
+    pub max_subscriptions_per_client: usize,
     /// Topic filters that may not be subscribed to (the SUBACK says 0x80). A requested
     /// filter is refused if it equals a listed filter or is matched by a listed wildcard
     /// filter. Each entry must be a valid topic filter. Default `[]`.
@@ -221,6 +233,9 @@ impl Default for MqttConfig {
             max_topic_levels: 128,
             max_client_id_length: 256,
             max_retained_messages: 1_000_000,
+            max_retained_bytes: 256 * 1024 * 1024,
+            max_retained_message_bytes: 1024 * 1024,
+            max_subscriptions_per_client: 10_000,
             deny_subscribe: Vec::new(),
             sys_interval_secs: 10,
             max_connect_packet_size: 64 * 1024,
@@ -392,6 +407,14 @@ impl Config {
             "mqtt.max_connect_packet_size must be between {MIN_MQTT_PACKET_SIZE} and \
              {MAX_MQTT_PACKET_SIZE} bytes (got {})",
             m.max_connect_packet_size
+        );
+        ensure!(
+            m.max_retained_bytes >= 1,
+            "mqtt.max_retained_bytes must be at least 1 (got 0)"
+        );
+        ensure!(
+            m.max_subscriptions_per_client >= 1,
+            "mqtt.max_subscriptions_per_client must be at least 1 (got 0)"
         );
         ensure!(
             m.worker_threads >= 1,

@@ -131,6 +131,8 @@ pub(crate) struct Stats {
     pub(crate) deliveries: u64,
     /// Deliveries dropped because a session queue was full.
     pub(crate) dropped_overflow: u64,
+    /// Retained messages not kept because of the limits on retained messages.
+    pub(crate) retained_refused: u64,
 }
 
 /// The broker state: sessions, subscriptions, retained messages.
@@ -142,6 +144,8 @@ pub(crate) struct Core {
     subs: SubscriptionTree<SubKey, SubEntry>,
     shared_rr: HashMap<GroupKey, usize>,
     retained: RetainedIndex<Arc<Message>>,
+    /// Summed cost of the retained messages (bounded by `max_retained_bytes`).
+    retained_bytes: usize,
     next_conn_id: u64,
     next_assigned: u64,
     /// The on-disk journal (`None` for the in-memory store).
@@ -199,6 +203,7 @@ impl Core {
             subs: SubscriptionTree::new(),
             shared_rr: HashMap::new(),
             retained: RetainedIndex::new(),
+            retained_bytes: 0,
             next_conn_id: 1,
             next_assigned: 1,
             journal: None,
@@ -694,7 +699,8 @@ impl Core {
             }
         }
         // Retained messages leave in expiry order: no scan of the unexpired ones.
-        for (topic, _) in self.retained.pop_expired(now, usize::MAX) {
+        for (topic, m) in self.retained.pop_expired(now, usize::MAX) {
+            self.retained_bytes -= m.cost();
             self.log(
                 Record::RetainDel {
                     topic: topic.to_string(),

@@ -3,12 +3,26 @@
 use super::*;
 
 impl Core {
+    /// True when `msg` may become its topic's retained message within the limits on
+    /// retained messages (count, total bytes, bytes per message); the one it replaces
+    /// makes room.
+    fn may_retain(&self, msg: &Message) -> bool {
+        if msg.payload.len() > self.cfg.max_retained_message_bytes {
+            return false;
+        }
+        let old = self.retained.get(&msg.topic);
+        let freed = old.map_or(0, |m| m.cost());
+        let count_ok = old.is_some() || self.retained.len() < self.cfg.max_retained_messages;
+        count_ok && self.retained_bytes - freed + msg.cost() <= self.cfg.max_retained_bytes
+    }
+
     /// Routes `msg` to every matching subscription and stores/deletes it as retained.
     /// Returns the number of sessions it was queued for.
     pub(crate) fn publish(&mut self, msg: Arc<Message>, now: Instant, fx: &mut Effects) -> usize {
         if msg.retain {
             if msg.payload.is_empty() {
-                if self.retained.remove(&msg.topic).is_some() {
+                if let Some(old) = self.retained.remove(&msg.topic) {
+                    self.retained_bytes -= old.cost();
                     self.log(
                         Record::RetainDel {
                             topic: msg.topic.to_string(),
@@ -16,9 +30,7 @@ impl Core {
                         Why::accept(msg.qos),
                     );
                 }
-            } else if self.retained.len() < self.cfg.max_retained_messages
-                || self.retained.get(&msg.topic).is_some()
-            {
+            } else if self.may_retain(&msg) {
                 // `$SYS` values are regenerated at start-up; they are not stored.
                 if !is_sys(&msg.topic) {
                     self.hold_msg(&msg, None, now);
@@ -28,10 +40,16 @@ impl Core {
                     };
                     self.log(rec, Why::accept(msg.qos));
                 }
-                self.retained
+                self.retained_bytes += msg.cost();
+                let old = self
+                    .retained
                     .insert(msg.topic.clone(), msg.clone(), msg.expires_at);
+                if let Some(old) = old {
+                    self.retained_bytes -= old.cost();
+                }
             } else {
-                tracing::warn!(topic = %msg.topic, "retained message limit reached; not retained");
+                self.stats.retained_refused += 1;
+                tracing::debug!(topic = %msg.topic, "retained message limits reached; not retained");
             }
         }
         struct Target {

@@ -118,7 +118,10 @@ impl Core {
         for (topic, mid) in &index.retained {
             if let Some((m, _)) = messages.get(mid) {
                 let topic = Arc::from(topic.as_str());
-                self.retained.insert(topic, m.clone(), m.expires_at);
+                self.retained_bytes += m.cost();
+                if let Some(old) = self.retained.insert(topic, m.clone(), m.expires_at) {
+                    self.retained_bytes -= old.cost();
+                }
             }
         }
         for (client, si) in &index.sessions {

@@ -69,6 +69,14 @@ impl Core {
                 codes.push(fail(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED));
                 continue;
             }
+            // One session cannot pin unbounded memory in subscriptions; replacing one
+            // it holds is always allowed.
+            if s.subscription_count() >= cfg.max_subscriptions_per_client
+                && !s.has_subscription(f.filter)
+            {
+                codes.push(fail(reason::QUOTA_EXCEEDED));
+                continue;
+            }
             let qos = f
                 .options
                 .qos

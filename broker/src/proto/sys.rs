@@ -32,13 +32,15 @@ impl Core {
         let queued: usize = self.sessions.values().map(|s| s.queued_len()).sum();
         let expired: u64 = self.sessions.values().map(|s| s.drops().expired).sum();
         let (spilled, _) = self.spilled();
-        let values: [(&str, String); 18] = [
+        let values: [(&str, String); 20] = [
             ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", uptime.as_secs())),
             ("clients/connected", online.to_string()),
             ("clients/total", self.sessions.len().to_string()),
             ("subscriptions/count", self.subs.len().to_string()),
             ("retained/count", self.retained.len().to_string()),
+            ("retained/bytes", self.retained_bytes.to_string()),
+            ("retained/refused", self.stats.retained_refused.to_string()),
             ("messages/received", self.stats.publish_received.to_string()),
             ("messages/delivered", self.stats.deliveries.to_string()),
             ("messages/queued", queued.to_string()),

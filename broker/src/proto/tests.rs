@@ -945,3 +945,95 @@ fn a_large_backlog_of_qos0_leaves_in_bounded_batches() {
     }
     assert!(total >= 2000 * 1000, "every message left: {total} bytes");
 }
+
+#[test]
+fn subscriptions_per_session_are_capped_with_quota_exceeded() {
+    // Issue #14: one client made 100,000 subscriptions and pinned 172 MB.
+    let cfg = MqttConfig {
+        max_subscriptions_per_client: 3,
+        ..MqttConfig::default()
+    };
+    let mut core = Core::new(Arc::new(cfg), Clock::new(Instant::now(), 1_700_000_000_000));
+    let now = Instant::now();
+    for (protocol, refused) in [
+        (Protocol::V5, reason::QUOTA_EXCEEDED),
+        (Protocol::V311, 0x80),
+    ] {
+        let id = format!("greedy-{protocol:?}");
+        let mut c = connect(&mut core, protocol, &id, true, None, now);
+        let five = ["a", "b", "c", "d", "e"].map(|f| (f, q(QoS::AtLeastOnce)));
+        let codes = subscribe(&mut core, &mut c, &five, None, now);
+        assert_eq!(codes, [1, 1, 1, refused, refused], "{protocol:?}");
+        // Replacing a subscription it holds is not a new one.
+        let again = subscribe(&mut core, &mut c, &[("a", q(QoS::AtMostOnce))], None, now);
+        assert_eq!(again, [0]);
+        assert_eq!(core.sessions[id.as_str()].subscription_count(), 3);
+    }
+}
+
+#[test]
+fn retained_messages_are_bounded_in_bytes_and_in_size() {
+    // Issue #14: 500 retained messages of 1 MB pinned 495 MB.
+    let mut core = core();
+    let now = Instant::now();
+    let msg = |core: &mut Core, topic: &str, len: usize| {
+        let payload = vec![7u8; len];
+        let m = Message::from_publish(
+            core.mid(),
+            &Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: true,
+                topic,
+                packet_id: 0,
+                properties: Properties::default(),
+                payload: &payload,
+            },
+            Arc::from(topic),
+            None,
+            now,
+        );
+        Arc::new(m)
+    };
+    let one = msg(&mut core, "r/0", 1000).cost();
+    let cfg = MqttConfig {
+        max_retained_bytes: 3 * one,
+        max_retained_message_bytes: 2000,
+        ..MqttConfig::default()
+    };
+    let mut core = Core::new(Arc::new(cfg), Clock::new(now, 1_700_000_000_000));
+    let mut sub = connect(&mut core, Protocol::V5, "watcher", true, None, now);
+    subscribe(
+        &mut core,
+        &mut sub,
+        &[("r/#", q(QoS::AtMostOnce))],
+        None,
+        now,
+    );
+    for i in 0..5 {
+        let m = msg(&mut core, &format!("r/{i}"), 1000);
+        core.publish(m, now, &mut Effects::default());
+    }
+    assert_eq!(core.retained.len(), 3, "three fit in the byte budget");
+    assert_eq!(core.stats.retained_refused, 2);
+    assert_eq!(
+        received(&mut core, &mut sub, now).len(),
+        5,
+        "all are delivered"
+    );
+    // Replacing one makes room for itself; deleting one makes room for another.
+    let m = msg(&mut core, "r/0", 1000);
+    core.publish(m, now, &mut Effects::default());
+    assert_eq!(core.stats.retained_refused, 2);
+    let m = msg(&mut core, "r/1", 0);
+    core.publish(m, now, &mut Effects::default());
+    let m = msg(&mut core, "r/4", 1000);
+    core.publish(m, now, &mut Effects::default());
+    assert!(core.retained.get("r/4").is_some());
+    // Too large a payload is never retained.
+    let m = msg(&mut core, "r/big", 2001);
+    core.publish(m, now, &mut Effects::default());
+    assert!(core.retained.get("r/big").is_none());
+    assert_eq!(core.stats.retained_refused, 3);
+    assert!(core.retained_bytes <= 3 * one);
+}

@@ -398,8 +398,12 @@ impl Session {
         self.subscriptions.iter()
     }
 
+    /// True when the session holds a subscription to `filter` (full filter).
+    pub(crate) fn has_subscription(&self, filter: &str) -> bool {
+        self.subscriptions.contains_key(filter)
+    }
+
     /// Number of subscriptions.
-    #[cfg(test)]
     pub(crate) fn subscription_count(&self) -> usize {
         self.subscriptions.len()
     }
