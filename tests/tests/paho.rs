@@ -20,6 +20,8 @@ fn main() -> std::process::ExitCode {
         .tests(
             &[PAHO],
             mote_tests::tests![
+                work_queue_competing_workers_and_redelivery_v311,
+                work_queue_competing_workers_and_redelivery_v5,
                 pubsub_qos0_v311,
                 pubsub_qos1_v311,
                 pubsub_qos2_v311,
@@ -514,6 +516,35 @@ fn shared_subscription_each_message_once_v5() {
 fn shared_subscription_qos0_and_qos2() {
     shared("311", "0");
     shared("5", "2");
+}
+
+fn work_queue(version: &str) {
+    let broker = Broker::start();
+    run_py(
+        &broker,
+        "queues.py",
+        &["--version", version],
+        &[
+            "suback_w0",
+            "suback_w3",
+            "doomed_holds_at_most_prefetch",
+            "every_job_done_by_a_live_worker",
+            "no_job_done_twice",
+            "held_jobs_came_back_flagged_dup",
+            "fresh_jobs_not_flagged_dup",
+            "v5_and_311_workers_both_worked",
+            "at_most_prefetch_per_delivery_burst",
+            "producer_acknowledged",
+        ],
+    );
+}
+
+fn work_queue_competing_workers_and_redelivery_v311() {
+    work_queue("311");
+}
+
+fn work_queue_competing_workers_and_redelivery_v5() {
+    work_queue("5");
 }
 
 fn shared_reroute(version: &str) {

@@ -29,7 +29,10 @@ impl Core {
         if c.client_id.is_empty() && !v5 && !c.clean_start {
             return refuse(out, reason::v3::IDENTIFIER_REJECTED, 0);
         }
-        if c.client_id.len() > self.cfg.max_client_id_length {
+        // `$queue/...` ids are the work queues' own sessions in the store.
+        if c.client_id.len() > self.cfg.max_client_id_length
+            || c.client_id.starts_with(queues::QUEUE_PREFIX)
+        {
             return refuse(
                 out,
                 reason::v3::IDENTIFIER_REJECTED,
@@ -250,6 +253,8 @@ impl Core {
             session.resend_inflight(out, now, &mut |e| events.push(e));
         }
         self.log_events(&client_id, events);
+        // Work queues it consumes may send to it again.
+        self.consumer_online(&client_id);
         self.drain_session(&client_id, out, now);
         Some(Accepted {
             client_id,

@@ -137,6 +137,16 @@ impl Core {
                     };
                     self.log(rec, Why::Release);
                 }
+                Event::QueueDone { queue, dseq } => {
+                    if dseq != 0 {
+                        let rec = Record::Done {
+                            client: queue.to_string(),
+                            dseq,
+                        };
+                        self.log(rec, Why::NoPromise);
+                    }
+                    self.queue_acked(&queue, client);
+                }
                 Event::Finished { dseq } => {
                     let rec = Record::Done {
                         client: client.to_string(),

@@ -138,7 +138,7 @@ impl Message {
 }
 
 /// Bytes a delivery takes in a session's queue besides the message it points to.
-pub(crate) const QUEUED_DELIVERY: usize = 96;
+pub(crate) const QUEUED_DELIVERY: usize = 120;
 /// Bookkeeping malloc keeps per allocation (header and rounding), roughly.
 const ALLOC_OVERHEAD: usize = 16;
 

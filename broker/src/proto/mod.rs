@@ -24,6 +24,7 @@ mod connect;
 pub(crate) mod durable;
 pub(crate) mod message;
 pub(crate) mod queue;
+mod queues;
 pub(crate) mod retained;
 mod router;
 pub(crate) mod session;
@@ -175,6 +176,8 @@ pub(crate) struct Core {
     clock: Clock,
     /// Will delays and session expiries of offline sessions, in deadline order.
     timers: Timers<Timer>,
+    /// The consumers of the work queues.
+    queues: queues::Queues,
     /// Counters.
     pub(crate) stats: Stats,
 }
@@ -220,6 +223,7 @@ impl Core {
             tails: None,
             clock,
             timers: Timers::new(),
+            queues: queues::Queues::default(),
             stats: Stats::default(),
         }
     }
@@ -308,6 +312,8 @@ impl Core {
             }
         }
         self.log_events(client, events);
+        // Acknowledgements made room at work-queue consumers.
+        self.dispatch_due(now);
     }
 
     /// The session of `client` if connection `conn_id` still owns it.
@@ -392,7 +398,7 @@ impl Core {
             Packet::Subscribe(sub) => {
                 return self.handle_subscribe(client, conn_id, sub, now, out, fx)
             }
-            Packet::Unsubscribe(u) => return self.handle_unsubscribe(client, conn_id, u, out),
+            Packet::Unsubscribe(u) => return self.handle_unsubscribe(client, conn_id, u, now, out),
             Packet::PingReq => write_packet(out, protocol, &Packet::PingResp),
             Packet::Disconnect(d) => {
                 if v5 {
@@ -497,6 +503,7 @@ impl Core {
         let persisted = s.persisted();
         let routed = if code == reason::SUCCESS && !is_sys(&topic) {
             let mid = self.mid();
+            let queue = queues::queue_of(&topic).map(str::to_owned);
             let msg = Arc::new(Message::from_publish(
                 mid,
                 p,
@@ -504,7 +511,18 @@ impl Core {
                 Some(client.clone()),
                 now,
             ));
-            self.publish(msg, now, fx)
+            match queue {
+                // A work queue takes it, or is full.
+                Some(name) => {
+                    if self.enqueue(&name, msg, now, fx) {
+                        1
+                    } else {
+                        code = reason::QUOTA_EXCEEDED;
+                        0
+                    }
+                }
+                None => self.publish(msg, now, fx),
+            }
         } else {
             0
         };
@@ -563,6 +581,8 @@ impl Core {
         now: Instant,
         fx: &mut Effects,
     ) {
+        // Work-queue messages are the queue's, never the session's: back they go.
+        self.return_deliveries(client, None, now);
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
@@ -631,6 +651,8 @@ impl Core {
     /// deliveries of shared subscriptions to other members (a begun QoS 2 flow is not
     /// re-sent elsewhere, MQTT 5 §4.8.2).
     fn end_session(&mut self, client: &Arc<str>, now: Instant, fx: &mut Effects) {
+        self.return_deliveries(client, None, now);
+        self.queues.forget(client);
         let Some(mut s) = self.sessions.remove(client) else {
             return;
         };

@@ -100,7 +100,6 @@ impl<T: Queued> DeliveryQueue<T> {
         self.slots.push_back(Some(item));
     }
 
-    #[cfg(test)]
     /// Puts `item` first (oldest), e.g. a delivery taken off the front and put back.
     pub(crate) fn push_front(&mut self, item: T) {
         self.base = self.base.wrapping_sub(1);

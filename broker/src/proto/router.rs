@@ -91,6 +91,8 @@ impl Core {
                 shared: None,
                 dseq: 0,
                 lsn: 0,
+                queue: None,
+                attempts: 0,
             };
             count += usize::from(self.deliver(&client, d, now, fx));
         }
@@ -106,6 +108,8 @@ impl Core {
                         shared: Some((group.clone(), filter.clone())),
                         dseq: 0,
                         lsn: 0,
+                        queue: None,
+                        attempts: 0,
                     };
                     count += usize::from(self.deliver(&client, d, now, fx));
                 }

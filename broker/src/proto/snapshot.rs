@@ -12,6 +12,7 @@ impl Core {
         let now_ms = self.clock.unix_ms(now);
         self.next_mid = self.next_mid.max(index.max_mid + 1);
         self.next_dseq = self.next_dseq.max(index.max_dseq + 1);
+        let mut consumers = Vec::new();
         for (client, si) in &index.sessions {
             let id: Arc<str> = Arc::from(client.as_str());
             let mut s = Session::new(id.clone(), self.mem.clone());
@@ -28,6 +29,17 @@ impl Core {
                     Some(Ok((g, inner))) => (Some(Arc::from(g)), inner.to_owned()),
                     _ => (None, filter.clone()),
                 };
+                s.subscribe(
+                    Arc::from(filter.as_str()),
+                    Subscription {
+                        options,
+                        id: sub_id,
+                    },
+                );
+                if let Some(name) = queues::queue_of(filter) {
+                    consumers.push((name.to_owned(), id.clone(), options.qos));
+                    continue;
+                }
                 let entry = SubEntry {
                     qos: options.qos,
                     no_local: options.no_local,
@@ -41,13 +53,6 @@ impl Core {
                         group,
                     },
                     entry,
-                );
-                s.subscribe(
-                    Arc::from(filter.as_str()),
-                    Subscription {
-                        options,
-                        id: sub_id,
-                    },
                 );
             }
             s.restore_inbound_qos2(si.inbound2.clone());
@@ -65,6 +70,18 @@ impl Core {
                 );
             }
             self.sessions.insert(id, s);
+        }
+        // Work queues (their own sessions came back above) and their consumers.
+        for (name, client, qos) in consumers {
+            self.add_consumer(&name, &client, qos, now);
+        }
+        let queue_ids: Vec<String> = index
+            .sessions
+            .keys()
+            .filter_map(|id| queues::queue_of(id).map(str::to_owned))
+            .collect();
+        for name in queue_ids {
+            self.add_queue(&name);
         }
     }
 
@@ -91,6 +108,8 @@ impl Core {
             shared: d.shared.map(|(g, f)| (Arc::from(g), Arc::from(f))),
             dseq,
             lsn: 0,
+            queue: None,
+            attempts: 0,
         };
         match d.packet_id {
             Some(packet_id) => s.restore_inflight(Inflight {

@@ -30,6 +30,8 @@ impl Core {
         // Filters whose retained messages are due, by full filter: a filter repeated in
         // one SUBSCRIBE is one subscription, and its last options win.
         let mut retained_for: HashMap<Arc<str>, (usize, Arc<str>, QoS)> = HashMap::new();
+        // Work queues this SUBSCRIBE consumes: (name, granted QoS).
+        let mut consumes: Vec<(String, QoS)> = Vec::new();
         for f in sub.filters.iter() {
             let fail = |v5code: u8| {
                 if v5 {
@@ -92,6 +94,13 @@ impl Core {
                     id: sub_id.unwrap_or(0),
                 });
             }
+            // `$queue/NAME` makes the session a consumer of that work queue: not a
+            // topic subscription (no trie entry, no retained messages, never shared).
+            let queue = queues::queue_of(inner).filter(|n| inner.len() == n.len() + 7);
+            if inner.starts_with(queues::QUEUE_PREFIX) && (queue.is_none() || group.is_some()) {
+                codes.push(fail(reason::TOPIC_FILTER_INVALID));
+                continue;
+            }
             let existed = s.subscribe(
                 full,
                 Subscription {
@@ -99,6 +108,11 @@ impl Core {
                     id: sub_id,
                 },
             );
+            if let Some(name) = queue {
+                consumes.push((name.to_owned(), qos));
+                codes.push(qos as u8);
+                continue;
+            }
             self.subs.insert(
                 inner,
                 SubKey {
@@ -129,6 +143,9 @@ impl Core {
         }
         for rec in records {
             self.log(rec, Why::Subscription);
+        }
+        for (name, qos) in consumes {
+            self.add_consumer(&name, client, qos, now);
         }
         let ack = SubAck {
             packet_id: sub.packet_id,
@@ -190,6 +207,8 @@ impl Core {
                                 shared: None,
                                 dseq: 0,
                                 lsn: 0,
+                                queue: None,
+                                attempts: 0,
                             });
                         }
                     });
@@ -217,6 +236,7 @@ impl Core {
         client: &Arc<str>,
         conn_id: u64,
         u: &Unsubscribe<'_>,
+        now: Instant,
         out: &mut BytesMut,
     ) -> Result<(), Close> {
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
@@ -233,6 +253,9 @@ impl Core {
             }
         }
         for f in removed {
+            if let Some(name) = queues::queue_of(f) {
+                self.remove_consumer(name, client, now);
+            }
             self.remove_trie_entry(client, f);
             if persisted {
                 self.log(

@@ -29,6 +29,12 @@ impl Core {
         fx: &mut Effects,
     ) {
         let online = self.sessions.values().filter(|s| s.online()).count();
+        // Work queues keep their jobs in sessions of their own; they are not clients.
+        let queues = self
+            .sessions
+            .keys()
+            .filter(|k| k.starts_with(queues::QUEUE_PREFIX));
+        let clients = self.sessions.len() - queues.count();
         let queued: usize = self.sessions.values().map(|s| s.queued_len()).sum();
         let expired: u64 = self.sessions.values().map(|s| s.drops().expired).sum();
         let (spilled, _) = self.spilled();
@@ -36,7 +42,7 @@ impl Core {
             ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", uptime.as_secs())),
             ("clients/connected", online.to_string()),
-            ("clients/total", self.sessions.len().to_string()),
+            ("clients/total", clients.to_string()),
             ("subscriptions/count", self.subs.len().to_string()),
             ("retained/count", self.retained.len().to_string()),
             ("retained/bytes", self.retained_bytes.to_string()),

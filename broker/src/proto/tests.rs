@@ -5,6 +5,7 @@
 use super::*;
 
 mod twins;
+mod work_queues;
 use mote_codec::{List, PropList, SubOptions, SubscribeFilter, Will};
 
 /// A received PUBLISH: topic, payload, qos, packet id, dup, retain, subscription ids.

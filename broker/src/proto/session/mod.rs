@@ -64,6 +64,11 @@ pub(crate) struct Delivery {
     pub(crate) dseq: u64,
     /// Journal position that must be durable before this delivery may be sent.
     pub(crate) lsn: u64,
+    /// The work queue this delivery was taken from (its `dseq` is the queue's, and it
+    /// goes back to the queue if this receiver does not acknowledge it).
+    pub(crate) queue: Option<Arc<str>>,
+    /// Times it was sent before (work queues: a redelivery is sent with DUP).
+    pub(crate) attempts: u32,
 }
 
 impl Delivery {
@@ -82,7 +87,7 @@ impl Delivery {
 }
 
 /// What the outbound half did to a stored delivery (the core journals it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Event {
     /// Sent for the first time with this packet id.
     Sent {
@@ -101,6 +106,13 @@ pub(crate) enum Event {
     /// Acknowledged, expired or dropped.
     Finished {
         /// Delivery sequence number.
+        dseq: u64,
+    },
+    /// A delivery taken from a work queue was acknowledged (or dropped as if it were).
+    QueueDone {
+        /// The queue.
+        queue: Arc<str>,
+        /// Its sequence number in the queue (0: not stored).
         dseq: u64,
     },
 }
@@ -506,6 +518,49 @@ impl Session {
         !self.retained_jobs.is_empty()
     }
 
+    /// The next message of a work queue's own session that may be handed to a consumer:
+    /// the front of its queue (read back from the on-disk tail when memory ran dry), once
+    /// its record is `durable`.
+    pub(crate) fn take_ready(&mut self, durable: u64, clock: Clock) -> Option<Delivery> {
+        if self.queue.is_empty() {
+            self.refill(clock);
+        }
+        if self.queue.front()?.lsn > durable {
+            return None;
+        }
+        self.pop_queue()
+    }
+
+    /// Puts a work queue's message back at the front of the queue's own session.
+    pub(crate) fn push_front_ready(&mut self, d: Delivery) {
+        self.add_mem(d.msg.cost());
+        self.queue.push_front(d);
+    }
+
+    /// Takes the work-queue deliveries this session holds (of queue `only`, or of any),
+    /// those in flight first (counted as one more attempt), then the queued ones.
+    pub(crate) fn take_queue_deliveries(&mut self, only: Option<&Arc<str>>) -> Vec<Delivery> {
+        let ours = |d: &Delivery| match (&d.queue, only) {
+            (Some(q), Some(o)) => q == o,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.inflight.len());
+        for i in std::mem::take(&mut self.inflight) {
+            if ours(&i.delivery) {
+                let mut d = i.delivery;
+                d.attempts += 1;
+                taken.push(d);
+            } else {
+                kept.push_back(i);
+            }
+        }
+        self.inflight = kept;
+        taken.extend(self.take_queued(ours));
+        taken
+    }
+
     /// True when a connection is attached.
     pub(crate) fn online(&self) -> bool {
         self.link.is_some()
@@ -519,6 +574,13 @@ impl Session {
         spill: SpillTo<'_>,
         clock: Clock,
     ) -> Enqueued {
+        if d.queue.is_some() {
+            // A work queue's delivery: at most the queue's prefetch of them are here,
+            // counted by the queue, so the session's own limits do not apply.
+            self.add_mem(d.msg.cost());
+            self.queue.push_back(d);
+            return Enqueued::Ok;
+        }
         let cost = d.msg.cost();
         let (spilled, spilled_bytes) = self.spilled();
         while self.queue.len() + spilled >= limits.max_messages

@@ -95,9 +95,13 @@ impl Session {
             let Some(link) = self.link.as_mut() else {
                 break;
             };
-            match encode_publish(link, &d, packet_id, false, now, out) {
+            // A work queue's redelivery is a new PUBLISH flagged DUP (the only hint a
+            // 3.1.1 consumer gets that it may have seen it before).
+            let dup = d.attempts > 0;
+            match encode_publish(link, &d, packet_id, dup, now, out) {
                 Ok(()) if d.qos != QoS::AtMostOnce => {
-                    if d.dseq != 0 {
+                    // A queue's delivery is journaled as the queue's, not this session's.
+                    if d.dseq != 0 && d.queue.is_none() {
                         ev(Event::Sent {
                             dseq: d.dseq,
                             packet_id,
@@ -177,7 +181,12 @@ impl Session {
 
 /// Reports a stored delivery as finished.
 fn finished(ev: EventSink<'_>, d: &Delivery) {
-    if d.dseq != 0 {
+    if let Some(queue) = &d.queue {
+        ev(Event::QueueDone {
+            queue: queue.clone(),
+            dseq: d.dseq,
+        });
+    } else if d.dseq != 0 {
         ev(Event::Finished { dseq: d.dseq });
     }
 }

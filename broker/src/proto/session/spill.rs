@@ -95,6 +95,8 @@ pub(crate) fn decode_spilled(entry: &[u8], clock: Clock) -> std::io::Result<Deli
                 shared: shared.map(|(g, f)| (Arc::from(g), Arc::from(f))),
                 dseq,
                 lsn,
+                queue: None,
+                attempts: 0,
             })
         }
         _ => Err(bad()),

@@ -1,0 +1,304 @@
+//! Work queues (`$queue/NAME`): a PUBLISH to `$queue/NAME` (or `$queue/NAME/...`)
+//! enqueues, a SUBSCRIBE to `$queue/NAME` makes the session a consumer, a PUBACK
+//! acknowledges. Each message goes to one consumer at a time, the least loaded, at most
+//! `min(its Receive Maximum, PREFETCH)` unacknowledged per consumer; PUBACKs may come in
+//! any order. A consumer's unacknowledged messages go back to the front of the queue
+//! when its connection ends, it unsubscribes, or its session ends, and are sent again
+//! as new PUBLISHes flagged DUP (a live connection is never sent the same PUBLISH twice,
+//! MQTT-4.4.0-1). Delivery is at least once.
+//!
+//! A queue's messages are kept like the queue of a persistent session that is never
+//! online, under the store id `$queue/NAME` (client ids with that prefix are refused):
+//! they are journaled before the publisher's PUBACK, spill to disk past the memory
+//! budget, and come back after a restart. A message handed to a consumer stays the
+//! queue's (its `Delivery::queue`); the consumer's session journals nothing of it, and
+//! its PUBACK journals the queue's `Done`. A QoS 0 publish is kept as QoS 1; a QoS 0
+//! consumer acknowledges on receipt.
+//!
+//! Invariants: a consumer's `outstanding` counts the queue's deliveries in its session
+//! (queued or in flight); every such delivery ends in exactly one of: acknowledged
+//! (`Event::QueueDone`), returned to the queue.
+
+use super::*;
+use session::Enqueued;
+
+/// Topics and filters of work queues start with this; it is also the store id prefix.
+pub(crate) const QUEUE_PREFIX: &str = "$queue/";
+
+/// Most unacknowledged messages a consumer holds from one queue (further capped by its
+/// Receive Maximum).
+const PREFETCH: usize = 10;
+
+/// The queue name in a topic `$queue/NAME` or `$queue/NAME/...`, if it is well formed:
+/// 1 to 64 of `A-Z a-z 0-9 _ . -`.
+pub(crate) fn queue_of(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix(QUEUE_PREFIX)?;
+    let name = rest.split('/').next()?;
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    valid.then_some(name)
+}
+
+/// The store id (and session id) of queue `name`.
+fn store_id(name: &str) -> Arc<str> {
+    Arc::from(format!("{QUEUE_PREFIX}{name}"))
+}
+
+/// The consumers of every queue, by the queue's store id.
+#[derive(Debug, Default)]
+pub(crate) struct Queues {
+    map: HashMap<Arc<str>, Vec<Consumer>>,
+    /// Queues whose consumers may have room now (after acknowledgements).
+    due: Vec<Arc<str>>,
+}
+
+/// One consumer of a queue.
+#[derive(Debug)]
+struct Consumer {
+    client: Arc<str>,
+    /// Granted QoS of its subscription.
+    qos: QoS,
+    /// The queue's deliveries in its session, not yet acknowledged.
+    outstanding: usize,
+}
+
+impl Queues {
+    /// `client`'s session ended: it consumes nothing any more.
+    pub(crate) fn forget(&mut self, client: &str) {
+        for cs in self.map.values_mut() {
+            cs.retain(|c| &*c.client != client);
+        }
+    }
+
+    /// The queues `client` consumes.
+    fn consumed_by(&self, client: &str) -> Vec<Arc<str>> {
+        let mut ids: Vec<Arc<str>> = self
+            .map
+            .iter()
+            .filter(|(_, cs)| cs.iter().any(|c| &*c.client == client))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+impl Core {
+    /// Makes queue `name` exist (its store session opened); returns its store id.
+    fn open_queue(&mut self, name: &str, now: Instant) -> Arc<str> {
+        let id = store_id(name);
+        if !self.sessions.contains_key(&id) {
+            let mut s = Session::new(id.clone(), self.mem.clone());
+            s.set_expiry_interval(u32::MAX);
+            s.set_offline_since(now);
+            s.set_persisted(self.journal.is_some());
+            if self.journal.is_some() {
+                let rec = Record::SessionOpen {
+                    client: id.to_string(),
+                    expiry: u32::MAX,
+                };
+                self.log(rec, Why::Accept);
+            }
+            self.sessions.insert(id.clone(), s);
+        }
+        self.queues.map.entry(id.clone()).or_default();
+        id
+    }
+
+    /// Registers queue `name` recovered from the store (its session is already there).
+    pub(super) fn add_queue(&mut self, name: &str) {
+        self.queues.map.entry(store_id(name)).or_default();
+    }
+
+    /// Enqueues `msg` on queue `name` and hands what it can to consumers. False when the
+    /// queue is full (the publisher is told 0x97 Quota exceeded).
+    pub(super) fn enqueue(
+        &mut self,
+        name: &str,
+        msg: Arc<Message>,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> bool {
+        let id = self.open_queue(name, now);
+        let d = Delivery {
+            msg,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: Vec::new(),
+            shared: None,
+            dseq: 0,
+            lsn: 0,
+            queue: None,
+            attempts: 0,
+        };
+        let queued = self.deliver(&id, d, now, fx);
+        self.dispatch(&id, now);
+        queued
+    }
+
+    /// `client` consumes queue `name` with granted `qos` (a SUBSCRIBE to `$queue/NAME`).
+    pub(super) fn add_consumer(&mut self, name: &str, client: &Arc<str>, qos: QoS, now: Instant) {
+        let id = self.open_queue(name, now);
+        let consumers = self.queues.map.entry(id.clone()).or_default();
+        match consumers.iter_mut().find(|c| &c.client == client) {
+            Some(c) => c.qos = qos,
+            None => consumers.push(Consumer {
+                client: client.clone(),
+                qos,
+                outstanding: 0,
+            }),
+        }
+        self.queues.due.push(id);
+    }
+
+    /// `client` no longer consumes queue `name`: what it held goes back to the queue.
+    pub(super) fn remove_consumer(&mut self, name: &str, client: &Arc<str>, now: Instant) {
+        let id = store_id(name);
+        self.return_deliveries(client, Some(&id), now);
+        if let Some(cs) = self.queues.map.get_mut(&id) {
+            cs.retain(|c| &c.client != client);
+        }
+    }
+
+    /// A delivery of queue `queue` to `client` was acknowledged (or dropped as if it
+    /// were): the consumer has room for another.
+    pub(super) fn queue_acked(&mut self, queue: &Arc<str>, client: &Arc<str>) {
+        if let Some(c) = self
+            .queues
+            .map
+            .get_mut(queue)
+            .and_then(|cs| cs.iter_mut().find(|c| &c.client == client))
+        {
+            c.outstanding = c.outstanding.saturating_sub(1);
+        }
+        self.queues.due.push(queue.clone());
+    }
+
+    /// Hands queued messages to consumers of the queues that may have room now.
+    pub(super) fn dispatch_due(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.queues.due);
+        due.sort();
+        due.dedup();
+        for id in due {
+            self.dispatch(&id, now);
+        }
+    }
+
+    /// Queues `client` consumes get a chance to send to it (it connected).
+    pub(super) fn consumer_online(&mut self, client: &str) {
+        let ids = self.queues.consumed_by(client);
+        self.queues.due.extend(ids);
+    }
+
+    /// Gives the messages of queue `id` to its online consumers with room, least loaded
+    /// first, in queue order.
+    fn dispatch(&mut self, id: &Arc<str>, now: Instant) {
+        let durable = self.durable();
+        let clock = self.clock(now);
+        let limits = self.limits;
+        let mut fx = Effects::default();
+        while let Some(consumers) = self.queues.map.get(id) {
+            // The consumer with the fewest unacknowledged messages, among those with room.
+            let mut pick: Option<(usize, usize)> = None;
+            for (i, c) in consumers.iter().enumerate() {
+                let Some(link) = self.sessions.get(&c.client).and_then(|s| s.link()) else {
+                    continue;
+                };
+                let window = PREFETCH.min(usize::from(link.client_receive_max.max(1)));
+                if c.outstanding < window && pick.map_or(true, |(_, n)| c.outstanding < n) {
+                    pick = Some((i, c.outstanding));
+                }
+            }
+            let Some((i, _)) = pick else {
+                break;
+            };
+            let Some(mut d) = self
+                .sessions
+                .get_mut(id)
+                .and_then(|q| q.take_ready(durable, clock))
+            else {
+                break;
+            };
+            let Some(c) = self.queues.map.get_mut(id).and_then(|cs| cs.get_mut(i)) else {
+                break;
+            };
+            c.outstanding += 1;
+            d.qos = d.qos.min(c.qos);
+            d.queue = Some(id.clone());
+            d.lsn = 0;
+            let client = c.client.clone();
+            let Some(s) = self.sessions.get_mut(&client) else {
+                break;
+            };
+            // Bounded by the prefetch, not by the session's queue limits (see
+            // `Session::enqueue`): it is never dropped here.
+            let queued = s.enqueue(d, &limits, None, clock);
+            debug_assert_eq!(queued, Enqueued::Ok);
+            if let Some(link) = s.link() {
+                fx.wake.push(link.notify.clone());
+            }
+        }
+        fx.run();
+    }
+
+    /// Puts the queue deliveries `client` holds (of queue `only`, or of every queue) back
+    /// at the front of their queues, in their order; those that were sent count one
+    /// attempt more.
+    pub(super) fn return_deliveries(
+        &mut self,
+        client: &Arc<str>,
+        only: Option<&Arc<str>>,
+        now: Instant,
+    ) {
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let held = s.take_queue_deliveries(only);
+        if held.is_empty() {
+            return;
+        }
+        let mut by_queue: HashMap<Arc<str>, Vec<Delivery>> = HashMap::new();
+        for d in held {
+            if let Some(q) = d.queue.clone() {
+                by_queue.entry(q).or_default().push(d);
+            }
+        }
+        for (id, ds) in by_queue {
+            if let Some(c) = self
+                .queues
+                .map
+                .get_mut(&id)
+                .and_then(|cs| cs.iter_mut().find(|c| &c.client == client))
+            {
+                c.outstanding = 0;
+            }
+            if let Some(q) = self.sessions.get_mut(&id) {
+                for mut d in ds.into_iter().rev() {
+                    d.queue = None;
+                    q.push_front_ready(d);
+                }
+            }
+            self.queues.due.push(id);
+        }
+        self.dispatch_due(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_are_checked() {
+        assert_eq!(queue_of("$queue/jobs"), Some("jobs"));
+        assert_eq!(queue_of("$queue/jobs/sub/topic"), Some("jobs"));
+        assert_eq!(queue_of("$queue/a.b-c_1"), Some("a.b-c_1"));
+        assert_eq!(queue_of("$queue/"), None);
+        assert_eq!(queue_of("$queue/bad name"), None);
+        assert_eq!(queue_of("$queue/+"), None);
+        assert_eq!(queue_of(&format!("$queue/{}", "x".repeat(65))), None);
+        assert_eq!(queue_of("queue/jobs"), None);
+    }
+}

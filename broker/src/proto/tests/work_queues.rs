@@ -1,0 +1,210 @@
+//! Work queues (`$queue/NAME`) on the core alone: competing consumers, prefetch,
+//! acknowledgements in any order, redelivery when a consumer goes, 3.1.1 and QoS 0
+//! consumers, a full queue.
+
+use super::*;
+
+/// Acknowledges a received QoS 1 PUBLISH (what the core sends meanwhile stays in
+/// `c.out` for the next [`received`]).
+fn ack(core: &mut Core, c: &mut Client, packet_id: u16, now: Instant) {
+    send(core, c, &Packet::PubAck(Ack::new(packet_id)), now).unwrap();
+}
+
+fn enqueue(core: &mut Core, p: &mut Client, queue: &str, n: u32, now: Instant) {
+    for i in 0..n {
+        let id = u16::try_from(i % 60_000).unwrap() + 1;
+        publish(
+            core,
+            p,
+            queue,
+            format!("job-{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            id,
+            now,
+        );
+    }
+}
+
+fn payload(m: &Got) -> String {
+    String::from_utf8(m.1.clone()).unwrap()
+}
+
+#[test]
+fn each_job_goes_to_one_consumer_at_most_prefetch_at_a_time() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut a = connect(&mut core, Protocol::V5, "worker-a", true, None, now);
+    let mut b = connect(&mut core, Protocol::V5, "worker-b", true, None, now);
+    assert_eq!(
+        subscribe(
+            &mut core,
+            &mut a,
+            &[("$queue/jobs", q(QoS::AtLeastOnce))],
+            None,
+            now
+        ),
+        [1]
+    );
+    assert_eq!(
+        subscribe(
+            &mut core,
+            &mut b,
+            &[("$queue/jobs", q(QoS::AtLeastOnce))],
+            None,
+            now
+        ),
+        [1]
+    );
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    enqueue(&mut core, &mut p, "$queue/jobs", 50, now);
+
+    let mut seen = std::collections::BTreeSet::new();
+    for _round in 0..20 {
+        let got_a = received(&mut core, &mut a, now);
+        let got_b = received(&mut core, &mut b, now);
+        assert!(got_a.len() <= 10 && got_b.len() <= 10, "prefetch 10");
+        if got_a.is_empty() && got_b.is_empty() {
+            break;
+        }
+        // Acknowledge in reverse order: PUBACKs may come in any order.
+        for (c, got) in [(&mut a, got_a), (&mut b, got_b)] {
+            for m in got.iter().rev() {
+                assert!(seen.insert(payload(m)), "{} delivered twice", payload(m));
+                assert_eq!(m.0, "$queue/jobs");
+                assert!(!m.4, "first delivery: no DUP");
+                ack(&mut core, c, m.3, now);
+            }
+        }
+    }
+    assert_eq!(seen.len(), 50, "every job exactly once");
+}
+
+#[test]
+fn a_consumer_that_goes_leaves_its_unacknowledged_jobs_to_the_others_flagged_dup() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut a = connect(&mut core, Protocol::V5, "worker-a", true, None, now);
+    subscribe(
+        &mut core,
+        &mut a,
+        &[("$queue/jobs", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    enqueue(&mut core, &mut p, "$queue/jobs", 12, now);
+    let got = received(&mut core, &mut a, now);
+    assert_eq!(got.len(), 10);
+    for m in &got[..3] {
+        ack(&mut core, &mut a, m.3, now);
+    }
+    // The acknowledgements made room: the last two jobs came too.
+    let more = received(&mut core, &mut a, now);
+    assert_eq!(more.len(), 2);
+    // The worker dies with 9 unacknowledged; a new one comes.
+    let mut fx = Effects::default();
+    core.disconnected(&a.id, a.conn, End::Abnormal, now, &mut fx);
+    let mut b = connect(&mut core, Protocol::V311, "worker-b", true, None, now);
+    subscribe(
+        &mut core,
+        &mut b,
+        &[("$queue/jobs", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let mut again = Vec::new();
+    loop {
+        let got_b = received(&mut core, &mut b, now);
+        if got_b.is_empty() {
+            break;
+        }
+        for m in &got_b {
+            ack(&mut core, &mut b, m.3, now);
+            again.push((payload(m), m.4));
+        }
+    }
+    let redelivered: Vec<&(String, bool)> = again.iter().filter(|(_, dup)| *dup).collect();
+    assert_eq!(
+        redelivered.len(),
+        9,
+        "the nine unacknowledged, flagged DUP: {again:?}"
+    );
+    assert_eq!(again.len(), 9, "and nothing else");
+    let first: Vec<String> = got[3..].iter().chain(&more).map(payload).collect();
+    let redone: Vec<String> = redelivered.iter().map(|(p, _)| p.clone()).collect();
+    assert_eq!(redone, first, "in their order, first");
+}
+
+#[test]
+fn a_qos0_consumer_acknowledges_on_receipt() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut a = connect(&mut core, Protocol::V5, "fire-and-forget", true, None, now);
+    subscribe(
+        &mut core,
+        &mut a,
+        &[("$queue/logs", q(QoS::AtMostOnce))],
+        None,
+        now,
+    );
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    enqueue(&mut core, &mut p, "$queue/logs/app", 25, now);
+    let mut total = 0;
+    loop {
+        let got = received(&mut core, &mut a, now);
+        if got.is_empty() {
+            break;
+        }
+        assert!(got.iter().all(|m| m.2 == QoS::AtMostOnce));
+        total += got.len();
+    }
+    assert_eq!(total, 25);
+}
+
+#[test]
+fn a_full_queue_refuses_with_quota_exceeded_and_bad_names_are_refused() {
+    let cfg = MqttConfig {
+        max_queued_messages: 3,
+        ..MqttConfig::default()
+    };
+    let mut core = Core::new(Arc::new(cfg), Clock::new(Instant::now(), 1_700_000_000_000));
+    let now = Instant::now();
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    let mut codes = Vec::new();
+    for i in 0..5u16 {
+        let pk = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "$queue/small",
+            packet_id: i + 1,
+            properties: Properties::default(),
+            payload: b"x",
+        });
+        send(&mut core, &mut p, &pk, now).unwrap();
+        each_packet(&p.out.split(), Protocol::V5, |pk| {
+            if let Packet::PubAck(a) = pk {
+                codes.push(a.reason);
+            }
+        });
+    }
+    assert_eq!(
+        codes,
+        [0, 0, 0, reason::QUOTA_EXCEEDED, reason::QUOTA_EXCEEDED]
+    );
+    let mut c = connect(&mut core, Protocol::V5, "consumer", true, None, now);
+    let bad = [
+        ("$queue/bad name", q(QoS::AtLeastOnce)),
+        ("$queue/jobs/#", q(QoS::AtLeastOnce)),
+        ("$share/g/$queue/jobs", q(QoS::AtLeastOnce)),
+    ];
+    let codes = subscribe(&mut core, &mut c, &bad, None, now);
+    assert_eq!(codes, [reason::TOPIC_FILTER_INVALID; 3]);
+    // The queues' own store sessions cannot be taken over by a client.
+    let (refused, _) = connect_with(
+        &mut core,
+        &connect_packet(Protocol::V5, "$queue/small", false, Properties::default()),
+        now,
+    );
+    assert!(refused.is_none());
+}

@@ -1,0 +1,144 @@
+//! Work queues across a crash: jobs whose enqueue was acknowledged survive SIGKILL of the
+//! broker while a producer enqueues and a worker takes and acknowledges jobs, and are
+//! all done after the restart (at least once: a job acknowledged just before the kill
+//! may come again).
+//!
+//! Raw sockets only: nothing from outside the Rust build is needed.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{connect, Raw, Recv};
+use mote_codec::{Packet, Properties, Protocol, Publish, QoS};
+use mote_tests::Broker;
+
+const JOBS: u32 = 5_000;
+
+/// Publishes jobs with up to 50 in flight until told to stop or all are sent; returns
+/// the jobs whose PUBACK arrived.
+fn produce(mut raw: Raw, stop: &AtomicBool) -> BTreeSet<u32> {
+    let mut in_flight: HashMap<u16, u32> = HashMap::new();
+    let mut acked = BTreeSet::new();
+    let mut next = 0u32;
+    loop {
+        while next < JOBS && in_flight.len() < 50 && !stop.load(Ordering::Relaxed) {
+            let id = (next % 60_000) as u16 + 1;
+            let payload = format!("{next}");
+            raw.send(&Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: "$queue/crashjobs",
+                packet_id: id,
+                properties: Properties::default(),
+                payload: payload.as_bytes(),
+            }));
+            in_flight.insert(id, next);
+            next += 1;
+        }
+        if in_flight.is_empty() {
+            return acked;
+        }
+        match raw.recv(Duration::from_secs(2)) {
+            Recv::Frame(f) if f.kind() == 4 => {
+                let Packet::PubAck(a) = f.packet() else {
+                    unreachable!()
+                };
+                assert_eq!(a.reason, 0, "enqueue refused");
+                if let Some(n) = in_flight.remove(&a.packet_id) {
+                    acked.insert(n);
+                }
+            }
+            Recv::Frame(_) => {}
+            // The broker was killed: what is in flight was never acknowledged.
+            Recv::Closed | Recv::Timeout => return acked,
+        }
+    }
+}
+
+/// Takes jobs and acknowledges each until the connection ends or `until` passes.
+fn work(mut raw: Raw, done: &Mutex<BTreeSet<u32>>, until: Instant) {
+    while Instant::now() < until {
+        match raw.recv(Duration::from_millis(200)) {
+            Recv::Frame(f) if f.kind() == 3 => {
+                let m = f.publish();
+                let n: u32 = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+                raw.ack(&m);
+                done.lock().unwrap().insert(n);
+            }
+            Recv::Frame(_) | Recv::Timeout => {}
+            Recv::Closed => return,
+        }
+    }
+}
+
+#[test]
+fn enqueued_jobs_survive_sigkill_and_are_all_done_after_restart() {
+    let dir = std::env::temp_dir().join(format!("mote-queue-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let config = "[mqtt]\nmax_queued_messages = 100000\n";
+    let mut broker = Broker::start_with(&["--data-dir", &dir_s], Some(config));
+
+    let done = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut worker = connect(broker.addr, Protocol::V5, "crash-worker");
+    worker.subscribe("$queue/crashjobs", QoS::AtLeastOnce);
+    let worker = {
+        let done = done.clone();
+        std::thread::spawn(move || work(worker, &done, Instant::now() + Duration::from_secs(30)))
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let raw = connect(broker.addr, Protocol::V5, "crash-producer");
+        let stop = stop.clone();
+        std::thread::spawn(move || produce(raw, &stop))
+    };
+    // Kill once some jobs are acknowledged and some done.
+    let end = Instant::now() + Duration::from_secs(20);
+    while done.lock().unwrap().len() < 200 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    broker.kill();
+    stop.store(true, Ordering::Relaxed);
+    let enqueued = producer.join().unwrap();
+    worker.join().unwrap();
+    let before = done.lock().unwrap().len();
+    assert!(
+        !enqueued.is_empty() && before > 0,
+        "the kill came too early"
+    );
+
+    // Restart: a new worker finishes every job that was acknowledged to the producer.
+    let broker = Broker::start_with(&["--data-dir", &dir_s], Some(config));
+    let mut worker = connect(broker.addr, Protocol::V311, "after-worker");
+    worker.subscribe("$queue/crashjobs", QoS::AtLeastOnce);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let missing = |done: &BTreeSet<u32>| enqueued.difference(done).count();
+    let worker = {
+        let done = done.clone();
+        std::thread::spawn(move || work(worker, &done, deadline))
+    };
+    while missing(&done.lock().unwrap()) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = missing(&done.lock().unwrap());
+    eprintln!(
+        "{} enqueues acknowledged, {before} done before the kill, {} after",
+        enqueued.len(),
+        done.lock().unwrap().len() - before
+    );
+    assert_eq!(
+        left,
+        0,
+        "acknowledged jobs lost; broker log:\n{}",
+        broker.log()
+    );
+    drop(broker);
+    let _ = worker.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}
