@@ -850,7 +850,11 @@ fn subscribe_sent_before_publish_is_handled_first() {
 /// another client is served meanwhile.
 fn one_subscribe_of_100000_filters_over_1000_retained_stays_bounded() {
     let _serial = serial();
-    let broker = Broker::start();
+    // Room for the 30,001 distinct filters (the default allows 10,000 per session).
+    let broker = Broker::start_with(
+        &["--memory"],
+        Some("[mqtt]\nmax_subscriptions_per_client = 50000\n"),
+    );
     let mut publisher = connect(broker.addr, V5, "retainer");
     for i in 0..1000 {
         let topic = format!("r/{i}");
