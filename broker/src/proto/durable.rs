@@ -98,11 +98,15 @@ impl Core {
         m
     }
 
-    /// Writes `msg`'s record the first time a stored thing (delivery, retained entry,
+    /// Writes `msg`'s record the first time in this compaction epoch that a stored thing
+    /// (delivery, retained entry, will) refers to it (a record from an older epoch may go
+    /// with the next snapshot, which copies only what it saw).
     /// will) refers to it. Records of messages nothing refers to any more are dropped
     /// by the next compaction.
     pub(super) fn hold_msg(&mut self, msg: &Message, will_expiry: Option<u32>, now: Instant) {
-        if self.journal.is_none() || msg.stored.swap(true, Ordering::Relaxed) {
+        if self.journal.is_none()
+            || msg.stored_epoch.swap(self.epoch, Ordering::Relaxed) == self.epoch
+        {
             return;
         }
         let stored = msg.as_stored(will_expiry, now, self.clock.unix_ms(now));

@@ -1,7 +1,7 @@
 //! An application message as the broker keeps it: owned, immutable, shared by every
 //! receiver through an `Arc`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,8 +39,10 @@ pub(crate) struct Message {
     pub(crate) expires_at: Option<Instant>,
     /// Client id of the publisher (for No Local); `None` for wills and `$SYS`.
     pub(crate) publisher: Option<Arc<str>>,
-    /// True once the store holds this message's record.
-    pub(crate) stored: AtomicBool,
+    /// The compaction epoch in which the store last got this message's record (0 =
+    /// never): the log older than the current epoch goes away with the next snapshot,
+    /// so a message referenced again in a newer epoch is written again.
+    pub(crate) stored_epoch: AtomicU64,
 }
 
 impl Clone for Message {
@@ -58,7 +60,7 @@ impl Clone for Message {
             user_properties: self.user_properties.clone(),
             expires_at: self.expires_at,
             publisher: self.publisher.clone(),
-            stored: AtomicBool::new(self.stored.load(Ordering::Relaxed)),
+            stored_epoch: AtomicU64::new(self.stored_epoch.load(Ordering::Relaxed)),
         }
     }
 }
@@ -88,7 +90,7 @@ impl Message {
                 .message_expiry_interval()
                 .map(|s| now + Duration::from_secs(u64::from(s))),
             publisher,
-            stored: AtomicBool::new(false),
+            stored_epoch: AtomicU64::new(0),
         }
     }
 
@@ -210,7 +212,7 @@ impl Message {
             expires_at: (m.expires_at_ms != 0)
                 .then(|| unix_ms_to_instant(m.expires_at_ms, now, now_ms)),
             publisher: m.publisher.map(Arc::from),
-            stored: AtomicBool::new(true),
+            stored_epoch: AtomicU64::new(0),
         };
         (msg, (m.will_expiry != u32::MAX).then_some(m.will_expiry))
     }

@@ -159,6 +159,8 @@ pub(crate) struct Core {
     last_snapshot: u64,
     /// A compaction is being written (at most one at a time).
     compacting: bool,
+    /// Compaction epoch: moves on when a snapshot begins (see `hold_msg`).
+    epoch: u64,
     /// Log growth below which the log is not compacted.
     compact_min: u64,
     /// Bytes of deliveries queued in memory across all sessions.
@@ -215,6 +217,7 @@ impl Core {
             next_dseq: 1,
             last_snapshot: 0,
             compacting: false,
+            epoch: 1,
             compact_min: 64 * 1024 * 1024,
             mem: Arc::new(AtomicUsize::new(0)),
             budget: usize::MAX,

@@ -251,6 +251,33 @@ impl<V> RetainedIndex<V> {
         self.walk(filter, after, limit, f).0
     }
 
+    /// Visits every entry (those under `$` first levels too), in the walk order, after
+    /// `after`, at most `limit`; returns where to resume, or `None` when done.
+    pub(crate) fn walk_all(
+        &self,
+        after: Option<&Cursor>,
+        limit: usize,
+        f: impl FnMut(&Arc<str>, &V),
+    ) -> Option<Cursor> {
+        let cursor_topic = after.and_then(|c| c.after.as_deref());
+        let cursor_levels: Option<Vec<&str>> = cursor_topic.map(|t| t.split('/').collect());
+        let mut walk = Walk {
+            f,
+            limit,
+            last: None,
+            stopped: false,
+            stats: WalkStats::default(),
+        };
+        // Not `at_root`: nothing is skipped, `$` first levels included.
+        walk.subtree(&self.root, false, cursor_levels.as_deref());
+        walk.stopped.then(|| Cursor {
+            after: walk
+                .last
+                .cloned()
+                .or_else(|| after.and_then(|c| c.after.clone())),
+        })
+    }
+
     /// [`Self::for_each_match`], also reporting what the walk cost.
     fn walk(
         &self,
@@ -305,6 +332,7 @@ impl<V> RetainedIndex<V> {
         self.expiries.first_key_value().map(|(&(at, _), _)| at)
     }
 
+    #[cfg(test)]
     /// Every entry (for snapshots); in the module's fixed order, though callers should
     /// not rely on it.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &V)> {
@@ -331,12 +359,14 @@ impl<V> fmt::Debug for RetainedIndex<V> {
     }
 }
 
+#[cfg(test)]
 /// Pre-order iterator over the entries of the trie.
 struct Iter<'a, V> {
     /// Children still to visit, one iterator per level of the current path.
     stack: Vec<std::collections::btree_map::Values<'a, Box<str>, Node<V>>>,
 }
 
+#[cfg(test)]
 impl<'a, V> Iterator for Iter<'a, V> {
     type Item = (&'a Arc<str>, &'a V);
 

@@ -2,6 +2,7 @@
 
 use super::*;
 use durable::FrozenTail;
+use retained::Cursor;
 
 impl Core {
     /// Recovery, step 1 of 3: the sessions of pass 1 with their subscriptions, expiry
@@ -167,12 +168,8 @@ impl Core {
     /// (messages are shared, not copied; a spill file is read through a frozen view of
     /// the entries it holds now).
     fn image(&mut self, now: Instant) -> Image {
-        let retained = self
-            .retained
-            .iter()
-            .filter(|(t, _)| !is_sys(t))
-            .map(|(t, m)| (t.clone(), m.clone()))
-            .collect();
+        // Retained messages are copied later, in steps (`copy_retained`).
+        let retained = Vec::new();
         let now_ms = self.clock.unix_ms(now);
         let mut sessions = Vec::new();
         for (id, s) in &mut self.sessions {
@@ -247,11 +244,44 @@ impl Core {
             return None;
         }
         self.compacting = true;
+        Some(self.start_snapshot(j, now))
+    }
+
+    /// Starts the journal's snapshot and copies the sessions' durable state now. A new
+    /// compaction epoch starts: a message referred to from here on has its record
+    /// written again (`hold_msg`), because the snapshot may not hold it (retained
+    /// messages are copied in steps, and one may be gone before its step).
+    fn start_snapshot(&mut self, j: Arc<dyn Journal>, now: Instant) -> Compaction {
+        self.epoch += 1;
         j.snapshot_begin();
-        Some(Compaction {
+        Compaction {
             image: self.image(now),
             journal: j,
-        })
+            retained_cursor: None,
+            retained_done: false,
+        }
+    }
+
+    /// Copies up to `limit` more retained messages into a compaction's image; true once
+    /// all are copied. Called under the core's lock in steps, so a million retained
+    /// messages never hold it long. Changes between steps are safe: every retained
+    /// change since the snapshot began is in the log after it and replays on top, and the
+    /// epoch makes messages referred to since then carry their own record.
+    pub(crate) fn copy_retained(&mut self, c: &mut Compaction, limit: usize) -> bool {
+        if c.retained_done {
+            return true;
+        }
+        let retained = &mut c.image.retained;
+        let cursor = self
+            .retained
+            .walk_all(c.retained_cursor.as_ref(), limit, |topic, msg| {
+                if !is_sys(topic) {
+                    retained.push((topic.clone(), msg.clone()));
+                }
+            });
+        c.retained_done = cursor.is_none();
+        c.retained_cursor = cursor;
+        c.retained_done
     }
 
     /// A compaction from [`Core::begin_compaction`] wrote `bytes`.
@@ -273,12 +303,9 @@ impl Core {
         let Some(j) = self.journal.clone() else {
             return 0;
         };
-        j.snapshot_begin();
-        let bytes = Compaction {
-            image: self.image(now),
-            journal: j,
-        }
-        .run();
+        let mut c = self.start_snapshot(j, now);
+        while !self.copy_retained(&mut c, usize::MAX) {}
+        let bytes = c.run();
         self.last_snapshot = bytes;
         bytes
     }
@@ -291,6 +318,10 @@ impl Core {
 pub(crate) struct Compaction {
     image: Image,
     journal: Arc<dyn Journal>,
+    /// Where copying the retained messages resumes.
+    retained_cursor: Option<Cursor>,
+    /// All retained messages are copied.
+    retained_done: bool,
 }
 
 impl Compaction {

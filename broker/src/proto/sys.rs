@@ -88,7 +88,7 @@ impl Core {
             user_properties: encode_user_properties(&Properties::default()),
             expires_at: None,
             publisher: None,
-            stored: std::sync::atomic::AtomicBool::new(false),
+            stored_epoch: std::sync::atomic::AtomicU64::new(0),
         };
         self.publish(Arc::new(msg), now, fx);
     }

@@ -148,9 +148,16 @@ pub(crate) fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle
     Ok((Shared::with_core(config, core, journal), writer))
 }
 
-/// Writes a snapshot begun by the core away from its lock (the state was copied when it
-/// began), then tells the core it is done.
-async fn compact(shared: Arc<Shared>, c: Compaction) {
+/// Retained messages copied into a snapshot per hold of the core's lock.
+const RETAINED_COPY_STEP: usize = 20_000;
+
+/// Finishes a snapshot begun by the core: copies the retained messages in steps under
+/// the core's lock (others run between steps), writes the snapshot away from the lock,
+/// then tells the core it is done.
+async fn compact(shared: Arc<Shared>, mut c: Compaction) {
+    while !shared.lock().copy_retained(&mut c, RETAINED_COPY_STEP) {
+        tokio::task::yield_now().await;
+    }
     match tokio::task::spawn_blocking(move || c.run()).await {
         Ok(bytes) => shared.lock().compaction_done(bytes),
         Err(e) => tracing::error!(error = %e, "compaction failed"),
