@@ -31,9 +31,18 @@ set_tcp_nodelay true, which is faster than its default here).
 
 The load generator and the broker run on the same machine and share its cores.
 
+Comparing builds: `--baseline-bin PATH` adds a second mote binary (an older commit's
+release build; column "mote-base") beside --mote in every mote configuration, and
+`--worker-threads N` adds --mote with `[mqtt] worker_threads = N` (column
+"mote[wt=N]"; the config key must exist in --mote). They take turns with the others in
+the same rounds, and extra tables give each one's medians and ratio to mote-base with a
+verdict: within 5 %, better, or worse. Before measuring, the script waits (up to
+--wait-load-max seconds) for the 1-minute load average to drop below --wait-load.
+
 Usage (from the repository root):
     cargo build --release -p mote-broker -p mote-load
     python3 benches/broker_bench.py [--reps 5] [--suite issue4 issue5] [--out FILE]
+        [--baseline-bin OLD/target/release/mote] [--worker-threads 2]
 """
 
 import argparse
@@ -55,6 +64,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MOTE_CONFIG = "[mqtt]\nmax_queued_messages = 2000000\nmax_queued_bytes = 4294967296\n"
+# With --memory the queue budget (storage.queue_memory_bytes, 256 MiB by default) is a
+# hard cap since 61341b6: past it deliveries are dropped. The issue 5 scenario queues
+# 800,000 messages for one offline subscriber, more than that, so --memory runs get a
+# budget as large as the per-client limit (as the older builds behaved: no cap).
+MOTE_MEMORY_CONFIG = "[storage]\nqueue_memory_bytes = 4294967296\n"
 
 
 # ---------------------------------------------------------------------------------------
@@ -162,17 +176,22 @@ class MoteProc:
 
 
 class Mote:
-    """mote with a store mode: "memory" or an fsync policy for the on-disk store."""
+    """mote with a store mode: "memory" or an fsync policy for the on-disk store.
 
-    def __init__(self, exe, mode, work):
+    `label` names the binary in the tables ("mote", "mote-base" for --baseline-bin,
+    "mote[wt=2]" for --worker-threads); `mqtt_extra` is added to the [mqtt] section of
+    its config (keys the binary must know)."""
+
+    def __init__(self, exe, mode, work, label="mote", mqtt_extra=""):
         self.exe, self.mode, self.work = exe, mode, work
-        self.name = "mote --memory" if mode == "memory" else f"mote --fsync {mode}"
+        self.mqtt_extra = mqtt_extra
+        self.name = f"{label} --memory" if mode == "memory" else f"{label} --fsync {mode}"
         self.p = None
 
     def start(self, run_dir):
         cfg = os.path.join(run_dir, "mote.toml")
         with open(cfg, "w") as f:
-            f.write(MOTE_CONFIG)
+            f.write(MOTE_CONFIG + self.mqtt_extra + (MOTE_MEMORY_CONFIG if self.mode == "memory" else ""))
         args = ["--mqtt", "127.0.0.1:0", "--config", cfg, "--log", "info"]
         if self.mode == "memory":
             args.append("--memory")
@@ -549,6 +568,109 @@ def table_issue5(results, label, names):
     return "\n".join(out)
 
 
+def values_of(results, suite, label, broker, path):
+    vals = [pick(r, path) for r in results
+            if r["suite"] == suite and r["config"] == label and r["broker"] == broker and r["valid"]]
+    return [v for v in vals if v is not None]
+
+
+def verdict(ratio, higher_better):
+    """Within 5 % of the baseline, better, or worse (ratio = new ÷ baseline)."""
+    if ratio is None:
+        return "–"
+    gain = ratio if higher_better else 1 / ratio
+    if gain > 1.05:
+        return "better"
+    if gain >= 0.95:
+        return "within 5 %"
+    return "**worse**"
+
+
+def compare_rows_issue4(sat, lat):
+    """(row label, suite, config, broker suffix, metric, path, higher is better)."""
+    rows = []
+    for label, _ in sat:
+        rows.append((label, "issue4", label, "--memory", "delivered msg/s", ["delivery", "msgs_per_sec"], True))
+        if label.startswith("QoS 1"):
+            rows.append((label, "issue4", label, "--memory", "acked msg/s", ["publish", "msgs_per_sec"], True))
+    for label, _ in lat:
+        rows.append((label, "issue4-latency", label, "--memory", "p50", ["latency_us", "p50"], False))
+        rows.append((label, "issue4-latency", label, "--memory", "p99", ["latency_us", "p99"], False))
+    return rows
+
+
+def compare_rows_issue5(label, modes):
+    rows = []
+    for m in modes:
+        suffix = "--memory" if m == "memory" else f"--fsync {m}"
+        rows.append((f"issue5 {suffix}", "issue5", label, suffix, "acked msg/s", ["publish", "msgs_per_sec"], True))
+        rows.append((f"issue5 {suffix}", "issue5", label, suffix, "drain msg/s", ["delivery", "msgs_per_sec"], True))
+    return rows
+
+
+def paired_ratios(results, suite, config, a, b, path):
+    """Per repetition, the ratio of broker a's value to broker b's in the same round
+    (both runs valid): the rounds interleave the brokers, so a slow spell of the machine
+    moves both and cancels out of the ratio."""
+    by_rep = {}
+    for r in results:
+        if r["suite"] == suite and r["config"] == config and r["valid"] and r["broker"] in (a, b):
+            v = pick(r, path)
+            if v is not None:
+                by_rep.setdefault(r["rep"], {})[r["broker"]] = v
+    return [d[a] / d[b] for d in by_rep.values() if a in d and b in d and d[b]]
+
+
+def table_vs_base(results, rows, cols, base):
+    """Medians of each binary (cols: labels such as "mote", "mote-base", "mote[wt=2]")
+    per scenario, each one's ratio to `base` with a verdict (within 5 % or not), and the
+    median (min–max) of the same ratio taken round by round."""
+    others = [c for c in cols if c != base]
+    head = "| scenario | metric | " + " | ".join(cols) + " | " + " | ".join(
+        f"{c} ÷ {base} | verdict | per round: median (min–max) | verdict" for c in others) + \
+        " | spread (max−min)/median " + ", ".join(cols) + " |"
+    out = [head, "|---|---|" + "---:|" * len(cols) + "---:|---|---:|---|" * len(others) + "---|"]
+    for row_label, suite, config, suffix, metric, path, higher in rows:
+        med, spread = {}, []
+        for c in cols:
+            vals = values_of(results, suite, config, f"{c} {suffix}", path)
+            med[c] = statistics.median(vals) if vals else None
+            spread.append(f"{(max(vals) - min(vals)) / med[c]:.0%}" if vals and med[c] else "–")
+        fmt = fmt_rate if "msg/s" in metric else fmt_us
+        cells = [fmt(med[c]) for c in cols]
+        for c in others:
+            r = med[c] / med[base] if med[c] and med[base] else None
+            cells += ["–" if r is None else f"{r:.3f}", verdict(r, higher)]
+            pr = paired_ratios(results, suite, config, f"{c} {suffix}", f"{base} {suffix}", path)
+            pm = statistics.median(pr) if pr else None
+            cells += ["–" if pm is None else f"{pm:.3f} ({min(pr):.2f}–{max(pr):.2f}, n={len(pr)})",
+                      verdict(pm, higher)]
+        out.append(f"| {row_label} | {metric} | " + " | ".join(cells) + " | " + " / ".join(spread) + " |")
+    out += ["", "Ratios are of medians, or the median of the round-by-round ratios. Throughput: above 1 is better; latency: below 1 is better. "
+            "\"within 5 %\" = ratio in 0.95–1.05 (latency: 1/ratio)."]
+    return "\n".join(out)
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def wait_for_quiet(limit, max_wait, poll=10.0):
+    """Waits until the 1-minute load average is below `limit` (at most `max_wait`
+    seconds); returns (load average when it stopped waiting, seconds waited)."""
+    t0 = time.monotonic()
+    la = loadavg()
+    while la >= limit and time.monotonic() - t0 < max_wait:
+        print(f"  load average {la:.2f} >= {limit}; waiting", flush=True)
+        time.sleep(poll)
+        la = loadavg()
+    return la, round(time.monotonic() - t0)
+
+
 def interrupt_on_signals():
     """SIGTERM and SIGINT (even when started with SIGINT ignored, as background jobs are)
     raise KeyboardInterrupt, so every broker started is stopped on the way out."""
@@ -558,12 +680,46 @@ def interrupt_on_signals():
     signal.signal(signal.SIGINT, handler)
 
 
+ISSUE5_MODES = ("always", "every=10", "never", "memory")
+
+
+def compare_cols(a):
+    """Column labels of the mote binaries compared: mote, then mote-base and mote[wt=N]
+    when asked for (an older results file has neither setting)."""
+    cols = ["mote"]
+    if getattr(a, "baseline_bin", None):
+        cols.append("mote-base")
+    if getattr(a, "worker_threads", None):
+        cols.append(f"mote[wt={a.worker_threads}]")
+    return cols
+
+
+def mote_variants(a, mode):
+    """The mote brokers of one store mode: --mote, then --baseline-bin and --mote with
+    `worker_threads` when asked for. Rounds alternate among them (run_suite)."""
+    out = [Mote(a.mote, mode, a.work_dir)]
+    if a.baseline_bin:
+        out.append(Mote(a.baseline_bin, mode, a.work_dir, label="mote-base"))
+    if a.worker_threads:
+        out.append(Mote(a.mote, mode, a.work_dir, label=f"mote[wt={a.worker_threads}]",
+                        mqtt_extra=f"worker_threads = {a.worker_threads}\n"))
+    return out
+
+
 def main():
     interrupt_on_signals()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mote", default=os.path.join(ROOT, "target", "release", "mote"))
     ap.add_argument("--load", default=os.path.join(ROOT, "target", "release", "mqtt-load"))
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
+    ap.add_argument("--baseline-bin", metavar="PATH",
+                    help="a second mote binary (e.g. an older build) run beside --mote in every "
+                         "scenario, in the same rounds; its column is \"mote-base\"")
+    ap.add_argument("--worker-threads", type=int, metavar="N",
+                    help="also run --mote with `[mqtt] worker_threads = N` (column \"mote[wt=N]\")")
+    ap.add_argument("--wait-load", type=float, default=0.7,
+                    help="before measuring, wait until the 1-minute load average is below this")
+    ap.add_argument("--wait-load-max", type=float, default=600, help="give up waiting after this many seconds")
     ap.add_argument("--reps", type=int, default=5, help="repetitions of every configuration")
     ap.add_argument("--suite", nargs="+", choices=["issue4", "issue5"], default=["issue4", "issue5"])
     ap.add_argument("--fanin-count", type=int, default=100000, help="messages per publisher, fan-in saturation")
@@ -591,16 +747,22 @@ def main():
         results = doc["runs"]
         print(f"command: {doc['command']}")
         print("machine: " + "; ".join(f"{k} {v}" for k, v in doc["machine"].items()))
+        cols = compare_cols(saved)
         if any(r["suite"] == "issue4" for r in results):
             sat, lat = issue4_configs(saved)
             print("\n## issue4\n\n" + table_issue4(results, sat, lat, "mote --memory", "mosquitto"))
+            if len(cols) > 1:
+                print("\n## issue4 vs base\n\n" + table_vs_base(results, compare_rows_issue4(sat, lat), cols, "mote-base"))
         names = list(dict.fromkeys(r["broker"] for r in results if r["suite"] == "issue5"))
         if names:
             label = next(r["config"] for r in results if r["suite"] == "issue5")
             print("\n## issue5\n\n" + table_issue5(results, label, names))
+            if len(cols) > 1:
+                print("\n## issue5 vs base\n\n" + table_vs_base(
+                    results, compare_rows_issue5(label, ISSUE5_MODES), cols, "mote-base"))
         return 0
 
-    for exe in (a.mote, a.load, a.mosquitto):
+    for exe in (a.mote, a.load, a.mosquitto) + ((a.baseline_bin,) if a.baseline_bin else ()):
         if not os.access(exe, os.X_OK):
             sys.exit(f"not executable: {exe} (build with `cargo build --release -p mote-broker -p mote-load`)")
     os.makedirs(a.work_dir, exist_ok=True)
@@ -612,6 +774,10 @@ def main():
 
     info = machine_info(a.mote, a.load, a.mosquitto)
     info["work_dir"] = f"{a.work_dir} ({fstype})"
+    if a.baseline_bin:
+        info["mote_base"] = sh([a.baseline_bin, "--version"]) + f" ({a.baseline_bin})"
+    la, waited = wait_for_quiet(a.wait_load, a.wait_load_max)
+    info["loadavg_at_start"] = f"{la:.2f} after waiting {waited} s (limit {a.wait_load})"
     print(f"command: {command_line()}")
     for k, v in info.items():
         print(f"  {k}: {v}")
@@ -622,19 +788,26 @@ def main():
     t0 = time.monotonic()
     interrupted = False
     try:
+        cols = compare_cols(a)
         if "issue4" in a.suite:
-            brokers = [Mote(a.mote, "memory", a.work_dir), Mosquitto(a.mosquitto, persistence=False)]
+            motes = mote_variants(a, "memory")
+            mosq = Mosquitto(a.mosquitto, persistence=False)
+            brokers = motes + [mosq]
             sat, lat = issue4_configs(a)
             run_suite("issue4", sat, brokers, a.load, a, a.work_dir, results)
             run_suite("issue4-latency", lat, brokers, a.load, a, a.work_dir, results)
-            tables["issue4"] = table_issue4(results, sat, lat, brokers[0].name, brokers[1].name)
+            tables["issue4"] = table_issue4(results, sat, lat, motes[0].name, mosq.name)
+            if len(cols) > 1:
+                tables["issue4 vs base"] = table_vs_base(results, compare_rows_issue4(sat, lat), cols, "mote-base")
         if "issue5" in a.suite:
-            brokers = [Mote(a.mote, "always", a.work_dir), Mote(a.mote, "every=10", a.work_dir),
-                       Mote(a.mote, "never", a.work_dir), Mote(a.mote, "memory", a.work_dir),
-                       Mosquitto(a.mosquitto, persistence=True)]
+            brokers = [m for mode in ISSUE5_MODES for m in mote_variants(a, mode)]
+            brokers.append(Mosquitto(a.mosquitto, persistence=True))
             label = f"QoS 1, 8 pub × {a.durable_count}, offline persistent sub + drain"
             run_suite("issue5", [(label, issue5_args(a))], brokers, a.load, a, a.work_dir, results)
             tables["issue5"] = table_issue5(results, label, [b.name for b in brokers])
+            if len(cols) > 1:
+                tables["issue5 vs base"] = table_vs_base(results, compare_rows_issue5(label, ISSUE5_MODES), cols,
+                                                         "mote-base")
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted; writing what was measured", file=sys.stderr)

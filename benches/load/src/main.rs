@@ -14,6 +14,13 @@
 //! # across a broker restart: publish now, drain later from another process
 //! mqtt-load --publishers 1 --count 1000000 --qos 1 --persistent --offline-subs
 //! mqtt-load --publishers 1 --count 1000000 --qos 1 --persistent --drain-only
+//! # 1,000,000 retained messages on distinct topics (ret/i/0 .. ret/i/124999)
+//! mqtt-load --publishers 8 --count 125000 --topics 125000 --retain --topic-prefix ret
+//! # 100,000 persistent sessions, each with its own filter, left offline
+//! mqtt-load --subscribers 100000 --persistent --offline-subs --sub-filter 'sess/{i}/#' \
+//!     --connect-concurrency 32 --publishers 1 --count 0
+//! # PUBACK latency at a fixed rate, one record per acknowledgement in a file
+//! mqtt-load --publishers 1 --subscribers 0 --rate 5000 --duration 60 --ack-log acks.bin
 //! ```
 //!
 //! What it reports:
@@ -23,7 +30,9 @@
 //!   the start of publishing (or of the drain) to the last message received;
 //! - end-to-end latency p50/p90/p99/p99.9/max of first deliveries (online subscribers
 //!   only: for a drained queue the wait is the point, not a latency);
-//! - losses (acknowledged, or for QoS 0 sent, but never delivered) and duplicates.
+//! - losses (acknowledged, or for QoS 0 sent, but never delivered) and duplicates;
+//! - for QoS 1/2, publish-to-acknowledgement latency, from each write and from when each
+//!   publish was due under `--rate` (the latter keeps a stall's backlog in the figure).
 //!
 //! Exit status: 0 when the run is valid; 2 when a QoS 1/2 message was lost, a QoS 2
 //! message was delivered twice or a publish was refused; 1 when the run failed.
@@ -33,7 +42,7 @@ mod stats;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
@@ -131,6 +140,27 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Publish with the RETAIN flag set.
+    #[arg(long)]
+    retain: bool,
+    /// Publisher i cycles through N topics `<topic-prefix>/i/<seq mod N>` (0: one topic,
+    /// see --topic-per-publisher). With --retain, `--count N --topics N` leaves N
+    /// retained messages per publisher.
+    #[arg(long, default_value_t = 0)]
+    topics: u64,
+    /// Subscriber i subscribes to this filter with `{i}` replaced by i (instead of the
+    /// filter --topic-per-publisher implies).
+    #[arg(long)]
+    sub_filter: Option<String>,
+    /// Subscribers set up at once (connect, subscribe and, with --offline-subs,
+    /// disconnect); many persistent sessions are made faster this way.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    connect_concurrency: u32,
+    /// Write one record per acknowledged QoS 1/2 publish to this file: three
+    /// little-endian u64 nanosecond times since the run's epoch (`epoch_unix_ns` in the
+    /// JSON report): scheduled send (= send without --rate), send, acknowledgement.
+    #[arg(long)]
+    ack_log: Option<std::path::PathBuf>,
 }
 
 /// The run's settings, shared read-only by every task.
@@ -180,15 +210,19 @@ impl Plan {
     }
 
     fn topic(&self, publisher: u32) -> String {
-        if self.args.topic_per_publisher {
+        // With --topics the publisher appends `/<seq mod N>` to this.
+        if self.args.topics > 0 || self.args.topic_per_publisher {
             format!("{}/{publisher}", self.args.topic_prefix)
         } else {
             format!("{}/shared", self.args.topic_prefix)
         }
     }
 
-    fn filter(&self) -> String {
-        if self.args.topic_per_publisher {
+    /// The filter subscriber `i` subscribes to.
+    fn filter(&self, i: u32) -> String {
+        if let Some(t) = &self.args.sub_filter {
+            t.replace("{i}", &i.to_string())
+        } else if self.args.topics > 0 || self.args.topic_per_publisher {
             format!("{}/#", self.args.topic_prefix)
         } else {
             format!("{}/shared", self.args.topic_prefix)
@@ -219,8 +253,14 @@ impl Plan {
 /// The instant all timestamps in payloads count from (publishers and subscribers share
 /// the process, so no clock synchronisation is involved).
 fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+    epoch_pair().0
+}
+
+/// The epoch as a monotonic instant and as wall-clock time (to line the records of an
+/// `--ack-log` up with events seen by other processes).
+fn epoch_pair() -> (Instant, SystemTime) {
+    static EPOCH: OnceLock<(Instant, SystemTime)> = OnceLock::new();
+    *EPOCH.get_or_init(|| (Instant::now(), SystemTime::now()))
 }
 
 fn ns_since_epoch(t: Instant) -> u64 {
@@ -236,6 +276,14 @@ struct PubResult {
     /// When the last acknowledgement (QoS 1/2) or write (QoS 0) completed.
     done_at: Option<Instant>,
     error: Option<String>,
+    /// QoS 1/2: time from encoding a PUBLISH to reading its PUBACK/PUBCOMP.
+    ack_latency: Histogram,
+    /// QoS 1/2: time from the moment a PUBLISH was due (--rate) to reading its
+    /// acknowledgement. A publisher held back by a full window sends late; counting from
+    /// the schedule keeps that wait in the figure (no coordinated omission).
+    ack_latency_sched: Histogram,
+    /// With --ack-log: (scheduled, sent, acknowledged) per acknowledged publish.
+    ack_log: Vec<[u64; 3]>,
 }
 
 /// Publisher `idx`: publishes until its count or the deadline, keeping at most
@@ -261,7 +309,8 @@ async fn publish_loop(
 ) -> anyhow::Result<()> {
     let a = &plan.args;
     let qos = plan.qos;
-    let topic = plan.topic(idx);
+    let base_topic = plan.topic(idx);
+    let mut topic = base_topic.clone();
     let mut payload = vec![0u8; a.size];
     let window = if qos == QoS::AtMostOnce {
         usize::MAX
@@ -271,6 +320,9 @@ async fn publish_loop(
     let deadline = a.duration.map(|d| start + Duration::from_secs_f64(d));
     // Packet ids in use (index = id); ids cycle from 1 and skip the ones in use.
     let mut in_use = vec![false; 65_536];
+    // (scheduled, sent) nanoseconds since the epoch of the publish holding each id.
+    let mut times = vec![(0u64, 0u64); 65_536];
+    let log_acks = a.ack_log.is_some();
     let mut next_pid: u16 = 1;
     let mut inflight = 0usize;
     let mut last_progress = Instant::now();
@@ -287,12 +339,14 @@ async fn publish_loop(
             if !more || inflight >= window || conn.pending() >= 64 * 1024 {
                 break;
             }
+            let mut due_at = now;
             if a.rate > 0.0 {
                 let due = start + Duration::from_secs_f64(r.sent as f64 / a.rate);
                 if due > now {
                     rate_wait = Some(due);
                     break;
                 }
+                due_at = due;
             }
             let pid = if qos == QoS::AtMostOnce {
                 0
@@ -302,6 +356,7 @@ async fn publish_loop(
                 }
                 let pid = next_pid;
                 in_use[usize::from(pid)] = true;
+                times[usize::from(pid)] = (ns_since_epoch(due_at), ns_since_epoch(now));
                 next_pid = next_pid.checked_add(1).unwrap_or(1);
                 inflight += 1;
                 pid
@@ -312,7 +367,12 @@ async fn publish_loop(
                 sent_ns: ns_since_epoch(now),
             }
             .write(&mut payload);
-            conn.push_publish(&topic, qos, pid, &payload)?;
+            if a.topics > 0 {
+                use std::fmt::Write as _;
+                topic.clear();
+                let _ = write!(topic, "{base_topic}/{}", r.sent % a.topics);
+            }
+            conn.push_publish(&topic, qos, a.retain, pid, &payload)?;
             r.sent += 1;
             now = Instant::now();
         }
@@ -351,11 +411,21 @@ async fn publish_loop(
             }
         }
         conn.fill(wait).await?;
+        let ack_ns = ns_since_epoch(Instant::now());
+        let acked = |r: &mut PubResult, pid: u16| {
+            let (sched, sent) = times[usize::from(pid)];
+            r.ack_latency.record(ack_ns.saturating_sub(sent));
+            r.ack_latency_sched.record(ack_ns.saturating_sub(sched));
+            if log_acks {
+                r.ack_log.push([sched, sent, ack_ns]);
+            }
+        };
         let mut progressed = false;
         while let Some(p) = conn.next()? {
             match p {
                 In::PubAck { pid, reason } if qos == QoS::AtLeastOnce => {
                     release(&mut in_use, &mut inflight, pid)?;
+                    acked(r, pid);
                     count_ack(r, reason);
                     progressed = true;
                 }
@@ -363,6 +433,7 @@ async fn publish_loop(
                     if reason >= 0x80 {
                         // A refused PUBREC ends the flow (MQTT 5 §4.3.3).
                         release(&mut in_use, &mut inflight, pid)?;
+                        acked(r, pid);
                         count_ack(r, reason);
                     } else {
                         conn.push_ack(AckKind::PubRel, pid)?;
@@ -371,6 +442,7 @@ async fn publish_loop(
                 }
                 In::PubComp { pid } if qos == QoS::ExactlyOnce => {
                     release(&mut in_use, &mut inflight, pid)?;
+                    acked(r, pid);
                     count_ack(r, 0);
                     progressed = true;
                 }
@@ -546,6 +618,15 @@ struct Report {
     publish: Option<PublishReport>,
     delivery: Option<DeliveryReport>,
     latency_us: Option<LatencyReport>,
+    /// Publish to acknowledgement (PUBACK/PUBCOMP), all publishers, from the write.
+    ack_latency_us: Option<LatencyReport>,
+    /// Publish to acknowledgement counted from when each publish was due (see
+    /// `PubResult::ack_latency_sched`).
+    ack_latency_sched_us: Option<LatencyReport>,
+    retain: bool,
+    topics: u64,
+    /// Wall-clock time of the epoch the `--ack-log` times count from, ns since 1970.
+    epoch_unix_ns: u64,
     /// False when a QoS 1/2 message was lost, a QoS 2 message duplicated, a publish
     /// refused, or a connection failed.
     valid: bool,
@@ -592,6 +673,44 @@ struct LatencyReport {
     max: f64,
 }
 
+/// Connects and subscribes every subscriber, `--connect-concurrency` at a time. With
+/// --offline-subs each disconnects right after its SUBACK (its session stays) and
+/// nothing is returned; otherwise the connections are returned in index order.
+async fn setup_subscribers(plan: &Arc<Plan>) -> anyhow::Result<Vec<(u32, Conn)>> {
+    let a = &plan.args;
+    let workers = a.connect_concurrency.min(a.subscribers.max(1));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let plan = plan.clone();
+        tasks.push(tokio::spawn(async move {
+            let a = &plan.args;
+            let mut kept = Vec::new();
+            for i in (w..a.subscribers).step_by(workers as usize) {
+                let (mut c, _) = Conn::connect(a.broker, &plan.subscriber_opts(i, false))
+                    .await
+                    .with_context(|| format!("subscriber {i}"))?;
+                c.subscribe(&plan.filter(i), plan.sub_qos)
+                    .await
+                    .with_context(|| format!("subscriber {i}"))?;
+                if a.offline_subs {
+                    c.disconnect()
+                        .await
+                        .with_context(|| format!("subscriber {i}"))?;
+                } else {
+                    kept.push((i, c));
+                }
+            }
+            anyhow::Ok(kept)
+        }));
+    }
+    let mut conns = Vec::new();
+    for t in tasks {
+        conns.extend(t.await.context("subscriber set-up task")??);
+    }
+    conns.sort_by_key(|(i, _)| *i);
+    Ok(conns)
+}
+
 async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
     let a = &plan.args;
     epoch();
@@ -626,28 +745,14 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
         }
     } else {
         // Subscribers first, so that nothing published is missed.
-        let mut conns = Vec::new();
-        for i in 0..a.subscribers {
-            let (mut c, _) = Conn::connect(a.broker, &plan.subscriber_opts(i, false))
-                .await
-                .with_context(|| format!("subscriber {i}"))?;
-            c.subscribe(&plan.filter(), plan.sub_qos)
-                .await
-                .with_context(|| format!("subscriber {i}"))?;
-            conns.push(c);
-        }
-        for (i, c) in conns.into_iter().enumerate() {
-            if a.offline_subs {
-                c.disconnect().await?;
-            } else {
-                subs.push(tokio::spawn(subscriber(
-                    i as u32,
-                    plan.clone(),
-                    SubStart::Online(c),
-                    exp_rx.clone(),
-                    true,
-                )));
-            }
+        for (i, c) in setup_subscribers(&plan).await? {
+            subs.push(tokio::spawn(subscriber(
+                i,
+                plan.clone(),
+                SubStart::Online(c),
+                exp_rx.clone(),
+                true,
+            )));
         }
         let mut pconns = Vec::new();
         for i in 0..a.publishers {
@@ -676,6 +781,11 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
         let end = pubs.iter().filter_map(|p| p.done_at).max().unwrap_or(start);
         let secs = (end - start).as_secs_f64();
         problems.extend(pubs.iter().filter_map(|p| p.error.clone()));
+        if let Some(path) = &a.ack_log {
+            if let Err(e) = write_ack_log(path, &pubs) {
+                problems.push(format!("{e:#}"));
+            }
+        }
         if rejected > 0 {
             problems.push(format!("{rejected} publishes refused by the broker"));
         }
@@ -757,17 +867,13 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
     for r in &results {
         latency.merge(&r.latency);
     }
-    let latency_us = (latency.total() > 0).then(|| {
-        let us = |v: u64| (v as f64 / 1000.0 * 10.0).round() / 10.0;
-        LatencyReport {
-            samples: latency.total(),
-            p50: us(latency.quantile(0.50)),
-            p90: us(latency.quantile(0.90)),
-            p99: us(latency.quantile(0.99)),
-            p999: us(latency.quantile(0.999)),
-            max: us(latency.max()),
-        }
-    });
+    let latency_us = latency_report(&latency);
+    let mut ack = Histogram::default();
+    let mut ack_sched = Histogram::default();
+    for p in &pubs {
+        ack.merge(&p.ack_latency);
+        ack_sched.merge(&p.ack_latency_sched);
+    }
 
     let mut valid = problems.is_empty();
     if let Some(d) = &delivery {
@@ -819,9 +925,45 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
         publish: publish_report,
         delivery,
         latency_us,
+        ack_latency_us: latency_report(&ack),
+        ack_latency_sched_us: latency_report(&ack_sched),
+        retain: a.retain,
+        topics: a.topics,
+        epoch_unix_ns: epoch_pair()
+            .1
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
         valid,
         problems,
     })
+}
+
+/// Quantiles of a nanosecond histogram in microseconds; `None` when it is empty.
+fn latency_report(h: &Histogram) -> Option<LatencyReport> {
+    let us = |v: u64| (v as f64 / 1000.0 * 10.0).round() / 10.0;
+    (h.total() > 0).then(|| LatencyReport {
+        samples: h.total(),
+        p50: us(h.quantile(0.50)),
+        p90: us(h.quantile(0.90)),
+        p99: us(h.quantile(0.99)),
+        p999: us(h.quantile(0.999)),
+        max: us(h.max()),
+    })
+}
+
+/// Writes the publishers' `--ack-log` records to `path`, 24 bytes each.
+fn write_ack_log(path: &std::path::Path, pubs: &[PubResult]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    for rec in pubs.iter().flat_map(|p| &p.ack_log) {
+        for v in rec {
+            w.write_all(&v.to_le_bytes())?;
+        }
+    }
+    w.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn print_text(r: &Report) {
@@ -841,11 +983,17 @@ fn print_text(r: &Report) {
             d.msgs_per_sec, d.received, d.expected_per_subscriber, d.lost, d.duplicates, d.secs, d.phase
         );
     }
-    if let Some(l) = &r.latency_us {
-        println!(
-            "latency:  p50 {} us  p90 {} us  p99 {} us  p99.9 {} us  max {} us  ({} samples)",
-            l.p50, l.p90, l.p99, l.p999, l.max, l.samples
-        );
+    for (name, l) in [
+        ("latency: ", &r.latency_us),
+        ("ack:     ", &r.ack_latency_us),
+        ("ack sched", &r.ack_latency_sched_us),
+    ] {
+        if let Some(l) = l {
+            println!(
+                "{name} p50 {} us  p90 {} us  p99 {} us  p99.9 {} us  max {} us  ({} samples)",
+                l.p50, l.p90, l.p99, l.p999, l.max, l.samples
+            );
+        }
     }
     for p in &r.problems {
         println!("problem:  {p}");

@@ -237,7 +237,7 @@ impl Conn {
             .map_err(|e| anyhow::anyhow!("cannot encode {:?}: {e:?}", packet.packet_type()))
     }
 
-    /// Encodes a PUBLISH.
+    /// Encodes a PUBLISH (with the RETAIN flag when `retain`).
     ///
     /// # Errors
     /// When the packet cannot be encoded.
@@ -245,13 +245,14 @@ impl Conn {
         &mut self,
         topic: &str,
         qos: QoS,
+        retain: bool,
         pid: u16,
         payload: &[u8],
     ) -> anyhow::Result<()> {
         self.push(&Packet::Publish(Publish {
             dup: false,
             qos,
-            retain: false,
+            retain,
             topic,
             packet_id: pid,
             properties: Properties::default(),
