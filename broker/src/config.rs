@@ -164,7 +164,8 @@ pub struct MqttConfig {
     /// Most bytes of retained messages kept across all topics (payload, topic,
     /// properties and bookkeeping); a retained message that would pass it is delivered
     /// but not retained, and counted (`$SYS/broker/retained/refused`). Must be at least
-    /// 1. Default `268435456` (256 MiB).
+    /// 1. Default `1073741824` (1 GiB: a million small retained messages fit, 1,000 of
+    /// 1 MiB do not).
     pub max_retained_bytes: usize,
     /// Largest payload, in bytes, of a message that is retained; a larger one is
     /// delivered but not retained, and counted. Default `1048576` (1 MiB).
@@ -233,7 +234,7 @@ impl Default for MqttConfig {
             max_topic_levels: 128,
             max_client_id_length: 256,
             max_retained_messages: 1_000_000,
-            max_retained_bytes: 256 * 1024 * 1024,
+            max_retained_bytes: 1024 * 1024 * 1024,
             max_retained_message_bytes: 1024 * 1024,
             max_subscriptions_per_client: 10_000,
             deny_subscribe: Vec::new(),
