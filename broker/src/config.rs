@@ -163,9 +163,9 @@ pub struct MqttConfig {
     pub max_retained_messages: usize,
     /// Most bytes of retained messages kept across all topics (payload, topic,
     /// properties and bookkeeping); a retained message that would pass it is delivered
-    /// but not retained, and counted (`$SYS/broker/retained/refused`). Must be at least
-    /// 1. Default `1073741824` (1 GiB: a million small retained messages fit, 1,000 of
-    /// 1 MiB do not).
+    /// but not retained, and counted (`$SYS/broker/retained/refused`). Must be at
+    /// least 1. Default `1073741824` (1 GiB: a million small retained messages fit,
+    /// a thousand of a megabyte do not).
     pub max_retained_bytes: usize,
     /// Largest payload, in bytes, of a message that is retained; a larger one is
     /// delivered but not retained, and counted. Default `1048576` (1 MiB).
