@@ -172,6 +172,19 @@ impl Core {
         let retained = Vec::new();
         let now_ms = self.clock.unix_ms(now);
         let mut sessions = Vec::new();
+        // Work-queue jobs a consumer holds are still the queue's: they are written back
+        // into their queue, whatever the consumer's session (a clean one included).
+        let mut queue_held = Vec::new();
+        for s in self.sessions.values() {
+            let inflight = s.inflight().map(|i| &i.delivery);
+            for d in inflight.chain(s.queued()) {
+                if let (Some(q), true) = (&d.queue, d.dseq != 0) {
+                    let mut d = d.clone();
+                    d.qos = QoS::AtLeastOnce;
+                    queue_held.push((q.clone(), d));
+                }
+            }
+        }
         for (id, s) in &mut self.sessions {
             if !s.persisted() {
                 continue;
@@ -192,7 +205,7 @@ impl Core {
             let queued = s.queued().map(|d| (d.clone(), None));
             let deliveries = inflight
                 .chain(queued)
-                .filter(|(d, _)| d.dseq != 0)
+                .filter(|(d, _)| d.dseq != 0 && d.queue.is_none())
                 .collect();
             let spill = match s.spill_mut().map(|t| t.frozen()) {
                 Some(Ok(view)) => Some(view),
@@ -218,6 +231,7 @@ impl Core {
             now_ms,
             retained,
             sessions,
+            queue_held,
         }
     }
 
@@ -343,6 +357,8 @@ struct Image {
     now_ms: u64,
     retained: Vec<(Arc<str>, Arc<Message>)>,
     sessions: Vec<SessionImage>,
+    /// Work-queue jobs held by consumers, by queue (store id).
+    queue_held: Vec<(Arc<str>, Delivery)>,
 }
 
 /// One persistent session in an [`Image`].
@@ -440,6 +456,9 @@ impl Image {
                     delay: w.delay,
                 });
             }
+        }
+        for (queue, d) in &self.queue_held {
+            snap.delivery(queue, d);
         }
         snap.flush();
         snap.total
