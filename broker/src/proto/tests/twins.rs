@@ -2355,7 +2355,7 @@ impl durable::TailStore for NoTails {
 }
 
 /// A core journaling into `journal`.
-fn durable_core(journal: Arc<MemJournal>, now: Instant) -> Core {
+fn durable_core(journal: Arc<dyn durable::Journal>, now: Instant) -> Core {
     Core::with_journal(
         Arc::new(MqttConfig::default()),
         journal,
@@ -2575,13 +2575,7 @@ fn retained_copied_in_steps_while_they_change_survive_compaction_and_a_crash() {
     // back from the compacted log as it was at the end.
     let t0 = Instant::now();
     let journal = Arc::new(CompactingJournal::default());
-    let mut core = Core::with_journal(
-        Arc::new(MqttConfig::default()),
-        journal.clone(),
-        Arc::new(NoTails),
-        usize::MAX,
-        Clock::new(t0, 1_700_000_000_000),
-    );
+    let mut core = durable_core(journal.clone(), t0);
     core.set_compact_min(0);
     let mut p = online(&mut core, V5, "retainer", t0);
     let payloads: Vec<String> = (0..100).map(|i| format!("v1-{i}")).collect();
@@ -2660,13 +2654,7 @@ fn work_queue_jobs_held_by_a_consumer_survive_compaction_and_a_crash() {
     // the queue, so it comes back after a crash.
     let t0 = Instant::now();
     let journal = Arc::new(CompactingJournal::default());
-    let mut core = Core::with_journal(
-        Arc::new(MqttConfig::default()),
-        journal.clone(),
-        Arc::new(NoTails),
-        usize::MAX,
-        Clock::new(t0, 1_700_000_000_000),
-    );
+    let mut core = durable_core(journal.clone(), t0);
     core.set_compact_min(0);
     let mut worker = online(&mut core, V5, "worker", t0);
     worker.subscribe(&mut core, "$queue/jobs", QoS::AtLeastOnce, t0);
