@@ -49,6 +49,11 @@ use session::{
 use timers::Timers;
 use trie::SubscriptionTree;
 
+/// The hash map of the hot paths (sessions by client id, the subscription trie, a
+/// publish's targets): keys come from clients, so the hasher is randomly keyed, but it
+/// costs a fraction of std's SipHash.
+pub(crate) type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
 /// Key of a subscription in the trie: the client and, for shared subscriptions, the group.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct SubKey {
@@ -141,7 +146,9 @@ pub(crate) struct Stats {
 pub(crate) struct Core {
     cfg: Arc<MqttConfig>,
     limits: QueueLimits,
-    sessions: HashMap<Arc<str>, Session>,
+    sessions: FastMap<Arc<str>, Session>,
+    /// A publish's targets by client (empty between publishes; kept for its capacity).
+    targets: FastMap<Arc<str>, router::Target>,
     subs: SubscriptionTree<SubKey, SubEntry>,
     shared_rr: HashMap<GroupKey, usize>,
     retained: RetainedIndex<Arc<Message>>,
@@ -204,7 +211,8 @@ impl Core {
         Core {
             cfg,
             limits,
-            sessions: HashMap::new(),
+            sessions: FastMap::default(),
+            targets: FastMap::default(),
             subs: SubscriptionTree::new(),
             shared_rr: HashMap::new(),
             retained: RetainedIndex::new(),
@@ -739,7 +747,7 @@ impl Core {
 /// The session of `client` in `sessions` if connection `conn_id` still owns it (a free
 /// function so callers can borrow other fields of the core beside it).
 fn owned<'s>(
-    sessions: &'s mut HashMap<Arc<str>, Session>,
+    sessions: &'s mut FastMap<Arc<str>, Session>,
     client: &str,
     conn_id: u64,
 ) -> Option<&'s mut Session> {

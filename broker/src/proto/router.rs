@@ -2,6 +2,18 @@
 
 use super::*;
 
+/// What one publish sends one client whose subscriptions match it (several may:
+/// MQTT-3.3.4-2 / 5.0 §3.3.4, one delivery with the highest QoS and every identifier).
+#[derive(Debug)]
+pub(super) struct Target {
+    qos: QoS,
+    retain: bool,
+    sub_ids: Vec<u32>,
+}
+
+/// Largest table of targets kept from one publish for the next.
+const TARGETS_KEPT: usize = 4096;
+
 impl Core {
     /// True when `msg` may become its topic's retained message within the limits on
     /// retained messages (count, total bytes, bytes per message); the one it replaces
@@ -52,13 +64,10 @@ impl Core {
                 tracing::debug!(topic = %msg.topic, "retained message limits reached; not retained");
             }
         }
-        struct Target {
-            qos: QoS,
-            retain: bool,
-            sub_ids: Vec<u32>,
-        }
-        let mut direct: HashMap<Arc<str>, Target> = HashMap::new();
-        let mut groups: HashMap<GroupKey, Vec<(Arc<str>, SubEntry)>> = HashMap::new();
+        // Reused from publish to publish so that its table is not grown from empty each
+        // time; given back below.
+        let mut direct = std::mem::take(&mut self.targets);
+        let mut groups: FastMap<GroupKey, Vec<(Arc<str>, SubEntry)>> = FastMap::default();
         self.subs
             .for_each_match(&msg.topic, |filter, key, entry| match &key.group {
                 None => {
@@ -82,7 +91,7 @@ impl Core {
                     .push((key.client.clone(), entry.clone())),
             });
         let mut count = 0;
-        for (client, t) in direct {
+        for (client, t) in direct.drain() {
             let d = Delivery {
                 qos: msg.qos.min(t.qos),
                 retain: t.retain,
@@ -95,6 +104,10 @@ impl Core {
                 attempts: 0,
             };
             count += usize::from(self.deliver(&client, d, now, fx));
+        }
+        // A publish that matched a crowd does not keep the crowd's table.
+        if direct.capacity() <= TARGETS_KEPT {
+            self.targets = direct;
         }
         for ((group, filter), mut members) in groups {
             members.sort_by(|a, b| a.0.cmp(&b.0));

@@ -49,7 +49,7 @@
 //!   depth is bounded by the configured maximum number of topic levels.
 //! - Matches are reported in no particular order (hash-map order).
 
-use std::collections::HashMap;
+use super::FastMap;
 use std::fmt;
 use std::hash::Hash;
 use std::str::Split;
@@ -60,13 +60,13 @@ struct Leaf<K, V> {
     /// The filter every entry here was subscribed with, handed back on each match.
     filter: Arc<str>,
     /// One value per subscriber key; never empty while the leaf is in the trie.
-    subs: HashMap<K, V>,
+    subs: FastMap<K, V>,
 }
 
 /// One level of the trie: its children and the filters that end here.
 struct Node<K, V> {
     /// Children for literal levels (including the empty level `""`).
-    literals: HashMap<Box<str>, Node<K, V>>,
+    literals: FastMap<Box<str>, Node<K, V>>,
     /// Child for a `+` level.
     plus: Option<Box<Node<K, V>>>,
     /// Entries of the filter made of this node's path followed by `/#` (or `#` at the root).
@@ -90,7 +90,7 @@ pub(crate) struct SubscriptionTree<K, V> {
     root: Node<K, V>,
     /// Roots for filters whose first level starts with `$`, by that level; literal only, so
     /// no wildcard can ever sit at the first level of a `$` topic.
-    dollar: HashMap<Box<str>, Node<K, V>>,
+    dollar: FastMap<Box<str>, Node<K, V>>,
     /// Number of (filter, key) entries.
     len: usize,
     /// Bumped on every change, so callers can drop caches built from an older tree.
@@ -124,7 +124,7 @@ impl<K: Clone + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
         debug_assert!(levels.next().is_none(), "`#` not last in filter {filter:?}");
         let leaf = node.slot_mut(slot).get_or_insert_with(|| Leaf {
             filter: Arc::from(filter),
-            subs: HashMap::new(),
+            subs: FastMap::default(),
         });
         let old = leaf.subs.insert(key, value);
         if old.is_none() {
@@ -201,7 +201,7 @@ impl<K, V> Default for SubscriptionTree<K, V> {
     fn default() -> Self {
         Self {
             root: Node::default(),
-            dollar: HashMap::new(),
+            dollar: FastMap::default(),
             len: 0,
             generation: 0,
         }
@@ -233,7 +233,7 @@ impl<K, V> Default for Node<K, V> {
     /// A node with no children and no entries.
     fn default() -> Self {
         Self {
-            literals: HashMap::new(),
+            literals: FastMap::default(),
             plus: None,
             hash: None,
             exact: None,
