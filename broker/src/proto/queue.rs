@@ -23,8 +23,9 @@
 //! - `tombstones <= live`, so `slots.len() <= 2 * live`: a compaction (O(slots)) runs
 //!   when an eviction would break it, which needs as many O(1) evictions since the last
 //!   one, so eviction is amortised O(1) and memory stays proportional to the live items
-//!   however long the queue never empties. Rings whose capacity exceeds four times their
-//!   length are shrunk, for the same reason.
+//!   however long the queue never empties. Rings whose capacity exceeds sixteen times
+//!   their length are shrunk to four times it, for the same reason (the gap is wide so
+//!   that a queue filling and draining in waves is not reallocated on every wave).
 //! - `live` and `bytes` are the count and the summed `cost()` of the live items. An item's
 //!   `droppable()` and `cost()` must not change while it is queued.
 
@@ -60,6 +61,12 @@ pub(crate) struct DeliveryQueue<T> {
 
 /// Rings with less capacity than this are never shrunk.
 const SHRINK_FLOOR: usize = 64;
+
+/// A ring is shrunk once its capacity exceeds this many times its length...
+const SHRINK_RATIO: usize = 16;
+
+/// ...to this many times its length.
+const SHRINK_TO: usize = 4;
 
 impl<T: Queued> DeliveryQueue<T> {
     /// Creates an empty queue.
@@ -229,15 +236,19 @@ impl<T: Queued> DeliveryQueue<T> {
         }
     }
 
-    /// Gives back ring capacity far beyond what the items need.
+    /// Gives back ring capacity far beyond what the items need: a ring [`SHRINK_RATIO`]
+    /// times larger than its contents is cut to [`SHRINK_TO`] times them. The wide gap
+    /// matters: a queue that fills and drains in waves (a subscriber behind a fast
+    /// publisher) would otherwise be reallocated, and its fresh pages faulted in again,
+    /// on every wave.
     fn shrink(&mut self) {
-        if self.slots.capacity() > SHRINK_FLOOR.max(4 * self.slots.len()) {
+        if self.slots.capacity() > SHRINK_FLOOR.max(SHRINK_RATIO * self.slots.len()) {
             self.steps += self.slots.len() as u64;
-            self.slots.shrink_to(2 * self.slots.len());
+            self.slots.shrink_to(SHRINK_TO * self.slots.len());
         }
-        if self.drop_order.capacity() > SHRINK_FLOOR.max(4 * self.drop_order.len()) {
+        if self.drop_order.capacity() > SHRINK_FLOOR.max(SHRINK_RATIO * self.drop_order.len()) {
             self.steps += self.drop_order.len() as u64;
-            self.drop_order.shrink_to(2 * self.drop_order.len());
+            self.drop_order.shrink_to(SHRINK_TO * self.drop_order.len());
         }
     }
 }
@@ -428,7 +439,7 @@ mod tests {
                 q.pop_front();
             }
             assert!(q.slots.len() <= 2 * q.len() + 1);
-            assert!(q.slots.capacity() <= SHRINK_FLOOR.max(8 * q.slots.len()));
+            assert!(q.slots.capacity() <= SHRINK_FLOOR.max(2 * SHRINK_RATIO * q.slots.len()));
         }
         let steps = q.steps - start;
         assert!(steps <= 4 * 50_000 * 5, "{steps} steps");
