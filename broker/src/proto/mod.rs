@@ -309,14 +309,19 @@ impl Core {
     }
 
     /// Sends what `client`'s session may send now, journaling it.
-    fn drain_session(&mut self, client: &Arc<str>, out: &mut BytesMut, now: Instant) {
+    ///
+    /// Returns true when it stopped at a full outbound batch with more queued (the
+    /// connection is woken again for the rest).
+    fn drain_session(&mut self, client: &Arc<str>, out: &mut BytesMut, now: Instant) -> bool {
         self.retained_step(client, now);
         let limits = self.limits;
         let durable = self.durable();
         let clock = self.clock(now);
         let mut events = Vec::new();
+        let mut more = false;
         if let Some(s) = self.sessions.get_mut(client) {
-            if s.drain(out, &limits, now, clock, durable, &mut |e| events.push(e)) {
+            more = s.drain(out, &limits, now, clock, durable, &mut |e| events.push(e));
+            if more {
                 if let Some(link) = s.link() {
                     link.notify.wake();
                 }
@@ -325,6 +330,7 @@ impl Core {
         self.log_events(client, events);
         // Acknowledgements made room at work-queue consumers.
         self.dispatch_due(now);
+        more
     }
 
     /// The session of `client` if connection `conn_id` still owns it.
@@ -332,18 +338,18 @@ impl Core {
         owned(&mut self.sessions, client, conn_id)
     }
 
-    /// Sends queued deliveries of `client` that fit its window.
+    /// Sends queued deliveries of `client` that fit its window; true when more are queued
+    /// than one outbound batch held.
     pub(crate) fn drain(
         &mut self,
         client: &str,
         conn_id: u64,
         now: Instant,
         out: &mut BytesMut,
-    ) -> Result<(), Close> {
+    ) -> Result<bool, Close> {
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
         let id = s.client_id().clone();
-        self.drain_session(&id, out, now);
-        Ok(())
+        Ok(self.drain_session(&id, out, now))
     }
 
     /// Handles one packet of an established connection.

@@ -34,7 +34,7 @@ use tracing::Instrument;
 
 use super::shared::Shared;
 use super::table::Slot;
-use crate::proto::session::{write_packet, Kick, Wake};
+use crate::proto::session::{write_packet, Kick, Wake, OUTBOUND_BATCH};
 use crate::proto::{disconnect_packet, Accepted, Close, End};
 
 /// The connection task's wake-up: the core names it in its effects.
@@ -92,23 +92,52 @@ pub(crate) async fn serve(
     .await
 }
 
-/// Writes `out` to the socket and clears it (shrinking it if a large packet made it
-/// grow).
+/// Writes `out` to the socket and clears it.
+///
+/// The socket usually takes the whole buffer at once, so a write is first tried without
+/// arming a timer; only what it did not take is written under [`WRITE_TIMEOUT`].
+///
+/// A buffer that grew past [`SHRINK_ABOVE`] (a large packet, or a batch of the core's
+/// outbound queue) is replaced by a small one once written.
 async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()> {
+    flush_keeping(stream, out, false).await
+}
+
+/// [`flush`], except that with `more` (the core's drain stopped at a full batch and more
+/// is queued) a grown buffer is kept: the next drain would grow it again at once.
+/// A subscriber behind a fast publisher would otherwise reallocate its buffer, and fault
+/// in its pages, for every batch.
+async fn flush_keeping(
+    stream: &mut TcpStream,
+    out: &mut BytesMut,
+    more: bool,
+) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(out)).await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "write timed out",
-            ))
+    let mut written = 0;
+    while written < out.len() {
+        match stream.try_write(&out[written..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if written < out.len() {
+        let rest = &out[written..];
+        match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(rest)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "write timed out",
+                ))
+            }
         }
     }
     out.clear();
-    if out.capacity() > SHRINK_ABOVE {
+    if out.capacity() > SHRINK_ABOVE && !(more && out.capacity() <= 2 * OUTBOUND_BATCH) {
         *out = BytesMut::with_capacity(BUF_CAPACITY);
     }
     Ok(())
@@ -391,46 +420,66 @@ impl Link<'_> {
         let keep_alive =
             (acc.keep_alive > 0).then(|| Duration::from_millis(u64::from(acc.keep_alive) * 1500));
         let mut last_rx = Instant::now();
+        // The futures raced below live across iterations: creating them anew for every
+        // packet would register and deregister a timer and a cancellation waiter each
+        // time. The keep-alive timer is not moved on every packet either: when it fires
+        // early (packets came meanwhile) it is reset to the deadline they made.
+        let far = Duration::from_secs(86_400 * 365);
+        let keepalive = tokio::time::sleep_until(last_rx + keep_alive.unwrap_or(far));
+        let evicted = self.slot.evicted();
+        let cancelled = self.shutdown.cancelled();
+        let notified = self.notify.notified();
+        tokio::pin!(keepalive, evicted, cancelled, notified);
+        // The last drain stopped at a full batch: more is queued.
+        let mut more = false;
         // The CONNECT's CONNACK (and anything else it produced).
         flush(stream, &mut out).await?;
         loop {
-            // Handle every complete frame in the buffer under one lock.
+            // Handle every complete frame in the buffer under one lock (none: no lock).
             let mut consumed = 0;
             let mut close = None;
             let grew = inbuf.capacity() > SHRINK_ABOVE;
-            shared
-                .apply(|core, fx| {
-                    let now = std::time::Instant::now();
-                    loop {
-                        let rest = &inbuf[consumed..];
-                        let h = match check(rest, max_packet) {
-                            Ok(Some(h)) if rest.len() >= h.frame_len() => h,
-                            Ok(_) => break,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "packet too large; closing");
-                                close = Some(Close::Error(e.reason_code()));
-                                break;
-                            }
-                        };
-                        let packet =
-                            match decode_body(&h, &rest[h.header_len..h.frame_len()], protocol) {
-                                Ok(p) => p,
+            let ready = match check(&inbuf, max_packet) {
+                Ok(Some(h)) => inbuf.len() >= h.frame_len(),
+                Ok(None) => false,
+                Err(_) => true,
+            };
+            if ready {
+                shared
+                    .apply(|core, fx| {
+                        let now = std::time::Instant::now();
+                        loop {
+                            let rest = &inbuf[consumed..];
+                            let h = match check(rest, max_packet) {
+                                Ok(Some(h)) if rest.len() >= h.frame_len() => h,
+                                Ok(_) => break,
                                 Err(e) => {
-                                    tracing::warn!(error = %e, "malformed packet; closing");
+                                    tracing::warn!(error = %e, "packet too large; closing");
                                     close = Some(Close::Error(e.reason_code()));
                                     break;
                                 }
                             };
-                        consumed += h.frame_len();
-                        if let Err(c) =
-                            core.handle(&acc.client_id, acc.conn_id, &packet, now, &mut out, fx)
-                        {
-                            close = Some(c);
-                            break;
+                            let packet =
+                                match decode_body(&h, &rest[h.header_len..h.frame_len()], protocol)
+                                {
+                                    Ok(p) => p,
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "malformed packet; closing");
+                                        close = Some(Close::Error(e.reason_code()));
+                                        break;
+                                    }
+                                };
+                            consumed += h.frame_len();
+                            if let Err(c) =
+                                core.handle(&acc.client_id, acc.conn_id, &packet, now, &mut out, fx)
+                            {
+                                close = Some(c);
+                                break;
+                            }
                         }
-                    }
-                })
-                .await;
+                    })
+                    .await;
+            }
             inbuf.advance(consumed);
             shrink(&mut inbuf, grew);
             match close {
@@ -452,14 +501,9 @@ impl Link<'_> {
                 Some(Close::TakenOver) => return Ok(LinkExit::taken_over()),
                 None => {}
             }
-            flush(stream, &mut out).await?;
+            flush_keeping(stream, &mut out, more).await?;
+            more = false;
 
-            let keepalive_expired = async {
-                match keep_alive {
-                    Some(ka) => tokio::time::sleep_until(last_rx + ka).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 r = stream.read_buf(&mut inbuf) => {
                     match r {
@@ -474,7 +518,8 @@ impl Link<'_> {
                         }
                     }
                 }
-                _ = self.notify.notified() => {
+                _ = &mut notified => {
+                    notified.set(self.notify.notified());
                     let reason = self.kick.get();
                     if reason != 0 {
                         // Taken over (the core already detached us) or too slow (still
@@ -486,24 +531,31 @@ impl Link<'_> {
                     let res = shared
                         .apply(|core, _| core.drain(&acc.client_id, acc.conn_id, now, &mut out))
                         .await;
-                    if res.is_err() {
-                        return Ok(LinkExit::taken_over());
+                    match res {
+                        Ok(m) => more = m,
+                        Err(_) => return Ok(LinkExit::taken_over()),
                     }
                 }
-                _ = keepalive_expired => {
+                _ = &mut keepalive, if keep_alive.is_some() => {
+                    let due = last_rx + keep_alive.unwrap_or(far);
+                    if due > Instant::now() {
+                        // Packets came since the timer was set: wait for their deadline.
+                        keepalive.as_mut().reset(due);
+                        continue;
+                    }
                     // MQTT-3.1.2-24 (5.0) / 3.1.2-10 (3.1.1): 1.5 × Keep Alive without a packet.
                     tracing::info!("keep alive expired; closing");
                     disconnect_packet(&mut out, protocol, mote_codec::reason::KEEP_ALIVE_TIMEOUT);
                     return Ok(self.close_with(stream, &mut out).await);
                 }
-                _ = self.slot.evicted() => {
+                _ = &mut evicted => {
                     // Idle longest while the connection table was full (3.1.1 §3.1.2.10
                     // lets a server disconnect an inactive client whatever its Keep Alive).
                     tracing::info!("evicted as idle (connection table full); closing");
                     disconnect_packet(&mut out, protocol, mote_codec::reason::SERVER_BUSY);
                     return Ok(self.close_with(stream, &mut out).await);
                 }
-                _ = self.shutdown.cancelled() => {
+                _ = &mut cancelled => {
                     disconnect_packet(&mut out, protocol, mote_codec::reason::SERVER_SHUTTING_DOWN);
                     return Ok(self.close_with(stream, &mut out).await);
                 }
