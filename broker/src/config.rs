@@ -77,6 +77,26 @@ pub struct Cli {
     /// Log filter, as a tracing env-filter directive, e.g. "debug" or "info,mote_broker=trace" [default: info; TOML: log.level]
     #[arg(long, value_name = "LEVEL")]
     pub log: Option<String>,
+
+    /// A command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Commands of `mote` besides serving.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Sets a user's password in a password file (read from the terminal without echo, or
+    /// as one line of standard input), creating the file with mode 0600
+    Passwd {
+        /// Remove the user instead
+        #[arg(long)]
+        delete: bool,
+        /// The password file (`[auth] password_file`)
+        file: PathBuf,
+        /// The user name
+        user: String,
+    },
 }
 
 /// Lets clap reject a bad `--fsync` with its usual usage message, while the field stays a
@@ -95,6 +115,38 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Section `[log]`: logging.
     pub log: LogConfig,
+    /// Section `[auth]`: users, passwords and access rules (see `docs/security.md`).
+    pub auth: AuthConfig,
+}
+
+/// Section `[auth]`: who may connect and what each may read and write. Both files are
+/// read at start and again on SIGHUP (a bad file then keeps the old ones in force).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Password file: `USER:HASH` lines (argon2id PHC strings) as `mote passwd` writes
+    /// them. Default none: no password is checked.
+    pub password_file: Option<PathBuf>,
+    /// Access rules file (format in `docs/security.md`). Default none: every topic may be
+    /// read and written, except what `mqtt.deny_subscribe` lists.
+    pub acl_file: Option<PathBuf>,
+    /// Whether a client without a user name may connect. Default: `false` when a
+    /// password file is set, `true` otherwise.
+    pub allow_anonymous: Option<bool>,
+    /// Failed logins one IP address may have per minute; beyond them its logins are
+    /// refused unchecked until the minute is over. `0` means no limit. Default `10`.
+    pub max_failures_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            password_file: None,
+            acl_file: None,
+            allow_anonymous: None,
+            max_failures_per_minute: 10,
+        }
+    }
 }
 
 /// Section `[mqtt]`: the MQTT listener and the limits it enforces.

@@ -1,12 +1,15 @@
 //! The `mote` binary: flags, logging, runtime, signals.
 
 use clap::Parser;
-use mote_broker::config::{Cli, Config};
+use mote_broker::config::{Cli, Command, Config};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
     fixed_malloc_thresholds();
     let cli = Cli::parse();
+    if let Some(Command::Passwd { delete, file, user }) = &cli.command {
+        return mote_broker::runtime::passwd(file, user, *delete);
+    }
     let config = Config::load(&cli)?;
     if cli.print_config {
         print!("{}", config.to_toml()?);

@@ -3,11 +3,14 @@
 use super::*;
 
 impl Core {
-    /// Handles CONNECT: CONNACK into `out`; on success the session is attached to a new
-    /// link woken through `notify` and closed through `kick`.
+    /// Handles CONNECT from a client the runtime authenticated as `user` (`None`:
+    /// anonymous): CONNACK into `out`; on success the session is attached to a new link
+    /// woken through `notify` and closed through `kick`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn connect(
         &mut self,
         c: &Connect<'_>,
+        user: Option<Arc<str>>,
         notify: Arc<dyn Wake>,
         kick: Arc<Kick>,
         now: Instant,
@@ -91,7 +94,13 @@ impl Core {
         }
         let mut session_present = false;
         if let Some(old) = self.sessions.get_mut(&client_id) {
-            if c.clean_start {
+            // A session belongs to the user that created it: another user's CONNECT
+            // with this client id starts afresh instead of reading what was queued.
+            let owner_differs = old.user().map(|u| &**u) != user.as_deref();
+            if owner_differs && !c.clean_start {
+                tracing::info!(client = %client_id, "session of another user not resumed");
+            }
+            if c.clean_start || owner_differs {
                 self.end_session(&client_id, now, fx);
             } else {
                 // Reconnecting before the will delay ran out cancels the will.
@@ -172,6 +181,7 @@ impl Core {
         let was_persisted = session.persisted();
         session.set_expiry_interval(expiry);
         session.attach(link);
+        session.set_user(user.clone());
         session.set_will(will.clone());
         session.set_persisted(expiry > 0);
         if self.journal.is_some() {
@@ -182,6 +192,7 @@ impl Core {
                         Record::SessionOpen {
                             client: id.clone(),
                             expiry,
+                            user: user.as_deref().map(str::to_owned),
                         },
                         Why::Connack,
                     );

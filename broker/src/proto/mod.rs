@@ -20,9 +20,11 @@ use mote_codec::{
     Publish, QoS, RetainHandling, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe,
 };
 
+pub(crate) mod acl;
 mod connect;
 pub(crate) mod durable;
 pub(crate) mod message;
+mod policy;
 pub(crate) mod queue;
 mod queues;
 pub(crate) mod retained;
@@ -68,6 +70,9 @@ pub(crate) struct SubEntry {
     no_local: bool,
     retain_as_published: bool,
     id: Option<u32>,
+    /// The access rules allow only part of what the filter matches: each message is
+    /// checked on delivery.
+    checked: bool,
 }
 
 /// A shared subscription: its group and its (inner) filter.
@@ -139,6 +144,10 @@ pub(crate) struct Stats {
     pub(crate) dropped_overflow: u64,
     /// Retained messages not kept because of the limits on retained messages.
     pub(crate) retained_refused: u64,
+    /// PUBLISHes and wills refused by the access rules.
+    pub(crate) publish_denied: u64,
+    /// Subscriptions refused by the access rules (at SUBSCRIBE or removed by a reload).
+    pub(crate) subscribe_denied: u64,
 }
 
 /// The broker state: sessions, subscriptions, retained messages.
@@ -149,6 +158,8 @@ pub(crate) struct Core {
     sessions: FastMap<Arc<str>, Session>,
     /// A publish's targets by client (empty between publishes; kept for its capacity).
     targets: FastMap<Arc<str>, router::Target>,
+    /// The access rules in force.
+    acl: Arc<acl::Acl>,
     subs: SubscriptionTree<SubKey, SubEntry>,
     shared_rr: HashMap<GroupKey, usize>,
     retained: RetainedIndex<Arc<Message>>,
@@ -208,11 +219,13 @@ impl Core {
             max_bytes: cfg.max_queued_bytes,
             max_inflight: cfg.max_inflight,
         };
+        let acl = Arc::new(acl::Acl::allow_all(&cfg.deny_subscribe));
         Core {
             cfg,
             limits,
             sessions: FastMap::default(),
             targets: FastMap::default(),
+            acl,
             subs: SubscriptionTree::new(),
             shared_rr: HashMap::new(),
             retained: RetainedIndex::new(),
@@ -461,6 +474,7 @@ impl Core {
     ) -> Result<(), Close> {
         self.stats.publish_received += 1;
         let cfg = self.cfg.clone();
+        let acl = (!self.acl.is_open()).then(|| self.acl.clone());
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
         let Some(link) = s.link_mut() else {
             return Err(Close::TakenOver);
@@ -518,6 +532,19 @@ impl Core {
         }
         // `$SYS` belongs to the broker: clients may not publish into it.
         let persisted = s.persisted();
+        // The access rules (docs/security.md): a refused PUBLISH is not routed. MQTT 5
+        // says why (0x87); 3.1.1 has no refusal and acknowledges it as usual.
+        if let (Some(acl), true) = (&acl, code == reason::SUCCESS) {
+            let who = acl::Who {
+                user: s.user().map(|u| &**u),
+                client,
+            };
+            if !acl.allows(who, acl::Access::Write, &topic) {
+                tracing::debug!(client = %client, topic = %topic, "publish refused by the access rules");
+                self.stats.publish_denied += 1;
+                code = reason::NOT_AUTHORIZED;
+            }
+        }
         let routed = if code == reason::SUCCESS && !is_sys(&topic) {
             let mid = self.mid();
             let queue = queues::queue_of(&topic).map(str::to_owned);
@@ -552,7 +579,8 @@ impl Core {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => write_packet(out, protocol, &Packet::PubAck(ack)),
             QoS::ExactlyOnce => {
-                if code < 0x80 {
+                // A 3.1.1 client was told nothing of a refusal: its flow goes on.
+                if code < 0x80 || !v5 {
                     if let Some(s) = self.owned(client, conn_id) {
                         s.hold_inbound_qos2(p.packet_id);
                     }
@@ -616,7 +644,8 @@ impl Core {
             if delay == 0 {
                 if let Some(w) = s.take_will() {
                     will_gone = true;
-                    self.publish_will(w, now, fx);
+                    let user = s.user().cloned();
+                    self.publish_will(w, user, now, fx);
                 }
             } else {
                 let at = now + Duration::from_secs(u64::from(delay));
@@ -654,7 +683,26 @@ impl Core {
         }
     }
 
-    fn publish_will(&mut self, w: WillState, now: Instant, fx: &mut Effects) {
+    /// Publishes the will of a session of `user`, if the access rules let that user
+    /// write its topic (checked now: rules may have changed since the CONNECT).
+    fn publish_will(
+        &mut self,
+        w: WillState,
+        user: Option<Arc<str>>,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        if let Some(client) = w.msg.publisher.as_deref() {
+            let who = acl::Who {
+                user: user.as_deref(),
+                client,
+            };
+            if !self.acl.allows(who, acl::Access::Write, &w.msg.topic) {
+                self.stats.publish_denied += 1;
+                tracing::info!(client, topic = %w.msg.topic, "will not published: not allowed to write its topic");
+                return;
+            }
+        }
         tracing::debug!(topic = %w.msg.topic, "publishing will");
         let mut msg = w.msg;
         // The will's Message Expiry Interval counts from when it is published.
@@ -687,7 +735,7 @@ impl Core {
         self.timers.cancel(&Timer::Expiry(client.clone()));
         if self.timers.cancel(&Timer::Will(client.clone())).is_some() {
             if let Some(w) = s.take_will() {
-                self.publish_will(w, now, fx);
+                self.publish_will(w, s.user().cloned(), now, fx);
             }
         }
         // Queued shared deliveries and QoS 1 ones in flight go to another member; a QoS
@@ -726,13 +774,14 @@ impl Core {
                     let Some(w) = s.take_will() else {
                         continue;
                     };
+                    let user = s.user().cloned();
                     if s.persisted() {
                         let rec = Record::WillClear {
                             client: id.to_string(),
                         };
                         self.log(rec, Why::NoPromise);
                     }
-                    self.publish_will(w, now, fx);
+                    self.publish_will(w, user, now, fx);
                 }
                 Timer::Expiry(id) => self.end_session(&id, now, fx),
             }
@@ -801,13 +850,6 @@ impl Clock {
 /// True for topics under `$SYS`, which only the broker publishes to.
 fn is_sys(topic: &str) -> bool {
     topic == "$SYS" || topic.starts_with("$SYS/")
-}
-
-/// True when `filter` is on the deny list: listed as is, or matched by a listed wildcard
-/// filter (a denied `a/#` also denies `a/b` and `a/+`).
-fn is_denied(deny: &[String], filter: &str) -> bool {
-    deny.iter()
-        .any(|d| d == filter || (topic::has_wildcard(d) && topic::matches(d, filter)))
 }
 
 /// A DISCONNECT for `protocol` with `reason` (nothing for 3.1.1, which has no server

@@ -98,6 +98,7 @@ impl Core {
                 let rec = Record::SessionOpen {
                     client: id.to_string(),
                     expiry: u32::MAX,
+                    user: None,
                 };
                 self.log(rec, Why::Accept);
             }

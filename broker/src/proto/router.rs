@@ -68,8 +68,19 @@ impl Core {
         // time; given back below.
         let mut direct = std::mem::take(&mut self.targets);
         let mut groups: FastMap<GroupKey, Vec<(Arc<str>, SubEntry)>> = FastMap::default();
+        let (sessions, acl) = (&self.sessions, &self.acl);
+        // A subscription the access rules allow only in part gets what its user may read.
+        let readable = |client: &Arc<str>| {
+            let user = sessions.get(client).and_then(|s| s.user().cloned());
+            let who = acl::Who {
+                user: user.as_deref(),
+                client,
+            };
+            acl.allows(who, acl::Access::Read, &msg.topic)
+        };
         self.subs
             .for_each_match(&msg.topic, |filter, key, entry| match &key.group {
+                _ if entry.checked && !readable(&key.client) => {}
                 None => {
                     if entry.no_local && msg.publisher.as_deref() == Some(&*key.client) {
                         return;

@@ -18,6 +18,7 @@ impl Core {
             let id: Arc<str> = Arc::from(client.as_str());
             let mut s = Session::new(id.clone(), self.mem.clone());
             s.set_expiry_interval(si.expiry);
+            s.set_user(si.user.as_deref().map(Arc::from));
             s.set_persisted(true);
             let offline = si.offline_at_ms.map_or(now, |ms| {
                 crate::proto::message::unix_ms_to_instant(ms, now, now_ms)
@@ -46,6 +47,8 @@ impl Core {
                     no_local: options.no_local,
                     retain_as_published: options.retain_as_published,
                     id: sub_id,
+                    // Decided by the access rules the runtime sets after recovery.
+                    checked: false,
                 };
                 self.subs.insert(
                     &inner,
@@ -218,6 +221,7 @@ impl Core {
             sessions.push(SessionImage {
                 client: id.clone(),
                 expiry: s.expiry_interval(),
+                user: s.user().cloned(),
                 offline_at_ms,
                 subs,
                 deliveries,
@@ -366,6 +370,7 @@ struct Image {
 struct SessionImage {
     client: Arc<str>,
     expiry: u32,
+    user: Option<Arc<str>>,
     offline_at_ms: Option<u64>,
     /// Full filter, options byte (v5 form), subscription identifier.
     subs: Vec<(Arc<str>, u8, Option<u32>)>,
@@ -402,6 +407,7 @@ impl Image {
             snap.put(Record::SessionOpen {
                 client: client.clone(),
                 expiry: s.expiry,
+                user: s.user.as_deref().map(str::to_owned),
             });
             if let Some(at_ms) = s.offline_at_ms {
                 snap.put(Record::SessionOffline {

@@ -63,10 +63,21 @@ impl Core {
                 codes.push(fail(reason::TOPIC_FILTER_INVALID));
                 continue;
             }
-            if is_denied(&cfg.deny_subscribe, inner) || is_denied(&cfg.deny_subscribe, f.filter) {
-                codes.push(reason::UNSPECIFIED_ERROR);
-                continue;
-            }
+            // The access rules (docs/security.md); `mqtt.deny_subscribe` is one of them.
+            let who = acl::Who {
+                user: s.user().map(|u| &**u),
+                client,
+            };
+            let checked = match self.acl.subscription(who, inner) {
+                acl::FilterVerdict::Denied => {
+                    tracing::debug!(client = %client, filter = f.filter, "subscription refused by the access rules");
+                    self.stats.subscribe_denied += 1;
+                    codes.push(fail(reason::NOT_AUTHORIZED));
+                    continue;
+                }
+                acl::FilterVerdict::Allowed => false,
+                acl::FilterVerdict::AllowedChecked => true,
+            };
             if topic::has_wildcard(inner) && !cfg.wildcard_subscriptions {
                 codes.push(fail(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED));
                 continue;
@@ -124,6 +135,7 @@ impl Core {
                     no_local: options.no_local,
                     retain_as_published: options.retain_as_published,
                     id: sub_id,
+                    checked,
                 },
             );
             let send_retained = group.is_none()
@@ -189,16 +201,30 @@ impl Core {
             .saturating_sub(s.queued_len() + spilled)
             .min(RETAINED_STEP);
         let mut found = Vec::new();
-        while found.len() < room {
+        // Retained messages looked at (sent or not): what bounds one step.
+        let mut seen = 0;
+        let user = s.user().cloned();
+        let acl = (!self.acl.is_open()).then_some(&self.acl);
+        let readable = |topic: &str| {
+            acl.map_or(true, |acl| {
+                let who = acl::Who {
+                    user: user.as_deref(),
+                    client,
+                };
+                acl.allows(who, acl::Access::Read, topic)
+            })
+        };
+        while seen < room {
             let Some(job) = s.retained_job() else {
                 break;
             };
             let (qos, sub_id) = (job.qos, job.sub_id);
-            let limit = room - found.len();
+            let limit = room - seen;
             job.cursor =
                 self.retained
                     .for_each_match(&job.filter, job.cursor.as_ref(), limit, |_, msg| {
-                        if !msg.expired(now) {
+                        seen += 1;
+                        if !msg.expired(now) && readable(&msg.topic) {
                             found.push(Delivery {
                                 qos: msg.qos.min(qos),
                                 retain: true,
@@ -218,7 +244,7 @@ impl Core {
         }
         let more = s.has_retained_jobs();
         let wake = s.link().map(|l| l.notify.clone());
-        let queued = !found.is_empty();
+        let queued = seen > 0;
         let mut fx = Effects::default();
         for d in found {
             self.deliver(client, d, now, &mut fx);

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::auth::Refusal;
 use super::shared::Shared;
 use super::table::Slot;
 use crate::proto::session::{write_packet, Kick, Wake, OUTBOUND_BATCH};
@@ -83,7 +84,7 @@ pub(crate) async fn serve(
 ) {
     let span = tracing::info_span!("conn", %peer, client = tracing::field::Empty);
     async move {
-        if run(&mut stream, &shared, &shutdown, &slot).await == Closing::Graceful {
+        if run(&mut stream, peer, &shared, &shutdown, &slot).await == Closing::Graceful {
             close_gracefully(&mut stream).await;
         }
         drop(slot);
@@ -272,6 +273,7 @@ impl LinkExit {
 /// The whole connection: CONNECT, then packets until the end. Returns how to close.
 async fn run(
     stream: &mut TcpStream,
+    peer: SocketAddr,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     slot: &Slot,
@@ -349,13 +351,67 @@ async fn run(
             return Closing::Graceful;
         }
     };
+    // Credentials are checked before the core sees the CONNECT, off its lock.
+    let login = tokio::select! {
+        r = shared.auth.authenticate(peer.ip(), connect.username, connect.password) => r,
+        _ = tokio::time::sleep_until(deadline + Duration::from_millis(cfg.connect_timeout_ms)) => {
+            tracing::info!("login not decided in time; closing");
+            return Closing::Now;
+        }
+        _ = slot.evicted() => return Closing::Now,
+        _ = shutdown.cancelled() => return Closing::Now,
+    };
+    let user = match login {
+        Ok(user) => user,
+        Err(refusal) => {
+            // Who and why, never the password.
+            tracing::info!(
+                user = connect.username.unwrap_or(""),
+                client_id = connect.client_id,
+                ?refusal,
+                "login refused"
+            );
+            let (v3, v5) = match refusal {
+                Refusal::BadCredentials => (
+                    mote_codec::reason::v3::BAD_USER_NAME_OR_PASSWORD,
+                    mote_codec::reason::BAD_USER_NAME_OR_PASSWORD,
+                ),
+                Refusal::NotAuthorized => (
+                    mote_codec::reason::v3::NOT_AUTHORIZED,
+                    mote_codec::reason::NOT_AUTHORIZED,
+                ),
+                Refusal::Throttled => (
+                    mote_codec::reason::v3::NOT_AUTHORIZED,
+                    mote_codec::reason::CONNECTION_RATE_EXCEEDED,
+                ),
+            };
+            let ack = mote_codec::ConnAck {
+                session_present: false,
+                code: if connect.protocol.is_v5() { v5 } else { v3 },
+                properties: Default::default(),
+            };
+            write_packet(&mut out, connect.protocol, &Packet::ConnAck(ack));
+            return match flush(stream, &mut out).await {
+                Ok(()) => Closing::Graceful,
+                Err(_) => Closing::Now,
+            };
+        }
+    };
     let notify = Arc::new(Notify::new());
     let kick = Arc::new(Kick::default());
     // Replies (and deliveries to others) go out only once what they confirm is durable.
     let accepted = shared
         .apply(|core, fx| {
             let now = std::time::Instant::now();
-            core.connect(&connect, notify.clone(), kick.clone(), now, &mut out, fx)
+            core.connect(
+                &connect,
+                user,
+                notify.clone(),
+                kick.clone(),
+                now,
+                &mut out,
+                fx,
+            )
         })
         .await;
     inbuf.advance(header.frame_len());

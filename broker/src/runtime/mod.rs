@@ -1,10 +1,12 @@
 //! The tokio runtime around the sans-IO core: listeners, connection tasks, the shared
 //! state with its durability gate, the ticker and shutdown.
 
+pub(crate) mod auth;
 pub(crate) mod connection;
 mod ports;
 pub(crate) mod server;
 pub(crate) mod shared;
 mod table;
 
+pub use auth::passwd;
 pub use server::run;

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::auth::{Auth, Policy};
 use super::shared::Shared;
 use super::table::{Refused, Table};
 use crate::config::Config;
@@ -28,11 +29,28 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// # Errors
 /// When the listener cannot be bound.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // A bad password or rules file stops the start, before anything is opened.
+    let auth = Arc::new(Auth::load(&config.auth, &config.mqtt.deny_subscribe)?);
     let (shared, writer) = if config.storage.memory {
-        (Shared::new(config), None)
+        (Shared::new(config, auth), None)
     } else {
-        let (shared, writer) = open_store(config)?;
+        let (shared, writer) = open_store(config, auth)?;
         (shared, Some(writer))
+    };
+    let shared = Arc::new(shared);
+    apply_policy(&shared, &shared.auth.policy()).await;
+    // SIGHUP reloads the password and rules files; a bad file keeps the old ones.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let reloader = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                match shared.auth.reload() {
+                    Ok(policy) => apply_policy(&shared, &policy).await,
+                    Err(e) => tracing::error!("reload refused, the files in force stay: {e:#}"),
+                }
+            }
+        })
     };
     let listener = TcpListener::bind(shared.config.mqtt.listen).await?;
     let addr = listener.local_addr()?;
@@ -48,9 +66,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // it are never acknowledged, and only recovery from the log at the next start is
     // trustworthy (see `store::journal`).
     let result = tokio::select! {
-        r = serve(listener, Arc::new(shared), shutdown) => r,
+        r = serve(listener, shared, shutdown) => r,
         () = failed => Err(anyhow::anyhow!("the store failed; exiting so recovery runs at the next start")),
     };
+    reloader.abort();
     if let Some(w) = writer {
         // Writes and syncs whatever the last connections appended.
         match tokio::task::spawn_blocking(move || w.shutdown()).await? {
@@ -64,11 +83,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     result
 }
 
+/// Puts the password and rules files' policy in force on the live state: subscriptions
+/// decided again, clients of removed users disconnected.
+async fn apply_policy(shared: &Shared, policy: &Policy) {
+    let users = policy.users.as_ref();
+    let gone = |u: &str| users.is_some_and(|users| !users.contains(u));
+    let applied = shared
+        .apply(|core, fx| core.set_acl(policy.acl.clone(), &gone, std::time::Instant::now(), fx))
+        .await;
+    tracing::info!(
+        users = users.map_or(0, |u| u.len()),
+        rules = policy.acl.rule_count(),
+        subscriptions_removed = applied.removed,
+        subscriptions_checked = applied.checked,
+        disconnected = applied.disconnected,
+        "access policy in force"
+    );
+}
+
 /// Opens the on-disk store in `data_dir` and rebuilds the broker's state from it.
 ///
 /// # Errors
 /// When the directory or its files cannot be read or created.
-pub(crate) fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle)> {
+pub(crate) fn open_store(
+    config: Config,
+    auth: Arc<Auth>,
+) -> anyhow::Result<(Shared, WriterHandle)> {
     let started = std::time::Instant::now();
     let dir = config.storage.data_dir.clone();
     // Pass 1: the state's skeleton (sessions, subscriptions, what finished).
@@ -145,7 +185,7 @@ pub(crate) fn open_store(config: Config) -> anyhow::Result<(Shared, WriterHandle
         ms = started.elapsed().as_millis() as u64,
         "store recovered"
     );
-    Ok((Shared::with_core(config, core, journal), writer))
+    Ok((Shared::with_core(config, core, journal, auth), writer))
 }
 
 /// Retained messages copied into a snapshot per hold of the core's lock.

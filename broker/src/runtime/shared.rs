@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use super::auth::Auth;
 use crate::config::Config;
 use crate::proto::{Core, Effects};
 use crate::store::journal::{Journal, JournalFailed};
@@ -17,6 +18,8 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     /// The on-disk journal; `None` with `--memory`.
     pub(crate) journal: Option<Arc<Journal>>,
+    /// Passwords and access rules (reloaded on SIGHUP).
+    pub(crate) auth: Arc<Auth>,
     // One std Mutex around the whole core: every critical section is a few map operations
     // and an encode into a buffer, never an `.await`, so a sync lock is cheaper than an
     // async one and contention stays low on the small machines we target.
@@ -27,7 +30,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// A broker with an empty core and the in-memory store.
-    pub(crate) fn new(config: Config) -> Shared {
+    pub(crate) fn new(config: Config, auth: Arc<Auth>) -> Shared {
         let config = Arc::new(config);
         let mut core = Core::new(Arc::new(config.mqtt.clone()), super::ports::now());
         core.set_queue_budget(config.storage.queue_memory_bytes);
@@ -35,16 +38,23 @@ impl Shared {
             core: Mutex::new(core),
             config,
             journal: None,
+            auth,
             holds: HoldStats::default(),
         }
     }
 
     /// A broker whose state was recovered from (and is journaled to) the on-disk store.
-    pub(crate) fn with_core(config: Arc<Config>, core: Core, journal: Arc<Journal>) -> Shared {
+    pub(crate) fn with_core(
+        config: Arc<Config>,
+        core: Core,
+        journal: Arc<Journal>,
+        auth: Arc<Auth>,
+    ) -> Shared {
         Shared {
             core: Mutex::new(core),
             config,
             journal: Some(journal),
+            auth,
             holds: HoldStats::default(),
         }
     }

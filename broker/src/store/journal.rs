@@ -761,6 +761,7 @@ mod tests {
         Record::SessionOpen {
             client: "kept".into(),
             expiry: 5,
+            user: None,
         }
         .encode(&mut rec);
         frame(&mut snap, &rec);
@@ -780,7 +781,8 @@ mod tests {
             [
                 Record::SessionOpen {
                     client: "kept".into(),
-                    expiry: 5
+                    expiry: 5,
+                    user: None,
                 },
                 Record::SessionEnd {
                     client: "after".into()

@@ -50,6 +50,8 @@ pub(crate) enum Record {
         client: String,
         /// Session Expiry Interval, seconds.
         expiry: u32,
+        /// The user that created it (`None`: anonymous; older logs have no such field).
+        user: Option<String>,
     },
     /// The session's expiry interval changed (v5 DISCONNECT).
     SessionExpiry {
@@ -397,10 +399,19 @@ impl Record {
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         let mut w = W(out);
         match self {
-            Record::SessionOpen { client, expiry } => {
-                w.u8(1);
+            Record::SessionOpen {
+                client,
+                expiry,
+                user,
+            } => {
+                // Kind 1 (anonymous) is the layout logs had before users; kind 18 adds
+                // the user, so a cut record is never taken for a shorter valid one.
+                w.u8(if user.is_some() { 18 } else { 1 });
                 w.bytes(client.as_bytes());
                 w.u32(*expiry);
+                if let Some(u) = user {
+                    w.bytes(u.as_bytes());
+                }
             }
             Record::SessionExpiry { client, expiry } => {
                 w.u8(2);
@@ -529,9 +540,10 @@ impl Record {
     pub(crate) fn decode(buf: &[u8]) -> Option<Record> {
         let mut r = R(buf);
         let rec = match r.u8()? {
-            1 => Record::SessionOpen {
+            kind @ (1 | 18) => Record::SessionOpen {
                 client: r.string()?,
                 expiry: r.u32()?,
+                user: if kind == 18 { Some(r.string()?) } else { None },
             },
             2 => Record::SessionExpiry {
                 client: r.string()?,
@@ -653,6 +665,12 @@ mod tests {
             Record::SessionOpen {
                 client: c(),
                 expiry: 60,
+                user: None,
+            },
+            Record::SessionOpen {
+                client: c(),
+                expiry: 60,
+                user: Some("alice".into()),
             },
             Record::SessionExpiry {
                 client: c(),

@@ -46,6 +46,8 @@ pub(crate) struct SessionImage {
     pub(crate) opened_at: u64,
     /// Session Expiry Interval.
     pub(crate) expiry: u32,
+    /// The user that created it.
+    pub(crate) user: Option<String>,
     /// When its connection ended (Unix ms); `None` if it was connected at the crash.
     pub(crate) offline_at_ms: Option<u64>,
     /// Subscriptions: full filter -> (options byte, identifier or 0).
@@ -100,10 +102,15 @@ impl Index {
 
     fn apply(&mut self, pos: u64, rec: Record) {
         match rec {
-            Record::SessionOpen { client, expiry } => {
+            Record::SessionOpen {
+                client,
+                expiry,
+                user,
+            } => {
                 let s = SessionImage {
                     opened_at: pos,
                     expiry,
+                    user,
                     ..SessionImage::default()
                 };
                 self.sessions.insert(client, s);
@@ -390,6 +397,7 @@ mod tests {
             Record::SessionOpen {
                 client: c(),
                 expiry: 60,
+                user: None,
             },
             Record::SubAdd {
                 client: c(),
@@ -488,6 +496,7 @@ mod tests {
         let open = Record::SessionOpen {
             client: "c".into(),
             expiry: 5,
+            user: None,
         };
         let enqueue = |dseq, mid| Record::Enqueue {
             client: "c".into(),
@@ -533,6 +542,7 @@ mod tests {
         let open = |c: &str| Record::SessionOpen {
             client: c.into(),
             expiry: 60,
+            user: None,
         };
         let enqueue = |c: &str, dseq, mid| Record::Enqueue {
             client: c.into(),

@@ -215,6 +215,9 @@ pub(crate) struct Drops {
 pub(crate) struct Session {
     /// Client identifier.
     client_id: Arc<str>,
+    /// The user that created the session (`None`: anonymous); a CONNECT by another user
+    /// does not resume it.
+    user: Option<Arc<str>>,
     /// Subscriptions by full filter (including any `$share/group/` prefix).
     subscriptions: HashMap<Arc<str>, Subscription>,
     /// Session Expiry Interval in seconds (`u32::MAX` = never).
@@ -304,6 +307,7 @@ impl Session {
     pub(crate) fn new(client_id: Arc<str>, mem: Arc<AtomicUsize>) -> Session {
         Session {
             client_id,
+            user: None,
             subscriptions: HashMap::new(),
             expiry_interval: 0,
             queue: DeliveryQueue::new(),
@@ -324,6 +328,16 @@ impl Session {
     /// Client identifier.
     pub(crate) fn client_id(&self) -> &Arc<str> {
         &self.client_id
+    }
+
+    /// The user that created the session (`None`: anonymous).
+    pub(crate) fn user(&self) -> Option<&Arc<str>> {
+        self.user.as_ref()
+    }
+
+    /// Sets the user the session belongs to.
+    pub(crate) fn set_user(&mut self, user: Option<Arc<str>>) {
+        self.user = user;
     }
 
     /// True while the store holds this session (it was opened with an expiry above 0).

@@ -1,0 +1,110 @@
+//! A new access policy applied to the live state: subscriptions re-decided, users that
+//! are gone disconnected. The runtime calls this at start (after recovery) and on every
+//! reload; the rules themselves live in [`acl`].
+
+use super::*;
+
+/// What applying a policy changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// Subscriptions removed because the rules no longer allow them.
+    pub(crate) removed: usize,
+    /// Subscriptions now checked per message (the rules allow them in part).
+    pub(crate) checked: usize,
+    /// Connections closed because their user is gone.
+    pub(crate) disconnected: usize,
+}
+
+impl Core {
+    /// Puts `acl` in force. Every subscription is decided again: those the rules refuse
+    /// are removed (and the store told), those they allow in part are checked per
+    /// message from now on. Connected clients whose user `user_gone` says no longer
+    /// exists are disconnected (MQTT 5: DISCONNECT 0x87 Not authorized).
+    pub(crate) fn set_acl(
+        &mut self,
+        acl: Arc<acl::Acl>,
+        user_gone: &dyn Fn(&str) -> bool,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Applied {
+        self.acl = acl;
+        let mut applied = Applied::default();
+        let mut refused: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+        let mut entries: Vec<(Arc<str>, Arc<str>, SubEntry)> = Vec::new();
+        for (client, s) in &self.sessions {
+            // The work queues' own sessions are the broker's.
+            if client.starts_with(queues::QUEUE_PREFIX) {
+                continue;
+            }
+            if let (Some(user), Some(link)) = (s.user(), s.link()) {
+                if user_gone(user) && link.kick.get() == 0 {
+                    tracing::info!(client = %client, user = %user, "user removed; disconnecting");
+                    link.kick.set(reason::NOT_AUTHORIZED);
+                    fx.wake.push(link.notify.clone());
+                    applied.disconnected += 1;
+                }
+            }
+            let who = acl::Who {
+                user: s.user().map(|u| &**u),
+                client,
+            };
+            for (full, sub) in s.subscriptions() {
+                let inner = match topic::split_shared(full) {
+                    Some(Ok((_, inner))) => inner,
+                    _ => full,
+                };
+                let checked = match self.acl.subscription(who, inner) {
+                    acl::FilterVerdict::Denied => {
+                        refused.push((client.clone(), full.clone()));
+                        continue;
+                    }
+                    acl::FilterVerdict::Allowed => false,
+                    acl::FilterVerdict::AllowedChecked => true,
+                };
+                applied.checked += usize::from(checked);
+                if queues::queue_of(inner).is_none() {
+                    let entry = SubEntry {
+                        qos: sub.options.qos,
+                        no_local: sub.options.no_local,
+                        retain_as_published: sub.options.retain_as_published,
+                        id: sub.id,
+                        checked,
+                    };
+                    entries.push((client.clone(), full.clone(), entry));
+                }
+            }
+        }
+        // Re-inserting replaces the entry in place, with the flag decided now.
+        for (client, full, entry) in entries {
+            let (group, inner) = match topic::split_shared(&full) {
+                Some(Ok((g, inner))) => (Some(Arc::from(g)), inner),
+                _ => (None, &*full),
+            };
+            self.subs.insert(inner, SubKey { client, group }, entry);
+        }
+        for (client, full) in refused {
+            tracing::info!(client = %client, filter = %full, "subscription removed: no longer allowed");
+            self.stats.subscribe_denied += 1;
+            applied.removed += 1;
+            let Some(s) = self.sessions.get_mut(&client) else {
+                continue;
+            };
+            s.unsubscribe(&full);
+            let persisted = s.persisted();
+            if let Some(name) = queues::queue_of(&full) {
+                self.remove_consumer(name, &client, now);
+            }
+            self.remove_trie_entry(&client, &full);
+            if persisted {
+                self.log(
+                    Record::SubDel {
+                        client: client.to_string(),
+                        filter: full.to_string(),
+                    },
+                    Why::Subscription,
+                );
+            }
+        }
+        applied
+    }
+}
