@@ -53,6 +53,11 @@ impl Core {
             ("messages/dropped", self.stats.dropped_overflow.to_string()),
             ("messages/expired", expired.to_string()),
             ("messages/spilled", spilled.to_string()),
+            ("messages/denied", self.stats.publish_denied.to_string()),
+            (
+                "subscriptions/denied",
+                self.stats.subscribe_denied.to_string(),
+            ),
             ("memory/queued", self.queued_memory().to_string()),
             ("clients/pending", runtime.pending.to_string()),
             ("connections/refused", runtime.refused.to_string()),

@@ -4,6 +4,7 @@
 
 use super::*;
 
+mod access;
 mod twins;
 mod work_queues;
 use mote_codec::{List, PropList, SubOptions, SubscribeFilter, Will};

@@ -2393,6 +2393,48 @@ fn recover(records: &[Vec<u8>], now: Instant) -> Core {
     core
 }
 
+/// A persistent session keeps the user that created it across a crash: after recovery
+/// its user resumes it and gets what was queued; another user with its client id starts
+/// afresh and gets nothing (docs/security.md, session ownership).
+#[test]
+fn a_session_keeps_its_user_across_a_crash() {
+    let t0 = Instant::now();
+    let journal = Arc::new(MemJournal::default());
+    let mut core = durable_core(journal.clone(), t0);
+    let e = expiry(3600);
+    let mut c = persistent(V5, "owned", &e);
+    c.username = Some("alice");
+    let mut s = join(&mut core, &c, t0);
+    s.subscribe(&mut core, "o/t", QoS::AtLeastOnce, t0);
+    s.disconnect(&mut core, t0);
+    let mut p = online(&mut core, V5, "pub", t0);
+    p.publish_acked(
+        &mut core,
+        &msg("o/t", b"for alice", QoS::AtLeastOnce, 1),
+        t0,
+    );
+    drop(core);
+
+    let t1 = t0 + secs(1);
+    let records = journal.records();
+    // Another user with the same client id: not resumed, nothing delivered.
+    let mut core = recover(&records, t1);
+    // Make sure the test's own reconnect would resume (no clean start).
+    let mut again = c.clone();
+    again.clean_start = false;
+    let mut bob = again.clone();
+    bob.username = Some("bob");
+    let o = open(&mut core, &bob, t1);
+    assert_eq!(o.ack, (false, 0), "bob must not resume alice's session");
+    o.peer.unwrap().expect_nothing(&mut core, t1);
+    // Its own user resumes it and gets the queued message.
+    let mut core = recover(&records, t1);
+    let o = open(&mut core, &again, t1);
+    assert_eq!(o.ack, (true, 0));
+    let got = o.peer.unwrap().expect_publish(&mut core, t1);
+    assert_eq!(got.payload, b"for alice");
+}
+
 #[test]
 fn queue_inbound_qos2_and_retained_survive_a_crash() {
     // DESIGN (nothing acknowledged is lost), MQTT-4.3.3-10; raw_protocol.rs:
