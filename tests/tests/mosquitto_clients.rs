@@ -536,7 +536,7 @@ fn deny_subscribe_refused() {
         let code = if v == "mqttv5" { 135 } else { 128 };
         let want = format!("Subscribed (mid: 1): {code}");
         assert!(
-            p.stdout_lines().iter().any(|l| *l == want),
+            p.stdout_lines().contains(&want),
             "{v}: SUBACK should carry {code}\n{}",
             p.dump()
         );

@@ -38,7 +38,7 @@ impl Core {
         let queued: usize = self.sessions.values().map(|s| s.queued_len()).sum();
         let expired: u64 = self.sessions.values().map(|s| s.drops().expired).sum();
         let (spilled, _) = self.spilled();
-        let values: [(&str, String); 20] = [
+        let values: [(&str, String); 22] = [
             ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", uptime.as_secs())),
             ("clients/connected", online.to_string()),

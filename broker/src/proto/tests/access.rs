@@ -24,6 +24,7 @@ fn core_with(rules: &str) -> Core {
     core
 }
 
+#[allow(clippy::too_many_arguments)]
 fn login(
     core: &mut Core,
     protocol: Protocol,

@@ -2420,9 +2420,9 @@ fn a_session_keeps_its_user_across_a_crash() {
     // Another user with the same client id: not resumed, nothing delivered.
     let mut core = recover(&records, t1);
     // Make sure the test's own reconnect would resume (no clean start).
-    let mut again = c.clone();
+    let mut again = c;
     again.clean_start = false;
-    let mut bob = again.clone();
+    let mut bob = again;
     bob.username = Some("bob");
     let o = open(&mut core, &bob, t1);
     assert_eq!(o.ack, (false, 0), "bob must not resume alice's session");
