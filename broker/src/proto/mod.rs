@@ -384,8 +384,15 @@ impl Core {
         let v5 = protocol.is_v5();
         let persisted = s.persisted();
         let mut events = Vec::new();
+        let mut refused = None;
         match packet {
             Packet::Publish(p) => return self.handle_publish(client, conn_id, p, now, out, fx),
+            // A v5 consumer refusing a work queue's job (docs/queues.md: nack).
+            Packet::PubAck(a) if v5 && a.reason >= 0x80 && s.holds_queue_delivery(a.packet_id) => {
+                refused = s
+                    .take_refused_queue_delivery(a.packet_id)
+                    .map(|d| (d, a.reason));
+            }
             Packet::PubAck(a) => {
                 if !s.complete(a.packet_id, Phase::Published, QoS::AtLeastOnce, &mut |e| {
                     events.push(e)
@@ -459,6 +466,9 @@ impl Core {
             _ => return Err(Close::Error(reason::PROTOCOL_ERROR)),
         }
         self.log_events(client, events);
+        if let Some((d, code)) = refused {
+            self.job_refused(client, d, code, now);
+        }
         self.drain_session(client, out, now);
         Ok(())
     }

@@ -29,6 +29,17 @@ pub(crate) const QUEUE_PREFIX: &str = "$queue/";
 /// Receive Maximum).
 const PREFETCH: usize = 10;
 
+/// Deliveries of one message after which, unacknowledged, it goes to the dead-letter
+/// queue instead of back (as SQS's maxReceiveCount; RabbitMQ's quorum queues default to
+/// 20): a job that kills every worker that takes it must not take them all down forever.
+pub(crate) const MAX_DELIVERIES: u32 = 5;
+
+/// What a queue's dead-letter queue is called: `NAME.dlq`.
+const DEAD_LETTER_SUFFIX: &str = ".dlq";
+
+/// A v5 PUBACK reason code that dead-letters a job at once (a consumer's "poison").
+const POISON: u8 = reason::PAYLOAD_FORMAT_INVALID;
+
 /// The queue name in a topic `$queue/NAME` or `$queue/NAME/...`, if it is well formed:
 /// 1 to 64 of `A-Z a-z 0-9 _ . -`.
 pub(crate) fn queue_of(topic: &str) -> Option<&str> {
@@ -52,6 +63,8 @@ pub(crate) struct Queues {
     map: HashMap<Arc<str>, Vec<Consumer>>,
     /// Queues whose consumers may have room now (after acknowledgements).
     due: Vec<Arc<str>>,
+    /// Messages each queue sent to its dead-letter queue since the start.
+    dead: HashMap<Arc<str>, u64>,
 }
 
 /// One consumer of a queue.
@@ -85,7 +98,45 @@ impl Queues {
     }
 }
 
+/// A work queue's counters (`$SYS/broker/queues/NAME/...`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueStats {
+    /// Messages waiting (in memory and on disk), not yet given to a consumer.
+    pub(crate) depth: u64,
+    /// Messages consumers hold, not yet acknowledged.
+    pub(crate) inflight: u64,
+    /// Consumers (online or not).
+    pub(crate) consumers: u64,
+    /// Messages sent to its dead-letter queue since the start.
+    pub(crate) dead_lettered: u64,
+}
+
 impl Core {
+    /// Every work queue's counters, by name, in name order.
+    pub(crate) fn queue_stats(&self) -> Vec<(String, QueueStats)> {
+        let mut out: Vec<(String, QueueStats)> = self
+            .queues
+            .map
+            .iter()
+            .map(|(id, cs)| {
+                let depth = self.sessions.get(id).map_or(0, |s| {
+                    let (spilled, _) = s.spilled();
+                    s.queued_len() + spilled
+                });
+                let name = id.strip_prefix(QUEUE_PREFIX).unwrap_or(id).to_owned();
+                let stats = QueueStats {
+                    depth: depth as u64,
+                    inflight: cs.iter().map(|c| c.outstanding as u64).sum(),
+                    consumers: cs.len() as u64,
+                    dead_lettered: self.queues.dead.get(id).copied().unwrap_or(0),
+                };
+                (name, stats)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Makes queue `name` exist (its store session opened); returns its store id.
     fn open_queue(&mut self, name: &str, now: Instant) -> Arc<str> {
         let id = store_id(name);
@@ -275,15 +326,100 @@ impl Core {
             {
                 c.outstanding = 0;
             }
-            if let Some(q) = self.sessions.get_mut(&id) {
-                for mut d in ds.into_iter().rev() {
-                    d.queue = None;
-                    q.push_front_ready(d);
-                }
-            }
-            self.queues.due.push(id);
+            self.put_back(&id, ds, now);
         }
         self.dispatch_due(now);
+    }
+
+    /// Puts deliveries of queue `id` back at its front, in their order, except those
+    /// delivered [`MAX_DELIVERIES`] times: they go to its dead-letter queue.
+    fn put_back(&mut self, id: &Arc<str>, ds: Vec<Delivery>, now: Instant) {
+        let (dead, back): (Vec<Delivery>, Vec<Delivery>) = ds
+            .into_iter()
+            .partition(|d| d.attempts >= MAX_DELIVERIES && !id.ends_with(DEAD_LETTER_SUFFIX));
+        if let Some(q) = self.sessions.get_mut(id) {
+            for mut d in back.into_iter().rev() {
+                d.queue = None;
+                q.push_front_ready(d);
+            }
+        }
+        for d in dead {
+            self.dead_letter(id, d, "max_deliveries", now);
+        }
+        self.queues.due.push(id.clone());
+    }
+
+    /// A consumer refused a job with a v5 PUBACK reason code `code` of 0x80 or more: it
+    /// goes back to the queue (a redelivery), or with 0x99 straight to the dead-letter
+    /// queue.
+    pub(super) fn job_refused(&mut self, client: &Arc<str>, d: Delivery, code: u8, now: Instant) {
+        let Some(id) = d.queue.clone() else {
+            return;
+        };
+        tracing::debug!(client = %client, queue = %id, code, "job refused by its consumer");
+        if let Some(c) = self
+            .queues
+            .map
+            .get_mut(&id)
+            .and_then(|cs| cs.iter_mut().find(|c| &c.client == client))
+        {
+            c.outstanding = c.outstanding.saturating_sub(1);
+        }
+        if code == POISON && !id.ends_with(DEAD_LETTER_SUFFIX) {
+            self.dead_letter(&id, d, "refused", now);
+            self.queues.due.push(id);
+        } else {
+            self.put_back(&id, vec![d], now);
+        }
+        self.dispatch_due(now);
+    }
+
+    /// Moves a message of queue `id` to the queue `NAME.dlq`: enqueued there (journaled),
+    /// then done in `id`. A crash between the two leaves it in both: at least once.
+    fn dead_letter(&mut self, id: &Arc<str>, d: Delivery, why: &str, now: Instant) {
+        let name = id.strip_prefix(QUEUE_PREFIX).unwrap_or(id);
+        tracing::info!(
+            queue = name,
+            attempts = d.attempts,
+            why,
+            "message dead-lettered"
+        );
+        let dlq = self.open_queue(&format!("{name}{DEAD_LETTER_SUFFIX}"), now);
+        let moved = Delivery {
+            msg: d.msg.clone(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: Vec::new(),
+            shared: None,
+            dseq: 0,
+            lsn: 0,
+            queue: None,
+            attempts: d.attempts,
+        };
+        let mut fx = Effects::default();
+        if !self.deliver(&dlq, moved, now, &mut fx) {
+            // The dead-letter queue is full: the message stays where it was.
+            tracing::warn!(
+                queue = name,
+                "dead-letter queue full; message kept in its queue"
+            );
+            if let Some(q) = self.sessions.get_mut(id) {
+                let mut d = d;
+                d.queue = None;
+                q.push_front_ready(d);
+            }
+            return;
+        }
+        if d.dseq != 0 {
+            let rec = Record::Done {
+                client: id.to_string(),
+                dseq: d.dseq,
+            };
+            self.log(rec, Why::NoPromise);
+        }
+        *self.queues.dead.entry(id.clone()).or_default() += 1;
+        self.queues.due.push(dlq);
+        fx.run();
     }
 }
 

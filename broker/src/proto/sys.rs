@@ -19,6 +19,9 @@ pub(crate) struct RuntimeStats {
     pub(crate) hold_p999_us: u64,
 }
 
+/// Work queues whose counters `$SYS` carries at most (in name order).
+const SYS_QUEUES: usize = 1000;
+
 impl Core {
     /// Publishes the broker's counters under `$SYS/broker/` (retained, QoS 0).
     pub(crate) fn publish_sys(
@@ -68,6 +71,17 @@ impl Core {
         for (name, value) in values {
             let topic = format!("$SYS/broker/{name}");
             self.publish_system(&topic, Bytes::from(value), true, now, fx);
+        }
+        for (name, stats) in self.queue_stats().into_iter().take(SYS_QUEUES) {
+            for (key, value) in [
+                ("depth", stats.depth),
+                ("inflight", stats.inflight),
+                ("consumers", stats.consumers),
+                ("dead_lettered", stats.dead_lettered),
+            ] {
+                let topic = format!("$SYS/broker/queues/{name}/{key}");
+                self.publish_system(&topic, Bytes::from(value.to_string()), true, now, fx);
+            }
         }
     }
 

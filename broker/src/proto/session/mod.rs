@@ -551,6 +551,25 @@ impl Session {
         self.queue.push_front(d);
     }
 
+    /// True when the delivery in flight as `packet_id` (awaiting PUBACK) is a work
+    /// queue's.
+    pub(crate) fn holds_queue_delivery(&self, packet_id: u16) -> bool {
+        self.inflight.iter().any(|i| {
+            i.packet_id == packet_id && i.phase == Phase::Published && i.delivery.queue.is_some()
+        })
+    }
+
+    /// Takes back the work-queue delivery in flight as `packet_id` (a consumer refused it:
+    /// a v5 PUBACK with a reason code of 0x80 or more), counted as one more attempt.
+    pub(crate) fn take_refused_queue_delivery(&mut self, packet_id: u16) -> Option<Delivery> {
+        let pos = self.inflight.iter().position(|i| {
+            i.packet_id == packet_id && i.phase == Phase::Published && i.delivery.queue.is_some()
+        })?;
+        let mut d = self.inflight.remove(pos)?.delivery;
+        d.attempts += 1;
+        Some(d)
+    }
+
     /// Takes the work-queue deliveries this session holds (of queue `only`, or of any),
     /// those in flight first (counted as one more attempt), then the queued ones.
     pub(crate) fn take_queue_deliveries(&mut self, only: Option<&Arc<str>>) -> Vec<Delivery> {

@@ -208,3 +208,95 @@ fn a_full_queue_refuses_with_quota_exceeded_and_bad_names_are_refused() {
     );
     assert!(refused.is_none());
 }
+
+/// A v5 PUBACK with a reason code of 0x80 or more sends a job back to the queue (a
+/// redelivery, flagged DUP); 0x99 sends it to `NAME.dlq` at once.
+#[test]
+fn a_v5_consumer_refuses_jobs_with_reason_codes() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut w = connect(&mut core, Protocol::V5, "worker", true, None, now);
+    subscribe(
+        &mut core,
+        &mut w,
+        &[("$queue/jobs", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    enqueue(&mut core, &mut p, "$queue/jobs", 2, now);
+    let got = received(&mut core, &mut w, now);
+    assert_eq!(got.len(), 2);
+    let mut nack = Ack::new(got[0].3);
+    nack.reason = reason::UNSPECIFIED_ERROR;
+    send(&mut core, &mut w, &Packet::PubAck(nack), now).unwrap();
+    let mut poison = Ack::new(got[1].3);
+    poison.reason = reason::PAYLOAD_FORMAT_INVALID;
+    send(&mut core, &mut w, &Packet::PubAck(poison), now).unwrap();
+    // job-0 comes back, flagged DUP; job-1 is in the dead-letter queue.
+    let again = received(&mut core, &mut w, now);
+    assert_eq!(again.len(), 1);
+    assert_eq!(payload(&again[0]), "job-0");
+    assert!(again[0].4, "a redelivery is flagged DUP");
+    ack(&mut core, &mut w, again[0].3, now);
+    let mut d = connect(&mut core, Protocol::V311, "dlq-reader", true, None, now);
+    subscribe(
+        &mut core,
+        &mut d,
+        &[("$queue/jobs.dlq", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let dead = received(&mut core, &mut d, now);
+    assert_eq!(dead.iter().map(payload).collect::<Vec<_>>(), ["job-1"]);
+    let stats = core.queue_stats();
+    let jobs = stats.iter().find(|(n, _)| n == "jobs").unwrap().1;
+    assert_eq!((jobs.depth, jobs.inflight, jobs.dead_lettered), (0, 0, 1));
+}
+
+/// A job whose consumers keep dying with it is dead-lettered after
+/// `MAX_DELIVERIES` deliveries, instead of taking every worker down forever.
+#[test]
+fn a_job_delivered_max_deliveries_times_is_dead_lettered() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    enqueue(&mut core, &mut p, "$queue/jobs", 1, now);
+    for round in 0..queues::MAX_DELIVERIES {
+        let mut w = connect(&mut core, Protocol::V5, "worker", true, None, now);
+        subscribe(
+            &mut core,
+            &mut w,
+            &[("$queue/jobs", q(QoS::AtLeastOnce))],
+            None,
+            now,
+        );
+        let got = received(&mut core, &mut w, now);
+        assert_eq!(got.len(), 1, "delivery {}", round + 1);
+        assert_eq!(got[0].4, round > 0, "DUP from the second delivery on");
+        let mut fx = Effects::default();
+        core.disconnected(&w.id, w.conn, End::Abnormal, now, &mut fx);
+    }
+    let mut w = connect(&mut core, Protocol::V5, "worker", true, None, now);
+    subscribe(
+        &mut core,
+        &mut w,
+        &[("$queue/jobs", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    assert!(
+        received(&mut core, &mut w, now).is_empty(),
+        "not delivered a sixth time"
+    );
+    let mut d = connect(&mut core, Protocol::V5, "dlq-reader", true, None, now);
+    subscribe(
+        &mut core,
+        &mut d,
+        &[("$queue/jobs.dlq", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let dead = received(&mut core, &mut d, now);
+    assert_eq!(dead.iter().map(payload).collect::<Vec<_>>(), ["job-0"]);
+}
