@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{connect, Raw, Recv};
-use mote_codec::{Packet, Properties, Protocol, Publish, QoS};
+use mote_codec::{reason, Ack, Packet, Properties, Protocol, Publish, QoS};
 use mote_tests::Broker;
 
 const JOBS: u32 = 5_000;
@@ -29,7 +29,7 @@ fn produce(mut raw: Raw, stop: &AtomicBool) -> BTreeSet<u32> {
         while next < JOBS && in_flight.len() < 50 && !stop.load(Ordering::Relaxed) {
             let id = (next % 60_000) as u16 + 1;
             let payload = format!("{next}");
-            raw.send(&Packet::Publish(Publish {
+            let publish = Packet::Publish(Publish {
                 dup: false,
                 qos: QoS::AtLeastOnce,
                 retain: false,
@@ -37,7 +37,11 @@ fn produce(mut raw: Raw, stop: &AtomicBool) -> BTreeSet<u32> {
                 packet_id: id,
                 properties: Properties::default(),
                 payload: payload.as_bytes(),
-            }));
+            });
+            // The broker may be killed at any moment: a failed write ends the run.
+            if !raw.send_raw(&common::encode(&publish, Protocol::V5)) {
+                return acked;
+            }
             in_flight.insert(id, next);
             next += 1;
         }
@@ -68,7 +72,11 @@ fn work(mut raw: Raw, done: &Mutex<BTreeSet<u32>>, until: Instant) {
             Recv::Frame(f) if f.kind() == 3 => {
                 let m = f.publish();
                 let n: u32 = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
-                raw.ack(&m);
+                // QoS 1 jobs (both workers subscribe with QoS 1); the broker may be gone.
+                let ack = Packet::PubAck(Ack::new(m.packet_id));
+                if !raw.send_raw(&common::encode(&ack, raw.protocol)) {
+                    return;
+                }
                 done.lock().unwrap().insert(n);
             }
             Recv::Frame(_) | Recv::Timeout => {}
@@ -140,5 +148,97 @@ fn enqueued_jobs_survive_sigkill_and_are_all_done_after_restart() {
     );
     drop(broker);
     let _ = worker.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A v5 worker refuses one job (PUBACK 0x80: it comes back, flagged DUP) and marks
+/// another as poison (0x99: dead-lettered at once); a third is taken by five workers that
+/// die with it and is then dead-lettered instead of delivered a sixth time. `$SYS` counts
+/// it; the dead letters survive SIGKILL of the broker and are read from `$queue/jobs.dlq`.
+#[test]
+fn refused_poison_and_undeliverable_jobs_go_to_the_dead_letter_queue() {
+    let dir = std::env::temp_dir().join(format!("mote-queue-dlq-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let config = "[mqtt]\nsys_interval_secs = 1\n";
+    let mut broker = Broker::start_with(&["--data-dir", &dir_s], Some(config));
+    let mut p = connect(broker.addr, Protocol::V5, "dlq-producer");
+    for (i, job) in ["refused", "poison"].iter().enumerate() {
+        let id = i as u16 + 1;
+        p.publish_acked(&common::publish(
+            "$queue/jobs",
+            job.as_bytes(),
+            QoS::AtLeastOnce,
+            id,
+        ));
+    }
+    let mut w = connect(broker.addr, Protocol::V5, "dlq-worker");
+    w.subscribe("$queue/jobs", QoS::AtLeastOnce);
+    let first = w.expect_publish();
+    let second = w.expect_publish();
+    assert_eq!(
+        (&first.payload[..], &second.payload[..]),
+        (&b"refused"[..], &b"poison"[..])
+    );
+    let mut nack = Ack::new(first.packet_id);
+    nack.reason = reason::UNSPECIFIED_ERROR;
+    w.send(&Packet::PubAck(nack));
+    let mut poison = Ack::new(second.packet_id);
+    poison.reason = reason::PAYLOAD_FORMAT_INVALID;
+    w.send(&Packet::PubAck(poison));
+    let again = w.expect_publish();
+    assert_eq!(&again.payload[..], b"refused");
+    assert!(again.dup, "a redelivery is flagged DUP");
+    w.ack(&again);
+    w.disconnect();
+
+    p.publish_acked(&common::publish(
+        "$queue/jobs",
+        b"crashes-workers",
+        QoS::AtLeastOnce,
+        3,
+    ));
+    for round in 0..5 {
+        let mut w = connect(broker.addr, Protocol::V311, "dlq-dying-worker");
+        w.subscribe("$queue/jobs", QoS::AtLeastOnce);
+        let m = w.expect_publish();
+        assert_eq!(&m.payload[..], b"crashes-workers", "delivery {}", round + 1);
+        drop(w); // dies without acknowledging
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut w = connect(broker.addr, Protocol::V311, "dlq-last-worker");
+    w.subscribe("$queue/jobs", QoS::AtLeastOnce);
+    w.expect_nothing();
+    drop(w);
+
+    let mut sys = connect(broker.addr, Protocol::V5, "dlq-sys");
+    sys.subscribe("$SYS/broker/queues/jobs/dead_lettered", QoS::AtMostOnce);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = sys.expect_publish();
+        if &m.payload[..] == b"2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dead_lettered stays {:?}",
+            m.payload
+        );
+    }
+
+    broker.kill();
+    let broker = Broker::start_with(&["--data-dir", &dir_s], Some(config));
+    let mut d = connect(broker.addr, Protocol::V5, "dlq-reader");
+    d.subscribe("$queue/jobs.dlq", QoS::AtLeastOnce);
+    let mut dead = Vec::new();
+    for _ in 0..2 {
+        let m = d.expect_publish();
+        d.ack(&m);
+        dead.push(String::from_utf8(m.payload).unwrap());
+    }
+    dead.sort();
+    assert_eq!(dead, ["crashes-workers", "poison"]);
+    d.expect_nothing();
+    drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
