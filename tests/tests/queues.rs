@@ -189,6 +189,15 @@ fn refused_poison_and_undeliverable_jobs_go_to_the_dead_letter_queue() {
     let again = w.expect_publish();
     assert_eq!(&again.payload[..], b"refused");
     assert!(again.dup, "a redelivery is flagged DUP");
+    // MQTT 5 consumers are told the delivery count.
+    let count = |m: &common::Msg| {
+        m.user_properties
+            .iter()
+            .find(|(k, _)| k == "mote-delivery-count")
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(count(&first).as_deref(), Some("1"));
+    assert_eq!(count(&again).as_deref(), Some("2"));
     w.ack(&again);
     w.disconnect();
 

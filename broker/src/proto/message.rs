@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use mote_codec::{PropList, PropValues, Properties, Publish, QoS, Sink};
+use bytes::Bytes;
+use mote_codec::{PropList, PropValues, Properties, Publish, QoS};
 
 use crate::store::record::{StoredMessage, StoredRef};
 
@@ -224,16 +224,22 @@ pub(crate) fn encode_user_properties(props: &Properties<'_>) -> Bytes {
     if users.is_empty() {
         return Bytes::new();
     }
-    let mut out = BytesMut::new();
+    let mut out = Vec::new();
     for (k, v) in users.iter() {
-        // Writing into BytesMut cannot fail; lengths were bounded by the decoder.
-        let _ = out.put(&[mote_codec::properties::id::USER_PROPERTY]);
-        for s in [k, v] {
-            let _ = out.put(&(s.len() as u16).to_be_bytes());
-            let _ = out.put(s.as_bytes());
-        }
+        push_user_property(&mut out, k, v);
     }
-    out.freeze()
+    Bytes::from(out)
+}
+
+/// Appends one user property (0x26, key, value) to a bare run of properties. The strings
+/// are short (bounded by the decoder, or the broker's own).
+pub(crate) fn push_user_property(out: &mut Vec<u8>, key: &str, value: &str) {
+    out.push(mote_codec::properties::id::USER_PROPERTY);
+    for s in [key, value] {
+        let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
+    }
 }
 
 #[cfg(test)]

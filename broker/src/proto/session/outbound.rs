@@ -3,6 +3,8 @@
 //! remaining expiry, the client's Maximum Packet Size).
 
 use super::*;
+use crate::proto::message::push_user_property;
+use mote_codec::PropList;
 
 impl Session {
     /// The next free outbound packet id, never 0, skipping ids still inflight.
@@ -211,11 +213,22 @@ fn encode_publish(
     out: &mut BytesMut,
 ) -> Result<(), ()> {
     let v5 = link.protocol.is_v5();
+    // A work queue's job tells an MQTT 5 consumer how many times it was delivered,
+    // this time included (docs/queues.md).
+    let mut users = Vec::new();
+    if v5 && d.queue.is_some() {
+        users.extend_from_slice(&d.msg.user_properties);
+        let count = (u64::from(d.attempts) + 1).to_string();
+        push_user_property(&mut users, "mote-delivery-count", &count);
+    }
     let mut props = if v5 {
         d.msg.properties(&d.sub_ids, now)
     } else {
         PropValues::default()
     };
+    if !users.is_empty() {
+        props.user_properties = PropList::Wire(&users);
+    }
     let mut topic: &str = &d.msg.topic;
     let mut new_alias = None;
     if v5 && link.client_alias_max > 0 {
