@@ -141,7 +141,9 @@ impl Core {
                     };
                     self.log(rec, Why::Release);
                 }
-                Event::QueueDone { queue, dseq } => {
+                Event::QueueFreed { queue } => self.queue_acked(&queue, client),
+                Event::QueueDone { queue, dseq, mid } => {
+                    self.timers.cancel(&Timer::Visible(client.clone(), mid));
                     if dseq != 0 {
                         let rec = Record::Done {
                             client: queue.to_string(),

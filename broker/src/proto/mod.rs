@@ -209,6 +209,9 @@ enum Timer {
     Will(Arc<str>),
     /// An offline session expires (its Session Expiry Interval ran out).
     Expiry(Arc<str>),
+    /// A work queue's job (message id) held by a consumer becomes visible again: its
+    /// visibility timeout ran out without an acknowledgement.
+    Visible(Arc<str>, u64),
 }
 
 impl Core {
@@ -794,6 +797,7 @@ impl Core {
                     self.publish_will(w, user, now, fx);
                 }
                 Timer::Expiry(id) => self.end_session(&id, now, fx),
+                Timer::Visible(client, mid) => self.visibility_expired(&client, mid, now),
             }
         }
         // Retained messages leave in expiry order: no scan of the unexpired ones.

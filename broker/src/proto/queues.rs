@@ -34,6 +34,10 @@ const PREFETCH: usize = 10;
 /// 20): a job that kills every worker that takes it must not take them all down forever.
 pub(crate) const MAX_DELIVERIES: u32 = 5;
 
+/// How long a consumer may hold a job without acknowledging it before it becomes
+/// available to others (SQS's visibility timeout; the default of issue #11).
+pub(crate) const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// What a queue's dead-letter queue is called: `NAME.dlq`.
 const DEAD_LETTER_SUFFIX: &str = ".dlq";
 
@@ -281,6 +285,12 @@ impl Core {
             d.queue = Some(id.clone());
             d.lsn = 0;
             let client = c.client.clone();
+            // QoS 0 consumers acknowledge on receipt: nothing to time.
+            if d.qos != QoS::AtMostOnce {
+                let due = now + VISIBILITY_TIMEOUT;
+                self.timers
+                    .set(Timer::Visible(client.clone(), d.msg.mid), due);
+            }
             let Some(s) = self.sessions.get_mut(&client) else {
                 break;
             };
@@ -310,6 +320,10 @@ impl Core {
         let held = s.take_queue_deliveries(only);
         if held.is_empty() {
             return;
+        }
+        for d in &held {
+            self.timers
+                .cancel(&Timer::Visible(client.clone(), d.msg.mid));
         }
         let mut by_queue: HashMap<Arc<str>, Vec<Delivery>> = HashMap::new();
         for d in held {
@@ -357,6 +371,8 @@ impl Core {
             return;
         };
         tracing::debug!(client = %client, queue = %id, code, "job refused by its consumer");
+        self.timers
+            .cancel(&Timer::Visible(client.clone(), d.msg.mid));
         if let Some(c) = self
             .queues
             .map
@@ -371,6 +387,41 @@ impl Core {
         } else {
             self.put_back(&id, vec![d], now);
         }
+        self.dispatch_due(now);
+    }
+
+    /// The visibility timeout of job `mid` held by `client` ran out: it goes back to its
+    /// queue for another consumer (one attempt more if it was sent). A PUBACK from
+    /// `client` for it afterwards acknowledges nothing: the job runs again elsewhere
+    /// (at least once).
+    pub(super) fn visibility_expired(&mut self, client: &Arc<str>, mid: u64, now: Instant) {
+        let Some((d, stale_left)) = self
+            .sessions
+            .get_mut(client)
+            .and_then(|s| s.abandon_queue_job(mid))
+        else {
+            return;
+        };
+        let Some(id) = d.queue.clone() else {
+            return;
+        };
+        tracing::info!(client = %client, queue = %id, "visibility timeout: job made available again");
+        // A job still in flight keeps its place at the consumer (and the consumer looks
+        // busier to dispatch) until the consumer's PUBACK frees it.
+        if stale_left {
+            self.put_back(&id, vec![d], now);
+            self.dispatch_due(now);
+            return;
+        }
+        if let Some(c) = self
+            .queues
+            .map
+            .get_mut(&id)
+            .and_then(|cs| cs.iter_mut().find(|c| &c.client == client))
+        {
+            c.outstanding = c.outstanding.saturating_sub(1);
+        }
+        self.put_back(&id, vec![d], now);
         self.dispatch_due(now);
     }
 

@@ -118,6 +118,7 @@ impl Core {
         match d.packet_id {
             Some(packet_id) => s.restore_inflight(Inflight {
                 packet_id,
+                stale: false,
                 delivery,
                 phase: if d.released {
                     Phase::Released

@@ -114,6 +114,14 @@ pub(crate) enum Event {
         queue: Arc<str>,
         /// Its sequence number in the queue (0: not stored).
         dseq: u64,
+        /// Its message.
+        mid: u64,
+    },
+    /// A consumer acknowledged a job whose visibility timeout had run out (its copy is
+    /// back in the queue): the consumer has room again, nothing is done.
+    QueueFreed {
+        /// The queue.
+        queue: Arc<str>,
     },
 }
 
@@ -138,6 +146,10 @@ pub(crate) struct Inflight {
     pub(crate) delivery: Delivery,
     /// Where the flow stands.
     pub(crate) phase: Phase,
+    /// A work queue's job whose visibility timeout ran out: a copy went back to the
+    /// queue, and this entry only waits for the client's PUBACK to free its packet id
+    /// (that PUBACK acknowledges nothing).
+    pub(crate) stale: bool,
 }
 
 /// How the core wakes the task serving a connection (the runtime implements it; the core
@@ -555,15 +567,43 @@ impl Session {
     /// queue's.
     pub(crate) fn holds_queue_delivery(&self, packet_id: u16) -> bool {
         self.inflight.iter().any(|i| {
-            i.packet_id == packet_id && i.phase == Phase::Published && i.delivery.queue.is_some()
+            i.packet_id == packet_id
+                && i.phase == Phase::Published
+                && i.delivery.queue.is_some()
+                && !i.stale
         })
+    }
+
+    /// The work queue's job with message `mid` this session holds, given back because
+    /// its visibility timeout ran out: a job not yet sent leaves the session; one in
+    /// flight stays there, stale, until the client's PUBACK frees its packet id, and a
+    /// copy (one attempt more) is returned. The flag tells whether a stale entry stayed.
+    pub(crate) fn abandon_queue_job(&mut self, mid: u64) -> Option<(Delivery, bool)> {
+        let held = |d: &Delivery| d.queue.is_some() && d.msg.mid == mid;
+        if let Some(i) = self
+            .inflight
+            .iter_mut()
+            .find(|i| !i.stale && i.phase == Phase::Published && held(&i.delivery))
+        {
+            i.stale = true;
+            let mut d = i.delivery.clone();
+            d.attempts += 1;
+            return Some((d, true));
+        }
+        self.take_queued(held)
+            .into_iter()
+            .next()
+            .map(|d| (d, false))
     }
 
     /// Takes back the work-queue delivery in flight as `packet_id` (a consumer refused it:
     /// a v5 PUBACK with a reason code of 0x80 or more), counted as one more attempt.
     pub(crate) fn take_refused_queue_delivery(&mut self, packet_id: u16) -> Option<Delivery> {
         let pos = self.inflight.iter().position(|i| {
-            i.packet_id == packet_id && i.phase == Phase::Published && i.delivery.queue.is_some()
+            i.packet_id == packet_id
+                && i.phase == Phase::Published
+                && i.delivery.queue.is_some()
+                && !i.stale
         })?;
         let mut d = self.inflight.remove(pos)?.delivery;
         d.attempts += 1;
@@ -581,6 +621,10 @@ impl Session {
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.inflight.len());
         for i in std::mem::take(&mut self.inflight) {
+            if ours(&i.delivery) && i.stale {
+                // Its copy is in the queue already.
+                continue;
+            }
             if ours(&i.delivery) {
                 let mut d = i.delivery;
                 d.attempts += 1;

@@ -114,6 +114,7 @@ impl Session {
                         packet_id,
                         delivery: d,
                         phase: Phase::Published,
+                        stale: false,
                     })
                 }
                 Ok(()) => finished(ev, &d),
@@ -143,7 +144,17 @@ impl Session {
         {
             Some(pos) => {
                 if let Some(i) = self.inflight.remove(pos) {
-                    finished(ev, &i.delivery);
+                    if i.stale {
+                        // Its copy is back in its queue: this PUBACK only frees the
+                        // packet id (and the consumer's place), acknowledging nothing.
+                        if let Some(queue) = &i.delivery.queue {
+                            ev(Event::QueueFreed {
+                                queue: queue.clone(),
+                            });
+                        }
+                    } else {
+                        finished(ev, &i.delivery);
+                    }
                 }
                 true
             }
@@ -187,6 +198,7 @@ fn finished(ev: EventSink<'_>, d: &Delivery) {
         ev(Event::QueueDone {
             queue: queue.clone(),
             dseq: d.dseq,
+            mid: d.msg.mid,
         });
     } else if d.dseq != 0 {
         ev(Event::Finished { dseq: d.dseq });

@@ -300,3 +300,105 @@ fn a_job_delivered_max_deliveries_times_is_dead_lettered() {
     let dead = received(&mut core, &mut d, now);
     assert_eq!(dead.iter().map(payload).collect::<Vec<_>>(), ["job-0"]);
 }
+
+/// A job not acknowledged within the visibility timeout goes to another consumer (DUP,
+/// delivery count 2); the first consumer's late PUBACK acknowledges nothing and frees
+/// its packet id; the second one's acknowledgement finishes the job.
+#[test]
+fn a_job_held_past_the_visibility_timeout_goes_to_another_consumer() {
+    let mut core = core();
+    let t0 = Instant::now();
+    let mut slow = connect(&mut core, Protocol::V5, "slow", true, None, t0);
+    subscribe(
+        &mut core,
+        &mut slow,
+        &[("$queue/jobs", q(QoS::AtLeastOnce))],
+        None,
+        t0,
+    );
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, t0);
+    enqueue(&mut core, &mut p, "$queue/jobs", 1, t0);
+    let held = received(&mut core, &mut slow, t0);
+    assert_eq!(held.len(), 1);
+    let mut fast = connect(&mut core, Protocol::V5, "fast", true, None, t0);
+    subscribe(
+        &mut core,
+        &mut fast,
+        &[("$queue/jobs", q(QoS::AtLeastOnce))],
+        None,
+        t0,
+    );
+    assert!(
+        received(&mut core, &mut fast, t0).is_empty(),
+        "held by slow"
+    );
+
+    let before = t0 + queues::VISIBILITY_TIMEOUT - Duration::from_secs(1);
+    let mut fx = Effects::default();
+    core.handle_timeout(before, &mut fx);
+    assert!(
+        received(&mut core, &mut fast, before).is_empty(),
+        "not visible yet"
+    );
+    let after = t0 + queues::VISIBILITY_TIMEOUT;
+    core.handle_timeout(after, &mut fx);
+    let again = received(&mut core, &mut fast, after);
+    assert_eq!(again.len(), 1, "visible again, to the other consumer");
+    assert!(received(&mut core, &mut slow, after).is_empty());
+    assert_eq!(payload(&again[0]), "job-0");
+    assert!(again[0].4, "a redelivery is flagged DUP");
+    // The slow consumer's late PUBACK changes nothing but its own place.
+    ack(&mut core, &mut slow, held[0].3, after);
+    let stats = core.queue_stats();
+    assert_eq!(stats[0].1.inflight, 1, "the copy is still held");
+    ack(&mut core, &mut fast, again[0].3, after);
+    let stats = core.queue_stats();
+    assert_eq!((stats[0].1.depth, stats[0].1.inflight), (0, 0));
+    // Nothing comes back later: the timer of the acknowledged copy is gone.
+    let later = after + queues::VISIBILITY_TIMEOUT * 2;
+    core.handle_timeout(later, &mut fx);
+    assert!(received(&mut core, &mut fast, later).is_empty());
+    assert!(received(&mut core, &mut slow, later).is_empty());
+}
+
+/// With one consumer the job comes back to it; acknowledging the stale delivery late does
+/// not cancel the copy's own timeout.
+#[test]
+fn a_lone_consumer_gets_its_timed_out_job_again_and_the_copy_keeps_its_timeout() {
+    let mut core = core();
+    let t0 = Instant::now();
+    let mut w = connect(&mut core, Protocol::V5, "lone", true, None, t0);
+    subscribe(
+        &mut core,
+        &mut w,
+        &[("$queue/jobs", q(QoS::AtLeastOnce))],
+        None,
+        t0,
+    );
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, t0);
+    enqueue(&mut core, &mut p, "$queue/jobs", 1, t0);
+    let first = received(&mut core, &mut w, t0);
+    let mut fx = Effects::default();
+    let t1 = t0 + queues::VISIBILITY_TIMEOUT;
+    core.handle_timeout(t1, &mut fx);
+    let second = received(&mut core, &mut w, t1);
+    assert_eq!(second.len(), 1);
+    assert!(second[0].4);
+    assert_ne!(
+        second[0].3, first[0].3,
+        "a new packet id: the first is still in flight"
+    );
+    ack(&mut core, &mut w, first[0].3, t1);
+    let t2 = t1 + queues::VISIBILITY_TIMEOUT;
+    core.handle_timeout(t2, &mut fx);
+    let third = received(&mut core, &mut w, t2);
+    assert_eq!(third.len(), 1, "the copy timed out too");
+    ack(&mut core, &mut w, third[0].3, t2);
+    assert_eq!(
+        core.queue_stats()[0].1.inflight,
+        1,
+        "the second is stale, unacknowledged"
+    );
+    ack(&mut core, &mut w, second[0].3, t2);
+    assert_eq!(core.queue_stats()[0].1.inflight, 0);
+}
