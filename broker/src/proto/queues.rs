@@ -89,6 +89,18 @@ impl Queues {
         }
     }
 
+    /// One of `client`'s jobs from queue `id` left it (acknowledged, refused, timed
+    /// out): it has room for another.
+    fn release(&mut self, id: &Arc<str>, client: &Arc<str>) {
+        if let Some(c) = self
+            .map
+            .get_mut(id)
+            .and_then(|cs| cs.iter_mut().find(|c| &c.client == client))
+        {
+            c.outstanding = c.outstanding.saturating_sub(1);
+        }
+    }
+
     /// The queues `client` consumes.
     fn consumed_by(&self, client: &str) -> Vec<Arc<str>> {
         let mut ids: Vec<Arc<str>> = self
@@ -221,14 +233,7 @@ impl Core {
     /// A delivery of queue `queue` to `client` was acknowledged (or dropped as if it
     /// were): the consumer has room for another.
     pub(super) fn queue_acked(&mut self, queue: &Arc<str>, client: &Arc<str>) {
-        if let Some(c) = self
-            .queues
-            .map
-            .get_mut(queue)
-            .and_then(|cs| cs.iter_mut().find(|c| &c.client == client))
-        {
-            c.outstanding = c.outstanding.saturating_sub(1);
-        }
+        self.queues.release(queue, client);
         self.queues.due.push(queue.clone());
     }
 
@@ -373,14 +378,7 @@ impl Core {
         tracing::debug!(client = %client, queue = %id, code, "job refused by its consumer");
         self.timers
             .cancel(&Timer::Visible(client.clone(), d.msg.mid));
-        if let Some(c) = self
-            .queues
-            .map
-            .get_mut(&id)
-            .and_then(|cs| cs.iter_mut().find(|c| &c.client == client))
-        {
-            c.outstanding = c.outstanding.saturating_sub(1);
-        }
+        self.queues.release(&id, client);
         if code == POISON && !id.ends_with(DEAD_LETTER_SUFFIX) {
             self.dead_letter(&id, d, "refused", now);
             self.queues.due.push(id);
@@ -413,14 +411,7 @@ impl Core {
             self.dispatch_due(now);
             return;
         }
-        if let Some(c) = self
-            .queues
-            .map
-            .get_mut(&id)
-            .and_then(|cs| cs.iter_mut().find(|c| &c.client == client))
-        {
-            c.outstanding = c.outstanding.saturating_sub(1);
-        }
+        self.queues.release(&id, client);
         self.put_back(&id, vec![d], now);
         self.dispatch_due(now);
     }
