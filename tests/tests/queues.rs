@@ -251,3 +251,45 @@ fn refused_poison_and_undeliverable_jobs_go_to_the_dead_letter_queue() {
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `$delayed/SECONDS/TOPIC` reaches a work queue's consumer no earlier than SECONDS
+/// later (and soon after), and a plain subscriber the same way.
+#[test]
+fn a_delayed_publish_arrives_after_its_delay() {
+    let broker = Broker::start_with(&["--memory"], None);
+    let mut w = connect(broker.addr, Protocol::V5, "delay-worker");
+    w.subscribe("$queue/later", QoS::AtLeastOnce);
+    let mut s = connect(broker.addr, Protocol::V311, "delay-sub");
+    s.subscribe("plain/later", QoS::AtLeastOnce);
+    let mut p = connect(broker.addr, Protocol::V5, "delay-producer");
+    let sent = Instant::now();
+    p.publish_acked(&common::publish(
+        "$delayed/2/$queue/later",
+        b"job",
+        QoS::AtLeastOnce,
+        1,
+    ));
+    p.publish_acked(&common::publish(
+        "$delayed/2/plain/later",
+        b"msg",
+        QoS::AtLeastOnce,
+        2,
+    ));
+    let job = w.expect_publish();
+    let after_job = sent.elapsed();
+    let m = s.expect_publish();
+    let after_msg = sent.elapsed();
+    assert_eq!(
+        (&job.payload[..], job.topic.as_str()),
+        (&b"job"[..], "$queue/later")
+    );
+    assert_eq!(
+        (&m.payload[..], m.topic.as_str()),
+        (&b"msg"[..], "plain/later")
+    );
+    for (what, t) in [("job", after_job), ("message", after_msg)] {
+        assert!(t >= Duration::from_secs(2), "{what} after {t:?}: too early");
+        assert!(t < Duration::from_secs(4), "{what} after {t:?}: too late");
+    }
+    w.ack(&job);
+}

@@ -35,6 +35,7 @@ impl Core {
         // `$queue/...` ids are the work queues' own sessions in the store.
         if c.client_id.len() > self.cfg.max_client_id_length
             || c.client_id.starts_with(queues::QUEUE_PREFIX)
+            || c.client_id.starts_with(delayed::STORE_ID)
         {
             return refuse(
                 out,

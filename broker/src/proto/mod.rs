@@ -22,6 +22,7 @@ use mote_codec::{
 
 pub(crate) mod acl;
 mod connect;
+pub(crate) mod delayed;
 pub(crate) mod durable;
 pub(crate) mod message;
 mod policy;
@@ -160,6 +161,8 @@ pub(crate) struct Core {
     targets: FastMap<Arc<str>, router::Target>,
     /// The access rules in force.
     acl: Arc<acl::Acl>,
+    /// Delayed publishes waiting for their time (`$delayed/...`).
+    delayed: delayed::Delayed,
     subs: SubscriptionTree<SubKey, SubEntry>,
     shared_rr: HashMap<GroupKey, usize>,
     retained: RetainedIndex<Arc<Message>>,
@@ -212,6 +215,8 @@ enum Timer {
     /// A work queue's job (message id) held by a consumer becomes visible again: its
     /// visibility timeout ran out without an acknowledgement.
     Visible(Arc<str>, u64),
+    /// The earliest delayed publish is due.
+    Delayed,
 }
 
 impl Core {
@@ -229,6 +234,7 @@ impl Core {
             sessions: FastMap::default(),
             targets: FastMap::default(),
             acl,
+            delayed: delayed::Delayed::default(),
             subs: SubscriptionTree::new(),
             shared_rr: HashMap::new(),
             retained: RetainedIndex::new(),
@@ -488,6 +494,8 @@ impl Core {
         self.stats.publish_received += 1;
         let cfg = self.cfg.clone();
         let acl = (!self.acl.is_open()).then(|| self.acl.clone());
+        // Rounded up: a delayed publish is never released early.
+        let now_secs = self.clock.unix_ms(now).div_ceil(1000);
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
         let Some(link) = s.link_mut() else {
             return Err(Close::TakenOver);
@@ -545,14 +553,25 @@ impl Core {
         }
         // `$SYS` belongs to the broker: clients may not publish into it.
         let persisted = s.persisted();
+        // `$delayed/SECONDS/TOPIC`: published to TOPIC later (`proto/delayed.rs`).
+        let delay = match delayed::parse(&topic, now_secs) {
+            None => None,
+            Some(Ok(due)) => Some((due.at_secs, due.topic.to_owned())),
+            Some(Err(())) => {
+                code = reason::TOPIC_NAME_INVALID;
+                None
+            }
+        };
         // The access rules (docs/security.md): a refused PUBLISH is not routed. MQTT 5
-        // says why (0x87); 3.1.1 has no refusal and acknowledges it as usual.
+        // says why (0x87); 3.1.1 has no refusal and acknowledges it as usual. A delayed
+        // publish is a write of its target.
         if let (Some(acl), true) = (&acl, code == reason::SUCCESS) {
             let who = acl::Who {
                 user: s.user().map(|u| &**u),
                 client,
             };
-            if !acl.allows(who, acl::Access::Write, &topic) {
+            let written = delay.as_ref().map_or(&*topic, |(_, t)| t.as_str());
+            if !acl.allows(who, acl::Access::Write, written) {
                 tracing::debug!(client = %client, topic = %topic, "publish refused by the access rules");
                 self.stats.publish_denied += 1;
                 code = reason::NOT_AUTHORIZED;
@@ -568,9 +587,21 @@ impl Core {
                 Some(client.clone()),
                 now,
             ));
-            match queue {
+            match (delay, queue) {
+                (Some((at_secs, target)), _) => {
+                    let due = delayed::Due {
+                        at_secs,
+                        topic: &target,
+                    };
+                    if self.delay(msg, due, now) {
+                        1
+                    } else {
+                        code = reason::QUOTA_EXCEEDED;
+                        0
+                    }
+                }
                 // A work queue takes it, or is full.
-                Some(name) => {
+                (None, Some(name)) => {
                     if self.enqueue(&name, msg, now, fx) {
                         1
                     } else {
@@ -578,7 +609,7 @@ impl Core {
                         0
                     }
                 }
-                None => self.publish(msg, now, fx),
+                (None, None) => self.publish(msg, now, fx),
             }
         } else {
             0
@@ -798,6 +829,7 @@ impl Core {
                 }
                 Timer::Expiry(id) => self.end_session(&id, now, fx),
                 Timer::Visible(client, mid) => self.visibility_expired(&client, mid, now),
+                Timer::Delayed => self.release_delayed(now, fx),
             }
         }
         // Retained messages leave in expiry order: no scan of the unexpired ones.

@@ -166,6 +166,8 @@ impl Core {
             let id: Arc<str> = Arc::from(client.as_str());
             self.timers.set(Timer::Will(id), offline + wait);
         }
+        // Recovery runs at the core's creation: its clock's moment is now.
+        self.restore_delayed(self.clock.at);
     }
 
     /// A copy of the durable state now, to be written as a snapshot without the core
@@ -188,6 +190,11 @@ impl Core {
                     queue_held.push((q.clone(), d));
                 }
             }
+        }
+        // Delayed publishes wait outside their store session's queue: written back into it.
+        let delayed_id: Arc<str> = Arc::from(delayed::STORE_ID);
+        for d in self.delayed.stored() {
+            queue_held.push((delayed_id.clone(), d.clone()));
         }
         for (id, s) in &mut self.sessions {
             if !s.persisted() {

@@ -36,12 +36,12 @@ impl Core {
         let queues = self
             .sessions
             .keys()
-            .filter(|k| k.starts_with(queues::QUEUE_PREFIX));
+            .filter(|k| k.starts_with(queues::QUEUE_PREFIX) || &***k == delayed::STORE_ID);
         let clients = self.sessions.len() - queues.count();
         let queued: usize = self.sessions.values().map(|s| s.queued_len()).sum();
         let expired: u64 = self.sessions.values().map(|s| s.drops().expired).sum();
         let (spilled, _) = self.spilled();
-        let values: [(&str, String); 22] = [
+        let values: [(&str, String); 23] = [
             ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", uptime.as_secs())),
             ("clients/connected", online.to_string()),
@@ -57,6 +57,7 @@ impl Core {
             ("messages/expired", expired.to_string()),
             ("messages/spilled", spilled.to_string()),
             ("messages/denied", self.stats.publish_denied.to_string()),
+            ("messages/delayed", self.delayed.len().to_string()),
             (
                 "subscriptions/denied",
                 self.stats.subscribe_denied.to_string(),

@@ -2370,11 +2370,23 @@ fn durable_core(journal: Arc<dyn durable::Journal>, now: Instant) -> Core {
 /// A new core rebuilt from `records` the way the runtime recovers the store: the index
 /// pass, the sessions, the deliveries in log order, then retained messages and wills.
 fn recover(records: &[Vec<u8>], now: Instant) -> Core {
+    recover_at(records, now, 1_700_000_000_000)
+}
+
+/// [`recover`] with the wall clock at `unix_ms` at `now` (tests where wall time matters
+/// across the crash).
+fn recover_at(records: &[Vec<u8>], now: Instant, unix_ms: u64) -> Core {
     let mut index = crate::store::recover::Index::default();
     for r in records {
         index.apply_bytes(r);
     }
-    let mut core = durable_core(Arc::new(MemJournal::default()), now);
+    let mut core = Core::with_journal(
+        Arc::new(MqttConfig::default()),
+        Arc::new(MemJournal::default()),
+        Arc::new(NoTails),
+        usize::MAX,
+        Clock::new(now, unix_ms),
+    );
     core.restore_sessions(&index, now);
     let now_ms = core.clock.unix_ms(now);
     let mut replay = index.replay();
@@ -2737,4 +2749,52 @@ fn work_queue_jobs_held_by_a_consumer_survive_compaction_and_a_crash() {
     got.sort();
     let want: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'j', b'0' + i]).collect();
     assert_eq!(got, want, "every job, the held ones included");
+}
+
+/// `$delayed/SECONDS/TOPIC` is published to TOPIC once SECONDS have passed, never
+/// before, and survives a crash in between (docs/queues.md, delayed publish).
+#[test]
+fn a_delayed_publish_is_released_on_time_and_survives_a_crash() {
+    let t0 = Instant::now();
+    let journal = Arc::new(MemJournal::default());
+    let mut core = durable_core(journal.clone(), t0);
+    let mut s = online(&mut core, V5, "sub", t0);
+    s.subscribe(&mut core, "later/t", QoS::AtLeastOnce, t0);
+    let mut p = online(&mut core, V5, "pub", t0);
+    let code = p.publish_acked(
+        &mut core,
+        &msg("$delayed/10/later/t", b"ten", QoS::AtLeastOnce, 1),
+        t0,
+    );
+    assert_eq!(code, reason::SUCCESS, "kept for later");
+    p.publish_acked(
+        &mut core,
+        &msg("$delayed/30/later/t", b"thirty", QoS::AtLeastOnce, 2),
+        t0,
+    );
+    for bad in ["$delayed/x/later/t", "$delayed/5/$SYS/x", "$delayed/5"] {
+        let code = p.publish_acked(&mut core, &msg(bad, b"-", QoS::AtLeastOnce, 3), t0);
+        assert_eq!(code, reason::TOPIC_NAME_INVALID, "{bad}");
+    }
+    advance(&mut core, t0 + secs(9));
+    s.expect_nothing(&mut core, t0 + secs(9));
+    advance(&mut core, t0 + secs(10));
+    let m = s.expect_publish(&mut core, t0 + secs(10));
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("later/t", &b"ten"[..]));
+    drop(core);
+
+    // The crash: the 30-second one comes back and is released on time (the wall clock
+    // went on by the 12 s that passed).
+    let t1 = t0 + secs(12);
+    let unix = |t: Instant| 1_700_000_000_000 + (t - t0).as_millis() as u64;
+    let mut core = recover_at(&journal.records(), t1, unix(t1));
+    let mut s = online(&mut core, V5, "sub2", t1);
+    s.subscribe(&mut core, "later/t", QoS::AtLeastOnce, t1);
+    advance(&mut core, t0 + secs(29));
+    s.expect_nothing(&mut core, t0 + secs(29));
+    advance(&mut core, t0 + secs(30));
+    let m = s.expect_publish(&mut core, t0 + secs(30));
+    assert_eq!(&m.payload[..], b"thirty");
+    // The one released before the crash is not released again (its delivery is done).
+    s.expect_nothing(&mut core, t0 + secs(30));
 }
