@@ -173,17 +173,8 @@ impl Core {
                 let mut m = (*d.msg).clone();
                 m.topic = Arc::from(target.as_str());
                 m.mid = self.mid();
-                let m = Arc::new(m);
-                match queues::queue_of(&target) {
-                    Some(name) => {
-                        let name = name.to_owned();
-                        if !self.enqueue(&name, m, now, fx) {
-                            tracing::warn!(queue = %name, "delayed message not enqueued: queue full");
-                        }
-                    }
-                    None => {
-                        self.publish(m, now, fx);
-                    }
+                if self.route(Arc::new(m), now, fx).is_err() {
+                    tracing::warn!(topic = %target, "delayed message not enqueued: queue full");
                 }
             }
             if d.dseq != 0 {

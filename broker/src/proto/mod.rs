@@ -579,7 +579,6 @@ impl Core {
         }
         let routed = if code == reason::SUCCESS && !is_sys(&topic) {
             let mid = self.mid();
-            let queue = queues::queue_of(&topic).map(str::to_owned);
             let msg = Arc::new(Message::from_publish(
                 mid,
                 p,
@@ -587,8 +586,8 @@ impl Core {
                 Some(client.clone()),
                 now,
             ));
-            match (delay, queue) {
-                (Some((at_secs, target)), _) => {
+            match delay {
+                Some((at_secs, target)) => {
                     let due = delayed::Due {
                         at_secs,
                         topic: &target,
@@ -600,16 +599,13 @@ impl Core {
                         0
                     }
                 }
-                // A work queue takes it, or is full.
-                (None, Some(name)) => {
-                    if self.enqueue(&name, msg, now, fx) {
-                        1
-                    } else {
+                None => match self.route(msg, now, fx) {
+                    Ok(n) => n,
+                    Err(Full) => {
                         code = reason::QUOTA_EXCEEDED;
                         0
                     }
-                }
-                (None, None) => self.publish(msg, now, fx),
+                },
             }
         } else {
             0
@@ -753,7 +749,27 @@ impl Core {
         if let Some(secs) = w.expiry {
             Arc::make_mut(&mut msg).expires_at = Some(now + Duration::from_secs(u64::from(secs)));
         }
-        self.publish(msg, now, fx);
+        // A will to `$queue/NAME` is a job like any publish there.
+        if self.route(msg, now, fx).is_err() {
+            tracing::warn!("will not enqueued: its work queue is full");
+        }
+    }
+
+    /// Sends `msg` where its topic says: a work queue's topic enqueues it, any other
+    /// goes through the router (the number of sessions it was queued for).
+    ///
+    /// # Errors
+    /// [`Full`] when the work queue is full.
+    pub(super) fn route(
+        &mut self,
+        msg: Arc<Message>,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Result<usize, Full> {
+        match queues::queue_of(&msg.topic).map(str::to_owned) {
+            Some(name) => self.enqueue(&name, msg, now, fx).then_some(1).ok_or(Full),
+            None => Ok(self.publish(msg, now, fx)),
+        }
     }
 
     /// Ends a session: publishes a pending will, removes subscriptions, and hands QoS 1
@@ -865,6 +881,10 @@ fn spill_to<'a>(
     let tails = tails.as_deref()?;
     (mem.load(Ordering::Relaxed) > budget).then_some(tails)
 }
+
+/// A work queue that cannot take another job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Full;
 
 /// A moment in the two clocks the core needs: monotonic for timers and expiry, Unix
 /// milliseconds for what the store keeps across restarts.

@@ -284,6 +284,13 @@ impl Core {
         });
         members.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(client) = self.pick_member(&group, &filter, &members, Some(from)) {
+            // The new member gets it as its own subscription grants it: its QoS, its
+            // Retain As Published, its Subscription Identifier (MQTT-3.3.4-3, 3.8.4-8).
+            if let Some((_, e)) = members.iter().find(|m| m.0 == client) {
+                d.qos = d.msg.qos.min(e.qos);
+                d.retain = e.retain_as_published && d.msg.retain;
+                d.sub_ids = e.id.into_iter().collect();
+            }
             self.deliver(&client, d, now, fx);
         }
     }

@@ -99,7 +99,8 @@ impl Session {
             };
             // A work queue's redelivery is a new PUBLISH flagged DUP (the only hint a
             // 3.1.1 consumer gets that it may have seen it before).
-            let dup = d.attempts > 0;
+            // DUP is 0 on every QoS 0 PUBLISH (MQTT-3.3.1-2).
+            let dup = d.attempts > 0 && d.qos != QoS::AtMostOnce;
             match encode_publish(link, &d, packet_id, dup, now, out) {
                 Ok(()) if d.qos != QoS::AtMostOnce => {
                     // A queue's delivery is journaled as the queue's, not this session's.
