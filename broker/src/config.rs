@@ -16,6 +16,12 @@
 //!
 //! [log]
 //! level = "info,mote_broker=debug"
+//!
+//! [[listener]]
+//! transport = "tls"
+//! address = "0.0.0.0:8883"
+//! cert_file = "/etc/mote/server.pem"
+//! key_file = "/etc/mote/server.key"
 //! ```
 //!
 //! Every section and every key is optional; unknown sections or keys are an error.
@@ -117,6 +123,47 @@ pub struct Config {
     pub log: LogConfig,
     /// Section `[auth]`: users, passwords and access rules (see `docs/security.md`).
     pub auth: AuthConfig,
+    /// Sections `[[listener]]`: listeners besides `mqtt.listen` (TLS, see `docs/tls.md`).
+    /// Default none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listener: Vec<ListenerConfig>,
+}
+
+/// One `[[listener]]`: an MQTT listener over TLS (see `docs/tls.md`). Its certificate,
+/// key and client CA are read at start (a bad file stops the start) and again on SIGHUP
+/// or when the files change (a bad file then keeps the old ones in force).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// The transport: only `"tls"` (the plain TCP listener is `mqtt.listen`). Required.
+    pub transport: String,
+    /// Address to bind, e.g. `"0.0.0.0:8883"`. Required.
+    pub address: SocketAddr,
+    /// The server's certificate chain, PEM, the server's own certificate first. Required.
+    pub cert_file: PathBuf,
+    /// The private key of that certificate, PEM (PKCS#8, PKCS#1 or SEC1). Required.
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that client certificates are verified against (mTLS).
+    /// Default none: no client certificate is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: whether a client without a certificate is refused (a
+    /// client with a certificate the CA did not sign always is). Default `false`.
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// Oldest TLS version accepted: `"1.2"` or `"1.3"`. Default `"1.2"`.
+    #[serde(default = "default_min_tls_version")]
+    pub min_tls_version: String,
+    /// With `require_certificate`: the client certificate's subject common name (CN) is
+    /// the client's user name for the access rules, and the CONNECT's user name and
+    /// password are not checked. Default `false`.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+}
+
+/// `listener.min_tls_version`'s default.
+fn default_min_tls_version() -> String {
+    "1.2".to_owned()
 }
 
 /// Section `[auth]`: who may connect and what each may read and write. Both files are
@@ -507,6 +554,21 @@ impl Config {
             );
         }
 
+        for (i, l) in self.listener.iter().enumerate() {
+            l.validate(i, m.listen)?;
+            if l.address.port() != 0 {
+                if let Some(j) = self.listener[..i]
+                    .iter()
+                    .position(|o| o.address == l.address)
+                {
+                    bail!(
+                        "listener[{i}].address = \"{}\" is already the address of listener[{j}]",
+                        l.address
+                    );
+                }
+            }
+        }
+
         ensure!(
             !self.log.level.trim().is_empty(),
             "log.level must not be empty (e.g. \"info\")"
@@ -551,6 +613,51 @@ impl Config {
         if let Some(level) = &cli.log {
             self.log.level.clone_from(level);
         }
+        Ok(())
+    }
+}
+
+impl ListenerConfig {
+    /// Checks the listener's values; errors name the key as `listener[i].key`.
+    fn validate(&self, i: usize, mqtt_listen: SocketAddr) -> anyhow::Result<()> {
+        match self.transport.as_str() {
+            "tls" => {}
+            "tcp" => bail!(
+                "listener[{i}].transport = \"tcp\" is not supported: the plain MQTT listener \
+                 is mqtt.listen (flag --mqtt); a [[listener]] is \"tls\""
+            ),
+            other => bail!(
+                "listener[{i}].transport = {other:?} is unknown: the only transport is \"tls\""
+            ),
+        }
+        ensure!(
+            self.address.port() == 0 || self.address != mqtt_listen,
+            "listener[{i}].address = \"{}\" is also mqtt.listen",
+            self.address
+        );
+        ensure!(
+            !self.cert_file.as_os_str().is_empty(),
+            "listener[{i}].cert_file must not be empty"
+        );
+        ensure!(
+            !self.key_file.as_os_str().is_empty(),
+            "listener[{i}].key_file must not be empty"
+        );
+        ensure!(
+            matches!(self.min_tls_version.as_str(), "1.2" | "1.3"),
+            "listener[{i}].min_tls_version must be \"1.2\" or \"1.3\" (got {:?})",
+            self.min_tls_version
+        );
+        ensure!(
+            !self.require_certificate || self.client_ca_file.is_some(),
+            "listener[{i}].require_certificate needs listener[{i}].client_ca_file (the CA \
+             client certificates are verified against)"
+        );
+        ensure!(
+            !self.use_identity_as_username || self.require_certificate,
+            "listener[{i}].use_identity_as_username needs listener[{i}].require_certificate = \
+             true (and a client_ca_file)"
+        );
         Ok(())
     }
 }
@@ -771,6 +878,90 @@ mod tests {
             .unwrap();
         Config::from_toml_str("[mqtt]\nmax_packet_size = 268435460").unwrap();
         Config::from_toml_str("[storage]\ndata_dir = \"\"\nmemory = true").unwrap();
+    }
+
+    const TLS_LISTENER: &str = "[[listener]]\ntransport = \"tls\"\naddress = \"127.0.0.1:8883\"\n\
+                                cert_file = \"/etc/mote/server.pem\"\n\
+                                key_file = \"/etc/mote/server.key\"\n";
+
+    #[test]
+    fn tls_listener_defaults_and_round_trip() {
+        let c = Config::from_toml_str(TLS_LISTENER).unwrap();
+        assert_eq!(c.listener.len(), 1);
+        let l = &c.listener[0];
+        assert_eq!(l.address, "127.0.0.1:8883".parse().unwrap());
+        assert_eq!(l.client_ca_file, None);
+        assert!(!l.require_certificate && !l.use_identity_as_username);
+        assert_eq!(l.min_tls_version, "1.2");
+        // No listener: nothing printed for it.
+        assert!(!Config::default().to_toml().unwrap().contains("listener"));
+        let mut full = c.clone();
+        full.listener.push(ListenerConfig {
+            transport: "tls".to_owned(),
+            address: "[::]:8884".parse().unwrap(),
+            cert_file: PathBuf::from("b.pem"),
+            key_file: PathBuf::from("b.key"),
+            client_ca_file: Some(PathBuf::from("ca.pem")),
+            require_certificate: true,
+            min_tls_version: "1.3".to_owned(),
+            use_identity_as_username: true,
+        });
+        for config in [c, full] {
+            let text = config.to_toml().unwrap();
+            assert!(text.contains("[[listener]]"), "{text}");
+            assert_eq!(Config::from_toml_str(&text).unwrap(), config, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_tls_listeners_rejected_with_key_name() {
+        let with = |extra: &str| format!("{TLS_LISTENER}{extra}\n");
+        for (toml, key) in [
+            (
+                TLS_LISTENER.replace("\"tls\"", "\"tcp\""),
+                "listener[0].transport = \"tcp\"",
+            ),
+            (
+                TLS_LISTENER.replace("\"tls\"", "\"quic\""),
+                "listener[0].transport = \"quic\"",
+            ),
+            (
+                with("min_tls_version = \"1.1\""),
+                "listener[0].min_tls_version",
+            ),
+            (
+                with("require_certificate = true"),
+                "listener[0].require_certificate",
+            ),
+            (
+                with("client_ca_file = \"ca.pem\"\nuse_identity_as_username = true"),
+                "listener[0].use_identity_as_username",
+            ),
+            (with("cert_file2 = \"x\""), "cert_file2"),
+            (
+                format!("{TLS_LISTENER}{TLS_LISTENER}"),
+                "listener[1].address",
+            ),
+            (
+                TLS_LISTENER.replace("8883", "1883"),
+                "listener[0].address = \"127.0.0.1:1883\" is also mqtt.listen",
+            ),
+            (
+                "[[listener]]\ntransport = \"tls\"\naddress = \"127.0.0.1:8883\"\n".to_owned(),
+                "cert_file",
+            ),
+        ] {
+            let e = err_text(Config::from_toml_str(&toml));
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        // Port 0 (any free port) may repeat.
+        let any = TLS_LISTENER.replace("8883", "0");
+        Config::from_toml_str(&format!("{any}{any}")).unwrap();
+        Config::from_toml_str(&with(
+            "client_ca_file = \"ca.pem\"\nrequire_certificate = true\n\
+             use_identity_as_username = true\nmin_tls_version = \"1.3\"",
+        ))
+        .unwrap();
     }
 
     #[test]

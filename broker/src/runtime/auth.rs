@@ -11,7 +11,7 @@
 //! The password file: one `USER:HASH` per line (`#` starts a comment), HASH a PHC string
 //! as `mote passwd` writes it (`$argon2id$v=19$m=19456,t=2,p=1$SALT$HASH`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -134,6 +134,9 @@ pub(crate) struct Auth {
     verifying: Semaphore,
     /// Checked for unknown users, so that they cost what a known one does.
     dummy: String,
+    /// User names that came from a verified client certificate (mTLS): the password
+    /// file does not list them, and a reload does not take them for removed users.
+    certificate_users: Mutex<HashSet<Arc<str>>>,
 }
 
 impl Auth {
@@ -151,7 +154,33 @@ impl Auth {
             verifying: Semaphore::new(VERIFY_CONCURRENCY),
             dummy: hash_password(b"not a password anyone has")
                 .map_err(|e| anyhow::anyhow!("cannot make the dummy hash: {e}"))?,
+            certificate_users: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Notes that `user` logged in with a client certificate.
+    pub(crate) fn certificate_user(&self, user: &Arc<str>) {
+        let mut set = self
+            .certificate_users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        set.insert(user.clone());
+    }
+
+    /// Whether a user of a connected session is gone under `policy`: listed nowhere
+    /// (a password file exists and does not name it, and no certificate gave it).
+    pub(crate) fn user_gone(&self, policy: &Policy, user: &str) -> bool {
+        let certified = || {
+            self.certificate_users
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(user)
+        };
+        policy
+            .users
+            .as_ref()
+            .is_some_and(|users| !users.contains(user))
+            && !certified()
     }
 
     /// The policy in force.

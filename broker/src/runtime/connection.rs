@@ -14,10 +14,14 @@
 //!   refusing CONNACK), it closes gracefully ([`close_gracefully`]): closing a socket
 //!   with unread input sends a reset, which makes the client's TCP stack drop whatever
 //!   it had not read yet, reason code included.
+//! - TCP and TLS connections run the same code, generic over the stream ([`Stream`]);
+//!   a TLS connection first completes its handshake ([`serve_tls`]), within the same
+//!   connect timeout that then bounds its CONNECT.
 //!
 //! Cancel safety: the only futures raced in `select!` are `read_buf` (cancel-safe: bytes
-//! read are in the buffer), `Notify::notified`, timers and cancellation tokens. Writes
-//! happen outside `select!`.
+//! read are in the buffer; over TLS, decrypted bytes not yet read stay in the TLS
+//! session), `Notify::notified`, timers and cancellation tokens. Writes happen outside
+//! `select!`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,16 +29,18 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use mote_codec::{check, decode_body, DecodeError, FrameHeader, Packet, Protocol};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::auth::Refusal;
 use super::shared::Shared;
 use super::table::Slot;
+use super::tls::{self, Certs, Handshake};
 use crate::proto::session::{write_packet, Kick, Wake, OUTBOUND_BATCH};
 use crate::proto::{disconnect_packet, Accepted, Close, End};
 
@@ -73,6 +79,29 @@ enum Closing {
     Graceful,
 }
 
+/// A byte stream a connection is served over: TCP, or TLS over TCP.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Writes what the socket takes now without waiting, as `TcpStream::try_write` does;
+    /// `WouldBlock` when nothing can be written at once (always, for a stream that has
+    /// no such fast path).
+    fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<usize>;
+}
+
+impl Stream for TcpStream {
+    #[inline]
+    fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.try_write(buf)
+    }
+}
+
+impl Stream for TlsStream<TcpStream> {
+    /// Bytes go through the TLS session first: always the waiting path.
+    #[inline]
+    fn try_write_now(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+}
+
 /// Serves one TCP connection until it ends. `slot` is its place in the connection
 /// table, released when this returns.
 pub(crate) async fn serve(
@@ -84,7 +113,86 @@ pub(crate) async fn serve(
 ) {
     let span = tracing::info_span!("conn", %peer, client = tracing::field::Empty);
     async move {
-        if run(&mut stream, peer, &shared, &shutdown, &slot).await == Closing::Graceful {
+        let started = Instant::now();
+        if run(&mut stream, peer, &shared, &shutdown, &slot, started, None).await
+            == Closing::Graceful
+        {
+            close_gracefully(&mut stream).await;
+        }
+        drop(slot);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Serves one connection of a TLS listener until it ends: the TLS handshake (with the
+/// certificates in force when it starts), then MQTT as over TCP. A failed handshake
+/// closes the socket with one log line. `slot` is its place in the connection table,
+/// released when this returns.
+pub(crate) async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    slot: Slot,
+    certs: Arc<Certs>,
+) {
+    let span = tracing::info_span!(
+        "conn",
+        %peer,
+        tls = true,
+        version = tracing::field::Empty,
+        client = tracing::field::Empty
+    );
+    async move {
+        // The connect timeout covers the handshake and the CONNECT together.
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(shared.config.mqtt.connect_timeout_ms);
+        let handshake = tls::handshake(
+            certs.acceptor(),
+            stream,
+            deadline,
+            slot.evicted(),
+            shutdown.cancelled(),
+        );
+        let mut stream = match handshake.await {
+            Ok(s) => s,
+            Err(Handshake::Failed(e)) => {
+                tracing::info!(error = %e, "TLS handshake failed; closing");
+                return;
+            }
+            Err(Handshake::TimedOut) => {
+                tracing::info!("TLS handshake not done within the connect timeout; closing");
+                return;
+            }
+            Err(Handshake::Abandoned) => return,
+        };
+        if let Some(v) = stream.get_ref().1.protocol_version() {
+            tracing::Span::current().record("version", tracing::field::debug(v));
+        }
+        let identity = if certs.config().use_identity_as_username {
+            match tls::peer_common_name(&stream) {
+                Some(cn) => Some(Arc::<str>::from(cn)),
+                None => {
+                    tracing::info!("client certificate without a subject CN; closing");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        if run(
+            &mut stream,
+            peer,
+            &shared,
+            &shutdown,
+            &slot,
+            started,
+            identity,
+        )
+        .await
+            == Closing::Graceful
+        {
             close_gracefully(&mut stream).await;
         }
         drop(slot);
@@ -100,7 +208,7 @@ pub(crate) async fn serve(
 ///
 /// A buffer that grew past [`SHRINK_ABOVE`] (a large packet, or a batch of the core's
 /// outbound queue) is replaced by a small one once written.
-async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()> {
+async fn flush<S: Stream>(stream: &mut S, out: &mut BytesMut) -> std::io::Result<()> {
     flush_keeping(stream, out, false).await
 }
 
@@ -108,8 +216,8 @@ async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()
 /// is queued) a grown buffer is kept: the next drain would grow it again at once.
 /// A subscriber behind a fast publisher would otherwise reallocate its buffer, and fault
 /// in its pages, for every batch.
-async fn flush_keeping(
-    stream: &mut TcpStream,
+async fn flush_keeping<S: Stream>(
+    stream: &mut S,
     out: &mut BytesMut,
     more: bool,
 ) -> std::io::Result<()> {
@@ -118,7 +226,7 @@ async fn flush_keeping(
     }
     let mut written = 0;
     while written < out.len() {
-        match stream.try_write(&out[written..]) {
+        match stream.try_write_now(&out[written..]) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -127,7 +235,13 @@ async fn flush_keeping(
     }
     if written < out.len() {
         let rest = &out[written..];
-        match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(rest)).await {
+        // `flush`: a TLS stream may keep records in its session until flushed (a no-op
+        // on TCP).
+        let write = async {
+            stream.write_all(rest).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(r) => r?,
             Err(_) => {
                 return Err(std::io::Error::new(
@@ -147,7 +261,7 @@ async fn flush_keeping(
 /// Ends a connection after the broker said why: shuts the write side (what was sent is
 /// followed by a FIN, not lost to a reset), then reads and discards the client's input
 /// until it closes, is quiet for [`LINGER_QUIET`], or [`LINGER_MAX`] passed.
-async fn close_gracefully(stream: &mut TcpStream) {
+async fn close_gracefully<S: Stream>(stream: &mut S) {
     let _ = tokio::time::timeout(LINGER_QUIET, stream.shutdown()).await;
     let deadline = Instant::now() + LINGER_MAX;
     let mut scratch = [0u8; 4096];
@@ -271,12 +385,17 @@ impl LinkExit {
 }
 
 /// The whole connection: CONNECT, then packets until the end. Returns how to close.
-async fn run(
-    stream: &mut TcpStream,
+/// `started`: when the socket was accepted (the connect timeout runs from there).
+/// `identity`: the user name a verified client certificate gave (the CONNECT's
+/// credentials are then not checked).
+async fn run<S: Stream>(
+    stream: &mut S,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     slot: &Slot,
+    started: Instant,
+    identity: Option<Arc<str>>,
 ) -> Closing {
     let cfg = &shared.config.mqtt;
     let mut inbuf = BytesMut::with_capacity(BUF_CAPACITY);
@@ -285,7 +404,7 @@ async fn run(
     // Phase 1: a complete CONNECT within the connect timeout, no larger than the
     // pre-CONNECT limit.
     let connect_limit = cfg.max_connect_packet_size.min(cfg.max_packet_size);
-    let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
+    let deadline = started + Duration::from_millis(cfg.connect_timeout_ms);
     let header: FrameHeader = loop {
         if let Some(&first) = inbuf.first() {
             if first >> 4 != 1 {
@@ -352,14 +471,22 @@ async fn run(
         }
     };
     // Credentials are checked before the core sees the CONNECT, off its lock.
-    let login = tokio::select! {
-        r = shared.auth.authenticate(peer.ip(), connect.username, connect.password) => r,
-        _ = tokio::time::sleep_until(deadline + Duration::from_millis(cfg.connect_timeout_ms)) => {
-            tracing::info!("login not decided in time; closing");
-            return Closing::Now;
+    let login = match identity {
+        // mTLS with `use_identity_as_username`: the certificate is the credential (and
+        // the password file does not govern this user).
+        Some(user) => {
+            shared.auth.certificate_user(&user);
+            Ok(Some(user))
         }
-        _ = slot.evicted() => return Closing::Now,
-        _ = shutdown.cancelled() => return Closing::Now,
+        None => tokio::select! {
+            r = shared.auth.authenticate(peer.ip(), connect.username, connect.password) => r,
+            _ = tokio::time::sleep_until(deadline + Duration::from_millis(cfg.connect_timeout_ms)) => {
+                tracing::info!("login not decided in time; closing");
+                return Closing::Now;
+            }
+            _ = slot.evicted() => return Closing::Now,
+            _ = shutdown.cancelled() => return Closing::Now,
+        },
     };
     let user = match login {
         Ok(user) => user,
@@ -464,9 +591,9 @@ struct Link<'a> {
 impl Link<'_> {
     /// Phase 2: packets until the end. Every return (an I/O error through `?` included)
     /// goes back to [`run`], which ends the link.
-    async fn serve(
+    async fn serve<S: Stream>(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         mut inbuf: BytesMut,
         mut out: BytesMut,
     ) -> std::io::Result<LinkExit> {
@@ -623,7 +750,7 @@ impl Link<'_> {
     /// closed gracefully so the client can read it. A client that does not read gets at
     /// most [`LINGER_MAX`] to take it, not [`WRITE_TIMEOUT`]: the link's end (its will)
     /// waits for this.
-    async fn close_with(&self, stream: &mut TcpStream, out: &mut BytesMut) -> LinkExit {
+    async fn close_with<S: Stream>(&self, stream: &mut S, out: &mut BytesMut) -> LinkExit {
         match tokio::time::timeout(LINGER_MAX, flush(stream, out)).await {
             Ok(Ok(())) => LinkExit::ended(End::Abnormal, Closing::Graceful),
             _ => LinkExit::ended(End::Abnormal, Closing::Now),

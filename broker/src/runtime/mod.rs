@@ -7,6 +7,7 @@ mod ports;
 pub(crate) mod server;
 pub(crate) mod shared;
 mod table;
+mod tls;
 
 pub use auth::passwd;
 pub use server::run;

@@ -1,5 +1,5 @@
-//! Listener, accept loop (admission through the connection table), housekeeping and
-//! graceful shutdown.
+//! Listeners (plain TCP, and TLS from `[[listener]]`), accept loops (admission through
+//! one connection table for all of them), housekeeping, reloads and graceful shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use super::auth::{Auth, Policy};
 use super::shared::Shared;
 use super::table::{Refused, Table};
+use super::tls::Certs;
 use crate::config::Config;
 use crate::proto::message::Message;
 use crate::proto::{Compaction, Core, RuntimeStats};
@@ -24,13 +25,29 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long shutdown waits for connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Binds the listener and serves until `shutdown` is cancelled.
+/// How often the TLS listeners' files are checked for changes (a change is reloaded
+/// once it looked the same at two checks in a row).
+const CERT_CHECK: Duration = Duration::from_secs(2);
+
+/// Binds the listeners and serves until `shutdown` is cancelled.
 ///
 /// # Errors
-/// When the listener cannot be bound.
+/// When a listener cannot be bound, or a password, rules, certificate or key file
+/// cannot be read.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // A bad password or rules file stops the start, before anything is opened.
+    // A bad password or rules file stops the start, before anything is opened; so does
+    // a bad certificate, key or CA file.
     let auth = Arc::new(Auth::load(&config.auth, &config.mqtt.deny_subscribe)?);
+    let certs = config
+        .listener
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            Certs::load(l)
+                .map(Arc::new)
+                .map_err(|e| e.context(format!("listener[{i}] ({})", l.address)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let (shared, writer) = if config.storage.memory {
         (Shared::new(config, auth), None)
     } else {
@@ -39,21 +56,57 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let shared = Arc::new(shared);
     apply_policy(&shared, &shared.auth.policy()).await;
-    // SIGHUP reloads the password and rules files; a bad file keeps the old ones.
+    // SIGHUP reloads the password and rules files and the TLS certificates; a bad file
+    // keeps the old ones.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let reloader = {
         let shared = shared.clone();
+        let certs = certs.clone();
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 match shared.auth.reload() {
                     Ok(policy) => apply_policy(&shared, &policy).await,
                     Err(e) => tracing::error!("reload refused, the files in force stay: {e:#}"),
                 }
+                for c in &certs {
+                    c.reload_logged("SIGHUP");
+                }
+            }
+        })
+    };
+    // Certificates are also reloaded when their files change (a renewal tool that
+    // signals nobody).
+    let watcher = {
+        let certs = certs.clone();
+        tokio::spawn(async move {
+            let mut seen = vec![Vec::new(); certs.len()];
+            let mut interval = tokio::time::interval(CERT_CHECK);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                for (c, seen) in certs.iter().zip(&mut seen) {
+                    if c.settled_change(seen) {
+                        c.reload_logged("files changed");
+                    }
+                }
             }
         })
     };
     let listener = TcpListener::bind(shared.config.mqtt.listen).await?;
     let addr = listener.local_addr()?;
+    let mut tls = Vec::with_capacity(certs.len());
+    for c in &certs {
+        let address = c.config().address;
+        let l = TcpListener::bind(address)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind the TLS listener {address}: {e}"))?;
+        tls.push((l, c.clone()));
+    }
+    // The TLS listeners' ready lines come first: once `listening mqtt=` is out, every
+    // listener is.
+    for (l, _) in &tls {
+        tracing::info!("{}", super::tls::ready_line(l.local_addr()?));
+    }
     tracing::info!("listening mqtt={addr}");
     let journal = shared.journal.clone();
     let failed = async {
@@ -66,10 +119,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // it are never acknowledged, and only recovery from the log at the next start is
     // trustworthy (see `store::journal`).
     let result = tokio::select! {
-        r = serve(listener, shared, shutdown) => r,
+        r = serve(listener, tls, shared, shutdown) => r,
         () = failed => Err(anyhow::anyhow!("the store failed; exiting so recovery runs at the next start")),
     };
     reloader.abort();
+    watcher.abort();
     if let Some(w) = writer {
         // Writes and syncs whatever the last connections appended.
         match tokio::task::spawn_blocking(move || w.shutdown()).await? {
@@ -87,7 +141,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// decided again, clients of removed users disconnected.
 async fn apply_policy(shared: &Shared, policy: &Policy) {
     let users = policy.users.as_ref();
-    let gone = |u: &str| users.is_some_and(|users| !users.contains(u));
+    let gone = |u: &str| shared.auth.user_gone(policy, u);
     let applied = shared
         .apply(|core, fx| core.set_acl(policy.acl.clone(), &gone, std::time::Instant::now(), fx))
         .await;
@@ -223,12 +277,14 @@ fn resident_bytes() -> Option<usize> {
     Some(kib * 1024)
 }
 
-/// Serves connections from `listener` until `shutdown` is cancelled.
+/// Serves connections from `listener` and the TLS listeners `tls` until `shutdown` is
+/// cancelled. Every listener admits through one connection table.
 ///
 /// # Errors
 /// Never today; kept fallible for listeners to come.
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Vec<(TcpListener, Arc<Certs>)>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -291,6 +347,40 @@ pub(crate) async fn serve(
         })
     };
 
+    for (l, certs) in tls {
+        tracker.spawn(accept_loop(
+            l,
+            Some(certs),
+            table.clone(),
+            shared.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    accept_loop(listener, None, table, shared, shutdown, tracker.clone()).await;
+    tracing::info!("shutting down");
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not finish within {SHUTDOWN_GRACE:?}");
+    }
+    drop(ticker);
+    Ok(())
+}
+
+/// Accepts connections from `listener` until `shutdown` is cancelled, admits each
+/// through `table` and serves it in a task of `tracker`: over TLS with `certs`, else
+/// over plain TCP.
+async fn accept_loop(
+    listener: TcpListener,
+    certs: Option<Arc<Certs>>,
+    table: Arc<Table>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -322,18 +412,18 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(super::connection::serve(
-            stream, peer, shared, shutdown, slot,
-        ));
+        match &certs {
+            None => tracker.spawn(super::connection::serve(
+                stream, peer, shared, shutdown, slot,
+            )),
+            Some(certs) => tracker.spawn(super::connection::serve_tls(
+                stream,
+                peer,
+                shared,
+                shutdown,
+                slot,
+                certs.clone(),
+            )),
+        };
     }
-    tracing::info!("shutting down");
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections did not finish within {SHUTDOWN_GRACE:?}");
-    }
-    drop(ticker);
-    Ok(())
 }

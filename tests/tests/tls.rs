@@ -1,0 +1,773 @@
+//! TLS and mTLS listeners (`[[listener]]`, `docs/tls.md`) end to end: `mosquitto_pub` /
+//! `mosquitto_sub` over TLS 1.2 and 1.3, paho-mqtt's `tls_set`, client certificates,
+//! the oldest TLS version, certificate rotation on SIGHUP, a bad certificate file at
+//! reload, and a client that sends garbage instead of a ClientHello.
+//!
+//! A throwaway CA, server certificates for 127.0.0.1/localhost and client certificates
+//! are made at run time with the `openssl` CLI (P-256 keys: quick to generate). Run by
+//! `mote_tests::harness` (`harness = false`): without `openssl`, the mosquitto clients,
+//! `stdbuf` (or paho-mqtt for its test) a test is reported as ignored, with the reason,
+//! and under `CI=true` it fails.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::Proc;
+use mote_tests::harness::{Need, Suite, MOSQUITTO_PUB, MOSQUITTO_SUB, PAHO, STDBUF};
+use mote_tests::{spawn, unique_path, Broker};
+
+/// The `openssl` command-line tool (Debian package `openssl`).
+const OPENSSL: Need = Need::Tool {
+    name: "openssl",
+    probe: &["version"],
+    install: "apt-get install openssl",
+};
+
+fn main() -> std::process::ExitCode {
+    let code = Suite::new()
+        .tests(
+            &[OPENSSL, MOSQUITTO_PUB, MOSQUITTO_SUB, STDBUF],
+            mote_tests::tests![
+                mosquitto_tls12_relays_a_message,
+                mosquitto_tls13_relays_a_message,
+                client_that_does_not_trust_the_ca_fails,
+                mtls_required_accepts_signed_client_refuses_others,
+                mtls_optional_accepts_a_client_without_certificate,
+                identity_as_username_from_client_certificate,
+                min_tls_version_13_refuses_a_tls12_client,
+                rotation_on_sighup_keeps_20_clients_and_serves_the_new_certificate,
+                garbage_certificate_on_sighup_keeps_the_old_one,
+                garbage_instead_of_client_hello_closes_only_that_socket,
+                silent_client_closed_at_the_connect_timeout,
+                plain_listener_unchanged_next_to_tls,
+            ],
+        )
+        .tests(
+            &[OPENSSL, PAHO],
+            mote_tests::tests![paho_tls_set_connects_and_receives],
+        )
+        .run();
+    if let Some(dir) = PKI_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    code
+}
+
+/// Longest any client process may run.
+const CLIENT_LIMIT: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------
+// Certificates
+// ---------------------------------------------------------------------------------------
+
+static PKI_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Runs `openssl ARGS` in `dir` (10 s at most) and panics with its output on failure.
+#[track_caller]
+fn openssl(dir: &Path, args: &[&str]) {
+    let child = spawn(Command::new("openssl").args(args).current_dir(dir));
+    let (st, out, err) = child.wait_output(Duration::from_secs(10));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "openssl {args:?} failed ({st:?})\n{out}\n{err}"
+    );
+}
+
+/// A new P-256 key and a self-signed CA certificate `NAME.pem` / `NAME.key` with CN `cn`.
+fn make_ca(dir: &Path, name: &str, cn: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+/// A new key and a certificate `NAME.pem` / `NAME.key` with CN `cn` signed by `ca`,
+/// for a server (`server`: SANs 127.0.0.1 and localhost) or a client.
+fn make_leaf(dir: &Path, ca: &str, name: &str, cn: &str, serial: u32, server: bool) {
+    let ext = format!("{name}.ext");
+    let text = if server {
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n\
+         extendedKeyUsage=serverAuth\n"
+    } else {
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"
+    };
+    std::fs::write(dir.join(&ext), text).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-set_serial",
+            &serial.to_string(),
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+/// The test PKI, made once per run: `ca` with `server` (CN mote-server-1), `server2`
+/// (CN mote-server-2) and `client` (CN device-1); `rogue`, a self-signed client
+/// certificate; `other-ca`, a CA that signed nothing here.
+fn pki() -> &'static Path {
+    PKI_DIR.get_or_init(|| {
+        let dir = unique_path("mote-tls-pki", "");
+        std::fs::create_dir_all(&dir).unwrap();
+        make_ca(&dir, "ca", "mote-test-ca");
+        make_ca(&dir, "other-ca", "mote-other-ca");
+        make_ca(&dir, "rogue", "device-1");
+        make_leaf(&dir, "ca", "server", "mote-server-1", 1001, true);
+        make_leaf(&dir, "ca", "server2", "mote-server-2", 1002, true);
+        make_leaf(&dir, "ca", "client", "device-1", 2001, false);
+        dir
+    })
+}
+
+/// Path of a file of the test PKI, as a string for command lines.
+fn pem(name: &str) -> String {
+    pki().join(name).to_str().unwrap().to_owned()
+}
+
+/// A directory of the test's own, holding copies of the server's certificate and key
+/// (tests that change them must not change the shared ones); removed on drop.
+struct OwnCerts(PathBuf);
+
+impl OwnCerts {
+    fn new() -> OwnCerts {
+        let dir = unique_path("mote-tls-own", "");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["server.pem", "server.key"] {
+            std::fs::copy(pki().join(f), dir.join(f)).unwrap();
+        }
+        OwnCerts(dir)
+    }
+
+    fn path(&self, f: &str) -> String {
+        self.0.join(f).to_str().unwrap().to_owned()
+    }
+
+    /// Replaces `f` with `content` at once (written aside, then renamed over it).
+    fn replace(&self, f: &str, content: &[u8]) {
+        let tmp = self.0.join(format!("{f}.new"));
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::rename(&tmp, self.0.join(f)).unwrap();
+    }
+}
+
+impl Drop for OwnCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Broker and clients
+// ---------------------------------------------------------------------------------------
+
+/// A broker with one TLS listener on a free port (the certificate and key of `certs`,
+/// else the shared ones) and `extra` TOML lines in its `[[listener]]`; returns it and
+/// the TLS port.
+fn tls_broker(certs: Option<&OwnCerts>, extra: &str) -> (Broker, u16) {
+    let (cert, key) = match certs {
+        Some(c) => (c.path("server.pem"), c.path("server.key")),
+        None => (pem("server.pem"), pem("server.key")),
+    };
+    let toml = format!(
+        "[[listener]]\ntransport = \"tls\"\naddress = \"127.0.0.1:0\"\n\
+         cert_file = {cert:?}\nkey_file = {key:?}\n{extra}\n"
+    );
+    let broker = Broker::start_with(&["--memory"], Some(&toml));
+    // The TLS ready line comes before the plain one, which `start_with` waited for.
+    let log = broker.log();
+    let port = log
+        .lines()
+        .find_map(|l| l.split("listening tls=").nth(1))
+        .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("no `listening tls=` line; log:\n{log}"))
+        .port();
+    (broker, port)
+}
+
+/// `mosquitto_pub -h 127.0.0.1 -p PORT ARGS...`, waited for (at most [`CLIENT_LIMIT`]);
+/// its exit status (`None`: killed at the limit) and output.
+fn mosq_pub(port: u16, args: &[&str]) -> (Option<ExitStatus>, String) {
+    let child = spawn(
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args),
+    );
+    let (st, out, err) = child.wait_output(CLIENT_LIMIT);
+    (st, format!("{out}{err}"))
+}
+
+/// `mosquitto_pub` that must succeed.
+#[track_caller]
+fn mosq_pub_ok(broker: &Broker, port: u16, args: &[&str]) {
+    let (st, out) = mosq_pub(port, args);
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "mosquitto_pub {args:?} failed ({st:?}): {out}\nbroker log:\n{}",
+        broker.log()
+    );
+}
+
+/// `mosquitto_pub` that must fail (refused, or the handshake failed).
+#[track_caller]
+fn mosq_pub_fails(broker: &Broker, port: u16, args: &[&str]) -> String {
+    let (st, out) = mosq_pub(port, args);
+    assert!(
+        st.is_some_and(|s| !s.success()),
+        "mosquitto_pub {args:?} should have failed ({st:?}): {out}\nbroker log:\n{}",
+        broker.log()
+    );
+    out
+}
+
+/// `mosquitto_sub -h 127.0.0.1 -p PORT -d ARGS...` (line-buffered), returned once it is
+/// subscribed.
+#[track_caller]
+fn mosq_sub(broker: &Broker, port: u16, args: &[&str]) -> Proc {
+    let mut p = Proc::spawn(
+        Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .arg("-d")
+            .args(args),
+    );
+    assert!(
+        p.wait_line(
+            |l| l.starts_with("Subscribed (mid"),
+            Duration::from_secs(10)
+        ),
+        "mosquitto_sub {args:?} did not subscribe\n{}\nbroker log:\n{}",
+        p.dump(),
+        broker.log()
+    );
+    p
+}
+
+/// The message lines (not `-d` lines) of a finished `mosquitto_sub`.
+fn messages(p: &mut Proc, broker: &Broker) -> Vec<String> {
+    assert!(
+        p.wait_exit(CLIENT_LIMIT).is_some(),
+        "mosquitto_sub did not exit\n{}\nbroker log:\n{}",
+        p.dump(),
+        broker.log()
+    );
+    p.stdout_lines()
+        .into_iter()
+        .filter(|l| !common::is_debug_line(l))
+        .collect()
+}
+
+/// Relays one message subscriber → publisher over TLS with `tls` client options.
+fn relay(broker: &Broker, port: u16, tls: &[&str], topic: &str) {
+    let mut sub_args = tls.to_vec();
+    sub_args.extend(["-t", topic, "-q", "1", "-C", "1", "-W", "10"]);
+    let mut sub = mosq_sub(broker, port, &sub_args);
+    let mut pub_args = tls.to_vec();
+    pub_args.extend(["-t", topic, "-q", "1", "-m", "over-tls"]);
+    mosq_pub_ok(broker, port, &pub_args);
+    assert_eq!(messages(&mut sub, broker), vec!["over-tls".to_owned()]);
+}
+
+/// Lines of the broker's log containing `what`.
+fn log_count(broker: &Broker, what: &str) -> usize {
+    broker.log().lines().filter(|l| l.contains(what)).count()
+}
+
+/// Waits (at most `limit`) until `what` appears in the broker's log `n` times.
+#[track_caller]
+fn wait_log(broker: &Broker, what: &str, n: usize, limit: Duration) {
+    let end = Instant::now() + limit;
+    while log_count(broker, what) < n {
+        assert!(
+            Instant::now() < end,
+            "{what:?} not logged {n} times within {limit:?}; log:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `openssl s_client` against the TLS port with `args`; exit status and output.
+fn s_client(port: u16, args: &[&str]) -> (Option<ExitStatus>, String) {
+    let child = spawn(
+        Command::new("openssl")
+            .args(["s_client", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-CAfile", &pem("ca.pem"), "-verify_return_error"])
+            .args(args),
+    );
+    let (st, out, err) = child.wait_output(Duration::from_secs(10));
+    (st, format!("{out}{err}"))
+}
+
+/// Sends SIGHUP to the broker.
+fn hangup(broker: &Broker) {
+    let pid = broker.pid().unwrap().to_string();
+    let st = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(st.success());
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+/// mosquitto's `--tls-version tlsv1.2` is "1.2 or newer" (it negotiates 1.3 with a
+/// broker that has it); `openssl s_client -tls1_2` and paho (below) speak 1.2 only.
+fn mosquitto_tls12_relays_a_message() {
+    let (broker, port) = tls_broker(None, "");
+    let ca = pem("ca.pem");
+    relay(
+        &broker,
+        port,
+        &["--cafile", &ca, "--tls-version", "tlsv1.2"],
+        "tls/12",
+    );
+    let (st, out) = s_client(port, &["-tls1_2"]);
+    assert!(st.is_some_and(|s| s.success()), "{out}");
+    assert!(out.contains("Protocol  : TLSv1.2"), "{out}");
+}
+
+fn mosquitto_tls13_relays_a_message() {
+    let (broker, port) = tls_broker(None, "");
+    let ca = pem("ca.pem");
+    relay(
+        &broker,
+        port,
+        &["--cafile", &ca, "--tls-version", "tlsv1.3"],
+        "tls/13",
+    );
+    // ALPN "mqtt" is offered and agreed when the client asks for it.
+    let (st, out) = s_client(port, &["-alpn", "mqtt"]);
+    assert!(st.is_some_and(|s| s.success()), "{out}");
+    assert!(out.contains("ALPN protocol: mqtt"), "{out}");
+}
+
+fn client_that_does_not_trust_the_ca_fails() {
+    let (broker, port) = tls_broker(None, "");
+    let other = pem("other-ca.pem");
+    mosq_pub_fails(
+        &broker,
+        port,
+        &["--cafile", &other, "-t", "x", "-m", "y", "-q", "1"],
+    );
+    wait_log(&broker, "TLS handshake failed", 1, Duration::from_secs(5));
+    // The listener still serves a client that trusts the CA.
+    let ca = pem("ca.pem");
+    mosq_pub_ok(&broker, port, &["--cafile", &ca, "-t", "x", "-m", "y"]);
+}
+
+fn mtls_required_accepts_signed_client_refuses_others() {
+    let ca = pem("ca.pem");
+    let extra = format!("client_ca_file = {ca:?}\nrequire_certificate = true");
+    let (broker, port) = tls_broker(None, &extra);
+    let (cert, key) = (pem("client.pem"), pem("client.key"));
+    for version in ["tlsv1.2", "tlsv1.3"] {
+        let with_cert = [
+            "--cafile",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--tls-version",
+            version,
+        ];
+        relay(&broker, port, &with_cert, &format!("mtls/{version}"));
+        // Without a certificate.
+        let args = [
+            "--cafile",
+            &ca,
+            "--tls-version",
+            version,
+            "-t",
+            "m",
+            "-m",
+            "x",
+            "-q",
+            "1",
+        ];
+        mosq_pub_fails(&broker, port, &args);
+        // With a self-signed one (same CN as the good one).
+        let (rogue, rogue_key) = (pem("rogue.pem"), pem("rogue.key"));
+        let args = [
+            "--cafile",
+            &ca,
+            "--cert",
+            &rogue,
+            "--key",
+            &rogue_key,
+            "--tls-version",
+            version,
+            "-t",
+            "m",
+            "-m",
+            "x",
+            "-q",
+            "1",
+        ];
+        mosq_pub_fails(&broker, port, &args);
+    }
+    assert_eq!(
+        log_count(&broker, "client connected"),
+        4,
+        "only the two relays' clients may connect; log:\n{}",
+        broker.log()
+    );
+}
+
+fn mtls_optional_accepts_a_client_without_certificate() {
+    let ca = pem("ca.pem");
+    let extra = format!("client_ca_file = {ca:?}");
+    let (broker, port) = tls_broker(None, &extra);
+    mosq_pub_ok(
+        &broker,
+        port,
+        &["--cafile", &ca, "-t", "o", "-m", "x", "-q", "1"],
+    );
+    let (cert, key) = (pem("client.pem"), pem("client.key"));
+    mosq_pub_ok(
+        &broker,
+        port,
+        &[
+            "--cafile", &ca, "--cert", &cert, "--key", &key, "-t", "o", "-m", "x",
+        ],
+    );
+    // A certificate the CA did not sign is refused even when none is required.
+    let (rogue, rogue_key) = (pem("rogue.pem"), pem("rogue.key"));
+    mosq_pub_fails(
+        &broker,
+        port,
+        &[
+            "--cafile", &ca, "--cert", &rogue, "--key", &rogue_key, "-t", "o", "-m", "x", "-q", "1",
+        ],
+    );
+}
+
+fn identity_as_username_from_client_certificate() {
+    let ca = pem("ca.pem");
+    // Only the user device-1 may use devices/device-1/#; the certificate's CN is it.
+    let acl = mote_tests::TempFile::new(
+        "mote-tls-acl",
+        "",
+        b"user device-1\nreadwrite devices/%u/#\n",
+    );
+    let extra = format!(
+        "client_ca_file = {ca:?}\nrequire_certificate = true\nuse_identity_as_username = true\n\
+         [auth]\nacl_file = {:?}\n",
+        acl.path.to_str().unwrap()
+    );
+    let (broker, port) = tls_broker(None, &extra);
+    let (cert, key) = (pem("client.pem"), pem("client.key"));
+    // The CONNECT's user name is not what counts: the certificate's CN is.
+    let tls = [
+        "--cafile",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "-u",
+        "someone-else",
+        "-P",
+        "x",
+    ];
+    relay(&broker, port, &tls, "devices/device-1/t");
+}
+
+fn min_tls_version_13_refuses_a_tls12_client() {
+    let (broker, port) = tls_broker(None, "min_tls_version = \"1.3\"");
+    let (st, out) = s_client(port, &["-tls1_2"]);
+    assert!(!st.is_some_and(|s| s.success()), "TLS 1.2 accepted: {out}");
+    wait_log(&broker, "TLS handshake failed", 1, Duration::from_secs(5));
+    let ca = pem("ca.pem");
+    let (st, out) = s_client(port, &["-tls1_3"]);
+    assert!(st.is_some_and(|s| s.success()), "TLS 1.3 refused: {out}");
+    relay(
+        &broker,
+        port,
+        &["--cafile", &ca, "--tls-version", "tlsv1.3"],
+        "v13",
+    );
+}
+
+fn rotation_on_sighup_keeps_20_clients_and_serves_the_new_certificate() {
+    let certs = OwnCerts::new();
+    let (broker, port) = tls_broker(Some(&certs), "");
+    let ca = pem("ca.pem");
+    let (st, out) = s_client(port, &[]);
+    assert!(st.is_some_and(|s| s.success()), "{out}");
+    assert!(out.contains("CN = mote-server-1"), "{out}");
+    let mut subs: Vec<Proc> = (0..20)
+        .map(|i| {
+            let id = format!("rot-{i}");
+            let args = [
+                "--cafile", &ca, "-i", &id, "-t", "rot/t", "-q", "1", "-C", "1", "-W", "20",
+            ];
+            mosq_sub(&broker, port, &args)
+        })
+        .collect();
+    wait_log(&broker, "client connected", 20, Duration::from_secs(5));
+    // A new certificate (same CA, new key), in place, then SIGHUP.
+    certs.replace(
+        "server.key",
+        &std::fs::read(pki().join("server2.key")).unwrap(),
+    );
+    certs.replace(
+        "server.pem",
+        &std::fs::read(pki().join("server2.pem")).unwrap(),
+    );
+    hangup(&broker);
+    wait_log(
+        &broker,
+        "TLS certificates reloaded",
+        1,
+        Duration::from_secs(5),
+    );
+    let (st, out) = s_client(port, &[]);
+    assert!(st.is_some_and(|s| s.success()), "{out}");
+    assert!(out.contains("CN = mote-server-2"), "new handshakes: {out}");
+    // Nobody was dropped: the 20 are the only connections so far, and all receive.
+    assert_eq!(
+        log_count(&broker, "client disconnected"),
+        0,
+        "{}",
+        broker.log()
+    );
+    mosq_pub_ok(
+        &broker,
+        port,
+        &["--cafile", &ca, "-t", "rot/t", "-q", "1", "-m", "after"],
+    );
+    for sub in &mut subs {
+        assert_eq!(messages(sub, &broker), vec!["after".to_owned()]);
+    }
+    // 20 subscribers and one publisher connected, each once: no reconnection.
+    assert_eq!(
+        log_count(&broker, "client connected"),
+        21,
+        "{}",
+        broker.log()
+    );
+}
+
+fn garbage_certificate_on_sighup_keeps_the_old_one() {
+    let certs = OwnCerts::new();
+    let (broker, port) = tls_broker(Some(&certs), "");
+    let ca = pem("ca.pem");
+    certs.replace(
+        "server.pem",
+        b"-----BEGIN CERTIFICATE-----\nnot base64 at all!\n",
+    );
+    hangup(&broker);
+    wait_log(
+        &broker,
+        "TLS certificates not reloaded",
+        1,
+        Duration::from_secs(5),
+    );
+    let (st, out) = s_client(port, &[]);
+    assert!(st.is_some_and(|s| s.success()), "{out}");
+    assert!(out.contains("CN = mote-server-1"), "{out}");
+    relay(&broker, port, &["--cafile", &ca], "still/serving");
+    // A key that does not match the certificate is refused as well.
+    certs.replace(
+        "server.pem",
+        &std::fs::read(pki().join("server.pem")).unwrap(),
+    );
+    certs.replace(
+        "server.key",
+        &std::fs::read(pki().join("server2.key")).unwrap(),
+    );
+    hangup(&broker);
+    wait_log(
+        &broker,
+        "TLS certificates not reloaded",
+        2,
+        Duration::from_secs(5),
+    );
+    mosq_pub_ok(&broker, port, &["--cafile", &ca, "-t", "x", "-m", "y"]);
+}
+
+fn garbage_instead_of_client_hello_closes_only_that_socket() {
+    let (broker, port) = tls_broker(None, "");
+    let ca = pem("ca.pem");
+    let mut sub = mosq_sub(
+        &broker,
+        port,
+        &["--cafile", &ca, "-t", "g", "-C", "1", "-W", "10"],
+    );
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x10\x20garbage")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let started = Instant::now();
+    // The broker may answer with an alert; then it closes.
+    loop {
+        match raw.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => assert!(started.elapsed() < Duration::from_secs(5), "not closed"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "not closed in time"
+    );
+    wait_log(&broker, "TLS handshake failed", 1, Duration::from_secs(5));
+    mosq_pub_ok(&broker, port, &["--cafile", &ca, "-t", "g", "-m", "alive"]);
+    assert_eq!(messages(&mut sub, &broker), vec!["alive".to_owned()]);
+}
+
+fn silent_client_closed_at_the_connect_timeout() {
+    let (broker, port) = tls_broker(None, "[mqtt]\nconnect_timeout_ms = 300");
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    assert!(matches!(raw.read(&mut buf), Ok(0) | Err(_)));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    wait_log(
+        &broker,
+        "TLS handshake not done within the connect timeout",
+        1,
+        Duration::from_secs(2),
+    );
+}
+
+fn plain_listener_unchanged_next_to_tls() {
+    let (broker, port) = tls_broker(None, "");
+    let mut sub = mosq_sub(
+        &broker,
+        broker.port(),
+        &["-t", "mix", "-C", "1", "-W", "10"],
+    );
+    let ca = pem("ca.pem");
+    // Published over TLS, received over plain TCP.
+    mosq_pub_ok(
+        &broker,
+        port,
+        &["--cafile", &ca, "-t", "mix", "-m", "across"],
+    );
+    assert_eq!(messages(&mut sub, &broker), vec!["across".to_owned()]);
+    // The TLS port does not speak plain MQTT.
+    mosq_pub_fails(&broker, port, &["-t", "mix", "-m", "x", "-q", "1"]);
+}
+
+/// paho-mqtt 2.x over TLS (`tls_set` with the CA): connect, subscribe, publish, receive.
+const PAHO_TLS: &str = r#"
+import sys, threading
+import paho.mqtt.client as mqtt
+port, ca, only12 = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1.2"
+got = threading.Event()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-tls", protocol=mqtt.MQTTv5)
+if only12:
+    import ssl
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    c.tls_set_context(ctx)
+else:
+    c.tls_set(ca_certs=ca)
+topic = "paho/tls/" + sys.argv[3]
+c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+c.on_subscribe = lambda c, u, mid, rcs, p: c.publish(topic, b"hello", qos=1)
+def on_message(c, u, m):
+    print("got", m.topic, m.payload.decode(), flush=True)
+    got.set()
+c.on_message = on_message
+c.connect("127.0.0.1", port, 30)
+c.loop_start()
+ok = got.wait(10)
+c.disconnect()
+c.loop_stop()
+sys.exit(0 if ok else 1)
+"#;
+
+fn paho_tls_set_connects_and_receives() {
+    let (broker, port) = tls_broker(None, "");
+    // With paho's defaults (TLS 1.3 here), then with a context that stops at TLS 1.2.
+    for (tls, version) in [("any", "TLSv1_3"), ("1.2", "TLSv1_2")] {
+        let child = spawn(
+            Command::new("python3")
+                .args(["-c", PAHO_TLS])
+                .arg(port.to_string())
+                .arg(pem("ca.pem"))
+                .arg(tls),
+        );
+        let (st, out, err) = child.wait_output(CLIENT_LIMIT);
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "paho over TLS ({tls}) failed ({st:?})\n{out}\n{err}\nbroker log:\n{}",
+            broker.log()
+        );
+        assert!(out.contains(&format!("got paho/tls/{tls} hello")), "{out}");
+        let line = format!("version={version} client=\"paho-tls\"}}");
+        assert!(
+            broker
+                .log()
+                .lines()
+                .any(|l| l.contains(&line) && l.contains("client connected")),
+            "no connection over {version}; log:\n{}",
+            broker.log()
+        );
+    }
+}
