@@ -13,6 +13,8 @@ pub(crate) struct RuntimeStats {
     pub(crate) refused: u64,
     /// Connections evicted to make room (idle or pre-CONNECT).
     pub(crate) evicted: u64,
+    /// Logins refused (bad credentials, anonymous not allowed, throttled).
+    pub(crate) logins_refused: u64,
     /// Longest hold of the core's lock since start, microseconds.
     pub(crate) hold_max_us: u64,
     /// 99.9th percentile of the core's lock hold times (bucket upper bound), microseconds.
@@ -41,7 +43,7 @@ impl Core {
         let queued: usize = self.sessions.values().map(|s| s.queued_len()).sum();
         let expired: u64 = self.sessions.values().map(|s| s.drops().expired).sum();
         let (spilled, _) = self.spilled();
-        let values: [(&str, String); 23] = [
+        let values: [(&str, String); 24] = [
             ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", uptime.as_secs())),
             ("clients/connected", online.to_string()),
@@ -65,6 +67,7 @@ impl Core {
             ("memory/queued", self.queued_memory().to_string()),
             ("clients/pending", runtime.pending.to_string()),
             ("connections/refused", runtime.refused.to_string()),
+            ("clients/login_refused", runtime.logins_refused.to_string()),
             ("connections/evicted", runtime.evicted.to_string()),
             ("core/hold_max_us", runtime.hold_max_us.to_string()),
             ("core/hold_p999_us", runtime.hold_p999_us.to_string()),

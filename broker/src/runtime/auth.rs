@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -137,6 +138,8 @@ pub(crate) struct Auth {
     /// User names that came from a verified client certificate (mTLS): the password
     /// file does not list them, and a reload does not take them for removed users.
     certificate_users: Mutex<HashSet<Arc<str>>>,
+    /// Logins refused since the start.
+    refused: AtomicU64,
 }
 
 impl Auth {
@@ -155,6 +158,7 @@ impl Auth {
             dummy: hash_password(b"not a password anyone has")
                 .map_err(|e| anyhow::anyhow!("cannot make the dummy hash: {e}"))?,
             certificate_users: Mutex::new(HashSet::new()),
+            refused: AtomicU64::new(0),
         })
     }
 
@@ -202,9 +206,27 @@ impl Auth {
         Ok(policy)
     }
 
+    /// Logins refused since the start (`$SYS/broker/clients/login_refused`).
+    pub(crate) fn logins_refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     /// Decides a CONNECT's credentials: the user name the client is known by from now on
-    /// (`None`: anonymous), or why it is refused.
+    /// (`None`: anonymous), or why it is refused (counted).
     pub(crate) async fn authenticate(
+        &self,
+        ip: IpAddr,
+        user: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Result<Option<Arc<str>>, Refusal> {
+        let r = self.decide(ip, user, password).await;
+        if r.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn decide(
         &self,
         ip: IpAddr,
         user: Option<&str>,

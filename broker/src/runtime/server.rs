@@ -328,6 +328,7 @@ pub(crate) async fn serve(
                                     pending,
                                     refused,
                                     evicted,
+                                    logins_refused: shared.auth.logins_refused(),
                                     hold_max_us,
                                     hold_p999_us,
                                 };
