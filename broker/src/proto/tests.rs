@@ -5,6 +5,7 @@
 use super::*;
 
 mod access;
+mod fuzz;
 mod twins;
 mod work_queues;
 use mote_codec::{List, PropList, SubOptions, SubscribeFilter, Will};
