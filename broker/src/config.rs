@@ -273,7 +273,18 @@ pub struct MqttConfig {
     /// (Quota exceeded), 3.1.1 0x80, for the filters beyond it. Must be at least 1.
     /// Default `10000`.
     pub max_subscriptions_per_client: usize,
-    /// Topic filters that may not be subscribed to (the SUBACK says 0x80). A requested
+    /// Work queues (`docs/queues.md`): most unacknowledged jobs one consumer holds from
+    /// a queue (further capped by its Receive Maximum). Must be at least 1. Default `10`.
+    pub queue_prefetch: usize,
+    /// Work queues: deliveries of a job after which, still unacknowledged, it moves to
+    /// the queue `NAME.dlq` instead of back (SQS's maxReceiveCount). `0` means no limit.
+    /// Default `5`.
+    pub queue_max_deliveries: u32,
+    /// Work queues: seconds a consumer may hold a job without acknowledging it before
+    /// it is given to another (SQS's visibility timeout). Must be at least 1. Default
+    /// `300`.
+    pub queue_visibility_timeout_secs: u64,
+    /// Topic filters that may not be subscribed to (SUBACK 0x80; MQTT 5: 0x87). A requested
     /// filter is refused if it equals a listed filter or is matched by a listed wildcard
     /// filter. Each entry must be a valid topic filter. Default `[]`.
     pub deny_subscribe: Vec<String>,
@@ -336,6 +347,9 @@ impl Default for MqttConfig {
             max_retained_bytes: 1024 * 1024 * 1024,
             max_retained_message_bytes: 1024 * 1024,
             max_subscriptions_per_client: 10_000,
+            queue_prefetch: 10,
+            queue_max_deliveries: 5,
+            queue_visibility_timeout_secs: 300,
             deny_subscribe: Vec::new(),
             sys_interval_secs: 10,
             max_connect_packet_size: 64 * 1024,
@@ -515,6 +529,14 @@ impl Config {
         ensure!(
             m.max_subscriptions_per_client >= 1,
             "mqtt.max_subscriptions_per_client must be at least 1 (got 0)"
+        );
+        ensure!(
+            m.queue_prefetch >= 1,
+            "mqtt.queue_prefetch must be at least 1 (got 0)"
+        );
+        ensure!(
+            m.queue_visibility_timeout_secs >= 1,
+            "mqtt.queue_visibility_timeout_secs must be at least 1 (got 0)"
         );
         ensure!(
             m.worker_threads >= 1,

@@ -293,3 +293,32 @@ fn a_delayed_publish_arrives_after_its_delay() {
     }
     w.ack(&job);
 }
+
+/// With `queue_visibility_timeout_secs = 1`, a job a worker holds without acknowledging
+/// goes to the other worker about a second later (flagged DUP); the first worker's late
+/// PUBACK is harmless and the second one's finishes the job.
+#[test]
+fn a_job_held_past_the_visibility_timeout_goes_to_another_worker() {
+    let config = "[mqtt]\nqueue_visibility_timeout_secs = 1\n";
+    let broker = Broker::start_with(&["--memory"], Some(config));
+    let mut slow = connect(broker.addr, Protocol::V5, "vis-slow");
+    slow.subscribe("$queue/vis", QoS::AtLeastOnce);
+    let mut p = connect(broker.addr, Protocol::V5, "vis-producer");
+    p.publish_acked(&common::publish("$queue/vis", b"job", QoS::AtLeastOnce, 1));
+    let held = slow.expect_publish();
+    let taken = Instant::now();
+    let mut fast = connect(broker.addr, Protocol::V311, "vis-fast");
+    fast.subscribe("$queue/vis", QoS::AtLeastOnce);
+    let again = fast.expect_publish();
+    let waited = taken.elapsed();
+    assert_eq!(&again.payload[..], b"job");
+    assert!(again.dup, "a redelivery is flagged DUP");
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(3),
+        "visible again after {waited:?}"
+    );
+    slow.ack(&held);
+    fast.ack(&again);
+    slow.expect_nothing();
+    fast.expect_nothing();
+}

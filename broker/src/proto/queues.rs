@@ -25,18 +25,9 @@ use session::Enqueued;
 /// Topics and filters of work queues start with this; it is also the store id prefix.
 pub(crate) const QUEUE_PREFIX: &str = "$queue/";
 
-/// Most unacknowledged messages a consumer holds from one queue (further capped by its
-/// Receive Maximum).
-const PREFETCH: usize = 10;
-
-/// Deliveries of one message after which, unacknowledged, it goes to the dead-letter
-/// queue instead of back (as SQS's maxReceiveCount; RabbitMQ's quorum queues default to
-/// 20): a job that kills every worker that takes it must not take them all down forever.
-pub(crate) const MAX_DELIVERIES: u32 = 5;
-
-/// How long a consumer may hold a job without acknowledging it before it becomes
-/// available to others (SQS's visibility timeout; the default of issue #11).
-pub(crate) const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(300);
+// The prefetch, the deliveries before dead-lettering (`queue_max_deliveries`, SQS's
+// maxReceiveCount: a job that kills every worker that takes it must not take them all
+// down forever) and the visibility timeout are `[mqtt] queue_*` settings.
 
 /// What a queue's dead-letter queue is called: `NAME.dlq`.
 const DEAD_LETTER_SUFFIX: &str = ".dlq";
@@ -259,6 +250,8 @@ impl Core {
         let durable = self.durable();
         let clock = self.clock(now);
         let limits = self.limits;
+        let prefetch = self.cfg.queue_prefetch;
+        let visibility = Duration::from_secs(self.cfg.queue_visibility_timeout_secs);
         let mut fx = Effects::default();
         while let Some(consumers) = self.queues.map.get(id) {
             // The consumer with the fewest unacknowledged messages, among those with room.
@@ -267,7 +260,7 @@ impl Core {
                 let Some(link) = self.sessions.get(&c.client).and_then(|s| s.link()) else {
                     continue;
                 };
-                let window = PREFETCH.min(usize::from(link.client_receive_max.max(1)));
+                let window = prefetch.min(usize::from(link.client_receive_max.max(1)));
                 if c.outstanding < window && pick.map_or(true, |(_, n)| c.outstanding < n) {
                     pick = Some((i, c.outstanding));
                 }
@@ -292,7 +285,7 @@ impl Core {
             let client = c.client.clone();
             // QoS 0 consumers acknowledge on receipt: nothing to time.
             if d.qos != QoS::AtMostOnce {
-                let due = now + VISIBILITY_TIMEOUT;
+                let due = now + visibility;
                 self.timers
                     .set(Timer::Visible(client.clone(), d.msg.mid), due);
             }
@@ -351,11 +344,12 @@ impl Core {
     }
 
     /// Puts deliveries of queue `id` back at its front, in their order, except those
-    /// delivered [`MAX_DELIVERIES`] times: they go to its dead-letter queue.
+    /// delivered `queue_max_deliveries` times: they go to its dead-letter queue.
     fn put_back(&mut self, id: &Arc<str>, ds: Vec<Delivery>, now: Instant) {
+        let max = self.cfg.queue_max_deliveries;
         let (dead, back): (Vec<Delivery>, Vec<Delivery>) = ds
             .into_iter()
-            .partition(|d| d.attempts >= MAX_DELIVERIES && !id.ends_with(DEAD_LETTER_SUFFIX));
+            .partition(|d| max > 0 && d.attempts >= max && !id.ends_with(DEAD_LETTER_SUFFIX));
         if let Some(q) = self.sessions.get_mut(id) {
             for mut d in back.into_iter().rev() {
                 d.queue = None;

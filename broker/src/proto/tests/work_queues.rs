@@ -25,6 +25,11 @@ fn enqueue(core: &mut Core, p: &mut Client, queue: &str, n: u32, now: Instant) {
     }
 }
 
+/// The default visibility timeout.
+fn visibility() -> Duration {
+    Duration::from_secs(MqttConfig::default().queue_visibility_timeout_secs)
+}
+
 fn payload(m: &Got) -> String {
     String::from_utf8(m.1.clone()).unwrap()
 }
@@ -262,7 +267,7 @@ fn a_job_delivered_max_deliveries_times_is_dead_lettered() {
     let now = Instant::now();
     let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
     enqueue(&mut core, &mut p, "$queue/jobs", 1, now);
-    for round in 0..queues::MAX_DELIVERIES {
+    for round in 0..MqttConfig::default().queue_max_deliveries {
         let mut w = connect(&mut core, Protocol::V5, "worker", true, None, now);
         subscribe(
             &mut core,
@@ -333,14 +338,14 @@ fn a_job_held_past_the_visibility_timeout_goes_to_another_consumer() {
         "held by slow"
     );
 
-    let before = t0 + queues::VISIBILITY_TIMEOUT - Duration::from_secs(1);
+    let before = t0 + visibility() - Duration::from_secs(1);
     let mut fx = Effects::default();
     core.handle_timeout(before, &mut fx);
     assert!(
         received(&mut core, &mut fast, before).is_empty(),
         "not visible yet"
     );
-    let after = t0 + queues::VISIBILITY_TIMEOUT;
+    let after = t0 + visibility();
     core.handle_timeout(after, &mut fx);
     let again = received(&mut core, &mut fast, after);
     assert_eq!(again.len(), 1, "visible again, to the other consumer");
@@ -355,7 +360,7 @@ fn a_job_held_past_the_visibility_timeout_goes_to_another_consumer() {
     let stats = core.queue_stats();
     assert_eq!((stats[0].1.depth, stats[0].1.inflight), (0, 0));
     // Nothing comes back later: the timer of the acknowledged copy is gone.
-    let later = after + queues::VISIBILITY_TIMEOUT * 2;
+    let later = after + visibility() * 2;
     core.handle_timeout(later, &mut fx);
     assert!(received(&mut core, &mut fast, later).is_empty());
     assert!(received(&mut core, &mut slow, later).is_empty());
@@ -379,7 +384,7 @@ fn a_lone_consumer_gets_its_timed_out_job_again_and_the_copy_keeps_its_timeout()
     enqueue(&mut core, &mut p, "$queue/jobs", 1, t0);
     let first = received(&mut core, &mut w, t0);
     let mut fx = Effects::default();
-    let t1 = t0 + queues::VISIBILITY_TIMEOUT;
+    let t1 = t0 + visibility();
     core.handle_timeout(t1, &mut fx);
     let second = received(&mut core, &mut w, t1);
     assert_eq!(second.len(), 1);
@@ -389,7 +394,7 @@ fn a_lone_consumer_gets_its_timed_out_job_again_and_the_copy_keeps_its_timeout()
         "a new packet id: the first is still in flight"
     );
     ack(&mut core, &mut w, first[0].3, t1);
-    let t2 = t1 + queues::VISIBILITY_TIMEOUT;
+    let t2 = t1 + visibility();
     core.handle_timeout(t2, &mut fx);
     let third = received(&mut core, &mut w, t2);
     assert_eq!(third.len(), 1, "the copy timed out too");
