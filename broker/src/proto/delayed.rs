@@ -92,17 +92,7 @@ impl Core {
         let mut stored = (*msg).clone();
         stored.topic = Arc::from(format!("{DELAYED_PREFIX}{}/{}", due.at_secs, due.topic));
         let msg = Arc::new(stored);
-        let mut d = Delivery {
-            msg,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            sub_ids: Vec::new(),
-            shared: None,
-            dseq: 0,
-            lsn: 0,
-            queue: None,
-            attempts: 0,
-        };
+        let mut d = Delivery::kept(msg, 0);
         if self.journal.is_some() {
             self.open_delayed_store(now);
             self.hold_msg(&d.msg, None, now);

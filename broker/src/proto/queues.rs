@@ -181,17 +181,7 @@ impl Core {
         fx: &mut Effects,
     ) -> bool {
         let id = self.open_queue(name, now);
-        let d = Delivery {
-            msg,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            sub_ids: Vec::new(),
-            shared: None,
-            dseq: 0,
-            lsn: 0,
-            queue: None,
-            attempts: 0,
-        };
+        let d = Delivery::kept(msg, 0);
         let queued = self.deliver(&id, d, now, fx);
         self.dispatch(&id, now);
         queued
@@ -421,17 +411,7 @@ impl Core {
             "message dead-lettered"
         );
         let dlq = self.open_queue(&format!("{name}{DEAD_LETTER_SUFFIX}"), now);
-        let moved = Delivery {
-            msg: d.msg.clone(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            sub_ids: Vec::new(),
-            shared: None,
-            dseq: 0,
-            lsn: 0,
-            queue: None,
-            attempts: d.attempts,
-        };
+        let moved = Delivery::kept(d.msg.clone(), d.attempts);
         let mut fx = Effects::default();
         if !self.deliver(&dlq, moved, now, &mut fx) {
             // The dead-letter queue is full: the message stays where it was.

@@ -72,6 +72,22 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
+    /// A message the broker keeps for itself (a work queue's job, a delayed publish):
+    /// QoS 1, not stored yet, sent `attempts` times before.
+    pub(crate) fn kept(msg: Arc<Message>, attempts: u32) -> Delivery {
+        Delivery {
+            msg,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: Vec::new(),
+            shared: None,
+            dseq: 0,
+            lsn: 0,
+            queue: None,
+            attempts,
+        }
+    }
+
     /// The journal record that queues this delivery for `client`.
     pub(crate) fn enqueue_record<'a>(&'a self, client: &'a str) -> EnqueueRef<'a> {
         EnqueueRef {
