@@ -153,12 +153,11 @@ impl Core {
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
                     Some(m.saturating_sub(d.msg.cost()))
                 });
-            let target = d
-                .msg
-                .topic
-                .strip_prefix(DELAYED_PREFIX)
-                .and_then(|r| r.split_once('/'))
-                .map(|(_, t)| t.to_owned());
+            // The stored topic is `$delayed/DUE/TOPIC`, as `delay` wrote it.
+            let target = match parse(&d.msg.topic, 0) {
+                Some(Ok(due)) => Some(due.topic.to_owned()),
+                _ => None,
+            };
             if let Some(target) = target {
                 let mut m = (*d.msg).clone();
                 m.topic = Arc::from(target.as_str());

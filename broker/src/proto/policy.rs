@@ -49,10 +49,7 @@ impl Core {
                 client,
             };
             for (full, sub) in s.subscriptions() {
-                let inner = match topic::split_shared(full) {
-                    Some(Ok((_, inner))) => inner,
-                    _ => full,
-                };
+                let (_, inner) = subscribe::held_filter(full);
                 let checked = match self.acl.subscription(who, inner) {
                     acl::FilterVerdict::Denied => {
                         refused.push((client.clone(), full.clone()));
@@ -76,10 +73,8 @@ impl Core {
         }
         // Re-inserting replaces the entry in place, with the flag decided now.
         for (client, full, entry) in entries {
-            let (group, inner) = match topic::split_shared(&full) {
-                Some(Ok((g, inner))) => (Some(Arc::from(g)), inner),
-                _ => (None, &*full),
-            };
+            let (group, inner) = subscribe::held_filter(&full);
+            let group = group.map(Arc::from);
             self.subs.insert(inner, SubKey { client, group }, entry);
         }
         for (client, full) in refused {

@@ -390,12 +390,9 @@ impl Core {
         tracing::info!(client = %client, queue = %id, "visibility timeout: job made available again");
         // A job still in flight keeps its place at the consumer (and the consumer looks
         // busier to dispatch) until the consumer's PUBACK frees it.
-        if stale_left {
-            self.put_back(&id, vec![d], now);
-            self.dispatch_due(now);
-            return;
+        if !stale_left {
+            self.queues.release(&id, client);
         }
-        self.queues.release(&id, client);
         self.put_back(&id, vec![d], now);
         self.dispatch_due(now);
     }

@@ -27,10 +27,8 @@ impl Core {
             for (filter, &(opts, sub_id)) in &si.subs {
                 let options = SubOptions::from_byte(opts, Protocol::V5).unwrap_or_default();
                 let sub_id = (sub_id != 0).then_some(sub_id);
-                let (group, inner) = match topic::split_shared(filter) {
-                    Some(Ok((g, inner))) => (Some(Arc::from(g)), inner.to_owned()),
-                    _ => (None, filter.clone()),
-                };
+                let (group, inner) = subscribe::held_filter(filter);
+                let group: Option<Arc<str>> = group.map(Arc::from);
                 s.subscribe(
                     Arc::from(filter.as_str()),
                     Subscription {
@@ -51,7 +49,7 @@ impl Core {
                     checked: false,
                 };
                 self.subs.insert(
-                    &inner,
+                    inner,
                     SubKey {
                         client: id.clone(),
                         group,

@@ -303,16 +303,22 @@ impl Core {
     }
 
     pub(super) fn remove_trie_entry(&mut self, client: &Arc<str>, full_filter: &str) {
-        let (group, inner) = match topic::split_shared(full_filter) {
-            Some(Ok((g, inner))) => (Some(Arc::from(g)), inner),
-            _ => (None, full_filter),
-        };
+        let (group, inner) = held_filter(full_filter);
         self.subs.remove(
             inner,
             &SubKey {
                 client: client.clone(),
-                group,
+                group: group.map(Arc::from),
             },
         );
+    }
+}
+
+/// A subscription a session holds (its full filter, checked when it was made): its
+/// shared group, if any, and the filter the trie holds it under.
+pub(super) fn held_filter(full: &str) -> (Option<&str>, &str) {
+    match topic::split_shared(full) {
+        Some(Ok((group, inner))) => (Some(group), inner),
+        _ => (None, full),
     }
 }
