@@ -17,6 +17,9 @@
 //! [log]
 //! level = "info,mote_broker=debug"
 //!
+//! [http]
+//! listen = "127.0.0.1:8083"
+//!
 //! [[listener]]
 //! transport = "tls"
 //! address = "0.0.0.0:8883"
@@ -80,6 +83,10 @@ pub struct Cli {
     #[arg(long, value_name = "POLICY", value_parser = check_fsync_arg)]
     pub fsync: Option<String>,
 
+    /// Address of the HTTP listener: MQTT over WebSocket, HTTP publish, SSE subscribe, metrics and the dashboard (docs/http.md) [default: off; TOML: http.listen]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<SocketAddr>,
+
     /// Log filter, as a tracing env-filter directive, e.g. "debug" or "info,mote_broker=trace" [default: info; TOML: log.level]
     #[arg(long, value_name = "LEVEL")]
     pub log: Option<String>,
@@ -123,6 +130,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Section `[auth]`: users, passwords and access rules (see `docs/security.md`).
     pub auth: AuthConfig,
+    /// Section `[http]`: the HTTP listener (see `docs/http.md`). Off unless `listen` is set.
+    pub http: HttpConfig,
     /// Sections `[[listener]]`: listeners besides `mqtt.listen` (TLS, see `docs/tls.md`).
     /// Default none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -159,6 +168,81 @@ pub struct ListenerConfig {
     /// password are not checked. Default `false`.
     #[serde(default)]
     pub use_identity_as_username: bool,
+}
+
+/// Section `[http]`: one HTTP listener serving MQTT over WebSocket, HTTP publish, SSE
+/// subscribe, retained messages, metrics and the dashboard (see `docs/http.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to bind, e.g. `"127.0.0.1:8083"`. Default none: no HTTP listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Paths that accept MQTT over WebSocket. Default `["/mqtt", "/"]` (what mqtt.js and
+    /// paho use).
+    pub ws_paths: Vec<String>,
+    /// Events an SSE client may have waiting before the oldest QoS 0 ones are dropped
+    /// (and a `dropped` event says how many). Default 1000.
+    pub sse_buffer: usize,
+    /// Seconds between keep-alive comments on an idle SSE stream. Default 15.
+    pub sse_keepalive_secs: u64,
+    /// Unacknowledged messages an SSE client with a named session holds at once (its
+    /// MQTT Receive Maximum): the broker keeps the rest queued. Default 100.
+    pub sse_window: u16,
+    /// `Idempotency-Key`s of HTTP publishes remembered, newest first. Default 10000.
+    pub idempotency_keys: usize,
+    /// Seconds an `Idempotency-Key` is remembered. Default 86400 (a day).
+    pub idempotency_ttl_secs: u64,
+    /// Seconds a client may take to send a request's headers. Default 10.
+    pub header_timeout_secs: u64,
+    /// Topic filters whose payloads are `SensorEvent`s even without the MQTT 5 content
+    /// type `application/x-mote-event` (3.1.1 devices); rendered as JSON. Default
+    /// `["mote/events", "mote/events/#"]` (the device client's default topic).
+    pub event_topics: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            ws_paths: vec!["/mqtt".to_owned(), "/".to_owned()],
+            sse_buffer: 1000,
+            sse_keepalive_secs: 15,
+            sse_window: 100,
+            idempotency_keys: 10_000,
+            idempotency_ttl_secs: 86_400,
+            header_timeout_secs: 10,
+            event_topics: vec!["mote/events".to_owned(), "mote/events/#".to_owned()],
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Checks the section's values; errors name the key.
+    fn validate(&self) -> anyhow::Result<()> {
+        for p in &self.ws_paths {
+            ensure!(
+                p.starts_with('/') && !p.starts_with("/api/") && !p.starts_with("/ui"),
+                "http.ws_paths: {p:?} must start with / and not be under /api/ or /ui"
+            );
+        }
+        for f in &self.event_topics {
+            if let Err(why) = check_topic_filter(f) {
+                bail!("http.event_topics: {f:?} is not a topic filter: {why}");
+            }
+        }
+        ensure!(self.sse_buffer >= 1, "http.sse_buffer must be at least 1");
+        ensure!(self.sse_window >= 1, "http.sse_window must be at least 1");
+        ensure!(
+            self.sse_keepalive_secs >= 1,
+            "http.sse_keepalive_secs must be at least 1"
+        );
+        ensure!(
+            self.header_timeout_secs >= 1,
+            "http.header_timeout_secs must be at least 1"
+        );
+        Ok(())
+    }
 }
 
 /// `listener.min_tls_version`'s default.
@@ -576,6 +660,13 @@ impl Config {
             );
         }
 
+        self.http.validate()?;
+        if let Some(h) = self.http.listen {
+            ensure!(
+                h.port() == 0 || h != m.listen,
+                "http.listen = \"{h}\" is also mqtt.listen"
+            );
+        }
         for (i, l) in self.listener.iter().enumerate() {
             l.validate(i, m.listen)?;
             if l.address.port() != 0 {
@@ -634,6 +725,9 @@ impl Config {
         }
         if let Some(level) = &cli.log {
             self.log.level.clone_from(level);
+        }
+        if let Some(addr) = cli.http {
+            self.http.listen = Some(addr);
         }
         Ok(())
     }

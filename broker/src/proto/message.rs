@@ -164,6 +164,15 @@ pub(crate) fn unix_ms_to_instant(ms: u64, now: Instant, now_ms: u64) -> Instant 
 }
 
 impl Message {
+    /// The user properties, decoded.
+    pub(crate) fn user_property_pairs(&self) -> Vec<(String, String)> {
+        Properties::Wire(&self.user_properties)
+            .user_properties()
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
     /// The stored form, borrowed; `will_expiry` is the will's own expiry interval, if
     /// this is one.
     pub(crate) fn as_stored(

@@ -35,6 +35,7 @@ mod snapshot;
 pub(crate) use snapshot::Compaction;
 mod subscribe;
 mod sys;
+pub(crate) use queues::QueueStats;
 pub(crate) use sys::RuntimeStats;
 pub(crate) mod timers;
 pub(crate) mod trie;

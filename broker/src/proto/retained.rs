@@ -93,6 +93,18 @@ pub(crate) struct Cursor {
 }
 
 impl Cursor {
+    /// Resumes strictly after `topic` (a page's `next`).
+    pub(crate) fn after(topic: &str) -> Cursor {
+        Cursor {
+            after: Some(Arc::from(topic)),
+        }
+    }
+
+    /// The topic a resumed walk starts after (`None`: from the start).
+    pub(crate) fn topic(&self) -> Option<&str> {
+        self.after.as_deref()
+    }
+
     #[cfg(test)]
     /// The last topic visited before the walk stopped, if any.
     pub(crate) fn last_topic(&self) -> Option<&Arc<str>> {

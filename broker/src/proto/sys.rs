@@ -24,7 +24,79 @@ pub(crate) struct RuntimeStats {
 /// Work queues whose counters `$SYS` carries at most (in name order).
 const SYS_QUEUES: usize = 1000;
 
+/// The broker's counters at one moment (the HTTP stats endpoint and metrics).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CoreStats {
+    /// Clients with a live connection (queue and delayed-message stores excluded).
+    pub(crate) clients_connected: usize,
+    /// Sessions, live or not.
+    pub(crate) sessions: usize,
+    pub(crate) subscriptions: usize,
+    pub(crate) retained: usize,
+    pub(crate) retained_bytes: usize,
+    pub(crate) received: u64,
+    pub(crate) delivered: u64,
+    pub(crate) dropped_overflow: u64,
+    pub(crate) expired: u64,
+    pub(crate) denied_publish: u64,
+    pub(crate) denied_subscribe: u64,
+    pub(crate) queued: usize,
+    pub(crate) queued_memory: usize,
+    pub(crate) spilled: usize,
+    pub(crate) delayed: usize,
+    /// Per work queue: name, depth, in flight, consumers, dead-lettered.
+    pub(crate) queues: Vec<(String, QueueStats)>,
+}
+
 impl Core {
+    /// The counters, for the HTTP listener. O(sessions).
+    pub(crate) fn stats(&self) -> CoreStats {
+        let is_store = |k: &str| k.starts_with(queues::QUEUE_PREFIX) || k == delayed::STORE_ID;
+        let (mut online, mut sessions, mut queued, mut expired) = (0, 0, 0, 0);
+        for (k, s) in &self.sessions {
+            queued += s.queued_len();
+            expired += s.drops().expired;
+            if !is_store(k) {
+                sessions += 1;
+                online += usize::from(s.online());
+            }
+        }
+        CoreStats {
+            clients_connected: online,
+            sessions,
+            subscriptions: self.subs.len(),
+            retained: self.retained.len(),
+            retained_bytes: self.retained_bytes,
+            received: self.stats.publish_received,
+            delivered: self.stats.deliveries,
+            dropped_overflow: self.stats.dropped_overflow,
+            expired,
+            denied_publish: self.stats.publish_denied,
+            denied_subscribe: self.stats.subscribe_denied,
+            queued,
+            queued_memory: self.queued_memory(),
+            spilled: self.spilled().0,
+            delayed: self.delayed.len(),
+            queues: self.queue_stats().into_iter().take(SYS_QUEUES).collect(),
+        }
+    }
+
+    /// Up to `limit` retained messages whose topics match `filter`, after `after`, and
+    /// where the next page starts (`None`: this was the last).
+    pub(crate) fn retained_page(
+        &self,
+        filter: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<Arc<Message>>, Option<String>) {
+        let mut page = Vec::new();
+        let after = after.map(retained::Cursor::after);
+        let next = self
+            .retained
+            .for_each_match(filter, after.as_ref(), limit, |_, m| page.push(m.clone()));
+        (page, next.and_then(|c| c.topic().map(str::to_owned)))
+    }
+
     /// Publishes the broker's counters under `$SYS/broker/` (retained, QoS 0).
     pub(crate) fn publish_sys(
         &mut self,

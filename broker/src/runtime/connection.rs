@@ -23,6 +23,7 @@
 //! session), `Notify::notified`, timers and cancellation tokens. Writes happen outside
 //! `select!`.
 
+use std::borrow::Borrow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::auth::Refusal;
-use super::shared::Shared;
+use super::shared::{Shared, Transport};
 use super::table::Slot;
 use super::tls::{self, Certs, Handshake};
 use crate::proto::session::{write_packet, Kick, Wake, OUTBOUND_BATCH};
@@ -94,6 +95,14 @@ impl Stream for TcpStream {
     }
 }
 
+impl Stream for tokio::io::DuplexStream {
+    /// An in-process pipe (the HTTP listener's links into the core): the waiting path.
+    #[inline]
+    fn try_write_now(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+}
+
 impl Stream for TlsStream<TcpStream> {
     /// Bytes go through the TLS session first: always the waiting path.
     #[inline]
@@ -102,19 +111,35 @@ impl Stream for TlsStream<TcpStream> {
     }
 }
 
-/// Serves one TCP connection until it ends. `slot` is its place in the connection
-/// table, released when this returns.
-pub(crate) async fn serve(
-    mut stream: TcpStream,
+/// Serves one connection over `stream` (plain TCP, or WebSocket) until it ends. `slot`
+/// is its place in the connection table, released when the last owner drops it.
+pub(crate) async fn serve<S: Stream, L: Borrow<Slot>>(
+    mut stream: S,
     peer: SocketAddr,
+    transport: Transport,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-    slot: Slot,
+    slot: L,
 ) {
-    let span = tracing::info_span!("conn", %peer, client = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "conn",
+        %peer,
+        transport = transport.name(),
+        client = tracing::field::Empty
+    );
     async move {
+        let _open = shared.transports.open(transport);
         let started = Instant::now();
-        if run(&mut stream, peer, &shared, &shutdown, &slot, started, None).await
+        if run(
+            &mut stream,
+            peer,
+            &shared,
+            &shutdown,
+            slot.borrow(),
+            started,
+            None,
+        )
+        .await
             == Closing::Graceful
         {
             close_gracefully(&mut stream).await;
@@ -145,6 +170,7 @@ pub(crate) async fn serve_tls(
         client = tracing::field::Empty
     );
     async move {
+        let _open = shared.transports.open(Transport::Tls);
         // The connect timeout covers the handshake and the CONNECT together.
         let started = Instant::now();
         let deadline = started + Duration::from_millis(shared.config.mqtt.connect_timeout_ms);

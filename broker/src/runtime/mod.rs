@@ -3,10 +3,11 @@
 
 pub(crate) mod auth;
 pub(crate) mod connection;
+mod http;
 mod ports;
 pub(crate) mod server;
 pub(crate) mod shared;
-mod table;
+pub(crate) mod table;
 mod tls;
 
 pub use auth::passwd;

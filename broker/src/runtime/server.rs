@@ -102,10 +102,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .map_err(|e| anyhow::anyhow!("cannot bind the TLS listener {address}: {e}"))?;
         tls.push((l, c.clone()));
     }
-    // The TLS listeners' ready lines come first: once `listening mqtt=` is out, every
-    // listener is.
+    let http = match shared.config.http.listen {
+        Some(a) => Some(super::http::bind(a).await?),
+        None => None,
+    };
+    // The TLS and HTTP listeners' ready lines come first: once `listening mqtt=` is out,
+    // every listener is.
     for (l, _) in &tls {
         tracing::info!("{}", super::tls::ready_line(l.local_addr()?));
+    }
+    if let Some(h) = &http {
+        tracing::info!("listening http={}", h.local_addr()?);
     }
     tracing::info!("listening mqtt={addr}");
     let journal = shared.journal.clone();
@@ -119,7 +126,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // it are never acknowledged, and only recovery from the log at the next start is
     // trustworthy (see `store::journal`).
     let result = tokio::select! {
-        r = serve(listener, tls, shared, shutdown) => r,
+        r = serve(listener, tls, http, shared, shutdown) => r,
         () = failed => Err(anyhow::anyhow!("the store failed; exiting so recovery runs at the next start")),
     };
     reloader.abort();
@@ -277,14 +284,16 @@ fn resident_bytes() -> Option<usize> {
     Some(kib * 1024)
 }
 
-/// Serves connections from `listener` and the TLS listeners `tls` until `shutdown` is
-/// cancelled. Every listener admits through one connection table.
+/// Serves connections from `listener`, the TLS listeners `tls` and the HTTP listener
+/// `http` until `shutdown` is cancelled. Every listener admits through one connection
+/// table.
 ///
 /// # Errors
 /// Never today; kept fallible for listeners to come.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Vec<(TcpListener, Arc<Certs>)>,
+    http: Option<TcpListener>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -348,6 +357,15 @@ pub(crate) async fn serve(
         })
     };
 
+    if let Some(h) = http {
+        tracker.spawn(super::http::serve(
+            h,
+            shared.clone(),
+            table.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
     for (l, certs) in tls {
         tracker.spawn(accept_loop(
             l,
@@ -415,7 +433,12 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         match &certs {
             None => tracker.spawn(super::connection::serve(
-                stream, peer, shared, shutdown, slot,
+                stream,
+                peer,
+                super::shared::Transport::Tcp,
+                shared,
+                shutdown,
+                slot,
             )),
             Some(certs) => tracker.spawn(super::connection::serve_tls(
                 stream,

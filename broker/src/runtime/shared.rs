@@ -26,6 +26,72 @@ pub(crate) struct Shared {
     core: Mutex<Core>,
     /// How long the core's lock is held, each time.
     holds: HoldStats,
+    /// Open connections by transport (for metrics and the dashboard).
+    pub(crate) transports: Transports,
+}
+
+/// How a connection reached the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// MQTT over plain TCP.
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket (on the HTTP listener).
+    Ws,
+    /// An HTTP socket (requests, SSE streams).
+    Http,
+    /// The HTTP listener's own MQTT links into the core (HTTP publish, SSE sessions).
+    Internal,
+}
+
+impl Transport {
+    /// Every transport, in the order of [`Transports::counts`].
+    pub(crate) const ALL: [Transport; 5] = [
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Ws,
+        Transport::Http,
+        Transport::Internal,
+    ];
+
+    /// Its name in metrics and the stats endpoint.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Http => "http",
+            Transport::Internal => "internal",
+        }
+    }
+}
+
+/// Open connections per transport, lock-free.
+#[derive(Debug, Default)]
+pub(crate) struct Transports([AtomicU64; 5]);
+
+impl Transports {
+    /// Counts one connection of `t` until the guard is dropped.
+    pub(crate) fn open(&self, t: Transport) -> TransportGuard<'_> {
+        self.0[t as usize].fetch_add(1, Ordering::Relaxed);
+        TransportGuard(self, t)
+    }
+
+    /// Open connections of each transport, in the order of [`Transport::ALL`].
+    pub(crate) fn counts(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed))
+    }
+}
+
+/// One open connection of a transport; uncounted when dropped.
+#[derive(Debug)]
+pub(crate) struct TransportGuard<'a>(&'a Transports, Transport);
+
+impl Drop for TransportGuard<'_> {
+    fn drop(&mut self) {
+        (self.0).0[self.1 as usize].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -40,6 +106,7 @@ impl Shared {
             journal: None,
             auth,
             holds: HoldStats::default(),
+            transports: Transports::default(),
         }
     }
 
@@ -56,6 +123,7 @@ impl Shared {
             journal: Some(journal),
             auth,
             holds: HoldStats::default(),
+            transports: Transports::default(),
         }
     }
 

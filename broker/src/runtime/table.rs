@@ -140,7 +140,9 @@ impl Table {
         (t.pending.len(), t.connected.len())
     }
 
-    /// Admits a new connection from `ip`, evicting another one if the table is full.
+    /// Admits a new connection from `ip`, evicting another one if the table is full. The
+    /// unspecified address (`0.0.0.0`, `::`) stands for the broker's own links and is
+    /// under no per-IP limit.
     ///
     /// # Errors
     /// [`Refused`] when a per-IP limit is reached, or the table is full and nothing in it
@@ -152,7 +154,13 @@ impl Table {
     /// [`Table::admit`] at `now` (ms since the table's epoch).
     fn admit_at(self: &Arc<Self>, ip: IpAddr, now: u64) -> Result<Slot, Refused> {
         let mut t = self.lock();
-        let count = t.per_ip.get(&ip).copied().unwrap_or_default();
+        // The HTTP listener's own links into the core come from no address: only the
+        // table's size limits them.
+        let count = if ip.is_unspecified() {
+            IpCount::default()
+        } else {
+            t.per_ip.get(&ip).copied().unwrap_or_default()
+        };
         let refused = if self.max_pending_per_ip > 0 && count.pending >= self.max_pending_per_ip {
             Some(Refused::PendingPerIp)
         } else if self.max_per_ip > 0 && count.total >= self.max_per_ip {

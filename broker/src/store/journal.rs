@@ -116,6 +116,39 @@ pub(crate) struct Journal {
     published: watch::Sender<Published>,
     policy: FsyncPolicy,
     failed: AtomicBool,
+    /// How long each write-and-sync took (metrics).
+    pub(crate) sync_latency: SyncLatency,
+}
+
+/// Upper bounds of [`SyncLatency`]'s buckets, microseconds (the last bucket is the rest).
+pub(crate) const SYNC_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// A histogram of the durations of the journal's syncs (each with the write before it),
+/// lock-free.
+#[derive(Debug, Default)]
+pub(crate) struct SyncLatency {
+    /// Count per bucket of [`SYNC_BUCKETS_US`], then the overflow.
+    buckets: [AtomicU64; 13],
+    sum_us: AtomicU64,
+}
+
+impl SyncLatency {
+    fn record(&self, us: u64) {
+        let i = SYNC_BUCKETS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The count per bucket (not cumulative; the last is above every bound) and the sum
+    /// in microseconds.
+    pub(crate) fn read(&self) -> ([u64; 13], u64) {
+        (
+            std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            self.sum_us.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// Handle that stops the writer thread and waits for the last sync.
@@ -199,6 +232,7 @@ impl Journal {
             published,
             policy,
             failed: AtomicBool::new(false),
+            sync_latency: SyncLatency::default(),
         });
         let thread = {
             let journal = journal.clone();
@@ -412,10 +446,12 @@ impl Journal {
                         FsyncPolicy::Never => false,
                         FsyncPolicy::Every(d) => last_sync.elapsed() >= d,
                     });
+            let began = Instant::now();
             match self.commit(&mut log, jobs, upto, sync) {
                 Ok(()) if shutdown => return Ok(()),
                 Ok(()) => {
                     if sync {
+                        self.sync_latency.record(began.elapsed().as_micros() as u64);
                         last_sync = Instant::now();
                         dirty = false;
                     }
