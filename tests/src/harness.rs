@@ -82,6 +82,54 @@ pub const STDBUF: Need = Need::Tool {
 /// Python 3 with paho-mqtt 2.x.
 pub const PAHO: Need = Need::Paho;
 
+/// `curl`.
+pub const CURL: Need = Need::Tool {
+    name: "curl",
+    probe: &["--version"],
+    install: "apt-get install curl",
+};
+
+/// Node.js (the WebSocket and dashboard tests run mqtt.js and playwright-core in it).
+pub const NODE: Need = Need::Tool {
+    name: "node",
+    probe: &["--version"],
+    install: "apt-get install nodejs",
+};
+
+/// npm, to install a test's Node packages.
+pub const NPM: Need = Need::Tool {
+    name: "npm",
+    probe: &["--version"],
+    install: "apt-get install npm",
+};
+
+/// Python 3 with httpx and prometheus_client (the HTTP tests' client and metrics parser).
+pub const PY_HTTP: Need = Need::Check {
+    what: "python3 httpx and prometheus_client",
+    check: py_http,
+};
+
+fn py_http() -> Result<(), String> {
+    cached("py_http", || {
+        const INSTALL: &str = "pip install httpx prometheus_client";
+        let ok = Command::new("python3")
+            .args(["-c", "import httpx, prometheus_client"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| cannot_run("python3", &e, INSTALL))?
+            .success();
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "python3 cannot import httpx and prometheus_client (install: {INSTALL})"
+            ))
+        }
+    })
+}
+
 /// `/proc/<pid>/status` with the peak resident set size (`VmHWM`) of a process.
 pub const PROC_STATUS: Need = Need::Check {
     what: "/proc",

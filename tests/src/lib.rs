@@ -164,6 +164,8 @@ pub struct Broker {
     child: Option<Child>,
     /// Address the broker listens on.
     pub addr: SocketAddr,
+    /// Address of its HTTP listener, when started with one (`--http`, `[http] listen`).
+    pub http: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     _config: Option<TempFile>,
 }
@@ -201,12 +203,17 @@ impl Broker {
             let log = log.clone();
             std::thread::spawn(move || {
                 let mut tx = Some(tx);
+                // The HTTP listener's line comes before the MQTT one.
+                let mut http = None;
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
+                    if let Some(i) = line.find("listening http=") {
+                        http = Some(line[i + "listening http=".len()..].trim().to_owned());
+                    }
                     if let Some(i) = line.find("listening mqtt=") {
                         let addr = line[i + "listening mqtt=".len()..].trim().to_owned();
                         if let Some(tx) = tx.take() {
-                            let _ = tx.send(addr);
+                            let _ = tx.send((addr, http.take()));
                         }
                     }
                     let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
@@ -215,8 +222,11 @@ impl Broker {
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a.parse().expect("listen address"),
+        let (addr, http) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok((a, h)) => (
+                a.parse().expect("listen address"),
+                h.map(|h| h.parse().expect("HTTP listen address")),
+            ),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -229,9 +239,20 @@ impl Broker {
         Broker {
             child: Some(child),
             addr,
+            http,
             log,
             _config: config,
         }
+    }
+
+    /// Starts `mote --memory` with its HTTP listener on a free loopback port too.
+    pub fn start_http() -> Broker {
+        Broker::start_with(&["--memory", "--http", "127.0.0.1:0"], None)
+    }
+
+    /// The HTTP listener's address; panics when the broker has none.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.expect("the broker was started without --http")
     }
 
     /// Process id of the broker (while it runs).
