@@ -195,10 +195,6 @@ pub struct HttpConfig {
     pub idempotency_ttl_secs: u64,
     /// Seconds a client may take to send a request's headers. Default 10.
     pub header_timeout_secs: u64,
-    /// Topic filters whose payloads are `SensorEvent`s even without the MQTT 5 content
-    /// type `application/x-mote-event` (3.1.1 devices); rendered as JSON. Default
-    /// `["mote/events", "mote/events/#"]` (the device client's default topic).
-    pub event_topics: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -212,7 +208,6 @@ impl Default for HttpConfig {
             idempotency_keys: 10_000,
             idempotency_ttl_secs: 86_400,
             header_timeout_secs: 10,
-            event_topics: vec!["mote/events".to_owned(), "mote/events/#".to_owned()],
         }
     }
 }
@@ -225,11 +220,6 @@ impl HttpConfig {
                 p.starts_with('/') && !p.starts_with("/api/") && !p.starts_with("/ui"),
                 "http.ws_paths: {p:?} must start with / and not be under /api/ or /ui"
             );
-        }
-        for f in &self.event_topics {
-            if let Err(why) = check_topic_filter(f) {
-                bail!("http.event_topics: {f:?} is not a topic filter: {why}");
-            }
         }
         ensure!(self.sse_buffer >= 1, "http.sse_buffer must be at least 1");
         ensure!(self.sse_window >= 1, "http.sse_window must be at least 1");
@@ -372,6 +362,11 @@ pub struct MqttConfig {
     /// filter is refused if it equals a listed filter or is matched by a listed wildcard
     /// filter. Each entry must be a valid topic filter. Default `[]`.
     pub deny_subscribe: Vec<String>,
+    /// Topic filters whose payloads are `SensorEvent`s even without the MQTT 5 content
+    /// type `application/x-mote-event` (3.1.1 devices have none): shown as JSON over SSE
+    /// and HTTP and to `$json/` subscribers (docs/http.md). Default
+    /// `["mote/events", "mote/events/#"]` (the device client's default topic).
+    pub event_topics: Vec<String>,
     /// Seconds between publications of the broker's counters under `$SYS/broker/...`
     /// (retained, QoS 0); `0` turns them off. Default `10`.
     pub sys_interval_secs: u64,
@@ -435,6 +430,7 @@ impl Default for MqttConfig {
             queue_max_deliveries: 5,
             queue_visibility_timeout_secs: 300,
             deny_subscribe: Vec::new(),
+            event_topics: vec!["mote/events".to_owned(), "mote/events/#".to_owned()],
             sys_interval_secs: 10,
             max_connect_packet_size: 64 * 1024,
             idle_evict_after_secs: 60,
@@ -626,6 +622,11 @@ impl Config {
             m.worker_threads >= 1,
             "mqtt.worker_threads must be at least 1 (got 0)"
         );
+        for (i, filter) in m.event_topics.iter().enumerate() {
+            if let Err(why) = check_topic_filter(filter) {
+                bail!("mqtt.event_topics[{i}] = {filter:?} is not a valid topic filter: {why}");
+            }
+        }
         for (i, filter) in m.deny_subscribe.iter().enumerate() {
             if let Err(why) = check_topic_filter(filter) {
                 bail!("mqtt.deny_subscribe[{i}] = {filter:?} is not a valid topic filter: {why}");

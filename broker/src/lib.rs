@@ -9,6 +9,7 @@
 //!   ticker, shutdown.
 
 pub mod config;
+mod json;
 mod proto;
 pub mod runtime;
 mod store;

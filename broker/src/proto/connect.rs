@@ -262,7 +262,7 @@ impl Core {
 
         let mut events = Vec::new();
         if session_present {
-            session.resend_inflight(out, now, &mut |e| events.push(e));
+            session.resend_inflight(out, now, &self.cfg.event_topics, &mut |e| events.push(e));
         }
         self.log_events(&client_id, events);
         // Work queues it consumes may send to it again.

@@ -63,6 +63,9 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 pub(crate) struct SubKey {
     client: Arc<str>,
     group: Option<Arc<str>>,
+    /// A `$json/` subscription: a key of its own, so that `F` and `$json/F` of one
+    /// client are two subscriptions (the client still gets one message per publish).
+    json: bool,
 }
 
 /// What the trie stores per subscription.
@@ -342,8 +345,12 @@ impl Core {
         let clock = self.clock(now);
         let mut events = Vec::new();
         let mut more = false;
+        let settings = session::SendSettings {
+            max_inflight: limits.max_inflight,
+            event_topics: &self.cfg.event_topics,
+        };
         if let Some(s) = self.sessions.get_mut(client) {
-            more = s.drain(out, &limits, now, clock, durable, &mut |e| events.push(e));
+            more = s.drain(out, settings, now, clock, durable, &mut |e| events.push(e));
             if more {
                 if let Some(link) = s.link() {
                     link.notify.wake();

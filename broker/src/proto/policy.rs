@@ -73,9 +73,8 @@ impl Core {
         }
         // Re-inserting replaces the entry in place, with the flag decided now.
         for (client, full, entry) in entries {
-            let (group, inner) = subscribe::held_filter(&full);
-            let group = group.map(Arc::from);
-            self.subs.insert(inner, SubKey { client, group }, entry);
+            let (key, inner) = subscribe::trie_key(&client, &full);
+            self.subs.insert(inner, key, entry);
         }
         for (client, full) in refused {
             tracing::info!(client = %client, filter = %full, "subscription removed: no longer allowed");

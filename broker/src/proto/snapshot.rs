@@ -27,8 +27,7 @@ impl Core {
             for (filter, &(opts, sub_id)) in &si.subs {
                 let options = SubOptions::from_byte(opts, Protocol::V5).unwrap_or_default();
                 let sub_id = (sub_id != 0).then_some(sub_id);
-                let (group, inner) = subscribe::held_filter(filter);
-                let group: Option<Arc<str>> = group.map(Arc::from);
+                let (key, inner) = subscribe::trie_key(&id, filter);
                 s.subscribe(
                     Arc::from(filter.as_str()),
                     Subscription {
@@ -48,14 +47,7 @@ impl Core {
                     // Decided by the access rules the runtime sets after recovery.
                     checked: false,
                 };
-                self.subs.insert(
-                    inner,
-                    SubKey {
-                        client: id.clone(),
-                        group,
-                    },
-                    entry,
-                );
+                self.subs.insert(inner, key, entry);
             }
             s.restore_inbound_qos2(si.inbound2.clone());
             if si.expiry != u32::MAX {

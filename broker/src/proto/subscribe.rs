@@ -57,6 +57,15 @@ impl Core {
                     (Some(g), inner)
                 }
             };
+            // `$json/FILTER`: FILTER, with sensor events sent as JSON.
+            let inner = match inner.strip_prefix(JSON_PREFIX) {
+                Some(rest) if rest.is_empty() || rest.starts_with('$') => {
+                    codes.push(fail(reason::TOPIC_FILTER_INVALID));
+                    continue;
+                }
+                Some(rest) => rest,
+                None => inner,
+            };
             if f.filter.len() > cfg.max_topic_length
                 || inner.split('/').count() > cfg.max_topic_levels
             {
@@ -124,12 +133,10 @@ impl Core {
                 codes.push(qos as u8);
                 continue;
             }
+            let (key, _) = trie_key(client, f.filter);
             self.subs.insert(
                 inner,
-                SubKey {
-                    client: client.clone(),
-                    group: group.map(Arc::from),
-                },
+                key,
                 SubEntry {
                     qos,
                     no_local: options.no_local,
@@ -303,22 +310,44 @@ impl Core {
     }
 
     pub(super) fn remove_trie_entry(&mut self, client: &Arc<str>, full_filter: &str) {
-        let (group, inner) = held_filter(full_filter);
-        self.subs.remove(
-            inner,
-            &SubKey {
-                client: client.clone(),
-                group: group.map(Arc::from),
-            },
-        );
+        let (key, inner) = trie_key(client, full_filter);
+        self.subs.remove(inner, &key);
     }
 }
 
+/// A subscription filter starting with this gets the JSON view of sensor events
+/// (`docs/http.md`): `$json/FILTER` is FILTER, with payloads that are `SensorEvent`s
+/// sent as JSON.
+pub(crate) const JSON_PREFIX: &str = "$json/";
+
 /// A subscription a session holds (its full filter, checked when it was made): its
-/// shared group, if any, and the filter the trie holds it under.
+/// shared group, if any, and the filter the trie holds it under (without `$share/GROUP/`
+/// and `$json/`).
 pub(super) fn held_filter(full: &str) -> (Option<&str>, &str) {
-    match topic::split_shared(full) {
+    let (group, rest) = match topic::split_shared(full) {
         Some(Ok((group, inner))) => (Some(group), inner),
         _ => (None, full),
-    }
+    };
+    (group, rest.strip_prefix(JSON_PREFIX).unwrap_or(rest))
+}
+
+/// The filter of a `$json/` subscription (shared or not), without its prefixes.
+pub(super) fn json_filter(full: &str) -> Option<&str> {
+    let rest = match topic::split_shared(full) {
+        Some(Ok((_, inner))) => inner,
+        _ => full,
+    };
+    rest.strip_prefix(JSON_PREFIX)
+}
+
+/// The trie key of `client`'s subscription `full`, and the filter the trie holds it
+/// under.
+pub(super) fn trie_key<'a>(client: &Arc<str>, full: &'a str) -> (SubKey, &'a str) {
+    let (group, inner) = held_filter(full);
+    let key = SubKey {
+        client: client.clone(),
+        group: group.map(Arc::from),
+        json: json_filter(full).is_some(),
+    };
+    (key, inner)
 }

@@ -1051,3 +1051,115 @@ fn retained_messages_are_bounded_in_bytes_and_in_size() {
     assert_eq!(core.stats.retained_refused, 3);
     assert!(core.retained_bytes <= 3 * one);
 }
+
+#[test]
+fn json_subscriptions_get_sensor_events_as_json_and_nothing_else_changes() {
+    let mut core = core();
+    let now = Instant::now();
+    let event: &[u8] = &[0x01, 0x05, 0xe8, 0x07, 0x02, 0x03, 0x00, 0x00, 0xac, 0x41];
+    let json = br#"{"channel":2,"device":1,"seq":5,"timestamp_ms":1000,"value":{"type":"f32","value":21.5}}"#;
+    let mut p = connect(&mut core, Protocol::V311, "dev", true, None, now);
+    let mut s = connect(&mut core, Protocol::V5, "web", true, None, now);
+    let mut raw = connect(&mut core, Protocol::V311, "raw", true, None, now);
+    let codes = subscribe(
+        &mut core,
+        &mut s,
+        &[
+            ("$json/mote/events/#", q(QoS::AtLeastOnce)),
+            // An overlapping plain filter: still one message per publish.
+            ("mote/#", q(QoS::AtMostOnce)),
+            // `$json/` must name a filter, and not a `$` topic one.
+            ("$json/", q(QoS::AtMostOnce)),
+            ("$json/$SYS/#", q(QoS::AtMostOnce)),
+        ],
+        None,
+        now,
+    );
+    assert_eq!(codes, [1, 0, 0x8f, 0x8f]);
+    assert_eq!(
+        subscribe(
+            &mut core,
+            &mut raw,
+            &[("mote/#", q(QoS::AtMostOnce))],
+            None,
+            now
+        ),
+        [0]
+    );
+    publish(
+        &mut core,
+        &mut p,
+        "mote/events/dev1",
+        event,
+        QoS::AtLeastOnce,
+        1,
+        now,
+    );
+    publish(
+        &mut core,
+        &mut p,
+        "mote/events/dev2",
+        &[0x01],
+        QoS::AtMostOnce,
+        0,
+        now,
+    );
+    // Not a sensor event (no content type, not an event topic): as published.
+    publish(
+        &mut core,
+        &mut p,
+        "mote/text",
+        b"hello",
+        QoS::AtMostOnce,
+        0,
+        now,
+    );
+    let got: Vec<(String, Vec<u8>, QoS)> = received(&mut core, &mut s, now)
+        .into_iter()
+        .map(|g| (g.0, g.1, g.2))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "mote/events/dev1".to_owned(),
+                json.to_vec(),
+                QoS::AtLeastOnce
+            ),
+            (
+                "mote/events/dev2".to_owned(),
+                br#"{"decode_error":"truncated","payload":"AQ=="}"#.to_vec(),
+                QoS::AtMostOnce
+            ),
+            ("mote/text".to_owned(), b"hello".to_vec(), QoS::AtMostOnce),
+        ]
+    );
+    // Other subscribers get the bytes as published.
+    let raw_got: Vec<Vec<u8>> = received(&mut core, &mut raw, now)
+        .into_iter()
+        .map(|g| g.1)
+        .collect();
+    assert_eq!(raw_got, [event.to_vec(), vec![0x01], b"hello".to_vec()]);
+    // Unsubscribing the `$json/` filter leaves the plain one: bytes again.
+    let u = Packet::Unsubscribe(Unsubscribe {
+        packet_id: 2,
+        properties: Properties::default(),
+        filters: List::Slice(&["$json/mote/events/#"]),
+    });
+    send(&mut core, &mut s, &u, now).unwrap();
+    s.out.clear();
+    publish(
+        &mut core,
+        &mut p,
+        "mote/events/dev1",
+        event,
+        QoS::AtMostOnce,
+        0,
+        now,
+    );
+    let got: Vec<Vec<u8>> = received(&mut core, &mut s, now)
+        .into_iter()
+        .map(|g| g.1)
+        .collect();
+    assert_eq!(got, [event.to_vec()]);
+}

@@ -82,6 +82,9 @@ enum Closing {
 
 /// A byte stream a connection is served over: TCP, or TLS over TCP.
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// What the connection counts as (metrics).
+    const TRANSPORT: Transport;
+
     /// Writes what the socket takes now without waiting, as `TcpStream::try_write` does;
     /// `WouldBlock` when nothing can be written at once (always, for a stream that has
     /// no such fast path).
@@ -89,6 +92,7 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
 }
 
 impl Stream for TcpStream {
+    const TRANSPORT: Transport = Transport::Tcp;
     #[inline]
     fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.try_write(buf)
@@ -96,6 +100,7 @@ impl Stream for TcpStream {
 }
 
 impl Stream for tokio::io::DuplexStream {
+    const TRANSPORT: Transport = Transport::Internal;
     /// An in-process pipe (the HTTP listener's links into the core): the waiting path.
     #[inline]
     fn try_write_now(&mut self, _: &[u8]) -> std::io::Result<usize> {
@@ -104,6 +109,7 @@ impl Stream for tokio::io::DuplexStream {
 }
 
 impl Stream for TlsStream<TcpStream> {
+    const TRANSPORT: Transport = Transport::Tls;
     /// Bytes go through the TLS session first: always the waiting path.
     #[inline]
     fn try_write_now(&mut self, _: &[u8]) -> std::io::Result<usize> {
@@ -116,7 +122,6 @@ impl Stream for TlsStream<TcpStream> {
 pub(crate) async fn serve<S: Stream, L: Borrow<Slot>>(
     mut stream: S,
     peer: SocketAddr,
-    transport: Transport,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     slot: L,
@@ -124,11 +129,11 @@ pub(crate) async fn serve<S: Stream, L: Borrow<Slot>>(
     let span = tracing::info_span!(
         "conn",
         %peer,
-        transport = transport.name(),
+        transport = S::TRANSPORT.name(),
         client = tracing::field::Empty
     );
     async move {
-        let _open = shared.transports.open(transport);
+        let _open = shared.transports.open(S::TRANSPORT);
         let started = Instant::now();
         if run(
             &mut stream,
@@ -710,16 +715,19 @@ impl Link<'_> {
                 Some(Close::TakenOver) => return Ok(LinkExit::taken_over()),
                 None => {}
             }
+            let sent = out.len();
             flush_keeping(stream, &mut out, more).await?;
+            shared.transports.sent(S::TRANSPORT, sent);
             more = false;
 
             tokio::select! {
                 r = stream.read_buf(&mut inbuf) => {
                     match r {
                         Ok(0) => return Ok(LinkExit::ended(End::Abnormal, Closing::Now)),
-                        Ok(_) => {
+                        Ok(n) => {
                             last_rx = Instant::now();
                             self.slot.touch();
+                            shared.transports.received(S::TRANSPORT, n);
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "read failed");

@@ -433,12 +433,7 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         match &certs {
             None => tracker.spawn(super::connection::serve(
-                stream,
-                peer,
-                super::shared::Transport::Tcp,
-                shared,
-                shutdown,
-                slot,
+                stream, peer, shared, shutdown, slot,
             )),
             Some(certs) => tracker.spawn(super::connection::serve_tls(
                 stream,

@@ -67,20 +67,43 @@ impl Transport {
     }
 }
 
-/// Open connections per transport, lock-free.
+/// Open connections and bytes after CONNECT per transport, lock-free.
 #[derive(Debug, Default)]
-pub(crate) struct Transports([AtomicU64; 5]);
+pub(crate) struct Transports {
+    open: [AtomicU64; 5],
+    received: [AtomicU64; 5],
+    sent: [AtomicU64; 5],
+}
 
 impl Transports {
     /// Counts one connection of `t` until the guard is dropped.
     pub(crate) fn open(&self, t: Transport) -> TransportGuard<'_> {
-        self.0[t as usize].fetch_add(1, Ordering::Relaxed);
+        self.open[t as usize].fetch_add(1, Ordering::Relaxed);
         TransportGuard(self, t)
+    }
+
+    /// `n` bytes read from a connected client of `t`.
+    pub(crate) fn received(&self, t: Transport, n: usize) {
+        self.received[t as usize].fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// `n` bytes written to a connected client of `t`.
+    pub(crate) fn sent(&self, t: Transport, n: usize) {
+        self.sent[t as usize].fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Open connections of each transport, in the order of [`Transport::ALL`].
     pub(crate) fn counts(&self) -> [u64; 5] {
-        std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed))
+        std::array::from_fn(|i| self.open[i].load(Ordering::Relaxed))
+    }
+
+    /// Bytes received and sent by each transport since start, in the order of
+    /// [`Transport::ALL`].
+    pub(crate) fn bytes(&self) -> ([u64; 5], [u64; 5]) {
+        (
+            std::array::from_fn(|i| self.received[i].load(Ordering::Relaxed)),
+            std::array::from_fn(|i| self.sent[i].load(Ordering::Relaxed)),
+        )
     }
 }
 
@@ -90,7 +113,7 @@ pub(crate) struct TransportGuard<'a>(&'a Transports, Transport);
 
 impl Drop for TransportGuard<'_> {
     fn drop(&mut self) {
-        (self.0).0[self.1 as usize].fetch_sub(1, Ordering::Relaxed);
+        self.0.open[self.1 as usize].fetch_sub(1, Ordering::Relaxed);
     }
 }
 

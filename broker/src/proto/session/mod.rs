@@ -28,7 +28,7 @@ mod outbound;
 mod spill;
 
 use crate::proto::message::Message;
-pub(crate) use outbound::write_packet;
+pub(crate) use outbound::{write_packet, SendSettings};
 pub(crate) use spill::decode_spilled;
 
 /// Bytes of PUBLISH packets one drain writes into a connection's outbound buffer before
@@ -248,6 +248,10 @@ pub(crate) struct Session {
     user: Option<Arc<str>>,
     /// Subscriptions by full filter (including any `$share/group/` prefix).
     subscriptions: HashMap<Arc<str>, Subscription>,
+    /// The filters of its `$json/` subscriptions (without the prefixes): a delivery
+    /// matching one has its sensor-event payload sent as JSON. Empty for almost every
+    /// session, which then pays nothing.
+    json_filters: Vec<Arc<str>>,
     /// Session Expiry Interval in seconds (`u32::MAX` = never).
     expiry_interval: u32,
     /// Deliveries not yet sent.
@@ -337,6 +341,7 @@ impl Session {
             client_id,
             user: None,
             subscriptions: HashMap::new(),
+            json_filters: Vec::new(),
             expiry_interval: 0,
             queue: DeliveryQueue::new(),
             retained_jobs: VecDeque::new(),
@@ -464,12 +469,27 @@ impl Session {
 
     /// Adds or replaces the subscription to `filter`; true when it replaced one.
     pub(crate) fn subscribe(&mut self, filter: Arc<str>, sub: Subscription) -> bool {
+        if let Some(inner) = super::subscribe::json_filter(&filter) {
+            if !self.json_filters.iter().any(|f| &**f == inner) {
+                self.json_filters.push(Arc::from(inner));
+            }
+        }
         self.subscriptions.insert(filter, sub).is_some()
     }
 
     /// Removes the subscription to `filter`; true when there was one.
     pub(crate) fn unsubscribe(&mut self, filter: &str) -> bool {
-        self.subscriptions.remove(filter).is_some()
+        let existed = self.subscriptions.remove(filter).is_some();
+        if existed && super::subscribe::json_filter(filter).is_some() {
+            // Another `$json/` subscription (shared or not) may hold the same filter.
+            let still: Vec<Arc<str>> = self
+                .subscriptions
+                .keys()
+                .filter_map(|k| super::subscribe::json_filter(k).map(Arc::from))
+                .collect();
+            self.json_filters = still;
+        }
+        existed
     }
 
     /// True when inbound QoS 2 packet id `id` is between PUBREC and PUBREL.

@@ -6,6 +6,15 @@ use super::*;
 use crate::proto::message::push_user_property;
 use mote_codec::PropList;
 
+/// What sending a session's queue needs from the broker's settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SendSettings<'a> {
+    /// Most outbound QoS 1/2 inflight (before the client's Receive Maximum).
+    pub(crate) max_inflight: u16,
+    /// Topic filters whose payloads are sensor events (for `$json/` subscriptions).
+    pub(crate) event_topics: &'a [String],
+}
+
 impl Session {
     /// The next free outbound packet id, never 0, skipping ids still inflight.
     pub(super) fn alloc_packet_id(&mut self) -> u16 {
@@ -20,7 +29,13 @@ impl Session {
 
     /// Re-sends the inflight window after a reconnect: PUBLISH with DUP for those not yet
     /// acknowledged, PUBREL for those released, in their original order.
-    pub(crate) fn resend_inflight(&mut self, out: &mut BytesMut, now: Instant, ev: EventSink<'_>) {
+    pub(crate) fn resend_inflight(
+        &mut self,
+        out: &mut BytesMut,
+        now: Instant,
+        event_topics: &[String],
+        ev: EventSink<'_>,
+    ) {
         let Some(link) = self.link.as_mut() else {
             return;
         };
@@ -35,7 +50,9 @@ impl Session {
                     // Onward delivery has begun, so even an expired message is re-sent
                     // with its packet id (MQTT-4.4.0-1; expiry only deletes copies whose
                     // delivery has not started, §3.3.2.3.3).
-                    match encode_publish(link, &inf.delivery, inf.packet_id, true, now, out) {
+                    let view = json_view(&self.json_filters, &inf.delivery, event_topics);
+                    let publish = (inf.packet_id, true, view.as_deref());
+                    match encode_publish(link, &inf.delivery, publish, now, out) {
                         Ok(()) => keep.push_back(inf),
                         Err(()) => {
                             self.drops.too_large += 1;
@@ -53,16 +70,17 @@ impl Session {
     pub(crate) fn drain(
         &mut self,
         out: &mut BytesMut,
-        limits: &QueueLimits,
+        settings: SendSettings<'_>,
         now: Instant,
         clock: Clock,
         durable: u64,
         ev: EventSink<'_>,
     ) -> bool {
+        let event_topics = settings.event_topics;
         let Some(link) = self.link.as_ref() else {
             return false;
         };
-        let window = usize::from(link.client_receive_max.min(limits.max_inflight).max(1));
+        let window = usize::from(link.client_receive_max.min(settings.max_inflight).max(1));
         loop {
             if self.queue.is_empty() {
                 self.refill(clock);
@@ -101,7 +119,8 @@ impl Session {
             // 3.1.1 consumer gets that it may have seen it before).
             // DUP is 0 on every QoS 0 PUBLISH (MQTT-3.3.1-2).
             let dup = d.attempts > 0 && d.qos != QoS::AtMostOnce;
-            match encode_publish(link, &d, packet_id, dup, now, out) {
+            let view = json_view(&self.json_filters, &d, event_topics);
+            match encode_publish(link, &d, (packet_id, dup, view.as_deref()), now, out) {
                 Ok(()) if d.qos != QoS::AtMostOnce => {
                     // A queue's delivery is journaled as the queue's, not this session's.
                     if d.dseq != 0 && d.queue.is_none() {
@@ -215,13 +234,28 @@ pub(crate) fn write_packet(out: &mut BytesMut, protocol: Protocol, packet: &Pack
     }
 }
 
+/// The payload a delivery is sent with instead of its own: the JSON view of a sensor
+/// event, for a session with a `$json/` subscription matching it (`None`: as published).
+fn json_view(json_filters: &[Arc<str>], d: &Delivery, event_topics: &[String]) -> Option<Vec<u8>> {
+    if json_filters.is_empty()
+        || !json_filters
+            .iter()
+            .any(|f| mote_codec::topic::matches(f, &d.msg.topic))
+    {
+        return None;
+    }
+    crate::json::is_event(d.msg.content_type.as_deref(), &d.msg.topic, event_topics)
+        .then(|| crate::json::event_view(&d.msg.payload))
+}
+
 /// Encodes one delivery as PUBLISH, applying topic aliases, the remaining message expiry,
-/// and the client's Maximum Packet Size. `Err(())` when it does not fit that limit.
+/// and the client's Maximum Packet Size. `(packet id, DUP, JSON view)`: the JSON view,
+/// when given, is sent as the payload, with content type `application/json`.
+/// `Err(())` when it does not fit that limit.
 fn encode_publish(
     link: &mut Link,
     d: &Delivery,
-    packet_id: u16,
-    dup: bool,
+    (packet_id, dup, view): (u16, bool, Option<&[u8]>),
     now: Instant,
     out: &mut BytesMut,
 ) -> Result<(), ()> {
@@ -242,6 +276,10 @@ fn encode_publish(
     if !users.is_empty() {
         props.user_properties = PropList::Wire(&users);
     }
+    if view.is_some() && v5 {
+        props.content_type = Some("application/json");
+        props.payload_format_indicator = Some(1);
+    }
     let mut topic: &str = &d.msg.topic;
     let mut new_alias = None;
     if v5 && link.client_alias_max > 0 {
@@ -261,7 +299,7 @@ fn encode_publish(
         topic,
         packet_id,
         properties: Properties::from(&props),
-        payload: &d.msg.payload,
+        payload: view.unwrap_or(&d.msg.payload),
     });
     // Larger than the client accepts: the caller drops it as if delivered (MQTT-3.1.2-25).
     if publish.encoded_len(link.protocol) > link.client_max_packet as usize {

@@ -24,7 +24,6 @@ use tokio::sync::{mpsc, oneshot};
 use super::HttpState;
 use crate::proto::session::write_packet;
 use crate::runtime::connection;
-use crate::runtime::shared::Transport;
 
 /// Bytes the pipe buffers in each direction.
 const PIPE_BYTES: usize = 256 * 1024;
@@ -196,7 +195,6 @@ impl Link {
         state.tracker.spawn(connection::serve(
             server,
             cfg.peer,
-            Transport::Internal,
             state.shared.clone(),
             state.shutdown.clone(),
             slot,

@@ -59,6 +59,24 @@ pub(super) async fn metrics(State(state): State<HttpState>) -> Response {
     for (t, n) in Transport::ALL.iter().zip(state.shared.transports.counts()) {
         let _ = writeln!(f.out, "mote_connections{{transport=\"{}\"}} {n}", t.name());
     }
+    let (received, sent) = state.shared.transports.bytes();
+    for (name, help, values) in [
+        (
+            "mote_received_bytes_total",
+            "Bytes received from connected clients, by transport.",
+            received,
+        ),
+        (
+            "mote_sent_bytes_total",
+            "Bytes sent to connected clients, by transport.",
+            sent,
+        ),
+    ] {
+        f.head(name, "counter", help);
+        for (t, n) in Transport::ALL.iter().zip(values) {
+            let _ = writeln!(f.out, "{name}{{transport=\"{}\"}} {n}", t.name());
+        }
+    }
     f.one(
         "mote_connections_pending",
         "gauge",

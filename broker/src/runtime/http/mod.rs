@@ -11,7 +11,6 @@
 //! - Credentials come from HTTP Basic authentication and are the MQTT user name and
 //!   password.
 
-mod event;
 mod link;
 mod metrics;
 mod publish;

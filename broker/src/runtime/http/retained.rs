@@ -13,9 +13,9 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::event::{render_payload, Format, EVENT_CONTENT_TYPE};
 use super::link::MsgProps;
 use super::{publish, ApiError, Conn, Credentials, HttpState};
+use crate::json::{is_event, render_payload, Format};
 use crate::proto::acl::{Access, Who};
 
 /// Default and largest page.
@@ -81,7 +81,11 @@ pub(super) async fn list(
                 correlation_data: m.correlation_data.clone(),
                 user_properties: m.user_property_pairs(),
             };
-            let is_event = props.content_type.as_deref() == Some(EVENT_CONTENT_TYPE);
+            let is_event = is_event(
+                props.content_type.as_deref(),
+                &m.topic,
+                &state.shared.config.mqtt.event_topics,
+            );
             o.insert("properties".into(), json!(props));
             render_payload(&m.payload, is_event, format, &mut o);
             Value::Object(o)

@@ -27,9 +27,9 @@ use mote_codec::QoS;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::event::{render_payload, Format, EVENT_CONTENT_TYPE};
 use super::link::{Incoming, Link, LinkConfig};
 use super::{link_error, ApiError, Conn, Credentials, HttpState};
+use crate::json::{is_event, render_payload, Format};
 
 /// Filters one stream may name.
 const MAX_FILTERS: usize = 100;
@@ -297,7 +297,7 @@ pub(super) async fn subscribe(
         reported_dropped: 0,
         max_events: cfg.sse_buffer,
         format,
-        event_topics: cfg.event_topics.clone(),
+        event_topics: state.shared.config.mqtt.event_topics.clone(),
         shutdown: state.shutdown.clone(),
     };
     let events = futures_util::stream::unfold(stream, |mut s| async move {
@@ -373,11 +373,11 @@ impl Stream {
     }
 
     fn render(&self, m: &Incoming) -> String {
-        let is_event = m.props.content_type.as_deref() == Some(EVENT_CONTENT_TYPE)
-            || self
-                .event_topics
-                .iter()
-                .any(|f| mote_codec::topic::matches(f, &m.topic));
+        let is_event = is_event(
+            m.props.content_type.as_deref(),
+            &m.topic,
+            &self.event_topics,
+        );
         let mut o = Map::new();
         o.insert("topic".into(), json!(m.topic));
         o.insert("qos".into(), json!(m.qos as u8));

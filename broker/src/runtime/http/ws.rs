@@ -49,7 +49,7 @@ pub(super) fn upgrade<L: Borrow<Slot> + Send + 'static>(
         .on_failed_upgrade(|e| tracing::info!(error = %e, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| async move {
             let stream = WsStream::new(socket);
-            connection::serve(stream, peer, Transport::Ws, shared, shutdown, slot).await;
+            connection::serve(stream, peer, shared, shutdown, slot).await;
         })
 }
 
@@ -162,6 +162,8 @@ impl AsyncWrite for WsStream {
 }
 
 impl Stream for WsStream {
+    const TRANSPORT: Transport = Transport::Ws;
+
     /// Bytes become frames only when flushed: always the waiting path.
     fn try_write_now(&mut self, _: &[u8]) -> io::Result<usize> {
         Err(io::ErrorKind::WouldBlock.into())

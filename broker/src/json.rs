@@ -1,5 +1,6 @@
 //! The JSON view of a device's `SensorEvent` (postcard bytes, `docs/sensor-event.md`),
-//! and of any other payload, for SSE and the HTTP API.
+//! and of any other payload: for SSE and the HTTP API, and for MQTT subscribers that
+//! opt in with a `$json/FILTER` subscription. Pure: no I/O.
 //!
 //! - A sensor event becomes `{"device","seq","timestamp_ms","channel","value":{"type","value"}}`;
 //!   integers beyond 2^53 (which JavaScript's numbers cannot hold) are strings.
@@ -15,6 +16,28 @@ pub(crate) const EVENT_CONTENT_TYPE: &str = "application/x-mote-event";
 
 /// Largest integer a JSON number carries exactly in JavaScript (2^53 - 1).
 const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Whether a message's payload is a `SensorEvent`: its MQTT 5 content type says so, or
+/// its topic matches one of `event_topics` (3.1.1 devices have no content type).
+pub(crate) fn is_event(content_type: Option<&str>, topic: &str, event_topics: &[String]) -> bool {
+    content_type == Some(EVENT_CONTENT_TYPE)
+        || event_topics
+            .iter()
+            .any(|f| mote_codec::topic::matches(f, topic))
+}
+
+/// The payload a `$json/` subscriber receives for a `SensorEvent`: the event as JSON, or
+/// `{"decode_error", "payload"}` (base64) when it does not decode.
+pub(crate) fn event_view(payload: &[u8]) -> Vec<u8> {
+    let v = match SensorEvent::decode(payload) {
+        Ok(e) => e.to_json(),
+        Err(e) => json!({
+            "decode_error": e.to_string(),
+            "payload": base64::engine::general_purpose::STANDARD.encode(payload),
+        }),
+    };
+    v.to_string().into_bytes()
+}
 
 /// How a payload is rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,8 +162,13 @@ impl SensorEvent {
             EventValue::Bool(b) => ("bool", json!(b)),
             EventValue::I32(v) => ("i32", json!(v)),
             EventValue::U32(v) => ("u32", json!(v)),
-            // NaN and infinities have no JSON number: as strings.
-            EventValue::F32(v) if v.is_finite() => ("f32", json!(v)),
+            // The shortest decimal that reads back as the same f32 (23.3, not the
+            // f64 widening 23.299999237060547); NaN and infinities have no JSON
+            // number: as strings.
+            EventValue::F32(v) if v.is_finite() => {
+                let shortest: f64 = v.to_string().parse().unwrap_or(f64::from(v));
+                ("f32", json!(shortest))
+            }
             EventValue::F32(v) => ("f32", json!(v.to_string())),
             EventValue::I64(v) => ("i64", signed(v)),
         };
@@ -207,7 +235,13 @@ mod tests {
     /// integration test that checks these against postcard itself) to JSON.
     #[test]
     fn golden_events() {
-        let cases: [(&[u8], Value); 6] = [
+        let cases: [(&[u8], Value); 7] = [
+            (
+                // 23.3f32 = 0x41ba6666: shown as 23.3, not as its f64 widening.
+                &[0x01, 0x01, 0x01, 0x01, 0x03, 0x66, 0x66, 0xba, 0x41],
+                json!({"device":1,"seq":1,"timestamp_ms":1,"channel":1,
+                       "value":{"type":"f32","value":23.3}}),
+            ),
             (
                 &[0x01, 0x05, 0xe8, 0x07, 0x02, 0x03, 0x00, 0x00, 0xac, 0x41],
                 json!({"device":1,"seq":5,"timestamp_ms":1000,"channel":2,
