@@ -221,6 +221,8 @@ enum Timer {
     Visible(Arc<str>, u64),
     /// The earliest delayed publish is due.
     Delayed,
+    /// A work queue's job (message id) refused with a retry delay goes back to its queue.
+    Retry(u64),
 }
 
 impl Core {
@@ -561,6 +563,9 @@ impl Core {
         }
         // `$SYS` belongs to the broker: clients may not publish into it.
         let persisted = s.persisted();
+        // `$queue/$nack/...`, `$queue/$touch/...`, `$queue/$credit/...`: a consumer's
+        // word about its own jobs, not a message (`proto/queues.rs`).
+        let control = topic.starts_with(queues::CONTROL_PREFIX);
         // `$delayed/SECONDS/TOPIC`: published to TOPIC later (`proto/delayed.rs`).
         let delay = match delayed::parse(&topic, now_secs) {
             None => None,
@@ -573,7 +578,7 @@ impl Core {
         // The access rules (docs/security.md): a refused PUBLISH is not routed. MQTT 5
         // says why (0x87); 3.1.1 has no refusal and acknowledges it as usual. A delayed
         // publish is a write of its target.
-        if let (Some(acl), true) = (&acl, code == reason::SUCCESS) {
+        if let (Some(acl), true) = (&acl, code == reason::SUCCESS && !control) {
             let who = acl::Who {
                 user: s.user().map(|u| &**u),
                 client,
@@ -585,7 +590,12 @@ impl Core {
                 code = reason::NOT_AUTHORIZED;
             }
         }
-        let routed = if code == reason::SUCCESS && !is_sys(&topic) {
+        let routed = if control {
+            if code == reason::SUCCESS {
+                code = self.queue_control(client, &topic, now);
+            }
+            1
+        } else if code == reason::SUCCESS && !is_sys(&topic) {
             let mid = self.mid();
             let msg = Arc::new(Message::from_publish(
                 mid,
@@ -854,6 +864,7 @@ impl Core {
                 Timer::Expiry(id) => self.end_session(&id, now, fx),
                 Timer::Visible(client, mid) => self.visibility_expired(&client, mid, now),
                 Timer::Delayed => self.release_delayed(now, fx),
+                Timer::Retry(mid) => self.retry_due(mid, now),
             }
         }
         // Retained messages leave in expiry order: no scan of the unexpired ones.

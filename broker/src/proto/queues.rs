@@ -29,6 +29,21 @@ pub(crate) const QUEUE_PREFIX: &str = "$queue/";
 // maxReceiveCount: a job that kills every worker that takes it must not take them all
 // down forever) and the visibility timeout are `[mqtt] queue_*` settings.
 
+/// Topics a consumer publishes to about its own jobs (queue names cannot start with `$`):
+/// - `$queue/$nack/PACKET_ID[/RETRY_AFTER]`: the job in flight as PACKET_ID is refused:
+///   back to its queue at once, or after RETRY_AFTER seconds (one attempt more). The
+///   consumer's PUBACK for it afterwards only frees the packet id.
+/// - `$queue/$touch/PACKET_ID[/SECONDS]`: its visibility timeout restarts, for SECONDS
+///   (default `queue_visibility_timeout_secs`); 0 is a nack.
+/// - `$queue/$credit/NAME/N`: the consumer of queue NAME pulls: at most N more jobs are
+///   sent to it until it grants more (a consumer that never grants is sent jobs as its
+///   window allows; one that subscribed with the v5 user property `mote-credit` starts
+///   with that credit).
+pub(crate) const CONTROL_PREFIX: &str = "$queue/$";
+
+/// The SUBSCRIBE user property that makes a queue consumer pull (its initial credit).
+pub(crate) const CREDIT_PROPERTY: &str = "mote-credit";
+
 /// What a queue's dead-letter queue is called: `NAME.dlq`.
 const DEAD_LETTER_SUFFIX: &str = ".dlq";
 
@@ -39,7 +54,11 @@ const POISON: u8 = reason::PAYLOAD_FORMAT_INVALID;
 /// 1 to 64 of `A-Z a-z 0-9 _ . -`.
 pub(crate) fn queue_of(topic: &str) -> Option<&str> {
     let rest = topic.strip_prefix(QUEUE_PREFIX)?;
-    let name = rest.split('/').next()?;
+    queue_of_name(rest.split('/').next()?)
+}
+
+/// `name` when it is a well-formed queue name.
+fn queue_of_name(name: &str) -> Option<&str> {
     let valid = (1..=64).contains(&name.len())
         && name
             .bytes()
@@ -60,6 +79,9 @@ pub(crate) struct Queues {
     due: Vec<Arc<str>>,
     /// Messages each queue sent to its dead-letter queue since the start.
     dead: HashMap<Arc<str>, u64>,
+    /// Jobs refused with a retry delay, by message id: their queue and the job, back at
+    /// `Timer::Retry`.
+    retrying: HashMap<u64, (Arc<str>, Delivery)>,
 }
 
 /// One consumer of a queue.
@@ -70,6 +92,9 @@ struct Consumer {
     qos: QoS,
     /// The queue's deliveries in its session, not yet acknowledged.
     outstanding: usize,
+    /// A pulling consumer's credit: jobs it may still be sent (`None`: it does not
+    /// pull, its window alone limits it).
+    credit: Option<u32>,
 }
 
 impl Queues {
@@ -188,15 +213,28 @@ impl Core {
     }
 
     /// `client` consumes queue `name` with granted `qos` (a SUBSCRIBE to `$queue/NAME`).
-    pub(super) fn add_consumer(&mut self, name: &str, client: &Arc<str>, qos: QoS, now: Instant) {
+    /// `credit`: it pulls, with this initial credit (`CREDIT_PROPERTY`).
+    pub(super) fn add_consumer(
+        &mut self,
+        name: &str,
+        client: &Arc<str>,
+        (qos, credit): (QoS, Option<u32>),
+        now: Instant,
+    ) {
         let id = self.open_queue(name, now);
         let consumers = self.queues.map.entry(id.clone()).or_default();
         match consumers.iter_mut().find(|c| &c.client == client) {
-            Some(c) => c.qos = qos,
+            Some(c) => {
+                c.qos = qos;
+                if credit.is_some() {
+                    c.credit = credit;
+                }
+            }
             None => consumers.push(Consumer {
                 client: client.clone(),
                 qos,
                 outstanding: 0,
+                credit,
             }),
         }
         self.queues.due.push(id);
@@ -251,6 +289,9 @@ impl Core {
                     continue;
                 };
                 let window = prefetch.min(usize::from(link.client_receive_max.max(1)));
+                if c.credit == Some(0) {
+                    continue;
+                }
                 if c.outstanding < window && pick.map_or(true, |(_, n)| c.outstanding < n) {
                     pick = Some((i, c.outstanding));
                 }
@@ -269,6 +310,9 @@ impl Core {
                 break;
             };
             c.outstanding += 1;
+            if let Some(credit) = &mut c.credit {
+                *credit -= 1;
+            }
             d.qos = d.qos.min(c.qos);
             d.queue = Some(id.clone());
             d.lsn = 0;
@@ -395,6 +439,128 @@ impl Core {
         }
         self.put_back(&id, vec![d], now);
         self.dispatch_due(now);
+    }
+
+    /// A consumer's control publish (`CONTROL_PREFIX`): the PUBACK's reason code. 0x90
+    /// for a malformed topic, 0x80 when it names no job or queue of this consumer.
+    pub(super) fn queue_control(&mut self, client: &Arc<str>, topic: &str, now: Instant) -> u8 {
+        let rest = &topic[CONTROL_PREFIX.len()..];
+        let mut parts = rest.split('/');
+        let (verb, target, arg) = (parts.next(), parts.next(), parts.next());
+        let secs = match arg.map(str::parse::<u32>) {
+            None => None,
+            Some(Ok(n)) => Some(n),
+            Some(Err(_)) => return reason::TOPIC_NAME_INVALID,
+        };
+        if parts.next().is_some() {
+            return reason::TOPIC_NAME_INVALID;
+        }
+        let packet_id = target
+            .and_then(|t| t.parse::<u16>().ok())
+            .filter(|&p| p != 0);
+        let done = match (verb, packet_id) {
+            (Some("nack"), Some(pid)) => self.nack_job(client, pid, secs.unwrap_or(0), now),
+            (Some("touch"), Some(pid)) => {
+                let default = self.cfg.queue_visibility_timeout_secs;
+                match secs.map_or(default, u64::from) {
+                    0 => self.nack_job(client, pid, 0, now),
+                    s => self.touch_job(client, pid, Duration::from_secs(s), now),
+                }
+            }
+            (Some("credit"), _) => match (target.and_then(queue_of_name), secs) {
+                (Some(name), Some(n)) => self.grant_credit(client, name, n, now),
+                _ => return reason::TOPIC_NAME_INVALID,
+            },
+            _ => return reason::TOPIC_NAME_INVALID,
+        };
+        if done {
+            reason::SUCCESS
+        } else {
+            reason::UNSPECIFIED_ERROR
+        }
+    }
+
+    /// `$queue/$nack/PACKET_ID[/RETRY_AFTER]`.
+    fn nack_job(
+        &mut self,
+        client: &Arc<str>,
+        packet_id: u16,
+        retry_after: u32,
+        now: Instant,
+    ) -> bool {
+        let Some(d) = self
+            .sessions
+            .get_mut(client)
+            .and_then(|s| s.refuse_queue_job(packet_id))
+        else {
+            return false;
+        };
+        let Some(id) = d.queue.clone() else {
+            return false;
+        };
+        tracing::debug!(client = %client, queue = %id, retry_after, "job refused by its consumer");
+        self.timers
+            .cancel(&Timer::Visible(client.clone(), d.msg.mid));
+        if retry_after == 0 {
+            self.put_back(&id, vec![d], now);
+            self.dispatch_due(now);
+        } else {
+            let mid = d.msg.mid;
+            self.queues.retrying.insert(mid, (id, d));
+            let due = now + Duration::from_secs(u64::from(retry_after));
+            self.timers.set(Timer::Retry(mid), due);
+        }
+        true
+    }
+
+    /// `$queue/$touch/PACKET_ID[/SECONDS]`: the job's visibility timeout starts again.
+    fn touch_job(
+        &mut self,
+        client: &Arc<str>,
+        packet_id: u16,
+        for_: Duration,
+        now: Instant,
+    ) -> bool {
+        let Some(mid) = self
+            .sessions
+            .get(client)
+            .and_then(|s| s.queue_job_in_flight(packet_id))
+        else {
+            return false;
+        };
+        self.timers
+            .set(Timer::Visible(client.clone(), mid), now + for_);
+        true
+    }
+
+    /// `$queue/$credit/NAME/N`: `client`, a consumer of NAME, may be sent N more jobs.
+    fn grant_credit(&mut self, client: &Arc<str>, name: &str, n: u32, now: Instant) -> bool {
+        let id = store_id(name);
+        let Some(c) = self
+            .queues
+            .map
+            .get_mut(&id)
+            .and_then(|cs| cs.iter_mut().find(|c| &c.client == client))
+        else {
+            return false;
+        };
+        c.credit = Some(n);
+        self.queues.due.push(id);
+        self.dispatch_due(now);
+        true
+    }
+
+    /// A job refused with a retry delay goes back to its queue.
+    pub(super) fn retry_due(&mut self, mid: u64, now: Instant) {
+        if let Some((id, d)) = self.queues.retrying.remove(&mid) {
+            self.put_back(&id, vec![d], now);
+            self.dispatch_due(now);
+        }
+    }
+
+    /// Jobs waiting out a retry delay, with their queue (for snapshots).
+    pub(super) fn retrying_jobs(&self) -> impl Iterator<Item = (&Arc<str>, &Delivery)> {
+        self.queues.retrying.values().map(|(q, d)| (q, d))
     }
 
     /// Moves a message of queue `id` to the queue `NAME.dlq`: enqueued there (journaled),

@@ -67,7 +67,7 @@ impl Core {
         }
         // Work queues (their own sessions came back above) and their consumers.
         for (name, client, qos) in consumers {
-            self.add_consumer(&name, &client, qos, now);
+            self.add_consumer(&name, &client, (qos, None), now);
         }
         let queue_ids: Vec<String> = index
             .sessions
@@ -172,7 +172,9 @@ impl Core {
         // into their queue, whatever the consumer's session (a clean one included).
         let mut queue_held = Vec::new();
         for s in self.sessions.values() {
-            let inflight = s.inflight().map(|i| &i.delivery);
+            // A stale entry's copy is back in its queue (or waiting out a retry delay),
+            // written from there.
+            let inflight = s.inflight().filter(|i| !i.stale).map(|i| &i.delivery);
             for d in inflight.chain(s.queued()) {
                 if let (Some(q), true) = (&d.queue, d.dseq != 0) {
                     let mut d = d.clone();
@@ -180,6 +182,12 @@ impl Core {
                     queue_held.push((q.clone(), d));
                 }
             }
+        }
+        // Jobs waiting out a retry delay are still their queue's.
+        for (q, d) in self.retrying_jobs() {
+            let mut d = d.clone();
+            d.qos = QoS::AtLeastOnce;
+            queue_held.push((q.clone(), d));
         }
         // Delayed publishes wait outside their store session's queue: written back into it.
         let delayed_id: Arc<str> = Arc::from(delayed::STORE_ID);

@@ -163,8 +163,15 @@ impl Core {
         for rec in records {
             self.log(rec, Why::Subscription);
         }
+        // A consumer that pulls says so with its initial credit (v5 user property).
+        let credit = sub
+            .properties
+            .user_properties()
+            .iter()
+            .find(|(k, _)| *k == queues::CREDIT_PROPERTY)
+            .and_then(|(_, v)| v.parse::<u32>().ok());
         for (name, qos) in consumes {
-            self.add_consumer(&name, client, qos, now);
+            self.add_consumer(&name, client, (qos, credit), now);
         }
         let ack = SubAck {
             packet_id: sub.packet_id,

@@ -162,8 +162,9 @@ pub(crate) struct Inflight {
     pub(crate) delivery: Delivery,
     /// Where the flow stands.
     pub(crate) phase: Phase,
-    /// A work queue's job whose visibility timeout ran out: a copy went back to the
-    /// queue, and this entry only waits for the client's PUBACK to free its packet id
+    /// A work queue's job whose visibility timeout ran out, or that the consumer
+    /// refused (`$queue/$nack`): a copy went back to the queue (or waits out a retry
+    /// delay), and this entry only waits for the client's PUBACK to free its packet id
     /// (that PUBACK acknowledges nothing).
     pub(crate) stale: bool,
 }
@@ -630,6 +631,35 @@ impl Session {
             .into_iter()
             .next()
             .map(|d| (d, false))
+    }
+
+    /// The work queue's job in flight as `packet_id`, refused by the consumer
+    /// (`$queue/$nack`): its entry stays, stale, until the client's PUBACK frees the
+    /// packet id, and a copy (one attempt more) is returned.
+    pub(crate) fn refuse_queue_job(&mut self, packet_id: u16) -> Option<Delivery> {
+        let i = self.inflight.iter_mut().find(|i| {
+            i.packet_id == packet_id
+                && i.phase == Phase::Published
+                && i.delivery.queue.is_some()
+                && !i.stale
+        })?;
+        i.stale = true;
+        let mut d = i.delivery.clone();
+        d.attempts += 1;
+        Some(d)
+    }
+
+    /// The message id of the work queue's job in flight as `packet_id`.
+    pub(crate) fn queue_job_in_flight(&self, packet_id: u16) -> Option<u64> {
+        self.inflight
+            .iter()
+            .find(|i| {
+                i.packet_id == packet_id
+                    && i.phase == Phase::Published
+                    && i.delivery.queue.is_some()
+                    && !i.stale
+            })
+            .map(|i| i.delivery.msg.mid)
     }
 
     /// Takes back the work-queue delivery in flight as `packet_id` (a consumer refused it:

@@ -407,3 +407,171 @@ fn a_lone_consumer_gets_its_timed_out_job_again_and_the_copy_keeps_its_timeout()
     ack(&mut core, &mut w, second[0].3, t2);
     assert_eq!(core.queue_stats()[0].1.inflight, 0);
 }
+
+/// Publishes a consumer's control topic at QoS 1 and returns the PUBACK's reason code
+/// (other packets stay in `c.out`).
+fn control(core: &mut Core, c: &mut Client, topic: &str, now: Instant) -> u8 {
+    let p = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic,
+        packet_id: 999,
+        properties: Properties::default(),
+        payload: b"",
+    });
+    send(core, c, &p, now).unwrap();
+    let bytes = c.out.split().to_vec();
+    let mut code = None;
+    let mut rest = BytesMut::new();
+    each_packet(&bytes, c.protocol, |p| match p {
+        Packet::PubAck(a) if a.packet_id == 999 => code = Some(a.reason),
+        p => p.encode_to(c.protocol, &mut rest).unwrap(),
+    });
+    c.out = rest;
+    code.expect("a PUBACK")
+}
+
+#[test]
+fn control_topics_nack_retry_touch_and_malformed() {
+    let mut core = core();
+    let t0 = Instant::now();
+    let mut w = connect(&mut core, Protocol::V5, "worker", true, None, t0);
+    subscribe(
+        &mut core,
+        &mut w,
+        &[("$queue/jobs", q(QoS::AtLeastOnce))],
+        None,
+        t0,
+    );
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, t0);
+    enqueue(&mut core, &mut p, "$queue/jobs", 3, t0);
+    let got = received(&mut core, &mut w, t0);
+    let names: Vec<String> = got.iter().map(payload).collect();
+    assert_eq!(names, ["job-0", "job-1", "job-2"]);
+    let pid = |i: usize| got[i].3;
+
+    // Malformed or naming nothing of this consumer.
+    assert_eq!(control(&mut core, &mut w, "$queue/$nack/abc", t0), 0x90);
+    assert_eq!(control(&mut core, &mut w, "$queue/$nack/1/2/3", t0), 0x90);
+    assert_eq!(control(&mut core, &mut w, "$queue/$frob/1", t0), 0x90);
+    assert_eq!(control(&mut core, &mut w, "$queue/$nack/4242", t0), 0x80);
+    assert_eq!(
+        control(&mut core, &mut p, &format!("$queue/$nack/{}", pid(0)), t0),
+        0x80
+    );
+
+    // A nack: the job comes back at once (to the only consumer), flagged DUP; the PUBACK
+    // that follows the nack acknowledges nothing.
+    assert_eq!(
+        control(&mut core, &mut w, &format!("$queue/$nack/{}", pid(0)), t0),
+        0
+    );
+    ack(&mut core, &mut w, pid(0), t0);
+    let again = received(&mut core, &mut w, t0);
+    assert_eq!(again.iter().map(payload).collect::<Vec<_>>(), ["job-0"]);
+    assert!(again[0].4, "DUP");
+    ack(&mut core, &mut w, again[0].3, t0);
+
+    // A nack with a retry delay: back after 30 s, not before.
+    assert_eq!(
+        control(
+            &mut core,
+            &mut w,
+            &format!("$queue/$nack/{}/30", pid(1)),
+            t0
+        ),
+        0
+    );
+    ack(&mut core, &mut w, pid(1), t0);
+    let mut fx = Effects::default();
+    let t29 = t0 + Duration::from_secs(29);
+    core.handle_timeout(t29, &mut fx);
+    assert!(
+        received(&mut core, &mut w, t29).is_empty(),
+        "not before its delay"
+    );
+    let t31 = t0 + Duration::from_secs(31);
+    core.handle_timeout(t31, &mut fx);
+    let back = received(&mut core, &mut w, t31);
+    assert_eq!(back.iter().map(payload).collect::<Vec<_>>(), ["job-1"]);
+
+    // A touch keeps job-2 past the default visibility timeout; job-1 (untouched) comes
+    // back when its own runs out.
+    let t1 = t0 + visibility() - Duration::from_secs(1);
+    assert_eq!(
+        control(
+            &mut core,
+            &mut w,
+            &format!("$queue/$touch/{}/600", pid(2)),
+            t1
+        ),
+        0
+    );
+    let late = t31 + visibility();
+    core.handle_timeout(late, &mut fx);
+    let timed_out = received(&mut core, &mut w, late);
+    assert_eq!(timed_out.iter().map(payload).collect::<Vec<_>>(), ["job-1"]);
+    // job-2 is still held; acknowledging it deletes it.
+    ack(&mut core, &mut w, pid(2), late);
+    ack(&mut core, &mut w, back[0].3, late);
+    ack(&mut core, &mut w, timed_out[0].3, late);
+    let stats = core.queue_stats();
+    assert_eq!((stats[0].1.depth, stats[0].1.inflight), (0, 0));
+    let much_later = t1 + Duration::from_secs(700);
+    core.handle_timeout(much_later, &mut fx);
+    assert!(received(&mut core, &mut w, much_later).is_empty());
+}
+
+#[test]
+fn a_pulling_consumer_gets_only_what_it_granted() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut c = connect(&mut core, Protocol::V5, "puller", true, None, now);
+    let users = [(queues::CREDIT_PROPERTY, "0")];
+    let entries = [SubscribeFilter {
+        filter: "$queue/jobs",
+        options: q(QoS::AtLeastOnce),
+    }];
+    let sub = Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::Values(&PropValues {
+            user_properties: PropList::Slice(&users),
+            ..PropValues::default()
+        }),
+        filters: List::Slice(&entries),
+    });
+    send(&mut core, &mut c, &sub, now).unwrap();
+    c.out.clear();
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    enqueue(&mut core, &mut p, "$queue/jobs", 5, now);
+    assert!(
+        received(&mut core, &mut c, now).is_empty(),
+        "no credit, nothing sent"
+    );
+    assert_eq!(control(&mut core, &mut c, "$queue/$credit/jobs/2", now), 0);
+    let got = received(&mut core, &mut c, now);
+    assert_eq!(
+        got.iter().map(payload).collect::<Vec<_>>(),
+        ["job-0", "job-1"]
+    );
+    for m in &got {
+        ack(&mut core, &mut c, m.3, now);
+    }
+    assert!(
+        received(&mut core, &mut c, now).is_empty(),
+        "acknowledging grants nothing"
+    );
+    assert_eq!(control(&mut core, &mut c, "$queue/$credit/jobs/1", now), 0);
+    let got = received(&mut core, &mut c, now);
+    assert_eq!(got.iter().map(payload).collect::<Vec<_>>(), ["job-2"]);
+    // Credit names a queue this client consumes.
+    assert_eq!(
+        control(&mut core, &mut c, "$queue/$credit/other/1", now),
+        0x80
+    );
+    assert_eq!(
+        control(&mut core, &mut c, "$queue/$credit/bad name/1", now),
+        0x90
+    );
+}

@@ -126,7 +126,10 @@ impl AsyncRead for WsStream {
                 }
                 // Pongs to pings are queued by the WebSocket itself.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => this.eof = true,
+                // The reply Close frame is queued by the WebSocket and goes out on the
+                // next poll, which then ends the stream (RFC 6455 §5.5.1).
+                Some(Ok(Message::Close(_))) => {}
+                None => this.eof = true,
                 Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
             }
         }
