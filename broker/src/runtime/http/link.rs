@@ -144,12 +144,16 @@ pub(crate) struct PublishAck {
     pub(crate) reason_string: Option<String>,
 }
 
+/// A SUBSCRIBE: filters with their QoS, and v5 user properties.
+#[derive(Debug, Default)]
+pub(crate) struct Subscription {
+    pub(crate) filters: Vec<(String, QoS)>,
+    pub(crate) user_properties: Vec<(String, String)>,
+}
+
 enum Cmd {
     Publish(OutMessage, oneshot::Sender<Result<PublishAck, LinkError>>),
-    Subscribe(
-        Vec<(String, QoS)>,
-        oneshot::Sender<Result<Vec<u8>, LinkError>>,
-    ),
+    Subscribe(Subscription, oneshot::Sender<Result<Vec<u8>, LinkError>>),
     Ack(u16),
 }
 
@@ -173,7 +177,7 @@ impl std::fmt::Debug for Cmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Cmd::Publish(m, _) => write!(f, "Publish({})", m.topic),
-            Cmd::Subscribe(fs, _) => write!(f, "Subscribe({})", fs.len()),
+            Cmd::Subscribe(sub, _) => write!(f, "Subscribe({})", sub.filters.len()),
             Cmd::Ack(id) => write!(f, "Ack({id})"),
         }
     }
@@ -280,13 +284,10 @@ impl Link {
     }
 
     /// Subscribes; answers the SUBACK's reason codes.
-    pub(crate) async fn subscribe(
-        &self,
-        filters: Vec<(String, QoS)>,
-    ) -> Result<Vec<u8>, LinkError> {
+    pub(crate) async fn subscribe(&self, sub: Subscription) -> Result<Vec<u8>, LinkError> {
         let (tx, rx) = oneshot::channel();
         self.cmds
-            .send(Cmd::Subscribe(filters, tx))
+            .send(Cmd::Subscribe(sub, tx))
             .await
             .map_err(|_| LinkError::Closed)?;
         rx.await.map_err(|_| LinkError::Closed)?
@@ -420,9 +421,19 @@ impl Driver {
                     self.waiting.insert(packet_id, Waiting::PubAck(reply));
                 }
             }
-            Cmd::Subscribe(filters, reply) => {
+            Cmd::Subscribe(sub, reply) => {
                 let packet_id = self.packet_id();
-                let list: Vec<SubscribeFilter<'_>> = filters
+                let user: Vec<(&str, &str)> = sub
+                    .user_properties
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let props = PropValues {
+                    user_properties: PropList::Slice(&user),
+                    ..PropValues::default()
+                };
+                let list: Vec<SubscribeFilter<'_>> = sub
+                    .filters
                     .iter()
                     .map(|(f, qos)| SubscribeFilter {
                         filter: f,
@@ -431,7 +442,7 @@ impl Driver {
                     .collect();
                 let packet = Packet::Subscribe(Subscribe {
                     packet_id,
-                    properties: Properties::default(),
+                    properties: Properties::from(&props),
                     filters: mote_codec::List::Slice(&list),
                 });
                 write_packet(&mut self.out, Protocol::V5, &packet);

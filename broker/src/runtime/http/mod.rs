@@ -14,6 +14,7 @@
 mod link;
 mod metrics;
 mod publish;
+mod queues;
 mod retained;
 mod sse;
 mod ws;
@@ -54,6 +55,7 @@ pub(crate) struct HttpState {
     pub(crate) started: Instant,
     publishers: Arc<publish::Publishers>,
     sse: Arc<sse::Sessions>,
+    workers: Arc<queues::Workers>,
 }
 
 /// The socket a request came on.
@@ -190,6 +192,7 @@ pub(crate) async fn serve(
     let state = HttpState {
         publishers: Arc::new(publish::Publishers::new(&shared.config.http)),
         sse: Arc::new(sse::Sessions::default()),
+        workers: Arc::new(queues::Workers::default()),
         shared,
         table,
         tracker: tracker.clone(),
@@ -268,7 +271,17 @@ fn router(state: HttpState) -> Router {
         .route("/api/v1/publish/{*topic}", post(publish::publish_raw))
         .route("/api/v1/subscribe", get(sse::subscribe))
         .route("/api/v1/retained", get(retained::list))
-        .route("/api/v1/retained/{*topic}", delete(retained::remove));
+        .route("/api/v1/retained/{*topic}", delete(retained::remove))
+        .route("/api/v1/queues/{name}/messages", post(queues::send))
+        .route("/api/v1/queues/{name}/receive", post(queues::receive))
+        .route(
+            "/api/v1/queues/{name}/messages/{receipt}",
+            delete(queues::delete),
+        )
+        .route(
+            "/api/v1/queues/{name}/messages/{receipt}/visibility",
+            post(queues::visibility),
+        );
     for path in &state.shared.config.http.ws_paths {
         r = r.route(path, get(mqtt_ws));
     }

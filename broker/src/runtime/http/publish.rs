@@ -356,6 +356,17 @@ impl Publishers {
         }
     }
 
+    /// Publishes a work queue's job (the answer as for a publish).
+    pub(super) async fn send_job(
+        &self,
+        state: &HttpState,
+        creds: &Credentials,
+        conn: &Conn,
+        m: OutMessage,
+    ) -> Response {
+        self.publish(state, creds, conn, m).await.response(false)
+    }
+
     /// Publishes, or replays the answer remembered for `key`.
     async fn publish_once(
         &self,

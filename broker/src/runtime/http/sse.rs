@@ -27,7 +27,7 @@ use mote_codec::QoS;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::link::{Incoming, Link, LinkConfig};
+use super::link::{Incoming, Link, LinkConfig, Subscription};
 use super::{link_error, ApiError, Conn, Credentials, HttpState};
 use crate::json::{is_event, render_payload, Format};
 
@@ -244,8 +244,11 @@ pub(super) async fn subscribe(
     let link = Link::connect(&state, link_cfg, Some(tx))
         .await
         .map_err(|e| link_error(&e))?;
-    let filters: Vec<(String, QoS)> = p.filters.iter().map(|f| (f.clone(), qos)).collect();
-    match link.subscribe(filters).await {
+    let sub = Subscription {
+        filters: p.filters.iter().map(|f| (f.clone(), qos)).collect(),
+        user_properties: Vec::new(),
+    };
+    match link.subscribe(sub).await {
         Ok(codes) if codes.iter().all(|&c| c < 0x80) => {}
         Ok(codes) => {
             let refused: Vec<Value> = p
