@@ -184,6 +184,9 @@ pub struct HttpConfig {
     /// Events an SSE client may have waiting before the oldest QoS 0 ones are dropped
     /// (and a `dropped` event says how many). Default 1000.
     pub sse_buffer: usize,
+    /// Payload bytes an SSE client may have waiting before QoS 0 messages are dropped
+    /// (beside `sse_buffer`, which counts them). Default 4 MiB.
+    pub sse_buffer_bytes: usize,
     /// Seconds between keep-alive comments on an idle SSE stream. Default 15.
     pub sse_keepalive_secs: u64,
     /// Unacknowledged messages an SSE client with a named session holds at once (its
@@ -203,6 +206,7 @@ impl Default for HttpConfig {
             listen: None,
             ws_paths: vec!["/mqtt".to_owned(), "/".to_owned()],
             sse_buffer: 1000,
+            sse_buffer_bytes: 4 * 1024 * 1024,
             sse_keepalive_secs: 15,
             sse_window: 100,
             idempotency_keys: 10_000,

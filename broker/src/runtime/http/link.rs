@@ -8,7 +8,7 @@
 //! through a channel, deliveries come out through another.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +65,9 @@ pub(crate) struct LinkConfig {
     pub(crate) receive_maximum: u16,
     /// The HTTP client, for the broker's logs.
     pub(crate) peer: SocketAddr,
+    /// Payload bytes of deliveries waiting for the reader beyond which QoS 0 ones are
+    /// dropped (the delivery channel bounds their count).
+    pub(crate) max_buffered_bytes: usize,
 }
 
 /// The properties of a message the HTTP API reads and writes.
@@ -171,6 +174,8 @@ pub(crate) struct Link {
     cmds: mpsc::Sender<Cmd>,
     /// QoS 0 deliveries dropped because the reader's buffer was full.
     dropped: Arc<AtomicU64>,
+    /// Payload bytes delivered and not yet taken by the reader ([`Link::taken`]).
+    buffered: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -255,6 +260,7 @@ impl Link {
             .map_err(|_| LinkError::Closed)??;
         let (tx, rx) = mpsc::channel(64);
         let dropped = Arc::new(AtomicU64::new(0));
+        let buffered = Arc::new(AtomicUsize::new(0));
         let driver = Driver {
             io,
             buf,
@@ -266,10 +272,16 @@ impl Link {
             max_packet,
             deliveries,
             dropped: dropped.clone(),
+            buffered: buffered.clone(),
+            max_buffered: cfg.max_buffered_bytes,
         };
         let ping = (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive)) / 2);
         state.tracker.spawn(driver.run(rx, ping));
-        Ok(Link { cmds: tx, dropped })
+        Ok(Link {
+            cmds: tx,
+            dropped,
+            buffered,
+        })
     }
 
     /// Publishes `m`; answers once the broker acknowledged it (QoS 1/2: durable), or at
@@ -301,6 +313,11 @@ impl Link {
             .map_err(|_| LinkError::Closed)
     }
 
+    /// The reader took a delivery of `payload_len` bytes off the channel.
+    pub(crate) fn taken(&self, payload_len: usize) {
+        self.buffered.fetch_sub(payload_len, Ordering::Relaxed);
+    }
+
     /// QoS 0 deliveries dropped so far because the reader was behind.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -326,6 +343,8 @@ struct Driver {
     max_packet: u32,
     deliveries: Option<mpsc::Sender<Incoming>>,
     dropped: Arc<AtomicU64>,
+    buffered: Arc<AtomicUsize>,
+    max_buffered: usize,
 }
 
 impl Driver {
@@ -536,14 +555,20 @@ impl Driver {
             packet_id: p.packet_id,
             props: MsgProps::read(&p.properties),
         };
+        let len = m.payload.len();
         if p.qos == QoS::AtMostOnce {
-            if tx.try_send(m).is_err() {
+            let full =
+                self.buffered.load(Ordering::Relaxed).saturating_add(len) > self.max_buffered;
+            if full || tx.try_send(m).is_err() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.buffered.fetch_add(len, Ordering::Relaxed);
             }
             Ok(())
         } else {
             // Bounded by the link's Receive Maximum: the broker sends no more QoS 1
             // deliveries until the reader acknowledges some.
+            self.buffered.fetch_add(len, Ordering::Relaxed);
             tx.send(m).await.map_err(|_| ())
         }
     }

@@ -319,6 +319,7 @@ impl Publishers {
             password: creds.password.clone(),
             receive_maximum: 1,
             peer: conn.peer,
+            max_buffered_bytes: usize::MAX,
         };
         let link = Link::connect(state, cfg, None).await?;
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
@@ -411,22 +412,34 @@ impl Publishers {
                 "this Idempotency-Key was used for another request",
             );
         }
-        let mut first = false;
-        let got = entry
-            .answer
-            .get_or_try_init(|| async {
-                first = true;
-                let a = self.publish(state, creds, conn, m).await;
-                if a.is_final() {
-                    Ok(a)
-                } else {
-                    Err(a)
-                }
-            })
-            .await;
-        match got {
-            Ok(a) => a.response(!first),
-            Err(a) => a.response(false),
+        // In a task of its own: a requester that goes away mid-publish does not cancel
+        // it, and its answer is kept for the retry.
+        let (st, cr, cn) = (state.clone(), creds.clone(), conn.clone());
+        let task = state.tracker.spawn(async move {
+            let mut first = false;
+            let got = entry
+                .answer
+                .get_or_try_init(|| async {
+                    first = true;
+                    let a = st.publishers.publish(&st, &cr, &cn, m).await;
+                    if a.is_final() {
+                        Ok(a)
+                    } else {
+                        Err(a)
+                    }
+                })
+                .await
+                .cloned();
+            (got, first)
+        });
+        match task.await {
+            Ok((Ok(a), first)) => a.response(!first),
+            Ok((Err(a), _)) => a.response(false),
+            Err(_) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "the publish failed unexpectedly",
+            ),
         }
     }
 }

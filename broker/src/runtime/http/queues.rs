@@ -119,6 +119,7 @@ impl Workers {
             password: creds.password.clone(),
             receive_maximum: WINDOW,
             peer: conn.peer,
+            max_buffered_bytes: usize::MAX,
         };
         let link = Link::connect(state, cfg, Some(tx))
             .await
@@ -360,7 +361,10 @@ pub(super) async fn receive(
     let mut got: Vec<Incoming> = Vec::new();
     while got.len() < max {
         match rx.try_recv() {
-            Ok(m) => got.push(m),
+            Ok(m) => {
+                w.link.taken(m.payload.len());
+                got.push(m);
+            }
             Err(_) => break,
         }
     }
@@ -378,7 +382,10 @@ pub(super) async fn receive(
             };
             tokio::select! {
                 m = rx.recv() => match m {
-                    Some(m) => got.push(m),
+                    Some(m) => {
+                        w.link.taken(m.payload.len());
+                        got.push(m);
+                    }
                     None => return Err(link_error(&super::link::LinkError::Closed)),
                 },
                 _ = tokio::time::sleep_until(until) => break,

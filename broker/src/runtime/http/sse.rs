@@ -240,6 +240,7 @@ pub(super) async fn subscribe(
         password: creds.password.clone(),
         receive_maximum: cfg.sse_window,
         peer: conn.peer,
+        max_buffered_bytes: cfg.sse_buffer_bytes,
     };
     let link = Link::connect(&state, link_cfg, Some(tx))
         .await
@@ -351,6 +352,7 @@ impl Stream {
             m = self.rx.recv() => m?,
             _ = self.shutdown.cancelled() => return None,
         };
+        self.link.taken(m.payload.len());
         let data: Arc<str> = self.render(&m).into();
         // Acknowledged as it is handed to the socket; a resume replays from the ring
         // what the reader may not have received.
