@@ -136,6 +136,103 @@ pub struct Config {
     /// Default none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listener: Vec<ListenerConfig>,
+    /// Section `[queues]`: work queues in general (see `docs/queues.md`).
+    pub queues: QueuesConfig,
+    /// Sections `[queue.NAME]`: declared work queues and their settings. Default none.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub queue: std::collections::BTreeMap<String, QueueDecl>,
+}
+
+/// Section `[queues]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueuesConfig {
+    /// A queue used before it is declared (a PUBLISH to `$queue/NAME`, a SUBSCRIBE to
+    /// it) is created with the defaults. When `false`, undeclared queues do not exist: a
+    /// PUBLISH there reaches nobody (MQTT 5: PUBACK 0x10) and a SUBSCRIBE is refused.
+    /// Default `true`.
+    pub auto_create: bool,
+}
+
+impl Default for QueuesConfig {
+    fn default() -> Self {
+        QueuesConfig { auto_create: true }
+    }
+}
+
+/// What a full work queue does with one more message.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// The publisher is refused (MQTT 5: PUBACK 0x97 Quota exceeded).
+    #[default]
+    RejectPublish,
+    /// The oldest waiting message is deleted to make room.
+    DropOldest,
+    /// The oldest waiting message moves to the dead-letter queue `NAME.dlq`.
+    DeadLetter,
+}
+
+/// A work queue's declaration: `[queue.NAME]` in TOML, or the JSON body of a PUBLISH
+/// to `$admin/queue/NAME` (same keys). Absent keys take the defaults (docs/queues.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueDecl {
+    /// The queue also collects every PUBLISH whose topic matches this filter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Seconds a message is kept before it is deleted unconsumed (SQS
+    /// MessageRetentionPeriod). Default 345600 (4 days); 0 = forever.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<u64>,
+    /// Seconds a new message waits before it can be consumed (SQS DelaySeconds).
+    /// Default 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<u32>,
+    /// Seconds a consumer may hold a message unacknowledged. Default
+    /// `mqtt.queue_visibility_timeout_secs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visibility_timeout: Option<u64>,
+    /// Deliveries before a message is dead-lettered (0 = no limit). Default
+    /// `mqtt.queue_max_deliveries`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_deliveries: Option<u32>,
+    /// Unacknowledged messages per consumer at most. Default `mqtt.queue_prefetch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<usize>,
+    /// Messages the queue holds at most. Default `mqtt.max_queued_messages`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_messages: Option<usize>,
+    /// Bytes the queue holds at most. Default `mqtt.max_queued_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
+    /// What a full queue does: `reject_publish` (default), `drop_oldest` or
+    /// `dead_letter`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<Overflow>,
+}
+
+impl QueueDecl {
+    /// Checks the values; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(f) = &self.filter {
+            check_topic_filter(f)
+                .map_err(|why| format!("filter {f:?} is not a topic filter: {why}"))?;
+            if f.starts_with('$') {
+                return Err(format!("filter {f:?}: a queue cannot collect `$` topics"));
+            }
+        }
+        if self.prefetch == Some(0) {
+            return Err("prefetch must be at least 1".to_owned());
+        }
+        if self.visibility_timeout == Some(0) {
+            return Err("visibility_timeout must be at least 1 second".to_owned());
+        }
+        if self.max_messages == Some(0) || self.max_bytes == Some(0) {
+            return Err("max_messages and max_bytes must be at least 1".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// One `[[listener]]`: an MQTT listener over TLS (see `docs/tls.md`). Its certificate,
@@ -666,6 +763,19 @@ impl Config {
         }
 
         self.http.validate()?;
+        for (name, q) in &self.queue {
+            let valid = (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            ensure!(
+                valid,
+                "[queue.{name:?}]: a queue name is 1 to 64 of A-Z a-z 0-9 _ . -"
+            );
+            if let Err(why) = q.validate() {
+                bail!("queue.{name}: {why}");
+            }
+        }
         if let Some(h) = self.http.listen {
             ensure!(
                 h.port() == 0 || h != m.listen,

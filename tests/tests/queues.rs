@@ -322,3 +322,89 @@ fn a_job_held_past_the_visibility_timeout_goes_to_another_worker() {
     slow.expect_nothing();
     fast.expect_nothing();
 }
+
+/// Queues declared in TOML (`[queue.NAME]`) and over MQTT (`$admin/queue/NAME`): their
+/// settings hold, the MQTT declaration survives SIGKILL and a restart (it is kept as
+/// the topic's retained message), and with `auto_create = false` an undeclared queue
+/// does not exist.
+#[test]
+fn declared_queues_keep_their_settings_across_a_restart() {
+    let dir = std::env::temp_dir().join(format!("mote-queue-decl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let config = "[queues]\nauto_create = false\n\n[queue.toml-jobs]\nprefetch = 1\n";
+    let mut broker = Broker::start_with(&["--data-dir", &dir_s], Some(config));
+    let mut admin = connect(broker.addr, Protocol::V5, "decl-admin");
+    let decl = br#"{"max_messages": 2, "overflow": "drop_oldest"}"#;
+    admin.send(&Packet::Publish(common::publish(
+        "$admin/queue/mqtt-jobs",
+        decl,
+        QoS::AtLeastOnce,
+        1,
+    )));
+    let ack = admin.expect_kind(4);
+    assert_eq!(ack.packet(), Packet::PubAck(Ack::new(1)), "declared");
+    admin.send(&Packet::Publish(common::publish(
+        "$admin/queue/mqtt-jobs",
+        br#"{"max_messages": 3}"#,
+        QoS::AtLeastOnce,
+        2,
+    )));
+    let f = admin.expect_kind(4);
+    let Packet::PubAck(a) = f.packet() else {
+        panic!("no PUBACK");
+    };
+    assert_eq!(a.reason, 0x83, "a conflicting declaration is refused");
+    broker.kill();
+
+    let broker = Broker::start_with(&["--data-dir", &dir_s], Some(config));
+    let mut p = connect(broker.addr, Protocol::V5, "decl-producer");
+    for (i, body) in [b"a", b"b", b"c"].iter().enumerate() {
+        p.publish_acked(&common::publish(
+            "$queue/mqtt-jobs",
+            *body,
+            QoS::AtLeastOnce,
+            i as u16 + 1,
+        ));
+    }
+    p.send(&Packet::Publish(common::publish(
+        "$queue/undeclared",
+        b"x",
+        QoS::AtLeastOnce,
+        9,
+    )));
+    let f = p.expect_kind(4);
+    let Packet::PubAck(a) = f.packet() else {
+        panic!("no PUBACK");
+    };
+    assert_eq!(a.reason, reason::NO_MATCHING_SUBSCRIBERS, "no such queue");
+    let mut w = connect(broker.addr, Protocol::V5, "decl-worker");
+    w.subscribe("$queue/mqtt-jobs", QoS::AtLeastOnce);
+    let first = w.expect_publish();
+    let second = w.expect_publish();
+    assert_eq!(
+        (&first.payload[..], &second.payload[..]),
+        (&b"b"[..], &b"c"[..]),
+        "max_messages 2, drop_oldest: survived the restart"
+    );
+    w.ack(&first);
+    w.ack(&second);
+    // The TOML queue: a prefetch of 1.
+    for i in 0..2u16 {
+        p.publish_acked(&common::publish(
+            "$queue/toml-jobs",
+            b"t",
+            QoS::AtLeastOnce,
+            20 + i,
+        ));
+    }
+    let mut t = connect(broker.addr, Protocol::V5, "decl-toml-worker");
+    t.subscribe("$queue/toml-jobs", QoS::AtLeastOnce);
+    let one = t.expect_publish();
+    t.expect_nothing();
+    t.ack(&one);
+    let two = t.expect_publish();
+    t.ack(&two);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}

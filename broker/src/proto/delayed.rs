@@ -162,7 +162,7 @@ impl Core {
                 let mut m = (*d.msg).clone();
                 m.topic = Arc::from(target.as_str());
                 m.mid = self.mid();
-                if self.route(Arc::new(m), now, fx).is_err() {
+                if self.route(Arc::new(m), true, now, fx).is_err() {
                     tracing::warn!(topic = %target, "delayed message not enqueued: queue full");
                 }
             }

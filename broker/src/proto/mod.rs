@@ -590,6 +590,13 @@ impl Core {
                 code = reason::NOT_AUTHORIZED;
             }
         }
+        // `$admin/queue/NAME` declares a queue; the declaration is kept as the topic's
+        // retained message (`proto/queues.rs`).
+        let declare = topic.starts_with(queues::ADMIN_PREFIX);
+        let mut reason_string = None;
+        if declare && code == reason::SUCCESS {
+            (code, reason_string) = self.admin_declare(&topic, p.payload, now);
+        }
         let routed = if control {
             if code == reason::SUCCESS {
                 code = self.queue_control(client, &topic, now);
@@ -597,13 +604,9 @@ impl Core {
             1
         } else if code == reason::SUCCESS && !is_sys(&topic) {
             let mid = self.mid();
-            let msg = Arc::new(Message::from_publish(
-                mid,
-                p,
-                topic,
-                Some(client.clone()),
-                now,
-            ));
+            let mut msg = Message::from_publish(mid, p, topic, Some(client.clone()), now);
+            msg.retain |= declare;
+            let msg = Arc::new(msg);
             match delay {
                 Some((at_secs, target)) => {
                     let due = delayed::Due {
@@ -617,7 +620,7 @@ impl Core {
                         0
                     }
                 }
-                None => match self.route(msg, now, fx) {
+                None => match self.route(msg, false, now, fx) {
                     Ok(n) => n,
                     Err(Full) => {
                         code = reason::QUOTA_EXCEEDED;
@@ -631,8 +634,19 @@ impl Core {
         if code == reason::SUCCESS && routed == 0 && v5 {
             code = reason::NO_MATCHING_SUBSCRIBERS;
         }
+        if declare && code == reason::NO_MATCHING_SUBSCRIBERS {
+            // Kept (retained), whoever listens.
+            code = reason::SUCCESS;
+        }
         let mut ack = Ack::new(p.packet_id);
         ack.reason = if v5 { code } else { 0 };
+        let why = PropValues {
+            reason_string: reason_string.as_deref(),
+            ..PropValues::default()
+        };
+        if v5 && reason_string.is_some() {
+            ack.properties = Properties::from(&why);
+        }
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => write_packet(out, protocol, &Packet::PubAck(ack)),
@@ -768,24 +782,32 @@ impl Core {
             Arc::make_mut(&mut msg).expires_at = Some(now + Duration::from_secs(u64::from(secs)));
         }
         // A will to `$queue/NAME` is a job like any publish there.
-        if self.route(msg, now, fx).is_err() {
+        if self.route(msg, false, now, fx).is_err() {
             tracing::warn!("will not enqueued: its work queue is full");
         }
     }
 
     /// Sends `msg` where its topic says: a work queue's topic enqueues it, any other
-    /// goes through the router (the number of sessions it was queued for).
+    /// goes through the router (the number of sessions it was queued for). `released`:
+    /// a delayed message coming due.
     ///
     /// # Errors
     /// [`Full`] when the work queue is full.
     pub(super) fn route(
         &mut self,
         msg: Arc<Message>,
+        released: bool,
         now: Instant,
         fx: &mut Effects,
     ) -> Result<usize, Full> {
         match queues::queue_of(&msg.topic).map(str::to_owned) {
-            Some(name) => self.enqueue(&name, msg, now, fx).then_some(1).ok_or(Full),
+            // A queue that does not exist (not declared, not created on first use)
+            // reaches nobody.
+            Some(name) if !self.queue_usable(&name) => Ok(0),
+            Some(name) => self
+                .enqueue(&name, msg, released, now, fx)
+                .then_some(1)
+                .ok_or(Full),
             None => Ok(self.publish(msg, now, fx)),
         }
     }

@@ -20,6 +20,7 @@
 //! (`Event::QueueDone`), returned to the queue.
 
 use super::*;
+use crate::config::{Overflow, QueueDecl};
 use session::Enqueued;
 
 /// Topics and filters of work queues start with this; it is also the store id prefix.
@@ -82,7 +83,31 @@ pub(crate) struct Queues {
     /// Jobs refused with a retry delay, by message id: their queue and the job, back at
     /// `Timer::Retry`.
     retrying: HashMap<u64, (Arc<str>, Delivery)>,
+    /// Declared queues' settings, by store id (`[queue.NAME]`, `$admin/queue/NAME`).
+    declared: HashMap<Arc<str>, QueueDecl>,
+    /// Whether a queue used before it is declared is created (`[queues] auto_create`).
+    no_auto_create: bool,
 }
+
+/// A queue's settings: its declaration over the broker's defaults.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    retention: Option<Duration>,
+    delay: u32,
+    visibility: Duration,
+    max_deliveries: u32,
+    prefetch: usize,
+    pub(super) max_messages: usize,
+    pub(super) max_bytes: usize,
+    overflow: Overflow,
+}
+
+/// Default `retention`: 4 days, as SQS.
+const DEFAULT_RETENTION_SECS: u64 = 4 * 24 * 3600;
+
+/// Topics whose PUBLISH declares a queue: `$admin/queue/NAME` with a JSON body. The
+/// declaration is kept as that topic's retained message, so it survives a restart.
+pub(crate) const ADMIN_PREFIX: &str = "$admin/queue/";
 
 /// One consumer of a queue.
 #[derive(Debug)]
@@ -98,6 +123,14 @@ struct Consumer {
 }
 
 impl Queues {
+    /// Whether queue `name` may be used: declared, or created on first use (dead-letter
+    /// queues always are).
+    pub(super) fn usable(&self, name: &str) -> bool {
+        !self.no_auto_create
+            || self.declared.contains_key(&*store_id(name))
+            || name.ends_with(DEAD_LETTER_SUFFIX)
+    }
+
     /// `client`'s session ended: it consumes nothing any more.
     pub(crate) fn forget(&mut self, client: &str) {
         for cs in self.map.values_mut() {
@@ -169,6 +202,132 @@ impl Core {
         out
     }
 
+    /// The settings of queue `id` (its store id).
+    pub(super) fn queue_settings(&self, id: &str) -> Settings {
+        let d = self.queues.declared.get(id);
+        let get = |f: fn(&QueueDecl) -> Option<u64>| d.and_then(f);
+        let retention = get(|d| d.retention).unwrap_or(DEFAULT_RETENTION_SECS);
+        Settings {
+            retention: (retention > 0).then(|| Duration::from_secs(retention)),
+            delay: d.and_then(|d| d.delay).unwrap_or(0),
+            visibility: Duration::from_secs(
+                get(|d| d.visibility_timeout).unwrap_or(self.cfg.queue_visibility_timeout_secs),
+            ),
+            max_deliveries: d
+                .and_then(|d| d.max_deliveries)
+                .unwrap_or(self.cfg.queue_max_deliveries),
+            prefetch: d
+                .and_then(|d| d.prefetch)
+                .unwrap_or(self.cfg.queue_prefetch),
+            max_messages: d
+                .and_then(|d| d.max_messages)
+                .unwrap_or(self.cfg.max_queued_messages),
+            max_bytes: d
+                .and_then(|d| d.max_bytes)
+                .unwrap_or(self.cfg.max_queued_bytes),
+            overflow: d.and_then(|d| d.overflow).unwrap_or_default(),
+        }
+    }
+
+    /// Whether queues used before they are declared are created (default yes).
+    pub(crate) fn set_auto_create_queues(&mut self, on: bool) {
+        self.queues.no_auto_create = !on;
+    }
+
+    /// Whether queue `name` may be used: declared, or created on first use.
+    pub(super) fn queue_usable(&self, name: &str) -> bool {
+        self.queues.usable(name)
+    }
+
+    /// Declares queue `name` with `decl` (idempotent). `Err` with the reason when the
+    /// queue was declared with other settings, or `decl` is not valid.
+    pub(crate) fn declare_queue(
+        &mut self,
+        name: &str,
+        decl: QueueDecl,
+        now: Instant,
+    ) -> Result<(), String> {
+        if queue_of_name(name).is_none() {
+            return Err(format!(
+                "{name:?} is not a queue name (1 to 64 of A-Z a-z 0-9 _ . -)"
+            ));
+        }
+        decl.validate()?;
+        let id = store_id(name);
+        if let Some(old) = self.queues.declared.get(&id) {
+            return if *old == decl {
+                Ok(())
+            } else {
+                Err(format!("queue {name} is declared with other settings"))
+            };
+        }
+        if let Some(f) = &decl.filter {
+            // The queue's store session subscribes to the filter: the router hands it
+            // every matching publish (`Core::publish` enqueues it).
+            let key = SubKey {
+                client: id.clone(),
+                group: None,
+                json: false,
+            };
+            let entry = SubEntry {
+                qos: QoS::AtLeastOnce,
+                no_local: false,
+                retain_as_published: false,
+                id: None,
+                checked: false,
+            };
+            self.subs.insert(f, key, entry);
+        }
+        self.queues.declared.insert(id, decl);
+        self.open_queue(name, now);
+        tracing::info!(queue = name, "queue declared");
+        Ok(())
+    }
+
+    /// A PUBLISH to `$admin/queue/NAME`: declares the queue from the JSON body. The
+    /// PUBACK's reason code and reason string.
+    pub(super) fn admin_declare(
+        &mut self,
+        topic: &str,
+        body: &[u8],
+        now: Instant,
+    ) -> (u8, Option<String>) {
+        let name = &topic[ADMIN_PREFIX.len()..];
+        let decl: QueueDecl =
+            match serde_json::from_slice(if body.is_empty() { b"{}" } else { body }) {
+                Ok(d) => d,
+                Err(e) => {
+                    return (
+                        reason::PAYLOAD_FORMAT_INVALID,
+                        Some(format!("bad declaration: {e}")),
+                    )
+                }
+            };
+        match self.declare_queue(name, decl, now) {
+            Ok(()) => (reason::SUCCESS, None),
+            Err(why) => (reason::IMPLEMENTATION_SPECIFIC_ERROR, Some(why)),
+        }
+    }
+
+    /// Recovery: the declarations kept as retained `$admin/queue/NAME` messages.
+    pub(crate) fn restore_declarations(&mut self, now: Instant) {
+        let mut found = Vec::new();
+        self.retained
+            .for_each_match("$admin/queue/+", None, usize::MAX, |t, m| {
+                found.push((t.to_string(), m.payload.clone()));
+            });
+        for (topic, body) in found {
+            let (code, why) = self.admin_declare(&topic, &body, now);
+            if code >= 0x80 {
+                tracing::warn!(
+                    topic,
+                    reason = why.unwrap_or_default(),
+                    "stored queue declaration not applied"
+                );
+            }
+        }
+    }
+
     /// Makes queue `name` exist (its store session opened); returns its store id.
     fn open_queue(&mut self, name: &str, now: Instant) -> Arc<str> {
         let id = store_id(name);
@@ -198,18 +357,81 @@ impl Core {
 
     /// Enqueues `msg` on queue `name` and hands what it can to consumers. False when the
     /// queue is full (the publisher is told 0x97 Quota exceeded).
+    ///
+    /// `released`: a delayed message coming due (the queue's `delay` is not applied
+    /// again).
     pub(super) fn enqueue(
         &mut self,
         name: &str,
         msg: Arc<Message>,
+        released: bool,
         now: Instant,
         fx: &mut Effects,
     ) -> bool {
         let id = self.open_queue(name, now);
+        let settings = self.queue_settings(&id);
+        // The queue's retention bounds the message's life.
+        let mut msg = msg;
+        if let Some(r) = settings.retention {
+            let until = now + r;
+            if msg.expires_at.map_or(true, |e| e > until) {
+                let mut m = (*msg).clone();
+                m.expires_at = Some(until);
+                msg = Arc::new(m);
+            }
+        }
+        if settings.delay > 0 && !released {
+            let now_secs = self.clock.unix_ms(now).div_ceil(1000);
+            let mut m = (*msg).clone();
+            m.topic = Arc::from(format!("$delayed/{}/{}", settings.delay, msg.topic));
+            let target = msg.topic.clone();
+            let due = delayed::Due {
+                at_secs: now_secs + u64::from(settings.delay),
+                topic: &target,
+            };
+            return self.delay(Arc::new(m), due, now);
+        }
+        if settings.overflow != Overflow::RejectPublish {
+            self.make_room(&id, &settings, msg.cost(), now);
+        }
         let d = Delivery::kept(msg, 0);
         let queued = self.deliver(&id, d, now, fx);
         self.dispatch(&id, now);
         queued
+    }
+
+    /// A full queue whose overflow policy is `drop_oldest` or `dead_letter`: its oldest
+    /// waiting messages leave until one of `cost` bytes fits.
+    fn make_room(&mut self, id: &Arc<str>, settings: &Settings, cost: usize, now: Instant) {
+        let durable = u64::MAX;
+        let clock = self.clock(now);
+        loop {
+            let Some(q) = self.sessions.get_mut(id) else {
+                return;
+            };
+            let (spilled, spilled_bytes) = q.spilled();
+            let len = q.queued_len() + spilled;
+            let bytes = q.queued_bytes() + spilled_bytes;
+            if len < settings.max_messages && bytes + cost <= settings.max_bytes {
+                return;
+            }
+            let Some(oldest) = q.take_ready(durable, clock) else {
+                return;
+            };
+            if settings.overflow == Overflow::DeadLetter && !id.ends_with(DEAD_LETTER_SUFFIX) {
+                self.dead_letter(id, oldest, "overflow", now);
+            } else {
+                tracing::debug!(queue = %id, "queue full: oldest message dropped");
+                self.stats.dropped_overflow += 1;
+                if oldest.dseq != 0 {
+                    let rec = Record::Done {
+                        client: id.to_string(),
+                        dseq: oldest.dseq,
+                    };
+                    self.log(rec, Why::NoPromise);
+                }
+            }
+        }
     }
 
     /// `client` consumes queue `name` with granted `qos` (a SUBSCRIBE to `$queue/NAME`).
@@ -278,8 +500,8 @@ impl Core {
         let durable = self.durable();
         let clock = self.clock(now);
         let limits = self.limits;
-        let prefetch = self.cfg.queue_prefetch;
-        let visibility = Duration::from_secs(self.cfg.queue_visibility_timeout_secs);
+        let settings = self.queue_settings(id);
+        let (prefetch, visibility) = (settings.prefetch, settings.visibility);
         let mut fx = Effects::default();
         while let Some(consumers) = self.queues.map.get(id) {
             // The consumer with the fewest unacknowledged messages, among those with room.
@@ -306,6 +528,17 @@ impl Core {
             else {
                 break;
             };
+            // Past its retention (or its own expiry): deleted unconsumed.
+            if d.msg.expired(now) {
+                if d.dseq != 0 {
+                    let rec = Record::Done {
+                        client: id.to_string(),
+                        dseq: d.dseq,
+                    };
+                    self.log(rec, Why::NoPromise);
+                }
+                continue;
+            }
             let Some(c) = self.queues.map.get_mut(id).and_then(|cs| cs.get_mut(i)) else {
                 break;
             };
@@ -380,7 +613,7 @@ impl Core {
     /// Puts deliveries of queue `id` back at its front, in their order, except those
     /// delivered `queue_max_deliveries` times: they go to its dead-letter queue.
     fn put_back(&mut self, id: &Arc<str>, ds: Vec<Delivery>, now: Instant) {
-        let max = self.cfg.queue_max_deliveries;
+        let max = self.queue_settings(id).max_deliveries;
         let (dead, back): (Vec<Delivery>, Vec<Delivery>) = ds
             .into_iter()
             .partition(|d| max > 0 && d.attempts >= max && !id.ends_with(DEAD_LETTER_SUFFIX));
@@ -460,13 +693,15 @@ impl Core {
             .filter(|&p| p != 0);
         let done = match (verb, packet_id) {
             (Some("nack"), Some(pid)) => self.nack_job(client, pid, secs.unwrap_or(0), now),
-            (Some("touch"), Some(pid)) => {
-                let default = self.cfg.queue_visibility_timeout_secs;
-                match secs.map_or(default, u64::from) {
-                    0 => self.nack_job(client, pid, 0, now),
-                    s => self.touch_job(client, pid, Duration::from_secs(s), now),
-                }
-            }
+            (Some("touch"), Some(pid)) => match secs {
+                Some(0) => self.nack_job(client, pid, 0, now),
+                s => self.touch_job(
+                    client,
+                    pid,
+                    s.map(|s| Duration::from_secs(u64::from(s))),
+                    now,
+                ),
+            },
             (Some("credit"), _) => match (target.and_then(queue_of_name), secs) {
                 (Some(name), Some(n)) => self.grant_credit(client, name, n, now),
                 _ => return reason::TOPIC_NAME_INVALID,
@@ -518,16 +753,17 @@ impl Core {
         &mut self,
         client: &Arc<str>,
         packet_id: u16,
-        for_: Duration,
+        for_: Option<Duration>,
         now: Instant,
     ) -> bool {
-        let Some(mid) = self
+        let Some((mid, queue)) = self
             .sessions
             .get(client)
             .and_then(|s| s.queue_job_in_flight(packet_id))
         else {
             return false;
         };
+        let for_ = for_.unwrap_or_else(|| self.queue_settings(&queue).visibility);
         self.timers
             .set(Timer::Visible(client.clone(), mid), now + for_);
         true

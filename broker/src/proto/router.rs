@@ -103,6 +103,11 @@ impl Core {
             });
         let mut count = 0;
         for (client, t) in direct.drain() {
+            // A work queue collecting its `filter`: a job of its own.
+            if let Some(name) = client.strip_prefix(queues::QUEUE_PREFIX) {
+                count += usize::from(self.enqueue(name, msg.clone(), false, now, fx));
+                continue;
+            }
             let d = Delivery {
                 qos: msg.qos.min(t.qos),
                 retain: t.retain,
@@ -186,7 +191,17 @@ impl Core {
         now: Instant,
         fx: &mut Effects,
     ) -> bool {
-        let limits = self.limits;
+        // A work queue has limits of its own (its declaration).
+        let limits = if client.starts_with(queues::QUEUE_PREFIX) {
+            let q = self.queue_settings(client);
+            QueueLimits {
+                max_messages: q.max_messages,
+                max_bytes: q.max_bytes,
+                ..self.limits
+            }
+        } else {
+            self.limits
+        };
         let clock = self.clock(now);
         let Some(s) = self.sessions.get(client) else {
             return false;

@@ -117,7 +117,10 @@ impl Core {
             // `$queue/NAME` makes the session a consumer of that work queue: not a
             // topic subscription (no trie entry, no retained messages, never shared).
             let queue = queues::queue_of(inner).filter(|n| inner.len() == n.len() + 7);
-            if inner.starts_with(queues::QUEUE_PREFIX) && (queue.is_none() || group.is_some()) {
+            let unusable = queue.is_some_and(|n| !self.queues.usable(n));
+            if inner.starts_with(queues::QUEUE_PREFIX)
+                && (queue.is_none() || group.is_some() || unusable)
+            {
                 codes.push(fail(reason::TOPIC_FILTER_INVALID));
                 continue;
             }

@@ -233,6 +233,7 @@ pub(crate) fn open_store(
     let kept = replay.finish();
     core.restore_finish(&index, &kept);
     drop(kept);
+    super::shared::declare_queues(&mut core, &config);
     let (sessions, retained) = (index.sessions.len(), index.retained.len());
     drop(index);
     // Start from a compact log: the replayed history is replaced by the live state.

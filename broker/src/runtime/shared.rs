@@ -30,6 +30,20 @@ pub(crate) struct Shared {
     pub(crate) transports: Transports,
 }
 
+/// Puts the `[queues]` and `[queue.NAME]` sections in force (before anything is served;
+/// after recovery, the declarations made over MQTT follow them).
+pub(crate) fn declare_queues(core: &mut Core, config: &Config) {
+    core.set_auto_create_queues(config.queues.auto_create);
+    let now = Instant::now();
+    for (name, decl) in &config.queue {
+        if let Err(why) = core.declare_queue(name, decl.clone(), now) {
+            // Validated with the configuration: not expected.
+            tracing::error!(queue = %name, "queue not declared: {why}");
+        }
+    }
+    core.restore_declarations(now);
+}
+
 /// How a connection reached the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transport {
@@ -123,6 +137,7 @@ impl Shared {
         let config = Arc::new(config);
         let mut core = Core::new(Arc::new(config.mqtt.clone()), super::ports::now());
         core.set_queue_budget(config.storage.queue_memory_bytes);
+        declare_queues(&mut core, &config);
         Shared {
             core: Mutex::new(core),
             config,

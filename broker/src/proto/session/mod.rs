@@ -528,6 +528,11 @@ impl Session {
         self.queue.len()
     }
 
+    /// Queue cost of the deliveries queued in memory.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queue.bytes()
+    }
+
     /// Deliveries queued in memory, oldest first.
     pub(crate) fn queued(&self) -> impl Iterator<Item = &Delivery> {
         self.queue.iter()
@@ -649,8 +654,8 @@ impl Session {
         Some(d)
     }
 
-    /// The message id of the work queue's job in flight as `packet_id`.
-    pub(crate) fn queue_job_in_flight(&self, packet_id: u16) -> Option<u64> {
+    /// The message id and queue of the work queue's job in flight as `packet_id`.
+    pub(crate) fn queue_job_in_flight(&self, packet_id: u16) -> Option<(u64, Arc<str>)> {
         self.inflight
             .iter()
             .find(|i| {
@@ -659,7 +664,7 @@ impl Session {
                     && i.delivery.queue.is_some()
                     && !i.stale
             })
-            .map(|i| i.delivery.msg.mid)
+            .and_then(|i| Some((i.delivery.msg.mid, i.delivery.queue.clone()?)))
     }
 
     /// Takes back the work-queue delivery in flight as `packet_id` (a consumer refused it:

@@ -575,3 +575,285 @@ fn a_pulling_consumer_gets_only_what_it_granted() {
         0x90
     );
 }
+
+/// Publishes `body` to `topic` at QoS 1 from `c` and returns the PUBACK's reason code and
+/// reason string (other packets stay in `c.out`).
+fn publish_acked(
+    core: &mut Core,
+    c: &mut Client,
+    topic: &str,
+    body: &[u8],
+    now: Instant,
+) -> (u8, Option<String>) {
+    let p = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic,
+        packet_id: 998,
+        properties: Properties::default(),
+        payload: body,
+    });
+    send(core, c, &p, now).unwrap();
+    let bytes = c.out.split().to_vec();
+    let mut got = None;
+    let mut rest = BytesMut::new();
+    each_packet(&bytes, c.protocol, |p| match p {
+        Packet::PubAck(a) if a.packet_id == 998 => {
+            got = Some((
+                a.reason,
+                a.properties.values().reason_string.map(str::to_owned),
+            ));
+        }
+        p => p.encode_to(c.protocol, &mut rest).unwrap(),
+    });
+    c.out = rest;
+    got.expect("a PUBACK")
+}
+
+#[test]
+fn queues_are_declared_over_mqtt_idempotently_and_kept_retained() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut admin = connect(&mut core, Protocol::V5, "admin", true, None, now);
+    let decl = br#"{"prefetch": 2, "max_deliveries": 1}"#;
+    assert_eq!(
+        publish_acked(&mut core, &mut admin, "$admin/queue/jobs", decl, now),
+        (0, None)
+    );
+    assert_eq!(
+        publish_acked(&mut core, &mut admin, "$admin/queue/jobs", decl, now),
+        (0, None)
+    );
+    let (code, why) = publish_acked(
+        &mut core,
+        &mut admin,
+        "$admin/queue/jobs",
+        br#"{"prefetch": 3}"#,
+        now,
+    );
+    assert_eq!(code, 0x83);
+    assert!(why.unwrap().contains("other settings"));
+    let (code, why) = publish_acked(&mut core, &mut admin, "$admin/queue/jobs2", b"{nope", now);
+    assert_eq!(code, 0x99);
+    assert!(why.unwrap().contains("bad declaration"));
+    let (code, _) = publish_acked(
+        &mut core,
+        &mut admin,
+        "$admin/queue/jobs3",
+        br#"{"speed": 1}"#,
+        now,
+    );
+    assert_eq!(code, 0x99, "unknown keys are refused");
+    let (code, _) = publish_acked(&mut core, &mut admin, "$admin/queue/bad name", b"{}", now);
+    assert_eq!(code, 0x83);
+    // The accepted declaration is the topic's retained message (it survives a restart).
+    let (page, _) = core.retained_page("$admin/queue/#", None, 10);
+    let kept: Vec<(&str, &[u8])> = page.iter().map(|m| (&*m.topic, &m.payload[..])).collect();
+    assert_eq!(kept, [("$admin/queue/jobs", &decl[..])]);
+
+    // Its settings hold: a prefetch of 2, dead-lettered after one delivery.
+    let mut w = connect(&mut core, Protocol::V5, "w", true, None, now);
+    subscribe(
+        &mut core,
+        &mut w,
+        &[("$queue/jobs", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let mut p = connect(&mut core, Protocol::V5, "p", true, None, now);
+    enqueue(&mut core, &mut p, "$queue/jobs", 3, now);
+    let got = received(&mut core, &mut w, now);
+    assert_eq!(got.len(), 2, "prefetch 2");
+    core.disconnected(&w.id, w.conn, End::Abnormal, now, &mut Effects::default());
+    let stats = core.queue_stats();
+    let dlq = stats
+        .iter()
+        .find(|(n, _)| n == "jobs.dlq")
+        .map(|s| s.1.depth);
+    assert_eq!(
+        dlq,
+        Some(2),
+        "one delivery at most: both held jobs dead-lettered"
+    );
+}
+
+#[test]
+fn overflow_policies_retention_delay_and_filter() {
+    let mut core = core();
+    let now = Instant::now();
+    let decl = |json: &str| serde_json::from_str::<crate::config::QueueDecl>(json).unwrap();
+    core.declare_queue(
+        "drop",
+        decl(r#"{"max_messages": 2, "overflow": "drop_oldest"}"#),
+        now,
+    )
+    .unwrap();
+    core.declare_queue(
+        "dead",
+        decl(r#"{"max_messages": 2, "overflow": "dead_letter"}"#),
+        now,
+    )
+    .unwrap();
+    core.declare_queue("reject", decl(r#"{"max_messages": 2}"#), now)
+        .unwrap();
+    core.declare_queue("short", decl(r#"{"retention": 60}"#), now)
+        .unwrap();
+    core.declare_queue("later", decl(r#"{"delay": 30}"#), now)
+        .unwrap();
+    core.declare_queue("readings", decl(r#"{"filter": "sensors/#"}"#), now)
+        .unwrap();
+    let mut p = connect(&mut core, Protocol::V5, "p", true, None, now);
+    for q in ["drop", "dead", "reject"] {
+        let codes: Vec<u8> = (0..3)
+            .map(|i| {
+                publish_acked(
+                    &mut core,
+                    &mut p,
+                    &format!("$queue/{q}"),
+                    format!("m{i}").as_bytes(),
+                    now,
+                )
+                .0
+            })
+            .collect();
+        let want: &[u8] = if q == "reject" {
+            &[0, 0, 0x97]
+        } else {
+            &[0, 0, 0]
+        };
+        assert_eq!(codes, want, "{q}");
+    }
+    let depth = |core: &Core, name: &str| {
+        core.queue_stats()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|s| s.1.depth)
+    };
+    assert_eq!(depth(&core, "drop"), Some(2));
+    assert_eq!(depth(&core, "dead"), Some(2));
+    assert_eq!(
+        depth(&core, "dead.dlq"),
+        Some(1),
+        "the oldest moved to the dead letters"
+    );
+    let mut w = connect(&mut core, Protocol::V5, "w", true, None, now);
+    subscribe(
+        &mut core,
+        &mut w,
+        &[("$queue/drop", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let names: Vec<String> = received(&mut core, &mut w, now)
+        .iter()
+        .map(payload)
+        .collect();
+    assert_eq!(names, ["m1", "m2"], "the oldest was dropped");
+
+    // Retention: a job nobody took within 60 s is gone.
+    publish_acked(&mut core, &mut p, "$queue/short", b"stale", now);
+    let t61 = now + Duration::from_secs(61);
+    subscribe(
+        &mut core,
+        &mut w,
+        &[("$queue/short", q(QoS::AtLeastOnce))],
+        None,
+        t61,
+    );
+    assert!(
+        received(&mut core, &mut w, t61).is_empty(),
+        "expired unconsumed"
+    );
+    assert_eq!(depth(&core, "short"), Some(0));
+
+    // Delay: a job of `later` waits 30 s before a consumer can have it.
+    subscribe(
+        &mut core,
+        &mut w,
+        &[("$queue/later", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    assert_eq!(
+        publish_acked(&mut core, &mut p, "$queue/later", b"soon", now).0,
+        0
+    );
+    assert!(received(&mut core, &mut w, now).is_empty());
+    let t31 = now + Duration::from_secs(31);
+    core.handle_timeout(t31, &mut Effects::default());
+    let names: Vec<String> = received(&mut core, &mut w, t31)
+        .iter()
+        .map(payload)
+        .collect();
+    assert_eq!(names, ["soon"]);
+
+    // Filter: the queue collects matching publishes, QoS 0 ones included, and their
+    // publishers hear of a receiver.
+    subscribe(
+        &mut core,
+        &mut w,
+        &[("$queue/readings", q(QoS::AtLeastOnce))],
+        None,
+        t31,
+    );
+    let mut dev = connect(&mut core, Protocol::V5, "dev", true, None, t31);
+    publish(
+        &mut core,
+        &mut dev,
+        "sensors/a",
+        b"21.5",
+        QoS::AtMostOnce,
+        0,
+        t31,
+    );
+    assert_eq!(
+        publish_acked(&mut core, &mut dev, "sensors/b", b"22.0", t31).0,
+        0
+    );
+    assert_eq!(
+        publish_acked(&mut core, &mut dev, "other/c", b"x", t31).0,
+        0x10
+    );
+    let got = received(&mut core, &mut w, t31);
+    let jobs: Vec<(String, String, QoS)> =
+        got.iter().map(|m| (m.0.clone(), payload(m), m.2)).collect();
+    assert_eq!(
+        jobs,
+        [
+            ("sensors/a".to_owned(), "21.5".to_owned(), QoS::AtLeastOnce),
+            ("sensors/b".to_owned(), "22.0".to_owned(), QoS::AtLeastOnce),
+        ]
+    );
+}
+
+#[test]
+fn without_auto_create_only_declared_queues_exist() {
+    let mut core = core();
+    core.set_auto_create_queues(false);
+    let now = Instant::now();
+    let decl = crate::config::QueueDecl::default();
+    core.declare_queue("known", decl, now).unwrap();
+    let mut p = connect(&mut core, Protocol::V5, "p", true, None, now);
+    assert_eq!(
+        publish_acked(&mut core, &mut p, "$queue/unknown", b"x", now).0,
+        0x10
+    );
+    assert_eq!(
+        publish_acked(&mut core, &mut p, "$queue/known", b"x", now).0,
+        0
+    );
+    let mut w = connect(&mut core, Protocol::V5, "w", true, None, now);
+    let codes = subscribe(
+        &mut core,
+        &mut w,
+        &[
+            ("$queue/unknown", q(QoS::AtLeastOnce)),
+            ("$queue/known", q(QoS::AtLeastOnce)),
+        ],
+        None,
+        now,
+    );
+    assert_eq!(codes, [0x8f, 1]);
+    assert_eq!(received(&mut core, &mut w, now).len(), 1);
+}
