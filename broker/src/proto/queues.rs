@@ -21,6 +21,7 @@
 
 use super::*;
 use crate::config::{Overflow, QueueDecl};
+use crate::proto::message::push_user_property;
 use session::Enqueued;
 
 /// Topics and filters of work queues start with this; it is also the store id prefix.
@@ -370,16 +371,25 @@ impl Core {
     ) -> bool {
         let id = self.open_queue(name, now);
         let settings = self.queue_settings(&id);
-        // The queue's retention bounds the message's life.
-        let mut msg = msg;
+        // The job is a message of its own (a new id for the store: the published one
+        // may also be on its way to subscribers, with another expiry): it carries its
+        // id as the user property `mote-id`, and the queue's retention bounds its life.
+        let mut m = (*msg).clone();
+        m.mid = self.mid();
+        m.stored_epoch = Default::default();
+        m.retain = false;
+        if !released {
+            let mut users = m.user_properties.to_vec();
+            push_user_property(&mut users, "mote-id", &format!("{:016x}", m.mid));
+            m.user_properties = Bytes::from(users);
+        }
         if let Some(r) = settings.retention {
             let until = now + r;
-            if msg.expires_at.map_or(true, |e| e > until) {
-                let mut m = (*msg).clone();
+            if m.expires_at.map_or(true, |e| e > until) {
                 m.expires_at = Some(until);
-                msg = Arc::new(m);
             }
         }
+        let msg = Arc::new(m);
         if settings.delay > 0 && !released {
             let now_secs = self.clock.unix_ms(now).div_ceil(1000);
             let mut m = (*msg).clone();
@@ -810,7 +820,14 @@ impl Core {
             "message dead-lettered"
         );
         let dlq = self.open_queue(&format!("{name}{DEAD_LETTER_SUFFIX}"), now);
-        let moved = Delivery::kept(d.msg.clone(), d.attempts);
+        // A copy of its own (a new message id for the store) that says why.
+        let mut m = (*d.msg).clone();
+        m.mid = self.mid();
+        m.stored_epoch = Default::default();
+        let mut users = m.user_properties.to_vec();
+        push_user_property(&mut users, "mote-dead-reason", why);
+        m.user_properties = Bytes::from(users);
+        let moved = Delivery::kept(Arc::new(m), d.attempts);
         let mut fx = Effects::default();
         if !self.deliver(&dlq, moved, now, &mut fx) {
             // The dead-letter queue is full: the message stays where it was.

@@ -857,3 +857,79 @@ fn without_auto_create_only_declared_queues_exist() {
     assert_eq!(codes, [0x8f, 1]);
     assert_eq!(received(&mut core, &mut w, now).len(), 1);
 }
+
+/// Drains `c` and returns each PUBLISH's payload and user properties.
+fn received_with_users(
+    core: &mut Core,
+    c: &mut Client,
+    now: Instant,
+) -> Vec<(String, Vec<(String, String)>)> {
+    let _ = core.drain(&c.id, c.conn, now, &mut c.out);
+    let bytes = c.out.split().to_vec();
+    let mut v = Vec::new();
+    each_packet(&bytes, c.protocol, |p| {
+        if let Packet::Publish(p) = p {
+            let users = p
+                .properties
+                .user_properties()
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            v.push((String::from_utf8(p.payload.to_vec()).unwrap(), users));
+        }
+    });
+    v
+}
+
+#[test]
+fn jobs_carry_their_id_and_dead_letters_their_reason() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut w = connect(&mut core, Protocol::V5, "w", true, None, now);
+    subscribe(
+        &mut core,
+        &mut w,
+        &[("$queue/jobs", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let mut p = connect(&mut core, Protocol::V5, "p", true, None, now);
+    enqueue(&mut core, &mut p, "$queue/jobs", 1, now);
+    let _ = core.drain(&w.id, w.conn, now, &mut w.out);
+    let bytes = w.out.clone().to_vec();
+    let got = received_with_users(&mut core, &mut w, now);
+    let users = &got[0].1;
+    let id = users
+        .iter()
+        .find(|(k, _)| k == "mote-id")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(id.len(), 16, "{users:?}");
+    assert!(users.contains(&("mote-delivery-count".to_owned(), "1".to_owned())));
+    // Refused as poison (0x99): dead-lettered with the same id and the reason.
+    let mut pid = 0;
+    each_packet(&bytes, w.protocol, |p| {
+        if let Packet::Publish(p) = p {
+            pid = p.packet_id;
+        }
+    });
+    let mut nack = Ack::new(pid);
+    nack.reason = 0x99;
+    send(&mut core, &mut w, &Packet::PubAck(nack), now).unwrap();
+    let mut d = connect(&mut core, Protocol::V5, "d", true, None, now);
+    subscribe(
+        &mut core,
+        &mut d,
+        &[("$queue/jobs.dlq", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let dead = received_with_users(&mut core, &mut d, now);
+    assert_eq!(dead.len(), 1);
+    let users = &dead[0].1;
+    assert!(users.contains(&("mote-id".to_owned(), id)), "{users:?}");
+    assert!(
+        users.contains(&("mote-dead-reason".to_owned(), "refused".to_owned())),
+        "{users:?}"
+    );
+}
