@@ -133,6 +133,35 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A request body, or the error for one that could not be read (too large: 413).
+pub(crate) fn body(
+    b: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, ApiError> {
+    b.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "PAYLOAD_TOO_LARGE"
+        } else {
+            "BAD_BODY"
+        };
+        ApiError::new(e.status(), code, e.body_text())
+    })
+}
+
+/// A JSON body that must be an object (serde would also read a struct from an array,
+/// by position).
+pub(crate) fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad("BAD_REQUEST", format!("invalid JSON body: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad(
+            "BAD_REQUEST",
+            "the JSON body must be an object",
+        ));
+    }
+    serde_json::from_value(v)
+        .map_err(|e| ApiError::bad("BAD_REQUEST", format!("invalid JSON body: {e}")))
+}
+
 /// A JSON error body: `{"code": CODE, "message": ...}`.
 pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     let mut r = (status, Json(json!({"code": code, "message": message}))).into_response();
@@ -289,8 +318,15 @@ fn router(state: HttpState) -> Router {
         r = r.route("/", get(|| async { Redirect::temporary("/ui/") }));
     }
     let body_limit = state.shared.config.mqtt.max_packet_size as usize;
-    r.layer(axum::extract::DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+    r.fallback(|| async {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no such endpoint (docs/http.md)",
+        )
+    })
+    .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+    .with_state(state)
 }
 
 /// MQTT over WebSocket; a plain GET of `/` (no upgrade) goes to the dashboard.

@@ -29,6 +29,7 @@ use tokio::sync::OnceCell;
 
 use super::link::{Link, LinkConfig, LinkError, MsgProps, OutMessage};
 use super::{error, link_error, ApiError, Conn, Credentials, HttpState};
+use crate::proto::acl::{Access, Who};
 use crate::runtime::auth::Policy;
 
 /// The v5 reason code "no matching subscribers".
@@ -349,6 +350,15 @@ impl Publishers {
                 Ok(l) => l,
                 Err(e) => return Answer::error(&link_error(&e)),
             };
+            // The broker refuses a QoS 0 publish the rules deny without a word (there
+            // is no PUBACK): the HTTP answer asks the same rules first.
+            if !may_write(state, creds, &m.topic) {
+                return Answer::error(&ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "NOT_AUTHORIZED",
+                    "not authorized to publish to this topic",
+                ));
+            }
             match link.publish(m.clone()).await {
                 Ok(ack) => return answer(ack.reason, ack.reason_string.as_deref()),
                 Err(LinkError::Closed) if tries < 2 => continue,
@@ -381,6 +391,10 @@ impl Publishers {
         let Some(key) = key else {
             return self.publish(state, creds, conn, m).await.response(false);
         };
+        // Credentials first: a remembered answer is only for whom the broker accepts.
+        if let Err(e) = self.link(state, creds, conn).await {
+            return link_error(&e).into_response();
+        }
         let entry = {
             let mut idem = self.idempotency.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -442,6 +456,24 @@ impl Publishers {
             ),
         }
     }
+}
+
+/// Whether the access rules let `creds` publish to `topic` (a delayed publish's target
+/// for `$delayed/...`), as the broker decides it.
+fn may_write(state: &HttpState, creds: &Credentials, topic: &str) -> bool {
+    let acl = state.shared.auth.policy().acl.clone();
+    if acl.is_open() {
+        return true;
+    }
+    let written = match crate::proto::delayed::parse(topic, 0) {
+        Some(Ok(due)) => due.topic,
+        _ => topic,
+    };
+    let who = Who {
+        user: creds.username.as_deref(),
+        client: "",
+    };
+    acl.allows(who, Access::Write, written)
 }
 
 /// The answer to a publish acknowledged with `reason`.
@@ -550,12 +582,12 @@ pub(super) async fn publish_json(
     State(state): State<HttpState>,
     Extension(conn): Extension<Conn>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = super::body(body)?;
     let creds = Credentials::from_headers(&headers)?;
     let key = idempotency_key(&headers, &creds)?;
-    let msg: PublishBody = serde_json::from_slice(&body)
-        .map_err(|e| bad("BAD_REQUEST", &format!("invalid JSON body: {e}")))?;
+    let msg: PublishBody = super::json_object(&body)?;
     let m = msg.into_message()?;
     let fp = fingerprint(&[b"json", &body]);
     Ok(state
@@ -570,11 +602,20 @@ pub(super) async fn publish_bulk(
     State(state): State<HttpState>,
     Extension(conn): Extension<Conn>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = super::body(body)?;
     let creds = Credentials::from_headers(&headers)?;
-    let msgs: Vec<PublishBody> = serde_json::from_slice(&body)
-        .map_err(|e| bad("BAD_REQUEST", &format!("invalid JSON body: {e}")))?;
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
+        bad(
+            "BAD_REQUEST",
+            &format!("invalid JSON body: an array of objects: {e}"),
+        )
+    })?;
+    let msgs = items
+        .iter()
+        .map(|v| super::json_object::<PublishBody>(v.to_string().as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
     // Every message is checked before any is published.
     let msgs = msgs
         .into_iter()
@@ -601,8 +642,9 @@ pub(super) async fn publish_raw(
     Path(topic): Path<String>,
     query: Result<Query<RawQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = super::body(body)?;
     let creds = Credentials::from_headers(&headers)?;
     let Query(q) = query.map_err(|e| bad("BAD_REQUEST", &e.body_text()))?;
     let key = idempotency_key(&headers, &creds)?;

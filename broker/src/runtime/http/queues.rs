@@ -266,12 +266,12 @@ pub(super) async fn send(
     Extension(conn): Extension<Conn>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = super::body(body)?;
     let creds = Credentials::from_headers(&headers)?;
     let name = queue_name(&name)?;
-    let b: SendBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad("BAD_REQUEST", format!("invalid JSON body: {e}")))?;
+    let b: SendBody = super::json_object(&body)?;
     let payload = match b.body_encoding.as_deref() {
         None | Some("plain") => Bytes::from(b.body),
         Some("base64") => base64::engine::general_purpose::STANDARD
@@ -327,15 +327,15 @@ pub(super) async fn receive(
     Extension(conn): Extension<Conn>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = super::body(body)?;
     let creds = Credentials::from_headers(&headers)?;
     let name = queue_name(&name)?;
     let b: ReceiveBody = if body.is_empty() {
         ReceiveBody::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad("BAD_REQUEST", format!("invalid JSON body: {e}")))?
+        super::json_object(&body)?
     };
     let max = b.max_messages.unwrap_or(1);
     if !(1..=MAX_RECEIVE).contains(&max) {
@@ -496,11 +496,11 @@ pub(super) async fn visibility(
     State(state): State<HttpState>,
     Path((name, receipt)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = super::body(body)?;
     let creds = Credentials::from_headers(&headers)?;
-    let b: VisibilityBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad("BAD_REQUEST", format!("invalid JSON body: {e}")))?;
+    let b: VisibilityBody = super::json_object(&body)?;
     let name = queue_name(&name)?;
     let (w, pid) = held_job(&state, &creds, name, &receipt)?;
     if b.timeout == 0 {
