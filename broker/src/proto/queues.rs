@@ -84,6 +84,9 @@ pub(crate) struct Queues {
     /// Jobs refused with a retry delay, by message id: their queue and the job, back at
     /// `Timer::Retry`.
     retrying: HashMap<u64, (Arc<str>, Delivery)>,
+    /// Refused jobs (by message id) and who refused them: another consumer gets them
+    /// first.
+    refused_by: HashMap<u64, Arc<str>>,
     /// Declared queues' settings, by store id (`[queue.NAME]`, `$admin/queue/NAME`).
     declared: HashMap<Arc<str>, QueueDecl>,
     /// Whether a queue used before it is declared is created (`[queues] auto_create`).
@@ -504,6 +507,31 @@ impl Core {
         self.queues.due.extend(ids);
     }
 
+    /// The online consumer of queue `id` with room and the fewest unacknowledged
+    /// messages (other than `not`), by its index.
+    fn pick_consumer(
+        &self,
+        id: &Arc<str>,
+        prefetch: usize,
+        not: Option<&Arc<str>>,
+    ) -> Option<usize> {
+        let consumers = self.queues.map.get(id)?;
+        let mut pick: Option<(usize, usize)> = None;
+        for (i, c) in consumers.iter().enumerate() {
+            if c.credit == Some(0) || not == Some(&c.client) {
+                continue;
+            }
+            let Some(link) = self.sessions.get(&c.client).and_then(|s| s.link()) else {
+                continue;
+            };
+            let window = prefetch.min(usize::from(link.client_receive_max.max(1)));
+            if c.outstanding < window && pick.map_or(true, |(_, n)| c.outstanding < n) {
+                pick = Some((i, c.outstanding));
+            }
+        }
+        pick.map(|(i, _)| i)
+    }
+
     /// Gives the messages of queue `id` to its online consumers with room, least loaded
     /// first, in queue order.
     fn dispatch(&mut self, id: &Arc<str>, now: Instant) {
@@ -513,24 +541,7 @@ impl Core {
         let settings = self.queue_settings(id);
         let (prefetch, visibility) = (settings.prefetch, settings.visibility);
         let mut fx = Effects::default();
-        while let Some(consumers) = self.queues.map.get(id) {
-            // The consumer with the fewest unacknowledged messages, among those with room.
-            let mut pick: Option<(usize, usize)> = None;
-            for (i, c) in consumers.iter().enumerate() {
-                let Some(link) = self.sessions.get(&c.client).and_then(|s| s.link()) else {
-                    continue;
-                };
-                let window = prefetch.min(usize::from(link.client_receive_max.max(1)));
-                if c.credit == Some(0) {
-                    continue;
-                }
-                if c.outstanding < window && pick.map_or(true, |(_, n)| c.outstanding < n) {
-                    pick = Some((i, c.outstanding));
-                }
-            }
-            let Some((i, _)) = pick else {
-                break;
-            };
+        while let Some(i) = self.pick_consumer(id, prefetch, None) {
             let Some(mut d) = self
                 .sessions
                 .get_mut(id)
@@ -540,6 +551,7 @@ impl Core {
             };
             // Past its retention (or its own expiry): deleted unconsumed.
             if d.msg.expired(now) {
+                self.queues.refused_by.remove(&d.msg.mid);
                 if d.dseq != 0 {
                     let rec = Record::Done {
                         client: id.to_string(),
@@ -548,6 +560,16 @@ impl Core {
                     self.log(rec, Why::NoPromise);
                 }
                 continue;
+            }
+            // A refused job goes to another consumer when one has room.
+            let mut i = i;
+            if let Some(refuser) = self.queues.refused_by.remove(&d.msg.mid) {
+                let picked = self.queues.map.get(id).and_then(|cs| cs.get(i));
+                if picked.is_some_and(|c| c.client == refuser) {
+                    i = self
+                        .pick_consumer(id, prefetch, Some(&refuser))
+                        .unwrap_or(i);
+                }
             }
             let Some(c) = self.queues.map.get_mut(id).and_then(|cs| cs.get_mut(i)) else {
                 break;
@@ -647,6 +669,7 @@ impl Core {
             return;
         };
         tracing::debug!(client = %client, queue = %id, code, "job refused by its consumer");
+        self.queues.refused_by.insert(d.msg.mid, client.clone());
         self.timers
             .cancel(&Timer::Visible(client.clone(), d.msg.mid));
         self.queues.release(&id, client);
@@ -744,6 +767,7 @@ impl Core {
             return false;
         };
         tracing::debug!(client = %client, queue = %id, retry_after, "job refused by its consumer");
+        self.queues.refused_by.insert(d.msg.mid, client.clone());
         self.timers
             .cancel(&Timer::Visible(client.clone(), d.msg.mid));
         if retry_after == 0 {
@@ -812,6 +836,7 @@ impl Core {
     /// Moves a message of queue `id` to the queue `NAME.dlq`: enqueued there (journaled),
     /// then done in `id`. A crash between the two leaves it in both: at least once.
     fn dead_letter(&mut self, id: &Arc<str>, d: Delivery, why: &str, now: Instant) {
+        self.queues.refused_by.remove(&d.msg.mid);
         let name = id.strip_prefix(QUEUE_PREFIX).unwrap_or(id);
         tracing::info!(
             queue = name,

@@ -933,3 +933,50 @@ fn jobs_carry_their_id_and_dead_letters_their_reason() {
         "{users:?}"
     );
 }
+
+#[test]
+fn a_refused_job_goes_to_another_consumer_first() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut a = connect(&mut core, Protocol::V5, "a", true, None, now);
+    subscribe(
+        &mut core,
+        &mut a,
+        &[("$queue/jobs", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let mut p = connect(&mut core, Protocol::V5, "p", true, None, now);
+    enqueue(&mut core, &mut p, "$queue/jobs", 1, now);
+    let held = received(&mut core, &mut a, now);
+    let mut b = connect(&mut core, Protocol::V5, "b", true, None, now);
+    subscribe(
+        &mut core,
+        &mut b,
+        &[("$queue/jobs", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    // a refuses it with a reason code: a and b then hold nothing, and a (the first
+    // consumer) would be picked; the refusal makes it b.
+    let mut refuse = Ack::new(held[0].3);
+    refuse.reason = 0x80;
+    send(&mut core, &mut a, &Packet::PubAck(refuse), now).unwrap();
+    let to_b = received(&mut core, &mut b, now);
+    assert_eq!(to_b.iter().map(payload).collect::<Vec<_>>(), ["job-0"]);
+    assert!(received(&mut core, &mut a, now).is_empty());
+    // b refuses it with a nack: it goes back to a.
+    assert_eq!(
+        control(
+            &mut core,
+            &mut b,
+            &format!("$queue/$nack/{}", to_b[0].3),
+            now
+        ),
+        0
+    );
+    ack(&mut core, &mut b, to_b[0].3, now);
+    let back = received(&mut core, &mut a, now);
+    assert_eq!(back.iter().map(payload).collect::<Vec<_>>(), ["job-0"]);
+    assert!(received(&mut core, &mut b, now).is_empty());
+}
