@@ -218,14 +218,16 @@ def resume_too_old(run, args, http):
     mids = [pub.publish("old/n", str(n), qos=1) for n in range(1, 41)]
     mp.pump([pub], lambda: all(m in pub.acked for m in mids), 10.0)
     first = s1.events(30)
-    # A fresh named session numbers its events from 1, in the order published.
-    run.eq("ids_are_message_numbers", [(e["id"], e["data"]["payload"]) for e in first],
-           [(str(n), str(n)) for n in range(1, 31)])
+    # A fresh named session numbers its events consecutively from a base (above every
+    # id of an earlier broker run), in the order published.
+    base = int(first[0]["id"]) - 1 if first else 0
+    run.eq("ids_are_message_numbers", [(int(e["id"]) - base, e["data"]["payload"]) for e in first],
+           [(n, str(n)) for n in range(1, 31)])
     s1.close()
     run.check("broker_saw_the_stream_close",
               wait_until(lambda: stats(http)["clients_connected"] == baseline, 10.0))
 
-    s2 = Sse(http, params, headers={"Last-Event-ID": "5"})
+    s2 = Sse(http, params, headers={"Last-Event-ID": str(base + 5)})
     evs = []
     while (e := s2.next_event()) is not None:
         evs.append(e)
@@ -245,7 +247,16 @@ def resume_too_old(run, args, http):
     run.info(first_kept=first_kept)
     run.eq("then_every_later_message_once_in_order", numbers,
            list(range(first_kept, 41)) if first_kept else [])
-    run.eq("ids_still_message_numbers", [int(e["id"]) for e in msgs], numbers)
+    run.eq("ids_still_message_numbers", [int(e["id"]) - base for e in msgs], numbers)
+    # An id this broker never sent (an earlier run's): a `reset` event, then what is
+    # queued.
+    s3 = Sse(http, params, headers={"Last-Event-ID": "3"})
+    pub.publish("old/n", "41", qos=1)
+    evs = [s3.next_event(), s3.next_event()]
+    s3.close()
+    run.eq("unknown_id_gets_reset_then_messages",
+           [e and e["event"] for e in evs], ["reset", "message"])
+    run.eq("after_reset_the_new_message", evs[1] and evs[1]["data"]["payload"], "41")
     pub.disconnect()
 
 

@@ -754,6 +754,9 @@ fn sse_resume_older_than_kept_events_says_how_many_were_lost() {
             "dropped_names_the_lost_events",
             "kept_at_most_sse_buffer_events",
             "then_every_later_message_once_in_order",
+            "ids_still_message_numbers",
+            "unknown_id_gets_reset_then_messages",
+            "after_reset_the_new_message",
         ],
     );
 }

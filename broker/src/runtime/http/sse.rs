@@ -64,7 +64,17 @@ impl Sessions {
                 map.remove(&old);
             }
         }
-        let r = Arc::new(Mutex::new(Ring::default()));
+        // Ids of a new ring start past every id an earlier ring of this client id
+        // (before a restart, or before it was forgotten) can have sent.
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            .saturating_mul(1000);
+        let r = Arc::new(Mutex::new(Ring {
+            base,
+            last: base,
+            ..Ring::default()
+        }));
         map.insert(client_id.to_owned(), r.clone());
         order.push_back(client_id.to_owned());
         r
@@ -74,7 +84,10 @@ impl Sessions {
 /// A named session's recent events.
 #[derive(Debug, Default)]
 struct Ring {
-    /// The id of the last event sent (ids start at 1).
+    /// Ids start after this (the ring's creation time in µs): an id below it was sent
+    /// before the ring existed.
+    base: u64,
+    /// The id of the last event sent.
     last: u64,
     events: VecDeque<(u64, Arc<str>)>,
     bytes: usize,
@@ -94,8 +107,13 @@ impl Ring {
         self.last
     }
 
-    /// Events after `id`, and how many after it are no longer kept.
-    fn after(&self, id: u64) -> (Vec<(u64, Arc<str>)>, u64) {
+    /// Events after `id`, and how many after it are no longer kept; `None` when `id`
+    /// is not one of this ring's (sent before it existed, or never).
+    #[allow(clippy::type_complexity)]
+    fn after(&self, id: u64) -> Option<(Vec<(u64, Arc<str>)>, u64)> {
+        if id < self.base || id > self.last {
+            return None;
+        }
         let first_kept = self.events.front().map_or(self.last + 1, |(s, _)| *s);
         let lost = first_kept
             .saturating_sub(id + 1)
@@ -106,7 +124,7 @@ impl Ring {
             .filter(|(s, _)| *s > id)
             .cloned()
             .collect();
-        (replay, lost)
+        Some((replay, lost))
     }
 }
 
@@ -275,21 +293,33 @@ pub(super) async fn subscribe(
     let ring = named.then(|| state.sse.ring(&client_id));
     let mut pending = VecDeque::new();
     if let (Some(ring), Some(id)) = (&ring, last_event_id) {
-        let (replay, lost) = ring.lock().unwrap_or_else(|p| p.into_inner()).after(id);
-        if lost > 0 {
-            pending.push_back(
-                Event::default()
-                    .event("dropped")
-                    .data(json!({"dropped": lost, "reason": "resume"}).to_string()),
-            );
-        }
-        for (seq, data) in replay {
-            pending.push_back(
-                Event::default()
-                    .event("message")
-                    .id(seq.to_string())
-                    .data(&*data),
-            );
+        let known = ring.lock().unwrap_or_else(|p| p.into_inner()).after(id);
+        match known {
+            // Sent before this broker run (or before the client id was forgotten): what
+            // was on its way then cannot be replayed. Queued messages still come.
+            None => pending.push_back(
+                Event::default().event("reset").data(
+                    json!({"reason": "unknown Last-Event-ID: events sent before it may be lost"})
+                        .to_string(),
+                ),
+            ),
+            Some((replay, lost)) => {
+                if lost > 0 {
+                    pending.push_back(
+                        Event::default()
+                            .event("dropped")
+                            .data(json!({"dropped": lost, "reason": "resume"}).to_string()),
+                    );
+                }
+                for (seq, data) in replay {
+                    pending.push_back(
+                        Event::default()
+                            .event("message")
+                            .id(seq.to_string())
+                            .data(&*data),
+                    );
+                }
+            }
         }
     }
     let stream = Stream {
