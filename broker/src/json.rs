@@ -287,6 +287,66 @@ mod tests {
         }
     }
 
+    /// The decoder agrees with the device's encoder (postcard) on every kind of value,
+    /// the extremes included.
+    #[test]
+    fn decodes_what_the_device_encodes() {
+        use mote_client::{SensorEvent as Dev, Value as V};
+        let values = [
+            (V::Bool(false), EventValue::Bool(false)),
+            (V::Bool(true), EventValue::Bool(true)),
+            (V::I32(i32::MIN), EventValue::I32(i32::MIN)),
+            (V::I32(-2), EventValue::I32(-2)),
+            (V::U32(u32::MAX), EventValue::U32(u32::MAX)),
+            (V::F32(23.3), EventValue::F32(23.3)),
+            (V::F32(-0.0), EventValue::F32(-0.0)),
+            (V::I64(i64::MIN), EventValue::I64(i64::MIN)),
+            (V::I64(i64::MAX), EventValue::I64(i64::MAX)),
+        ];
+        for (i, (dev, ours)) in values.into_iter().enumerate() {
+            for (device, seq, ts, channel) in [
+                (0, 0, 0, 0),
+                (1, 5, 1000, 2),
+                (u32::MAX, u32::MAX, u64::MAX, u16::MAX),
+            ] {
+                let e = Dev {
+                    device,
+                    seq,
+                    timestamp_ms: ts,
+                    channel,
+                    value: dev,
+                };
+                let mut buf = [0u8; Dev::MAX_ENCODED_LEN];
+                let bytes = e.encode(&mut buf).unwrap();
+                let want = SensorEvent {
+                    device,
+                    seq,
+                    timestamp_ms: ts,
+                    channel,
+                    value: ours,
+                };
+                assert_eq!(
+                    SensorEvent::decode(bytes),
+                    Ok(want),
+                    "case {i}: {bytes:02x?}"
+                );
+            }
+        }
+        // The golden bytes above are the device's encoding.
+        let e = Dev {
+            device: 1,
+            seq: 5,
+            timestamp_ms: 1000,
+            channel: 2,
+            value: V::F32(21.5),
+        };
+        let mut buf = [0u8; Dev::MAX_ENCODED_LEN];
+        assert_eq!(
+            e.encode(&mut buf).unwrap(),
+            &[0x01, 0x05, 0xe8, 0x07, 0x02, 0x03, 0x00, 0x00, 0xac, 0x41]
+        );
+    }
+
     #[test]
     fn bad_events_are_errors_not_panics() {
         let cases: [(&[u8], EventError); 6] = [
