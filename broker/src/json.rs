@@ -228,6 +228,7 @@ pub(crate) fn render_payload(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
