@@ -436,3 +436,54 @@ pub fn unique_path(prefix: &str, suffix: &str) -> PathBuf {
     let n = N.fetch_add(1, Ordering::Relaxed);
     std::env::temp_dir().join(format!("{prefix}-{}-{n}{suffix}", std::process::id()))
 }
+
+/// The last `n` lines of `s` (a broker log, for a failure message).
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Asserts what a check script (`tests/python/*.py`, `tests/ws/*.mjs`) printed: it exited
+/// 0, printed a passing result line and no failed check, and each of `checks` ran and
+/// passed. `context` describes the run for the failure message. The scripts print JSON
+/// lines, with or without spaces after `:` and `,` (Python's and Node's defaults).
+#[track_caller]
+pub fn assert_checks(
+    what: &str,
+    passed: bool,
+    stdout: &str,
+    checks: &[&str],
+    context: &dyn Fn() -> String,
+) {
+    let compact: Vec<String> = stdout
+        .lines()
+        .map(|l| l.replace(": ", ":").replace(", ", ","))
+        .collect();
+    let failed: Vec<&String> = compact
+        .iter()
+        .filter(|l| l.contains(r#""ok":false"#))
+        .collect();
+    assert!(
+        passed && failed.is_empty(),
+        "{what} failed; failed checks:\n{}\n\n{}",
+        failed
+            .iter()
+            .map(|l| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        context()
+    );
+    assert!(
+        compact.iter().any(|l| l.starts_with(r#"{"result":"pass""#)),
+        "{what}: no pass result:\n{}",
+        context()
+    );
+    for c in checks {
+        let prefix = format!(r#"{{"check":"{c}","ok":true"#);
+        assert!(
+            compact.iter().any(|l| l.starts_with(&prefix)),
+            "{what}: check `{c}` did not pass (or did not run):\n{}",
+            context()
+        );
+    }
+}

@@ -28,7 +28,7 @@ use common::{
 };
 use mote_codec::{Connect, Packet, Properties, Protocol, Publish, QoS, SubOptions};
 use mote_tests::harness::{Suite, MOSQUITTO_PUB, MOSQUITTO_SUB, PAHO, STDBUF};
-use mote_tests::{mote_bin, python_dir, spawn, unique_path, Broker, Reaped};
+use mote_tests::{mote_bin, python_dir, spawn, tail, unique_path, Broker, Reaped};
 use socket2::{Domain, Socket, Type};
 
 fn main() -> std::process::ExitCode {
@@ -345,11 +345,6 @@ fn wait_log(broker: &Broker, what: &str, pred: impl Fn(&str) -> bool) -> String 
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Waits `ms` milliseconds (to be sure something does *not* arrive).

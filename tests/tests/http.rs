@@ -26,7 +26,7 @@ use common::{messages, mosq_sub, wait_messages};
 use mote_tests::harness::{
     Suite, CURL, MOSQUITTO_PUB, MOSQUITTO_SUB, PAHO, PROC_STATUS, PY_HTTP, STDBUF,
 };
-use mote_tests::{mote_bin, python_dir, spawn, unique_path, Broker, Reaped};
+use mote_tests::{assert_checks, mote_bin, python_dir, spawn, tail, unique_path, Broker, Reaped};
 
 fn main() -> std::process::ExitCode {
     Suite::new()
@@ -119,36 +119,16 @@ fn run_py(broker: &Broker, script: &str, args: &[&str], checks: &[&str]) -> Stri
             tail(&broker.log(), 40)
         )
     };
-    let failed: Vec<&str> = out
-        .lines()
-        .filter(|l| l.contains(r#""ok": false"#))
-        .collect();
-    assert!(
-        status.is_some_and(|s| s.success()) && failed.is_empty(),
-        "{script} failed (status {status:?}); failed checks:\n{}\n\n{}",
-        failed.join("\n"),
-        context()
+    let what = format!("{script} (status {status:?})");
+    assert_checks(
+        &what,
+        status.is_some_and(|s| s.success()),
+        &out,
+        checks,
+        &context,
     );
-    assert!(
-        out.lines().any(|l| l.starts_with(r#"{"result": "pass""#)),
-        "{script}: no pass result:\n{}",
-        context()
-    );
-    for c in checks {
-        let prefix = format!(r#"{{"check": "{c}", "ok": true"#);
-        assert!(
-            out.lines().any(|l| l.starts_with(&prefix)),
-            "{script}: check `{c}` did not pass (or did not run):\n{}",
-            context()
-        );
-    }
     assert_no_panic(broker);
     out
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[track_caller]

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mote_tests::harness::{Suite, PAHO};
-use mote_tests::{python_dir, spawn, Broker};
+use mote_tests::{assert_checks, python_dir, spawn, tail, Broker};
 
 fn main() -> std::process::ExitCode {
     Suite::new()
@@ -99,30 +99,15 @@ fn run_py(broker: &Broker, script: &str, args: &[&str], checks: &[&str]) -> Stri
             tail(&broker.log(), 40)
         )
     };
-    assert!(
+    let what = format!("{script} (status {status:?})");
+    assert_checks(
+        &what,
         status.is_some_and(|s| s.success()),
-        "{script} failed (status {status:?}):\n{}",
-        context()
+        &out,
+        checks,
+        &context,
     );
-    assert!(
-        out.lines().any(|l| l.starts_with(r#"{"result": "pass""#)),
-        "{script}: no pass result:\n{}",
-        context()
-    );
-    for c in checks {
-        let prefix = format!(r#"{{"check": "{c}", "ok": true"#);
-        assert!(
-            out.lines().any(|l| l.starts_with(&prefix)),
-            "{script}: check `{c}` did not pass (or did not run):\n{}",
-            context()
-        );
-    }
     out
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Both protocol versions, as the scripts spell them.

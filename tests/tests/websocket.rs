@@ -37,7 +37,7 @@ use common::{messages, mosq_pub, mosq_sub, wait_messages, Proc};
 use mote_tests::harness::{
     cannot_run, Need, Suite, MOSQUITTO_PUB, MOSQUITTO_SUB, NODE, NPM, PAHO, STDBUF,
 };
-use mote_tests::{python_dir, spawn, Broker, Reaped, TempFile};
+use mote_tests::{assert_checks, python_dir, spawn, tail, Broker, Reaped, TempFile};
 
 /// mqtt.js and ws installed in `tests/ws/node_modules` (by `npm ci` if needed).
 const WS_PACKAGES: Need = Need::Check {
@@ -202,24 +202,14 @@ fn finish(mut p: Proc, what: &str, checks: &[&str], broker: &Broker) {
             tail(&broker.log(), 40)
         )
     };
-    assert!(
+    let what = format!("{what} (status {status:?})");
+    assert_checks(
+        &what,
         status.is_some_and(|s| s.success()),
-        "{what} failed (status {status:?}):\n{}",
-        context()
+        &lines.join("\n"),
+        checks,
+        &context,
     );
-    assert!(
-        lines.iter().any(|l| l.starts_with(r#"{"result":"pass""#)),
-        "{what}: no pass result:\n{}",
-        context()
-    );
-    for c in checks {
-        let prefix = format!(r#"{{"check":"{c}","ok":true"#);
-        assert!(
-            lines.iter().any(|l| l.starts_with(&prefix)),
-            "{what}: check `{c}` did not pass (or did not run):\n{}",
-            context()
-        );
-    }
 }
 
 /// Asserts that the broker's log holds no panic.
@@ -231,11 +221,6 @@ fn assert_no_panic(broker: &Broker) {
         "the broker panicked:\n{}",
         tail(&log, 60)
     );
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// `ws://HTTP_ADDR/PATH`.

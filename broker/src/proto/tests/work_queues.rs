@@ -411,25 +411,7 @@ fn a_lone_consumer_gets_its_timed_out_job_again_and_the_copy_keeps_its_timeout()
 /// Publishes a consumer's control topic at QoS 1 and returns the PUBACK's reason code
 /// (other packets stay in `c.out`).
 fn control(core: &mut Core, c: &mut Client, topic: &str, now: Instant) -> u8 {
-    let p = Packet::Publish(Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic,
-        packet_id: 999,
-        properties: Properties::default(),
-        payload: b"",
-    });
-    send(core, c, &p, now).unwrap();
-    let bytes = c.out.split().to_vec();
-    let mut code = None;
-    let mut rest = BytesMut::new();
-    each_packet(&bytes, c.protocol, |p| match p {
-        Packet::PubAck(a) if a.packet_id == 999 => code = Some(a.reason),
-        p => p.encode_to(c.protocol, &mut rest).unwrap(),
-    });
-    c.out = rest;
-    code.expect("a PUBACK")
+    publish_acked(core, c, topic, b"", now).0
 }
 
 #[test]
