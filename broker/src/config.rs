@@ -402,6 +402,14 @@ pub struct MqttConfig {
     /// Outbound QoS 1/2 messages the broker keeps unacknowledged per client (further
     /// capped by the client's own Receive Maximum). Must be at least 1. Default `256`.
     pub max_inflight: u16,
+    /// PUBLISH packets a client may send per second (a token bucket holding one second's
+    /// worth). A client over it is not disconnected: the broker stops reading its
+    /// socket until it is within the rate again (TCP backpressure). `0` = no limit.
+    /// Default `0`.
+    pub max_publish_rate: u32,
+    /// PUBLISH bytes a client may send per second, the same way. `0` = no limit.
+    /// Default `0`.
+    pub max_publish_bytes_rate: u64,
     /// Inbound topic aliases accepted from a v5 client (the Topic Alias Maximum the broker
     /// announces); `0` disables topic aliases. Default `64`.
     pub topic_alias_maximum: u16,
@@ -511,6 +519,8 @@ impl Default for MqttConfig {
             connect_timeout_ms: 10_000,
             receive_maximum: 1024,
             max_inflight: 256,
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
             topic_alias_maximum: 64,
             max_qos: 2,
             retain_available: true,

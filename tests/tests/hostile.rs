@@ -35,6 +35,7 @@ fn main() -> std::process::ExitCode {
                 client_still_writing_reads_the_disconnect_reason,
                 subscribe_sent_before_publish_is_handled_first,
                 one_subscribe_of_100000_filters_over_1000_retained_stays_bounded,
+                a_publisher_over_its_rate_is_slowed_not_disconnected,
             ],
         )
         .tests(
@@ -916,4 +917,60 @@ fn one_subscribe_of_100000_filters_over_1000_retained_stays_bounded() {
     }
     assert_eq!(topics.len(), 1000, "each retained message exactly once");
     eprintln!("SUBACK and 1,000 retained in {:?}", started.elapsed());
+}
+
+// ------------------------------------------- per-client PUBLISH rate (max_publish_rate)
+
+/// With `max_publish_rate = 50`, a client that sends 150 QoS 0 PUBLISHes at once is read
+/// at 50 a second after its one-second burst: all arrive, in order, over about two
+/// seconds, and it stays connected. Another client publishing meanwhile is not slowed.
+fn a_publisher_over_its_rate_is_slowed_not_disconnected() {
+    let broker = Broker::start_with(&["--memory"], Some("[mqtt]\nmax_publish_rate = 50\n"));
+    let mut sub = connect(broker.addr, V311, "rate-sub");
+    sub.subscribe("rate/#", QoS::AtMostOnce);
+    let mut fast = connect(broker.addr, V311, "rate-fast");
+    let mut batch = Vec::new();
+    for i in 0..150u32 {
+        batch.extend(encode(
+            &Packet::Publish(publish(
+                "rate/fast",
+                i.to_string().as_bytes(),
+                QoS::AtMostOnce,
+                0,
+            )),
+            V311,
+        ));
+    }
+    let started = Instant::now();
+    assert!(fast.send_raw(&batch));
+    // Meanwhile another client's messages go through at once.
+    let mut other = connect(broker.addr, V311, "rate-other");
+    other.publish("rate/other", b"hello", QoS::AtMostOnce, 0);
+    let mut fast_got = Vec::new();
+    let mut other_at = None;
+    let mut last_at = started;
+    while fast_got.len() < 150 && started.elapsed() < Duration::from_secs(10) {
+        let m = sub.expect_publish();
+        if m.topic == "rate/other" {
+            other_at = Some(started.elapsed());
+        } else {
+            fast_got.push(String::from_utf8(m.payload.to_vec()).unwrap());
+            last_at = Instant::now();
+        }
+    }
+    let want: Vec<String> = (0..150).map(|i| i.to_string()).collect();
+    assert_eq!(fast_got, want, "every message, in order");
+    let took = last_at - started;
+    assert!(
+        took >= Duration::from_millis(1_600) && took < Duration::from_secs(6),
+        "150 at 50/s after a 50 burst should take about 2 s, took {took:?}"
+    );
+    let other_at = other_at.expect("the other client's message");
+    assert!(
+        other_at < Duration::from_millis(500),
+        "the other client was slowed: {other_at:?}"
+    );
+    // Still connected: a PINGREQ is answered.
+    assert!(fast.send_raw(&[0xc0, 0x00]));
+    assert_eq!(fast.expect().kind(), 13, "PINGRESP");
 }

@@ -71,6 +71,67 @@ const LINGER_MAX: Duration = Duration::from_secs(2);
 /// unread input left, closing sends no reset.
 const LINGER_QUIET: Duration = Duration::from_millis(200);
 
+/// A client's PUBLISH rate limits (`mqtt.max_publish_rate`, `max_publish_bytes_rate`):
+/// token buckets holding one second's worth. When one is in debt the connection stops
+/// reading until it is repaid, so a fast publisher is slowed by TCP backpressure, never
+/// disconnected, and costs the broker nothing meanwhile.
+#[derive(Debug)]
+struct Throttle {
+    /// Messages per second and bytes per second (0: no limit).
+    rates: (f64, f64),
+    /// Tokens left (negative: debt).
+    tokens: (f64, f64),
+    at: Instant,
+}
+
+impl Throttle {
+    fn new(cfg: &crate::config::MqttConfig) -> Option<Throttle> {
+        let rates = (
+            f64::from(cfg.max_publish_rate),
+            cfg.max_publish_bytes_rate as f64,
+        );
+        (rates.0 > 0.0 || rates.1 > 0.0).then(|| Throttle {
+            rates,
+            tokens: rates,
+            at: Instant::now(),
+        })
+    }
+
+    /// True when no further PUBLISH may be handled now (one may always go into debt for
+    /// its bytes: a packet larger than the byte rate still passes, then waits it out).
+    fn exhausted(&self) -> bool {
+        (self.rates.0 > 0.0 && self.tokens.0 < 1.0) || (self.rates.1 > 0.0 && self.tokens.1 < 1.0)
+    }
+
+    /// Takes one PUBLISH of `bytes`.
+    fn take(&mut self, bytes: usize) {
+        self.tokens.0 -= 1.0;
+        self.tokens.1 -= bytes as f64;
+    }
+
+    /// When the connection may read again, if it must wait.
+    fn paused_until(&mut self, now: Instant) -> Option<Instant> {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        let refill = |tokens: f64, rate: f64| (tokens + rate * dt).min(rate);
+        self.tokens = (
+            refill(self.tokens.0, self.rates.0),
+            refill(self.tokens.1, self.rates.1),
+        );
+        // Until `exhausted` is false again: a whole message's token, and some byte credit.
+        let wait = |tokens: f64, rate: f64, need: f64| {
+            if rate > 0.0 && tokens < need {
+                (need - tokens) / rate
+            } else {
+                0.0
+            }
+        };
+        let secs =
+            wait(self.tokens.0, self.rates.0, 1.0).max(wait(self.tokens.1, self.rates.1, 1.0));
+        (secs > 0.0).then(|| now + Duration::from_secs_f64(secs))
+    }
+}
+
 /// How the socket is closed once the connection is over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Closing {
@@ -648,16 +709,28 @@ impl Link<'_> {
         let mut more = false;
         // The CONNECT's CONNACK (and anything else it produced).
         flush(stream, &mut out).await?;
+        let mut throttle = Throttle::new(&shared.config.mqtt);
+        let resume = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(resume);
         loop {
+            // Over its PUBLISH rate: nothing of this client is read or handled until the
+            // debt is repaid (what is buffered waits too).
+            let paused = throttle
+                .as_mut()
+                .and_then(|t| t.paused_until(Instant::now()));
+            if let Some(until) = paused {
+                resume.as_mut().reset(until);
+            }
             // Handle every complete frame in the buffer under one lock (none: no lock).
             let mut consumed = 0;
             let mut close = None;
             let grew = inbuf.capacity() > SHRINK_ABOVE;
-            let ready = match check(&inbuf, max_packet) {
-                Ok(Some(h)) => inbuf.len() >= h.frame_len(),
-                Ok(None) => false,
-                Err(_) => true,
-            };
+            let ready = paused.is_none()
+                && match check(&inbuf, max_packet) {
+                    Ok(Some(h)) => inbuf.len() >= h.frame_len(),
+                    Ok(None) => false,
+                    Err(_) => true,
+                };
             if ready {
                 shared
                     .apply(|core, fx| {
@@ -673,6 +746,11 @@ impl Link<'_> {
                                     break;
                                 }
                             };
+                            // Over its rate: this PUBLISH and what follows wait.
+                            let publish = rest.first().is_some_and(|b| b >> 4 == 3);
+                            if publish && throttle.as_ref().is_some_and(Throttle::exhausted) {
+                                break;
+                            }
                             let packet =
                                 match decode_body(&h, &rest[h.header_len..h.frame_len()], protocol)
                                 {
@@ -684,6 +762,9 @@ impl Link<'_> {
                                     }
                                 };
                             consumed += h.frame_len();
+                            if let (Some(t), Packet::Publish(_)) = (throttle.as_mut(), &packet) {
+                                t.take(h.frame_len());
+                            }
                             if let Err(c) =
                                 core.handle(&acc.client_id, acc.conn_id, &packet, now, &mut out, fx)
                             {
@@ -719,9 +800,18 @@ impl Link<'_> {
             flush_keeping(stream, &mut out, more).await?;
             shared.transports.sent(S::TRANSPORT, sent);
             more = false;
+            // The frames just handled may have used up the rate.
+            let paused = throttle
+                .as_mut()
+                .and_then(|t| t.paused_until(Instant::now()));
+            if let Some(until) = paused {
+                resume.as_mut().reset(until);
+            }
 
             tokio::select! {
-                r = stream.read_buf(&mut inbuf) => {
+                // The client was not idle: the broker was not reading it.
+                () = &mut resume, if paused.is_some() => last_rx = Instant::now(),
+                r = stream.read_buf(&mut inbuf), if paused.is_none() => {
                     match r {
                         Ok(0) => return Ok(LinkExit::ended(End::Abnormal, Closing::Now)),
                         Ok(n) => {
