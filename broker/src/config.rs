@@ -160,6 +160,14 @@ impl Default for QueuesConfig {
     }
 }
 
+/// Whether `name` is a work queue's name: 1 to 64 of `A-Z a-z 0-9 _ . -`.
+pub fn is_queue_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 /// What a full work queue does with one more message.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -774,12 +782,8 @@ impl Config {
 
         self.http.validate()?;
         for (name, q) in &self.queue {
-            let valid = (1..=64).contains(&name.len())
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
             ensure!(
-                valid,
+                is_queue_name(name),
                 "[queue.{name:?}]: a queue name is 1 to 64 of A-Z a-z 0-9 _ . -"
             );
             if let Err(why) = q.validate() {

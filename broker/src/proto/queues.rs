@@ -61,11 +61,7 @@ pub(crate) fn queue_of(topic: &str) -> Option<&str> {
 
 /// `name` when it is a well-formed queue name.
 fn queue_of_name(name: &str) -> Option<&str> {
-    let valid = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    valid.then_some(name)
+    crate::config::is_queue_name(name).then_some(name)
 }
 
 /// The store id (and session id) of queue `name`.

@@ -105,38 +105,26 @@ impl Core {
         now: Instant,
         fx: &mut Effects,
     ) {
-        let online = self.sessions.values().filter(|s| s.online()).count();
-        // Work queues keep their jobs in sessions of their own; they are not clients.
-        let queues = self
-            .sessions
-            .keys()
-            .filter(|k| k.starts_with(queues::QUEUE_PREFIX) || &***k == delayed::STORE_ID);
-        let clients = self.sessions.len() - queues.count();
-        let queued: usize = self.sessions.values().map(|s| s.queued_len()).sum();
-        let expired: u64 = self.sessions.values().map(|s| s.drops().expired).sum();
-        let (spilled, _) = self.spilled();
+        let st = self.stats();
         let values: [(&str, String); 24] = [
             ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", uptime.as_secs())),
-            ("clients/connected", online.to_string()),
-            ("clients/total", clients.to_string()),
-            ("subscriptions/count", self.subs.len().to_string()),
-            ("retained/count", self.retained.len().to_string()),
-            ("retained/bytes", self.retained_bytes.to_string()),
+            ("clients/connected", st.clients_connected.to_string()),
+            ("clients/total", st.sessions.to_string()),
+            ("subscriptions/count", st.subscriptions.to_string()),
+            ("retained/count", st.retained.to_string()),
+            ("retained/bytes", st.retained_bytes.to_string()),
             ("retained/refused", self.stats.retained_refused.to_string()),
-            ("messages/received", self.stats.publish_received.to_string()),
-            ("messages/delivered", self.stats.deliveries.to_string()),
-            ("messages/queued", queued.to_string()),
-            ("messages/dropped", self.stats.dropped_overflow.to_string()),
-            ("messages/expired", expired.to_string()),
-            ("messages/spilled", spilled.to_string()),
-            ("messages/denied", self.stats.publish_denied.to_string()),
-            ("messages/delayed", self.delayed.len().to_string()),
-            (
-                "subscriptions/denied",
-                self.stats.subscribe_denied.to_string(),
-            ),
-            ("memory/queued", self.queued_memory().to_string()),
+            ("messages/received", st.received.to_string()),
+            ("messages/delivered", st.delivered.to_string()),
+            ("messages/queued", st.queued.to_string()),
+            ("messages/dropped", st.dropped_overflow.to_string()),
+            ("messages/expired", st.expired.to_string()),
+            ("messages/spilled", st.spilled.to_string()),
+            ("messages/denied", st.denied_publish.to_string()),
+            ("messages/delayed", st.delayed.to_string()),
+            ("subscriptions/denied", st.denied_subscribe.to_string()),
+            ("memory/queued", st.queued_memory.to_string()),
             ("clients/pending", runtime.pending.to_string()),
             ("connections/refused", runtime.refused.to_string()),
             ("clients/login_refused", runtime.logins_refused.to_string()),
@@ -148,7 +136,7 @@ impl Core {
             let topic = format!("$SYS/broker/{name}");
             self.publish_system(&topic, Bytes::from(value), true, now, fx);
         }
-        for (name, stats) in self.queue_stats().into_iter().take(SYS_QUEUES) {
+        for (name, stats) in st.queues {
             for (key, value) in [
                 ("depth", stats.depth),
                 ("inflight", stats.inflight),

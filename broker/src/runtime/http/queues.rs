@@ -53,11 +53,7 @@ const MAX_CONSUMERS: usize = 1024;
 
 /// A queue name, checked as the broker checks it.
 fn queue_name(name: &str) -> Result<&str, ApiError> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+    if crate::config::is_queue_name(name) {
         Ok(name)
     } else {
         Err(ApiError::bad(

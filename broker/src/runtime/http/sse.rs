@@ -159,36 +159,7 @@ fn params(uri: &Uri) -> Result<Params, String> {
 
 /// `application/x-www-form-urlencoded` pairs.
 fn query_pairs(q: &str) -> Result<Vec<(String, String)>, String> {
-    q.split('&')
-        .filter(|s| !s.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Ok((percent_decode(k)?, percent_decode(v)?))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or("bad percent-encoding in the query")?;
-                out.push(hex);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| "the query is not UTF-8".to_owned())
+    serde_urlencoded::from_str(q).map_err(|e| format!("bad query: {e}"))
 }
 
 /// `GET /api/v1/subscribe`.
