@@ -110,6 +110,43 @@ pub enum Command {
         /// The user name
         user: String,
     },
+    /// Work queues of a running broker, over MQTT (docs/queues.md)
+    Queue {
+        /// The broker's MQTT address
+        #[arg(long, default_value = "127.0.0.1:1883", value_name = "ADDR:PORT")]
+        broker: SocketAddr,
+        /// User name (when the broker has a password file)
+        #[arg(long)]
+        username: Option<String>,
+        /// Password (or the environment variable MOTE_PASSWORD)
+        #[arg(long, env = "MOTE_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// What to do
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+/// `mote queue ...`.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum QueueAction {
+    /// Lists the queues with their depth, jobs in flight, consumers and dead letters
+    /// (from `$SYS/broker/queues/...`, published every `sys_interval_secs`)
+    Ls,
+    /// Declares a queue (`$admin/queue/NAME`) with settings as JSON, e.g.
+    /// '{"visibility_timeout": 600}'
+    Declare {
+        /// The queue
+        name: String,
+        /// The settings, as JSON (the keys of `[queue.NAME]`)
+        #[arg(default_value = "{}")]
+        settings: String,
+    },
+    /// Moves the jobs waiting in NAME.dlq back to NAME
+    Redrive {
+        /// The queue
+        name: String,
+    },
 }
 
 /// Lets clap reject a bad `--fsync` with its usual usage message, while the field stays a

@@ -8,6 +8,7 @@
 //! - [`runtime`]: tokio — listeners, one task per connection, the durability gate, the
 //!   ticker, shutdown.
 
+pub mod admin;
 pub mod config;
 mod json;
 mod proto;

@@ -7,8 +7,24 @@ use tokio_util::sync::CancellationToken;
 fn main() -> anyhow::Result<()> {
     fixed_malloc_thresholds();
     let cli = Cli::parse();
-    if let Some(Command::Passwd { delete, file, user }) = &cli.command {
-        return mote_broker::runtime::passwd(file, user, *delete);
+    match &cli.command {
+        Some(Command::Passwd { delete, file, user }) => {
+            return mote_broker::runtime::passwd(file, user, *delete)
+        }
+        Some(Command::Queue {
+            broker,
+            username,
+            password,
+            action,
+        }) => {
+            return mote_broker::admin::queue(
+                *broker,
+                username.as_deref(),
+                password.as_deref(),
+                action,
+            )
+        }
+        None => {}
     }
     let config = Config::load(&cli)?;
     if cli.print_config {

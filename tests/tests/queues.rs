@@ -408,3 +408,69 @@ fn declared_queues_keep_their_settings_across_a_restart() {
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `mote queue declare|ls|redrive` against a running broker: a declaration (and a
+/// conflicting one refused), the queues' counters, and dead letters moved back.
+#[test]
+fn the_mote_queue_command_declares_lists_and_redrives() {
+    let broker = Broker::start_with(&["--memory"], Some("[mqtt]\nsys_interval_secs = 1\n"));
+    let addr = broker.addr.to_string();
+    let mote = |args: &[&str]| {
+        let out = std::process::Command::new(mote_tests::mote_bin())
+            .args(["queue", "--broker", &addr])
+            .args(args)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, _) = mote(&["declare", "cli-jobs", r#"{"prefetch": 5}"#]);
+    assert!(ok && out.contains("declared"), "{out}");
+    let (ok, _, err) = mote(&["declare", "cli-jobs", r#"{"prefetch": 6}"#]);
+    assert!(!ok && err.contains("other settings"), "{err}");
+    let mut p = connect(broker.addr, Protocol::V5, "cli-producer");
+    for i in 0..3u16 {
+        p.publish_acked(&common::publish(
+            "$queue/cli-jobs",
+            b"job",
+            QoS::AtLeastOnce,
+            i + 1,
+        ));
+    }
+    // Two poisoned: dead letters.
+    let mut w = connect(broker.addr, Protocol::V5, "cli-worker");
+    w.subscribe("$queue/cli-jobs", QoS::AtLeastOnce);
+    for _ in 0..2 {
+        let m = w.expect_publish();
+        let mut poison = Ack::new(m.packet_id);
+        poison.reason = reason::PAYLOAD_FORMAT_INVALID;
+        w.send(&Packet::PubAck(poison));
+    }
+    let third = w.expect_publish();
+    w.ack(&third);
+    w.disconnect();
+    // The counters are `$SYS` values, published every second here.
+    let end = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let (ok, out, err) = mote(&["ls"]);
+        assert!(ok, "{err}");
+        let dlq = out.lines().find(|l| l.starts_with("cli-jobs.dlq "));
+        if dlq.is_some_and(|l| l.split_whitespace().nth(1) == Some("2")) || Instant::now() > end {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["cli-jobs.dlq", "2", "0", "0", "0"]),
+        "{listed}"
+    );
+    let (ok, out, err) = mote(&["redrive", "cli-jobs"]);
+    assert!(ok && out.trim() == "moved 2", "{out} {err}");
+}

@@ -591,14 +591,19 @@ impl Core {
             }
         }
         // `$admin/queue/NAME` declares a queue; the declaration is kept as the topic's
-        // retained message (`proto/queues.rs`).
-        let declare = topic.starts_with(queues::ADMIN_PREFIX);
+        // retained message. `$admin/queue/NAME/redrive` moves its dead letters back
+        // (`proto/queues.rs`).
+        let admin = topic.strip_prefix(queues::ADMIN_PREFIX);
+        let redrive = admin.and_then(|rest| rest.strip_suffix("/redrive"));
+        let declare = admin.is_some() && redrive.is_none();
         let mut reason_string = None;
-        if declare && code == reason::SUCCESS {
+        if let (Some(name), true) = (redrive, code == reason::SUCCESS) {
+            (code, reason_string) = self.redrive(name, now);
+        } else if declare && code == reason::SUCCESS {
             (code, reason_string) = self.admin_declare(&topic, p.payload, now);
         }
-        let routed = if control {
-            if code == reason::SUCCESS {
+        let routed = if control || redrive.is_some() {
+            if control && code == reason::SUCCESS {
                 code = self.queue_control(client, &topic, now);
             }
             1

@@ -309,6 +309,61 @@ impl Core {
         }
     }
 
+    /// `$admin/queue/NAME/redrive`: the jobs waiting in `NAME.dlq` go back to the end of
+    /// NAME, their delivery count started again (jobs a consumer of the dead-letter queue
+    /// holds stay there). The PUBACK's reason code and a reason string saying how many.
+    pub(super) fn redrive(&mut self, name: &str, now: Instant) -> (u8, Option<String>) {
+        if queue_of_name(name).is_none() || name.ends_with(DEAD_LETTER_SUFFIX) {
+            return (
+                reason::IMPLEMENTATION_SPECIFIC_ERROR,
+                Some(format!("{name:?} is not a queue with a dead-letter queue")),
+            );
+        }
+        let dlq = store_id(&format!("{name}{DEAD_LETTER_SUFFIX}"));
+        let clock = self.clock(now);
+        let mut moved = 0usize;
+        let mut fx = Effects::default();
+        loop {
+            let Some(d) = self
+                .sessions
+                .get_mut(&dlq)
+                .and_then(|q| q.take_ready(u64::MAX, clock))
+            else {
+                break;
+            };
+            // Back as a job of NAME: without the dead letter's reason.
+            let mut m = (*d.msg).clone();
+            let mut users = Vec::new();
+            for (k, v) in Properties::Wire(&m.user_properties)
+                .user_properties()
+                .iter()
+            {
+                if k != "mote-dead-reason" {
+                    push_user_property(&mut users, k, v);
+                }
+            }
+            m.user_properties = Bytes::from(users);
+            if !self.enqueue(name, Arc::new(m), true, now, &mut fx) {
+                // NAME is full: this one and the rest stay dead letters.
+                if let Some(q) = self.sessions.get_mut(&dlq) {
+                    q.push_front_ready(d);
+                }
+                break;
+            }
+            if d.dseq != 0 {
+                let rec = Record::Done {
+                    client: dlq.to_string(),
+                    dseq: d.dseq,
+                };
+                self.log(rec, Why::NoPromise);
+            }
+            moved += 1;
+        }
+        fx.run();
+        tracing::info!(queue = name, moved, "dead letters redriven");
+        (reason::SUCCESS, Some(format!("moved {moved}")))
+    }
+
     /// Recovery: the declarations kept as retained `$admin/queue/NAME` messages.
     pub(crate) fn restore_declarations(&mut self, now: Instant) {
         let mut found = Vec::new();

@@ -962,3 +962,56 @@ fn a_refused_job_goes_to_another_consumer_first() {
     assert_eq!(back.iter().map(payload).collect::<Vec<_>>(), ["job-0"]);
     assert!(received(&mut core, &mut b, now).is_empty());
 }
+
+#[test]
+fn redrive_moves_dead_letters_back_with_a_fresh_count() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut w = connect(&mut core, Protocol::V5, "w", true, None, now);
+    subscribe(
+        &mut core,
+        &mut w,
+        &[("$queue/jobs", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let mut p = connect(&mut core, Protocol::V5, "p", true, None, now);
+    enqueue(&mut core, &mut p, "$queue/jobs", 2, now);
+    // Both refused as poison: dead letters.
+    for m in received(&mut core, &mut w, now) {
+        let mut poison = Ack::new(m.3);
+        poison.reason = 0x99;
+        send(&mut core, &mut w, &Packet::PubAck(poison), now).unwrap();
+    }
+    let depth = |core: &Core, name: &str| {
+        core.queue_stats()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|s| s.1.depth)
+    };
+    assert_eq!(depth(&core, "jobs.dlq"), Some(2));
+    let (code, why) = publish_acked(&mut core, &mut p, "$admin/queue/jobs/redrive", b"", now);
+    assert_eq!((code, why.as_deref()), (0, Some("moved 2")));
+    assert_eq!(depth(&core, "jobs.dlq"), Some(0));
+    let back = received_with_users(&mut core, &mut w, now);
+    assert_eq!(
+        back.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
+        ["job-0", "job-1"]
+    );
+    for (_, users) in &back {
+        assert!(
+            users.contains(&("mote-delivery-count".to_owned(), "1".to_owned())),
+            "{users:?}"
+        );
+        assert!(
+            !users.iter().any(|(k, _)| k == "mote-dead-reason"),
+            "{users:?}"
+        );
+    }
+    // Not a queue with dead letters.
+    let (code, _) = publish_acked(&mut core, &mut p, "$admin/queue/jobs.dlq/redrive", b"", now);
+    assert_eq!(code, 0x83);
+    // A redrive is not kept as a declaration.
+    let (page, _) = core.retained_page("$admin/#", None, 10);
+    assert!(page.is_empty());
+}
