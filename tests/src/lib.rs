@@ -437,6 +437,16 @@ pub fn unique_path(prefix: &str, suffix: &str) -> PathBuf {
     std::env::temp_dir().join(format!("{prefix}-{}-{n}{suffix}", std::process::id()))
 }
 
+/// `python3 tests/python/SCRIPT`, unbuffered and writing no bytecode next to the
+/// scripts; the caller adds the arguments.
+pub fn python_script(script: &str) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(python_dir().join(script))
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd
+}
+
 /// The last `n` lines of `s` (a broker log, for a failure message).
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();

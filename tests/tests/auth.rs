@@ -28,7 +28,7 @@ use common::{
 };
 use mote_codec::{Connect, Packet, Properties, Protocol, Publish, QoS, SubOptions};
 use mote_tests::harness::{Suite, MOSQUITTO_PUB, MOSQUITTO_SUB, PAHO, STDBUF};
-use mote_tests::{mote_bin, python_dir, spawn, tail, unique_path, Broker, Reaped};
+use mote_tests::{mote_bin, python_script, spawn, tail, unique_path, Broker, Reaped};
 use socket2::{Domain, Socket, Type};
 
 fn main() -> std::process::ExitCode {
@@ -413,14 +413,11 @@ fn finish(p: &mut Proc, broker: &Broker) -> Vec<String> {
 /// Runs the Python `script` against `broker` with `args`, asserting it passed every check
 /// and ran each of `checks` (as `tests/paho.rs` does).
 fn run_py(broker: &Broker, script: &str, args: &[&str], checks: &[&str]) {
-    let mut cmd = Command::new("python3");
-    cmd.arg(python_dir().join(script))
-        .arg("--port")
+    let mut cmd = python_script(script);
+    cmd.arg("--port")
         .arg(broker.port().to_string())
         .args(["--timeout", "16"])
-        .args(args)
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+        .args(args);
     let (status, out, err) = spawn(&mut cmd).wait_output(Duration::from_secs(19));
     let context = || {
         format!(

@@ -26,7 +26,9 @@ use common::{messages, mosq_sub, wait_messages};
 use mote_tests::harness::{
     Suite, CURL, MOSQUITTO_PUB, MOSQUITTO_SUB, PAHO, PROC_STATUS, PY_HTTP, STDBUF,
 };
-use mote_tests::{assert_checks, mote_bin, python_dir, spawn, tail, unique_path, Broker, Reaped};
+use mote_tests::{
+    assert_checks, mote_bin, python_script, spawn, tail, unique_path, Broker, Reaped,
+};
 
 fn main() -> std::process::ExitCode {
     Suite::new()
@@ -101,17 +103,14 @@ fn broker(config: Option<&str>) -> Broker {
 /// check and ran each of `checks`. Returns its stdout.
 #[track_caller]
 fn run_py(broker: &Broker, script: &str, args: &[&str], checks: &[&str]) -> String {
-    let mut cmd = Command::new("python3");
-    cmd.arg(python_dir().join(script))
-        .arg("--port")
+    let mut cmd = python_script(script);
+    cmd.arg("--port")
         .arg(broker.port().to_string())
         .arg("--http")
         .arg(broker.http_addr().to_string())
         .arg("--timeout")
         .arg((SCRIPT_LIMIT.as_secs() - 3).to_string())
-        .args(args)
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+        .args(args);
     let (status, out, err) = spawn(&mut cmd).wait_output(SCRIPT_LIMIT);
     let context = || {
         format!(

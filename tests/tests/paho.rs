@@ -9,11 +9,10 @@
 //! every test here is reported as ignored, with the reason, and under `CI=true` it fails.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use mote_tests::harness::{Suite, PAHO};
-use mote_tests::{assert_checks, python_dir, spawn, tail, Broker};
+use mote_tests::{assert_checks, python_script, spawn, tail, Broker};
 
 fn main() -> std::process::ExitCode {
     Suite::new()
@@ -84,14 +83,11 @@ fn main() -> std::process::ExitCode {
 /// Runs `script` against `broker` with `args`, asserting it passed every check and ran
 /// each of `checks`. Returns its stdout.
 fn run_py(broker: &Broker, script: &str, args: &[&str], checks: &[&str]) -> String {
-    let mut cmd = Command::new("python3");
-    cmd.arg(python_dir().join(script))
-        .arg("--port")
+    let mut cmd = python_script(script);
+    cmd.arg("--port")
         .arg(broker.port().to_string())
         .args(["--timeout", "16"])
-        .args(args)
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+        .args(args);
     let (status, out, err) = spawn(&mut cmd).wait_output(Duration::from_secs(19));
     let context = || {
         format!(

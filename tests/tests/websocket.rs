@@ -37,7 +37,7 @@ use common::{messages, mosq_pub, mosq_sub, wait_messages, Proc};
 use mote_tests::harness::{
     cannot_run, Need, Suite, MOSQUITTO_PUB, MOSQUITTO_SUB, NODE, NPM, PAHO, STDBUF,
 };
-use mote_tests::{assert_checks, python_dir, spawn, tail, Broker, Reaped, TempFile};
+use mote_tests::{assert_checks, python_script, spawn, tail, Broker, Reaped, TempFile};
 
 /// mqtt.js and ws installed in `tests/ws/node_modules` (by `npm ci` if needed).
 const WS_PACKAGES: Need = Need::Check {
@@ -727,12 +727,9 @@ fn paho_over_ws(version: &str) {
     let broker = Broker::start_http();
     let http = broker.http_addr().port().to_string();
     let tcp = broker.port().to_string();
-    let mut cmd = Command::new("python3");
-    cmd.arg(python_dir().join("ws_paho.py"))
-        .args(["--port", &http, "--tcp-port", &tcp, "--version", version])
-        .args(["--timeout", SCRIPT_TIMEOUT])
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let mut cmd = python_script("ws_paho.py");
+    cmd.args(["--port", &http, "--tcp-port", &tcp, "--version", version])
+        .args(["--timeout", SCRIPT_TIMEOUT]);
     let (status, out, err) = spawn(&mut cmd).wait_output(SCRIPT_LIMIT);
     let context = || {
         format!(

@@ -25,6 +25,16 @@ fn enqueue(core: &mut Core, p: &mut Client, queue: &str, n: u32, now: Instant) {
     }
 }
 
+/// An MQTT 5 client that consumes `queue` at QoS 1.
+fn consumer(core: &mut Core, id: &str, queue: &str, now: Instant) -> Client {
+    let mut c = connect(core, Protocol::V5, id, true, None, now);
+    assert_eq!(
+        subscribe(core, &mut c, &[(queue, q(QoS::AtLeastOnce))], None, now),
+        [1]
+    );
+    c
+}
+
 /// The default visibility timeout.
 fn visibility() -> Duration {
     Duration::from_secs(MqttConfig::default().queue_visibility_timeout_secs)
@@ -220,14 +230,7 @@ fn a_full_queue_refuses_with_quota_exceeded_and_bad_names_are_refused() {
 fn a_v5_consumer_refuses_jobs_with_reason_codes() {
     let mut core = core();
     let now = Instant::now();
-    let mut w = connect(&mut core, Protocol::V5, "worker", true, None, now);
-    subscribe(
-        &mut core,
-        &mut w,
-        &[("$queue/jobs", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut w = consumer(&mut core, "worker", "$queue/jobs", now);
     let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
     enqueue(&mut core, &mut p, "$queue/jobs", 2, now);
     let got = received(&mut core, &mut w, now);
@@ -282,14 +285,7 @@ fn a_job_delivered_max_deliveries_times_is_dead_lettered() {
         let mut fx = Effects::default();
         core.disconnected(&w.id, w.conn, End::Abnormal, now, &mut fx);
     }
-    let mut w = connect(&mut core, Protocol::V5, "worker", true, None, now);
-    subscribe(
-        &mut core,
-        &mut w,
-        &[("$queue/jobs", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut w = consumer(&mut core, "worker", "$queue/jobs", now);
     assert!(
         received(&mut core, &mut w, now).is_empty(),
         "not delivered a sixth time"
@@ -313,26 +309,12 @@ fn a_job_delivered_max_deliveries_times_is_dead_lettered() {
 fn a_job_held_past_the_visibility_timeout_goes_to_another_consumer() {
     let mut core = core();
     let t0 = Instant::now();
-    let mut slow = connect(&mut core, Protocol::V5, "slow", true, None, t0);
-    subscribe(
-        &mut core,
-        &mut slow,
-        &[("$queue/jobs", q(QoS::AtLeastOnce))],
-        None,
-        t0,
-    );
+    let mut slow = consumer(&mut core, "slow", "$queue/jobs", t0);
     let mut p = connect(&mut core, Protocol::V5, "producer", true, None, t0);
     enqueue(&mut core, &mut p, "$queue/jobs", 1, t0);
     let held = received(&mut core, &mut slow, t0);
     assert_eq!(held.len(), 1);
-    let mut fast = connect(&mut core, Protocol::V5, "fast", true, None, t0);
-    subscribe(
-        &mut core,
-        &mut fast,
-        &[("$queue/jobs", q(QoS::AtLeastOnce))],
-        None,
-        t0,
-    );
+    let mut fast = consumer(&mut core, "fast", "$queue/jobs", t0);
     assert!(
         received(&mut core, &mut fast, t0).is_empty(),
         "held by slow"
@@ -372,14 +354,7 @@ fn a_job_held_past_the_visibility_timeout_goes_to_another_consumer() {
 fn a_lone_consumer_gets_its_timed_out_job_again_and_the_copy_keeps_its_timeout() {
     let mut core = core();
     let t0 = Instant::now();
-    let mut w = connect(&mut core, Protocol::V5, "lone", true, None, t0);
-    subscribe(
-        &mut core,
-        &mut w,
-        &[("$queue/jobs", q(QoS::AtLeastOnce))],
-        None,
-        t0,
-    );
+    let mut w = consumer(&mut core, "lone", "$queue/jobs", t0);
     let mut p = connect(&mut core, Protocol::V5, "producer", true, None, t0);
     enqueue(&mut core, &mut p, "$queue/jobs", 1, t0);
     let first = received(&mut core, &mut w, t0);
@@ -418,14 +393,7 @@ fn control(core: &mut Core, c: &mut Client, topic: &str, now: Instant) -> u8 {
 fn control_topics_nack_retry_touch_and_malformed() {
     let mut core = core();
     let t0 = Instant::now();
-    let mut w = connect(&mut core, Protocol::V5, "worker", true, None, t0);
-    subscribe(
-        &mut core,
-        &mut w,
-        &[("$queue/jobs", q(QoS::AtLeastOnce))],
-        None,
-        t0,
-    );
+    let mut w = consumer(&mut core, "worker", "$queue/jobs", t0);
     let mut p = connect(&mut core, Protocol::V5, "producer", true, None, t0);
     enqueue(&mut core, &mut p, "$queue/jobs", 3, t0);
     let got = received(&mut core, &mut w, t0);
@@ -635,14 +603,7 @@ fn queues_are_declared_over_mqtt_idempotently_and_kept_retained() {
     assert_eq!(kept, [("$admin/queue/jobs", &decl[..])]);
 
     // Its settings hold: a prefetch of 2, dead-lettered after one delivery.
-    let mut w = connect(&mut core, Protocol::V5, "w", true, None, now);
-    subscribe(
-        &mut core,
-        &mut w,
-        &[("$queue/jobs", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut w = consumer(&mut core, "w", "$queue/jobs", now);
     let mut p = connect(&mut core, Protocol::V5, "p", true, None, now);
     enqueue(&mut core, &mut p, "$queue/jobs", 3, now);
     let got = received(&mut core, &mut w, now);
@@ -719,14 +680,7 @@ fn overflow_policies_retention_delay_and_filter() {
         Some(1),
         "the oldest moved to the dead letters"
     );
-    let mut w = connect(&mut core, Protocol::V5, "w", true, None, now);
-    subscribe(
-        &mut core,
-        &mut w,
-        &[("$queue/drop", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut w = consumer(&mut core, "w", "$queue/drop", now);
     let names: Vec<String> = received(&mut core, &mut w, now)
         .iter()
         .map(payload)
@@ -867,14 +821,7 @@ fn received_with_users(
 fn jobs_carry_their_id_and_dead_letters_their_reason() {
     let mut core = core();
     let now = Instant::now();
-    let mut w = connect(&mut core, Protocol::V5, "w", true, None, now);
-    subscribe(
-        &mut core,
-        &mut w,
-        &[("$queue/jobs", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut w = consumer(&mut core, "w", "$queue/jobs", now);
     let mut p = connect(&mut core, Protocol::V5, "p", true, None, now);
     enqueue(&mut core, &mut p, "$queue/jobs", 1, now);
     let _ = core.drain(&w.id, w.conn, now, &mut w.out);
@@ -898,14 +845,7 @@ fn jobs_carry_their_id_and_dead_letters_their_reason() {
     let mut nack = Ack::new(pid);
     nack.reason = 0x99;
     send(&mut core, &mut w, &Packet::PubAck(nack), now).unwrap();
-    let mut d = connect(&mut core, Protocol::V5, "d", true, None, now);
-    subscribe(
-        &mut core,
-        &mut d,
-        &[("$queue/jobs.dlq", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut d = consumer(&mut core, "d", "$queue/jobs.dlq", now);
     let dead = received_with_users(&mut core, &mut d, now);
     assert_eq!(dead.len(), 1);
     let users = &dead[0].1;
@@ -920,25 +860,11 @@ fn jobs_carry_their_id_and_dead_letters_their_reason() {
 fn a_refused_job_goes_to_another_consumer_first() {
     let mut core = core();
     let now = Instant::now();
-    let mut a = connect(&mut core, Protocol::V5, "a", true, None, now);
-    subscribe(
-        &mut core,
-        &mut a,
-        &[("$queue/jobs", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut a = consumer(&mut core, "a", "$queue/jobs", now);
     let mut p = connect(&mut core, Protocol::V5, "p", true, None, now);
     enqueue(&mut core, &mut p, "$queue/jobs", 1, now);
     let held = received(&mut core, &mut a, now);
-    let mut b = connect(&mut core, Protocol::V5, "b", true, None, now);
-    subscribe(
-        &mut core,
-        &mut b,
-        &[("$queue/jobs", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut b = consumer(&mut core, "b", "$queue/jobs", now);
     // a refuses it with a reason code: a and b then hold nothing, and a (the first
     // consumer) would be picked; the refusal makes it b.
     let mut refuse = Ack::new(held[0].3);
@@ -967,14 +893,7 @@ fn a_refused_job_goes_to_another_consumer_first() {
 fn redrive_moves_dead_letters_back_with_a_fresh_count() {
     let mut core = core();
     let now = Instant::now();
-    let mut w = connect(&mut core, Protocol::V5, "w", true, None, now);
-    subscribe(
-        &mut core,
-        &mut w,
-        &[("$queue/jobs", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut w = consumer(&mut core, "w", "$queue/jobs", now);
     let mut p = connect(&mut core, Protocol::V5, "p", true, None, now);
     enqueue(&mut core, &mut p, "$queue/jobs", 2, now);
     // Both refused as poison: dead letters.
