@@ -447,6 +447,62 @@ pub fn python_script(script: &str) -> Command {
     cmd
 }
 
+/// Runs a check script (`cmd`, at most `limit`) against `broker` and asserts what it
+/// printed with [`assert_checks`]; `what` names it in failure messages, which also show
+/// its output and the broker log's tail. Returns its stdout.
+#[track_caller]
+pub fn run_script(
+    cmd: &mut Command,
+    limit: Duration,
+    what: &str,
+    checks: &[&str],
+    broker: &Broker,
+) -> String {
+    let (status, out, err) = spawn(cmd).wait_output(limit);
+    let context = || {
+        format!(
+            "{what}\n--- stdout\n{out}\n--- stderr\n{err}\n--- broker log (tail)\n{}",
+            tail(&broker.log(), 40)
+        )
+    };
+    let what = format!("{what} (status {status:?})");
+    assert_checks(
+        &what,
+        status.is_some_and(|s| s.success()),
+        &out,
+        checks,
+        &context,
+    );
+    out
+}
+
+/// A temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    /// A new empty directory named after `prefix`.
+    pub fn new(prefix: &str) -> TempDir {
+        let path = unique_path(prefix, "");
+        std::fs::create_dir(&path).expect("create a temporary directory");
+        TempDir { path }
+    }
+
+    /// A path inside it.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 /// The last `n` lines of `s` (a broker log, for a failure message).
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();

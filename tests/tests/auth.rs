@@ -28,7 +28,7 @@ use common::{
 };
 use mote_codec::{Connect, Packet, Properties, Protocol, Publish, QoS, SubOptions};
 use mote_tests::harness::{Suite, MOSQUITTO_PUB, MOSQUITTO_SUB, PAHO, STDBUF};
-use mote_tests::{mote_bin, python_script, spawn, tail, unique_path, Broker, Reaped};
+use mote_tests::{mote_bin, python_script, run_script, spawn, tail, Broker, Reaped, TempDir};
 use socket2::{Domain, Socket, Type};
 
 fn main() -> std::process::ExitCode {
@@ -81,31 +81,6 @@ const Q1: QoS = QoS::AtLeastOnce;
 const Q2: QoS = QoS::ExactlyOnce;
 
 // ---------------------------------------------------------------------------- helpers
-
-/// A temporary directory, removed on drop. The password file lives in one: `mote passwd`
-/// replaces it by writing a new file next to it.
-#[derive(Debug)]
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> TempDir {
-        let path = unique_path("mote-auth", "");
-        std::fs::create_dir(&path).unwrap();
-        TempDir { path }
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
 
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -165,7 +140,7 @@ impl Setup {
     /// password file), a rules file holding `rules` (none: no rules file), and `extra`
     /// lines.
     fn start(users: &[(&str, &str)], rules: Option<&str>, extra: &str) -> Setup {
-        let dir = TempDir::new();
+        let dir = TempDir::new("mote-auth");
         let passwd = dir.join("passwd");
         let acl = dir.join("acl");
         let mut toml = String::from("[auth]\n");
@@ -418,26 +393,13 @@ fn run_py(broker: &Broker, script: &str, args: &[&str], checks: &[&str]) {
         .arg(broker.port().to_string())
         .args(["--timeout", "16"])
         .args(args);
-    let (status, out, err) = spawn(&mut cmd).wait_output(Duration::from_secs(19));
-    let context = || {
-        format!(
-            "{script} {args:?}\n--- stdout\n{out}\n--- stderr\n{err}\n--- broker log (tail)\n{}",
-            tail(&broker.log(), 40)
-        )
-    };
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{script} failed (status {status:?}):\n{}",
-        context()
+    run_script(
+        &mut cmd,
+        Duration::from_secs(19),
+        &format!("{script} {args:?}"),
+        checks,
+        broker,
     );
-    for c in checks {
-        let prefix = format!(r#"{{"check": "{c}", "ok": true"#);
-        assert!(
-            out.lines().any(|l| l.starts_with(&prefix)),
-            "{script}: check `{c}` did not pass (or did not run):\n{}",
-            context()
-        );
-    }
 }
 
 // ---------------------------------------------------------------------------- mote passwd
@@ -457,7 +419,7 @@ fn mode(file: &Path) -> u32 {
 }
 
 fn passwd_writes_argon2id_lines_0600_replaces_and_deletes() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("mote-auth");
     let file = dir.join("passwd");
     let f = path_str(&file);
 
@@ -1424,7 +1386,7 @@ fn deny_subscribe_is_a_deny_read_rule_before_all_others() {
 /// most) with an error; returns its stderr.
 #[track_caller]
 fn start_fails(config: &str) -> String {
-    let dir = TempDir::new();
+    let dir = TempDir::new("mote-auth");
     let file = dir.join("mote.toml");
     std::fs::write(&file, config).unwrap();
     let mut cmd = Command::new(mote_bin());
@@ -1444,7 +1406,7 @@ fn start_fails(config: &str) -> String {
 }
 
 fn bad_file_stops_the_start() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("mote-auth");
     let passwd = dir.join("passwd");
     set_password(&passwd, "alice", "alice-pw");
     let acl = dir.join("acl");

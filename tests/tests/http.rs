@@ -18,7 +18,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,9 +26,7 @@ use common::{messages, mosq_sub, wait_messages};
 use mote_tests::harness::{
     Suite, CURL, MOSQUITTO_PUB, MOSQUITTO_SUB, PAHO, PROC_STATUS, PY_HTTP, STDBUF,
 };
-use mote_tests::{
-    assert_checks, mote_bin, python_script, spawn, tail, unique_path, Broker, Reaped,
-};
+use mote_tests::{mote_bin, python_script, run_script, spawn, tail, Broker, Reaped, TempDir};
 
 fn main() -> std::process::ExitCode {
     Suite::new()
@@ -111,20 +109,12 @@ fn run_py(broker: &Broker, script: &str, args: &[&str], checks: &[&str]) -> Stri
         .arg("--timeout")
         .arg((SCRIPT_LIMIT.as_secs() - 3).to_string())
         .args(args);
-    let (status, out, err) = spawn(&mut cmd).wait_output(SCRIPT_LIMIT);
-    let context = || {
-        format!(
-            "{script} {args:?}\n--- stdout\n{out}\n--- stderr\n{err}\n--- broker log (tail)\n{}",
-            tail(&broker.log(), 40)
-        )
-    };
-    let what = format!("{script} (status {status:?})");
-    assert_checks(
-        &what,
-        status.is_some_and(|s| s.success()),
-        &out,
+    let out = run_script(
+        &mut cmd,
+        SCRIPT_LIMIT,
+        &format!("{script} {args:?}"),
         checks,
-        &context,
+        broker,
     );
     assert_no_panic(broker);
     out
@@ -145,30 +135,6 @@ fn infos(out: &str) -> Vec<&str> {
     out.lines()
         .filter(|l| l.starts_with(r#"{"info""#))
         .collect()
-}
-
-/// A temporary directory, removed on drop.
-#[derive(Debug)]
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new(prefix: &str) -> TempDir {
-        let path = unique_path(prefix, "");
-        std::fs::create_dir(&path).unwrap();
-        TempDir { path }
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }
 
 /// `printf 'PASSWORD\n' | mote passwd FILE USER`, asserting it succeeded.

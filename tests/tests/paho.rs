@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use mote_tests::harness::{Suite, PAHO};
-use mote_tests::{assert_checks, python_script, spawn, tail, Broker};
+use mote_tests::{python_script, run_script, Broker};
 
 fn main() -> std::process::ExitCode {
     Suite::new()
@@ -88,22 +88,13 @@ fn run_py(broker: &Broker, script: &str, args: &[&str], checks: &[&str]) -> Stri
         .arg(broker.port().to_string())
         .args(["--timeout", "16"])
         .args(args);
-    let (status, out, err) = spawn(&mut cmd).wait_output(Duration::from_secs(19));
-    let context = || {
-        format!(
-            "{script} {args:?}\n--- stdout\n{out}\n--- stderr\n{err}\n--- broker log (tail)\n{}",
-            tail(&broker.log(), 40)
-        )
-    };
-    let what = format!("{script} (status {status:?})");
-    assert_checks(
-        &what,
-        status.is_some_and(|s| s.success()),
-        &out,
+    run_script(
+        &mut cmd,
+        Duration::from_secs(19),
+        &format!("{script} {args:?}"),
         checks,
-        &context,
-    );
-    out
+        broker,
+    )
 }
 
 /// Both protocol versions, as the scripts spell them.
