@@ -178,6 +178,91 @@ pub struct Config {
     /// Sections `[queue.NAME]`: declared work queues and their settings. Default none.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub queue: std::collections::BTreeMap<String, QueueDecl>,
+    /// Section `[streams]`: streams in general (see `docs/streams.md`).
+    pub streams: StreamsConfig,
+    /// Sections `[stream.NAME]`: declared streams and their settings. Default none.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub stream: std::collections::BTreeMap<String, StreamDecl>,
+}
+
+/// Section `[streams]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamsConfig {
+    /// A stream used before it is declared (a PUBLISH to `$stream/NAME`, a SUBSCRIBE
+    /// to it) is created with the defaults. When `false`, undeclared streams do not
+    /// exist. Default `true`.
+    pub auto_create: bool,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig { auto_create: true }
+    }
+}
+
+/// Where a reader that names no start begins.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultOffset {
+    /// The first message kept.
+    Earliest,
+    /// The next message appended.
+    #[default]
+    Latest,
+}
+
+/// A stream's declaration: `[stream.NAME]` in TOML, or the JSON body of a PUBLISH to
+/// `$admin/stream/NAME` (same keys). Absent keys take the defaults (docs/streams.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamDecl {
+    /// The stream also appends every PUBLISH whose topic matches this filter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Seconds a segment is kept after its newest message. Default 604800 (7 days);
+    /// 0 = no age limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<u64>,
+    /// Bytes kept at most (the oldest segments go). Default 1 GiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Bytes at which a segment is closed. Default 16 MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment_bytes: Option<u64>,
+    /// Where a reader that names no start begins: `latest` (default) or `earliest`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_offset: Option<DefaultOffset>,
+    /// What orders messages within a group: `topic` (default) or `user:NAME` (the v5
+    /// user property NAME).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl StreamDecl {
+    /// Checks the values; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(f) = &self.filter {
+            check_topic_filter(f)
+                .map_err(|why| format!("filter {f:?} is not a topic filter: {why}"))?;
+            if f.starts_with('$') {
+                return Err(format!("filter {f:?}: a stream cannot collect `$` topics"));
+            }
+        }
+        if let Some(k) = &self.key {
+            let ok = k == "topic" || k.strip_prefix("user:").is_some_and(|n| !n.is_empty());
+            if !ok {
+                return Err(format!("key {k:?}: `topic` or `user:NAME`"));
+            }
+        }
+        if self.max_bytes == Some(0) {
+            return Err("max_bytes must be at least 1".to_owned());
+        }
+        if self.segment_bytes.is_some_and(|b| b < 4096) {
+            return Err("segment_bytes must be at least 4096".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// Section `[queues]`.
@@ -825,6 +910,15 @@ impl Config {
             );
             if let Err(why) = q.validate() {
                 bail!("queue.{name}: {why}");
+            }
+        }
+        for (name, d) in &self.stream {
+            ensure!(
+                is_queue_name(name),
+                "[stream.{name:?}]: a stream name is 1 to 64 of A-Z a-z 0-9 _ . -"
+            );
+            if let Err(why) = d.validate() {
+                bail!("stream.{name}: {why}");
             }
         }
         if let Some(h) = self.http.listen {

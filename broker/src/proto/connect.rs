@@ -267,6 +267,7 @@ impl Core {
         self.log_events(&client_id, events);
         // Work queues it consumes may send to it again.
         self.consumer_online(&client_id);
+        self.stream_member_online(&client_id);
         self.drain_session(&client_id, out, now);
         Some(Accepted {
             client_id,

@@ -142,6 +142,7 @@ impl Core {
                     self.log(rec, Why::Release);
                 }
                 Event::QueueFreed { queue } => self.queue_acked(&queue, client),
+                Event::StreamDone(tag) => self.stream_done(&tag),
                 Event::QueueDone { queue, dseq, mid } => {
                     self.timers.cancel(&Timer::Visible(client.clone(), mid));
                     if dseq != 0 {
@@ -236,4 +237,110 @@ pub(crate) trait TailStore: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// When none can be made (the caller keeps deliveries in memory).
     fn create(&self) -> std::io::Result<Box<dyn QueueTail>>;
+}
+
+/// A stream's log as the core sees it (`docs/streams.md`): entries at dense offsets,
+/// each with a timestamp and opaque bytes (the runtime backs it with `store::stream`,
+/// written by the journal's thread; [`MemStreamLog`] keeps it in memory).
+pub(crate) trait StreamLog: Send + std::fmt::Debug {
+    /// The first offset kept and one past the last appended.
+    fn bounds(&self) -> (u64, u64);
+    /// Bytes kept.
+    fn bytes(&self) -> u64;
+    /// Appends the entry `encode` writes at `offset` (one past the last); returns the
+    /// journal position that makes it durable (0: it is already).
+    fn append(&mut self, offset: u64, ts: u64, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64;
+    /// Visits entries from `from` (or the first kept after it) in order, until
+    /// `max_bytes` of them (at least one); only entries whose position is durable are
+    /// asked for.
+    ///
+    /// # Errors
+    /// When the entries cannot be read.
+    fn read(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        visit: &mut dyn FnMut(u64, u64, &[u8]),
+    ) -> std::io::Result<()>;
+    /// The first offset with a timestamp at or after `ts`.
+    ///
+    /// # Errors
+    /// When the entries cannot be read.
+    fn seek_time(&self, ts: u64) -> std::io::Result<u64>;
+    /// Drops the oldest entries (whole segments) older than `older_than` (Unix ms) or
+    /// beyond `max_bytes`; returns the first offset kept.
+    ///
+    /// # Errors
+    /// When files cannot be deleted.
+    fn trim(&mut self, older_than: Option<u64>, max_bytes: u64) -> std::io::Result<u64>;
+}
+
+/// Opens streams' logs.
+pub(crate) trait StreamStore: Send + Sync + std::fmt::Debug {
+    /// The names of the streams kept.
+    fn list(&self) -> Vec<String>;
+    /// Opens (creating) the log of stream `name`.
+    ///
+    /// # Errors
+    /// When its files cannot be read or created.
+    fn open(&self, name: &str, segment_bytes: u64) -> std::io::Result<Box<dyn StreamLog>>;
+}
+
+/// A stream kept in memory (the in-memory store, and the core's tests).
+#[derive(Debug, Default)]
+pub(crate) struct MemStreamLog {
+    /// (offset, timestamp, bytes), oldest first.
+    entries: std::collections::VecDeque<(u64, u64, Vec<u8>)>,
+    next: u64,
+    bytes: u64,
+}
+
+impl StreamLog for MemStreamLog {
+    fn bounds(&self) -> (u64, u64) {
+        (self.entries.front().map_or(self.next, |e| e.0), self.next)
+    }
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    fn append(&mut self, offset: u64, ts: u64, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
+        let mut b = Vec::new();
+        encode(&mut b);
+        self.bytes += b.len() as u64;
+        self.entries.push_back((offset, ts, b));
+        self.next = offset + 1;
+        0
+    }
+    fn read(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        visit: &mut dyn FnMut(u64, u64, &[u8]),
+    ) -> std::io::Result<()> {
+        let first = self.bounds().0;
+        let skip = usize::try_from(from.saturating_sub(first)).unwrap_or(usize::MAX);
+        let mut seen = 0;
+        for (o, t, b) in self.entries.iter().skip(skip) {
+            visit(*o, *t, b);
+            seen += b.len();
+            if seen >= max_bytes {
+                break;
+            }
+        }
+        Ok(())
+    }
+    fn seek_time(&self, ts: u64) -> std::io::Result<u64> {
+        let i = self.entries.partition_point(|e| e.1 < ts);
+        Ok(self.entries.get(i).map_or(self.next, |e| e.0))
+    }
+    fn trim(&mut self, older_than: Option<u64>, max_bytes: u64) -> std::io::Result<u64> {
+        while let Some((_, t, b)) = self.entries.front() {
+            if older_than.is_some_and(|o| *t < o) || self.bytes > max_bytes {
+                self.bytes -= b.len() as u64;
+                self.entries.pop_front();
+            } else {
+                break;
+            }
+        }
+        Ok(self.bounds().0)
+    }
 }

@@ -33,6 +33,7 @@ mod router;
 pub(crate) mod session;
 mod snapshot;
 pub(crate) use snapshot::Compaction;
+pub(crate) mod streams;
 mod subscribe;
 mod sys;
 pub(crate) use queues::QueueStats;
@@ -205,6 +206,8 @@ pub(crate) struct Core {
     timers: Timers<Timer>,
     /// The consumers of the work queues.
     queues: queues::Queues,
+    /// The streams and their readers.
+    streams: streams::Streams,
     /// Counters.
     pub(crate) stats: Stats,
 }
@@ -223,6 +226,10 @@ enum Timer {
     Delayed,
     /// A work queue's job (message id) refused with a retry delay goes back to its queue.
     Retry(u64),
+    /// Retention of the streams runs.
+    StreamTrim,
+    /// A stream's readers met a message not yet durable: they try again.
+    StreamRetry(Arc<str>),
 }
 
 impl Core {
@@ -263,6 +270,7 @@ impl Core {
             clock,
             timers: Timers::new(),
             queues: queues::Queues::default(),
+            streams: streams::Streams::default(),
             stats: Stats::default(),
         }
     }
@@ -360,8 +368,9 @@ impl Core {
             }
         }
         self.log_events(client, events);
-        // Acknowledgements made room at work-queue consumers.
+        // Acknowledgements made room at work-queue consumers and stream readers.
         self.dispatch_due(now);
+        self.dispatch_due_streams(now);
         more
     }
 
@@ -595,10 +604,14 @@ impl Core {
         // (`proto/queues.rs`).
         let admin = topic.strip_prefix(queues::ADMIN_PREFIX);
         let redrive = admin.and_then(|rest| rest.strip_suffix("/redrive"));
-        let declare = admin.is_some() && redrive.is_none();
+        // `$admin/stream/NAME` declares a stream the same way (`proto/streams.rs`).
+        let stream_decl = topic.strip_prefix(streams::ADMIN_PREFIX);
+        let declare = (admin.is_some() && redrive.is_none()) || stream_decl.is_some();
         let mut reason_string = None;
         if let (Some(name), true) = (redrive, code == reason::SUCCESS) {
             (code, reason_string) = self.redrive(name, now);
+        } else if let (Some(name), true) = (stream_decl, code == reason::SUCCESS) {
+            (code, reason_string) = self.admin_declare_stream(name, p.payload, now);
         } else if declare && code == reason::SUCCESS {
             (code, reason_string) = self.admin_declare(&topic, p.payload, now);
         }
@@ -703,8 +716,9 @@ impl Core {
         now: Instant,
         fx: &mut Effects,
     ) {
-        // Work-queue messages are the queue's, never the session's: back they go.
+        // Work-queue and stream messages are theirs, never the session's: back they go.
         self.return_deliveries(client, None, now);
+        self.stream_member_offline(client);
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
@@ -805,6 +819,12 @@ impl Core {
         now: Instant,
         fx: &mut Effects,
     ) -> Result<usize, Full> {
+        if let Some(name) = streams::stream_of(&msg.topic).map(str::to_owned) {
+            return match self.stream_usable(&name) {
+                false => Ok(0),
+                true => self.append(&name, &msg, now, fx).then_some(1).ok_or(Full),
+            };
+        }
         match queues::queue_of(&msg.topic).map(str::to_owned) {
             // A queue that does not exist (not declared, not created on first use)
             // reaches nobody.
@@ -823,6 +843,7 @@ impl Core {
     fn end_session(&mut self, client: &Arc<str>, now: Instant, fx: &mut Effects) {
         self.return_deliveries(client, None, now);
         self.queues.forget(client);
+        self.stream_member_gone(client);
         let Some(mut s) = self.sessions.remove(client) else {
             return;
         };
@@ -892,6 +913,8 @@ impl Core {
                 Timer::Visible(client, mid) => self.visibility_expired(&client, mid, now),
                 Timer::Delayed => self.release_delayed(now, fx),
                 Timer::Retry(mid) => self.retry_due(mid, now),
+                Timer::StreamTrim => self.trim_streams(now),
+                Timer::StreamRetry(name) => self.stream_retry(&name, now, fx),
             }
         }
         // Retained messages leave in expiry order: no scan of the unexpired ones.

@@ -103,6 +103,11 @@ impl Core {
             });
         let mut count = 0;
         for (client, t) in direct.drain() {
+            // A stream collecting its `filter`: appended.
+            if let Some(name) = client.strip_prefix(streams::STREAM_PREFIX) {
+                count += usize::from(self.append(name, &msg, now, fx));
+                continue;
+            }
             // A work queue collecting its `filter`: a job of its own.
             if let Some(name) = client.strip_prefix(queues::QUEUE_PREFIX) {
                 count += usize::from(self.enqueue(name, msg.clone(), false, now, fx));
@@ -117,6 +122,7 @@ impl Core {
                 dseq: 0,
                 lsn: 0,
                 queue: None,
+                stream: None,
                 attempts: 0,
             };
             count += usize::from(self.deliver(&client, d, now, fx));
@@ -138,6 +144,7 @@ impl Core {
                         dseq: 0,
                         lsn: 0,
                         queue: None,
+                        stream: None,
                         attempts: 0,
                     };
                     count += usize::from(self.deliver(&client, d, now, fx));

@@ -14,6 +14,9 @@ impl Core {
         self.next_mid = self.next_mid.max(index.max_mid + 1);
         self.next_dseq = self.next_dseq.max(index.max_dseq + 1);
         let mut consumers = Vec::new();
+        // Stream readers' positions first; their members come with the sessions.
+        self.restore_stream_readers(index);
+        let mut readers = Vec::new();
         for (client, si) in &index.sessions {
             let id: Arc<str> = Arc::from(client.as_str());
             let mut s = Session::new(id.clone(), self.mem.clone());
@@ -37,6 +40,10 @@ impl Core {
                 );
                 if let Some(name) = queues::queue_of(filter) {
                     consumers.push((name.to_owned(), id.clone(), options.qos));
+                    continue;
+                }
+                if streams::parse_reader(inner).is_some() {
+                    readers.push((id.clone(), filter.clone(), options.qos, sub_id));
                     continue;
                 }
                 let entry = SubEntry {
@@ -68,6 +75,14 @@ impl Core {
         // Work queues (their own sessions came back above) and their consumers.
         for (name, client, qos) in consumers {
             self.add_consumer(&name, &client, (qos, None), now);
+        }
+        for (client, full, qos, sub_id) in readers {
+            let (group, inner) = subscribe::held_filter(&full);
+            if let Some(Ok(rf)) = streams::parse_reader(inner) {
+                // No start: a reader that had a position keeps it.
+                let rf = streams::ReaderFilter { start: None, ..rf };
+                self.add_reader(&client, group, &rf, (qos, sub_id), None, now);
+            }
         }
         let queue_ids: Vec<String> = index
             .sessions
@@ -103,6 +118,7 @@ impl Core {
             dseq,
             lsn: 0,
             queue: None,
+            stream: None,
             attempts: 0,
         };
         match d.packet_id {
@@ -242,6 +258,7 @@ impl Core {
             retained,
             sessions,
             queue_held,
+            streams: self.stream_records(),
         }
     }
 
@@ -369,6 +386,8 @@ struct Image {
     sessions: Vec<SessionImage>,
     /// Work-queue jobs held by consumers, by queue (store id).
     queue_held: Vec<(Arc<str>, Delivery)>,
+    /// Stream readers' committed offsets.
+    streams: Vec<Record>,
 }
 
 /// One persistent session in an [`Image`].
@@ -471,6 +490,9 @@ impl Image {
         }
         for (queue, d) in &self.queue_held {
             snap.delivery(queue, d);
+        }
+        for rec in self.streams.drain(..) {
+            snap.put(rec);
         }
         snap.flush();
         snap.total

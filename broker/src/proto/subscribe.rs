@@ -32,6 +32,8 @@ impl Core {
         let mut retained_for: HashMap<Arc<str>, (usize, Arc<str>, QoS)> = HashMap::new();
         // Work queues this SUBSCRIBE consumes: (name, granted QoS).
         let mut consumes: Vec<(String, QoS)> = Vec::new();
+        // Streams it reads: (group, the filter taken apart, granted QoS).
+        let mut reads = Vec::new();
         for f in sub.filters.iter() {
             let fail = |v5code: u8| {
                 if v5 {
@@ -99,10 +101,25 @@ impl Core {
                 codes.push(fail(reason::QUOTA_EXCEEDED));
                 continue;
             }
-            let qos = f
-                .options
-                .qos
-                .min(QoS::from_u8(cfg.max_qos).unwrap_or(QoS::ExactlyOnce));
+            // `$stream/NAME[/@START][/FILTER]` reads a stream (`proto/streams.rs`): not a
+            // topic subscription either. A stream is read at least once (QoS 1 at most).
+            let read = streams::parse_reader(inner);
+            match &read {
+                Some(Err(())) => {
+                    codes.push(fail(reason::TOPIC_FILTER_INVALID));
+                    continue;
+                }
+                Some(Ok(rf)) if !self.streams.usable(rf.name) => {
+                    codes.push(fail(reason::TOPIC_FILTER_INVALID));
+                    continue;
+                }
+                _ => {}
+            }
+            let max_qos = match read {
+                Some(_) => QoS::AtLeastOnce,
+                None => QoS::from_u8(cfg.max_qos).unwrap_or(QoS::ExactlyOnce),
+            };
+            let qos = f.options.qos.min(max_qos);
             let mut options = f.options;
             options.qos = qos;
             let full: Arc<str> = Arc::from(f.filter);
@@ -133,6 +150,11 @@ impl Core {
             );
             if let Some(name) = queue {
                 consumes.push((name.to_owned(), qos));
+                codes.push(qos as u8);
+                continue;
+            }
+            if let Some(Ok(rf)) = read {
+                reads.push((group, rf, qos));
                 codes.push(qos as u8);
                 continue;
             }
@@ -175,6 +197,16 @@ impl Core {
             .and_then(|(_, v)| v.parse::<u32>().ok());
         for (name, qos) in consumes {
             self.add_consumer(&name, client, (qos, credit), now);
+        }
+        // A v5 reader names its start in a user property (over the filter's `@START`).
+        let start = sub
+            .properties
+            .user_properties()
+            .iter()
+            .find(|(k, _)| *k == streams::OFFSET_PROPERTY)
+            .and_then(|(_, v)| streams::Start::parse(v));
+        for (group, rf, qos) in reads {
+            self.add_reader(client, group, &rf, (qos, sub_id), start, now);
         }
         let ack = SubAck {
             packet_id: sub.packet_id,
@@ -251,6 +283,7 @@ impl Core {
                                 dseq: 0,
                                 lsn: 0,
                                 queue: None,
+                                stream: None,
                                 attempts: 0,
                             });
                         }
@@ -299,6 +332,7 @@ impl Core {
             if let Some(name) = queues::queue_of(f) {
                 self.remove_consumer(name, client, now);
             }
+            self.remove_reader(client, f, now);
             self.remove_trie_entry(client, f);
             if persisted {
                 self.log(

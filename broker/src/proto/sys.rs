@@ -136,6 +136,25 @@ impl Core {
             let topic = format!("$SYS/broker/{name}");
             self.publish_system(&topic, Bytes::from(value), true, now, fx);
         }
+        for (name, stats) in self.stream_stats().into_iter().take(SYS_QUEUES) {
+            let last = stats.last_offset.map_or("-1".to_owned(), |l| l.to_string());
+            let values = [
+                ("first_offset", stats.first_offset.to_string()),
+                ("last_offset", last),
+                ("messages", stats.messages.to_string()),
+                ("bytes", stats.bytes.to_string()),
+            ];
+            for (key, value) in values {
+                let topic = format!("$SYS/broker/streams/{name}/{key}");
+                self.publish_system(&topic, Bytes::from(value), true, now, fx);
+            }
+            for (group, committed, lag) in stats.groups {
+                for (key, value) in [("committed", committed), ("lag", lag)] {
+                    let topic = format!("$SYS/broker/streams/{name}/groups/{group}/{key}");
+                    self.publish_system(&topic, Bytes::from(value.to_string()), true, now, fx);
+                }
+            }
+        }
         for (name, stats) in st.queues {
             for (key, value) in [
                 ("depth", stats.depth),

@@ -6,6 +6,7 @@ use super::*;
 
 mod access;
 mod fuzz;
+mod streams;
 mod twins;
 mod work_queues;
 use mote_codec::{List, PropList, SubOptions, SubscribeFilter, Will};

@@ -5,10 +5,11 @@
 use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::proto::durable::{FrozenTail, Journal, QueueTail, TailStore};
+use crate::proto::durable::{FrozenTail, Journal, QueueTail, StreamLog, StreamStore, TailStore};
 use crate::proto::Clock;
 use crate::store::journal;
 use crate::store::spill::{Spill, SpillDir, SpillView};
+use crate::store::stream::{StreamDir, StreamFiles};
 
 impl Journal for journal::Journal {
     fn append_with(&self, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
@@ -74,4 +75,62 @@ pub(crate) fn now() -> Clock {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     Clock::new(std::time::Instant::now(), unix_ms)
+}
+
+/// A stream's files, appended to through the journal (one group commit with the log).
+#[derive(Debug)]
+struct StreamPort {
+    files: std::sync::Arc<StreamFiles>,
+    journal: std::sync::Arc<journal::Journal>,
+    /// One past the last offset appended (the files lag behind until the writer ran).
+    next: u64,
+}
+
+impl StreamLog for StreamPort {
+    fn bounds(&self) -> (u64, u64) {
+        (self.files.bounds().0, self.next)
+    }
+    fn bytes(&self) -> u64 {
+        self.files.bytes()
+    }
+    fn append(&mut self, offset: u64, ts: u64, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
+        self.next = offset + 1;
+        self.journal.append_stream(&self.files, offset, ts, encode)
+    }
+    fn read(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        visit: &mut dyn FnMut(u64, u64, &[u8]),
+    ) -> io::Result<()> {
+        self.files.read(from, max_bytes, visit)
+    }
+    fn seek_time(&self, ts: u64) -> io::Result<u64> {
+        self.files.seek_time(ts)
+    }
+    fn trim(&mut self, older_than: Option<u64>, max_bytes: u64) -> io::Result<u64> {
+        self.files.trim(older_than, max_bytes)
+    }
+}
+
+/// Streams in the store's directory, appended to through `journal`.
+#[derive(Debug)]
+pub(crate) struct StreamPorts {
+    pub(crate) dir: StreamDir,
+    pub(crate) journal: std::sync::Arc<journal::Journal>,
+}
+
+impl StreamStore for StreamPorts {
+    fn list(&self) -> Vec<String> {
+        self.dir.list()
+    }
+    fn open(&self, name: &str, segment_bytes: u64) -> io::Result<Box<dyn StreamLog>> {
+        let files = std::sync::Arc::new(self.dir.open(name, segment_bytes)?);
+        let next = files.bounds().1;
+        Ok(Box::new(StreamPort {
+            files,
+            journal: self.journal.clone(),
+            next,
+        }))
+    }
 }

@@ -207,6 +207,12 @@ pub(crate) fn open_store(
     core.set_compact_min(config.storage.compact_min_bytes);
     let now = std::time::Instant::now();
     let now_ms = clock.unix_ms(now);
+    // Streams are opened before the sessions, whose readers refer to them.
+    let streams = super::ports::StreamPorts {
+        dir: crate::store::stream::StreamDir::new(dir.join("streams")),
+        journal: journal.clone(),
+    };
+    core.set_stream_store(Arc::new(streams), now);
     core.restore_sessions(&index, now);
     let mut restored = 0u32;
     // Pass 2: the queued deliveries, streamed into the sessions (and their spill files

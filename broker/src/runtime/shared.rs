@@ -42,6 +42,13 @@ pub(crate) fn declare_queues(core: &mut Core, config: &Config) {
         }
     }
     core.restore_declarations(now);
+    core.set_auto_create_streams(config.streams.auto_create);
+    for (name, decl) in &config.stream {
+        if let Err(why) = core.declare_stream(name, decl.clone(), now) {
+            tracing::error!(stream = %name, "stream not declared: {why}");
+        }
+    }
+    core.restore_stream_declarations(now);
 }
 
 /// How a connection reached the broker.

@@ -45,6 +45,7 @@ use super::fsync::FsyncPolicy;
 use super::log::{frame_with, Log, Recovery};
 #[cfg(test)]
 use super::record::Record;
+use super::stream::{StreamBatch, StreamFiles};
 
 /// Snapshot bytes that may wait for the writer before `snapshot_chunk` blocks.
 const SNAPSHOT_QUEUE: usize = 8 * 1024 * 1024;
@@ -63,6 +64,8 @@ enum Job {
     SnapshotChunk(Vec<u8>),
     /// End of the snapshot: it replaces every older segment.
     SnapshotEnd,
+    /// Entries of a stream, for its own files (`docs/streams.md`).
+    Stream(Arc<StreamFiles>, StreamBatch),
 }
 
 /// What the core has appended and the writer has not taken yet.
@@ -282,6 +285,35 @@ impl Journal {
         lsn
     }
 
+    /// Appends an entry of stream `files` at `offset` with timestamp `ts` (Unix ms),
+    /// whose bytes `encode` writes; returns its position. The entry goes to the
+    /// stream's files in the same commit as the records around it.
+    pub(crate) fn append_stream(
+        &self,
+        files: &Arc<StreamFiles>,
+        offset: u64,
+        ts: u64,
+        encode: &mut dyn FnMut(&mut Vec<u8>),
+    ) -> u64 {
+        let mut p = self.lock();
+        let jobs = &mut p.jobs;
+        let same = matches!(jobs.back(), Some(Job::Stream(f, _)) if Arc::ptr_eq(f, files));
+        if !same {
+            jobs.push_back(Job::Stream(files.clone(), StreamBatch::default()));
+        }
+        if let Some(Job::Stream(_, batch)) = jobs.back_mut() {
+            batch.push(offset, ts, encode);
+        }
+        p.appended += 1;
+        let lsn = p.appended;
+        let wake = p.writer_waiting;
+        drop(p);
+        if wake {
+            self.wake.notify_one();
+        }
+        lsn
+    }
+
     /// Starts a snapshot of the whole state, taken after every record appended so far.
     /// Feed it with [`Journal::snapshot_chunk`] and close it with
     /// [`Journal::snapshot_end`]; once written, older segments are deleted.
@@ -401,6 +433,8 @@ impl Journal {
         let mut dirty = false;
         // The first failure: from then on nothing is written (see the module docs).
         let mut failure: Option<io::Error> = None;
+        // Streams written since their last sync.
+        let mut streams: Vec<Arc<StreamFiles>> = Vec::new();
         loop {
             let (jobs, upto, shutdown, snapshot_waited) = {
                 let mut p = self.lock();
@@ -447,7 +481,7 @@ impl Journal {
                         FsyncPolicy::Every(d) => last_sync.elapsed() >= d,
                     });
             let began = Instant::now();
-            match self.commit(&mut log, jobs, upto, sync) {
+            match self.commit(&mut log, jobs, upto, sync, &mut streams) {
                 Ok(()) if shutdown => return Ok(()),
                 Ok(()) => {
                     if sync {
@@ -470,18 +504,43 @@ impl Journal {
 
     /// Writes `jobs` (the records up to position `upto` among them) with one write,
     /// syncs when `sync`, and publishes what became written and synced.
-    fn commit(&self, log: &mut Log, jobs: VecDeque<Job>, upto: u64, sync: bool) -> io::Result<()> {
+    ///
+    /// Stream entries go to their own files in the same commit; `streams` holds the
+    /// streams written and not yet synced, synced with the log.
+    fn commit(
+        &self,
+        log: &mut Log,
+        jobs: VecDeque<Job>,
+        upto: u64,
+        sync: bool,
+        streams: &mut Vec<Arc<StreamFiles>>,
+    ) -> io::Result<()> {
         for job in jobs {
             match job {
                 Job::Records(buf) => log.append_framed(&buf),
                 Job::SnapshotBegin => log.begin_snapshot()?,
                 Job::SnapshotChunk(buf) => log.snapshot_chunk(&buf)?,
                 Job::SnapshotEnd => log.end_snapshot()?,
+                Job::Stream(files, batch) => {
+                    files.write(&batch)?;
+                    if !streams.iter().any(|f| Arc::ptr_eq(f, &files)) {
+                        streams.push(files);
+                    }
+                }
             }
         }
+        let sync_streams = |streams: &mut Vec<Arc<StreamFiles>>| -> io::Result<()> {
+            for f in streams.drain(..) {
+                f.sync()?;
+            }
+            Ok(())
+        };
         if self.policy == FsyncPolicy::Always {
             // Strict: nothing is published before the sync (`sync` is false only for
             // an empty batch).
+            if sync {
+                sync_streams(streams)?;
+            }
             log.write(sync)?;
             self.written.fetch_max(upto, Ordering::AcqRel);
             self.synced.fetch_max(upto, Ordering::AcqRel);
@@ -494,6 +553,7 @@ impl Journal {
         self.written.fetch_max(upto, Ordering::AcqRel);
         self.publish_acked(upto);
         if sync {
+            sync_streams(streams)?;
             log.write(true)?;
             self.synced.fetch_max(upto, Ordering::AcqRel);
         }

@@ -159,6 +159,22 @@ enum At {
     Bad,
 }
 
+/// The record at `pos` of `buf`: `Ok(Some(payload range))` when intact, `Ok(None)` when
+/// it may be one cut off by the end of `buf` (its full length, when the header says),
+/// `Err(())` when no intact record starts there.
+pub(crate) fn framed_at(
+    buf: &[u8],
+    pos: usize,
+) -> Result<Result<(usize, usize), Option<usize>>, ()> {
+    match record_at(buf, pos) {
+        At::Record(start, end) => Ok(Ok((start, end))),
+        At::Short => Ok(Err(buf.get(pos + 4..pos + 8).map(|l| {
+            HEADER + u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize
+        }))),
+        At::Bad => Err(()),
+    }
+}
+
 /// What is at `pos` in `buf`.
 fn record_at(buf: &[u8], pos: usize) -> At {
     let Some(hdr) = buf.get(pos..pos + HEADER) else {
@@ -599,7 +615,7 @@ fn prepare_spare(dir: &Path, len: u64) -> io::Result<JoinHandle<io::Result<File>
 }
 
 /// Makes file creations and deletions in `dir` durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
     File::open(dir)?.sync_all()?;
     Ok(())

@@ -5,3 +5,4 @@ pub(crate) mod log;
 pub(crate) mod record;
 pub(crate) mod recover;
 pub(crate) mod spill;
+pub(crate) mod stream;

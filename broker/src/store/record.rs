@@ -178,6 +178,23 @@ pub(crate) enum Record {
         /// Client id.
         client: String,
     },
+    /// A stream reader's (or consumer group's) committed offset: everything before
+    /// `next` was acknowledged (`docs/streams.md`).
+    StreamCommit {
+        /// The stream.
+        stream: String,
+        /// The reader (`proto::streams` names them).
+        reader: String,
+        /// The first offset not acknowledged.
+        next: u64,
+    },
+    /// A stream reader is gone (its session ended, it unsubscribed).
+    StreamReaderDel {
+        /// The stream.
+        stream: String,
+        /// The reader.
+        reader: String,
+    },
 }
 
 /// Little-endian writer over a `Vec<u8>`.
@@ -512,6 +529,21 @@ impl Record {
                 w.u8(17);
                 w.bytes(client.as_bytes());
             }
+            Record::StreamCommit {
+                stream,
+                reader,
+                next,
+            } => {
+                w.u8(19);
+                w.bytes(stream.as_bytes());
+                w.bytes(reader.as_bytes());
+                w.u64(*next);
+            }
+            Record::StreamReaderDel { stream, reader } => {
+                w.u8(20);
+                w.bytes(stream.as_bytes());
+                w.bytes(reader.as_bytes());
+            }
         }
     }
 
@@ -630,6 +662,15 @@ impl Record {
             17 => Record::WillClear {
                 client: r.string()?,
             },
+            19 => Record::StreamCommit {
+                stream: r.string()?,
+                reader: r.string()?,
+                next: r.u64()?,
+            },
+            20 => Record::StreamReaderDel {
+                stream: r.string()?,
+                reader: r.string()?,
+            },
             _ => return None,
         };
         r.0.is_empty().then_some(rec)
@@ -745,6 +786,15 @@ mod tests {
                 delay: 30,
             },
             Record::WillClear { client: c() },
+            Record::StreamCommit {
+                stream: "s".into(),
+                reader: "g\0x".into(),
+                next: 42,
+            },
+            Record::StreamReaderDel {
+                stream: "s".into(),
+                reader: "g\0x".into(),
+            },
         ];
         for rec in records {
             let mut buf = Vec::new();

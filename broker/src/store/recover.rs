@@ -71,6 +71,8 @@ pub(crate) struct Index {
     pub(crate) max_mid: u64,
     /// Highest delivery sequence number seen.
     pub(crate) max_dseq: u64,
+    /// Stream readers' committed offsets, by (stream, reader).
+    pub(crate) stream_readers: HashMap<(String, String), u64>,
     /// Records that could not be parsed (format mismatch).
     pub(crate) unreadable: u64,
     /// Records seen; the position of the next one.
@@ -197,6 +199,18 @@ impl Index {
                 if let Some(s) = self.sessions.get_mut(&client) {
                     s.will = None;
                 }
+            }
+            Record::StreamCommit {
+                stream,
+                reader,
+                next,
+            } => {
+                // A committed offset never moves backwards.
+                let at = self.stream_readers.entry((stream, reader)).or_insert(next);
+                *at = (*at).max(next);
+            }
+            Record::StreamReaderDel { stream, reader } => {
+                self.stream_readers.remove(&(stream, reader));
             }
         }
     }

@@ -22,6 +22,7 @@ use mote_codec::{Ack, Packet, PropValues, Properties, Protocol, Publish, QoS, Su
 use super::durable::{QueueTail, TailStore};
 use super::queue::{DeliveryQueue, Queued};
 use super::retained::Cursor;
+use super::streams::StreamTag;
 use super::Clock;
 
 mod outbound;
@@ -67,6 +68,9 @@ pub(crate) struct Delivery {
     /// The work queue this delivery was taken from (its `dseq` is the queue's, and it
     /// goes back to the queue if this receiver does not acknowledge it).
     pub(crate) queue: Option<Arc<str>>,
+    /// The stream reader this delivery is from (`proto/streams.rs`): not the session's
+    /// to keep; its end is reported as [`Event::StreamDone`].
+    pub(crate) stream: Option<Arc<StreamTag>>,
     /// Times it was sent before (work queues: a redelivery is sent with DUP).
     pub(crate) attempts: u32,
 }
@@ -84,6 +88,7 @@ impl Delivery {
             dseq: 0,
             lsn: 0,
             queue: None,
+            stream: None,
             attempts,
         }
     }
@@ -133,6 +138,8 @@ pub(crate) enum Event {
         /// Its message.
         mid: u64,
     },
+    /// A stream's delivery was acknowledged (or sent at QoS 0, or dropped as if it was).
+    StreamDone(Arc<StreamTag>),
     /// A consumer acknowledged a job whose visibility timeout had run out (its copy is
     /// back in the queue): the consumer has room again, nothing is done.
     QueueFreed {
@@ -706,6 +713,30 @@ impl Session {
         }
         self.inflight = kept;
         taken.extend(self.take_queued(ours));
+        taken
+    }
+
+    /// Takes the stream deliveries this session holds (of reader `(stream, reader)`, or
+    /// of every reader), in flight or queued, for their readers to send again.
+    pub(crate) fn take_stream_deliveries(
+        &mut self,
+        only: Option<(&str, &str)>,
+    ) -> Vec<Arc<StreamTag>> {
+        let ours = |d: &Delivery| match (&d.stream, only) {
+            (Some(t), Some((s, r))) => &*t.stream == s && &*t.reader == r,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.inflight.len());
+        for i in std::mem::take(&mut self.inflight) {
+            match &i.delivery.stream {
+                Some(t) if ours(&i.delivery) => taken.push(t.clone()),
+                _ => kept.push_back(i),
+            }
+        }
+        self.inflight = kept;
+        taken.extend(self.take_queued(ours).into_iter().filter_map(|d| d.stream));
         taken
     }
 

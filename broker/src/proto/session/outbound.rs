@@ -214,7 +214,9 @@ impl Session {
 
 /// Reports a stored delivery as finished.
 fn finished(ev: EventSink<'_>, d: &Delivery) {
-    if let Some(queue) = &d.queue {
+    if let Some(tag) = &d.stream {
+        ev(Event::StreamDone(tag.clone()));
+    } else if let Some(queue) = &d.queue {
         ev(Event::QueueDone {
             queue: queue.clone(),
             dseq: d.dseq,

@@ -96,6 +96,7 @@ pub(crate) fn decode_spilled(entry: &[u8], clock: Clock) -> std::io::Result<Deli
                 dseq,
                 lsn,
                 queue: None,
+                stream: None,
                 attempts: 0,
             })
         }

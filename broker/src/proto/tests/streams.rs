@@ -1,0 +1,338 @@
+//! Streams (`$stream/NAME`) on the core alone (kept in memory): replay from a start,
+//! readers paced by their window, consumer groups with per-key order, commits, members
+//! leaving, retention.
+
+use super::*;
+
+fn ack(core: &mut Core, c: &mut Client, packet_id: u16, now: Instant) {
+    send(core, c, &Packet::PubAck(Ack::new(packet_id)), now).unwrap();
+}
+
+/// Appends `n` messages `{prefix}{i}` to `topic` (QoS 1).
+fn append(core: &mut Core, p: &mut Client, topic: &str, prefix: &str, n: u32, now: Instant) {
+    for i in 0..n {
+        let id = u16::try_from(i % 60_000).unwrap() + 1;
+        let body = format!("{prefix}{i}");
+        publish(core, p, topic, body.as_bytes(), QoS::AtLeastOnce, id, now);
+    }
+}
+
+fn body(m: &Got) -> String {
+    String::from_utf8(m.1.clone()).unwrap()
+}
+
+/// Reads everything `c` is sent, acknowledging as it goes, until nothing more comes.
+fn read_all(core: &mut Core, c: &mut Client, now: Instant) -> Vec<String> {
+    let mut all = Vec::new();
+    loop {
+        let got = received(core, c, now);
+        if got.is_empty() {
+            return all;
+        }
+        for m in &got {
+            all.push(body(m));
+            if m.2 != QoS::AtMostOnce {
+                ack(core, c, m.3, now);
+            }
+        }
+    }
+}
+
+fn numbered(prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[test]
+fn readers_replay_from_earliest_an_offset_or_latest_and_reading_deletes_nothing() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    append(&mut core, &mut p, "$stream/s", "m", 10, now);
+
+    let mut a = connect(&mut core, Protocol::V311, "a", true, None, now);
+    let codes = subscribe(
+        &mut core,
+        &mut a,
+        &[("$stream/s/@earliest", q(QoS::ExactlyOnce))],
+        None,
+        now,
+    );
+    assert_eq!(codes, [1], "a stream is read at QoS 1 at most");
+    assert_eq!(read_all(&mut core, &mut a, now), numbered("m", 0..10));
+
+    let mut b = connect(&mut core, Protocol::V311, "b", true, None, now);
+    subscribe(
+        &mut core,
+        &mut b,
+        &[("$stream/s/@7", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    assert_eq!(read_all(&mut core, &mut b, now), numbered("m", 7..10));
+
+    // The default start is `latest`: only what comes after the SUBSCRIBE.
+    let mut c = connect(&mut core, Protocol::V311, "c", true, None, now);
+    subscribe(
+        &mut core,
+        &mut c,
+        &[("$stream/s", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    assert!(read_all(&mut core, &mut c, now).is_empty());
+    append(&mut core, &mut p, "$stream/s", "n", 2, now);
+    assert_eq!(read_all(&mut core, &mut c, now), numbered("n", 0..2));
+    // The others, caught up, get the new ones too.
+    assert_eq!(read_all(&mut core, &mut a, now), numbered("n", 0..2));
+
+    let st = core.stream_stats();
+    assert_eq!(st.len(), 1);
+    assert_eq!((st[0].1.first_offset, st[0].1.last_offset), (0, Some(11)));
+}
+
+#[test]
+fn a_reader_far_behind_is_sent_one_window_at_a_time() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    append(&mut core, &mut p, "$stream/big", "m", 5000, now);
+    let mut r = connect(&mut core, Protocol::V311, "r", true, None, now);
+    subscribe(
+        &mut core,
+        &mut r,
+        &[("$stream/big/@earliest", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let window = usize::from(MqttConfig::default().max_inflight);
+    let first = received(&mut core, &mut r, now);
+    assert_eq!(first.len(), window, "one window, not the backlog");
+    assert_eq!(core.sessions.get("r").unwrap().queued_len(), 0);
+    // Nothing more until acknowledged.
+    assert!(received(&mut core, &mut r, now).is_empty());
+    for m in &first {
+        ack(&mut core, &mut r, m.3, now);
+    }
+    let rest = read_all(&mut core, &mut r, now);
+    assert_eq!(rest.len(), 5000 - window);
+    assert_eq!(rest.last().map(String::as_str), Some("m4999"));
+}
+
+#[test]
+fn a_group_shares_a_stream_keeps_each_key_in_order_and_commits_what_was_acknowledged() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    for i in 0..300u32 {
+        let topic = format!("$stream/s5/k{}", i % 10);
+        let body = format!("k{}:{i}", i % 10);
+        let id = u16::try_from(i).unwrap() + 1;
+        publish(
+            &mut core,
+            &mut p,
+            &topic,
+            body.as_bytes(),
+            QoS::AtLeastOnce,
+            id,
+            now,
+        );
+    }
+    let filter = "$share/g/$stream/s5/@earliest";
+    let mut members: Vec<Client> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|id| {
+            let mut c = connect(&mut core, Protocol::V311, id, true, None, now);
+            assert_eq!(
+                subscribe(
+                    &mut core,
+                    &mut c,
+                    &[(filter, q(QoS::AtLeastOnce))],
+                    None,
+                    now
+                ),
+                [1]
+            );
+            c
+        })
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut keys_at: HashMap<String, usize> = HashMap::new();
+    let mut last: HashMap<String, u32> = HashMap::new();
+    for _ in 0..100 {
+        let mut any = false;
+        for (i, c) in members.iter_mut().enumerate() {
+            let got = received(&mut core, c, now);
+            // Acknowledge in reverse: PUBACKs may come in any order.
+            for m in got.iter().rev() {
+                ack(&mut core, c, m.3, now);
+            }
+            for m in &got {
+                any = true;
+                let b = body(m);
+                let (key, n) = b.split_once(':').unwrap();
+                let n: u32 = n.parse().unwrap();
+                assert!(seen.insert(n), "{b} twice");
+                if let Some(prev) = last.insert(key.to_owned(), n) {
+                    assert!(prev < n, "{key}: {n} after {prev}");
+                }
+                keys_at.insert(key.to_owned(), i);
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 300, "every message once");
+    let spread: std::collections::HashSet<usize> = keys_at.values().copied().collect();
+    assert!(spread.len() > 1, "keys spread over the members");
+    let st = core.stream_stats();
+    assert_eq!(st[0].1.groups, vec![("g".to_owned(), 300, 0)]);
+}
+
+#[test]
+fn a_member_that_leaves_gives_its_unacknowledged_messages_to_the_group_flagged_dup() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    append(&mut core, &mut p, "$stream/s", "m", 20, now);
+    let filter = "$share/g/$stream/s/@earliest";
+    let mut a = connect(&mut core, Protocol::V311, "a", true, None, now);
+    subscribe(
+        &mut core,
+        &mut a,
+        &[(filter, q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let got = received(&mut core, &mut a, now);
+    assert_eq!(got.len(), 20);
+    for m in &got[..5] {
+        ack(&mut core, &mut a, m.3, now);
+    }
+    let mut fx = Effects::default();
+    core.disconnected(&a.id, a.conn, End::Abnormal, now, &mut fx);
+    assert_eq!(
+        core.stream_stats()[0].1.groups,
+        vec![("g".to_owned(), 5, 15)]
+    );
+    // A new member: the group's start is not applied again; it goes on at 5.
+    let mut b = connect(&mut core, Protocol::V311, "b", true, None, now);
+    subscribe(
+        &mut core,
+        &mut b,
+        &[(filter, q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let again = received(&mut core, &mut b, now);
+    assert_eq!(
+        again.iter().map(body).collect::<Vec<_>>(),
+        numbered("m", 5..20)
+    );
+    assert!(again.iter().all(|m| m.4), "sent before: DUP");
+}
+
+#[test]
+fn a_filter_after_the_start_reads_a_subset_and_declared_filters_collect_publishes() {
+    let mut core = core();
+    let now = Instant::now();
+    let decl = crate::config::StreamDecl {
+        filter: Some("dev/#".to_owned()),
+        default_offset: Some(crate::config::DefaultOffset::Earliest),
+        ..Default::default()
+    };
+    core.declare_stream("s3", decl, now).unwrap();
+    let mut sub = connect(&mut core, Protocol::V311, "plain", true, None, now);
+    subscribe(
+        &mut core,
+        &mut sub,
+        &[("dev/#", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    for (i, t) in ["dev/a/t", "dev/b/t", "dev/a/h"].iter().enumerate() {
+        let id = u16::try_from(i).unwrap() + 1;
+        publish(
+            &mut core,
+            &mut p,
+            t,
+            t.as_bytes(),
+            QoS::AtLeastOnce,
+            id,
+            now,
+        );
+    }
+    assert_eq!(
+        read_all(&mut core, &mut sub, now).len(),
+        3,
+        "ordinary subscribers still get them"
+    );
+    let mut r = connect(&mut core, Protocol::V311, "r", true, None, now);
+    subscribe(
+        &mut core,
+        &mut r,
+        &[("$stream/s3/dev/a/+", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    assert_eq!(read_all(&mut core, &mut r, now), ["dev/a/t", "dev/a/h"]);
+    // Malformed stream filters are refused.
+    let codes = subscribe(
+        &mut core,
+        &mut r,
+        &[
+            ("$stream/s3/@soon", q(QoS::AtLeastOnce)),
+            ("$stream/+", q(QoS::AtLeastOnce)),
+        ],
+        None,
+        now,
+    );
+    assert_eq!(codes, [0x80, 0x80]);
+}
+
+#[test]
+fn retention_drops_the_oldest_and_a_reader_behind_goes_on_from_the_first_kept() {
+    let mut core = core();
+    let now = Instant::now();
+    let decl = crate::config::StreamDecl {
+        max_bytes: Some(20_000),
+        ..Default::default()
+    };
+    core.declare_stream("r", decl, now).unwrap();
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    append(&mut core, &mut p, "$stream/r", "m", 10, now);
+    let mut slow = connect(&mut core, Protocol::V311, "slow", true, None, now);
+    subscribe(
+        &mut core,
+        &mut slow,
+        &[("$stream/r/@earliest", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let got = received(&mut core, &mut slow, now);
+    assert_eq!(got.len(), 10);
+    for m in &got {
+        ack(&mut core, &mut slow, m.3, now);
+    }
+    // 1,000 more than the stream keeps; the reader falls behind meanwhile.
+    let mut fx = Effects::default();
+    core.disconnected(&slow.id, slow.conn, End::Abnormal, now, &mut fx);
+    append(&mut core, &mut p, "$stream/r", "x", 1000, now);
+    core.trim_streams(now);
+    let st = core.stream_stats();
+    let first = st[0].1.first_offset;
+    assert!(first > 10 && st[0].1.bytes <= 20_000, "{:?}", st[0].1);
+    let mut g = connect(&mut core, Protocol::V311, "g", true, None, now);
+    subscribe(
+        &mut core,
+        &mut g,
+        &[("$share/g/$stream/r/@earliest", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let all = read_all(&mut core, &mut g, now);
+    let kept = usize::try_from(1010 - first).unwrap();
+    assert_eq!(all.len(), kept, "the newest, dense");
+    assert_eq!(all.last().map(String::as_str), Some("x999"));
+}
