@@ -12,7 +12,7 @@ use mote_codec::{
     SubscribeFilter,
 };
 
-use crate::config::QueueAction;
+use crate::config::{QueueAction, StreamAction};
 
 /// How long the broker may take to answer.
 const WAIT: Duration = Duration::from_secs(5);
@@ -46,6 +46,76 @@ pub fn queue(
     }
 }
 
+/// Runs `mote stream ACTION` against the broker at `addr`.
+///
+/// # Errors
+/// When the broker cannot be reached, refuses the connection or the request.
+pub fn stream(
+    addr: SocketAddr,
+    username: Option<&str>,
+    password: Option<&str>,
+    action: &StreamAction,
+) -> anyhow::Result<()> {
+    let mut c = Conn::connect(addr, username, password)?;
+    match action {
+        StreamAction::Ls => {
+            let keys = ["first_offset", "last_offset", "messages", "bytes"];
+            let rows = sys_table(&mut c, "$SYS/broker/streams/+/+", &keys)?;
+            println!(
+                "{:<40} {:>14} {:>14} {:>12} {:>14}",
+                "STREAM", "FIRST_OFFSET", "LAST_OFFSET", "MESSAGES", "BYTES"
+            );
+            for (name, v) in rows {
+                println!(
+                    "{name:<40} {:>14} {:>14} {:>12} {:>14}",
+                    v[0], v[1], v[2], v[3]
+                );
+            }
+            Ok(())
+        }
+        StreamAction::Stats { name } => {
+            let filter = format!("$SYS/broker/streams/{name}/groups/+/+");
+            let rows = sys_table(&mut c, &filter, &["committed", "lag"])?;
+            println!("{:<40} {:>14} {:>12}", "GROUP", "COMMITTED", "LAG");
+            for (group, v) in rows {
+                println!("{group:<40} {:>14} {:>12}", v[0], v[1]);
+            }
+            Ok(())
+        }
+        StreamAction::Declare { name, settings } => {
+            serde_json::from_str::<crate::config::StreamDecl>(settings)
+                .context("the settings are not a stream declaration")?;
+            let (code, why) = c.publish(&format!("$admin/stream/{name}"), settings.as_bytes())?;
+            answer(code, why, &format!("stream {name} declared"))
+        }
+    }
+}
+
+/// The retained `$SYS` values under `filter` (`PREFIX/ROW/KEY`), by row, in the
+/// order of `keys`.
+fn sys_table<const N: usize>(
+    c: &mut Conn,
+    filter: &str,
+    keys: &[&str; N],
+) -> anyhow::Result<std::collections::BTreeMap<String, [String; N]>> {
+    c.subscribe(filter)?;
+    let prefix = filter.trim_end_matches("+/+");
+    let mut rows: std::collections::BTreeMap<String, [String; N]> = Default::default();
+    while let Some((topic, payload)) = c.next_publish(QUIET)? {
+        let mut parts = topic.rsplitn(2, '/');
+        let (Some(key), Some(rest)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let row = rest.trim_start_matches(prefix).to_owned();
+        if let Some(i) = keys.iter().position(|k| *k == key) {
+            rows.entry(row)
+                .or_insert_with(|| std::array::from_fn(|_| String::new()))[i] =
+                String::from_utf8_lossy(&payload).into_owned();
+        }
+    }
+    Ok(rows)
+}
+
 fn answer(code: u8, why: Option<String>, ok: &str) -> anyhow::Result<()> {
     if code >= 0x80 {
         bail!(
@@ -59,19 +129,8 @@ fn answer(code: u8, why: Option<String>, ok: &str) -> anyhow::Result<()> {
 
 /// Prints the queues' counters: the retained `$SYS/broker/queues/NAME/KEY` values.
 fn ls(c: &mut Conn) -> anyhow::Result<()> {
-    c.subscribe("$SYS/broker/queues/+/+")?;
-    let mut rows: std::collections::BTreeMap<String, [String; 4]> = Default::default();
     let keys = ["depth", "inflight", "consumers", "dead_lettered"];
-    while let Some((topic, payload)) = c.next_publish(QUIET)? {
-        let mut parts = topic.rsplitn(2, '/');
-        let (Some(key), Some(rest)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let name = rest.trim_start_matches("$SYS/broker/queues/").to_owned();
-        if let Some(i) = keys.iter().position(|k| *k == key) {
-            rows.entry(name).or_default()[i] = String::from_utf8_lossy(&payload).into_owned();
-        }
-    }
+    let rows = sys_table(c, "$SYS/broker/queues/+/+", &keys)?;
     println!(
         "{:<40} {:>10} {:>10} {:>10} {:>14}",
         "QUEUE", "DEPTH", "INFLIGHT", "CONSUMERS", "DEAD_LETTERED"

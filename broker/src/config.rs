@@ -125,6 +125,43 @@ pub enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Streams of a running broker, over MQTT (docs/streams.md)
+    Stream {
+        /// The broker's MQTT address
+        #[arg(long, default_value = "127.0.0.1:1883", value_name = "ADDR:PORT")]
+        broker: SocketAddr,
+        /// User name (when the broker has a password file)
+        #[arg(long)]
+        username: Option<String>,
+        /// Password (or the environment variable MOTE_PASSWORD)
+        #[arg(long, env = "MOTE_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// What to do
+        #[command(subcommand)]
+        action: StreamAction,
+    },
+}
+
+/// `mote stream ...`.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum StreamAction {
+    /// Lists the streams with their first and last offsets, messages and bytes (from
+    /// `$SYS/broker/streams/...`, published every `sys_interval_secs`)
+    Ls,
+    /// Shows one stream's consumer groups with their committed offsets and lag
+    Stats {
+        /// The stream
+        name: String,
+    },
+    /// Declares a stream (`$admin/stream/NAME`) with settings as JSON, e.g.
+    /// '{"filter": "sensors/#", "retention": 86400}'
+    Declare {
+        /// The stream
+        name: String,
+        /// The settings, as JSON (the keys of `[stream.NAME]`)
+        #[arg(default_value = "{}")]
+        settings: String,
+    },
 }
 
 /// `mote queue ...`.

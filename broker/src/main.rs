@@ -11,6 +11,19 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Passwd { delete, file, user }) => {
             return mote_broker::runtime::passwd(file, user, *delete)
         }
+        Some(Command::Stream {
+            broker,
+            username,
+            password,
+            action,
+        }) => {
+            return mote_broker::admin::stream(
+                *broker,
+                username.as_deref(),
+                password.as_deref(),
+                action,
+            )
+        }
         Some(Command::Queue {
             broker,
             username,

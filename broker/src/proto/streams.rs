@@ -1018,8 +1018,14 @@ impl Core {
                     .filter_map(|(id, r)| {
                         let (group, who, filter) = reader_parts(id)?;
                         group.then(|| {
+                            // One topic level: a filter's `/`, `+` and `#` are escaped.
                             let label = match filter {
-                                Some(f) => format!("{who}/{f}"),
+                                Some(f) => format!(
+                                    "{who}%2F{}",
+                                    f.replace('/', "%2F")
+                                        .replace('+', "%2B")
+                                        .replace('#', "%23")
+                                ),
                                 None => who.to_owned(),
                             };
                             (label, r.committed, s.next.saturating_sub(r.committed))

@@ -46,6 +46,8 @@ pub(crate) struct CoreStats {
     pub(crate) delayed: usize,
     /// Per work queue: name, depth, in flight, consumers, dead-lettered.
     pub(crate) queues: Vec<(String, QueueStats)>,
+    /// Per stream: name, offsets, size, groups.
+    pub(crate) streams: Vec<(String, streams::StreamStats)>,
 }
 
 impl Core {
@@ -78,6 +80,7 @@ impl Core {
             spilled: self.spilled().0,
             delayed: self.delayed.len(),
             queues: self.queue_stats().into_iter().take(SYS_QUEUES).collect(),
+            streams: self.stream_stats().into_iter().take(SYS_QUEUES).collect(),
         }
     }
 
@@ -136,7 +139,7 @@ impl Core {
             let topic = format!("$SYS/broker/{name}");
             self.publish_system(&topic, Bytes::from(value), true, now, fx);
         }
-        for (name, stats) in self.stream_stats().into_iter().take(SYS_QUEUES) {
+        for (name, stats) in st.streams {
             let last = stats.last_offset.map_or("-1".to_owned(), |l| l.to_string());
             let values = [
                 ("first_offset", stats.first_offset.to_string()),

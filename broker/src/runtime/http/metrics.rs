@@ -223,6 +223,41 @@ pub(super) async fn metrics(State(state): State<HttpState>) -> Response {
             );
         }
     }
+    if !s.streams.is_empty() {
+        for (name, help, get) in [
+            (
+                "mote_stream_messages",
+                "Messages a stream keeps.",
+                (|s: &crate::proto::streams::StreamStats| s.messages) as fn(&_) -> u64,
+            ),
+            ("mote_stream_bytes", "Bytes a stream keeps.", |s| s.bytes),
+            (
+                "mote_stream_first_offset",
+                "A stream's first offset kept.",
+                |s| s.first_offset,
+            ),
+        ] {
+            f.head(name, "gauge", help);
+            for (n, stats) in &s.streams {
+                let _ = writeln!(f.out, "{name}{{stream=\"{}\"}} {}", label(n), get(stats));
+            }
+        }
+        f.head(
+            "mote_stream_group_lag",
+            "gauge",
+            "Messages a consumer group has not committed yet.",
+        );
+        for (n, stats) in &s.streams {
+            for (group, _, lag) in &stats.groups {
+                let _ = writeln!(
+                    f.out,
+                    "mote_stream_group_lag{{stream=\"{}\",group=\"{}\"}} {lag}",
+                    label(n),
+                    label(group)
+                );
+            }
+        }
+    }
     if let Some(j) = &state.shared.journal {
         let (buckets, sum_us) = j.sync_latency.read();
         f.head(
