@@ -230,11 +230,20 @@ pub struct StreamsConfig {
     /// to it) is created with the defaults. When `false`, undeclared streams do not
     /// exist. Default `true`.
     pub auto_create: bool,
+    /// Streams the broker keeps at most (declared ones included): a stream costs a
+    /// directory, open files and up to 4 MiB of recent messages in memory, so clients
+    /// creating streams on first use cannot make it grow without bound. Beyond it a
+    /// PUBLISH to a new stream is refused (MQTT 5: 0x97) and a SUBSCRIBE too. Default
+    /// `1000`.
+    pub max_streams: usize,
 }
 
 impl Default for StreamsConfig {
     fn default() -> Self {
-        StreamsConfig { auto_create: true }
+        StreamsConfig {
+            auto_create: true,
+            max_streams: 1000,
+        }
     }
 }
 

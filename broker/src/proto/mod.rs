@@ -820,7 +820,9 @@ impl Core {
         fx: &mut Effects,
     ) -> Result<usize, Full> {
         if let Some(name) = streams::stream_of(&msg.topic).map(str::to_owned) {
-            return match self.stream_usable(&name) {
+            // A stream that does not exist reaches nobody; one that cannot be made (too
+            // many streams) is full.
+            return match self.streams.known(&name) {
                 false => Ok(0),
                 true => self.append(&name, &msg, now, fx).then_some(1).ok_or(Full),
             };

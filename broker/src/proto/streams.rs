@@ -39,7 +39,7 @@ pub(crate) const OFFSET_PROPERTY: &str = "stream-offset";
 
 /// Entries of a stream kept decoded in memory at most (and bytes).
 const RECENT_ENTRIES: usize = 4096;
-const RECENT_BYTES: usize = 8 * 1024 * 1024;
+const RECENT_BYTES: usize = 4 * 1024 * 1024;
 /// Bytes a reader behind `recent` reads from the log at a time.
 const READ_AHEAD: usize = 256 * 1024;
 /// Defaults of a stream's declaration.
@@ -294,12 +294,21 @@ pub(crate) struct Streams {
     due: Vec<(Arc<str>, Arc<str>)>,
     /// Retention is scheduled.
     trimming: bool,
+    /// Streams kept at most (`None`: no limit).
+    max: Option<usize>,
 }
 
 impl Streams {
-    /// Whether stream `name` exists or may be created by its use.
+    /// Whether stream `name` exists or may be created by its use (declared, or
+    /// created on first use), the limit on streams aside.
+    pub(super) fn known(&self, name: &str) -> bool {
+        self.map.contains_key(name) || !self.no_auto_create || self.declared.contains_key(name)
+    }
+
+    /// Whether stream `name` exists or may be created now.
     pub(super) fn usable(&self, name: &str) -> bool {
-        !self.no_auto_create || self.map.contains_key(name) || self.declared.contains_key(name)
+        let room = self.max.map_or(true, |m| self.map.len() < m);
+        self.map.contains_key(name) || (room && self.known(name))
     }
 }
 
@@ -342,9 +351,11 @@ impl Core {
         }
     }
 
-    /// Whether streams used before they are declared are created.
-    pub(crate) fn set_auto_create_streams(&mut self, on: bool) {
+    /// Whether streams used before they are declared are created, and how many
+    /// streams there may be.
+    pub(crate) fn set_auto_create_streams(&mut self, on: bool, max: usize) {
         self.streams.no_auto_create = !on;
+        self.streams.max = Some(max);
     }
 
     /// Whether stream `name` exists or may be created by its use.
@@ -356,6 +367,15 @@ impl Core {
     fn open_stream(&mut self, name: &str, now: Instant) -> std::io::Result<()> {
         if self.streams.map.contains_key(name) {
             return Ok(());
+        }
+        if self
+            .streams
+            .max
+            .is_some_and(|m| self.streams.map.len() >= m)
+        {
+            return Err(std::io::Error::other(
+                "too many streams (streams.max_streams)",
+            ));
         }
         let settings = Settings::of(self.streams.declared.get(name));
         let log: Box<dyn StreamLog> = match &self.streams.store {

@@ -42,7 +42,7 @@ pub(crate) fn declare_queues(core: &mut Core, config: &Config) {
         }
     }
     core.restore_declarations(now);
-    core.set_auto_create_streams(config.streams.auto_create);
+    core.set_auto_create_streams(config.streams.auto_create, config.streams.max_streams);
     for (name, decl) in &config.stream {
         if let Err(why) = core.declare_stream(name, decl.clone(), now) {
             tracing::error!(stream = %name, "stream not declared: {why}");

@@ -336,3 +336,42 @@ fn retention_drops_the_oldest_and_a_reader_behind_goes_on_from_the_first_kept() 
     assert_eq!(all.len(), kept, "the newest, dense");
     assert_eq!(all.last().map(String::as_str), Some("x999"));
 }
+
+#[test]
+fn streams_made_on_first_use_are_capped_and_the_next_publish_is_told_quota_exceeded() {
+    let mut core = core();
+    let now = Instant::now();
+    core.set_auto_create_streams(true, 2);
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    let mut codes = Vec::new();
+    for (i, name) in ["a", "b", "c", "a"].iter().enumerate() {
+        let topic = format!("$stream/{name}");
+        let pkt = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: &topic,
+            packet_id: u16::try_from(i).unwrap() + 1,
+            properties: Properties::default(),
+            payload: b"x",
+        });
+        send(&mut core, &mut p, &pkt, now).unwrap();
+        let bytes = p.out.split().to_vec();
+        each_packet(&bytes, Protocol::V5, |pk| {
+            if let Packet::PubAck(a) = pk {
+                codes.push(a.reason);
+            }
+        });
+    }
+    assert_eq!(codes, [0, 0, reason::QUOTA_EXCEEDED, 0]);
+    let mut r = connect(&mut core, Protocol::V5, "r", true, None, now);
+    let got = subscribe(
+        &mut core,
+        &mut r,
+        &[("$stream/d", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    assert_eq!(got, [reason::TOPIC_FILTER_INVALID]);
+    assert_eq!(core.stream_stats().len(), 2);
+}
