@@ -291,7 +291,9 @@ impl Queued for Delivery {
     /// QoS 0 deliveries make room for others when a queue is full (MQTT 5 §4.1 lets a
     /// server drop QoS 0 messages it queues).
     fn droppable(&self) -> bool {
-        self.qos == QoS::AtMostOnce
+        // A work queue's or a stream's delivery is counted by its owner, which must
+        // hear of its end: never evicted silently.
+        self.qos == QoS::AtMostOnce && self.queue.is_none() && self.stream.is_none()
     }
     fn cost(&self) -> usize {
         self.msg.cost()
@@ -753,9 +755,10 @@ impl Session {
         spill: SpillTo<'_>,
         clock: Clock,
     ) -> Enqueued {
-        if d.queue.is_some() {
-            // A work queue's delivery: at most the queue's prefetch of them are here,
-            // counted by the queue, so the session's own limits do not apply.
+        if d.queue.is_some() || d.stream.is_some() {
+            // A work queue's or a stream's delivery: at most the queue's prefetch (the
+            // reader's window) of them are here, counted by the queue (the reader), so
+            // the session's own limits do not apply.
             self.add_mem(d.msg.cost());
             self.queue.push_back(d);
             return Enqueued::Ok;
