@@ -375,3 +375,30 @@ fn streams_made_on_first_use_are_capped_and_the_next_publish_is_told_quota_excee
     assert_eq!(got, [reason::TOPIC_FILTER_INVALID]);
     assert_eq!(core.stream_stats().len(), 2);
 }
+
+#[test]
+fn retention_by_age_drops_what_is_older_than_the_stream_keeps() {
+    let mut core = core();
+    let now = Instant::now();
+    let decl = crate::config::StreamDecl {
+        retention: Some(3600),
+        default_offset: Some(crate::config::DefaultOffset::Earliest),
+        ..Default::default()
+    };
+    core.declare_stream("aged", decl, now).unwrap();
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    append(&mut core, &mut p, "$stream/aged", "old", 10, now);
+    let later = now + Duration::from_secs(2 * 3600);
+    append(&mut core, &mut p, "$stream/aged", "new", 3, later);
+    core.trim_streams(later);
+    assert_eq!(core.stream_stats()[0].1.first_offset, 10);
+    let mut r = connect(&mut core, Protocol::V311, "r", true, None, later);
+    subscribe(
+        &mut core,
+        &mut r,
+        &[("$stream/aged", q(QoS::AtLeastOnce))],
+        None,
+        later,
+    );
+    assert_eq!(read_all(&mut core, &mut r, later), numbered("new", 0..3));
+}
