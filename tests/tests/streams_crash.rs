@@ -109,15 +109,16 @@ fn watch_committed(mut raw: Raw, seen: &AtomicU64) {
     }
 }
 
-/// Reads `$stream/crash` from the start with a plain reader until `n` messages came:
-/// offset → payload.
+/// Reads all of `$stream/crash` from the start with a plain reader (at least `n`
+/// messages, then until nothing more comes): offset → payload.
 fn replay(broker: &Broker, n: usize) -> BTreeMap<u64, String> {
     let mut r = connect(broker.addr, Protocol::V5, "replayer");
     r.subscribe("$stream/crash/@earliest", QoS::AtLeastOnce);
     let mut got = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while got.len() < n && Instant::now() < deadline {
-        match r.recv(Duration::from_secs(5)) {
+    while Instant::now() < deadline {
+        let wait = if got.len() < n { 5000 } else { 1000 };
+        match r.recv(Duration::from_millis(wait)) {
             Recv::Frame(f) if f.kind() == 3 => {
                 let m = f.publish();
                 r.ack(&m);

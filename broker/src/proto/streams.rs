@@ -210,6 +210,11 @@ struct Reader {
     next: u64,
     /// Everything before it is acknowledged (as last journaled).
     committed: u64,
+    /// The journal position of `committed`'s record (0: durable, or not journaled).
+    commit_lsn: u64,
+    /// The last committed offset known durable (what is shown while `committed`'s
+    /// record is not yet): no one is shown a commit a crash could take back.
+    shown: u64,
     /// Offsets in flight: member and key hash.
     inflight: BTreeMap<u64, (Arc<str>, u64)>,
     /// Offsets given back by members that left, to send again first.
@@ -230,6 +235,8 @@ impl Reader {
             durable,
             next,
             committed: next,
+            commit_lsn: 0,
+            shown: next,
             inflight: BTreeMap::new(),
             redeliver: BTreeSet::new(),
             members: Vec::new(),
@@ -758,6 +765,7 @@ impl Core {
 
     /// Journals reader `id`'s committed offset when it moved.
     fn commit(&mut self, name: &Arc<str>, id: &Arc<str>) {
+        let durable = self.durable();
         let Some(r) = self
             .streams
             .map
@@ -770,14 +778,26 @@ impl Core {
         if floor <= r.committed {
             return;
         }
+        if r.commit_lsn <= durable {
+            r.shown = r.committed;
+        }
         r.committed = floor;
+        r.commit_lsn = 0;
         if r.durable {
             let rec = Record::StreamCommit {
                 stream: name.to_string(),
                 reader: id.to_string(),
                 next: floor,
             };
-            self.log(rec, Why::NoPromise);
+            let lsn = self.log(rec, Why::NoPromise);
+            if let Some(r) = self
+                .streams
+                .map
+                .get_mut(name)
+                .and_then(|s| s.readers.get_mut(id))
+            {
+                r.commit_lsn = lsn;
+            }
         }
     }
 
@@ -1024,8 +1044,10 @@ impl Core {
         out
     }
 
-    /// Counters of every stream, by name.
+    /// Counters of every stream, by name. A group's committed offset is the last one
+    /// durable.
     pub(crate) fn stream_stats(&self) -> Vec<(String, StreamStats)> {
+        let durable = self.durable();
         self.streams
             .map
             .iter()
@@ -1048,7 +1070,12 @@ impl Core {
                                 ),
                                 None => who.to_owned(),
                             };
-                            (label, r.committed, s.next.saturating_sub(r.committed))
+                            let committed = if r.commit_lsn <= durable {
+                                r.committed
+                            } else {
+                                r.shown
+                            };
+                            (label, committed, s.next.saturating_sub(committed))
                         })
                     })
                     .collect();
