@@ -586,6 +586,15 @@ pub struct MqttConfig {
     /// PUBLISH bytes a client may send per second, the same way. `0` = no limit.
     /// Default `0`.
     pub max_publish_bytes_rate: u64,
+    /// Publisher backpressure: a PUBLISH that fills an online subscriber's queue past
+    /// half of `max_queued_messages` or `max_queued_bytes` makes the broker stop reading
+    /// the publisher's socket until that subscriber drained below a quarter of them, so
+    /// publishers that outrun a subscriber are slowed rather than its messages dropped.
+    /// One congested subscriber pauses publishers for at most this many milliseconds in
+    /// a row; past it the queue's limits apply (QoS 0 dropped oldest first, a QoS 1/2
+    /// consumer that cannot keep up disconnected). A publisher whose own queue is
+    /// congested is never paused. `0` = off. Default `5000`.
+    pub publisher_backpressure_ms: u64,
     /// Inbound topic aliases accepted from a v5 client (the Topic Alias Maximum the broker
     /// announces); `0` disables topic aliases. Default `64`.
     pub topic_alias_maximum: u16,
@@ -697,6 +706,7 @@ impl Default for MqttConfig {
             max_inflight: 256,
             max_publish_rate: 0,
             max_publish_bytes_rate: 0,
+            publisher_backpressure_ms: 5000,
             topic_alias_maximum: 64,
             max_qos: 2,
             retain_available: true,

@@ -21,6 +21,7 @@ use mote_codec::{
 };
 
 pub(crate) mod acl;
+mod backpressure;
 mod connect;
 pub(crate) mod delayed;
 pub(crate) mod durable;
@@ -154,6 +155,8 @@ pub(crate) struct Stats {
     pub(crate) publish_denied: u64,
     /// Subscriptions refused by the access rules (at SUBSCRIBE or removed by a reload).
     pub(crate) subscribe_denied: u64,
+    /// Times a publisher was paused because a subscriber's queue was congested.
+    pub(crate) publishers_paused: u64,
 }
 
 /// The broker state: sessions, subscriptions, retained messages.
@@ -208,6 +211,12 @@ pub(crate) struct Core {
     queues: queues::Queues,
     /// The streams and their readers.
     streams: streams::Streams,
+    /// Online subscribers past their high-water mark (`proto/backpressure.rs`).
+    congested: FastMap<Arc<str>, backpressure::Congestion>,
+    /// The connection of the PUBLISH being routed, while it may be paused.
+    pausable: Option<Arc<dyn Wake>>,
+    /// Until when the connection that made the current calls is to stop reading.
+    pause_until: Option<Instant>,
     /// Counters.
     pub(crate) stats: Stats,
 }
@@ -271,6 +280,9 @@ impl Core {
             timers: Timers::new(),
             queues: queues::Queues::default(),
             streams: streams::Streams::default(),
+            congested: FastMap::default(),
+            pausable: None,
+            pause_until: None,
             stats: Stats::default(),
         }
     }
@@ -368,6 +380,8 @@ impl Core {
             }
         }
         self.log_events(client, events);
+        // Drained below its low-water mark: publishers paused on it go on.
+        self.relieve(client, false);
         // Acknowledgements made room at work-queue consumers and stream readers.
         self.dispatch_due(now);
         self.dispatch_due_streams(now);
@@ -638,13 +652,19 @@ impl Core {
                         0
                     }
                 }
-                None => match self.route(msg, false, now, fx) {
-                    Ok(n) => n,
-                    Err(Full) => {
-                        code = reason::QUOTA_EXCEEDED;
-                        0
+                None => {
+                    // A subscriber it fills past its high-water mark pauses it.
+                    self.may_pause(client);
+                    let routed = self.route(msg, false, now, fx);
+                    self.routed();
+                    match routed {
+                        Ok(n) => n,
+                        Err(Full) => {
+                            code = reason::QUOTA_EXCEEDED;
+                            0
+                        }
                     }
-                },
+                }
             }
         } else {
             0
@@ -719,6 +739,7 @@ impl Core {
         // Work-queue and stream messages are theirs, never the session's: back they go.
         self.return_deliveries(client, None, now);
         self.stream_member_offline(client);
+        self.relieve(client, true);
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };

@@ -272,6 +272,9 @@ impl Core {
         }
         if let Some(link) = s.link() {
             fx.wake.push(link.notify.clone());
+            if self.pausable.is_some() {
+                self.check_congestion(client, now);
+            }
         }
         true
     }

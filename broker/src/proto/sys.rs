@@ -109,7 +109,7 @@ impl Core {
         fx: &mut Effects,
     ) {
         let st = self.stats();
-        let values: [(&str, String); 24] = [
+        let values: [(&str, String); 25] = [
             ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", uptime.as_secs())),
             ("clients/connected", st.clients_connected.to_string()),
@@ -134,6 +134,10 @@ impl Core {
             ("connections/evicted", runtime.evicted.to_string()),
             ("core/hold_max_us", runtime.hold_max_us.to_string()),
             ("core/hold_p999_us", runtime.hold_p999_us.to_string()),
+            (
+                "publishers/paused",
+                self.stats.publishers_paused.to_string(),
+            ),
         ];
         for (name, value) in values {
             let topic = format!("$SYS/broker/{name}");

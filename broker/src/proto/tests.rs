@@ -5,6 +5,7 @@
 use super::*;
 
 mod access;
+mod backpressure;
 mod fuzz;
 mod streams;
 mod twins;

@@ -712,12 +712,16 @@ impl Link<'_> {
         let mut throttle = Throttle::new(&shared.config.mqtt);
         let resume = tokio::time::sleep_until(Instant::now());
         tokio::pin!(resume);
+        // It published to a congested subscriber (`proto/backpressure.rs`): nothing of
+        // it is read or handled until the subscriber drained (a wake-up) or this passed.
+        let mut blocked: Option<Instant> = None;
         loop {
             // Over its PUBLISH rate: nothing of this client is read or handled until the
             // debt is repaid (what is buffered waits too).
             let paused = throttle
                 .as_mut()
-                .and_then(|t| t.paused_until(Instant::now()));
+                .and_then(|t| t.paused_until(Instant::now()))
+                .or(blocked.filter(|&b| b > Instant::now()));
             if let Some(until) = paused {
                 resume.as_mut().reset(until);
             }
@@ -771,7 +775,12 @@ impl Link<'_> {
                                 close = Some(c);
                                 break;
                             }
+                            // Its subscriber is congested: what follows waits.
+                            if core.pausing() {
+                                break;
+                            }
                         }
+                        blocked = core.take_pause().map(Instant::from_std);
                     })
                     .await;
             }
@@ -800,17 +809,21 @@ impl Link<'_> {
             flush_keeping(stream, &mut out, more).await?;
             shared.transports.sent(S::TRANSPORT, sent);
             more = false;
-            // The frames just handled may have used up the rate.
+            // The frames just handled may have used up the rate, or met congestion.
             let paused = throttle
                 .as_mut()
-                .and_then(|t| t.paused_until(Instant::now()));
+                .and_then(|t| t.paused_until(Instant::now()))
+                .or(blocked.filter(|&b| b > Instant::now()));
             if let Some(until) = paused {
                 resume.as_mut().reset(until);
             }
 
             tokio::select! {
                 // The client was not idle: the broker was not reading it.
-                () = &mut resume, if paused.is_some() => last_rx = Instant::now(),
+                () = &mut resume, if paused.is_some() => {
+                    last_rx = Instant::now();
+                    blocked = None;
+                }
                 r = stream.read_buf(&mut inbuf), if paused.is_none() => {
                     match r {
                         Ok(0) => return Ok(LinkExit::ended(End::Abnormal, Closing::Now)),
@@ -827,6 +840,9 @@ impl Link<'_> {
                 }
                 _ = &mut notified => {
                     notified.set(self.notify.notified());
+                    // Woken: the subscriber it waited for drained (or it has deliveries
+                    // of its own to take, and must read their acknowledgements).
+                    blocked = None;
                     let reason = self.kick.get();
                     if reason != 0 {
                         // Taken over (the core already detached us) or too slow (still
@@ -844,6 +860,10 @@ impl Link<'_> {
                     }
                 }
                 _ = &mut keepalive, if keep_alive.is_some() => {
+                    if paused.is_some() {
+                        // The broker is not reading it: its silence is not its own.
+                        last_rx = Instant::now();
+                    }
                     let due = last_rx + keep_alive.unwrap_or(far);
                     if due > Instant::now() {
                         // Packets came since the timer was set: wait for their deadline.
