@@ -738,7 +738,7 @@ impl Core {
     ) {
         // Work-queue and stream messages are theirs, never the session's: back they go.
         self.return_deliveries(client, None, now);
-        self.stream_member_offline(client);
+        self.stream_member_offline(client, now);
         self.relieve(client, true);
         let Some(s) = self.sessions.get_mut(client) else {
             return;
@@ -866,7 +866,7 @@ impl Core {
     fn end_session(&mut self, client: &Arc<str>, now: Instant, fx: &mut Effects) {
         self.return_deliveries(client, None, now);
         self.queues.forget(client);
-        self.stream_member_gone(client);
+        self.stream_member_gone(client, now);
         let Some(mut s) = self.sessions.remove(client) else {
             return;
         };

@@ -654,7 +654,8 @@ impl Core {
         let name: Arc<str> = Arc::from(rf.name);
         self.take_back(client, Some((&name, &id)));
         self.drop_member(&name, &id, client);
-        let _ = now;
+        // What it held goes to the others now.
+        self.dispatch_due_streams(now);
     }
 
     /// `client` is no longer a member of reader `id`; a plain reader goes with it.
@@ -707,8 +708,9 @@ impl Core {
         }
     }
 
-    /// `client`'s connection ended: what it held goes back to its readers.
-    pub(super) fn stream_member_offline(&mut self, client: &Arc<str>) {
+    /// `client`'s connection ended: what it held goes back to its readers, and to
+    /// their other members now.
+    pub(super) fn stream_member_offline(&mut self, client: &Arc<str>, now: Instant) {
         self.take_back(client, None);
         for stream in self.streams.map.values_mut() {
             for r in stream.readers.values_mut() {
@@ -717,6 +719,7 @@ impl Core {
                 }
             }
         }
+        self.dispatch_due_streams(now);
     }
 
     /// `client` connected: its readers may send to it.
@@ -731,7 +734,7 @@ impl Core {
     }
 
     /// `client`'s session ended: it leaves every reader.
-    pub(super) fn stream_member_gone(&mut self, client: &Arc<str>) {
+    pub(super) fn stream_member_gone(&mut self, client: &Arc<str>, now: Instant) {
         self.take_back(client, None);
         let mut left = Vec::new();
         for (name, stream) in &self.streams.map {
@@ -744,6 +747,7 @@ impl Core {
         for (name, id) in left {
             self.drop_member(&name, &id, client);
         }
+        self.dispatch_due_streams(now);
     }
 
     /// A stream delivery was acknowledged (or sent at QoS 0): the reader commits.

@@ -402,3 +402,47 @@ fn retention_by_age_drops_what_is_older_than_the_stream_keeps() {
     );
     assert_eq!(read_all(&mut core, &mut r, later), numbered("new", 0..3));
 }
+
+#[test]
+fn a_member_that_leaves_hands_its_messages_to_a_waiting_member_at_once() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    append(&mut core, &mut p, "$stream/s", "m", 20, now);
+    let filter = "$share/g/$stream/s/@earliest";
+    let mut a = connect(&mut core, Protocol::V311, "a", true, None, now);
+    subscribe(
+        &mut core,
+        &mut a,
+        &[(filter, q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let mut b = connect(&mut core, Protocol::V311, "b", true, None, now);
+    subscribe(
+        &mut core,
+        &mut b,
+        &[(filter, q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    // One key: one member holds all of it, the other waits.
+    let (ga, gb) = (
+        received(&mut core, &mut a, now),
+        received(&mut core, &mut b, now),
+    );
+    assert_eq!(ga.len() + gb.len(), 20);
+    let (mut owner, mut waiter) = if ga.is_empty() { (b, a) } else { (a, b) };
+    let mut fx = Effects::default();
+    core.disconnected(&owner.id, owner.conn, End::Abnormal, now, &mut fx);
+    // No append and no drain of its own needed: they are queued for it at once (and
+    // its connection woken), flagged DUP.
+    assert_eq!(core.sessions.get(&waiter.id).unwrap().queued_len(), 20);
+    let again = received(&mut core, &mut waiter, now);
+    assert_eq!(
+        again.iter().map(body).collect::<Vec<_>>(),
+        numbered("m", 0..20)
+    );
+    assert!(again.iter().all(|m| m.4));
+    let _ = received(&mut core, &mut owner, now);
+}
