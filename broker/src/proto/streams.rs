@@ -18,8 +18,9 @@
 //! Per-key order in a group: a key's member is chosen by rendezvous hashing of the key
 //! over the online members (a member joining or leaving moves few keys); a key whose
 //! member changed while the old one still has messages of it in flight waits for them.
-//! A reader dispatches in offset order and stops at the first message whose member has
-//! no room (so no message overtakes an earlier one).
+//! A reader dispatches in offset order; a message whose member has no room is parked
+//! (bounded) so the other keys go on, and a key with a message parked parks its later
+//! ones (no message overtakes an earlier one of its key).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -42,6 +43,8 @@ const RECENT_ENTRIES: usize = 4096;
 const RECENT_BYTES: usize = 4 * 1024 * 1024;
 /// Bytes a reader behind `recent` reads from the log at a time.
 const READ_AHEAD: usize = 256 * 1024;
+/// Messages a reader keeps parked at most (their member had no room; other keys go on).
+const PARK_MAX: usize = 1024;
 /// Defaults of a stream's declaration.
 const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
 const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
@@ -219,6 +222,9 @@ struct Reader {
     inflight: BTreeMap<u64, (Arc<str>, u64)>,
     /// Offsets given back by members that left, to send again first.
     redeliver: BTreeSet<u64>,
+    /// Messages read whose member had no room, kept so other keys go on: the entry,
+    /// its key, and whether it was sent before (at most [`PARK_MAX`]).
+    parked: BTreeMap<u64, (Entry, u64, bool)>,
     members: Vec<Member>,
     /// Keys with messages in flight: the member, how many.
     keys: HashMap<u64, (Arc<str>, u32)>,
@@ -239,6 +245,7 @@ impl Reader {
             shown: next,
             inflight: BTreeMap::new(),
             redeliver: BTreeSet::new(),
+            parked: BTreeMap::new(),
             members: Vec::new(),
             keys: HashMap::new(),
             ahead: VecDeque::new(),
@@ -250,10 +257,16 @@ impl Reader {
     fn floor(&self) -> u64 {
         let inflight = self.inflight.keys().next().copied();
         let redeliver = self.redeliver.iter().next().copied();
-        [inflight, redeliver]
+        let parked = self.parked.keys().next().copied();
+        [inflight, redeliver, parked]
             .into_iter()
             .flatten()
             .fold(self.next, u64::min)
+    }
+
+    /// Whether the message at `offset` (given back or parked) was sent before.
+    fn sent_before(&self, offset: u64) -> bool {
+        self.redeliver.contains(&offset) || self.parked.get(&offset).is_some_and(|p| p.2)
     }
 
     /// Offset `o` is no longer in flight (acknowledged or given back).
@@ -821,10 +834,13 @@ impl Core {
         fx.run();
     }
 
-    /// Sends reader `id` of stream `name` what its members have room for, in offset
-    /// order (given-back offsets first). Entries past `durable` are not sent (the caller
-    /// could not wake their receivers after they became durable); the reader then tries
-    /// again shortly.
+    /// Sends reader `id` of stream `name` what its members have room for: first what
+    /// waits (given back by members that left, or parked), then new offsets, in offset
+    /// order per key. A message whose member has no room is parked (at most
+    /// [`PARK_MAX`] per reader) so other keys go on; a key with a message parked parks
+    /// its later ones too. Entries past `durable` are not sent (the caller could not
+    /// wake their receivers after they became durable); the reader then tries again
+    /// shortly.
     fn dispatch_reader(
         &mut self,
         name: &Arc<str>,
@@ -836,24 +852,27 @@ impl Core {
         let clock = self.clock(now);
         let limits = self.limits;
         let max_inflight = usize::from(limits.max_inflight.max(1));
-        loop {
-            let Some(stream) = self.streams.map.get_mut(name) else {
-                return;
-            };
-            let Stream {
-                log,
-                recent,
-                readers,
-                next: end,
-                settings,
-                ..
-            } = stream;
-            let Some(r) = readers.get_mut(id) else {
-                return;
-            };
-            // The members online with room: (index, room).
-            let sessions = &self.sessions;
-            let room = |m: &Member| -> usize {
+        let Some(stream) = self.streams.map.get_mut(name) else {
+            return;
+        };
+        let Stream {
+            log,
+            recent,
+            readers,
+            next: end,
+            settings,
+            ..
+        } = stream;
+        let end = *end;
+        let Some(r) = readers.get_mut(id) else {
+            return;
+        };
+        let sessions = &mut self.sessions;
+        // The room of each member, by index (0: offline or full).
+        let mut room: Vec<usize> = r
+            .members
+            .iter()
+            .map(|m| {
                 sessions
                     .get(&m.client)
                     .and_then(|s| s.link())
@@ -862,126 +881,127 @@ impl Core {
                             .min(max_inflight)
                             .saturating_sub(m.outstanding)
                     })
+            })
+            .collect();
+        if room.iter().all(|&n| n == 0) {
+            return;
+        }
+        let online: Vec<bool> = r
+            .members
+            .iter()
+            .map(|m| sessions.get(&m.client).is_some_and(Session::online))
+            .collect();
+        let first = log.bounds().0;
+        let mut sent = 0u64;
+        let mut retry = false;
+        // 1. What waits, in offset order; a key blocked here keeps its later ones.
+        let mut blocked: HashSet<u64> = HashSet::new();
+        let waiting: BTreeSet<u64> = r.redeliver.iter().chain(r.parked.keys()).copied().collect();
+        for offset in waiting {
+            let entry = match r.parked.get(&offset) {
+                Some(p) => Some(p.0.clone()),
+                None if offset < first => None,
+                None => {
+                    entry_at(log.as_ref(), recent, r, offset, clock).filter(|e| e.offset == offset)
+                }
             };
-            if !r.members.iter().any(|m| room(m) > 0) {
-                return;
+            let Some(entry) = entry else {
+                // Removed by retention (or unreadable) before it was sent again.
+                r.redeliver.remove(&offset);
+                continue;
+            };
+            if entry.lsn > durable {
+                retry = true;
+                break;
             }
-            let redelivery = r.redeliver.iter().next().copied();
-            let offset = match redelivery {
-                Some(o) => o,
-                None if r.next < *end => r.next,
-                None => return,
-            };
-            let first = log.bounds().0;
+            if !wanted(r, &entry) {
+                r.redeliver.remove(&offset);
+                r.parked.remove(&offset);
+                continue;
+            }
+            let key = key_of(settings, &entry);
+            match pick(r, key, &online, &room).filter(|_| !blocked.contains(&key)) {
+                Some(i) => {
+                    let attempts = u32::from(r.sent_before(offset));
+                    r.redeliver.remove(&offset);
+                    r.parked.remove(&offset);
+                    room[i] -= 1;
+                    send(
+                        r,
+                        i,
+                        key,
+                        &entry,
+                        attempts,
+                        (name, id),
+                        (sessions, &limits, clock, fx),
+                    );
+                    sent += 1;
+                }
+                None => {
+                    blocked.insert(key);
+                    if r.redeliver.remove(&offset) {
+                        r.parked.insert(offset, (entry, key, true));
+                    }
+                }
+            }
+        }
+        // 2. New offsets.
+        while !retry && r.next < end && room.iter().any(|&n| n > 0) {
+            let offset = r.next;
             if offset < first {
                 // Retention removed it before it was read.
-                if redelivery.is_some() {
-                    r.redeliver.remove(&offset);
-                } else {
-                    r.skipped += first - offset;
-                    r.next = first;
-                }
+                r.skipped += first - offset;
+                r.next = first;
                 continue;
             }
             let Some(entry) = entry_at(log.as_ref(), recent, r, offset, clock) else {
-                if redelivery.is_some() {
-                    r.redeliver.remove(&offset);
-                } else {
-                    // A gap the log cannot read past; go on after it.
-                    r.next += 1;
-                }
+                // A gap the log cannot read past; go on after it.
+                r.next += 1;
                 continue;
             };
-            if entry.offset != offset && redelivery.is_none() {
+            if entry.offset != offset {
                 // A damaged stretch of the log: skip to what is there.
                 r.skipped += entry.offset - offset;
                 r.next = entry.offset;
             }
             if entry.lsn > durable {
-                self.timers
-                    .set(Timer::StreamRetry(name.clone()), now + RETRY_DURABLE);
-                return;
+                retry = true;
+                break;
             }
             let offset = entry.offset;
-            if r.filter
-                .as_deref()
-                .is_some_and(|f| !topic::matches(f, &entry.msg.topic))
-            {
+            if !wanted(r, &entry) {
                 // Not for this reader: passed over (it commits with the rest).
-                if redelivery.is_some() {
-                    r.redeliver.remove(&offset);
-                } else {
-                    r.next = offset + 1;
-                }
+                r.next = offset + 1;
                 continue;
             }
-            let key = match &settings.key {
-                Some(prop) => entry
-                    .msg
-                    .user_property_pairs()
-                    .into_iter()
-                    .find(|(k, _)| **k == **prop)
-                    .map(|(_, v)| key_hash(v.as_bytes())),
-                None => None,
+            let key = key_of(settings, &entry);
+            let parked_key = r.parked.values().any(|p| p.1 == key);
+            match pick(r, key, &online, &room).filter(|_| !parked_key) {
+                Some(i) => {
+                    r.next = offset + 1;
+                    room[i] -= 1;
+                    send(
+                        r,
+                        i,
+                        key,
+                        &entry,
+                        0,
+                        (name, id),
+                        (sessions, &limits, clock, fx),
+                    );
+                    sent += 1;
+                }
+                None if r.parked.len() < PARK_MAX && online.iter().any(|&o| o) => {
+                    r.next = offset + 1;
+                    r.parked.insert(offset, (entry, key, false));
+                }
+                None => break,
             }
-            .unwrap_or_else(|| key_hash(entry.msg.topic.as_bytes()));
-            // The key's member: the best rendezvous score among those online (members
-            // joining and leaving move few keys). A key moving away from the member
-            // that still has messages of it in flight waits for them (order).
-            let chosen = r
-                .members
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| sessions.get(&m.client).is_some_and(Session::online))
-                .max_by_key(|(_, m)| score(key, &m.client))
-                .map(|(i, _)| i);
-            let Some(i) = chosen else {
-                return;
-            };
-            if r.keys.get(&key).is_some_and(|k| k.0 != r.members[i].client) {
-                return;
-            }
-            if room(&r.members[i]) == 0 {
-                // Its member is full: the reader waits for it (order within the key).
-                return;
-            }
-            let m = &mut r.members[i];
-            m.outstanding += 1;
-            let (client, qos, sub_id) = (m.client.clone(), m.qos, m.sub_id);
-            r.inflight.insert(offset, (client.clone(), key));
-            r.keys.entry(key).or_insert((client.clone(), 0)).1 += 1;
-            let attempts = u32::from(redelivery.is_some());
-            if redelivery.is_some() {
-                r.redeliver.remove(&offset);
-            } else {
-                r.next = offset + 1;
-            }
-            let skipped = std::mem::take(&mut r.skipped);
-            let d = Delivery {
-                msg: stamped(&entry, skipped),
-                qos,
-                retain: false,
-                sub_ids: sub_id.into_iter().collect(),
-                shared: None,
-                dseq: 0,
-                lsn: entry.lsn,
-                queue: None,
-                stream: Some(Arc::new(StreamTag {
-                    stream: name.clone(),
-                    reader: id.clone(),
-                    offset,
-                })),
-                attempts,
-            };
-            let Some(s) = self.sessions.get_mut(&client) else {
-                return;
-            };
-            // Bounded by the member's window, not by the session's queue limits.
-            s.enqueue(d, &limits, None, clock);
-            if let Some(link) = s.link() {
-                fx.wake.push(link.notify.clone());
-            }
-            self.stats.deliveries += 1;
+        }
+        self.stats.deliveries += sent;
+        if retry {
+            self.timers
+                .set(Timer::StreamRetry(name.clone()), now + RETRY_DURABLE);
         }
     }
 
@@ -1093,6 +1113,92 @@ impl Core {
                 (name.to_string(), stats)
             })
             .collect()
+    }
+}
+
+/// Whether reader `r` reads `entry` (its filter).
+fn wanted(r: &Reader, entry: &Entry) -> bool {
+    r.filter
+        .as_deref()
+        .map_or(true, |f| topic::matches(f, &entry.msg.topic))
+}
+
+/// The hash of `entry`'s key: the user property the stream names, else the topic.
+fn key_of(settings: &Settings, entry: &Entry) -> u64 {
+    settings
+        .key
+        .as_ref()
+        .and_then(|prop| {
+            entry
+                .msg
+                .user_property_pairs()
+                .into_iter()
+                .find(|(k, _)| **k == **prop)
+        })
+        .map_or_else(
+            || key_hash(entry.msg.topic.as_bytes()),
+            |(_, v)| key_hash(v.as_bytes()),
+        )
+}
+
+/// The member (by index) that `key`'s next message goes to now: the best rendezvous
+/// score among those online, if it has room and the key is not still in flight at
+/// another member (a key moving waits for what it has in flight).
+fn pick(r: &Reader, key: u64, online: &[bool], room: &[usize]) -> Option<usize> {
+    let i = r
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| online.get(*i).copied().unwrap_or(false))
+        .max_by_key(|(_, m)| score(key, &m.client))
+        .map(|(i, _)| i)?;
+    let moving = r.keys.get(&key).is_some_and(|k| k.0 != r.members[i].client);
+    (!moving && room.get(i).copied().unwrap_or(0) > 0).then_some(i)
+}
+
+/// Hands `entry` to member `i` of reader `r`: in flight, into the member's session.
+fn send(
+    r: &mut Reader,
+    i: usize,
+    key: u64,
+    entry: &Entry,
+    attempts: u32,
+    (name, id): (&Arc<str>, &Arc<str>),
+    (sessions, limits, clock, fx): (
+        &mut FastMap<Arc<str>, Session>,
+        &QueueLimits,
+        Clock,
+        &mut Effects,
+    ),
+) {
+    let m = &mut r.members[i];
+    m.outstanding += 1;
+    let (client, qos, sub_id) = (m.client.clone(), m.qos, m.sub_id);
+    r.inflight.insert(entry.offset, (client.clone(), key));
+    r.keys.entry(key).or_insert((client.clone(), 0)).1 += 1;
+    let skipped = std::mem::take(&mut r.skipped);
+    let d = Delivery {
+        msg: stamped(entry, skipped),
+        qos,
+        retain: false,
+        sub_ids: sub_id.into_iter().collect(),
+        shared: None,
+        dseq: 0,
+        lsn: entry.lsn,
+        queue: None,
+        stream: Some(Arc::new(StreamTag {
+            stream: name.clone(),
+            reader: id.clone(),
+            offset: entry.offset,
+        })),
+        attempts,
+    };
+    if let Some(s) = sessions.get_mut(&client) {
+        // Bounded by the member's window, not by the session's queue limits.
+        s.enqueue(d, limits, None, clock);
+        if let Some(link) = s.link() {
+            fx.wake.push(link.notify.clone());
+        }
     }
 }
 

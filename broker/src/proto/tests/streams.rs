@@ -446,3 +446,71 @@ fn a_member_that_leaves_hands_its_messages_to_a_waiting_member_at_once() {
     assert!(again.iter().all(|m| m.4));
     let _ = received(&mut core, &mut owner, now);
 }
+
+#[test]
+fn a_member_that_stops_acknowledging_does_not_hold_back_the_keys_of_the_others() {
+    let mut core = core();
+    let now = Instant::now();
+    // Both members join first (the group starts at `latest`), then 800 messages over
+    // 8 keys come.
+    let filter = "$share/g/$stream/hol";
+    let mut stuck = connect(&mut core, Protocol::V311, "stuck", true, None, now);
+    subscribe(
+        &mut core,
+        &mut stuck,
+        &[(filter, q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let mut busy = connect(&mut core, Protocol::V311, "busy", true, None, now);
+    subscribe(
+        &mut core,
+        &mut busy,
+        &[(filter, q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    for i in 0..800u32 {
+        let topic = format!("$stream/hol/k{}", i % 8);
+        let body = format!("k{}:{i}", i % 8);
+        let id = u16::try_from(i % 60_000).unwrap() + 1;
+        publish(
+            &mut core,
+            &mut p,
+            &topic,
+            body.as_bytes(),
+            QoS::AtLeastOnce,
+            id,
+            now,
+        );
+    }
+    let mut got: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut held = 0;
+    for _ in 0..50 {
+        held += received(&mut core, &mut stuck, now).len();
+        let b = received(&mut core, &mut busy, now);
+        if b.is_empty() {
+            break;
+        }
+        for m in &b {
+            let text = body(m);
+            let (k, n) = text.split_once(':').unwrap();
+            got.entry(k.to_owned())
+                .or_default()
+                .push(n.parse().unwrap());
+            ack(&mut core, &mut busy, m.3, now);
+        }
+    }
+    let window = usize::from(MqttConfig::default().max_inflight);
+    assert_eq!(held, window, "the stuck member holds one window");
+    assert!(!got.is_empty(), "some keys belong to the busy member");
+    for (k, ns) in &got {
+        assert_eq!(
+            ns.len(),
+            100,
+            "{k}: every message of the busy member's keys"
+        );
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "{k} in order");
+    }
+}
