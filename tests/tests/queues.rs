@@ -474,3 +474,93 @@ fn the_mote_queue_command_declares_lists_and_redrives() {
     let (ok, out, err) = mote(&["redrive", "cli-jobs"]);
     assert!(ok && out.trim() == "moved 2", "{out} {err}");
 }
+
+/// A job's delivery count survives a restart of the broker: two workers take it and die
+/// (two deliveries), the broker is killed, and after the restart the third delivery is
+/// told `mote-delivery-count` 3 and, its worker dying too, the job is dead-lettered
+/// (max_deliveries 3) instead of being given three more tries.
+#[test]
+fn the_delivery_count_survives_a_restart() {
+    let dir = std::env::temp_dir().join(format!("mote-queue-count-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let config = "[queue.counted]\nmax_deliveries = 3\n";
+    let mut broker = Broker::start_with(&["--data-dir", &dir_s], Some(config));
+    let mut p = connect(broker.addr, Protocol::V5, "count-producer");
+    p.publish_acked(&common::publish(
+        "$queue/counted",
+        b"poison",
+        QoS::AtLeastOnce,
+        1,
+    ));
+    let count = |m: &common::Msg| {
+        m.user_properties
+            .iter()
+            .find(|(k, _)| k == "mote-delivery-count")
+            .map(|(_, v)| v.clone())
+    };
+    for n in 1..=2 {
+        let mut w = connect(broker.addr, Protocol::V5, &format!("count-worker-{n}"));
+        w.subscribe("$queue/counted", QoS::AtLeastOnce);
+        let m = w.expect_publish();
+        assert_eq!(count(&m).as_deref(), Some(n.to_string().as_str()));
+        // Dies without acknowledging.
+        drop(w);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    broker.kill();
+    let broker = Broker::start_with(&["--data-dir", &dir_s], Some(config));
+    let mut w = connect(broker.addr, Protocol::V5, "count-worker-3");
+    w.subscribe("$queue/counted", QoS::AtLeastOnce);
+    let m = w.expect_publish();
+    assert_eq!(
+        count(&m).as_deref(),
+        Some("3"),
+        "the count went on after the restart"
+    );
+    drop(w);
+    let mut dlq = connect(broker.addr, Protocol::V5, "count-dlq");
+    dlq.subscribe("$queue/counted.dlq", QoS::AtLeastOnce);
+    let dead = match dlq.recv(Duration::from_secs(5)) {
+        Recv::Frame(f) if f.kind() == 3 => f.publish(),
+        other => panic!("no dead letter: {other:?}; log:\n{}", broker.log()),
+    };
+    assert_eq!(&dead.payload[..], b"poison");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A consumer waiting on an empty queue gets a new job at once, whatever the
+/// publisher's QoS (the job is handed out before it is durable and sent once it is).
+#[test]
+fn an_idle_consumer_gets_a_new_job_at_once() {
+    let dir = std::env::temp_dir().join(format!("mote-queue-idle-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let broker = Broker::start_with(&["--data-dir", &dir_s, "--fsync", "always"], None);
+    let mut w = connect(broker.addr, Protocol::V311, "idle-worker");
+    w.subscribe("$queue/idle", QoS::AtLeastOnce);
+    let mut p = connect(broker.addr, Protocol::V5, "idle-producer");
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::AtMostOnce]
+        .into_iter()
+        .enumerate()
+    {
+        std::thread::sleep(Duration::from_millis(300));
+        let body = format!("job-{i}");
+        let sent = Instant::now();
+        p.publish("$queue/idle", body.as_bytes(), qos, i as u16 + 1);
+        let m = match w.recv(Duration::from_secs(1)) {
+            Recv::Frame(f) if f.kind() == 3 => f.publish(),
+            other => panic!("job {i} (QoS {qos:?}) not delivered within 1 s: {other:?}"),
+        };
+        assert_eq!(m.payload, body.as_bytes());
+        assert!(
+            sent.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            sent.elapsed()
+        );
+        w.ack(&m);
+    }
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -105,6 +105,9 @@ pub(super) struct Settings {
 /// Default `retention`: 4 days, as SQS.
 const DEFAULT_RETENTION_SECS: u64 = 4 * 24 * 3600;
 
+/// How soon a queue whose next message was not yet durable tries again.
+const QUEUE_RETRY: Duration = Duration::from_millis(2);
+
 /// Topics whose PUBLISH declares a queue: `$admin/queue/NAME` with a JSON body. The
 /// declaration is kept as that topic's retained message, so it survives a restart.
 pub(crate) const ADMIN_PREFIX: &str = "$admin/queue/";
@@ -460,7 +463,9 @@ impl Core {
         }
         let d = Delivery::kept(msg, 0);
         let queued = self.deliver(&id, d, now, fx);
-        self.dispatch(&id, now);
+        // Handed out before it is durable (the consumer's session sends it once it is),
+        // its consumer woken by `fx` after the durability wait this call raised.
+        self.dispatch_upto(&id, now, u64::MAX, fx);
         queued
     }
 
@@ -584,20 +589,38 @@ impl Core {
     }
 
     /// Gives the messages of queue `id` to its online consumers with room, least loaded
-    /// first, in queue order.
-    fn dispatch(&mut self, id: &Arc<str>, now: Instant) {
+    /// first, in queue order, waking them now: only messages already durable (a
+    /// consumer woken now must find them sendable); when the next is not yet, the queue
+    /// tries again shortly.
+    pub(super) fn dispatch(&mut self, id: &Arc<str>, now: Instant) {
         let durable = self.durable();
+        let mut fx = Effects::default();
+        self.dispatch_upto(id, now, durable, &mut fx);
+        fx.run();
+    }
+
+    /// As [`Core::dispatch`], for messages up to journal position `durable`, naming the
+    /// consumers to wake in `fx`.
+    fn dispatch_upto(&mut self, id: &Arc<str>, now: Instant, durable: u64, fx: &mut Effects) {
         let clock = self.clock(now);
         let limits = self.limits;
         let settings = self.queue_settings(id);
         let (prefetch, visibility) = (settings.prefetch, settings.visibility);
-        let mut fx = Effects::default();
         while let Some(i) = self.pick_consumer(id, prefetch, None) {
             let Some(mut d) = self
                 .sessions
                 .get_mut(id)
                 .and_then(|q| q.take_ready(durable, clock))
             else {
+                // Not yet durable: again once it may be.
+                if self
+                    .sessions
+                    .get(id)
+                    .is_some_and(|q| q.front_waits(durable))
+                {
+                    self.timers
+                        .set(Timer::QueueRetry(id.clone()), now + QUEUE_RETRY);
+                }
                 break;
             };
             // Past its retention (or its own expiry): deleted unconsumed.
@@ -631,7 +654,6 @@ impl Core {
             }
             d.qos = d.qos.min(c.qos);
             d.queue = Some(id.clone());
-            d.lsn = 0;
             let client = c.client.clone();
             // QoS 0 consumers acknowledge on receipt: nothing to time.
             if d.qos != QoS::AtMostOnce {
@@ -650,7 +672,6 @@ impl Core {
                 fx.wake.push(link.notify.clone());
             }
         }
-        fx.run();
     }
 
     /// Puts the queue deliveries `client` holds (of queue `only`, or of every queue) back
@@ -700,6 +721,15 @@ impl Core {
         let (dead, back): (Vec<Delivery>, Vec<Delivery>) = ds
             .into_iter()
             .partition(|d| max > 0 && d.attempts >= max && !id.ends_with(DEAD_LETTER_SUFFIX));
+        // The count that dead-letters a job survives a restart.
+        for d in back.iter().filter(|d| d.dseq != 0 && d.attempts > 0) {
+            let rec = Record::Attempts {
+                client: id.to_string(),
+                dseq: d.dseq,
+                attempts: d.attempts,
+            };
+            self.log(rec, Why::NoPromise);
+        }
         if let Some(q) = self.sessions.get_mut(id) {
             for mut d in back.into_iter().rev() {
                 d.queue = None;

@@ -119,7 +119,7 @@ impl Core {
             lsn: 0,
             queue: None,
             stream: None,
-            attempts: 0,
+            attempts: d.attempts,
         };
         match d.packet_id {
             Some(packet_id) => s.restore_inflight(Inflight {
@@ -536,6 +536,13 @@ impl Snapshot<'_> {
     fn delivery(&mut self, client: &str, d: &Delivery) {
         self.msg(&d.msg, None);
         self.enqueue(client, d);
+        if d.attempts > 0 {
+            self.put(Record::Attempts {
+                client: client.to_owned(),
+                dseq: d.dseq,
+                attempts: d.attempts,
+            });
+        }
     }
 
     /// A delivery read back from a spill file: its message is written without

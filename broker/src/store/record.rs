@@ -188,6 +188,16 @@ pub(crate) enum Record {
         /// The first offset not acknowledged.
         next: u64,
     },
+    /// A work queue's job went back to its queue after `attempts` deliveries (so the
+    /// count that dead-letters it survives a restart).
+    Attempts {
+        /// The queue's store id.
+        client: String,
+        /// The job's delivery sequence number.
+        dseq: u64,
+        /// Deliveries so far.
+        attempts: u32,
+    },
     /// A stream reader is gone (its session ended, it unsubscribed).
     StreamReaderDel {
         /// The stream.
@@ -539,6 +549,16 @@ impl Record {
                 w.bytes(reader.as_bytes());
                 w.u64(*next);
             }
+            Record::Attempts {
+                client,
+                dseq,
+                attempts,
+            } => {
+                w.u8(21);
+                w.bytes(client.as_bytes());
+                w.u64(*dseq);
+                w.u32(*attempts);
+            }
             Record::StreamReaderDel { stream, reader } => {
                 w.u8(20);
                 w.bytes(stream.as_bytes());
@@ -667,6 +687,11 @@ impl Record {
                 reader: r.string()?,
                 next: r.u64()?,
             },
+            21 => Record::Attempts {
+                client: r.string()?,
+                dseq: r.u64()?,
+                attempts: r.u32()?,
+            },
             20 => Record::StreamReaderDel {
                 stream: r.string()?,
                 reader: r.string()?,
@@ -794,6 +819,11 @@ mod tests {
             Record::StreamReaderDel {
                 stream: "s".into(),
                 reader: "g\0x".into(),
+            },
+            Record::Attempts {
+                client: c(),
+                dseq: 7,
+                attempts: 3,
             },
         ];
         for rec in records {

@@ -37,6 +37,8 @@ pub(crate) struct DeliveryImage {
     pub(crate) packet_id: Option<u16>,
     /// PUBREC received.
     pub(crate) released: bool,
+    /// Deliveries so far (a work queue's job).
+    pub(crate) attempts: u32,
 }
 
 /// A persistent session as the journal left it, without its queued deliveries.
@@ -54,6 +56,8 @@ pub(crate) struct SessionImage {
     pub(crate) subs: BTreeMap<String, (u8, u32)>,
     /// Deliveries sent and not finished: sequence number -> (packet id, PUBREC seen).
     pub(crate) sent: HashMap<u64, (u16, bool)>,
+    /// Work-queue jobs delivered before: sequence number -> deliveries so far.
+    pub(crate) attempts: HashMap<u64, u32>,
     /// Inbound QoS 2 packet ids awaiting PUBREL.
     pub(crate) inbound2: HashSet<u16>,
     /// Will: message id and delay.
@@ -169,6 +173,7 @@ impl Index {
             Record::Done { client, dseq } => {
                 if let Some(s) = self.sessions.get_mut(&client) {
                     s.sent.remove(&dseq);
+                    s.attempts.remove(&dseq);
                 }
                 self.done.push(dseq);
             }
@@ -208,6 +213,15 @@ impl Index {
                 // A committed offset never moves backwards.
                 let at = self.stream_readers.entry((stream, reader)).or_insert(next);
                 *at = (*at).max(next);
+            }
+            Record::Attempts {
+                client,
+                dseq,
+                attempts,
+            } => {
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    s.attempts.insert(dseq, attempts);
+                }
             }
             Record::StreamReaderDel { stream, reader } => {
                 self.stream_readers.remove(&(stream, reader));
@@ -317,6 +331,7 @@ impl<M: Clone> Replay<'_, M> {
                         shared,
                         packet_id: sent.map(|s| s.0),
                         released: sent.is_some_and(|s| s.1),
+                        attempts: s.attempts.get(&dseq).copied().unwrap_or(0),
                     };
                     self.delivered += 1;
                     deliver(&client, dseq, d, m.clone());

@@ -608,6 +608,11 @@ impl Session {
         self.pop_queue()
     }
 
+    /// True when the front of the queue waits for journal position past `durable`.
+    pub(crate) fn front_waits(&self, durable: u64) -> bool {
+        self.queue.front().is_some_and(|d| d.lsn > durable)
+    }
+
     /// Puts a work queue's message back at the front of the queue's own session.
     pub(crate) fn push_front_ready(&mut self, d: Delivery) {
         self.add_mem(d.msg.cost());
