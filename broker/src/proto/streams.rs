@@ -43,8 +43,10 @@ const RECENT_ENTRIES: usize = 4096;
 const RECENT_BYTES: usize = 4 * 1024 * 1024;
 /// Bytes a reader behind `recent` reads from the log at a time.
 const READ_AHEAD: usize = 256 * 1024;
-/// Messages a reader keeps parked at most (their member had no room; other keys go on).
+/// Messages a reader keeps parked at most (their member had no room; other keys go on),
+/// and their bytes.
 const PARK_MAX: usize = 1024;
+const PARK_BYTES: usize = 1024 * 1024;
 /// Defaults of a stream's declaration.
 const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
 const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
@@ -991,7 +993,13 @@ impl Core {
                     );
                     sent += 1;
                 }
-                None if r.parked.len() < PARK_MAX && online.iter().any(|&o| o) => {
+                // Parked only while another member has room (a reader of one member
+                // would only hold messages in memory), within the bounds.
+                None if r.parked.len() < PARK_MAX
+                    && r.parked.values().map(|p| p.0.msg.cost()).sum::<usize>() < PARK_BYTES
+                    && room.iter().any(|&n| n > 0)
+                    && pick_blocked_other(r, key, &online, &room) =>
+                {
                     r.next = offset + 1;
                     r.parked.insert(offset, (entry, key, false));
                 }
@@ -1154,6 +1162,21 @@ fn pick(r: &Reader, key: u64, online: &[bool], room: &[usize]) -> Option<usize> 
         .map(|(i, _)| i)?;
     let moving = r.keys.get(&key).is_some_and(|k| k.0 != r.members[i].client);
     (!moving && room.get(i).copied().unwrap_or(0) > 0).then_some(i)
+}
+
+/// True when `key`'s member is full (or its key is moving) while some other member
+/// has room: parking its message lets that member go on.
+fn pick_blocked_other(r: &Reader, key: u64, online: &[bool], room: &[usize]) -> bool {
+    let target = r
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| online.get(*i).copied().unwrap_or(false))
+        .max_by_key(|(_, m)| score(key, &m.client))
+        .map(|(i, _)| i);
+    room.iter()
+        .enumerate()
+        .any(|(j, &n)| n > 0 && Some(j) != target)
 }
 
 /// Hands `entry` to member `i` of reader `r`: in flight, into the member's session.
