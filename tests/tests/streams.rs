@@ -45,6 +45,7 @@ fn main() -> std::process::ExitCode {
                 publishes_of_every_qos_are_appended_without_retain_or_expiry,
                 a_memory_stream_is_bounded_by_max_bytes,
                 the_mote_stream_command_lists_streams_and_groups,
+                a_stream_replays_over_http_as_server_sent_events,
             ],
         )
         .tests(
@@ -1777,4 +1778,38 @@ fn a_reader_far_behind_is_paced_without_buffering_the_backlog() {
         mib(peak.saturating_sub(base)),
         u64::from(FAR_COUNT) * FAR_SIZE as u64 / 1_000_000
     );
+}
+
+/// `GET /api/v1/subscribe?filter=$stream/NAME/@earliest` replays a stream as
+/// Server-Sent Events (the HTTP listener's SSE reads through an in-process MQTT 5
+/// link, so stream readers come for free), each event carrying `mote-offset`.
+fn a_stream_replays_over_http_as_server_sent_events() {
+    use std::io::{BufRead, BufReader, Write};
+    let broker = Broker::start_http();
+    let mut p = Client::new(&broker, Protocol::V5, "sse-producer");
+    for i in 0..3 {
+        p.append("$stream/web", format!("ev{i}").as_bytes());
+    }
+    let mut sock = std::net::TcpStream::connect(broker.http_addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        sock,
+        "GET /api/v1/subscribe?filter=%24stream%2Fweb%2F%40earliest HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut events = Vec::new();
+    for line in BufReader::new(sock).lines() {
+        let line = line.expect("SSE stream ended early");
+        if let Some(data) = line.strip_prefix("data: ") {
+            events.push(data.to_owned());
+            if events.len() == 3 {
+                break;
+            }
+        }
+    }
+    for (i, e) in events.iter().enumerate() {
+        assert!(e.contains(&format!("\"payload\":\"ev{i}\"")), "{e}");
+        assert!(e.contains(&format!("[\"mote-offset\",\"{i}\"]")), "{e}");
+    }
 }
