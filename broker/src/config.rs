@@ -288,13 +288,7 @@ pub struct StreamDecl {
 impl StreamDecl {
     /// Checks the values; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(f) = &self.filter {
-            check_topic_filter(f)
-                .map_err(|why| format!("filter {f:?} is not a topic filter: {why}"))?;
-            if f.starts_with('$') {
-                return Err(format!("filter {f:?}: a stream cannot collect `$` topics"));
-            }
-        }
+        check_collect_filter(self.filter.as_deref(), "stream")?;
         if let Some(k) = &self.key {
             let ok = k == "topic" || k.strip_prefix("user:").is_some_and(|n| !n.is_empty());
             if !ok {
@@ -326,6 +320,19 @@ impl Default for QueuesConfig {
     fn default() -> Self {
         QueuesConfig { auto_create: true }
     }
+}
+
+/// Checks the `filter` a queue or stream (`what`) collects: a topic filter, not of `$`
+/// topics.
+fn check_collect_filter(filter: Option<&str>, what: &str) -> Result<(), String> {
+    let Some(f) = filter else {
+        return Ok(());
+    };
+    check_topic_filter(f).map_err(|why| format!("filter {f:?} is not a topic filter: {why}"))?;
+    if f.starts_with('$') {
+        return Err(format!("filter {f:?}: a {what} cannot collect `$` topics"));
+    }
+    Ok(())
 }
 
 /// Whether `name` is a work queue's name: 1 to 64 of `A-Z a-z 0-9 _ . -`.
@@ -391,13 +398,7 @@ pub struct QueueDecl {
 impl QueueDecl {
     /// Checks the values; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(f) = &self.filter {
-            check_topic_filter(f)
-                .map_err(|why| format!("filter {f:?} is not a topic filter: {why}"))?;
-            if f.starts_with('$') {
-                return Err(format!("filter {f:?}: a queue cannot collect `$` topics"));
-            }
-        }
+        check_collect_filter(self.filter.as_deref(), "queue")?;
         if self.prefetch == Some(0) {
             return Err("prefetch must be at least 1".to_owned());
         }

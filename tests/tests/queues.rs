@@ -8,62 +8,16 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{connect, Raw, Recv};
-use mote_codec::{reason, Ack, Packet, Properties, Protocol, Publish, QoS};
+use mote_codec::{reason, Ack, Packet, Protocol, QoS};
 use mote_tests::Broker;
 
 const JOBS: u32 = 5_000;
-
-/// Publishes jobs with up to 50 in flight until told to stop or all are sent; returns
-/// the jobs whose PUBACK arrived.
-fn produce(mut raw: Raw, stop: &AtomicBool) -> BTreeSet<u32> {
-    let mut in_flight: HashMap<u16, u32> = HashMap::new();
-    let mut acked = BTreeSet::new();
-    let mut next = 0u32;
-    loop {
-        while next < JOBS && in_flight.len() < 50 && !stop.load(Ordering::Relaxed) {
-            let id = (next % 60_000) as u16 + 1;
-            let payload = format!("{next}");
-            let publish = Packet::Publish(Publish {
-                dup: false,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                topic: "$queue/crashjobs",
-                packet_id: id,
-                properties: Properties::default(),
-                payload: payload.as_bytes(),
-            });
-            // The broker may be killed at any moment: a failed write ends the run.
-            if !raw.send_raw(&common::encode(&publish, Protocol::V5)) {
-                return acked;
-            }
-            in_flight.insert(id, next);
-            next += 1;
-        }
-        if in_flight.is_empty() {
-            return acked;
-        }
-        match raw.recv(Duration::from_secs(2)) {
-            Recv::Frame(f) if f.kind() == 4 => {
-                let Packet::PubAck(a) = f.packet() else {
-                    unreachable!()
-                };
-                assert_eq!(a.reason, 0, "enqueue refused");
-                if let Some(n) = in_flight.remove(&a.packet_id) {
-                    acked.insert(n);
-                }
-            }
-            Recv::Frame(_) => {}
-            // The broker was killed: what is in flight was never acknowledged.
-            Recv::Closed | Recv::Timeout => return acked,
-        }
-    }
-}
 
 /// Takes jobs and acknowledges each until the connection ends or `until` passes.
 fn work(mut raw: Raw, done: &Mutex<BTreeSet<u32>>, until: Instant) {
@@ -104,7 +58,7 @@ fn enqueued_jobs_survive_sigkill_and_are_all_done_after_restart() {
     let producer = {
         let raw = connect(broker.addr, Protocol::V5, "crash-producer");
         let stop = stop.clone();
-        std::thread::spawn(move || produce(raw, &stop))
+        std::thread::spawn(move || common::produce_numbered(raw, "$queue/crashjobs", JOBS, &stop))
     };
     // Kill once some jobs are acknowledged and some done.
     let end = Instant::now() + Duration::from_secs(20);

@@ -10,13 +10,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{connect, Msg, Raw, Recv};
-use mote_codec::{Ack, Packet, Properties, Protocol, Publish, QoS};
+use mote_codec::{Ack, Packet, Protocol, QoS};
 use mote_tests::Broker;
 
 const APPENDS: u32 = 20_000;
@@ -28,50 +28,6 @@ fn offset(m: &Msg) -> u64 {
         .find(|(k, _)| k == "mote-offset")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or_else(|| panic!("no mote-offset on {m:?}"))
-}
-
-/// Appends with up to 50 in flight until told to stop or all are sent; returns the
-/// appends whose PUBACK arrived.
-fn produce(mut raw: Raw, stop: &AtomicBool) -> BTreeSet<u32> {
-    let mut in_flight: HashMap<u16, u32> = HashMap::new();
-    let mut acked = BTreeSet::new();
-    let mut next = 0u32;
-    loop {
-        while next < APPENDS && in_flight.len() < 50 && !stop.load(Ordering::Relaxed) {
-            let id = (next % 60_000) as u16 + 1;
-            let payload = format!("{next}");
-            let publish = Packet::Publish(Publish {
-                dup: false,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                topic: "$stream/crash",
-                packet_id: id,
-                properties: Properties::default(),
-                payload: payload.as_bytes(),
-            });
-            if !raw.send_raw(&common::encode(&publish, Protocol::V5)) {
-                return acked;
-            }
-            in_flight.insert(id, next);
-            next += 1;
-        }
-        if in_flight.is_empty() {
-            return acked;
-        }
-        match raw.recv(Duration::from_secs(2)) {
-            Recv::Frame(f) if f.kind() == 4 => {
-                let Packet::PubAck(a) = f.packet() else {
-                    unreachable!()
-                };
-                assert_eq!(a.reason, 0, "append refused");
-                if let Some(n) = in_flight.remove(&a.packet_id) {
-                    acked.insert(n);
-                }
-            }
-            Recv::Frame(_) => {}
-            Recv::Closed | Recv::Timeout => return acked,
-        }
-    }
 }
 
 /// Reads as a member of group `g`, acknowledging each, until the connection ends;
@@ -161,7 +117,7 @@ fn acknowledged_appends_and_committed_offsets_survive_sigkill() {
     let producer = {
         let raw = connect(broker.addr, Protocol::V5, "crash-producer");
         let stop = stop.clone();
-        std::thread::spawn(move || produce(raw, &stop))
+        std::thread::spawn(move || common::produce_numbered(raw, "$stream/crash", APPENDS, &stop))
     };
     // Kill once the group acknowledged some and `$SYS` showed a commit.
     let end = Instant::now() + Duration::from_secs(30);

@@ -64,6 +64,28 @@ fn queue_of_name(name: &str) -> Option<&str> {
     crate::config::is_queue_name(name).then_some(name)
 }
 
+/// An `$admin/...` declaration: `body` (JSON; empty is `{}`) parsed and `apply`ed. The
+/// PUBACK's reason code and reason string: 0x99 when it is not the JSON of a
+/// declaration, 0x83 when `apply` refuses it.
+pub(super) fn admin_json<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    apply: impl FnOnce(T) -> Result<(), String>,
+) -> (u8, Option<String>) {
+    let decl = match serde_json::from_slice(if body.is_empty() { b"{}" } else { body }) {
+        Ok(d) => d,
+        Err(e) => {
+            return (
+                reason::PAYLOAD_FORMAT_INVALID,
+                Some(format!("bad declaration: {e}")),
+            )
+        }
+    };
+    match apply(decl) {
+        Ok(()) => (reason::SUCCESS, None),
+        Err(why) => (reason::IMPLEMENTATION_SPECIFIC_ERROR, Some(why)),
+    }
+}
+
 /// The store id (and session id) of queue `name`.
 fn store_id(name: &str) -> Arc<str> {
     Arc::from(format!("{QUEUE_PREFIX}{name}"))
@@ -296,20 +318,7 @@ impl Core {
         now: Instant,
     ) -> (u8, Option<String>) {
         let name = &topic[ADMIN_PREFIX.len()..];
-        let decl: QueueDecl =
-            match serde_json::from_slice(if body.is_empty() { b"{}" } else { body }) {
-                Ok(d) => d,
-                Err(e) => {
-                    return (
-                        reason::PAYLOAD_FORMAT_INVALID,
-                        Some(format!("bad declaration: {e}")),
-                    )
-                }
-            };
-        match self.declare_queue(name, decl, now) {
-            Ok(()) => (reason::SUCCESS, None),
-            Err(why) => (reason::IMPLEMENTATION_SPECIFIC_ERROR, Some(why)),
-        }
+        admin_json(body, |decl: QueueDecl| self.declare_queue(name, decl, now))
     }
 
     /// `$admin/queue/NAME/redrive`: the jobs waiting in `NAME.dlq` go back to the end of

@@ -477,20 +477,9 @@ impl Core {
         body: &[u8],
         now: Instant,
     ) -> (u8, Option<String>) {
-        let decl: StreamDecl =
-            match serde_json::from_slice(if body.is_empty() { b"{}" } else { body }) {
-                Ok(d) => d,
-                Err(e) => {
-                    return (
-                        reason::PAYLOAD_FORMAT_INVALID,
-                        Some(format!("bad declaration: {e}")),
-                    )
-                }
-            };
-        match self.declare_stream(name, decl, now) {
-            Ok(()) => (reason::SUCCESS, None),
-            Err(why) => (reason::IMPLEMENTATION_SPECIFIC_ERROR, Some(why)),
-        }
+        queues::admin_json(body, |decl: StreamDecl| {
+            self.declare_stream(name, decl, now)
+        })
     }
 
     /// Recovery: the declarations kept as retained `$admin/stream/NAME` messages.

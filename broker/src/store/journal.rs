@@ -275,14 +275,7 @@ impl Journal {
             frame_with(buf, encode);
             p.since_snapshot += (buf.len() - before) as u64;
         }
-        p.appended += 1;
-        let lsn = p.appended;
-        let wake = p.writer_waiting;
-        drop(p);
-        if wake {
-            self.wake.notify_one();
-        }
-        lsn
+        self.appended(p)
     }
 
     /// Appends an entry of stream `files` at `offset` with timestamp `ts` (Unix ms),
@@ -304,6 +297,12 @@ impl Journal {
         if let Some(Job::Stream(_, batch)) = jobs.back_mut() {
             batch.push(offset, ts, encode);
         }
+        self.appended(p)
+    }
+
+    /// Counts one more record appended (its position, returned) and wakes the writer if
+    /// it sleeps.
+    fn appended(&self, mut p: MutexGuard<'_, Pending>) -> u64 {
         p.appended += 1;
         let lsn = p.appended;
         let wake = p.writer_waiting;

@@ -174,6 +174,22 @@ impl StreamDir {
     }
 }
 
+impl Segment {
+    /// The entry at `offset`, file position `pos`, timestamp `ts` is the segment's last:
+    /// marked in the sparse index when far enough from the previous mark.
+    fn note(&mut self, offset: u64, pos: u64, ts: u64) {
+        if self
+            .marks
+            .last()
+            .map_or(true, |&(_, p)| pos - p >= MARK_EVERY)
+        {
+            self.marks.push((offset, pos));
+        }
+        self.next = offset + 1;
+        self.last_ts = ts;
+    }
+}
+
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.seg"))
 }
@@ -218,16 +234,7 @@ fn scan_segment(path: PathBuf, first: u64, last: bool) -> io::Result<Segment> {
                     if offset != seg.next {
                         break 'chunks;
                     }
-                    let at = base + pos as u64;
-                    if seg
-                        .marks
-                        .last()
-                        .map_or(true, |&(_, p)| at - p >= MARK_EVERY)
-                    {
-                        seg.marks.push((offset, at));
-                    }
-                    seg.next = offset + 1;
-                    seg.last_ts = ts;
+                    seg.note(offset, base + pos as u64, ts);
                     pos = end;
                     seg.len = base + end as u64;
                 }
@@ -335,17 +342,9 @@ impl StreamFiles {
             return Err(io::Error::other("stream: no segment to write"));
         };
         file.write_all_at(&batch.bytes, seg.len)?;
+        let base = seg.len;
         for &(offset, at, ts) in &batch.entries {
-            let pos = seg.len + at as u64;
-            if seg
-                .marks
-                .last()
-                .map_or(true, |&(_, p)| pos - p >= MARK_EVERY)
-            {
-                seg.marks.push((offset, pos));
-            }
-            seg.next = offset + 1;
-            seg.last_ts = ts;
+            seg.note(offset, base + at as u64, ts);
         }
         seg.len += batch.bytes.len() as u64;
         let next = seg.next;

@@ -682,3 +682,48 @@ pub(crate) fn expiry_props(secs: u32) -> &'static PropValues<'static> {
         ..PropValues::default()
     }))
 }
+
+/// Publishes `count` QoS 1 messages numbered from 0 (the payload is the number) to
+/// `topic` with up to 50 in flight, until told to stop, all are acknowledged, or the
+/// broker goes (it may be killed at any moment); returns the numbers whose PUBACK
+/// arrived. A PUBACK refusing one fails the test.
+#[allow(dead_code)]
+pub(crate) fn produce_numbered(
+    mut raw: Raw,
+    topic: &str,
+    count: u32,
+    stop: &std::sync::atomic::AtomicBool,
+) -> std::collections::BTreeSet<u32> {
+    use std::sync::atomic::Ordering;
+    let mut in_flight: std::collections::HashMap<u16, u32> = std::collections::HashMap::new();
+    let mut acked = std::collections::BTreeSet::new();
+    let mut next = 0u32;
+    loop {
+        while next < count && in_flight.len() < 50 && !stop.load(Ordering::Relaxed) {
+            let id = (next % 60_000) as u16 + 1;
+            let payload = format!("{next}");
+            let p = Packet::Publish(publish(topic, payload.as_bytes(), QoS::AtLeastOnce, id));
+            if !raw.send_raw(&encode(&p, Protocol::V5)) {
+                return acked;
+            }
+            in_flight.insert(id, next);
+            next += 1;
+        }
+        if in_flight.is_empty() {
+            return acked;
+        }
+        match raw.recv(Duration::from_secs(2)) {
+            Recv::Frame(f) if f.kind() == 4 => {
+                let Packet::PubAck(a) = f.packet() else {
+                    unreachable!()
+                };
+                assert_eq!(a.reason, 0, "{topic}: publish refused");
+                if let Some(n) = in_flight.remove(&a.packet_id) {
+                    acked.insert(n);
+                }
+            }
+            Recv::Frame(_) => {}
+            Recv::Closed | Recv::Timeout => return acked,
+        }
+    }
+}

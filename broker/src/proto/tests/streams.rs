@@ -17,6 +17,16 @@ fn append(core: &mut Core, p: &mut Client, topic: &str, prefix: &str, n: u32, no
     }
 }
 
+/// A 3.1.1 client reading `filter` (a stream, or a group of one) at QoS 1.
+fn reader(core: &mut Core, id: &str, filter: &str, now: Instant) -> Client {
+    let mut c = connect(core, Protocol::V311, id, true, None, now);
+    assert_eq!(
+        subscribe(core, &mut c, &[(filter, q(QoS::AtLeastOnce))], None, now),
+        [1]
+    );
+    c
+}
+
 fn body(m: &Got) -> String {
     String::from_utf8(m.1.clone()).unwrap()
 }
@@ -60,25 +70,11 @@ fn readers_replay_from_earliest_an_offset_or_latest_and_reading_deletes_nothing(
     assert_eq!(codes, [1], "a stream is read at QoS 1 at most");
     assert_eq!(read_all(&mut core, &mut a, now), numbered("m", 0..10));
 
-    let mut b = connect(&mut core, Protocol::V311, "b", true, None, now);
-    subscribe(
-        &mut core,
-        &mut b,
-        &[("$stream/s/@7", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut b = reader(&mut core, "b", "$stream/s/@7", now);
     assert_eq!(read_all(&mut core, &mut b, now), numbered("m", 7..10));
 
     // The default start is `latest`: only what comes after the SUBSCRIBE.
-    let mut c = connect(&mut core, Protocol::V311, "c", true, None, now);
-    subscribe(
-        &mut core,
-        &mut c,
-        &[("$stream/s", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut c = reader(&mut core, "c", "$stream/s", now);
     assert!(read_all(&mut core, &mut c, now).is_empty());
     append(&mut core, &mut p, "$stream/s", "n", 2, now);
     assert_eq!(read_all(&mut core, &mut c, now), numbered("n", 0..2));
@@ -96,14 +92,7 @@ fn a_reader_far_behind_is_sent_one_window_at_a_time() {
     let now = Instant::now();
     let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
     append(&mut core, &mut p, "$stream/big", "m", 5000, now);
-    let mut r = connect(&mut core, Protocol::V311, "r", true, None, now);
-    subscribe(
-        &mut core,
-        &mut r,
-        &[("$stream/big/@earliest", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut r = reader(&mut core, "r", "$stream/big/@earliest", now);
     let window = usize::from(MqttConfig::default().max_inflight);
     let first = received(&mut core, &mut r, now);
     assert_eq!(first.len(), window, "one window, not the backlog");
@@ -196,14 +185,7 @@ fn a_member_that_leaves_gives_its_unacknowledged_messages_to_the_group_flagged_d
     let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
     append(&mut core, &mut p, "$stream/s", "m", 20, now);
     let filter = "$share/g/$stream/s/@earliest";
-    let mut a = connect(&mut core, Protocol::V311, "a", true, None, now);
-    subscribe(
-        &mut core,
-        &mut a,
-        &[(filter, q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut a = reader(&mut core, "a", filter, now);
     let got = received(&mut core, &mut a, now);
     assert_eq!(got.len(), 20);
     for m in &got[..5] {
@@ -216,14 +198,7 @@ fn a_member_that_leaves_gives_its_unacknowledged_messages_to_the_group_flagged_d
         vec![("g".to_owned(), 5, 15)]
     );
     // A new member: the group's start is not applied again; it goes on at 5.
-    let mut b = connect(&mut core, Protocol::V311, "b", true, None, now);
-    subscribe(
-        &mut core,
-        &mut b,
-        &[(filter, q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut b = reader(&mut core, "b", filter, now);
     let again = received(&mut core, &mut b, now);
     assert_eq!(
         again.iter().map(body).collect::<Vec<_>>(),
@@ -242,14 +217,7 @@ fn a_filter_after_the_start_reads_a_subset_and_declared_filters_collect_publishe
         ..Default::default()
     };
     core.declare_stream("s3", decl, now).unwrap();
-    let mut sub = connect(&mut core, Protocol::V311, "plain", true, None, now);
-    subscribe(
-        &mut core,
-        &mut sub,
-        &[("dev/#", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut sub = reader(&mut core, "plain", "dev/#", now);
     let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
     for (i, t) in ["dev/a/t", "dev/b/t", "dev/a/h"].iter().enumerate() {
         let id = u16::try_from(i).unwrap() + 1;
@@ -268,14 +236,7 @@ fn a_filter_after_the_start_reads_a_subset_and_declared_filters_collect_publishe
         3,
         "ordinary subscribers still get them"
     );
-    let mut r = connect(&mut core, Protocol::V311, "r", true, None, now);
-    subscribe(
-        &mut core,
-        &mut r,
-        &[("$stream/s3/dev/a/+", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut r = reader(&mut core, "r", "$stream/s3/dev/a/+", now);
     assert_eq!(read_all(&mut core, &mut r, now), ["dev/a/t", "dev/a/h"]);
     // Malformed stream filters are refused.
     let codes = subscribe(
@@ -302,14 +263,7 @@ fn retention_drops_the_oldest_and_a_reader_behind_goes_on_from_the_first_kept() 
     core.declare_stream("r", decl, now).unwrap();
     let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
     append(&mut core, &mut p, "$stream/r", "m", 10, now);
-    let mut slow = connect(&mut core, Protocol::V311, "slow", true, None, now);
-    subscribe(
-        &mut core,
-        &mut slow,
-        &[("$stream/r/@earliest", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut slow = reader(&mut core, "slow", "$stream/r/@earliest", now);
     let got = received(&mut core, &mut slow, now);
     assert_eq!(got.len(), 10);
     for m in &got {
@@ -323,14 +277,7 @@ fn retention_drops_the_oldest_and_a_reader_behind_goes_on_from_the_first_kept() 
     let st = core.stream_stats();
     let first = st[0].1.first_offset;
     assert!(first > 10 && st[0].1.bytes <= 20_000, "{:?}", st[0].1);
-    let mut g = connect(&mut core, Protocol::V311, "g", true, None, now);
-    subscribe(
-        &mut core,
-        &mut g,
-        &[("$share/g/$stream/r/@earliest", q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut g = reader(&mut core, "g", "$share/g/$stream/r/@earliest", now);
     let all = read_all(&mut core, &mut g, now);
     let kept = usize::try_from(1010 - first).unwrap();
     assert_eq!(all.len(), kept, "the newest, dense");
@@ -392,14 +339,7 @@ fn retention_by_age_drops_what_is_older_than_the_stream_keeps() {
     append(&mut core, &mut p, "$stream/aged", "new", 3, later);
     core.trim_streams(later);
     assert_eq!(core.stream_stats()[0].1.first_offset, 10);
-    let mut r = connect(&mut core, Protocol::V311, "r", true, None, later);
-    subscribe(
-        &mut core,
-        &mut r,
-        &[("$stream/aged", q(QoS::AtLeastOnce))],
-        None,
-        later,
-    );
+    let mut r = reader(&mut core, "r", "$stream/aged", later);
     assert_eq!(read_all(&mut core, &mut r, later), numbered("new", 0..3));
 }
 
@@ -410,22 +350,8 @@ fn a_member_that_leaves_hands_its_messages_to_a_waiting_member_at_once() {
     let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
     append(&mut core, &mut p, "$stream/s", "m", 20, now);
     let filter = "$share/g/$stream/s/@earliest";
-    let mut a = connect(&mut core, Protocol::V311, "a", true, None, now);
-    subscribe(
-        &mut core,
-        &mut a,
-        &[(filter, q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
-    let mut b = connect(&mut core, Protocol::V311, "b", true, None, now);
-    subscribe(
-        &mut core,
-        &mut b,
-        &[(filter, q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut a = reader(&mut core, "a", filter, now);
+    let mut b = reader(&mut core, "b", filter, now);
     // One key: one member holds all of it, the other waits.
     let (ga, gb) = (
         received(&mut core, &mut a, now),
@@ -454,22 +380,8 @@ fn a_member_that_stops_acknowledging_does_not_hold_back_the_keys_of_the_others()
     // Both members join first (the group starts at `latest`), then 800 messages over
     // 8 keys come.
     let filter = "$share/g/$stream/hol";
-    let mut stuck = connect(&mut core, Protocol::V311, "stuck", true, None, now);
-    subscribe(
-        &mut core,
-        &mut stuck,
-        &[(filter, q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
-    let mut busy = connect(&mut core, Protocol::V311, "busy", true, None, now);
-    subscribe(
-        &mut core,
-        &mut busy,
-        &[(filter, q(QoS::AtLeastOnce))],
-        None,
-        now,
-    );
+    let mut stuck = reader(&mut core, "stuck", filter, now);
+    let mut busy = reader(&mut core, "busy", filter, now);
     let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
     for i in 0..800u32 {
         let topic = format!("$stream/hol/k{}", i % 8);
