@@ -314,11 +314,19 @@ pub struct QueuesConfig {
     /// PUBLISH there reaches nobody (MQTT 5: PUBACK 0x10) and a SUBSCRIBE is refused.
     /// Default `true`.
     pub auto_create: bool,
+    /// Queues the broker keeps at most, declared ones aside (each costs a store session
+    /// and its table entries): clients creating queues on first use cannot make it grow
+    /// without bound. Past it a PUBLISH to a new queue reaches nobody (MQTT 5: 0x10) and
+    /// a SUBSCRIBE is refused. Default `1000`.
+    pub max_queues: usize,
 }
 
 impl Default for QueuesConfig {
     fn default() -> Self {
-        QueuesConfig { auto_create: true }
+        QueuesConfig {
+            auto_create: true,
+            max_queues: 1000,
+        }
     }
 }
 

@@ -109,6 +109,8 @@ pub(crate) struct Queues {
     declared: HashMap<Arc<str>, QueueDecl>,
     /// Whether a queue used before it is declared is created (`[queues] auto_create`).
     no_auto_create: bool,
+    /// Queues made on first use at most (`[queues] max_queues`; `None`: no limit).
+    max: Option<usize>,
 }
 
 /// A queue's settings: its declaration over the broker's defaults.
@@ -151,9 +153,17 @@ impl Queues {
     /// Whether queue `name` may be used: declared, or created on first use (dead-letter
     /// queues always are).
     pub(super) fn usable(&self, name: &str) -> bool {
-        !self.no_auto_create
-            || self.declared.contains_key(&*store_id(name))
-            || name.ends_with(DEAD_LETTER_SUFFIX)
+        let id = store_id(name);
+        if self.map.contains_key(&id) || self.declared.contains_key(&id) {
+            return true;
+        }
+        // Made on first use: within the limit on queues (a dead-letter queue may take
+        // one more per queue, so a full table never loses a dead letter).
+        let dlq = name.ends_with(DEAD_LETTER_SUFFIX);
+        let room = self.max.map_or(true, |m| {
+            self.map.len() < m.saturating_mul(if dlq { 2 } else { 1 })
+        });
+        room && (!self.no_auto_create || dlq)
     }
 
     /// `client`'s session ended: it consumes nothing any more.
@@ -255,8 +265,9 @@ impl Core {
     }
 
     /// Whether queues used before they are declared are created (default yes).
-    pub(crate) fn set_auto_create_queues(&mut self, on: bool) {
+    pub(crate) fn set_auto_create_queues(&mut self, on: bool, max: usize) {
         self.queues.no_auto_create = !on;
+        self.queues.max = Some(max);
     }
 
     /// Whether queue `name` may be used: declared, or created on first use.

@@ -33,7 +33,7 @@ pub(crate) struct Shared {
 /// Puts the `[queues]` and `[queue.NAME]` sections in force (before anything is served;
 /// after recovery, the declarations made over MQTT follow them).
 pub(crate) fn declare_queues(core: &mut Core, config: &Config) {
-    core.set_auto_create_queues(config.queues.auto_create);
+    core.set_auto_create_queues(config.queues.auto_create, config.queues.max_queues);
     let now = Instant::now();
     for (name, decl) in &config.queue {
         if let Err(why) = core.declare_queue(name, decl.clone(), now) {

@@ -766,7 +766,7 @@ fn overflow_policies_retention_delay_and_filter() {
 #[test]
 fn without_auto_create_only_declared_queues_exist() {
     let mut core = core();
-    core.set_auto_create_queues(false);
+    core.set_auto_create_queues(false, 1000);
     let now = Instant::now();
     let decl = crate::config::QueueDecl::default();
     core.declare_queue("known", decl, now).unwrap();
@@ -933,4 +933,26 @@ fn redrive_moves_dead_letters_back_with_a_fresh_count() {
     // A redrive is not kept as a declaration.
     let (page, _) = core.retained_page("$admin/#", None, 10);
     assert!(page.is_empty());
+}
+
+#[test]
+fn queues_made_on_first_use_are_capped() {
+    let mut core = core();
+    let now = Instant::now();
+    core.set_auto_create_queues(true, 2);
+    let _a = consumer(&mut core, "w1", "$queue/a", now);
+    let _b = consumer(&mut core, "w2", "$queue/b", now);
+    let mut c = connect(&mut core, Protocol::V5, "w3", true, None, now);
+    let codes = subscribe(
+        &mut core,
+        &mut c,
+        &[("$queue/c", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    assert_eq!(codes, [reason::TOPIC_FILTER_INVALID]);
+    // The queues there are still work.
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    enqueue(&mut core, &mut p, "$queue/a", 1, now);
+    assert_eq!(core.queue_stats().len(), 2);
 }
