@@ -33,6 +33,24 @@ pub fn queue(
     let mut c = Conn::connect(addr, username, password)?;
     match action {
         QueueAction::Ls => ls(&mut c),
+        QueueAction::Stats { name } => {
+            let keys = ["depth", "inflight", "consumers", "dead_lettered"];
+            let rows = sys_table(&mut c, "$SYS/broker/queues/+/+", &keys)?;
+            let mut found = false;
+            for q in [name.clone(), format!("{name}.dlq")] {
+                if let Some(v) = rows.get(&q) {
+                    found = true;
+                    println!("{q}");
+                    for (k, v) in keys.iter().zip(v) {
+                        println!("  {k:<14} {v}");
+                    }
+                }
+            }
+            if !found {
+                bail!("no queue {name} (or no $SYS yet: it is published every sys_interval_secs)");
+            }
+            Ok(())
+        }
         QueueAction::Declare { name, settings } => {
             serde_json::from_str::<crate::config::QueueDecl>(settings)
                 .context("the settings are not a queue declaration")?;

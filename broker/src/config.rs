@@ -179,6 +179,12 @@ pub enum QueueAction {
         #[arg(default_value = "{}")]
         settings: String,
     },
+    /// Shows one queue's depth, jobs in flight, consumers and dead letters, and those of
+    /// its dead-letter queue
+    Stats {
+        /// The queue
+        name: String,
+    },
     /// Moves the jobs waiting in NAME.dlq back to NAME
     Redrive {
         /// The queue

@@ -425,6 +425,17 @@ fn the_mote_queue_command_declares_lists_and_redrives() {
                 == ["cli-jobs.dlq", "2", "0", "0", "0"]),
         "{listed}"
     );
+    // One queue and its dead letters.
+    let (ok, out, err) = mote(&["stats", "cli-jobs"]);
+    assert!(ok, "{err}");
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(lines.contains(&vec!["cli-jobs.dlq"]), "{out}");
+    assert!(lines.contains(&vec!["depth", "2"]), "{out}");
+    let (ok, _, err) = mote(&["stats", "no-such-queue"]);
+    assert!(!ok && err.contains("no queue"), "{err}");
     let (ok, out, err) = mote(&["redrive", "cli-jobs"]);
     assert!(ok && out.trim() == "moved 2", "{out} {err}");
 }
