@@ -642,6 +642,15 @@ impl Core {
             msg.retain |= declare;
             let msg = Arc::new(msg);
             match delay {
+                // Delayed into a work queue or stream that does not exist (not declared,
+                // not made on first use): it would reach nobody when due, so it is not
+                // kept (MQTT 5: 0x10, as a direct publish there).
+                Some((_, target))
+                    if queues::queue_of(&target).is_some_and(|n| !self.queue_usable(n))
+                        || streams::stream_of(&target).is_some_and(|n| !self.streams.known(n)) =>
+                {
+                    0
+                }
                 Some((at_secs, target)) => {
                     let due = delayed::Due {
                         at_secs,

@@ -779,6 +779,12 @@ fn without_auto_create_only_declared_queues_exist() {
         publish_acked(&mut core, &mut p, "$queue/known", b"x", now).0,
         0
     );
+    // Delayed into it: not kept either (it would reach nobody when due).
+    assert_eq!(
+        publish_acked(&mut core, &mut p, "$delayed/5/$queue/unknown", b"x", now).0,
+        0x10
+    );
+    assert_eq!(core.delayed.len(), 0);
     let mut w = connect(&mut core, Protocol::V5, "w", true, None, now);
     let codes = subscribe(
         &mut core,
