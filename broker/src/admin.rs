@@ -34,7 +34,7 @@ pub fn queue(
     match action {
         QueueAction::Ls => ls(&mut c),
         QueueAction::Stats { name } => {
-            let keys = ["depth", "inflight", "consumers", "dead_lettered"];
+            let keys = ["depth", "inflight", "consumers", "dead_lettered", "delayed"];
             let rows = sys_table(&mut c, "$SYS/broker/queues/+/+", &keys)?;
             let mut found = false;
             for q in [name.clone(), format!("{name}.dlq")] {
@@ -147,16 +147,16 @@ fn answer(code: u8, why: Option<String>, ok: &str) -> anyhow::Result<()> {
 
 /// Prints the queues' counters: the retained `$SYS/broker/queues/NAME/KEY` values.
 fn ls(c: &mut Conn) -> anyhow::Result<()> {
-    let keys = ["depth", "inflight", "consumers", "dead_lettered"];
+    let keys = ["depth", "inflight", "consumers", "dead_lettered", "delayed"];
     let rows = sys_table(c, "$SYS/broker/queues/+/+", &keys)?;
     println!(
-        "{:<40} {:>10} {:>10} {:>10} {:>14}",
-        "QUEUE", "DEPTH", "INFLIGHT", "CONSUMERS", "DEAD_LETTERED"
+        "{:<40} {:>10} {:>10} {:>10} {:>14} {:>10}",
+        "QUEUE", "DEPTH", "INFLIGHT", "CONSUMERS", "DEAD_LETTERED", "DELAYED"
     );
     for (name, v) in rows {
         println!(
-            "{name:<40} {:>10} {:>10} {:>10} {:>14}",
-            v[0], v[1], v[2], v[3]
+            "{name:<40} {:>10} {:>10} {:>10} {:>14} {:>10}",
+            v[0], v[1], v[2], v[3], v[4]
         );
     }
     Ok(())

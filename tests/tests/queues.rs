@@ -422,7 +422,7 @@ fn the_mote_queue_command_declares_lists_and_redrives() {
         listed
             .lines()
             .any(|l| l.split_whitespace().collect::<Vec<_>>()
-                == ["cli-jobs.dlq", "2", "0", "0", "0"]),
+                == ["cli-jobs.dlq", "2", "0", "0", "0", "0"]),
         "{listed}"
     );
     // One queue and its dead letters.

@@ -73,6 +73,11 @@ impl Delayed {
         self.waiting.len()
     }
 
+    /// Every waiting delivery.
+    pub(crate) fn waiting(&self) -> impl Iterator<Item = &Delivery> {
+        self.waiting.values()
+    }
+
     /// The waiting deliveries that are stored (for a snapshot).
     pub(crate) fn stored(&self) -> impl Iterator<Item = &Delivery> {
         self.waiting.values().filter(|d| d.dseq != 0)

@@ -209,11 +209,23 @@ pub(crate) struct QueueStats {
     pub(crate) consumers: u64,
     /// Messages sent to its dead-letter queue since the start.
     pub(crate) dead_lettered: u64,
+    /// Messages waiting out a delay before they join it (the queue's `delay`, or a
+    /// publish to `$delayed/SECONDS/$queue/NAME`).
+    pub(crate) delayed: u64,
 }
 
 impl Core {
     /// Every work queue's counters, by name, in name order.
     pub(crate) fn queue_stats(&self) -> Vec<(String, QueueStats)> {
+        // Delayed messages by the queue they will join (one pass over them).
+        let mut delayed: HashMap<&str, u64> = HashMap::new();
+        for d in self.delayed.waiting() {
+            if let Some(Ok(due)) = delayed::parse(&d.msg.topic, 0) {
+                if let Some(name) = queue_of(due.topic) {
+                    *delayed.entry(name).or_default() += 1;
+                }
+            }
+        }
         let mut out: Vec<(String, QueueStats)> = self
             .queues
             .map
@@ -229,6 +241,7 @@ impl Core {
                     inflight: cs.iter().map(|c| c.outstanding as u64).sum(),
                     consumers: cs.len() as u64,
                     dead_lettered: self.queues.dead.get(id).copied().unwrap_or(0),
+                    delayed: delayed.get(name.as_str()).copied().unwrap_or(0),
                 };
                 (name, stats)
             })

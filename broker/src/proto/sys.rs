@@ -168,6 +168,7 @@ impl Core {
                 ("inflight", stats.inflight),
                 ("consumers", stats.consumers),
                 ("dead_lettered", stats.dead_lettered),
+                ("delayed", stats.delayed),
             ] {
                 let topic = format!("$SYS/broker/queues/{name}/{key}");
                 self.publish_system(&topic, Bytes::from(value.to_string()), true, now, fx);

@@ -962,3 +962,19 @@ fn queues_made_on_first_use_are_capped() {
     enqueue(&mut core, &mut p, "$queue/a", 1, now);
     assert_eq!(core.queue_stats().len(), 2);
 }
+
+#[test]
+fn queue_stats_count_the_jobs_waiting_out_a_delay() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut p = connect(&mut core, Protocol::V5, "p", true, None, now);
+    enqueue(&mut core, &mut p, "$queue/later", 1, now);
+    enqueue(&mut core, &mut p, "$delayed/60/$queue/later", 2, now);
+    let st = core.queue_stats();
+    let later = st
+        .iter()
+        .find(|(n, _)| n == "later")
+        .map(|(_, s)| s)
+        .unwrap();
+    assert_eq!((later.depth, later.delayed), (1, 2));
+}
