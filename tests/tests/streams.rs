@@ -1185,6 +1185,38 @@ fn acknowledged_appends_survive_sigkill_with_dense_offsets() {
 // ---------------------------------------------------------------------------------------
 
 /// Payload of message `i` of the retention test: its number, padded to 200 bytes.
+/// Waits (30 s at most) until `$SYS` shows stream `name` cut by retention: its first
+/// offset above 0, at most `max_bytes` kept, its last offset `last`; returns the first
+/// offset shown.
+#[track_caller]
+fn trimmed(sys: &mut Sys, name: &str, max_bytes: i64, last: i64) -> i64 {
+    let key = |k: &str| format!("{name}/{k}");
+    sys.wait(
+        &format!("{name}: first_offset > 0, bytes <= {max_bytes}, last_offset {last}"),
+        30,
+        |s: &BTreeMap<String, String>| {
+            let n = |k: &str| s.get(&key(k)).and_then(|v| v.trim().parse::<i64>().ok());
+            n("first_offset").is_some_and(|f| f > 0)
+                && n("bytes").is_some_and(|b| b <= max_bytes)
+                && n("last_offset") == Some(last)
+        },
+    );
+    sys.number(&key("first_offset")).unwrap()
+}
+
+/// Reads stream `name` from the earliest with MQTT 5 client `id`, acknowledging each,
+/// until nothing comes for a second.
+fn read_everything(broker: &Broker, id: &str, name: &str) -> Vec<Msg> {
+    let mut r = Client::new(broker, Protocol::V5, id);
+    r.read_from(&format!("$stream/{name}"), Some("earliest"));
+    let mut got = Vec::new();
+    while let Some(m) = r.next_msg(Duration::from_secs(1)) {
+        r.ack(&m);
+        got.push(m);
+    }
+    got
+}
+
 fn padded200(i: u32) -> Vec<u8> {
     let mut p = format!("{i:06}").into_bytes();
     p.resize(200, b'.');
@@ -1222,25 +1254,8 @@ fn retention_by_size_keeps_the_newest_messages_dense() {
 
     // Retention runs now and then (docs/streams.md gives no period): 30 s at most.
     let mut sys = Sys::watch(&broker, "s8-sys");
-    sys.wait(
-        "first_offset > 0, bytes <= max_bytes, last_offset 1999",
-        30,
-        |s| {
-            let n = |k: &str| s.get(k).and_then(|v| v.trim().parse::<i64>().ok());
-            n("s8/first_offset").is_some_and(|f| f > 0)
-                && n("s8/bytes").is_some_and(|b| b <= 200_000)
-                && n("s8/last_offset") == Some(i64::from(COUNT) - 1)
-        },
-    );
-    let first_sys = sys.number("s8/first_offset").unwrap();
-
-    let mut r = Client::new(&broker, Protocol::V5, "s8-reader");
-    r.read_from("$stream/s8", Some("earliest"));
-    let mut got = Vec::new();
-    while let Some(m) = r.next_msg(Duration::from_secs(1)) {
-        r.ack(&m);
-        got.push(m);
-    }
+    let first_sys = trimmed(&mut sys, "s8", 200_000, i64::from(COUNT) - 1);
+    let got = read_everything(&broker, "s8-reader", "s8");
     assert!(!got.is_empty(), "nothing kept");
     let first = offset(&got[0]);
     let kept = got.len() as u64;
@@ -1528,24 +1543,8 @@ fn a_memory_stream_is_bounded_by_max_bytes() {
     let mut p = Client::new(&broker, Protocol::V5, "mem-pub");
     p.append_many("$stream/mem", 0, COUNT, 50, &padded200);
     let mut sys = Sys::watch(&broker, "mem-sys");
-    sys.wait(
-        "first_offset > 0, bytes <= max_bytes, last_offset 999",
-        30,
-        |s: &BTreeMap<String, String>| {
-            let n = |k: &str| s.get(k).and_then(|v| v.trim().parse::<i64>().ok());
-            n("mem/first_offset").is_some_and(|f| f > 0)
-                && n("mem/bytes").is_some_and(|b| b <= 50_000)
-                && n("mem/last_offset") == Some(i64::from(COUNT) - 1)
-        },
-    );
-    let first_sys = sys.number("mem/first_offset").unwrap();
-    let mut r = Client::new(&broker, Protocol::V5, "mem-reader");
-    r.read_from("$stream/mem", Some("earliest"));
-    let mut got = Vec::new();
-    while let Some(m) = r.next_msg(Duration::from_secs(1)) {
-        r.ack(&m);
-        got.push(m);
-    }
+    let first_sys = trimmed(&mut sys, "mem", 50_000, i64::from(COUNT) - 1);
+    let got = read_everything(&broker, "mem-reader", "mem");
     assert!(!got.is_empty(), "nothing kept");
     let first = offset(&got[0]);
     assert_eq!(
