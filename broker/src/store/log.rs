@@ -128,6 +128,11 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:016}.log"))
 }
 
+/// Where a segment a snapshot replaced waits to be deleted (never read again).
+fn retired_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:016}.retired"))
+}
+
 #[cfg(test)]
 /// Appends one framed record holding `payload` to `out`.
 pub(crate) fn frame(out: &mut Vec<u8>, payload: &[u8]) {
@@ -350,6 +355,15 @@ impl Log {
         // A snapshot that was never finished was never in force; a spare never used.
         let _ = fs::remove_file(dir.join(SNAPSHOT_TMP));
         let _ = fs::remove_file(dir.join(SPARE_TMP));
+        // Segments a snapshot replaced whose deletion a crash cut short.
+        for e in fs::read_dir(dir)?.filter_map(|e| e.ok()) {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".retired"))
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         let mut segments = list_segments(dir)?;
         let mut report = Recovery {
             segments: segments.len(),
@@ -549,17 +563,37 @@ impl Log {
         drop(f);
         fs::rename(self.dir.join(SNAPSHOT_TMP), segment_path(&self.dir, slot))?;
         sync_dir(&self.dir)?;
+        // The replaced segments leave the log by a rename (metadata only, quick); the
+        // unlinking of their data, tens of milliseconds for a full segment, is done on a
+        // thread of its own so the writer does not stall the acknowledgements behind it.
+        // Recovery reads only `.log` files, and deletes leftovers from a crash.
         let mut kept = vec![slot];
+        let mut gone = Vec::new();
         for n in std::mem::take(&mut self.segments) {
             if n < slot {
-                fs::remove_file(segment_path(&self.dir, n))?;
+                let old = retired_path(&self.dir, n);
+                fs::rename(segment_path(&self.dir, n), &old)?;
+                gone.push(old);
             } else {
                 kept.push(n);
             }
         }
         self.segments = kept;
         self.total_len = self.snapshot_len + self.active_len;
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        if !gone.is_empty() {
+            let removed = std::thread::Builder::new()
+                .name("mote-log-retire".into())
+                .spawn(move || {
+                    for p in gone {
+                        let _ = fs::remove_file(p);
+                    }
+                });
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "store: retired segments left for the next start");
+            }
+        }
+        Ok(())
     }
 
     #[cfg(test)]
@@ -642,11 +676,35 @@ mod tests {
         let mut segs: Vec<_> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
             .collect();
         segs.sort();
         segs.into_iter()
             .find(|p| fs::metadata(p).unwrap().len() > 0)
             .unwrap()
+    }
+
+    #[test]
+    fn segments_a_snapshot_replaced_are_never_read_again() {
+        let dir = tmp("retired");
+        let (mut log, _, _) = reopen(&dir);
+        for i in 0..10u32 {
+            log.append(&i.to_le_bytes());
+        }
+        log.write(true).unwrap();
+        let mut snap = Vec::new();
+        frame(&mut snap, b"snapshot");
+        log.compact(&snap).unwrap();
+        drop(log);
+        // A crash before the retired segments were deleted: they are left as they were.
+        let retired = dir.join("0000000000000099.retired");
+        let mut old = Vec::new();
+        frame(&mut old, b"stale");
+        fs::write(&retired, &old).unwrap();
+        let (_, got, _) = reopen(&dir);
+        assert_eq!(got, vec![b"snapshot".to_vec()]);
+        assert!(!retired.exists(), "a leftover is deleted at open");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
