@@ -172,6 +172,23 @@ class CeleryOnMoteTest(unittest.TestCase):
         self.assertEqual(w1.records(), ["start s1 redelivered=False"])
         self.assertEqual(w2.records(), ["start s1 redelivered=True", "done s1"])
 
+    def test_retries_wait_their_countdown_and_stop_at_max_retries(self):
+        (w1,) = self.start_workers("w1")
+        self.testing_tasks.flaky.delay("f1")
+        self.testing_tasks.hopeless.delay("h1")
+        wait_for("flaky to succeed", lambda: "done f1" in w1.records(), 20)
+        wait_for("hopeless to be given up", lambda: "MaxRetriesExceededError" in w1.log(), 20)
+        time.sleep(1.5)  # a try past max_retries would show up by now
+
+        def tries(token):
+            return [r.split() for r in w1.records() if r.startswith(f"try {token} ")]
+        f, h = tries("f1"), tries("h1")
+        self.assertEqual([t[2] for t in f], ["0", "1", "2"])
+        self.assertEqual([t[2] for t in h], ["0", "1"])  # max_retries=1: one retry, no more
+        for ts in ([float(t[3]) for t in f], [float(t[3]) for t in h]):
+            gaps = [b - a for a, b in zip(ts, ts[1:])]
+            self.assertTrue(all(g >= 0.95 for g in gaps), gaps)  # countdown=1 honoured
+
     def test_queue_settings_are_declared_on_mote(self):
         from kombu import Connection, Queue
 

@@ -27,3 +27,20 @@ def refuse_once(self, token):
         record("refused", token)
         raise Reject("first delivery", requeue=True)
     record("done", token)
+
+
+@app.task(bind=True, max_retries=2)
+def flaky(self, token):
+    """Fails its first two tries; Celery retries it a second later each time (the retry is
+    held by Mote as a delayed publish), and the third try succeeds."""
+    record("try", token, self.request.retries, f"{time.time():.3f}")
+    if self.request.retries < 2:
+        raise self.retry(countdown=1)
+    record("done", token)
+
+
+@app.task(bind=True, max_retries=1)
+def hopeless(self, token):
+    """Always fails: one retry, then Celery gives up (MaxRetriesExceededError)."""
+    record("try", token, self.request.retries, f"{time.time():.3f}")
+    raise self.retry(countdown=1)
