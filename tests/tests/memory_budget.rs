@@ -1,3 +1,4 @@
+//! Memory, from outside: what idle connections cost, and
 //! `storage.memory_budget_bytes` bounds the whole broker's resident memory while an
 //! offline persistent subscriber's queue grows far past it: the kernel's peak RSS of the
 //! broker process (VmHWM) stays under the budget while the queue grows, stays near it
@@ -20,7 +21,10 @@ fn main() -> std::process::ExitCode {
     Suite::new()
         .tests(
             &[PROC_STATUS],
-            mote_tests::tests![an_offline_queue_past_the_resident_budget_keeps_the_broker_under_it],
+            mote_tests::tests![
+                an_offline_queue_past_the_resident_budget_keeps_the_broker_under_it,
+                idle_connections_cost_a_few_kilobytes_each_and_still_take_large_packets
+            ],
         )
         .run()
 }
@@ -140,4 +144,59 @@ fn an_offline_queue_past_the_resident_budget_keeps_the_broker_under_it() {
     );
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Resident memory of process `pid` in bytes (`VmRSS`).
+fn rss(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Idle connections held open at once (file descriptors: twice this, in two processes).
+const IDLE: usize = 800;
+
+/// Issue #15: an idle connection's cost. Reads start small and a quiet connection gives
+/// its buffers back, so 800 connected clients that send nothing more cost the broker
+/// well under the 10.5 KB each they cost when every connection held a 4 KiB read buffer
+/// and a 4 KiB scratch buffer in its task. A connection that was quiet long enough to
+/// give its buffers back still takes a large packet afterwards.
+fn idle_connections_cost_a_few_kilobytes_each_and_still_take_large_packets() {
+    let broker = Broker::start_with(&["--memory"], Some("[mqtt]\nmax_connections = 5000\n"));
+    let pid = broker.pid().unwrap();
+    // A first connection, so that what every connection shares is already there.
+    let (mut first, _) = connect_with(broker.addr, &connect_packet(Protocol::V311, "idle-0", true));
+    first.subscribe("idle/big", QoS::AtLeastOnce);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss(pid);
+    let mut idle = Vec::with_capacity(IDLE);
+    for i in 1..=IDLE {
+        let (c, _) = connect_with(
+            broker.addr,
+            &connect_packet(Protocol::V311, &format!("idle-{i}"), true),
+        );
+        idle.push(c);
+    }
+    // Past the release delay (1 s) of the last of them.
+    std::thread::sleep(Duration::from_millis(2500));
+    let per_connection = rss(pid).saturating_sub(before) / IDLE;
+    eprintln!("broker RSS per idle connection: {per_connection} B ({IDLE} connections)");
+    assert!(
+        per_connection < 7 * 1024,
+        "an idle connection costs {per_connection} B of broker RSS"
+    );
+    // The first connection gave its buffers back too: it still sends a 256 KiB PUBLISH,
+    // and one still reaches it.
+    let body = vec![b'x'; 256 * 1024];
+    first.publish_acked(&publish("idle/nobody", &body, QoS::AtLeastOnce, 7));
+    let (mut publ, _) = connect_with(
+        broker.addr,
+        &connect_packet(Protocol::V311, "idle-pub", true),
+    );
+    publ.publish_acked(&publish("idle/big", &body, QoS::AtLeastOnce, 1));
+    let m = first.expect_publish();
+    assert_eq!(m.payload.len(), body.len());
+    first.ack(&m);
+    drop(idle);
 }

@@ -9,7 +9,8 @@
 //!   where the core detached the link itself.
 //! - Before CONNECT a client can make the broker buffer at most
 //!   `max_connect_packet_size` bytes; after a large packet the read and write buffers
-//!   shrink back to [`BUF_CAPACITY`].
+//!   shrink back to [`BUF_CAPACITY`]; a connection quiet for [`IDLE_RELEASE`] gives them
+//!   back, and reads start small and grow only for a client with more to send.
 //! - When the broker closes a connection after telling the client why (a DISCONNECT, a
 //!   refusing CONNACK), it closes gracefully ([`close_gracefully`]): closing a socket
 //!   with unread input sends a reset, which makes the client's TCP stack drop whatever
@@ -63,6 +64,12 @@ const BUF_CAPACITY: usize = 4096;
 /// the packet has passed, so one large packet does not pin memory for the connection's
 /// life.
 const SHRINK_ABOVE: usize = 64 * 1024;
+
+/// A connection that has received nothing for this long gives back its buffers, so a
+/// client that was busy and went quiet does not keep 4 KiB it is not using (issue #15:
+/// "an idle connection costs ≤ 1 KiB"). The next read takes a small buffer, which grows
+/// again once input comes in quantity (see [`grow_if_full`]).
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 /// Longest a graceful close discards the client's input before closing anyway.
 const LINGER_MAX: Duration = Duration::from_secs(2);
@@ -356,7 +363,9 @@ async fn flush_keeping<S: Stream>(
 async fn close_gracefully<S: Stream>(stream: &mut S) {
     let _ = tokio::time::timeout(LINGER_QUIET, stream.shutdown()).await;
     let deadline = Instant::now() + LINGER_MAX;
-    let mut scratch = [0u8; 4096];
+    // On the heap: on the stack it would be part of every connection task's size (a
+    // task is as large as its largest state), idle or not.
+    let mut scratch = vec![0u8; 1024];
     loop {
         let quiet = (Instant::now() + LINGER_QUIET).min(deadline);
         match tokio::time::timeout_at(quiet, stream.read(&mut scratch)).await {
@@ -370,6 +379,15 @@ async fn close_gracefully<S: Stream>(stream: &mut S) {
 fn connect_level(body: &[u8]) -> Option<u8> {
     let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
     body.get(2 + name_len).copied()
+}
+
+/// After a read: a read that filled `buf` is from a client with more to send, so the
+/// buffer grows to [`BUF_CAPACITY`] at once instead of in small steps (a read into an
+/// empty `BytesMut` takes 64 bytes).
+fn grow_if_full(buf: &mut BytesMut) {
+    if buf.len() == buf.capacity() && buf.capacity() < BUF_CAPACITY {
+        buf.reserve(BUF_CAPACITY - buf.len());
+    }
 }
 
 /// Replaces `buf` by a small buffer holding the same bytes if it grew large and what
@@ -490,7 +508,9 @@ async fn run<S: Stream>(
     identity: Option<Arc<str>>,
 ) -> Closing {
     let cfg = &shared.config.mqtt;
-    let mut inbuf = BytesMut::with_capacity(BUF_CAPACITY);
+    // Empty: reads start small and grow (see `grow_if_full`), so a device that sends a
+    // CONNECT and then a PINGREQ now and then never holds a full-size buffer.
+    let mut inbuf = BytesMut::new();
     let mut out = BytesMut::new();
 
     // Phase 1: a complete CONNECT within the connect timeout, no larger than the
@@ -711,7 +731,11 @@ impl Link<'_> {
         flush(stream, &mut out).await?;
         let mut throttle = Throttle::new(&shared.config.mqtt);
         let resume = tokio::time::sleep_until(Instant::now());
-        tokio::pin!(resume);
+        // When to give back the buffers (see [`IDLE_RELEASE`]); moved lazily, like the
+        // keep-alive timer, and not armed while they are given back.
+        let idle = tokio::time::sleep_until(last_rx + IDLE_RELEASE);
+        tokio::pin!(resume, idle);
+        let mut released = false;
         // It published to a congested subscriber (`proto/backpressure.rs`): nothing of
         // it is read or handled until the subscriber drained (a wake-up) or this passed.
         let mut blocked: Option<Instant> = None;
@@ -829,6 +853,11 @@ impl Link<'_> {
                         Ok(0) => return Ok(LinkExit::ended(End::Abnormal, Closing::Now)),
                         Ok(n) => {
                             last_rx = Instant::now();
+                            grow_if_full(&mut inbuf);
+                            if released {
+                                released = false;
+                                idle.as_mut().reset(last_rx + IDLE_RELEASE);
+                            }
                             self.slot.touch();
                             shared.transports.received(S::TRANSPORT, n);
                         }
@@ -874,6 +903,18 @@ impl Link<'_> {
                     tracing::info!("keep alive expired; closing");
                     disconnect_packet(&mut out, protocol, mote_codec::reason::KEEP_ALIVE_TIMEOUT);
                     return Ok(self.close_with(stream, &mut out).await);
+                }
+                () = &mut idle, if !released => {
+                    let due = last_rx + IDLE_RELEASE;
+                    if due > Instant::now() {
+                        idle.as_mut().reset(due);
+                    } else if inbuf.is_empty() && out.is_empty() {
+                        inbuf = BytesMut::new();
+                        out = BytesMut::new();
+                        released = true;
+                    } else {
+                        idle.as_mut().reset(Instant::now() + IDLE_RELEASE);
+                    }
                 }
                 _ = &mut evicted => {
                     // Idle longest while the connection table was full (3.1.1 §3.1.2.10
