@@ -1,9 +1,11 @@
 """The Celery tutorial's tasks.py ("First steps with Celery"), on Mote.
 
+    python3 -m pip install ./python                 # once, from the repository root
     celery -A tasks worker --loglevel=INFO          # from this directory
     python3 -c 'from tasks import add; add.delay(4, 4)'
+
+Nothing here imports the transport: the installed package makes kombu resolve mote://.
 """
-import kombu_mote  # noqa: F401 - registers the URL scheme mote://
 from celery import Celery
 
 app = Celery('tasks', broker='mote://127.0.0.1:1883//')

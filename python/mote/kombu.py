@@ -1,10 +1,14 @@
 """A kombu transport for Mote's work queues over MQTT 5 (paho-mqtt 2.x): Celery on Mote.
 
-    import kombu_mote  # registers the URL scheme mote://
-    app = Celery('tasks', broker='mote://127.0.0.1:1883//')
+    app = Celery('tasks', broker='mote://127.0.0.1:1883//')   # no import of this module
 
-Importing this module adds ``kombu.transport.TRANSPORT_ALIASES['mote']``. Without the
-import, ``broker_transport = 'kombu_mote:Transport'`` does the same.
+Installed with pip (``pip install ./python``), the package makes kombu resolve the URL
+scheme ``mote://`` to ``mote.kombu:Transport`` in every program, without any import:
+``_mote_kombu_alias.py``, run at interpreter start by a ``.pth`` file, adds
+``kombu.transport.TRANSPORT_ALIASES['mote']`` as soon as ``kombu.transport`` is imported.
+Where no ``.pth`` file is read (the package on ``PYTHONPATH`` after ``pip install
+--target``, a frozen app, ``python -S``), ``import mote.kombu`` adds the alias too, and
+``broker_transport = 'mote.kombu:Transport'`` needs no alias at all.
 
 What goes over the wire (``docs/queues.md``):
 
@@ -536,4 +540,5 @@ class Transport(virtual.Transport):
         self._declared.add(name)
 
 
+# Normally added already by _mote_kombu_alias (the .pth file); harmless twice.
 TRANSPORT_ALIASES.setdefault("mote", f"{__name__}:Transport")
