@@ -21,7 +21,18 @@
 //!     --connect-concurrency 32 --publishers 1 --count 0
 //! # PUBACK latency at a fixed rate, one record per acknowledgement in a file
 //! mqtt-load --publishers 1 --subscribers 0 --rate 5000 --duration 60 --ack-log acks.bin
+//! # the same QoS 0 fan-in against nats-server (core NATS: `load.>` for `load/#`)
+//! mqtt-load --proto nats --broker 127.0.0.1:4222 --publishers 8 --topic-per-publisher --qos 0 --count 300000
+//! # QoS 1 pairs: publisher i -> subscriber i only, 100 in flight each
+//! mqtt-load --publishers 8 --subscribers 8 --pairs --qos 1 --inflight 100 --count 50000
+//! # routing past 100,000 wildcard subscriptions that match nothing published
+//! mqtt-load --extra-subs 100000 --connect-concurrency 16 --publishers 8 --topic-per-publisher --qos 0 --count 100000
+//! # 5,000 idle connections: a JSON line once they are open, held until stdin closes
+//! mqtt-load --idle 5000 --connect-concurrency 32 --hold 60 --json
 //! ```
+//!
+//! With `--proto nats` the same publishers and subscribers speak the core NATS text
+//! protocol (CONNECT, PUB, SUB, MSG, PING/PONG): QoS 0 only, no sessions, no retain.
 //!
 //! What it reports:
 //! - publish throughput: messages acknowledged per second (PUBACK for QoS 1, PUBCOMP for
@@ -38,6 +49,7 @@
 //! message was delivered twice or a publish was refused; 1 when the run failed.
 
 mod mqtt;
+mod nats;
 mod stats;
 
 use std::net::SocketAddr;
@@ -80,7 +92,7 @@ struct Args {
     #[arg(
         long,
         conflicts_with = "duration",
-        required_unless_present = "duration"
+        required_unless_present_any = ["duration", "idle"]
     )]
     count: Option<u64>,
     /// Seconds to publish for (instead of --count).
@@ -161,6 +173,44 @@ struct Args {
     /// JSON report): scheduled send (= send without --rate), send, acknowledgement.
     #[arg(long)]
     ack_log: Option<std::path::PathBuf>,
+    /// Wire protocol: MQTT, or core NATS (QoS 0 only; topics become subjects level by
+    /// level: `/` → `.`, `+` → `*`, `#` → `>`).
+    #[arg(long, value_enum, default_value_t = Proto::Mqtt)]
+    proto: Proto,
+    /// Publisher i is heard by subscriber i only (topic and filter `<topic-prefix>/i`);
+    /// needs as many subscribers as publishers. Losses count per pair.
+    #[arg(long, conflicts_with_all = ["topic_per_publisher", "sub_filter", "topics"])]
+    pairs: bool,
+    /// Before the run, subscribe this many extra filters that match nothing published
+    /// (`+/w<j>/#` for even j, `wide/<j>/+` for odd j), spread over --extra-sub-conns
+    /// connections held open until the end: routing with a wide subscription table.
+    #[arg(long, default_value_t = 0)]
+    extra_subs: u64,
+    /// Connections holding the --extra-subs filters.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    extra_sub_conns: u32,
+    /// Idle-connection mode: open this many connections (CONNECT only, keep alive 0;
+    /// NATS: CONNECT and PING), print one line (`{"idle_ready": N, ...}` with --json)
+    /// once all are open, keep them until standard input has a line or closes (at most
+    /// --hold seconds), then close them and print the report. Nothing is published.
+    #[arg(long, default_value_t = 0)]
+    idle: u32,
+    /// Keep Alive announced in CONNECT, seconds; no PINGREQ is sent, so runs must end
+    /// within it (0: none; some brokers, such as rumqttd, refuse 0).
+    #[arg(long, default_value_t = 0)]
+    keep_alive: u16,
+    /// Idle-connection mode: longest time the connections are held, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    hold: f64,
+}
+
+/// The wire protocol spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Proto {
+    /// MQTT 3.1.1 (or 5.0 with --v5).
+    Mqtt,
+    /// Core NATS.
+    Nats,
 }
 
 /// The run's settings, shared read-only by every task.
@@ -187,6 +237,17 @@ impl Plan {
                 bail!("--duration must be positive");
             }
         }
+        if args.proto == Proto::Nats {
+            if args.qos != 0 || args.sub_qos.unwrap_or(0) != 0 {
+                bail!("--proto nats: core NATS has QoS 0 only (--qos 0)");
+            }
+            if args.v5 || args.persistent || args.retain || args.ack_log.is_some() {
+                bail!("--proto nats: no --v5, --persistent, --retain or --ack-log");
+            }
+        }
+        if args.pairs && args.publishers != args.subscribers {
+            bail!("--pairs needs as many subscribers as publishers");
+        }
         let qos = QoS::from_u8(args.qos).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let sub_qos =
             QoS::from_u8(args.sub_qos.unwrap_or(args.qos)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -211,7 +272,7 @@ impl Plan {
 
     fn topic(&self, publisher: u32) -> String {
         // With --topics the publisher appends `/<seq mod N>` to this.
-        if self.args.topics > 0 || self.args.topic_per_publisher {
+        if self.args.topics > 0 || self.args.topic_per_publisher || self.args.pairs {
             format!("{}/{publisher}", self.args.topic_prefix)
         } else {
             format!("{}/shared", self.args.topic_prefix)
@@ -222,6 +283,8 @@ impl Plan {
     fn filter(&self, i: u32) -> String {
         if let Some(t) = &self.args.sub_filter {
             t.replace("{i}", &i.to_string())
+        } else if self.args.pairs {
+            format!("{}/{i}", self.args.topic_prefix)
         } else if self.args.topics > 0 || self.args.topic_per_publisher {
             format!("{}/#", self.args.topic_prefix)
         } else {
@@ -235,6 +298,35 @@ impl Plan {
             client_id: format!("{}-pub-{i}", self.args.client_prefix),
             clean: true,
             session_expiry: None,
+            nats: self.nats(),
+            keep_alive: self.args.keep_alive,
+        }
+    }
+
+    fn nats(&self) -> bool {
+        self.args.proto == Proto::Nats
+    }
+
+    /// A plain clean-session connection named `<client-prefix>-<what>-<i>`.
+    fn plain_opts(&self, what: &str, i: impl std::fmt::Display) -> ConnectOpts {
+        ConnectOpts {
+            protocol: self.protocol,
+            client_id: format!("{}-{what}-{i}", self.args.client_prefix),
+            clean: true,
+            session_expiry: None,
+            nats: self.nats(),
+            keep_alive: self.args.keep_alive,
+        }
+    }
+
+    /// Extra filter `j` of --extra-subs: a wildcard filter that matches no topic the
+    /// publishers use (their second level is a number or `shared`, never `w<j>`, and
+    /// their first level is the topic prefix, never `wide` unless it is chosen so).
+    fn extra_filter(j: u64) -> String {
+        if j % 2 == 0 {
+            format!("+/w{j}/#")
+        } else {
+            format!("wide/{j}/+")
         }
     }
 
@@ -246,6 +338,8 @@ impl Plan {
             client_id: format!("{}-sub-{i}", self.args.client_prefix),
             clean: !persistent && !resume,
             session_expiry: (persistent && self.protocol.is_v5()).then_some(u32::MAX),
+            nats: self.nats(),
+            keep_alive: self.args.keep_alive,
         }
     }
 }
@@ -500,6 +594,9 @@ enum SubStart {
     Resume,
 }
 
+/// What each publisher got acknowledged (QoS 0: sent), known once they are done.
+type Expected = watch::Receiver<Option<Arc<Vec<u64>>>>;
+
 /// Subscriber `idx`: acknowledges and records every delivery until the expected count
 /// (sent on `expected` once the publishers are done) arrived or nothing came for
 /// `--settle` seconds.
@@ -507,7 +604,7 @@ async fn subscriber(
     idx: u32,
     plan: Arc<Plan>,
     start: SubStart,
-    expected: watch::Receiver<Option<u64>>,
+    expected: Expected,
     measure_latency: bool,
 ) -> SubResult {
     let mut r = SubResult {
@@ -524,10 +621,12 @@ async fn subscriber(
             }),
     };
     let result = match conn {
-        Ok(mut c) => match receive_loop(&plan, &mut c, expected, measure_latency, &mut r).await {
-            Ok(()) => c.disconnect().await,
-            Err(e) => Err(e),
-        },
+        Ok(mut c) => {
+            match receive_loop(idx, &plan, &mut c, expected, measure_latency, &mut r).await {
+                Ok(()) => c.disconnect().await,
+                Err(e) => Err(e),
+            }
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = result {
@@ -537,9 +636,10 @@ async fn subscriber(
 }
 
 async fn receive_loop(
+    idx: u32,
     plan: &Plan,
     conn: &mut Conn,
-    expected: watch::Receiver<Option<u64>>,
+    expected: Expected,
     measure_latency: bool,
     r: &mut SubResult,
 ) -> anyhow::Result<()> {
@@ -583,7 +683,14 @@ async fn receive_loop(
             }
         }
         conn.flush().await?;
-        if let Some(exp) = *expected.borrow() {
+        let exp = expected.borrow().as_ref().map(|per_pub| {
+            if plan.args.pairs {
+                per_pub.get(idx as usize).copied().unwrap_or(0)
+            } else {
+                per_pub.iter().sum()
+            }
+        });
+        if let Some(exp) = exp {
             let known = *known_at.get_or_insert(now);
             if r.tracker.unique >= exp {
                 return Ok(());
@@ -601,7 +708,15 @@ async fn receive_loop(
 #[derive(Debug, Serialize)]
 struct Report {
     broker: String,
+    /// "3.1.1", "5.0" or "nats".
     protocol: &'static str,
+    /// Publisher i heard by subscriber i only (`expected_per_subscriber` is then the
+    /// largest pair's count).
+    pairs: bool,
+    /// Extra non-matching subscriptions held during the run.
+    extra_subs: u64,
+    /// Seconds taken to set the extra subscriptions up.
+    extra_subs_setup_secs: Option<f64>,
     qos: u8,
     sub_qos: u8,
     size: usize,
@@ -711,6 +826,146 @@ async fn setup_subscribers(plan: &Arc<Plan>) -> anyhow::Result<Vec<(u32, Conn)>>
     Ok(conns)
 }
 
+/// Opens --extra-sub-conns connections (--connect-concurrency at a time) and subscribes
+/// the --extra-subs filters, connection k taking filters j with j mod conns = k.
+async fn setup_extra_subs(plan: &Arc<Plan>) -> anyhow::Result<Vec<Conn>> {
+    let a = &plan.args;
+    let conns = u64::from(a.extra_sub_conns).min(a.extra_subs);
+    let workers = u64::from(a.connect_concurrency).min(conns);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let plan = plan.clone();
+        tasks.push(tokio::spawn(async move {
+            let a = &plan.args;
+            let mut kept = Vec::new();
+            for k in (w..conns).step_by(workers as usize) {
+                let (mut c, _) = Conn::connect(a.broker, &plan.plain_opts("wide", k))
+                    .await
+                    .with_context(|| format!("extra-subscription connection {k}"))?;
+                let filters: Vec<String> = (k..a.extra_subs)
+                    .step_by(conns as usize)
+                    .map(Plan::extra_filter)
+                    .collect();
+                c.subscribe_many(&filters, plan.sub_qos)
+                    .await
+                    .with_context(|| format!("extra-subscription connection {k}"))?;
+                kept.push(c);
+            }
+            anyhow::Ok(kept)
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.extend(t.await.context("extra-subscription task")??);
+    }
+    Ok(out)
+}
+
+/// What the idle-connection mode reports.
+#[derive(Debug, Serialize)]
+struct IdleReport {
+    broker: String,
+    protocol: &'static str,
+    mode: &'static str,
+    /// Connections opened and held.
+    idle: u32,
+    /// Seconds to open them all.
+    connect_secs: f64,
+    /// Seconds they were held once all were open.
+    held_secs: f64,
+    /// Connections found closed by the broker when the hold ended.
+    closed_by_broker: u32,
+    valid: bool,
+    problems: Vec<String>,
+}
+
+/// Idle-connection mode: opens --idle connections, says so on stdout, holds them until
+/// stdin has a line or closes (or --hold passes), then closes them.
+async fn run_idle(plan: Arc<Plan>) -> anyhow::Result<IdleReport> {
+    let a = &plan.args;
+    let t0 = Instant::now();
+    let workers = a.connect_concurrency.min(a.idle);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let plan = plan.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut kept = Vec::new();
+            for i in (w..plan.args.idle).step_by(workers as usize) {
+                let (c, _) = Conn::connect(plan.args.broker, &plan.plain_opts("idle", i))
+                    .await
+                    .with_context(|| format!("idle connection {i}"))?;
+                kept.push(c);
+            }
+            anyhow::Ok(kept)
+        }));
+    }
+    let mut conns = Vec::new();
+    for t in tasks {
+        conns.extend(t.await.context("idle connection task")??);
+    }
+    let connect_secs = t0.elapsed().as_secs_f64();
+    let protocol = if plan.nats() {
+        "nats"
+    } else if a.v5 {
+        "5.0"
+    } else {
+        "3.1.1"
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "idle_ready": conns.len(), "connect_secs": connect_secs })
+        );
+    } else {
+        println!(
+            "idle: {} connections open in {connect_secs:.3} s; holding",
+            conns.len()
+        );
+    }
+    {
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }
+    // Standard input is read on a plain thread (a line or its end releases the hold).
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        let _ = tx.send(());
+    });
+    let held = Instant::now();
+    tokio::select! {
+        _ = rx => {}
+        () = tokio::time::sleep(Duration::from_secs_f64(a.hold)) => {}
+    }
+    let held_secs = held.elapsed().as_secs_f64();
+    // A connection the broker closed meanwhile reads end-of-file at once.
+    let mut closed_by_broker = 0;
+    for c in &mut conns {
+        if c.fill(Duration::ZERO).await.is_err() {
+            closed_by_broker += 1;
+        }
+    }
+    drop(conns);
+    let mut problems = Vec::new();
+    if closed_by_broker > 0 {
+        problems.push(format!(
+            "{closed_by_broker} idle connections closed by the broker"
+        ));
+    }
+    Ok(IdleReport {
+        broker: a.broker.to_string(),
+        protocol,
+        mode: "idle",
+        idle: a.idle,
+        connect_secs,
+        held_secs,
+        closed_by_broker,
+        valid: problems.is_empty(),
+        problems,
+    })
+}
+
 async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
     let a = &plan.args;
     epoch();
@@ -730,9 +985,18 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
         "online"
     };
 
+    // Extra subscriptions that match nothing, in place before anything else.
+    let mut extra_conns = Vec::new();
+    let mut extra_subs_secs = None;
+    if a.extra_subs > 0 {
+        let t = Instant::now();
+        extra_conns = setup_extra_subs(&plan).await?;
+        extra_subs_secs = Some(t.elapsed().as_secs_f64());
+    }
+
     if a.drain_only {
-        let total = u64::from(a.publishers) * a.count.unwrap_or(0);
-        exp_tx.send_replace(Some(total));
+        let per_pub = vec![a.count.unwrap_or(0); a.publishers as usize];
+        exp_tx.send_replace(Some(Arc::new(per_pub)));
         start = Instant::now();
         for i in 0..a.subscribers {
             subs.push(tokio::spawn(subscriber(
@@ -797,7 +1061,17 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
             secs,
             msgs_per_sec: if secs > 0.0 { acked as f64 / secs } else { 0.0 },
         });
-        exp_tx.send_replace(Some(acked));
+        let per_pub: Vec<u64> = pubs
+            .iter()
+            .map(|p| {
+                if plan.qos == QoS::AtMostOnce {
+                    p.sent
+                } else {
+                    p.acked
+                }
+            })
+            .collect();
+        exp_tx.send_replace(Some(Arc::new(per_pub)));
         if a.offline_subs && a.drain {
             start = Instant::now();
             for i in 0..a.subscribers {
@@ -816,11 +1090,21 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
     for h in subs {
         results.push(h.await.context("subscriber task")?);
     }
+    drop(extra_conns);
     let delivery = (!results.is_empty()).then(|| {
-        let expected = exp_rx.borrow().unwrap_or(0);
+        let expected = exp_rx.borrow().as_ref().map_or(0, |per_pub| {
+            if a.pairs {
+                per_pub.iter().copied().max().unwrap_or(0)
+            } else {
+                per_pub.iter().sum()
+            }
+        });
         let mut lost = 0;
-        for r in &results {
+        for (si, r) in results.iter().enumerate() {
             for p in 0..a.publishers {
+                if a.pairs && p as usize != si {
+                    continue;
+                }
                 // Only what the publisher saw acknowledged (QoS 0: sent) must arrive.
                 let (sent, unacked) = match pubs.get(p as usize) {
                     Some(pr) if plan.qos == QoS::AtMostOnce => (pr.sent, 0),
@@ -909,7 +1193,16 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
 
     Ok(Report {
         broker: a.broker.to_string(),
-        protocol: if a.v5 { "5.0" } else { "3.1.1" },
+        protocol: if plan.nats() {
+            "nats"
+        } else if a.v5 {
+            "5.0"
+        } else {
+            "3.1.1"
+        },
+        pairs: a.pairs,
+        extra_subs: a.extra_subs,
+        extra_subs_setup_secs: extra_subs_secs,
         qos: a.qos,
         sub_qos: plan.sub_qos as u8,
         size: a.size,
@@ -968,7 +1261,7 @@ fn write_ack_log(path: &std::path::Path, pubs: &[PubResult]) -> anyhow::Result<(
 
 fn print_text(r: &Report) {
     println!(
-        "mqtt-load {} MQTT {} qos {} (sub {}) {} B, {} pub -> {} sub, mode {}",
+        "mqtt-load {} protocol {} qos {} (sub {}) {} B, {} pub -> {} sub, mode {}",
         r.broker, r.protocol, r.qos, r.sub_qos, r.size, r.publishers, r.subscribers, r.mode
     );
     if let Some(p) = &r.publish {
@@ -1022,6 +1315,47 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
+    if plan.args.idle > 0 {
+        let outcome = runtime.block_on(async {
+            match tokio::time::timeout(timeout, run_idle(plan)).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow::anyhow!("run did not finish within {timeout:?}")),
+            }
+        });
+        runtime.shutdown_background();
+        return match outcome {
+            Ok(r) => {
+                if json {
+                    match serde_json::to_string(&r) {
+                        Ok(s) => println!("{s}"),
+                        Err(e) => {
+                            eprintln!("mqtt-load: {e}");
+                            return std::process::ExitCode::from(1);
+                        }
+                    }
+                } else {
+                    println!(
+                        "idle: {} connections held {:.1} s ({} closed by the broker)",
+                        r.idle, r.held_secs, r.closed_by_broker
+                    );
+                }
+                if r.valid {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::from(2)
+                }
+            }
+            Err(e) => {
+                if json {
+                    let msg = serde_json::json!({ "valid": false, "error": format!("{e:#}") });
+                    println!("{msg}");
+                } else {
+                    eprintln!("mqtt-load: {e:#}");
+                }
+                std::process::ExitCode::from(1)
+            }
+        };
+    }
     let outcome = runtime.block_on(async {
         match tokio::time::timeout(timeout, run(plan)).await {
             Ok(r) => r,

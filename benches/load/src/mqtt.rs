@@ -1,5 +1,6 @@
-//! One raw MQTT connection over `mote-codec`: a read buffer, a write buffer, and the
-//! packets the load generator needs turned into small owned values.
+//! One raw MQTT connection over `mote-codec` (or a core NATS connection, see
+//! [`crate::nats`]): a read buffer, a write buffer, and the packets the load generator
+//! needs turned into small owned values.
 //!
 //! No third-party MQTT client is involved, so what is measured is the broker plus a
 //! thin, batched client: every read drains all complete frames, every write sends all
@@ -46,7 +47,7 @@ impl Mark {
     }
 
     /// Reads the mark at the start of `payload`, if it is long enough.
-    fn read(payload: &[u8]) -> Option<Mark> {
+    pub(crate) fn read(payload: &[u8]) -> Option<Mark> {
         let p: &[u8; MARK_LEN] = payload.get(..MARK_LEN)?.try_into().ok()?;
         let (a, rest) = p.split_at(4);
         let (b, c) = rest.split_at(8);
@@ -63,8 +64,8 @@ impl Mark {
 pub(crate) enum In {
     /// CONNACK: session present, return/reason code.
     ConnAck { present: bool, code: u8 },
-    /// SUBACK: the first return/reason code.
-    SubAck { code: u8 },
+    /// SUBACK: the first return/reason code and how many filters were refused.
+    SubAck { code: u8, refused: usize },
     /// PUBACK: packet id, reason code.
     PubAck { pid: u16, reason: u8 },
     /// PUBREC: packet id, reason code.
@@ -81,6 +82,8 @@ pub(crate) enum In {
     },
     /// DISCONNECT from the server (v5), with its reason code.
     Disconnect { reason: u8 },
+    /// NATS `PONG`: the server has processed everything sent before our `PING`.
+    Pong,
     /// Anything else (PINGRESP, UNSUBACK, AUTH): ignored.
     Other,
 }
@@ -95,6 +98,7 @@ impl In {
             },
             Packet::SubAck(s) => In::SubAck {
                 code: s.codes.first().copied().unwrap_or(0x80),
+                refused: s.codes.iter().filter(|&&c| c >= 0x80).count(),
             },
             Packet::PubAck(a) => In::PubAck {
                 pid: a.packet_id,
@@ -128,6 +132,11 @@ pub(crate) struct ConnectOpts {
     pub(crate) clean: bool,
     /// v5 Session Expiry Interval, seconds.
     pub(crate) session_expiry: Option<u32>,
+    /// Speak core NATS instead of MQTT (`protocol`, `clean` and `session_expiry` are
+    /// then unused; `client_id` is the connection's name).
+    pub(crate) nats: bool,
+    /// Keep Alive announced in CONNECT, seconds (no PINGREQ is ever sent).
+    pub(crate) keep_alive: u16,
 }
 
 /// A connected MQTT client socket with its buffers.
@@ -137,6 +146,10 @@ pub(crate) struct Conn {
     rbuf: BytesMut,
     wbuf: BytesMut,
     protocol: Protocol,
+    /// Core NATS instead of MQTT.
+    nats: bool,
+    /// The next NATS subscription id.
+    next_sid: u64,
 }
 
 impl Conn {
@@ -158,7 +171,18 @@ impl Conn {
             rbuf: BytesMut::with_capacity(256 * 1024),
             wbuf: BytesMut::with_capacity(256 * 1024),
             protocol: opts.protocol,
+            nats: opts.nats,
+            next_sid: 1,
         };
+        if opts.nats {
+            // The server speaks first (INFO); CONNECT + PING, and its PONG confirms.
+            crate::nats::push_connect(&mut conn.wbuf, &opts.client_id);
+            conn.flush().await?;
+            conn.expect_pong(HANDSHAKE_TIMEOUT)
+                .await
+                .with_context(|| format!("{}: NATS CONNECT", opts.client_id))?;
+            return Ok((conn, false));
+        }
         let properties = Properties::Values(&PropValues {
             session_expiry_interval: opts.session_expiry,
             ..PropValues::default()
@@ -166,8 +190,9 @@ impl Conn {
         conn.push(&Packet::Connect(Connect {
             protocol: opts.protocol,
             clean_start: opts.clean,
-            // No keep alive: runs are bounded and a ping would only add noise.
-            keep_alive: 0,
+            // No pings are sent: runs are bounded and a ping would only add noise (0 by
+            // default; a broker that refuses 0 gets a long one, --keep-alive).
+            keep_alive: opts.keep_alive,
             properties,
             client_id: &opts.client_id,
             will: None,
@@ -189,21 +214,57 @@ impl Conn {
     /// # Errors
     /// Network errors, a timeout, or a refused subscription.
     pub(crate) async fn subscribe(&mut self, filter: &str, qos: QoS) -> anyhow::Result<()> {
-        let filters = [SubscribeFilter {
-            filter,
-            options: SubOptions::qos(qos),
-        }];
-        self.push(&Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            properties: Properties::default(),
-            filters: mote_codec::List::Slice(&filters),
-        }))?;
-        self.flush().await?;
-        match self.expect_one(HANDSHAKE_TIMEOUT).await? {
-            In::SubAck { code } if code < 0x80 => Ok(()),
-            In::SubAck { code } => bail!("SUBSCRIBE {filter} refused with code {code:#04x}"),
-            other => bail!("expected SUBACK, got {other:?}"),
+        self.subscribe_many(&[filter.to_owned()], qos).await
+    }
+
+    /// Subscribes to many filters: SUBSCRIBE packets of at most 100 filters each, all
+    /// sent before the SUBACKs are read (NATS: one `SUB` each, then a `PING` whose
+    /// `PONG` tells they are in place).
+    ///
+    /// # Errors
+    /// Network errors, a timeout, or a refused subscription.
+    pub(crate) async fn subscribe_many(
+        &mut self,
+        filters: &[String],
+        qos: QoS,
+    ) -> anyhow::Result<()> {
+        if self.nats {
+            for f in filters {
+                crate::nats::push_sub(&mut self.wbuf, f, self.next_sid);
+                self.next_sid += 1;
+            }
+            crate::nats::push_ping(&mut self.wbuf);
+            self.flush().await?;
+            return self.expect_pong(HANDSHAKE_TIMEOUT).await.context("SUB");
         }
+        let mut packets = 0usize;
+        for (n, chunk) in filters.chunks(100).enumerate() {
+            let list: Vec<SubscribeFilter<'_>> = chunk
+                .iter()
+                .map(|f| SubscribeFilter {
+                    filter: f,
+                    options: SubOptions::qos(qos),
+                })
+                .collect();
+            self.push(&Packet::Subscribe(Subscribe {
+                packet_id: u16::try_from(n % 65_535 + 1).unwrap_or(1),
+                properties: Properties::default(),
+                filters: mote_codec::List::Slice(&list),
+            }))?;
+            packets += 1;
+        }
+        self.flush().await?;
+        for _ in 0..packets {
+            match self.expect_one(HANDSHAKE_TIMEOUT).await? {
+                In::SubAck { refused: 0, .. } => {}
+                In::SubAck { code, refused } => bail!(
+                    "SUBSCRIBE {} refused {refused} filter(s) (code {code:#04x})",
+                    filters.first().map_or("", String::as_str)
+                ),
+                other => bail!("expected SUBACK, got {other:?}"),
+            }
+        }
+        Ok(())
     }
 
     /// Sends DISCONNECT and waits (briefly) for the broker to close the socket, so the
@@ -212,8 +273,15 @@ impl Conn {
     /// # Errors
     /// Network errors while sending.
     pub(crate) async fn disconnect(mut self) -> anyhow::Result<()> {
-        self.push(&Packet::Disconnect(Disconnect::new(0)))?;
-        self.flush().await?;
+        if self.nats {
+            // NATS has no DISCONNECT: a PONG tells that everything before was processed.
+            crate::nats::push_ping(&mut self.wbuf);
+            self.flush().await?;
+            self.expect_pong(HANDSHAKE_TIMEOUT).await?;
+        } else {
+            self.push(&Packet::Disconnect(Disconnect::new(0)))?;
+            self.flush().await?;
+        }
         let _ = self.stream.shutdown().await;
         let mut scratch = [0u8; 4096];
         let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
@@ -249,6 +317,13 @@ impl Conn {
         pid: u16,
         payload: &[u8],
     ) -> anyhow::Result<()> {
+        if self.nats {
+            if qos != QoS::AtMostOnce || retain {
+                bail!("core NATS has neither QoS 1/2 nor retained messages");
+            }
+            crate::nats::push_pub(&mut self.wbuf, topic, payload);
+            return Ok(());
+        }
         self.push(&Packet::Publish(Publish {
             dup: false,
             qos,
@@ -265,6 +340,9 @@ impl Conn {
     /// # Errors
     /// When the packet cannot be encoded.
     pub(crate) fn push_ack(&mut self, kind: AckKind, pid: u16) -> anyhow::Result<()> {
+        if self.nats {
+            bail!("core NATS has no acknowledgements");
+        }
         let a = Ack::new(pid);
         self.push(&match kind {
             AckKind::PubAck => Packet::PubAck(a),
@@ -317,6 +395,27 @@ impl Conn {
     /// # Errors
     /// When the broker sent a malformed packet.
     pub(crate) fn next(&mut self) -> anyhow::Result<Option<In>> {
+        if self.nats {
+            use crate::nats::Frame;
+            let Some((frame, used)) = crate::nats::parse(&self.rbuf)? else {
+                return Ok(None);
+            };
+            self.rbuf.advance(used);
+            return Ok(Some(match frame {
+                Frame::Msg(mark) => In::Publish {
+                    qos: QoS::AtMostOnce,
+                    pid: 0,
+                    mark,
+                },
+                Frame::Ping => {
+                    // Answered with the next flush.
+                    crate::nats::push_pong(&mut self.wbuf);
+                    In::Other
+                }
+                Frame::Pong => In::Pong,
+                Frame::Other => In::Other,
+            }));
+        }
         let (packet, used) = match mote_codec::decode(&self.rbuf, self.protocol, MAX_FRAME) {
             Ok(Some((p, used))) => (In::from_packet(&p), used),
             Ok(None) => return Ok(None),
@@ -324,6 +423,24 @@ impl Conn {
         };
         self.rbuf.advance(used);
         Ok(Some(packet))
+    }
+
+    /// NATS: waits for a `PONG`, answering the server's `PING`s meanwhile.
+    async fn expect_pong(&mut self, wait: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(p) = self.next()? {
+                // Messages still arriving (a subscriber saying goodbye) are dropped.
+                if let In::Pong = p {
+                    return Ok(());
+                }
+            }
+            self.flush().await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || !self.fill(left).await? {
+                bail!("no PONG from the server within {wait:?}");
+            }
+        }
     }
 
     /// Waits for one packet.
