@@ -1316,54 +1316,45 @@ fn main() -> std::process::ExitCode {
         }
     };
     if plan.args.idle > 0 {
-        let outcome = runtime.block_on(async {
-            match tokio::time::timeout(timeout, run_idle(plan)).await {
-                Ok(r) => r,
-                Err(_) => Err(anyhow::anyhow!("run did not finish within {timeout:?}")),
-            }
-        });
+        let outcome = runtime.block_on(within(timeout, run_idle(plan)));
         runtime.shutdown_background();
-        return match outcome {
-            Ok(r) => {
-                if json {
-                    match serde_json::to_string(&r) {
-                        Ok(s) => println!("{s}"),
-                        Err(e) => {
-                            eprintln!("mqtt-load: {e}");
-                            return std::process::ExitCode::from(1);
-                        }
-                    }
-                } else {
-                    println!(
-                        "idle: {} connections held {:.1} s ({} closed by the broker)",
-                        r.idle, r.held_secs, r.closed_by_broker
-                    );
-                }
-                if r.valid {
-                    std::process::ExitCode::SUCCESS
-                } else {
-                    std::process::ExitCode::from(2)
-                }
-            }
-            Err(e) => {
-                if json {
-                    let msg = serde_json::json!({ "valid": false, "error": format!("{e:#}") });
-                    println!("{msg}");
-                } else {
-                    eprintln!("mqtt-load: {e:#}");
-                }
-                std::process::ExitCode::from(1)
-            }
-        };
+        return finish(
+            outcome,
+            json,
+            |r| r.valid,
+            |r| {
+                println!(
+                    "idle: {} connections held {:.1} s ({} closed by the broker)",
+                    r.idle, r.held_secs, r.closed_by_broker
+                );
+            },
+        );
     }
-    let outcome = runtime.block_on(async {
-        match tokio::time::timeout(timeout, run(plan)).await {
-            Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!("run did not finish within {timeout:?}")),
-        }
-    });
+    let outcome = runtime.block_on(within(timeout, run(plan)));
     // Tasks still blocked on a broker must not keep the process alive.
     runtime.shutdown_background();
+    finish(outcome, json, |r| r.valid, print_text)
+}
+
+/// `fut`, or an error once `timeout` passed.
+async fn within<R>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = anyhow::Result<R>>,
+) -> anyhow::Result<R> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!("run did not finish within {timeout:?}")),
+    }
+}
+
+/// Prints a run's report (JSON or text) or its error; the exit code says which: 0 valid,
+/// 2 invalid (something lost), 1 failed.
+fn finish<R: serde::Serialize>(
+    outcome: anyhow::Result<R>,
+    json: bool,
+    valid: impl Fn(&R) -> bool,
+    text: impl Fn(&R),
+) -> std::process::ExitCode {
     match outcome {
         Ok(report) => {
             if json {
@@ -1375,9 +1366,9 @@ fn main() -> std::process::ExitCode {
                     }
                 }
             } else {
-                print_text(&report);
+                text(&report);
             }
-            if report.valid {
+            if valid(&report) {
                 std::process::ExitCode::SUCCESS
             } else {
                 std::process::ExitCode::from(2)
