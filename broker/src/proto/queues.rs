@@ -95,6 +95,11 @@ fn store_id(name: &str) -> Arc<str> {
 #[derive(Debug, Default)]
 pub(crate) struct Queues {
     map: HashMap<Arc<str>, Vec<Consumer>>,
+    /// Per queue, the consumer (by index) the next search for the least loaded starts
+    /// at: equally loaded consumers take turns, as RabbitMQ's round robin does. Without
+    /// it, at a low rate every consumer has nothing outstanding and the first listed
+    /// took most jobs (measured with 8 workers: 2,122 to 17,334 jobs each of 75,000).
+    turn: HashMap<Arc<str>, usize>,
     /// Queues whose consumers may have room now (after acknowledgements).
     due: Vec<Arc<str>>,
     /// Messages each queue sent to its dead-letter queue since the start.
@@ -606,7 +611,10 @@ impl Core {
     ) -> Option<usize> {
         let consumers = self.queues.map.get(id)?;
         let mut pick: Option<(usize, usize)> = None;
-        for (i, c) in consumers.iter().enumerate() {
+        let start = self.queues.turn.get(id).copied().unwrap_or(0);
+        let n = consumers.len();
+        for i in (0..n).map(|k| (start + k) % n) {
+            let c = &consumers[i];
             if c.credit == Some(0) || not == Some(&c.client) {
                 continue;
             }
@@ -681,6 +689,12 @@ impl Core {
             let Some(c) = self.queues.map.get_mut(id).and_then(|cs| cs.get_mut(i)) else {
                 break;
             };
+            match self.queues.turn.get_mut(id) {
+                Some(turn) => *turn = i + 1,
+                None => {
+                    self.queues.turn.insert(id.clone(), i + 1);
+                }
+            }
             c.outstanding += 1;
             if let Some(credit) = &mut c.credit {
                 *credit -= 1;

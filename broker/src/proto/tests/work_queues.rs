@@ -978,3 +978,38 @@ fn queue_stats_count_the_jobs_waiting_out_a_delay() {
         .unwrap();
     assert_eq!((later.depth, later.delayed), (1, 2));
 }
+
+#[test]
+fn consumers_with_nothing_outstanding_take_turns() {
+    // One job at a time, each acknowledged before the next (a low rate): the least
+    // loaded is a tie every time, and the consumers must take turns rather than the
+    // first listed taking every job.
+    let mut core = core();
+    let now = Instant::now();
+    let mut workers: Vec<Client> = (0..4)
+        .map(|i| consumer(&mut core, &format!("w{i}"), "$queue/rr", now))
+        .collect();
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    let mut counts = [0usize; 4];
+    for i in 0..40u16 {
+        publish(
+            &mut core,
+            &mut p,
+            "$queue/rr",
+            b"job",
+            QoS::AtLeastOnce,
+            i + 1,
+            now,
+        );
+        let mut got = 0;
+        for (w, c) in workers.iter_mut().enumerate() {
+            for m in received(&mut core, c, now) {
+                ack(&mut core, c, m.3, now);
+                counts[w] += 1;
+                got += 1;
+            }
+        }
+        assert_eq!(got, 1, "job {i} delivered once");
+    }
+    assert_eq!(counts, [10, 10, 10, 10]);
+}
