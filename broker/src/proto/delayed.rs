@@ -189,7 +189,7 @@ impl Core {
             return;
         };
         let mut found = Vec::new();
-        while let Some(d) = s.take_ready(u64::MAX, clock) {
+        while let Some(d) = s.take_ready(clock) {
             found.push(d);
         }
         for d in found {

@@ -235,8 +235,6 @@ enum Timer {
     Delayed,
     /// A work queue's job (message id) refused with a retry delay goes back to its queue.
     Retry(u64),
-    /// A work queue whose next message was not yet durable tries again.
-    QueueRetry(Arc<str>),
     /// Retention of the streams runs.
     StreamTrim,
     /// A stream's readers met a message not yet durable: they try again.
@@ -947,7 +945,6 @@ impl Core {
                 Timer::Visible(client, mid) => self.visibility_expired(&client, mid, now),
                 Timer::Delayed => self.release_delayed(now, fx),
                 Timer::Retry(mid) => self.retry_due(mid, now),
-                Timer::QueueRetry(id) => self.dispatch(&id, now),
                 Timer::StreamTrim => self.trim_streams(now),
                 Timer::StreamRetry(name) => self.stream_retry(&name, now, fx),
             }

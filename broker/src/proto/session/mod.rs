@@ -595,22 +595,13 @@ impl Session {
         !self.retained_jobs.is_empty()
     }
 
-    /// The next message of a work queue's own session that may be handed to a consumer:
-    /// the front of its queue (read back from the on-disk tail when memory ran dry), once
-    /// its record is `durable`.
-    pub(crate) fn take_ready(&mut self, durable: u64, clock: Clock) -> Option<Delivery> {
+    /// The next message of a work queue's (or the delayed store's) own session: the
+    /// front of its queue, read back from the on-disk tail when memory ran dry.
+    pub(crate) fn take_ready(&mut self, clock: Clock) -> Option<Delivery> {
         if self.queue.is_empty() {
             self.refill(clock);
         }
-        if self.queue.front()?.lsn > durable {
-            return None;
-        }
         self.pop_queue()
-    }
-
-    /// True when the front of the queue waits for journal position past `durable`.
-    pub(crate) fn front_waits(&self, durable: u64) -> bool {
-        self.queue.front().is_some_and(|d| d.lsn > durable)
     }
 
     /// Puts a work queue's message back at the front of the queue's own session.

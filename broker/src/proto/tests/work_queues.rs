@@ -1013,3 +1013,105 @@ fn consumers_with_nothing_outstanding_take_turns() {
     }
     assert_eq!(counts, [10, 10, 10, 10]);
 }
+
+/// A journal in memory whose durable position moves only when the test says (a slow
+/// fsync).
+#[derive(Debug, Default)]
+struct HeldJournal {
+    appended: std::sync::atomic::AtomicU64,
+    durable: std::sync::atomic::AtomicU64,
+}
+
+impl durable::Journal for HeldJournal {
+    fn append_with(&self, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
+        encode(&mut Vec::new());
+        self.appended
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+    fn waits(&self) -> bool {
+        true
+    }
+    fn durable(&self) -> u64 {
+        self.durable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn since_snapshot(&self) -> u64 {
+        0
+    }
+    fn snapshot_begin(&self) {}
+    fn snapshot_chunk(&self, _framed: Vec<u8>) {}
+    fn snapshot_end(&self) {}
+}
+
+#[derive(Debug)]
+struct NoTails;
+
+impl durable::TailStore for NoTails {
+    fn create(&self) -> std::io::Result<Box<dyn durable::QueueTail>> {
+        Err(std::io::Error::other("no spill files here"))
+    }
+}
+
+#[test]
+fn a_job_reaches_a_worker_before_its_enqueue_is_durable_but_its_producer_waits() {
+    // Work queues are at least once: a job goes out as soon as it is enqueued, as
+    // RabbitMQ hands them out; only the producer's acknowledgement waits for the fsync.
+    // An ordinary persistent subscriber of the same topic still gets the message only
+    // once it is durable.
+    let now = Instant::now();
+    let journal = Arc::new(HeldJournal::default());
+    let mut core = Core::with_journal(
+        Arc::new(MqttConfig::default()),
+        journal.clone(),
+        Arc::new(NoTails),
+        usize::MAX,
+        Clock::new(now, 1_700_000_000_000),
+    );
+    let mut w = consumer(&mut core, "worker", "$queue/fast", now);
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    let _ = core.take_wait_lsn();
+    publish(
+        &mut core,
+        &mut p,
+        "$queue/fast",
+        b"job-0",
+        QoS::AtLeastOnce,
+        1,
+        now,
+    );
+    let wait = core.take_wait_lsn();
+    assert!(wait > journal.durable(), "the PUBACK waits for the enqueue");
+    let got = received(&mut core, &mut w, now);
+    assert_eq!(got.len(), 1, "the worker has the job before the fsync");
+    assert_eq!(payload(&got[0]), "job-0");
+    // Acknowledged, the next job goes out at once too, still before any fsync.
+    publish(
+        &mut core,
+        &mut p,
+        "$queue/fast",
+        b"job-1",
+        QoS::AtLeastOnce,
+        2,
+        now,
+    );
+    ack(&mut core, &mut w, got[0].3, now);
+    let got = received(&mut core, &mut w, now);
+    assert_eq!(got.iter().map(payload).collect::<Vec<_>>(), ["job-1"]);
+
+    // A persistent subscriber: held until durable.
+    let mut s = connect(&mut core, Protocol::V311, "plain", false, None, now);
+    subscribe(
+        &mut core,
+        &mut s,
+        &[("plain/t", q(QoS::AtLeastOnce))],
+        None,
+        now,
+    );
+    publish(&mut core, &mut p, "plain/t", b"m", QoS::AtLeastOnce, 3, now);
+    assert!(received(&mut core, &mut s, now).is_empty());
+    journal.durable.store(
+        journal.appended.load(std::sync::atomic::Ordering::Relaxed),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    assert_eq!(received(&mut core, &mut s, now).len(), 1);
+}
