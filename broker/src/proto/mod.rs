@@ -25,6 +25,7 @@ mod backpressure;
 mod connect;
 pub(crate) mod delayed;
 pub(crate) mod durable;
+mod matches;
 pub(crate) mod message;
 mod policy;
 pub(crate) mod queue;
@@ -165,8 +166,8 @@ pub(crate) struct Core {
     cfg: Arc<MqttConfig>,
     limits: QueueLimits,
     sessions: FastMap<Arc<str>, Session>,
-    /// A publish's targets by client (empty between publishes; kept for its capacity).
-    targets: FastMap<Arc<str>, router::Target>,
+    /// Recently published topics' matching subscriptions (`proto/matches.rs`).
+    matches: matches::MatchCache,
     /// The access rules in force.
     acl: Arc<acl::Acl>,
     /// Delayed publishes waiting for their time (`$delayed/...`).
@@ -254,7 +255,7 @@ impl Core {
             cfg,
             limits,
             sessions: FastMap::default(),
-            targets: FastMap::default(),
+            matches: matches::MatchCache::default(),
             acl,
             delayed: delayed::Delayed::default(),
             subs: SubscriptionTree::new(),
@@ -529,6 +530,8 @@ impl Core {
         let acl = (!self.acl.is_open()).then(|| self.acl.clone());
         // Rounded up: a delayed publish is never released early.
         let now_secs = self.clock.unix_ms(now).div_ceil(1000);
+        // The topic as published (empty when an alias stands for it).
+        let named = self.matches.intern(p.topic);
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
         let Some(link) = s.link_mut() else {
             return Err(Close::TakenOver);
@@ -556,13 +559,12 @@ impl Core {
                 None => return Err(Close::Error(reason::PROTOCOL_ERROR)),
             },
             Some(alias) => {
-                let t: Arc<str> = Arc::from(p.topic);
-                link.alias_in.insert(alias, t.clone());
-                t
+                link.alias_in.insert(alias, named.clone());
+                named
             }
-            None => Arc::from(p.topic),
+            None => named,
         };
-        if topic.len() > cfg.max_topic_length || topic.split('/').count() > cfg.max_topic_levels {
+        if topic.len() > cfg.max_topic_length || topic_levels(&topic) > cfg.max_topic_levels {
             return Err(Close::Error(reason::TOPIC_NAME_INVALID));
         }
         let mut code = reason::SUCCESS;
@@ -1012,6 +1014,12 @@ impl Clock {
                 .saturating_sub((self.at - t).as_millis() as u64)
         }
     }
+}
+
+/// Levels of a topic name or filter (`a/b/c`: 3). Counted over bytes, not by splitting:
+/// it runs for every PUBLISH.
+fn topic_levels(topic: &str) -> usize {
+    topic.bytes().filter(|&b| b == b'/').count() + 1
 }
 
 /// True for topics under `$SYS`, which only the broker publishes to.

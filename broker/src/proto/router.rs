@@ -11,9 +11,6 @@ pub(super) struct Target {
     sub_ids: Vec<u32>,
 }
 
-/// Largest table of targets kept from one publish for the next.
-const TARGETS_KEPT: usize = 4096;
-
 impl Core {
     /// True when `msg` may become its topic's retained message within the limits on
     /// retained messages (count, total bytes, bytes per message); the one it replaces
@@ -64,76 +61,35 @@ impl Core {
                 tracing::debug!(topic = %msg.topic, "retained message limits reached; not retained");
             }
         }
-        // Reused from publish to publish so that its table is not grown from empty each
-        // time; given back below.
-        let mut direct = std::mem::take(&mut self.targets);
-        let mut groups: FastMap<GroupKey, Vec<(Arc<str>, SubEntry)>> = FastMap::default();
-        let (sessions, acl) = (&self.sessions, &self.acl);
-        // A subscription the access rules allow only in part gets what its user may read.
-        let readable = |client: &Arc<str>| {
-            let user = sessions.get(client).and_then(|s| s.user().cloned());
-            let who = acl::Who {
-                user: user.as_deref(),
-                client,
-            };
-            acl.allows(who, acl::Access::Read, &msg.topic)
-        };
-        self.subs
-            .for_each_match(&msg.topic, |filter, key, entry| match &key.group {
-                _ if entry.checked && !readable(&key.client) => {}
-                None => {
-                    if entry.no_local && msg.publisher.as_deref() == Some(&*key.client) {
-                        return;
-                    }
-                    let t = direct.entry(key.client.clone()).or_insert(Target {
-                        qos: QoS::AtMostOnce,
-                        retain: false,
-                        sub_ids: Vec::new(),
-                    });
-                    t.qos = t.qos.max(entry.qos);
-                    t.retain |= entry.retain_as_published && msg.retain;
-                    if let Some(id) = entry.id {
-                        t.sub_ids.push(id);
-                    }
-                }
-                Some(group) => groups
-                    .entry((group.clone(), Arc::from(filter)))
-                    .or_default()
-                    .push((key.client.clone(), entry.clone())),
-            });
+        let hits = self.matches.get(&self.subs, &msg.topic);
         let mut count = 0;
-        for (client, t) in direct.drain() {
-            // A stream collecting its `filter`: appended.
-            if let Some(name) = client.strip_prefix(streams::STREAM_PREFIX) {
-                count += usize::from(self.append(name, &msg, now, fx));
-                continue;
+        // Plain subscriptions: a client's are neighbours in `hits`, merged into one
+        // delivery with the highest QoS and every identifier.
+        let plain = hits.iter().take_while(|h| h.group.is_none()).count();
+        let mut rest = &hits[..plain];
+        while let Some(first) = rest.first() {
+            let n = rest.iter().take_while(|h| h.client == first.client).count();
+            let (mine, next) = rest.split_at(n);
+            rest = next;
+            if let Some(t) = self.target(&msg, mine) {
+                count += self.deliver_target(&first.client, &msg, t, now, fx);
             }
-            // A work queue collecting its `filter`: a job of its own.
-            if let Some(name) = client.strip_prefix(queues::QUEUE_PREFIX) {
-                count += usize::from(self.enqueue(name, msg.clone(), false, now, fx));
+        }
+        // Shared subscriptions: one member of each (group, filter) gets it.
+        let mut rest = &hits[plain..];
+        while let Some(first) = rest.first() {
+            let n = rest.iter().take_while(|h| h.group == first.group).count();
+            let (mine, next) = rest.split_at(n);
+            rest = next;
+            let Some((group, filter)) = &first.group else {
                 continue;
-            }
-            let d = Delivery {
-                qos: msg.qos.min(t.qos),
-                retain: t.retain,
-                sub_ids: t.sub_ids,
-                msg: msg.clone(),
-                shared: None,
-                dseq: 0,
-                lsn: 0,
-                queue: None,
-                stream: None,
-                attempts: 0,
             };
-            count += usize::from(self.deliver(&client, d, now, fx));
-        }
-        // A publish that matched a crowd does not keep the crowd's table.
-        if direct.capacity() <= TARGETS_KEPT {
-            self.targets = direct;
-        }
-        for ((group, filter), mut members) in groups {
-            members.sort_by(|a, b| a.0.cmp(&b.0));
-            if let Some(client) = self.pick_member(&group, &filter, &members, None) {
+            let members: Vec<(Arc<str>, SubEntry)> = mine
+                .iter()
+                .filter(|h| !h.entry.checked || self.readable(&h.client, &msg.topic))
+                .map(|h| (h.client.clone(), h.entry.clone()))
+                .collect();
+            if let Some(client) = self.pick_member(group, filter, &members, None) {
                 if let Some((_, e)) = members.iter().find(|m| m.0 == client) {
                     let d = Delivery {
                         qos: msg.qos.min(e.qos),
@@ -152,6 +108,78 @@ impl Core {
             }
         }
         count
+    }
+
+    /// True when the access rules let `client`'s user read `topic` (for a subscription
+    /// the rules allow only in part).
+    fn readable(&self, client: &Arc<str>, topic: &str) -> bool {
+        let user = self.sessions.get(client).and_then(|s| s.user().cloned());
+        let who = acl::Who {
+            user: user.as_deref(),
+            client,
+        };
+        self.acl.allows(who, acl::Access::Read, topic)
+    }
+
+    /// What `msg` sends the client of the plain subscriptions `mine` (all of one
+    /// client): `None` when none of them takes it (No Local, or a read the access rules
+    /// refuse).
+    fn target(&self, msg: &Message, mine: &[matches::Hit]) -> Option<Target> {
+        let mut t: Option<Target> = None;
+        for h in mine {
+            let e = &h.entry;
+            if e.no_local && msg.publisher.as_deref() == Some(&*h.client) {
+                continue;
+            }
+            if e.checked && !self.readable(&h.client, &msg.topic) {
+                continue;
+            }
+            let t = t.get_or_insert(Target {
+                qos: QoS::AtMostOnce,
+                retain: false,
+                sub_ids: Vec::new(),
+            });
+            t.qos = t.qos.max(e.qos);
+            t.retain |= e.retain_as_published && msg.retain;
+            if let Some(id) = e.id {
+                t.sub_ids.push(id);
+            }
+        }
+        t
+    }
+
+    /// Hands `msg` to `client` as `t` says: a stream's or work queue's collecting
+    /// filter appends or enqueues it, a session queues a delivery. Returns 1 when it
+    /// was taken.
+    fn deliver_target(
+        &mut self,
+        client: &Arc<str>,
+        msg: &Arc<Message>,
+        t: Target,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> usize {
+        // A stream collecting its `filter`: appended.
+        if let Some(name) = client.strip_prefix(streams::STREAM_PREFIX) {
+            return usize::from(self.append(name, msg, now, fx));
+        }
+        // A work queue collecting its `filter`: a job of its own.
+        if let Some(name) = client.strip_prefix(queues::QUEUE_PREFIX) {
+            return usize::from(self.enqueue(name, msg.clone(), false, now, fx));
+        }
+        let d = Delivery {
+            qos: msg.qos.min(t.qos),
+            retain: t.retain,
+            sub_ids: t.sub_ids,
+            msg: msg.clone(),
+            shared: None,
+            dseq: 0,
+            lsn: 0,
+            queue: None,
+            stream: None,
+            attempts: 0,
+        };
+        usize::from(self.deliver(client, d, now, fx))
     }
 
     /// Chooses the member of a shared group to receive the next message: round robin over

@@ -68,9 +68,7 @@ impl Core {
                 Some(rest) => rest,
                 None => inner,
             };
-            if f.filter.len() > cfg.max_topic_length
-                || inner.split('/').count() > cfg.max_topic_levels
-            {
+            if f.filter.len() > cfg.max_topic_length || topic_levels(inner) > cfg.max_topic_levels {
                 codes.push(fail(reason::TOPIC_FILTER_INVALID));
                 continue;
             }

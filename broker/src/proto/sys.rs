@@ -19,6 +19,8 @@ pub(crate) struct RuntimeStats {
     pub(crate) hold_max_us: u64,
     /// 99.9th percentile of the core's lock hold times (bucket upper bound), microseconds.
     pub(crate) hold_p999_us: u64,
+    /// Time the core's lock was held in all since start, microseconds.
+    pub(crate) held_us: u64,
 }
 
 /// Work queues whose counters `$SYS` carries at most (in name order).
@@ -109,7 +111,7 @@ impl Core {
         fx: &mut Effects,
     ) {
         let st = self.stats();
-        let values: [(&str, String); 25] = [
+        let values: [(&str, String); 26] = [
             ("version", format!("mote {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", uptime.as_secs())),
             ("clients/connected", st.clients_connected.to_string()),
@@ -134,6 +136,7 @@ impl Core {
             ("connections/evicted", runtime.evicted.to_string()),
             ("core/hold_max_us", runtime.hold_max_us.to_string()),
             ("core/hold_p999_us", runtime.hold_p999_us.to_string()),
+            ("core/held_us", runtime.held_us.to_string()),
             (
                 "publishers/paused",
                 self.stats.publishers_paused.to_string(),

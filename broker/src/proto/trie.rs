@@ -189,7 +189,6 @@ impl<K: Clone + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
         self.len == 0
     }
 
-    #[cfg(test)]
     /// Incremented on every insert/remove that changed the tree (lets callers keep caches).
     pub(crate) fn generation(&self) -> u64 {
         self.generation

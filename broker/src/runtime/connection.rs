@@ -381,6 +381,10 @@ fn connect_level(body: &[u8]) -> Option<u8> {
     body.get(2 + name_len).copied()
 }
 
+/// Most frames decoded ahead of one hold of the core's lock (a `Packet` is 128 bytes:
+/// 32 KiB of them).
+const DECODED_BATCH: usize = 256;
+
 /// After a read: a read that filled `buf` is from a client with more to send, so the
 /// buffer grows to [`BUF_CAPACITY`] at once instead of in small steps (a read into an
 /// empty `BytesMut` takes 64 bytes).
@@ -749,52 +753,61 @@ impl Link<'_> {
             if let Some(until) = paused {
                 resume.as_mut().reset(until);
             }
-            // Handle every complete frame in the buffer under one lock (none: no lock).
+            // Handle every complete frame in the buffer, decoded outside the core's lock
+            // (the lock is the broker's ceiling, issue #15), at most `DECODED_BATCH` per
+            // hold of the lock (none: no lock).
             let mut consumed = 0;
             let mut close = None;
             let grew = inbuf.capacity() > SHRINK_ABOVE;
-            let ready = paused.is_none()
-                && match check(&inbuf, max_packet) {
-                    Ok(Some(h)) => inbuf.len() >= h.frame_len(),
-                    Ok(None) => false,
-                    Err(_) => true,
-                };
-            if ready {
+            let mut ready = paused.is_none();
+            while ready {
+                let mut frames: Vec<(usize, Packet<'_>)> = Vec::new();
+                let mut at = consumed;
+                // A bad frame after the decoded ones: it closes the connection once
+                // every frame before it was handled.
+                let mut bad = None;
+                while frames.len() < DECODED_BATCH {
+                    let rest = &inbuf[at..];
+                    let h = match check(rest, max_packet) {
+                        Ok(Some(h)) if rest.len() >= h.frame_len() => h,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "packet too large; closing");
+                            bad = Some(Close::Error(e.reason_code()));
+                            break;
+                        }
+                    };
+                    match decode_body(&h, &rest[h.header_len..h.frame_len()], protocol) {
+                        Ok(p) => frames.push((h.frame_len(), p)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "malformed packet; closing");
+                            bad = Some(Close::Error(e.reason_code()));
+                            break;
+                        }
+                    }
+                    at += h.frame_len();
+                }
+                if frames.is_empty() {
+                    close = bad;
+                    break;
+                }
+                let full = frames.len() == DECODED_BATCH;
+                let mut handled = 0;
                 shared
                     .apply(|core, fx| {
                         let now = std::time::Instant::now();
-                        loop {
-                            let rest = &inbuf[consumed..];
-                            let h = match check(rest, max_packet) {
-                                Ok(Some(h)) if rest.len() >= h.frame_len() => h,
-                                Ok(_) => break,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "packet too large; closing");
-                                    close = Some(Close::Error(e.reason_code()));
+                        for (len, packet) in &frames {
+                            // Over its rate: this PUBLISH and what follows wait.
+                            if let (Some(t), Packet::Publish(_)) = (throttle.as_mut(), packet) {
+                                if t.exhausted() {
                                     break;
                                 }
-                            };
-                            // Over its rate: this PUBLISH and what follows wait.
-                            let publish = rest.first().is_some_and(|b| b >> 4 == 3);
-                            if publish && throttle.as_ref().is_some_and(Throttle::exhausted) {
-                                break;
+                                t.take(*len);
                             }
-                            let packet =
-                                match decode_body(&h, &rest[h.header_len..h.frame_len()], protocol)
-                                {
-                                    Ok(p) => p,
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "malformed packet; closing");
-                                        close = Some(Close::Error(e.reason_code()));
-                                        break;
-                                    }
-                                };
-                            consumed += h.frame_len();
-                            if let (Some(t), Packet::Publish(_)) = (throttle.as_mut(), &packet) {
-                                t.take(h.frame_len());
-                            }
+                            handled += 1;
+                            consumed += len;
                             if let Err(c) =
-                                core.handle(&acc.client_id, acc.conn_id, &packet, now, &mut out, fx)
+                                core.handle(&acc.client_id, acc.conn_id, packet, now, &mut out, fx)
                             {
                                 close = Some(c);
                                 break;
@@ -807,6 +820,11 @@ impl Link<'_> {
                         blocked = core.take_pause().map(Instant::from_std);
                     })
                     .await;
+                let all = handled == frames.len() && close.is_none();
+                if all && bad.is_some() {
+                    close = bad;
+                }
+                ready = all && full && blocked.is_none();
             }
             inbuf.advance(consumed);
             shrink(&mut inbuf, grew);

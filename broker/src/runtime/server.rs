@@ -347,6 +347,7 @@ pub(crate) async fn serve(
                                     logins_refused: shared.auth.logins_refused(),
                                     hold_max_us,
                                     hold_p999_us,
+                                    held_us: shared.held_us(),
                                 };
                                 core.publish_sys(now - started, stats, now, fx);
                                 next_sys = now + sys_every;

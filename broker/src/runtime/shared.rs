@@ -228,6 +228,13 @@ impl Shared {
             self.holds.quantile_us(0.999),
         )
     }
+
+    /// Microseconds the core's lock was held in all since start: its growth over a
+    /// second is the share of that second the core was busy, which is the broker's
+    /// ceiling while every connection goes through the one lock (issue #15).
+    pub(crate) fn held_us(&self) -> u64 {
+        self.holds.total_ns.load(Ordering::Relaxed) / 1000
+    }
 }
 
 /// The core, locked; the hold time is counted when it is released.
@@ -253,7 +260,7 @@ impl DerefMut for CoreGuard<'_> {
 
 impl Drop for CoreGuard<'_> {
     fn drop(&mut self) {
-        self.holds.record(self.since.elapsed().as_micros() as u64);
+        self.holds.record(self.since.elapsed());
     }
 }
 
@@ -266,10 +273,15 @@ const HOLD_BUCKETS: usize = 24;
 struct HoldStats {
     buckets: [AtomicU64; HOLD_BUCKETS],
     max_us: AtomicU64,
+    /// Summed hold time, nanoseconds.
+    total_ns: AtomicU64,
 }
 
 impl HoldStats {
-    fn record(&self, us: u64) {
+    fn record(&self, held: std::time::Duration) {
+        let us = held.as_micros() as u64;
+        self.total_ns
+            .fetch_add(held.as_nanos() as u64, Ordering::Relaxed);
         let i = (64 - us.leading_zeros() as usize).min(HOLD_BUCKETS - 1);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
