@@ -325,7 +325,7 @@ async def consume_amqp(q, name, seen, go, stop, on_chunk):
             if got is None:
                 continue
             buf, frames = got
-            now = time.time_ns()
+            now = bc.clock_ns()
             acks = []
             before = seen.unique
             for ftype, s, e in frames:

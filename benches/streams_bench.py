@@ -74,7 +74,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchclient import (  # noqa: E402,F401  (also used through this module by stream_backlog_bench.py)
-    ROOT, SEQ, Members, MoteServer, Mqtt, NatsServer, free_port, js_admin,
+    ROOT, SEQ, Members, MoteServer, clock_ns, Mqtt, NatsServer, free_port, js_admin,
     machine_cpu_secs, machine_info, md_table, mpacket, mqtt_read, mstr, nats_pull_read, pct, proc_cpu_secs,
     produce, read_varint, round_problems, busy_problems, run_rounds, self_cpu_secs, sh, span, tally, Seen,
     consumer_problems)
@@ -174,13 +174,13 @@ def run_replay(srv, tag, a, acked):
     seen = Seen(a.replay)
     cpu0, self0 = srv.cpu(), self_cpu_secs()
     if srv.kind == "mqtt":
-        t0 = time.time_ns()
+        t0 = clock_ns()
         asyncio.run(mqtt_read(srv.addr, f"replay-{tag}", read, 1 if acked else 0, REPLAY_WINDOW, "earliest",
                               seen, a.replay, lambda: False))
     else:
         consumer = f"replay_{tag}"
         js_add_consumer(srv.addr, stream, consumer, acked, REPLAY_WINDOW)
-        t0 = time.time_ns()
+        t0 = clock_ns()
         asyncio.run(nats_pull_read(srv.addr, stream, consumer, acked, REPLAY_WINDOW // 2, REPLAY_WINDOW, seen,
                                    a.replay, lambda: False))
     cpu, mine = srv.cpu() - cpu0, self_cpu_secs() - self0
@@ -217,7 +217,7 @@ def run_group(srv, tag, a, ctx):
     try:
         time.sleep(0.2)
         cpu0, self0 = srv.cpu(), self_cpu_secs()
-        first = time.time_ns()
+        first = clock_ns()
         pub = asyncio.run(publish(srv.kind, srv.addr, topics, a.group, a.window, a.size, None, f"group-pub-{tag}"))
         # Until the members have as many as were acknowledged, or nothing more comes.
         members.wait(lambda: pub["acked"], a.settle, poll=0.02)
