@@ -19,10 +19,13 @@
 //!   a TLS connection first completes its handshake ([`serve_tls`]), within the same
 //!   connect timeout that then bounds its CONNECT.
 //!
+//! - Replies leave only once the journal has their records, in the order they were made
+//!   ([`Held`]); meanwhile the connection reads and handles what follows.
+//!
 //! Cancel safety: the only futures raced in `select!` are `read_buf` (cancel-safe: bytes
 //! read are in the buffer; over TLS, decrypted bytes not yet read stay in the TLS
-//! session), `Notify::notified`, timers and cancellation tokens. Writes happen outside
-//! `select!`.
+//! session), `Notify::notified`, `Shared::durable` (it watches a counter), timers and
+//! cancellation tokens. Writes happen outside `select!`.
 
 use std::borrow::Borrow;
 use std::net::SocketAddr;
@@ -40,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::auth::Refusal;
+use super::held::Held;
 use super::shared::{Shared, Transport};
 use super::table::Slot;
 use super::tls::{self, Certs, Handshake};
@@ -323,17 +327,50 @@ async fn flush_keeping<S: Stream>(
     if out.is_empty() {
         return Ok(());
     }
+    write_out(stream, out).await?;
+    out.clear();
+    if out.capacity() > SHRINK_ABOVE && !(more && out.capacity() <= 2 * OUTBOUND_BATCH) {
+        *out = BytesMut::with_capacity(BUF_CAPACITY);
+    }
+    Ok(())
+}
+
+/// [`flush_keeping`] for what `held` lets go: the replies still waiting for the journal
+/// stay at the front of `out`. Returns the bytes written.
+async fn flush_held<S: Stream>(
+    stream: &mut S,
+    out: &mut BytesMut,
+    held: &mut Held,
+    more: bool,
+) -> std::io::Result<usize> {
+    let n = held.sendable(out.len());
+    if n == out.len() {
+        flush_keeping(stream, out, more).await?;
+        held.sent(n);
+        return Ok(n);
+    }
+    if n > 0 {
+        write_out(stream, &out[..n]).await?;
+        out.advance(n);
+        held.sent(n);
+    }
+    Ok(n)
+}
+
+/// Writes `bytes` to the socket: first without arming a timer (the socket usually takes
+/// them at once), then what is left under [`WRITE_TIMEOUT`].
+async fn write_out<S: Stream>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
     let mut written = 0;
-    while written < out.len() {
-        match stream.try_write_now(&out[written..]) {
+    while written < bytes.len() {
+        match stream.try_write_now(&bytes[written..]) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) => return Err(e),
         }
     }
-    if written < out.len() {
-        let rest = &out[written..];
+    if written < bytes.len() {
+        let rest = &bytes[written..];
         // `flush`: a TLS stream may keep records in its session until flushed (a no-op
         // on TCP).
         let write = async {
@@ -350,11 +387,19 @@ async fn flush_keeping<S: Stream>(
             }
         }
     }
-    out.clear();
-    if out.capacity() > SHRINK_ABOVE && !(more && out.capacity() <= 2 * OUTBOUND_BATCH) {
-        *out = BytesMut::with_capacity(BUF_CAPACITY);
-    }
     Ok(())
+}
+
+/// Waits until every reply `held` holds may go (they then precede whatever is written
+/// after them, a DISCONNECT say). A failed journal parks the task for good: those
+/// replies must never be sent.
+async fn settle(shared: &Shared, held: &mut Held) {
+    if let Some(last) = held.last() {
+        if shared.durable(last).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        held.release(shared.durable_now());
+    }
 }
 
 /// Ends a connection after the broker said why: shuts the write side (what was sent is
@@ -743,6 +788,8 @@ impl Link<'_> {
         // It published to a congested subscriber (`proto/backpressure.rs`): nothing of
         // it is read or handled until the subscriber drained (a wake-up) or this passed.
         let mut blocked: Option<Instant> = None;
+        // Replies waiting for their records to be durable, in order (see `runtime/held.rs`).
+        let mut held = Held::default();
         loop {
             // Over its PUBLISH rate: nothing of this client is read or handled until the
             // debt is repaid (what is buffered waits too).
@@ -759,7 +806,7 @@ impl Link<'_> {
             let mut consumed = 0;
             let mut close = None;
             let grew = inbuf.capacity() > SHRINK_ABOVE;
-            let mut ready = paused.is_none();
+            let mut ready = paused.is_none() && !held.full();
             while ready {
                 let mut frames: Vec<(usize, Packet<'_>)> = Vec::new();
                 let mut at = consumed;
@@ -793,38 +840,37 @@ impl Link<'_> {
                 }
                 let full = frames.len() == DECODED_BATCH;
                 let mut handled = 0;
-                shared
-                    .apply(|core, fx| {
-                        let now = std::time::Instant::now();
-                        for (len, packet) in &frames {
-                            // Over its rate: this PUBLISH and what follows wait.
-                            if let (Some(t), Packet::Publish(_)) = (throttle.as_mut(), packet) {
-                                if t.exhausted() {
-                                    break;
-                                }
-                                t.take(*len);
-                            }
-                            handled += 1;
-                            consumed += len;
-                            if let Err(c) =
-                                core.handle(&acc.client_id, acc.conn_id, packet, now, &mut out, fx)
-                            {
-                                close = Some(c);
+                let ((), lsn, fx) = shared.apply_held(|core, fx| {
+                    let now = std::time::Instant::now();
+                    for (len, packet) in &frames {
+                        // Over its rate: this PUBLISH and what follows wait.
+                        if let (Some(t), Packet::Publish(_)) = (throttle.as_mut(), packet) {
+                            if t.exhausted() {
                                 break;
                             }
-                            // Its subscriber is congested: what follows waits.
-                            if core.pausing() {
-                                break;
-                            }
+                            t.take(*len);
                         }
-                        blocked = core.take_pause().map(Instant::from_std);
-                    })
-                    .await;
+                        handled += 1;
+                        consumed += len;
+                        if let Err(c) =
+                            core.handle(&acc.client_id, acc.conn_id, packet, now, &mut out, fx)
+                        {
+                            close = Some(c);
+                            break;
+                        }
+                        // Its subscriber is congested: what follows waits.
+                        if core.pausing() {
+                            break;
+                        }
+                    }
+                    blocked = core.take_pause().map(Instant::from_std);
+                });
+                held.push(out.len(), lsn, fx, shared.durable_now());
                 let all = handled == frames.len() && close.is_none();
                 if all && bad.is_some() {
                     close = bad;
                 }
-                ready = all && full && blocked.is_none();
+                ready = all && full && blocked.is_none() && !held.full();
             }
             inbuf.advance(consumed);
             shrink(&mut inbuf, grew);
@@ -832,6 +878,7 @@ impl Link<'_> {
                 Some(Close::Disconnected { will }) => {
                     // The client ended normally; that its socket is gone by the time
                     // our last replies go out does not make the end abnormal.
+                    settle(shared, &mut held).await;
                     let _ = flush(stream, &mut out).await;
                     return Ok(LinkExit::ended(End::Normal { will }, Closing::Now));
                 }
@@ -842,13 +889,12 @@ impl Link<'_> {
                         tracing::warn!(reason = code, "protocol error; closing");
                     }
                     disconnect_packet(&mut out, protocol, code);
-                    return Ok(self.close_with(stream, &mut out).await);
+                    return Ok(self.close_with(stream, &mut out, &mut held).await);
                 }
                 Some(Close::TakenOver) => return Ok(LinkExit::taken_over()),
                 None => {}
             }
-            let sent = out.len();
-            flush_keeping(stream, &mut out, more).await?;
+            let sent = flush_held(stream, &mut out, &mut held, more).await?;
             shared.transports.sent(S::TRANSPORT, sent);
             more = false;
             // The frames just handled may have used up the rate, or met congestion.
@@ -866,7 +912,15 @@ impl Link<'_> {
                     last_rx = Instant::now();
                     blocked = None;
                 }
-                r = stream.read_buf(&mut inbuf), if paused.is_none() => {
+                // The first held batch of replies may go.
+                r = shared.durable(held.head().unwrap_or(0)), if held.head().is_some() => {
+                    if r.is_err() {
+                        // The journal failed: they must never be sent (see `Shared::apply`).
+                        std::future::pending::<()>().await;
+                    }
+                    held.release(shared.durable_now());
+                }
+                r = stream.read_buf(&mut inbuf), if paused.is_none() && !held.full() => {
                     match r {
                         Ok(0) => return Ok(LinkExit::ended(End::Abnormal, Closing::Now)),
                         Ok(n) => {
@@ -895,12 +949,12 @@ impl Link<'_> {
                         // Taken over (the core already detached us) or too slow (still
                         // attached: ending the link detaches it and keeps the session).
                         disconnect_packet(&mut out, protocol, reason);
-                        return Ok(self.close_with(stream, &mut out).await);
+                        return Ok(self.close_with(stream, &mut out, &mut held).await);
                     }
                     let now = std::time::Instant::now();
-                    let res = shared
-                        .apply(|core, _| core.drain(&acc.client_id, acc.conn_id, now, &mut out))
-                        .await;
+                    let (res, lsn, fx) = shared
+                        .apply_held(|core, _| core.drain(&acc.client_id, acc.conn_id, now, &mut out));
+                    held.push(out.len(), lsn, fx, shared.durable_now());
                     match res {
                         Ok(m) => more = m,
                         Err(_) => return Ok(LinkExit::taken_over()),
@@ -920,7 +974,7 @@ impl Link<'_> {
                     // MQTT-3.1.2-24 (5.0) / 3.1.2-10 (3.1.1): 1.5 × Keep Alive without a packet.
                     tracing::info!("keep alive expired; closing");
                     disconnect_packet(&mut out, protocol, mote_codec::reason::KEEP_ALIVE_TIMEOUT);
-                    return Ok(self.close_with(stream, &mut out).await);
+                    return Ok(self.close_with(stream, &mut out, &mut held).await);
                 }
                 () = &mut idle, if !released => {
                     let due = last_rx + IDLE_RELEASE;
@@ -939,21 +993,28 @@ impl Link<'_> {
                     // lets a server disconnect an inactive client whatever its Keep Alive).
                     tracing::info!("evicted as idle (connection table full); closing");
                     disconnect_packet(&mut out, protocol, mote_codec::reason::SERVER_BUSY);
-                    return Ok(self.close_with(stream, &mut out).await);
+                    return Ok(self.close_with(stream, &mut out, &mut held).await);
                 }
                 _ = &mut cancelled => {
                     disconnect_packet(&mut out, protocol, mote_codec::reason::SERVER_SHUTTING_DOWN);
-                    return Ok(self.close_with(stream, &mut out).await);
+                    return Ok(self.close_with(stream, &mut out, &mut held).await);
                 }
             }
         }
     }
 
-    /// Sends what is in `out` (a DISCONNECT) and ends the link as lost; the socket is then
+    /// Sends what is in `out` (a DISCONNECT, after the replies `held` held back once they
+    /// may go) and ends the link as lost; the socket is then
     /// closed gracefully so the client can read it. A client that does not read gets at
     /// most [`LINGER_MAX`] to take it, not [`WRITE_TIMEOUT`]: the link's end (its will)
     /// waits for this.
-    async fn close_with<S: Stream>(&self, stream: &mut S, out: &mut BytesMut) -> LinkExit {
+    async fn close_with<S: Stream>(
+        &self,
+        stream: &mut S,
+        out: &mut BytesMut,
+        held: &mut Held,
+    ) -> LinkExit {
+        settle(self.shared, held).await;
         match tokio::time::timeout(LINGER_MAX, flush(stream, out)).await {
             Ok(Ok(())) => LinkExit::ended(End::Abnormal, Closing::Graceful),
             _ => LinkExit::ended(End::Abnormal, Closing::Now),

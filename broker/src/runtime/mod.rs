@@ -3,6 +3,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod connection;
+mod held;
 mod http;
 mod ports;
 pub(crate) mod server;

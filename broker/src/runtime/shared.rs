@@ -196,6 +196,26 @@ impl Shared {
         r
     }
 
+    /// Runs `f` on the core under its lock, without waiting: returns its result, the
+    /// journal position its replies and wake-ups wait for (0: none) and the wake-ups.
+    /// The caller holds what `f` produced until [`Shared::durable_now`] reaches that
+    /// position (see `runtime/connection.rs`, `Held`), reading on meanwhile.
+    pub(crate) fn apply_held<R>(
+        &self,
+        f: impl FnOnce(&mut Core, &mut Effects) -> R,
+    ) -> (R, u64, Effects) {
+        let mut fx = Effects::default();
+        let mut core = self.lock();
+        let r = f(&mut core, &mut fx);
+        let lsn = core.take_wait_lsn();
+        (r, lsn, fx)
+    }
+
+    /// The journal position known durable now (everything, without a journal).
+    pub(crate) fn durable_now(&self) -> u64 {
+        self.journal.as_ref().map_or(u64::MAX, |j| j.durable())
+    }
+
     /// Waits until the journal holds everything up to `lsn` durably (no-op for 0).
     ///
     /// # Errors
