@@ -1601,6 +1601,36 @@ fn shutdown_sends_server_shutting_down() {
     assert_eq!(c3.expect_close(), None);
 }
 
+/// Issue #15: a TCP connection quiet for 1 s drops its packet loop and dozes
+/// (`runtime/connection.rs`, `Link::doze`). Whatever needs it then must still reach it:
+/// a delivery, input, a takeover, shutdown.
+#[test]
+fn a_dozing_connection_still_gets_deliveries_input_takeover_and_shutdown() {
+    let mut broker = Broker::start();
+    let mut sub = connect(broker.addr, V5, "dozer-sub");
+    sub.subscribe("doze/t", QoS::AtLeastOnce);
+    let (mut twin, _) = connect_with(broker.addr, &connect_packet(V5, "dozer-twin", true));
+    let mut old = connect(broker.addr, V311, "dozer-311");
+    // Past the 1 s after which a quiet connection dozes.
+    let doze = Duration::from_millis(1600);
+    std::thread::sleep(doze);
+    publish_once_qos(&broker, "doze/t", b"wake", QoS::AtLeastOnce);
+    let m = sub.expect_publish();
+    assert_eq!(m.payload, b"wake");
+    sub.ack(&m);
+    let (_second, ack) = connect_with(broker.addr, &connect_packet(V5, "dozer-twin", true));
+    assert_eq!(connack(&ack), (false, 0));
+    assert_eq!(twin.expect_close(), Some(reason::SESSION_TAKEN_OVER));
+    std::thread::sleep(doze);
+    old.send(&Packet::PingReq);
+    old.expect_kind(13);
+    std::thread::sleep(doze);
+    let st = broker.terminate();
+    assert!(st.is_some_and(|s| s.success()), "exit status {st:?}");
+    assert_eq!(sub.expect_close(), Some(reason::SERVER_SHUTTING_DOWN));
+    assert_eq!(old.expect_close(), None);
+}
+
 #[test]
 fn slow_consumer_is_disconnected_with_quota_exceeded() {
     let broker = Broker::start_with(

@@ -161,6 +161,13 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
     /// `WouldBlock` when nothing can be written at once (always, for a stream that has
     /// no such fast path).
     fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<usize>;
+
+    /// Waits until the stream has input (or an error or end) without reading it, for a
+    /// connection that dozes (see [`Link::doze`]); `None` for a stream that cannot say
+    /// (TLS may hold decrypted bytes the socket no longer shows): it never dozes.
+    fn readable(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + '_> {
+        None::<std::future::Ready<()>>
+    }
 }
 
 impl Stream for TcpStream {
@@ -168,6 +175,13 @@ impl Stream for TcpStream {
     #[inline]
     fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.try_write(buf)
+    }
+    fn readable(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + '_> {
+        // `poll_read_ready`, not `readable()`: that future is 150 bytes of every idle
+        // connection's state. An error shows on the read that follows.
+        Some(std::future::poll_fn(|cx| {
+            self.poll_read_ready(cx).map(|_| ())
+        }))
     }
 }
 
@@ -191,13 +205,16 @@ impl Stream for TlsStream<TcpStream> {
 
 /// Serves one connection over `stream` (plain TCP, or WebSocket) until it ends. `slot`
 /// is its place in the connection table, released when the last owner drops it.
-pub(crate) async fn serve<S: Stream, L: Borrow<Slot>>(
+///
+/// Not an `async fn`: one would keep its arguments in the task's state beside the block
+/// they are moved into (every connection pays for a task's largest state).
+pub(crate) fn serve<S: Stream, L: Borrow<Slot> + Send>(
     mut stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     slot: L,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::info_span!(
         "conn",
         %peer,
@@ -224,7 +241,6 @@ pub(crate) async fn serve<S: Stream, L: Borrow<Slot>>(
         drop(slot);
     }
     .instrument(span)
-    .await
 }
 
 /// Serves one connection of a TLS listener until it ends: the TLS handshake (with the
@@ -402,6 +418,26 @@ async fn settle(shared: &Shared, held: &mut Held) {
     }
 }
 
+/// [`settle`], then writes what is in `out`: the last replies of a client that
+/// disconnected.
+async fn settle_and_flush<S: Stream>(
+    shared: &Shared,
+    stream: &mut S,
+    out: &mut BytesMut,
+    held: &mut Held,
+) -> std::io::Result<()> {
+    settle(shared, held).await;
+    flush(stream, out).await
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Ends a connection after the broker said why: shuts the write side (what was sent is
 /// followed by a FIN, not lost to a reset), then reads and discards the client's input
 /// until it closes, is quiet for [`LINGER_QUIET`], or [`LINGER_MAX`] passed.
@@ -556,6 +592,129 @@ async fn run<S: Stream>(
     started: Instant,
     identity: Option<Arc<str>>,
 ) -> Closing {
+    // Phase 1 runs in a box of its own, freed once the client is connected: its futures
+    // (the login, the core's CONNECT handling) are larger than phase 2's, and a task is
+    // as large as its largest state, for its whole life. Boxed, an idle connection's
+    // task holds only phase 2 (issue #15: "an idle connection costs ≤ 1 KiB").
+    // (In a statement of its own: a temporary lives to the end of its statement, so
+    // `Box::pin(handshake(..)).await` would keep room for the unboxed future too.)
+    let phase1 = Box::pin(handshake(
+        stream, peer, shared, shutdown, slot, started, identity,
+    ));
+    let Admitted {
+        acc,
+        notify,
+        kick,
+        inbuf,
+        out,
+    } = match phase1.await {
+        Ok(a) => a,
+        Err(closing) => return closing,
+    };
+    // From here on the core holds a link for this connection: every way out below ends
+    // it (`?` in `link` included), and the guard covers what cannot return.
+    let guard = LinkGuard::new(shared, &acc);
+    slot.connected();
+    tracing::Span::current().record("client", &*acc.client_id);
+    tracing::info!(protocol = ?acc.protocol, keep_alive = acc.keep_alive, "client connected");
+    let link = Link {
+        shared,
+        shutdown,
+        slot,
+        acc: &acc,
+        notify: &notify,
+        kick: &kick,
+    };
+    let mut io = LinkIo {
+        inbuf,
+        out,
+        last_rx: Instant::now(),
+        throttle: Throttle::new(&shared.config.mqtt),
+        first: true,
+    };
+    let exit = 'phase2: {
+        if io.inbuf.is_empty() && stream.readable().is_some() {
+            // Nothing came after the CONNECT: send the CONNACK and doze at once. A device
+            // that connects and then only pings now and then never has a packet loop
+            // (nor its buffers) allocated for longer than it takes to answer it.
+            if let Err(e) = flush(stream, &mut io.out).await {
+                tracing::debug!(error = %e, "connection lost (I/O error)");
+                break 'phase2 LinkExit::ended(End::Abnormal, Closing::Now);
+            }
+            io.first = false;
+            io.inbuf = BytesMut::new();
+            io.out = BytesMut::new();
+            link.doze(stream, io.last_rx).await;
+        }
+        loop {
+            // Phase 2 in a box too, dropped while the connection dozes: an idle
+            // connection then holds only this function's state and the small wait of
+            // `doze`.
+            let phase2 = Box::pin(link.serve(stream, &mut io));
+            match phase2.await {
+                Ok(Step::Exit(exit)) => break 'phase2 exit,
+                Ok(Step::Doze) => link.doze(stream, io.last_rx).await,
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection lost (I/O error)");
+                    break 'phase2 LinkExit::ended(End::Abnormal, Closing::Now);
+                }
+            }
+        }
+    };
+    match exit.end {
+        Some(end) => {
+            let ending = Box::pin(guard.end(end));
+            ending.await;
+        }
+        None => guard.taken_over(),
+    }
+    exit.closing
+}
+
+/// What phase 2 keeps across dozes (see [`Link::doze`]).
+struct LinkIo {
+    /// Input not yet handled (empty, and without capacity, while dozing).
+    inbuf: BytesMut,
+    /// Output not yet written (likewise).
+    out: BytesMut,
+    /// When the client last sent something (keep-alive runs from there).
+    last_rx: Instant,
+    /// Its PUBLISH rate limits, if any.
+    throttle: Option<Throttle>,
+    /// Phase 2 has not started yet: the CONNACK is in `out`.
+    first: bool,
+}
+
+/// How a run of [`Link::serve`] ended.
+enum Step {
+    /// The link is over.
+    Exit(LinkExit),
+    /// The connection is idle, with nothing buffered or held: doze until it is not.
+    Doze,
+}
+
+/// A connection the core accepted, with what phase 2 starts from.
+struct Admitted {
+    acc: Accepted,
+    notify: Arc<Notify>,
+    kick: Arc<Kick>,
+    /// What the client sent after its CONNECT.
+    inbuf: BytesMut,
+    /// The CONNACK and whatever else the CONNECT produced.
+    out: BytesMut,
+}
+
+/// Phase 1: a complete CONNECT within the connect timeout, the login, and the core's
+/// answer. `Err`: the connection ends here, closed as it says.
+async fn handshake<S: Stream>(
+    stream: &mut S,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    slot: &Slot,
+    started: Instant,
+    identity: Option<Arc<str>>,
+) -> Result<Admitted, Closing> {
     let cfg = &shared.config.mqtt;
     // Empty: reads start small and grow (see `grow_if_full`), so a device that sends a
     // CONNECT and then a PINGREQ now and then never holds a full-size buffer.
@@ -570,7 +729,7 @@ async fn run<S: Stream>(
         if let Some(&first) = inbuf.first() {
             if first >> 4 != 1 {
                 tracing::warn!(first_byte = first, "first packet is not CONNECT; closing");
-                return Closing::Now;
+                return Err(Closing::Now);
             }
         }
         match check(&inbuf, connect_limit) {
@@ -581,30 +740,30 @@ async fn run<S: Stream>(
                 // so no CONNACK could be read: just close (MQTT-4.8.0-1 allows closing
                 // on a malformed packet; one over our limit is treated alike).
                 tracing::warn!(error = %e, limit = connect_limit, "bad or oversized CONNECT frame; closing");
-                return Closing::Now;
+                return Err(Closing::Now);
             }
         }
         tokio::select! {
             r = stream.read_buf(&mut inbuf) => match r {
-                Ok(0) | Err(_) => return Closing::Now,
+                Ok(0) | Err(_) => return Err(Closing::Now),
                 Ok(_) => {}
             },
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::info!("no CONNECT within the connect timeout; closing");
-                return Closing::Now;
+                return Err(Closing::Now);
             }
             _ = slot.evicted() => {
                 tracing::info!("evicted before CONNECT (connection table full)");
-                return Closing::Now;
+                return Err(Closing::Now);
             }
-            _ = shutdown.cancelled() => return Closing::Now,
+            _ = shutdown.cancelled() => return Err(Closing::Now),
         }
     };
     let grew = inbuf.capacity() > SHRINK_ABOVE;
     let body = &inbuf[header.header_len..header.frame_len()];
     let connect = match decode_body(&header, body, Protocol::V5) {
         Ok(Packet::Connect(c)) => c,
-        Ok(_) => return Closing::Now,
+        Ok(_) => return Err(Closing::Now),
         Err(e) => {
             tracing::warn!(error = %e, "invalid CONNECT; closing");
             match e {
@@ -626,9 +785,9 @@ async fn run<S: Stream>(
                 _ => {}
             }
             if out.is_empty() || flush(stream, &mut out).await.is_err() {
-                return Closing::Now;
+                return Err(Closing::Now);
             }
-            return Closing::Graceful;
+            return Err(Closing::Graceful);
         }
     };
     // Credentials are checked before the core sees the CONNECT, off its lock.
@@ -643,10 +802,10 @@ async fn run<S: Stream>(
             r = shared.auth.authenticate(peer.ip(), connect.username, connect.password) => r,
             _ = tokio::time::sleep_until(deadline + Duration::from_millis(cfg.connect_timeout_ms)) => {
                 tracing::info!("login not decided in time; closing");
-                return Closing::Now;
+                return Err(Closing::Now);
             }
-            _ = slot.evicted() => return Closing::Now,
-            _ = shutdown.cancelled() => return Closing::Now,
+            _ = slot.evicted() => return Err(Closing::Now),
+            _ = shutdown.cancelled() => return Err(Closing::Now),
         },
     };
     let user = match login {
@@ -679,10 +838,10 @@ async fn run<S: Stream>(
                 properties: Default::default(),
             };
             write_packet(&mut out, connect.protocol, &Packet::ConnAck(ack));
-            return match flush(stream, &mut out).await {
+            return Err(match flush(stream, &mut out).await {
                 Ok(()) => Closing::Graceful,
                 Err(_) => Closing::Now,
-            };
+            });
         }
     };
     let notify = Arc::new(Notify::new());
@@ -706,37 +865,18 @@ async fn run<S: Stream>(
     shrink(&mut inbuf, grew);
     let Some(acc) = accepted else {
         // A refusing CONNACK (MQTT-3.2.2-5: then close the connection).
-        return match flush(stream, &mut out).await {
+        return Err(match flush(stream, &mut out).await {
             Ok(()) => Closing::Graceful,
             Err(_) => Closing::Now,
-        };
+        });
     };
-    // From here on the core holds a link for this connection: every way out below ends
-    // it (`?` in `link` included), and the guard covers what cannot return.
-    let guard = LinkGuard::new(shared, &acc);
-    slot.connected();
-    tracing::Span::current().record("client", &*acc.client_id);
-    tracing::info!(protocol = ?acc.protocol, keep_alive = acc.keep_alive, "client connected");
-    let link = Link {
-        shared,
-        shutdown,
-        slot,
-        acc: &acc,
-        notify: &notify,
-        kick: &kick,
-    };
-    let exit = match link.serve(stream, inbuf, out).await {
-        Ok(exit) => exit,
-        Err(e) => {
-            tracing::debug!(error = %e, "connection lost (I/O error)");
-            LinkExit::ended(End::Abnormal, Closing::Now)
-        }
-    };
-    match exit.end {
-        Some(end) => guard.end(end).await,
-        None => guard.taken_over(),
-    }
-    exit.closing
+    Ok(Admitted {
+        acc,
+        notify,
+        kick,
+        inbuf,
+        out,
+    })
 }
 
 /// What phase 2 of a connection works with.
@@ -750,39 +890,48 @@ struct Link<'a> {
 }
 
 impl Link<'_> {
-    /// Phase 2: packets until the end. Every return (an I/O error through `?` included)
-    /// goes back to [`run`], which ends the link.
-    async fn serve<S: Stream>(
-        &self,
-        stream: &mut S,
-        mut inbuf: BytesMut,
-        mut out: BytesMut,
-    ) -> std::io::Result<LinkExit> {
+    /// Phase 2: packets until the end, or until the connection may doze. Every return
+    /// (an I/O error through `?` included) goes back to [`run`], which ends the link or
+    /// lets it doze and calls this again.
+    async fn serve<S: Stream>(&self, stream: &mut S, io: &mut LinkIo) -> std::io::Result<Step> {
+        let LinkIo {
+            inbuf,
+            out,
+            last_rx,
+            throttle,
+            first,
+        } = io;
         let (shared, acc) = (self.shared, self.acc);
         let max_packet = shared.config.mqtt.max_packet_size;
         let protocol = acc.protocol;
-        let keep_alive =
-            (acc.keep_alive > 0).then(|| Duration::from_millis(u64::from(acc.keep_alive) * 1500));
-        let mut last_rx = Instant::now();
+        let keep_alive = self.keep_alive();
         // The futures raced below live across iterations: creating them anew for every
         // packet would register and deregister a timer and a cancellation waiter each
         // time. The keep-alive timer is not moved on every packet either: when it fires
         // early (packets came meanwhile) it is reset to the deadline they made.
         let far = Duration::from_secs(86_400 * 365);
-        let keepalive = tokio::time::sleep_until(last_rx + keep_alive.unwrap_or(far));
+        let keepalive = tokio::time::sleep_until(*last_rx + keep_alive.unwrap_or(far));
         let evicted = self.slot.evicted();
         let cancelled = self.shutdown.cancelled();
         let notified = self.notify.notified();
         tokio::pin!(keepalive, evicted, cancelled, notified);
         // The last drain stopped at a full batch: more is queued.
         let mut more = false;
-        // The CONNECT's CONNACK (and anything else it produced).
-        flush(stream, &mut out).await?;
-        let mut throttle = Throttle::new(&shared.config.mqtt);
+        if std::mem::take(first) {
+            // The CONNECT's CONNACK (and anything else it produced).
+            flush(stream, out).await?;
+        } else {
+            // Back from a doze: whatever woke it (a delivery, input, a deadline) is
+            // looked at below; a wake-up it took is given back for `notified`.
+            self.notify.notify_one();
+        }
         let resume = tokio::time::sleep_until(Instant::now());
-        // When to give back the buffers (see [`IDLE_RELEASE`]); moved lazily, like the
-        // keep-alive timer, and not armed while they are given back.
-        let idle = tokio::time::sleep_until(last_rx + IDLE_RELEASE);
+        // When the connection was last busy (input, or deliveries): after
+        // [`IDLE_RELEASE`] without either it gives back its buffers and dozes. The timer
+        // is moved lazily, like the keep-alive timer, and not armed once they are given
+        // back (a stream that cannot doze).
+        let mut busy = Instant::now();
+        let idle = tokio::time::sleep_until(busy + IDLE_RELEASE);
         tokio::pin!(resume, idle);
         let mut released = false;
         // It published to a congested subscriber (`proto/backpressure.rs`): nothing of
@@ -853,7 +1002,7 @@ impl Link<'_> {
                         handled += 1;
                         consumed += len;
                         if let Err(c) =
-                            core.handle(&acc.client_id, acc.conn_id, packet, now, &mut out, fx)
+                            core.handle(&acc.client_id, acc.conn_id, packet, now, out, fx)
                         {
                             close = Some(c);
                             break;
@@ -873,14 +1022,17 @@ impl Link<'_> {
                 ready = all && full && blocked.is_none() && !held.full();
             }
             inbuf.advance(consumed);
-            shrink(&mut inbuf, grew);
+            shrink(inbuf, grew);
             match close {
                 Some(Close::Disconnected { will }) => {
                     // The client ended normally; that its socket is gone by the time
                     // our last replies go out does not make the end abnormal.
-                    settle(shared, &mut held).await;
-                    let _ = flush(stream, &mut out).await;
-                    return Ok(LinkExit::ended(End::Normal { will }, Closing::Now));
+                    let last = Box::pin(settle_and_flush(shared, stream, out, &mut held));
+                    let _ = last.await;
+                    return Ok(Step::Exit(LinkExit::ended(
+                        End::Normal { will },
+                        Closing::Now,
+                    )));
                 }
                 Some(Close::Error(code)) => {
                     if code != mote_codec::reason::PROTOCOL_ERROR {
@@ -888,13 +1040,13 @@ impl Link<'_> {
                     } else {
                         tracing::warn!(reason = code, "protocol error; closing");
                     }
-                    disconnect_packet(&mut out, protocol, code);
-                    return Ok(self.close_with(stream, &mut out, &mut held).await);
+                    disconnect_packet(out, protocol, code);
+                    return Ok(Step::Exit(self.close_boxed(stream, out, &mut held).await));
                 }
-                Some(Close::TakenOver) => return Ok(LinkExit::taken_over()),
+                Some(Close::TakenOver) => return Ok(Step::Exit(LinkExit::taken_over())),
                 None => {}
             }
-            let sent = flush_held(stream, &mut out, &mut held, more).await?;
+            let sent = flush_held(stream, out, &mut held, more).await?;
             shared.transports.sent(S::TRANSPORT, sent);
             more = false;
             // The frames just handled may have used up the rate, or met congestion.
@@ -909,7 +1061,7 @@ impl Link<'_> {
             tokio::select! {
                 // The client was not idle: the broker was not reading it.
                 () = &mut resume, if paused.is_some() => {
-                    last_rx = Instant::now();
+                    *last_rx = Instant::now();
                     blocked = None;
                 }
                 // The first held batch of replies may go.
@@ -920,27 +1072,32 @@ impl Link<'_> {
                     }
                     held.release(shared.durable_now());
                 }
-                r = stream.read_buf(&mut inbuf), if paused.is_none() && !held.full() => {
+                r = stream.read_buf(inbuf), if paused.is_none() && !held.full() => {
                     match r {
-                        Ok(0) => return Ok(LinkExit::ended(End::Abnormal, Closing::Now)),
+                        Ok(0) => return Ok(Step::Exit(LinkExit::ended(End::Abnormal, Closing::Now))),
                         Ok(n) => {
-                            last_rx = Instant::now();
-                            grow_if_full(&mut inbuf);
+                            *last_rx = Instant::now();
+                            grow_if_full(inbuf);
                             if released {
                                 released = false;
-                                idle.as_mut().reset(last_rx + IDLE_RELEASE);
+                                idle.as_mut().reset(*last_rx + IDLE_RELEASE);
                             }
                             self.slot.touch();
                             shared.transports.received(S::TRANSPORT, n);
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "read failed");
-                            return Ok(LinkExit::ended(End::Abnormal, Closing::Now));
+                            return Ok(Step::Exit(LinkExit::ended(End::Abnormal, Closing::Now)));
                         }
                     }
                 }
                 _ = &mut notified => {
                     notified.set(self.notify.notified());
+                    busy = Instant::now();
+                    if released {
+                        released = false;
+                        idle.as_mut().reset(busy + IDLE_RELEASE);
+                    }
                     // Woken: the subscriber it waited for drained (or it has deliveries
                     // of its own to take, and must read their acknowledgements).
                     blocked = None;
@@ -948,24 +1105,24 @@ impl Link<'_> {
                     if reason != 0 {
                         // Taken over (the core already detached us) or too slow (still
                         // attached: ending the link detaches it and keeps the session).
-                        disconnect_packet(&mut out, protocol, reason);
-                        return Ok(self.close_with(stream, &mut out, &mut held).await);
+                        disconnect_packet(out, protocol, reason);
+                        return Ok(Step::Exit(self.close_boxed(stream, out, &mut held).await));
                     }
                     let now = std::time::Instant::now();
                     let (res, lsn, fx) = shared
-                        .apply_held(|core, _| core.drain(&acc.client_id, acc.conn_id, now, &mut out));
+                        .apply_held(|core, _| core.drain(&acc.client_id, acc.conn_id, now, out));
                     held.push(out.len(), lsn, fx, shared.durable_now());
                     match res {
                         Ok(m) => more = m,
-                        Err(_) => return Ok(LinkExit::taken_over()),
+                        Err(_) => return Ok(Step::Exit(LinkExit::taken_over())),
                     }
                 }
                 _ = &mut keepalive, if keep_alive.is_some() => {
                     if paused.is_some() {
                         // The broker is not reading it: its silence is not its own.
-                        last_rx = Instant::now();
+                        *last_rx = Instant::now();
                     }
-                    let due = last_rx + keep_alive.unwrap_or(far);
+                    let due = *last_rx + keep_alive.unwrap_or(far);
                     if due > Instant::now() {
                         // Packets came since the timer was set: wait for their deadline.
                         keepalive.as_mut().reset(due);
@@ -973,16 +1130,19 @@ impl Link<'_> {
                     }
                     // MQTT-3.1.2-24 (5.0) / 3.1.2-10 (3.1.1): 1.5 × Keep Alive without a packet.
                     tracing::info!("keep alive expired; closing");
-                    disconnect_packet(&mut out, protocol, mote_codec::reason::KEEP_ALIVE_TIMEOUT);
-                    return Ok(self.close_with(stream, &mut out, &mut held).await);
+                    disconnect_packet(out, protocol, mote_codec::reason::KEEP_ALIVE_TIMEOUT);
+                    return Ok(Step::Exit(self.close_boxed(stream, out, &mut held).await));
                 }
                 () = &mut idle, if !released => {
-                    let due = last_rx + IDLE_RELEASE;
+                    let due = busy.max(*last_rx) + IDLE_RELEASE;
                     if due > Instant::now() {
                         idle.as_mut().reset(due);
-                    } else if inbuf.is_empty() && out.is_empty() {
-                        inbuf = BytesMut::new();
-                        out = BytesMut::new();
+                    } else if inbuf.is_empty() && out.is_empty() && held.head().is_none() {
+                        *inbuf = BytesMut::new();
+                        *out = BytesMut::new();
+                        if paused.is_none() && !more && stream.readable().is_some() {
+                            return Ok(Step::Doze);
+                        }
                         released = true;
                     } else {
                         idle.as_mut().reset(Instant::now() + IDLE_RELEASE);
@@ -992,15 +1152,52 @@ impl Link<'_> {
                     // Idle longest while the connection table was full (3.1.1 §3.1.2.10
                     // lets a server disconnect an inactive client whatever its Keep Alive).
                     tracing::info!("evicted as idle (connection table full); closing");
-                    disconnect_packet(&mut out, protocol, mote_codec::reason::SERVER_BUSY);
-                    return Ok(self.close_with(stream, &mut out, &mut held).await);
+                    disconnect_packet(out, protocol, mote_codec::reason::SERVER_BUSY);
+                    return Ok(Step::Exit(self.close_boxed(stream, out, &mut held).await));
                 }
                 _ = &mut cancelled => {
-                    disconnect_packet(&mut out, protocol, mote_codec::reason::SERVER_SHUTTING_DOWN);
-                    return Ok(self.close_with(stream, &mut out, &mut held).await);
+                    disconnect_packet(out, protocol, mote_codec::reason::SERVER_SHUTTING_DOWN);
+                    return Ok(Step::Exit(self.close_boxed(stream, out, &mut held).await));
                 }
             }
         }
+    }
+
+    /// How long the client may stay silent: 1.5 × its Keep Alive (MQTT-3.1.2-24 (5.0),
+    /// 3.1.2-10 (3.1.1)); `None` for Keep Alive 0.
+    fn keep_alive(&self) -> Option<Duration> {
+        (self.acc.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(self.acc.keep_alive) * 1500))
+    }
+
+    /// Waits, with the connection idle and nothing buffered or held, until something
+    /// needs it: input, a wake-up (deliveries, a kick), its keep-alive deadline,
+    /// eviction or shutdown. [`Link::serve`] then runs again and sees which. Meanwhile
+    /// the connection holds no buffers and no phase-2 state (issue #15: an idle
+    /// connection's cost). Returns at once for a stream that cannot doze.
+    async fn doze<S: Stream>(&self, stream: &mut S, last_rx: Instant) {
+        let Some(readable) = stream.readable() else {
+            return;
+        };
+        let deadline = self.keep_alive().map(|k| last_rx + k);
+        tokio::select! {
+            () = readable => {}
+            () = self.notify.notified() => {}
+            () = sleep_until_some(deadline) => {}
+            () = self.slot.evicted() => {}
+            () = self.shutdown.cancelled() => {}
+        }
+    }
+
+    /// [`Link::close_with`] in a box of its own: it is rare, and as large as the rest of
+    /// phase 2's state, which every connection would otherwise carry.
+    fn close_boxed<'a, S: Stream>(
+        &'a self,
+        stream: &'a mut S,
+        out: &'a mut BytesMut,
+        held: &'a mut Held,
+    ) -> std::pin::Pin<Box<impl std::future::Future<Output = LinkExit> + Send + 'a>> {
+        Box::pin(self.close_with(stream, out, held))
     }
 
     /// Sends what is in `out` (a DISCONNECT, after the replies `held` held back once they
