@@ -177,7 +177,7 @@ impl Core {
         let session = self
             .sessions
             .entry(client_id.clone())
-            .or_insert_with(|| Session::new(client_id.clone(), self.mem.clone()));
+            .or_insert_with(|| Box::new(Session::new(client_id.clone(), self.mem.clone())));
         let old_expiry = session.expiry_interval();
         let was_persisted = session.persisted();
         session.set_expiry_interval(expiry);

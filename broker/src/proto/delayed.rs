@@ -128,7 +128,7 @@ impl Core {
             user: None,
         };
         self.log(rec, Why::Accept);
-        self.sessions.insert(id, s);
+        self.sessions.insert(id, Box::new(s));
     }
 
     /// Sets the timer to the earliest due time.

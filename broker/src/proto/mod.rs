@@ -165,7 +165,7 @@ pub(crate) struct Stats {
 pub(crate) struct Core {
     cfg: Arc<MqttConfig>,
     limits: QueueLimits,
-    sessions: FastMap<Arc<str>, Session>,
+    sessions: FastMap<Arc<str>, Box<Session>>,
     /// Recently published topics' matching subscriptions (`proto/matches.rs`).
     matches: matches::MatchCache,
     /// The access rules in force.
@@ -967,11 +967,14 @@ impl Core {
 /// The session of `client` in `sessions` if connection `conn_id` still owns it (a free
 /// function so callers can borrow other fields of the core beside it).
 fn owned<'s>(
-    sessions: &'s mut FastMap<Arc<str>, Session>,
+    sessions: &'s mut FastMap<Arc<str>, Box<Session>>,
     client: &str,
     conn_id: u64,
 ) -> Option<&'s mut Session> {
-    sessions.get_mut(client).filter(|s| s.owned_by(conn_id))
+    sessions
+        .get_mut(client)
+        .map(|s| &mut **s)
+        .filter(|s| s.owned_by(conn_id))
 }
 
 /// Where deliveries to persistent sessions go while the memory queued across all sessions

@@ -437,7 +437,7 @@ impl Core {
                 };
                 self.log(rec, Why::Accept);
             }
-            self.sessions.insert(id.clone(), s);
+            self.sessions.insert(id.clone(), Box::new(s));
         }
         self.queues.map.entry(id.clone()).or_default();
         id

@@ -199,7 +199,7 @@ impl Core {
         let online: Vec<&Arc<str>> = candidates
             .iter()
             .copied()
-            .filter(|c| self.sessions.get(&***c).is_some_and(Session::online))
+            .filter(|c| self.sessions.get(&***c).is_some_and(|s| s.online()))
             .collect();
         let pool = if online.is_empty() {
             &candidates

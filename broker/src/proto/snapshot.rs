@@ -70,7 +70,7 @@ impl Core {
                     Why::NoPromise,
                 );
             }
-            self.sessions.insert(id, s);
+            self.sessions.insert(id, Box::new(s));
         }
         // Work queues (their own sessions came back above) and their consumers.
         for (name, client, qos) in consumers {
@@ -334,7 +334,7 @@ impl Core {
 
     /// Deliveries waiting in spill files across all sessions, and their queue cost.
     pub(super) fn spilled(&self) -> (usize, usize) {
-        let spills = self.sessions.values().map(Session::spilled);
+        let spills = self.sessions.values().map(|s| s.spilled());
         spills.fold((0, 0), |(n, b), (sn, sb)| (n + sn, b + sb))
     }
 

@@ -586,7 +586,7 @@ impl Core {
             return false;
         }
         let persisted = self.journal.is_some()
-            && (group.is_some() || self.sessions.get(client).is_some_and(Session::persisted));
+            && (group.is_some() || self.sessions.get(client).is_some_and(|s| s.persisted()));
         let id = reader_id(group, client, rf.filter);
         let name: Arc<str> = Arc::from(rf.name);
         let start = start.or(rf.start);
@@ -880,7 +880,7 @@ impl Core {
         let online: Vec<bool> = r
             .members
             .iter()
-            .map(|m| sessions.get(&m.client).is_some_and(Session::online))
+            .map(|m| sessions.get(&m.client).is_some_and(|s| s.online()))
             .collect();
         let first = log.bounds().0;
         let mut sent = 0u64;
@@ -1177,7 +1177,7 @@ fn send(
     attempts: u32,
     (name, id): (&Arc<str>, &Arc<str>),
     (sessions, limits, clock, fx): (
-        &mut FastMap<Arc<str>, Session>,
+        &mut FastMap<Arc<str>, Box<Session>>,
         &QueueLimits,
         Clock,
         &mut Effects,
