@@ -29,6 +29,20 @@ fn past(len: usize, bytes: usize, limits: &QueueLimits, div: usize) -> bool {
     len.saturating_mul(div) >= limits.max_messages || bytes.saturating_mul(div) >= limits.max_bytes
 }
 
+impl Session {
+    /// Past its high-water mark (half its queue limits, spilled deliveries included):
+    /// whoever fills it further is paused.
+    pub(super) fn congested(&self, limits: &QueueLimits) -> bool {
+        let (spilled, spilled_bytes) = self.spilled();
+        past(
+            self.queued_len() + spilled,
+            self.queued_bytes() + spilled_bytes,
+            limits,
+            2,
+        )
+    }
+}
+
 impl Core {
     /// The publisher of the PUBLISH about to be routed may be paused (its connection
     /// is woken by `notify`), unless its own queue is congested.
@@ -49,17 +63,13 @@ impl Core {
         self.pausable = None;
     }
 
-    /// `client` (online) was just queued a delivery: past its high-water mark, the
-    /// current publisher is paused on it (within the episode's budget).
+    /// `client` (online) was just queued a delivery and is past its high-water mark
+    /// ([`Session::congested`]): the current publisher is paused on it (within the
+    /// episode's budget).
     pub(super) fn check_congestion(&mut self, client: &str, now: Instant) {
         let Some(s) = self.sessions.get(client) else {
             return;
         };
-        let (spilled, spilled_bytes) = s.spilled();
-        let (len, bytes) = (s.queued_len() + spilled, s.queued_bytes() + spilled_bytes);
-        if !past(len, bytes, &self.limits, 2) {
-            return;
-        }
         let Some(publisher) = self.pausable.clone() else {
             return;
         };

@@ -74,20 +74,23 @@ impl Message {
         publisher: Option<Arc<str>>,
         now: Instant,
     ) -> Message {
-        let props = &p.properties;
+        // Most publishes (every 3.1.1 one) have no property to look for.
+        let props = (!p.properties.is_empty()).then_some(&p.properties);
         Message {
             mid,
             topic,
             payload: Bytes::copy_from_slice(p.payload),
             qos: p.qos,
             retain: p.retain,
-            payload_format_indicator: props.payload_format_indicator(),
-            content_type: props.content_type().map(Arc::from),
-            response_topic: props.response_topic().map(Arc::from),
-            correlation_data: props.correlation_data().map(Bytes::copy_from_slice),
-            user_properties: encode_user_properties(props),
+            payload_format_indicator: props.and_then(|p| p.payload_format_indicator()),
+            content_type: props.and_then(|p| p.content_type()).map(Arc::from),
+            response_topic: props.and_then(|p| p.response_topic()).map(Arc::from),
+            correlation_data: props
+                .and_then(|p| p.correlation_data())
+                .map(Bytes::copy_from_slice),
+            user_properties: props.map_or_else(Bytes::new, encode_user_properties),
             expires_at: props
-                .message_expiry_interval()
+                .and_then(|p| p.message_expiry_interval())
                 .map(|s| now + Duration::from_secs(u64::from(s))),
             publisher,
             stored_epoch: AtomicU64::new(0),

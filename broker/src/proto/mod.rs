@@ -94,6 +94,14 @@ pub(crate) struct Effects {
 }
 
 impl Effects {
+    /// Names a connection to wake. Consecutive deliveries to one subscriber (a batch
+    /// of publishes it matches) name it once.
+    pub(crate) fn wake(&mut self, n: &Arc<dyn Wake>) {
+        if !self.wake.last().is_some_and(|w| Arc::ptr_eq(w, n)) {
+            self.wake.push(n.clone());
+        }
+    }
+
     /// Wakes every connection named, consuming the list.
     pub(crate) fn run(&mut self) {
         for n in self.wake.drain(..) {

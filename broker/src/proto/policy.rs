@@ -40,7 +40,7 @@ impl Core {
                 if user_gone(user) && link.kick.get() == 0 {
                     tracing::info!(client = %client, user = %user, "user removed; disconnecting");
                     link.kick.set(reason::NOT_AUTHORIZED);
-                    fx.wake.push(link.notify.clone());
+                    fx.wake(&link.notify);
                     applied.disconnected += 1;
                 }
             }

@@ -283,7 +283,7 @@ impl Core {
                 Some(link) if qos != QoS::AtMostOnce && link.kick.get() == 0 => {
                     tracing::warn!(client = %client, "slow consumer: queue full, disconnecting");
                     link.kick.set(reason::QUOTA_EXCEEDED);
-                    fx.wake.push(link.notify.clone());
+                    fx.wake(&link.notify);
                 }
                 _ => tracing::debug!(client = %client, "queue full: delivery dropped"),
             }
@@ -299,8 +299,8 @@ impl Core {
             return false;
         }
         if let Some(link) = s.link() {
-            fx.wake.push(link.notify.clone());
-            if self.pausable.is_some() {
+            fx.wake(&link.notify);
+            if self.pausable.is_some() && s.congested(&self.limits) {
                 self.check_congestion(client, now);
             }
         }

@@ -1209,7 +1209,7 @@ fn send(
         // Bounded by the member's window, not by the session's queue limits.
         s.enqueue(d, limits, None, clock);
         if let Some(link) = s.link() {
-            fx.wake.push(link.notify.clone());
+            fx.wake(&link.notify);
         }
     }
 }
