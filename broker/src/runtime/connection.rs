@@ -11,6 +11,11 @@
 //!   `max_connect_packet_size` bytes; after a large packet the read and write buffers
 //!   shrink back to [`BUF_CAPACITY`]; a connection quiet for [`IDLE_RELEASE`] gives them
 //!   back, and reads start small and grow only for a client with more to send.
+//! - A TCP connection with nothing to do (nothing after its CONNECT, or quiet for
+//!   [`IDLE_RELEASE`] with nothing buffered or held) dozes ([`Link::doze`]): the packet
+//!   loop's state, which lives in a box, is dropped until input, a wake-up, a deadline,
+//!   eviction or shutdown needs it; its keep-alive, throttle and takeover rules are
+//!   those of the loop, which looks at what woke it first.
 //! - When the broker closes a connection after telling the client why (a DISCONNECT, a
 //!   refusing CONNACK), it closes gracefully ([`close_gracefully`]): closing a socket
 //!   with unread input sends a reset, which makes the client's TCP stack drop whatever
@@ -69,10 +74,11 @@ const BUF_CAPACITY: usize = 4096;
 /// life.
 const SHRINK_ABOVE: usize = 64 * 1024;
 
-/// A connection that has received nothing for this long gives back its buffers, so a
-/// client that was busy and went quiet does not keep 4 KiB it is not using (issue #15:
-/// "an idle connection costs ≤ 1 KiB"). The next read takes a small buffer, which grows
-/// again once input comes in quantity (see [`grow_if_full`]).
+/// A connection that has received nothing and been sent nothing for this long gives
+/// back its buffers, so a client that was busy and went quiet does not keep 4 KiB it is
+/// not using (issue #15: "an idle connection costs ≤ 1 KiB"); over TCP it then dozes
+/// ([`Link::doze`]). The next read takes a small buffer, which grows again once input
+/// comes in quantity (see [`grow_if_full`]).
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 /// Longest a graceful close discards the client's input before closing anyway.

@@ -266,6 +266,11 @@ pub(crate) struct Session {
     queue: DeliveryQueue<Delivery>,
     /// Sent, unacknowledged QoS 1/2 deliveries, oldest first.
     inflight: VecDeque<Inflight>,
+    /// Every packet id in `inflight` lies between the first's and the last's (in the
+    /// circular order ids are handed out in), so a new id beyond the last needs no
+    /// search (see `alloc_packet_id`). False once recovered entries came in, or ids
+    /// wrapped around onto the window, until the window is empty again.
+    ids_ordered: bool,
     /// Inbound QoS 2 packet ids between PUBREC and PUBREL.
     inbound_qos2: HashSet<u16>,
     next_packet_id: u16,
@@ -356,6 +361,7 @@ impl Session {
             queue: DeliveryQueue::new(),
             retained_jobs: VecDeque::new(),
             inflight: VecDeque::new(),
+            ids_ordered: true,
             inbound_qos2: HashSet::new(),
             next_packet_id: 1,
             link: None,
@@ -559,6 +565,7 @@ impl Session {
 
     /// Puts a recovered delivery back in flight, after those already there.
     pub(crate) fn restore_inflight(&mut self, inflight: Inflight) {
+        self.ids_ordered = false;
         self.inflight.push_back(inflight);
     }
 
