@@ -636,7 +636,6 @@ async fn run<S: Stream>(
         out,
         last_rx: Instant::now(),
         throttle: Throttle::new(&shared.config.mqtt),
-        first: true,
     };
     let exit = 'phase2: {
         if io.inbuf.is_empty() && stream.readable().is_some() {
@@ -647,7 +646,6 @@ async fn run<S: Stream>(
                 tracing::debug!(error = %e, "connection lost (I/O error)");
                 break 'phase2 LinkExit::ended(End::Abnormal, Closing::Now);
             }
-            io.first = false;
             io.inbuf = BytesMut::new();
             io.out = BytesMut::new();
             link.doze(stream, io.last_rx).await;
@@ -687,8 +685,6 @@ struct LinkIo {
     last_rx: Instant,
     /// Its PUBLISH rate limits, if any.
     throttle: Option<Throttle>,
-    /// Phase 2 has not started yet: the CONNACK is in `out`.
-    first: bool,
 }
 
 /// How a run of [`Link::serve`] ended.
@@ -905,7 +901,6 @@ impl Link<'_> {
             out,
             last_rx,
             throttle,
-            first,
         } = io;
         let (shared, acc) = (self.shared, self.acc);
         let max_packet = shared.config.mqtt.max_packet_size;
@@ -923,14 +918,12 @@ impl Link<'_> {
         tokio::pin!(keepalive, evicted, cancelled, notified);
         // The last drain stopped at a full batch: more is queued.
         let mut more = false;
-        if std::mem::take(first) {
-            // The CONNECT's CONNACK (and anything else it produced).
-            flush(stream, out).await?;
-        } else {
-            // Back from a doze: whatever woke it (a delivery, input, a deadline) is
-            // looked at below; a wake-up it took is given back for `notified`.
-            self.notify.notify_one();
-        }
+        // The CONNECT's CONNACK (and anything else it produced), if not sent yet.
+        flush(stream, out).await?;
+        // Look for deliveries at once: back from a doze, the wake-up that ended it may
+        // have been taken there (whatever else woke it, input or a deadline, is looked
+        // at below).
+        self.notify.notify_one();
         let resume = tokio::time::sleep_until(Instant::now());
         // When the connection was last busy (input, or deliveries): after
         // [`IDLE_RELEASE`] without either it gives back its buffers and dozes. The timer
