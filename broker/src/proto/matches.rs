@@ -21,6 +21,10 @@ pub(super) struct Hit {
     /// A shared subscription's group and filter.
     pub(super) group: Option<GroupKey>,
     pub(super) entry: SubEntry,
+    /// Its client is not the previous hit's: where one client's run of neighbours
+    /// starts (found once, when the list is made, rather than by comparing client ids
+    /// on every publish).
+    pub(super) new_client: bool,
 }
 
 /// Most topics kept; past it the cache starts again empty.
@@ -62,9 +66,13 @@ impl MatchCache {
                 client: key.client.clone(),
                 group: key.group.clone().map(|g| (g, Arc::from(filter))),
                 entry: entry.clone(),
+                new_client: true,
             });
         });
         found.sort_by(|a, b| a.group.cmp(&b.group).then_with(|| a.client.cmp(&b.client)));
+        for i in 1..found.len() {
+            found[i].new_client = found[i].client != found[i - 1].client;
+        }
         let hits: Arc<[Hit]> = found.into();
         if hits.len() <= MAX_HITS {
             if self.map.len() >= MAX_TOPICS || self.hits + hits.len() > MAX_HITS {
@@ -179,6 +187,9 @@ mod tests {
                 ("b".into(), Some("g2".into())),
             ]
         );
+        // Where each client's run starts: b's two plain subscriptions are one run.
+        let starts: Vec<bool> = hits.iter().map(|h| h.new_client).collect();
+        assert_eq!(starts, [true, true, false, true, true]);
     }
 
     /// The cache holds at most `MAX_TOPICS` topics and `MAX_HITS` hits; a topic with

@@ -68,7 +68,7 @@ impl Core {
         let plain = hits.iter().take_while(|h| h.group.is_none()).count();
         let mut rest = &hits[..plain];
         while let Some(first) = rest.first() {
-            let n = rest.iter().take_while(|h| h.client == first.client).count();
+            let n = 1 + rest[1..].iter().take_while(|h| !h.new_client).count();
             let (mine, next) = rest.split_at(n);
             rest = next;
             if let Some(t) = self.target(&msg, mine) {
@@ -238,7 +238,8 @@ impl Core {
             self.limits
         };
         let clock = self.clock(now);
-        let Some(s) = self.sessions.get(client) else {
+        let queued = self.queued_memory();
+        let Some(s) = self.sessions.get_mut(client) else {
             return false;
         };
         if d.msg.expired(now) || (!s.online() && d.qos == QoS::AtMostOnce) {
@@ -252,28 +253,28 @@ impl Core {
         // queue budget as a hard cap across all sessions: past it the delivery is dropped
         // (counted), so the broker's memory stays bounded in every mode.
         let spillable = store && self.tails.is_some();
-        if !spillable && self.queued_memory() + d.msg.cost() > self.budget {
+        if !spillable && queued + d.msg.cost() > self.budget {
             self.stats.dropped_overflow += 1;
             tracing::debug!(client = %client, "queue memory budget reached: delivery dropped");
             return false;
         }
         self.stats.deliveries += 1;
-        if store {
+        let (s, spill) = if store {
+            // Journaling needs the whole core: the session is looked up again after.
             self.hold_msg(&d.msg, None, now);
             d.dseq = self.next_dseq;
             self.next_dseq += 1;
             let rec = d.enqueue_record(client);
             d.lsn = self.log_with(Why::Accept, &mut |b| rec.encode(b));
-        }
-        let dseq = d.dseq;
-        let spill = if store {
-            spill_to(&self.tails, &self.mem, self.budget)
+            let spill = spill_to(&self.tails, &self.mem, self.budget);
+            let Some(s) = self.sessions.get_mut(client) else {
+                return false;
+            };
+            (s, spill)
         } else {
-            None
+            (s, None)
         };
-        let Some(s) = self.sessions.get_mut(client) else {
-            return false;
-        };
+        let dseq = d.dseq;
         let result = s.enqueue(d, &limits, spill, clock);
         if result == crate::proto::session::Enqueued::Dropped {
             self.stats.dropped_overflow += 1;
