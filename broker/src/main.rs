@@ -70,14 +70,12 @@ fn main() -> anyhow::Result<()> {
 /// With one thread it is tokio's current-thread scheduler, which runs woken tasks first
 /// in, first out, in the order the I/O driver reported them ready, which is the order
 /// their data arrived: packets that arrive together on different connections are handled
-/// in arrival order. The multi-threaded scheduler keeps no such order: a task woken by
-/// I/O goes into its worker's LIFO slot, so of two connections readable together the one
-/// that became ready *last* runs first, while another worker may steal the other one and
-/// run it in parallel. A SUBSCRIBE that reached the broker just before another client's
-/// PUBLISH to that topic then lost the race in 15 of 50 trials (issue #10, fault 11).
-/// Turning the LIFO slot off needs `--cfg tokio_unstable` and would still leave the
-/// parallel race; the core is one lock taken per batch of packets, so one thread costs
-/// little throughput (the saturation runs in `benches/RESULTS.md` used 1.0–1.1 cores).
+/// in arrival order. The multi-threaded scheduler keeps no such order by itself (a task
+/// woken by I/O goes into its worker's LIFO slot, and another worker may steal and run a
+/// task in parallel: a SUBSCRIBE that reached the broker just before another client's
+/// PUBLISH to that topic lost the race in 15 of 50 trials, issue #10 fault 11), so there
+/// every connection task takes a ticket when it is woken and hands its input to the core
+/// in ticket order (`runtime/arrival.rs`).
 fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -47,6 +47,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::arrival::{Sequenced, Turn};
 use super::auth::Refusal;
 use super::held::Held;
 use super::shared::{Shared, Transport};
@@ -227,40 +228,38 @@ pub(crate) fn serve<S: Stream, L: Borrow<Slot> + Send>(
         transport = S::TRANSPORT.name(),
         client = tracing::field::Empty
     );
-    async move {
+    let turn = shared.arrivals.as_ref().map(|a| a.turn());
+    let ours = turn.clone();
+    let conn = async move {
         let _open = shared.transports.open(S::TRANSPORT);
-        let started = Instant::now();
-        if run(
-            &mut stream,
+        let origin = Origin {
             peer,
-            &shared,
-            &shutdown,
-            slot.borrow(),
-            started,
-            None,
-        )
-        .await
-            == Closing::Graceful
-        {
+            started: Instant::now(),
+            identity: None,
+        };
+        let (slot_ref, turn) = (slot.borrow(), ours.as_deref());
+        if run(&mut stream, origin, &shared, &shutdown, slot_ref, turn).await == Closing::Graceful {
             close_gracefully(&mut stream).await;
         }
         drop(slot);
-    }
-    .instrument(span)
+    };
+    Sequenced::new(conn.instrument(span), turn)
 }
 
 /// Serves one connection of a TLS listener until it ends: the TLS handshake (with the
 /// certificates in force when it starts), then MQTT as over TCP. A failed handshake
 /// closes the socket with one log line. `slot` is its place in the connection table,
 /// released when this returns.
-pub(crate) async fn serve_tls(
+pub(crate) fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     slot: Slot,
     certs: Arc<Certs>,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
+    let turn = shared.arrivals.as_ref().map(|a| a.turn());
+    let ours = turn.clone();
     let span = tracing::info_span!(
         "conn",
         %peer,
@@ -268,7 +267,7 @@ pub(crate) async fn serve_tls(
         version = tracing::field::Empty,
         client = tracing::field::Empty
     );
-    async move {
+    let conn = async move {
         let _open = shared.transports.open(Transport::Tls);
         // The connect timeout covers the handshake and the CONNECT together.
         let started = Instant::now();
@@ -306,24 +305,18 @@ pub(crate) async fn serve_tls(
         } else {
             None
         };
-        if run(
-            &mut stream,
+        let origin = Origin {
             peer,
-            &shared,
-            &shutdown,
-            &slot,
             started,
             identity,
-        )
-        .await
-            == Closing::Graceful
-        {
+        };
+        let turn = ours.as_deref();
+        if run(&mut stream, origin, &shared, &shutdown, &slot, turn).await == Closing::Graceful {
             close_gracefully(&mut stream).await;
         }
         drop(slot);
-    }
-    .instrument(span)
-    .await
+    };
+    Sequenced::new(conn.instrument(span), turn)
 }
 
 /// Writes `out` to the socket and clears it.
@@ -586,17 +579,26 @@ impl LinkExit {
 }
 
 /// The whole connection: CONNECT, then packets until the end. Returns how to close.
-/// `started`: when the socket was accepted (the connect timeout runs from there).
-/// `identity`: the user name a verified client certificate gave (the CONNECT's
+/// Where a connection comes from, for its CONNECT phase.
+struct Origin {
+    peer: SocketAddr,
+    /// When the socket was accepted (the connect timeout runs from there).
+    started: Instant,
+    /// The user name a verified client certificate gave (the CONNECT's credentials are
+    /// then not checked).
+    identity: Option<Arc<str>>,
+}
+
+/// `turn`: its place in the arrival order across connections (multi-threaded runtime).
+/// `origin.identity`: the user name a verified client certificate gave (the CONNECT's
 /// credentials are then not checked).
 async fn run<S: Stream>(
     stream: &mut S,
-    peer: SocketAddr,
+    origin: Origin,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     slot: &Slot,
-    started: Instant,
-    identity: Option<Arc<str>>,
+    turn: Option<&Turn>,
 ) -> Closing {
     // Phase 1 runs in a box of its own, freed once the client is connected: its futures
     // (the login, the core's CONNECT handling) are larger than phase 2's, and a task is
@@ -604,9 +606,7 @@ async fn run<S: Stream>(
     // task holds only phase 2 (issue #15: "an idle connection costs ≤ 1 KiB").
     // (In a statement of its own: a temporary lives to the end of its statement, so
     // `Box::pin(handshake(..)).await` would keep room for the unboxed future too.)
-    let phase1 = Box::pin(handshake(
-        stream, peer, shared, shutdown, slot, started, identity,
-    ));
+    let phase1 = Box::pin(handshake(stream, origin, shared, shutdown, slot));
     let Admitted {
         acc,
         notify,
@@ -630,6 +630,7 @@ async fn run<S: Stream>(
         acc: &acc,
         notify: &notify,
         kick: &kick,
+        turn,
     };
     let mut io = LinkIo {
         inbuf,
@@ -710,13 +711,16 @@ struct Admitted {
 /// answer. `Err`: the connection ends here, closed as it says.
 async fn handshake<S: Stream>(
     stream: &mut S,
-    peer: SocketAddr,
+    origin: Origin,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     slot: &Slot,
-    started: Instant,
-    identity: Option<Arc<str>>,
 ) -> Result<Admitted, Closing> {
+    let Origin {
+        peer,
+        started,
+        identity,
+    } = origin;
     let cfg = &shared.config.mqtt;
     // Empty: reads start small and grow (see `grow_if_full`), so a device that sends a
     // CONNECT and then a PINGREQ now and then never holds a full-size buffer.
@@ -889,6 +893,8 @@ struct Link<'a> {
     acc: &'a Accepted,
     notify: &'a Notify,
     kick: &'a Kick,
+    /// Its place in the arrival order across connections (`None`: one worker thread).
+    turn: Option<&'a Turn>,
 }
 
 impl Link<'_> {
@@ -988,6 +994,10 @@ impl Link<'_> {
                 }
                 let full = frames.len() == DECODED_BATCH;
                 let mut handled = 0;
+                // Input that arrived before this connection's, on others, goes first.
+                if let Some(turn) = self.turn {
+                    turn.wait().await;
+                }
                 let ((), lsn, fx) = shared.apply_held(|core, fx| {
                     let now = std::time::Instant::now();
                     for (len, packet) in &frames {
@@ -1013,6 +1023,9 @@ impl Link<'_> {
                     }
                     blocked = core.take_pause().map(Instant::from_std);
                 });
+                if let Some(turn) = self.turn {
+                    turn.done();
+                }
                 held.push(out.len(), lsn, fx, shared.durable_now());
                 let all = handled == frames.len() && close.is_none();
                 if all && bad.is_some() {

@@ -1,6 +1,7 @@
 //! The tokio runtime around the sans-IO core: listeners, connection tasks, the shared
 //! state with its durability gate, the ticker and shutdown.
 
+mod arrival;
 pub(crate) mod auth;
 pub(crate) mod connection;
 mod held;

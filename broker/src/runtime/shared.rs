@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use super::arrival::Arrivals;
 use super::auth::Auth;
 use crate::config::Config;
 use crate::proto::{Core, Effects};
@@ -28,6 +29,14 @@ pub(crate) struct Shared {
     holds: HoldStats,
     /// Open connections by transport (for metrics and the dashboard).
     pub(crate) transports: Transports,
+    /// Keeps input that arrives together on different connections in arrival order on
+    /// a multi-threaded runtime; `None` with one worker thread (`runtime/arrival.rs`).
+    pub(crate) arrivals: Option<Arc<Arrivals>>,
+}
+
+/// The arrival order keeper, for a runtime of more than one worker thread.
+fn arrivals(config: &Config) -> Option<Arc<Arrivals>> {
+    (config.mqtt.worker_threads > 1).then(Arrivals::new)
 }
 
 /// Puts the `[queues]` and `[queue.NAME]` sections in force (before anything is served;
@@ -147,6 +156,7 @@ impl Shared {
         declare_queues(&mut core, &config);
         Shared {
             core: Mutex::new(core),
+            arrivals: arrivals(&config),
             config,
             journal: None,
             auth,
@@ -164,6 +174,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             core: Mutex::new(core),
+            arrivals: arrivals(&config),
             config,
             journal: Some(journal),
             auth,
