@@ -532,7 +532,7 @@ fn default_min_tls_version() -> String {
     "1.2".to_owned()
 }
 
-/// Section `[auth]`: who may connect and what each may read and write. Both files are
+/// Section `[auth]`: who may connect and what each may read and write. The files are
 /// read at start and again on SIGHUP (a bad file then keeps the old ones in force).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -544,12 +544,59 @@ pub struct AuthConfig {
     /// read and written, except what `mqtt.deny_subscribe` lists.
     pub acl_file: Option<PathBuf>,
     /// Whether a client without a user name may connect. Default: `false` when a
-    /// password file is set, `true` otherwise.
+    /// password file or JWT logins are set, `true` otherwise.
     pub allow_anonymous: Option<bool>,
     /// Failed logins one IP address may have per minute; beyond them its logins are
     /// refused unchecked until the minute is over. `0` means no limit. Default `10`.
     pub max_failures_per_minute: u32,
+    /// JSON Web Token logins (`docs/security.md`): the algorithm every token must be
+    /// signed with, `"HS256"`, `"RS256"` or `"ES256"`. A client sends its token as the
+    /// CONNECT password. Needs `jwt_key_file`. Default none: no token is accepted.
+    pub jwt_algorithm: Option<JwtAlgorithm>,
+    /// The key tokens are checked with. RS256 and ES256: a PEM public key
+    /// (`-----BEGIN PUBLIC KEY-----`; ES256 on the P-256 curve). HS256: a file holding
+    /// the shared secret, its bytes less one final line break, at least 32 bytes (never
+    /// put the secret in this file). Read at start and on SIGHUP. Default none.
+    pub jwt_key_file: Option<PathBuf>,
+    /// When set, a token's `iss` claim must equal it. Default none: not checked.
+    pub jwt_issuer: Option<String>,
+    /// When set, a token's `aud` claim must be it or a list holding it. Default none: not
+    /// checked (set it when the key also signs tokens meant for other services).
+    pub jwt_audience: Option<String>,
+    /// The claim whose string value is the client's user name. Default `"sub"`.
+    pub jwt_user_claim: String,
+    /// The claim that may carry the client's access rules, an object of topic filter
+    /// lists `{"pub": [...], "sub": [...], "all": [...]}` (`docs/security.md`). A token
+    /// without it gets the rules file's rules only. Default `"acl"`.
+    pub jwt_acl_claim: String,
+    /// Seconds of clock difference allowed with the token issuer when `exp` and `nbf`
+    /// are checked (and added to the time a connection may stay after `exp`). At most
+    /// 300. Default `0`.
+    pub jwt_leeway_secs: u32,
+    /// Client ids a user may use: a CONNECT whose client id matches none of these
+    /// patterns is refused (MQTT 5 CONNACK 0x85, 3.1.1 return code 2). In a pattern `%u`
+    /// stands for the user name and `*` for any run of characters, e.g.
+    /// `["%u", "%u-*"]`. A client without a user name matches no pattern that holds
+    /// `%u`. Default none: any client id.
+    pub client_id_patterns: Vec<String>,
 }
+
+/// How JSON Web Tokens are signed (`auth.jwt_algorithm`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 and a shared secret.
+    #[serde(rename = "HS256")]
+    Hs256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (an RSA key of 2048 bits or more).
+    #[serde(rename = "RS256")]
+    Rs256,
+    /// ECDSA on P-256 with SHA-256.
+    #[serde(rename = "ES256")]
+    Es256,
+}
+
+/// Largest `auth.jwt_leeway_secs`.
+pub const MAX_JWT_LEEWAY_SECS: u32 = 300;
 
 impl Default for AuthConfig {
     fn default() -> Self {
@@ -558,7 +605,52 @@ impl Default for AuthConfig {
             acl_file: None,
             allow_anonymous: None,
             max_failures_per_minute: 10,
+            jwt_algorithm: None,
+            jwt_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_user_claim: "sub".to_owned(),
+            jwt_acl_claim: "acl".to_owned(),
+            jwt_leeway_secs: 0,
+            client_id_patterns: Vec::new(),
         }
+    }
+}
+
+impl AuthConfig {
+    /// Checks the values that need no file; errors name the key as `auth.key`.
+    fn validate(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.jwt_algorithm.is_some() == self.jwt_key_file.is_some(),
+            "auth.jwt_algorithm and auth.jwt_key_file go together: set both or neither"
+        );
+        ensure!(
+            !self.jwt_user_claim.is_empty(),
+            "auth.jwt_user_claim must not be empty"
+        );
+        ensure!(
+            !self.jwt_acl_claim.is_empty(),
+            "auth.jwt_acl_claim must not be empty"
+        );
+        ensure!(
+            self.jwt_issuer.as_deref() != Some(""),
+            "auth.jwt_issuer must not be empty (leave it out not to check)"
+        );
+        ensure!(
+            self.jwt_audience.as_deref() != Some(""),
+            "auth.jwt_audience must not be empty (leave it out not to check)"
+        );
+        ensure!(
+            self.jwt_leeway_secs <= MAX_JWT_LEEWAY_SECS,
+            "auth.jwt_leeway_secs must be at most {MAX_JWT_LEEWAY_SECS} (got {})",
+            self.jwt_leeway_secs
+        );
+        for (i, p) in self.client_id_patterns.iter().enumerate() {
+            if let Err(why) = crate::proto::login::ClientIds::parse(std::slice::from_ref(p)) {
+                bail!("auth.client_id_patterns[{i}] = {p:?}: {why}");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -973,6 +1065,7 @@ impl Config {
             );
         }
 
+        self.auth.validate()?;
         self.http.validate()?;
         for (name, q) in &self.queue {
             ensure!(
@@ -1524,5 +1617,29 @@ mod tests {
     #[test]
     fn cli_debug_assert() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn auth_jwt_and_client_id_settings_are_checked() {
+        let ok = Config::from_toml_str(
+            "[auth]\njwt_algorithm = \"ES256\"\njwt_key_file = \"/k.pem\"\n\
+             client_id_patterns = [\"%u-*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.auth.jwt_algorithm, Some(JwtAlgorithm::Es256));
+        assert_eq!(ok.auth.jwt_user_claim, "sub");
+        assert_eq!(Config::from_toml_str(&ok.to_toml().unwrap()).unwrap(), ok);
+        for (toml, key) in [
+            ("jwt_algorithm = \"HS256\"\n", "jwt_key_file"),
+            ("jwt_key_file = \"/k\"\n", "jwt_algorithm"),
+            ("jwt_algorithm = \"none\"\n", "jwt_algorithm"),
+            ("jwt_leeway_secs = 301\n", "jwt_leeway_secs"),
+            ("jwt_user_claim = \"\"\n", "jwt_user_claim"),
+            ("jwt_audience = \"\"\n", "jwt_audience"),
+            ("client_id_patterns = [\"%c-*\"]\n", "client_id_patterns[0]"),
+        ] {
+            let e = err_text(Config::from_toml_str(&format!("[auth]\n{toml}")));
+            assert!(e.contains(key), "{toml}: {e}");
+        }
     }
 }

@@ -44,9 +44,17 @@
 //!
 //! Without a rules file everything is allowed, except what `mqtt.deny_subscribe` lists:
 //! those filters become `deny read` rules for everyone, placed first.
+//!
+//! # Rules a credential carries
+//!
+//! A token may carry rules of its own (a [`Grant`], from its `acl` claim): they are looked
+//! at right after `mqtt.deny_subscribe` and before the file's, and a client holding a
+//! grant is denied what no rule allows, with or without a rules file.
 
 use std::collections::HashMap;
 use std::fmt;
+
+use super::login::ClientIds;
 
 /// What a client wants to do with a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +82,7 @@ enum Level {
 
 /// One line of the rules: what it says about reading and writing the topics its filter
 /// matches (`None`: it does not speak of that access).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     read: Option<bool>,
     write: Option<bool>,
@@ -97,6 +105,46 @@ pub(crate) struct Who<'a> {
     pub(crate) user: Option<&'a str>,
     /// Its client id.
     pub(crate) client: &'a str,
+    /// The rules its credential carries, if any.
+    pub(crate) grant: Option<&'a Grant>,
+}
+
+/// Rules a credential carries (a token's `acl` claim): what the client may read, write,
+/// or both; every one allows, none denies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Grant {
+    rules: Vec<Rule>,
+}
+
+impl Grant {
+    /// Rules allowing reading of `read`, writing of `write` and both of `both`: topic
+    /// filters whose levels may be `%u` and `%c`, as in the rules file.
+    ///
+    /// # Errors
+    /// The first filter that is not one.
+    pub(crate) fn new(read: &[&str], write: &[&str], both: &[&str]) -> Result<Grant, String> {
+        let mut rules = Vec::with_capacity(read.len() + write.len() + both.len());
+        for (filters, read, write) in [
+            (both, Some(true), Some(true)),
+            (read, Some(true), None),
+            (write, None, Some(true)),
+        ] {
+            for f in filters {
+                let levels = parse_filter(f)?;
+                rules.push(Rule {
+                    read,
+                    write,
+                    levels,
+                });
+            }
+        }
+        Ok(Grant { rules })
+    }
+
+    /// Number of rules.
+    pub(crate) fn len(&self) -> usize {
+        self.rules.len()
+    }
 }
 
 /// The answer for a SUBSCRIBE filter.
@@ -119,8 +167,10 @@ pub(crate) struct Acl {
     anonymous: Vec<Rule>,
     users: HashMap<Box<str>, Vec<Rule>>,
     clients: HashMap<Box<str>, Vec<Rule>>,
-    /// What holds when no rule applies: true without a rules file.
+    /// What holds when no rule applies: true without a rules file (and no grant).
     default_allow: bool,
+    /// The client ids users may use (`auth.client_id_patterns`); `None`: any.
+    client_ids: Option<ClientIds>,
 }
 
 impl fmt::Debug for Acl {
@@ -130,6 +180,7 @@ impl fmt::Debug for Acl {
             .field("users", &self.users.len())
             .field("clients", &self.clients.len())
             .field("default_allow", &self.default_allow)
+            .field("client_ids", &self.client_ids.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -242,8 +293,30 @@ impl Acl {
             + self.clients.values().map(Vec::len).sum::<usize>()
     }
 
+    /// These rules with the client ids users may use limited to `ids`.
+    pub(crate) fn with_client_ids(self, ids: Option<ClientIds>) -> Acl {
+        Acl {
+            client_ids: ids,
+            ..self
+        }
+    }
+
+    /// May `user` (`None`: anonymous) connect with the client id `id`?
+    pub(crate) fn client_id_allowed(&self, user: Option<&str>, id: &str) -> bool {
+        self.client_ids
+            .as_ref()
+            .map_or(true, |ids| ids.allows(user, id))
+    }
+
+    /// True when a client with `grant` needs its accesses checked (there are rules
+    /// that may refuse it). Asked on every PUBLISH, so it is O(1).
+    pub(crate) fn checks(&self, grant: Option<&Grant>) -> bool {
+        grant.is_some() || !self.is_open()
+    }
+
     /// True when this allows everything (no rules file, nothing denied): no check is
-    /// needed at all. Asked on every PUBLISH, so it is O(1).
+    /// needed at all (unless a client holds a grant). Asked on every PUBLISH, so it is
+    /// O(1).
     pub(crate) fn is_open(&self) -> bool {
         self.default_allow
             && self.first.is_empty()
@@ -254,17 +327,24 @@ impl Acl {
     }
 
     /// The rules that apply to `who`, in the order they are looked at.
-    fn rules_for<'s>(&'s self, who: Who<'_>) -> impl Iterator<Item = &'s Rule> {
+    fn rules_for<'s>(&'s self, who: Who<'s>) -> impl Iterator<Item = &'s Rule> {
         let client = self.clients.get(who.client).into_iter().flatten();
         let user = match who.user {
             Some(u) => self.users.get(u).map_or(&[][..], Vec::as_slice),
             None => &self.anonymous[..],
         };
+        let grant = who.grant.map_or(&[][..], |g| g.rules.as_slice());
         self.first
             .iter()
+            .chain(grant)
             .chain(client)
             .chain(user)
             .chain(self.everyone.iter())
+    }
+
+    /// What holds for `who` when no rule applies: a client holding a grant is held to it.
+    fn default_for(&self, who: Who<'_>) -> bool {
+        self.default_allow && who.grant.is_none()
     }
 
     /// May `who` have `access` to the topic name `topic`?
@@ -276,7 +356,7 @@ impl Acl {
                 }
             }
         }
-        self.default_allow
+        self.default_for(who)
     }
 
     /// May `who` subscribe to `filter` (the filter without any `$share/GROUP/`)?
@@ -297,7 +377,7 @@ impl Acl {
                 partial = true;
             }
         }
-        match (self.default_allow, partial) {
+        match (self.default_for(who), partial) {
             (false, _) => FilterVerdict::Denied,
             (true, false) => FilterVerdict::Allowed,
             (true, true) => FilterVerdict::AllowedChecked,
@@ -464,10 +544,12 @@ mod tests {
     const ALICE: Who<'static> = Who {
         user: Some("alice"),
         client: "dev-1",
+        grant: None,
     };
     const ANON: Who<'static> = Who {
         user: None,
         client: "anon-1",
+        grant: None,
     };
 
     fn acl(text: &str) -> Acl {
@@ -507,6 +589,7 @@ mod tests {
         let other = Who {
             user: Some("alice"),
             client: "dev-2",
+            grant: None,
         };
         assert!(a.allows(other, Access::Write, "a/alice"));
         assert!(!a.allows(other, Access::Write, "a/bob"));
@@ -534,6 +617,7 @@ mod tests {
             let who = Who {
                 user: Some(user),
                 client: "c",
+                grant: None,
             };
             assert!(!a.allows(who, Access::Write, "dev/+/c/t"));
             assert!(!a.allows(who, Access::Write, "dev/a/b/c/t"));
@@ -596,6 +680,55 @@ mod tests {
         assert!(a.allows(ALICE, Access::Write, "secret/x"));
         let f = Acl::parse("readwrite #\n", &deny).unwrap();
         assert_eq!(f.subscription(ALICE, "secret/a"), FilterVerdict::Denied);
+    }
+
+    #[test]
+    fn a_grant_comes_before_the_file_and_denies_the_rest() {
+        let g = Grant::new(&["cmd/%u/#"], &["sensors/%c/#"], &["both/#"]).unwrap();
+        assert_eq!(g.len(), 3);
+        let who = Who {
+            grant: Some(&g),
+            ..ALICE
+        };
+        for a in [Acl::allow_all(&[]), acl("")] {
+            assert!(a.checks(Some(&g)));
+            assert!(a.allows(who, Access::Write, "sensors/dev-1/t"));
+            assert!(!a.allows(who, Access::Write, "sensors/dev-2/t"));
+            assert!(!a.allows(who, Access::Read, "sensors/dev-1/t"));
+            assert!(a.allows(who, Access::Read, "cmd/alice/x"));
+            assert!(!a.allows(who, Access::Write, "cmd/alice/x"));
+            assert!(a.allows(who, Access::Read, "both/x") && a.allows(who, Access::Write, "both"));
+            assert!(!a.allows(who, Access::Write, "other"));
+            assert_eq!(a.subscription(who, "cmd/alice/#"), FilterVerdict::Allowed);
+            assert_eq!(a.subscription(who, "cmd/#"), FilterVerdict::Denied);
+            assert_eq!(a.subscription(who, "#"), FilterVerdict::Denied);
+        }
+        // The file's rules still apply after the grant's; its denies do not take back
+        // what the grant allows.
+        let f = acl("deny write sensors/#\nread public/#\n");
+        assert!(f.allows(who, Access::Write, "sensors/dev-1/t"));
+        assert!(f.allows(who, Access::Read, "public/x"));
+        assert!(!f.allows(ALICE, Access::Write, "sensors/dev-1/t"));
+        // `mqtt.deny_subscribe` comes first, even before a grant.
+        let deny = Acl::allow_all(&["both/secret".to_owned()]);
+        assert_eq!(deny.subscription(who, "both/secret"), FilterVerdict::Denied);
+        assert_eq!(
+            deny.subscription(who, "both/#"),
+            FilterVerdict::AllowedChecked
+        );
+        assert!(Grant::new(&["a/#/b"], &[], &[]).is_err());
+        assert!(!Acl::allow_all(&[]).checks(None));
+    }
+
+    #[test]
+    fn client_ids_are_limited_only_when_patterns_are_set() {
+        let a = Acl::allow_all(&[]);
+        assert!(a.client_id_allowed(Some("u"), "anything"));
+        let ids = ClientIds::parse(&["%u-*".to_owned()]).unwrap();
+        let a = a.with_client_ids(Some(ids));
+        assert!(a.client_id_allowed(Some("u"), "u-1"));
+        assert!(!a.client_id_allowed(Some("u"), "v-1"));
+        assert!(!a.client_id_allowed(None, "u-1"));
     }
 
     #[test]

@@ -1,22 +1,30 @@
-//! CONNECT: checks, client identifiers, takeover and resumption, CONNACK.
+//! CONNECT: checks, client identifiers, takeover and resumption, CONNACK; the end of a
+//! connection whose credential expired.
 
+use super::login::Login;
 use super::*;
 
 impl Core {
-    /// Handles CONNECT from a client the runtime authenticated as `user` (`None`:
-    /// anonymous): CONNACK into `out`; on success the session is attached to a new link
-    /// woken through `notify` and closed through `kick`.
+    /// Handles CONNECT from a client the runtime authenticated as `login` (its user,
+    /// `None` for anonymous, the rules its credential carries and when it expires):
+    /// CONNACK into `out`; on success the session is attached to a new link woken
+    /// through `notify` and closed through `kick`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn connect(
         &mut self,
         c: &Connect<'_>,
-        user: Option<Arc<str>>,
+        login: impl Into<Login>,
         notify: Arc<dyn Wake>,
         kick: Arc<Kick>,
         now: Instant,
         out: &mut BytesMut,
         fx: &mut Effects,
     ) -> Option<Accepted> {
+        let Login {
+            user,
+            grant,
+            expires,
+        } = login.into();
         let protocol = c.protocol;
         let v5 = protocol.is_v5();
         let refuse = |out: &mut BytesMut, v3: u8, v5code: u8| {
@@ -37,6 +45,21 @@ impl Core {
             || c.client_id.starts_with(queues::QUEUE_PREFIX)
             || c.client_id.starts_with(delayed::STORE_ID)
         {
+            return refuse(
+                out,
+                reason::v3::IDENTIFIER_REJECTED,
+                reason::CLIENT_IDENTIFIER_NOT_VALID,
+            );
+        }
+        // `auth.client_id_patterns`: a user may use only the ids its patterns give it, so
+        // that nobody takes over another's connection, session or `%c` rules with its
+        // own valid credentials. The id asked for is checked (an empty one included).
+        if !self.acl.client_id_allowed(user.as_deref(), c.client_id) {
+            tracing::info!(
+                client = c.client_id,
+                user = user.as_deref().unwrap_or(""),
+                "client id not allowed for this user"
+            );
             return refuse(
                 out,
                 reason::v3::IDENTIFIER_REJECTED,
@@ -136,6 +159,7 @@ impl Core {
             conn_id,
             notify,
             kick,
+            credential_expires: expires,
             protocol,
             client_receive_max: c.properties.receive_maximum().unwrap_or(u16::MAX),
             client_max_packet: c.properties.maximum_packet_size().unwrap_or(u32::MAX),
@@ -183,6 +207,7 @@ impl Core {
         session.set_expiry_interval(expiry);
         session.attach(link);
         session.set_user(user.clone());
+        let old_grant = session.set_grant(grant.clone());
         session.set_will(will.clone());
         session.set_persisted(expiry > 0);
         if self.journal.is_some() {
@@ -227,6 +252,19 @@ impl Core {
                     },
                     Why::NoPromise,
                 );
+            }
+        }
+        // A resumed session's subscriptions were decided under the grant it had (none
+        // after a restart): under another one they are decided again before anything
+        // more is delivered.
+        if session_present && old_grant != grant {
+            self.decide_subscriptions(Some(&client_id), now);
+        }
+        // The connection ends when its credential expires: one timer, no scan.
+        match expires {
+            Some(at) => self.timers.set(Timer::Credential(client_id.clone()), at),
+            None => {
+                self.timers.cancel(&Timer::Credential(client_id.clone()));
             }
         }
         let session = self.sessions.get_mut(&client_id)?;
@@ -275,5 +313,19 @@ impl Core {
             keep_alive,
             protocol,
         })
+    }
+
+    /// The credential of `client`'s connection expired (its timer fired): the connection
+    /// is asked to close (MQTT 5: DISCONNECT 0xA0 Maximum connect time), keeping its
+    /// session, as a connection lost does.
+    pub(super) fn credential_expired(&mut self, client: &Arc<str>, now: Instant, fx: &mut Effects) {
+        let Some(link) = self.sessions.get(client).and_then(|s| s.link()) else {
+            return;
+        };
+        if link.credential_expires.is_some_and(|at| at <= now) && link.kick.get() == 0 {
+            tracing::info!(client = %client, "credential expired; disconnecting");
+            link.kick.set(reason::MAXIMUM_CONNECT_TIME);
+            fx.wake(&link.notify);
+        }
     }
 }

@@ -25,6 +25,7 @@ mod backpressure;
 mod connect;
 pub(crate) mod delayed;
 pub(crate) mod durable;
+pub(crate) mod login;
 mod matches;
 pub(crate) mod message;
 mod policy;
@@ -248,6 +249,9 @@ enum Timer {
     StreamTrim,
     /// A stream's readers met a message not yet durable: they try again.
     StreamRetry(Arc<str>),
+    /// The credential of a client's connection expires (a token's `exp`): the
+    /// connection is closed.
+    Credential(Arc<str>),
 }
 
 impl Core {
@@ -535,7 +539,7 @@ impl Core {
     ) -> Result<(), Close> {
         self.stats.publish_received += 1;
         let cfg = self.cfg.clone();
-        let acl = (!self.acl.is_open()).then(|| self.acl.clone());
+        let acl = self.acl.clone();
         // Rounded up: a delayed publish is never released early.
         let now_secs = self.clock.unix_ms(now).div_ceil(1000);
         // The topic as published (empty when an alias stands for it).
@@ -611,10 +615,12 @@ impl Core {
         // The access rules (docs/security.md): a refused PUBLISH is not routed. MQTT 5
         // says why (0x87); 3.1.1 has no refusal and acknowledges it as usual. A delayed
         // publish is a write of its target.
-        if let (Some(acl), true) = (&acl, code == reason::SUCCESS && !control) {
+        let grant = s.grant().map(|g| &**g);
+        if acl.checks(grant) && code == reason::SUCCESS && !control {
             let who = acl::Who {
                 user: s.user().map(|u| &**u),
                 client,
+                grant,
             };
             let written = delay.as_ref().map_or(&*topic, |(_, t)| t.as_str());
             if !acl.allows(who, acl::Access::Write, written) {
@@ -755,6 +761,8 @@ impl Core {
         now: Instant,
         fx: &mut Effects,
     ) {
+        // The connection's credential no longer matters.
+        self.timers.cancel(&Timer::Credential(client.clone()));
         // Work-queue and stream messages are theirs, never the session's: back they go.
         self.return_deliveries(client, None, now);
         self.stream_member_offline(client, now);
@@ -775,8 +783,8 @@ impl Core {
             if delay == 0 {
                 if let Some(w) = s.take_will() {
                     will_gone = true;
-                    let user = s.user().cloned();
-                    self.publish_will(w, user, now, fx);
+                    let login = (s.user().cloned(), s.grant().cloned());
+                    self.publish_will(w, login, now, fx);
                 }
             } else {
                 let at = now + Duration::from_secs(u64::from(delay));
@@ -814,12 +822,12 @@ impl Core {
         }
     }
 
-    /// Publishes the will of a session of `user`, if the access rules let that user
-    /// write its topic (checked now: rules may have changed since the CONNECT).
+    /// Publishes the will of a session of `user` holding `grant`, if the access rules
+    /// let it write its topic (checked now: rules may have changed since the CONNECT).
     fn publish_will(
         &mut self,
         w: WillState,
-        user: Option<Arc<str>>,
+        (user, grant): (Option<Arc<str>>, Option<Arc<acl::Grant>>),
         now: Instant,
         fx: &mut Effects,
     ) {
@@ -827,6 +835,7 @@ impl Core {
             let who = acl::Who {
                 user: user.as_deref(),
                 client,
+                grant: grant.as_deref(),
             };
             if !self.acl.allows(who, acl::Access::Write, &w.msg.topic) {
                 self.stats.publish_denied += 1;
@@ -903,7 +912,7 @@ impl Core {
         self.timers.cancel(&Timer::Expiry(client.clone()));
         if self.timers.cancel(&Timer::Will(client.clone())).is_some() {
             if let Some(w) = s.take_will() {
-                self.publish_will(w, s.user().cloned(), now, fx);
+                self.publish_will(w, (s.user().cloned(), s.grant().cloned()), now, fx);
             }
         }
         // Queued shared deliveries and QoS 1 ones in flight go to another member; a QoS
@@ -942,14 +951,14 @@ impl Core {
                     let Some(w) = s.take_will() else {
                         continue;
                     };
-                    let user = s.user().cloned();
+                    let login = (s.user().cloned(), s.grant().cloned());
                     if s.persisted() {
                         let rec = Record::WillClear {
                             client: id.to_string(),
                         };
                         self.log(rec, Why::NoPromise);
                     }
-                    self.publish_will(w, user, now, fx);
+                    self.publish_will(w, login, now, fx);
                 }
                 Timer::Expiry(id) => self.end_session(&id, now, fx),
                 Timer::Visible(client, mid) => self.visibility_expired(&client, mid, now),
@@ -957,6 +966,7 @@ impl Core {
                 Timer::Retry(mid) => self.retry_due(mid, now),
                 Timer::StreamTrim => self.trim_streams(now),
                 Timer::StreamRetry(name) => self.stream_retry(&name, now, fx),
+                Timer::Credential(id) => self.credential_expired(&id, now, fx),
             }
         }
         // Retained messages leave in expiry order: no scan of the unexpired ones.

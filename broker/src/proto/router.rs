@@ -113,10 +113,11 @@ impl Core {
     /// True when the access rules let `client`'s user read `topic` (for a subscription
     /// the rules allow only in part).
     fn readable(&self, client: &Arc<str>, topic: &str) -> bool {
-        let user = self.sessions.get(client).and_then(|s| s.user().cloned());
+        let s = self.sessions.get(client);
         let who = acl::Who {
-            user: user.as_deref(),
+            user: s.and_then(|s| s.user()).map(|u| &**u),
             client,
+            grant: s.and_then(|s| s.grant()).map(|g| &**g),
         };
         self.acl.allows(who, acl::Access::Read, topic)
     }

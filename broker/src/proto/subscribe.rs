@@ -76,6 +76,7 @@ impl Core {
             let who = acl::Who {
                 user: s.user().map(|u| &**u),
                 client,
+                grant: s.grant().map(|g| &**g),
             };
             let checked = match self.acl.subscription(who, inner) {
                 acl::FilterVerdict::Denied => {
@@ -251,12 +252,14 @@ impl Core {
         // Retained messages looked at (sent or not): what bounds one step.
         let mut seen = 0;
         let user = s.user().cloned();
-        let acl = (!self.acl.is_open()).then_some(&self.acl);
+        let grant = s.grant().cloned();
+        let acl = self.acl.checks(grant.as_deref()).then_some(&self.acl);
         let readable = |topic: &str| {
             acl.map_or(true, |acl| {
                 let who = acl::Who {
                     user: user.as_deref(),
                     client,
+                    grant: grant.as_deref(),
                 };
                 acl.allows(who, acl::Access::Read, topic)
             })

@@ -1,5 +1,12 @@
 //! Authentication: user names and passwords from a password file of argon2id hashes,
-//! and the access rules that go with them, reloadable while clients stay connected.
+//! JSON Web Tokens (`runtime/jwt.rs`), and the access rules that go with them, all
+//! reloadable while clients stay connected.
+//!
+//! A CONNECT password shaped as a token is checked as a token when `auth.jwt_algorithm`
+//! is set, and never as a password; any other password goes to the password file. A
+//! token's user is its user claim; a user name sent beside it must be that one. What the
+//! token says reaches the core as a [`Login`]: the user, the rules of its `acl` claim,
+//! and its expiry, at which the core closes the connection.
 //!
 //! A password is checked before the core sees the CONNECT, on tokio's blocking pool
 //! (argon2id takes tens of milliseconds and 19 MiB by design), at most
@@ -16,15 +23,17 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use tokio::sync::Semaphore;
 
+use super::jwt::{self, Verifier};
 use crate::config::AuthConfig;
 use crate::proto::acl::Acl;
+use crate::proto::login::{ClientIds, Login};
 
 /// Password checks running at once (each holds 19 MiB while it runs).
 const VERIFY_CONCURRENCY: usize = 2;
@@ -35,10 +44,13 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Addresses whose failures are remembered at most; beyond it, the oldest windows go.
 const FAILURE_ADDRESSES: usize = 65_536;
 
+/// Longest a token's expiry is looked ahead (a later `exp` is as good as never).
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Why a CONNECT is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// Unknown user or wrong password (v5 0x86, 3.1.1 return code 4).
+    /// Unknown user, wrong password, or a token refused (v5 0x86, 3.1.1 return code 4).
     BadCredentials,
     /// No user name where one is required (v5 0x87, 3.1.1 return code 5).
     NotAuthorized,
@@ -116,13 +128,15 @@ struct Failures {
     count: u32,
 }
 
-/// What is in force: users and access rules, swapped whole on reload.
+/// What is in force: users, token key and access rules, swapped whole on reload.
 #[derive(Debug)]
 pub(crate) struct Policy {
-    /// `None`: no password file, user names are taken as given.
+    /// `None`: no password file, user names are taken as given (unless tokens are on).
     pub(crate) users: Option<Users>,
-    /// The access rules.
+    /// The access rules, with the client ids users may use.
     pub(crate) acl: Arc<Acl>,
+    /// `None`: no token is accepted.
+    jwt: Option<Verifier>,
 }
 
 /// Authentication and the files behind it.
@@ -216,14 +230,14 @@ impl Auth {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Decides a CONNECT's credentials: the user name the client is known by from now on
-    /// (`None`: anonymous), or why it is refused (counted).
+    /// Decides a CONNECT's credentials: who the client is from now on (its user name,
+    /// `None` for anonymous, and what its token says), or why it is refused (counted).
     pub(crate) async fn authenticate(
         &self,
         ip: IpAddr,
         user: Option<&str>,
         password: Option<&[u8]>,
-    ) -> Result<Option<Arc<str>>, Refusal> {
+    ) -> Result<Login, Refusal> {
         let r = self.decide(ip, user, password).await;
         if r.is_err() {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -231,25 +245,52 @@ impl Auth {
         r
     }
 
+    /// Whether a client without a user name may connect: as configured, else only when
+    /// nothing (no password file, no tokens) asks for credentials.
+    fn anonymous_allowed(&self, policy: &Policy) -> bool {
+        self.config
+            .allow_anonymous
+            .unwrap_or(policy.users.is_none() && policy.jwt.is_none())
+    }
+
     async fn decide(
         &self,
         ip: IpAddr,
         user: Option<&str>,
         password: Option<&[u8]>,
-    ) -> Result<Option<Arc<str>>, Refusal> {
+    ) -> Result<Login, Refusal> {
         let policy = self.policy();
+        if let (Some(verifier), Some(token)) = (&policy.jwt, password) {
+            if jwt::looks_like_token(token) {
+                return self.token_login(verifier, ip, user, token);
+            }
+        }
         let Some(users) = &policy.users else {
+            if policy.jwt.is_some() {
+                // Tokens are the credential: a user name without one is refused, and
+                // counts as a failure as a wrong password does.
+                let now = Instant::now();
+                return match user {
+                    None if self.anonymous_allowed(&policy) => Ok(Login::default()),
+                    None => Err(Refusal::NotAuthorized),
+                    Some(_) if self.throttled(ip, now) => Err(Refusal::Throttled),
+                    Some(_) => {
+                        self.failed(ip, now);
+                        Err(Refusal::BadCredentials)
+                    }
+                };
+            }
             // No password file: a user name is taken as given (as Mosquitto does),
             // unless anonymous access is turned off, which then refuses everyone.
-            return if self.config.allow_anonymous.unwrap_or(true) {
-                Ok(user.map(Arc::from))
+            return if self.anonymous_allowed(&policy) {
+                Ok(Login::from(user.map(Arc::from)))
             } else {
                 Err(Refusal::NotAuthorized)
             };
         };
         let Some(user) = user else {
-            return if self.config.allow_anonymous.unwrap_or(false) {
-                Ok(None)
+            return if self.anonymous_allowed(&policy) {
+                Ok(Login::default())
             } else {
                 Err(Refusal::NotAuthorized)
             };
@@ -273,10 +314,66 @@ impl Auth {
                 .unwrap_or(false)
         };
         if ok && known {
-            Ok(Some(Arc::from(user)))
+            Ok(Login::from(Some(Arc::from(user))))
         } else {
             self.failed(ip, Instant::now());
             Err(Refusal::BadCredentials)
+        }
+    }
+
+    /// A CONNECT whose password is a token. Logged on refusal with the reason, never
+    /// the token.
+    fn token_login(
+        &self,
+        verifier: &Verifier,
+        ip: IpAddr,
+        user: Option<&str>,
+        token: &[u8],
+    ) -> Result<Login, Refusal> {
+        if self.throttled(ip, Instant::now()) {
+            return Err(Refusal::Throttled);
+        }
+        let (now_ms, now) = (unix_ms(), Instant::now());
+        let why = match verifier.verify(token, now_ms) {
+            Ok(t) if user.map_or(true, |u| u == &*t.user) => {
+                let left = Duration::from_millis(t.valid_until_ms.saturating_sub(now_ms));
+                tracing::debug!(
+                    user = %t.user,
+                    rules = t.grant.as_ref().map(|g| g.len()),
+                    valid_for_secs = left.as_secs(),
+                    "token accepted"
+                );
+                return Ok(Login {
+                    user: Some(t.user),
+                    grant: t.grant,
+                    expires: now.checked_add(left.min(FAR_FUTURE)),
+                });
+            }
+            Ok(_) => "the user name is not the token's".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        tracing::info!(reason = %why, "token refused");
+        self.failed(ip, now);
+        Err(Refusal::BadCredentials)
+    }
+
+    /// Who `user` with `password` is to the access rules, for a request already
+    /// authenticated (HTTP): a valid token's user and rules, else the user name as
+    /// given. Nothing is counted or logged.
+    pub(crate) fn rights(&self, user: Option<&str>, password: Option<&[u8]>) -> Login {
+        let policy = self.policy();
+        let token = policy
+            .jwt
+            .as_ref()
+            .zip(password.filter(|p| jwt::looks_like_token(p)))
+            .and_then(|(v, t)| v.verify(t, unix_ms()).ok());
+        match token {
+            Some(t) => Login {
+                user: Some(t.user),
+                grant: t.grant,
+                expires: None,
+            },
+            None => Login::from(user.map(Arc::from)),
         }
     }
 
@@ -397,6 +494,13 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Milliseconds since the epoch, by the wall clock (what a token's dates count in).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Reads the files `config` names into a policy.
 fn read_policy(config: &AuthConfig, deny_subscribe: &[String]) -> anyhow::Result<Policy> {
     let users = match &config.password_file {
@@ -411,9 +515,17 @@ fn read_policy(config: &AuthConfig, deny_subscribe: &[String]) -> anyhow::Result
             .map_err(|e| anyhow::anyhow!("acl file {}: {e}", path.display()))?,
         None => Acl::allow_all(deny_subscribe),
     };
+    let client_ids = match config.client_id_patterns.as_slice() {
+        [] => None,
+        patterns => Some(
+            ClientIds::parse(patterns)
+                .map_err(|e| anyhow::anyhow!("auth.client_id_patterns: {e}"))?,
+        ),
+    };
     Ok(Policy {
         users,
-        acl: Arc::new(acl),
+        acl: Arc::new(acl.with_client_ids(client_ids)),
+        jwt: Verifier::load(config)?,
     })
 }
 
@@ -476,7 +588,7 @@ mod tests {
         let line = format!("alice:{}\n", hash_password(b"s3cret").unwrap());
         let (auth, _dir) = auth_with(&line, None);
         let ok = auth.authenticate(IP, Some("alice"), Some(b"s3cret")).await;
-        assert_eq!(ok.unwrap().as_deref(), Some("alice"));
+        assert_eq!(ok.unwrap().user.as_deref(), Some("alice"));
         let bad = auth.authenticate(IP, Some("alice"), Some(b"nope")).await;
         assert_eq!(bad, Err(Refusal::BadCredentials));
         let unknown = auth.authenticate(IP, Some("bob"), Some(b"s3cret")).await;
@@ -486,7 +598,10 @@ mod tests {
         let anon = auth.authenticate(IP, None, None).await;
         assert_eq!(anon, Err(Refusal::NotAuthorized));
         let (open, _dir2) = auth_with(&line, Some(true));
-        assert_eq!(open.authenticate(IP, None, None).await, Ok(None));
+        assert_eq!(
+            open.authenticate(IP, None, None).await,
+            Ok(Login::default())
+        );
     }
 
     #[tokio::test]
@@ -523,6 +638,160 @@ mod tests {
             let e = Users::parse(&text).unwrap_err();
             assert!(e.starts_with(want), "{text:?}: {e}");
         }
+    }
+
+    const SECRET: &str = "a shared secret of at least 32 bytes";
+
+    /// An Auth taking HS256 tokens (and a password file when `users` is not empty).
+    fn jwt_auth(users: &str, extra: impl FnOnce(&mut AuthConfig)) -> (Auth, tempdir::Dir) {
+        let dir = tempdir::Dir::new();
+        let key = dir.path().join("jwt.key");
+        std::fs::write(&key, format!("{SECRET}\n")).unwrap();
+        let mut config = AuthConfig {
+            jwt_algorithm: Some(crate::config::JwtAlgorithm::Hs256),
+            jwt_key_file: Some(key),
+            ..AuthConfig::default()
+        };
+        if !users.is_empty() {
+            let path = dir.path().join("passwd");
+            std::fs::write(&path, users).unwrap();
+            config.password_file = Some(path);
+        }
+        extra(&mut config);
+        (Auth::load(&config, &[]).unwrap(), dir)
+    }
+
+    fn token(secret: &str, claims: &serde_json::Value) -> String {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        encode(
+            &Header::default(),
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn in_secs(secs: i64) -> i64 {
+        i64::try_from(unix_ms() / 1000).unwrap() + secs
+    }
+
+    #[tokio::test]
+    async fn a_token_logs_in_as_its_user_with_its_rules_and_expiry() {
+        let (auth, _dir) = jwt_auth("", |_| {});
+        let t = token(
+            SECRET,
+            &serde_json::json!({"sub": "dev1", "exp": in_secs(60), "acl": {"pub": ["a/#"]}}),
+        );
+        let before = Instant::now();
+        for user in [None, Some("dev1")] {
+            let login = auth
+                .authenticate(IP, user, Some(t.as_bytes()))
+                .await
+                .unwrap();
+            assert_eq!(login.user.as_deref(), Some("dev1"));
+            assert_eq!(login.grant.as_ref().map(|g| g.len()), Some(1));
+            let left = login.expires.unwrap() - before;
+            assert!(
+                left > Duration::from_secs(55) && left <= Duration::from_secs(61),
+                "{left:?}"
+            );
+        }
+        // Another user name beside it, a forged or expired token: refused and counted.
+        let expired = token(
+            SECRET,
+            &serde_json::json!({"sub": "dev1", "exp": in_secs(-1)}),
+        );
+        let forged = token(
+            "another secret of at least 32 bytes!",
+            &serde_json::json!({"sub": "dev1", "exp": in_secs(60)}),
+        );
+        for (user, t) in [(Some("dev2"), &t), (None, &expired), (None, &forged)] {
+            let r = auth.authenticate(IP, user, Some(t.as_bytes())).await;
+            assert_eq!(r, Err(Refusal::BadCredentials));
+        }
+        assert_eq!(auth.logins_refused(), 3);
+        // `rights` (HTTP) reads the same token; a bad one gives the user name as sent.
+        assert_eq!(
+            auth.rights(Some("x"), Some(t.as_bytes())).user.as_deref(),
+            Some("dev1")
+        );
+        assert_eq!(
+            auth.rights(Some("x"), Some(forged.as_bytes()))
+                .user
+                .as_deref(),
+            Some("x")
+        );
+    }
+
+    #[tokio::test]
+    async fn with_tokens_on_a_user_name_alone_is_not_taken_as_given() {
+        let (auth, _dir) = jwt_auth("", |_| {});
+        let r = auth
+            .authenticate(IP, Some("dev1"), Some(b"not a token"))
+            .await;
+        assert_eq!(r, Err(Refusal::BadCredentials));
+        assert_eq!(
+            auth.authenticate(IP, Some("dev1"), None).await,
+            Err(Refusal::BadCredentials)
+        );
+        assert_eq!(
+            auth.authenticate(IP, None, None).await,
+            Err(Refusal::NotAuthorized)
+        );
+        let (open, _dir2) = jwt_auth("", |c| c.allow_anonymous = Some(true));
+        assert_eq!(
+            open.authenticate(IP, None, None).await,
+            Ok(Login::default())
+        );
+    }
+
+    #[tokio::test]
+    async fn passwords_and_tokens_side_by_side() {
+        let line = format!("alice:{}\n", hash_password(b"s3cret").unwrap());
+        let (auth, _dir) = jwt_auth(&line, |_| {});
+        let ok = auth.authenticate(IP, Some("alice"), Some(b"s3cret")).await;
+        assert_eq!(ok.unwrap(), Login::from(Some(Arc::from("alice"))));
+        let t = token(
+            SECRET,
+            &serde_json::json!({"sub": "dev1", "exp": in_secs(60)}),
+        );
+        let login = auth
+            .authenticate(IP, Some("dev1"), Some(t.as_bytes()))
+            .await;
+        assert_eq!(login.unwrap().user.as_deref(), Some("dev1"));
+        // A token's user is not the password file's: a reload does not remove it (the
+        // core asks `user_gone` only of logins without an expiry).
+        assert!(auth.user_gone(&auth.policy(), "dev1"));
+    }
+
+    #[tokio::test]
+    async fn a_bad_key_on_reload_keeps_the_old_one() {
+        let (auth, dir) = jwt_auth("", |c| c.client_id_patterns = vec!["%u-*".into()]);
+        assert!(auth.policy().acl.client_id_allowed(Some("u"), "u-1"));
+        assert!(!auth.policy().acl.client_id_allowed(Some("u"), "v-1"));
+        std::fs::write(dir.path().join("jwt.key"), "too short\n").unwrap();
+        assert!(auth.reload().is_err());
+        let t = token(
+            SECRET,
+            &serde_json::json!({"sub": "dev1", "exp": in_secs(60)}),
+        );
+        assert!(auth
+            .authenticate(IP, None, Some(t.as_bytes()))
+            .await
+            .is_ok());
+        let rotated = "the next shared secret, 32 bytes or more";
+        std::fs::write(dir.path().join("jwt.key"), rotated).unwrap();
+        auth.reload().unwrap();
+        let r = auth.authenticate(IP, None, Some(t.as_bytes())).await;
+        assert_eq!(r, Err(Refusal::BadCredentials));
+        let t2 = token(
+            rotated,
+            &serde_json::json!({"sub": "dev1", "exp": in_secs(60)}),
+        );
+        assert!(auth
+            .authenticate(IP, None, Some(t2.as_bytes()))
+            .await
+            .is_ok());
     }
 
     #[test]

@@ -802,7 +802,7 @@ async fn handshake<S: Stream>(
         // the password file does not govern this user).
         Some(user) => {
             shared.auth.certificate_user(&user);
-            Ok(Some(user))
+            Ok(Some(user).into())
         }
         None => tokio::select! {
             r = shared.auth.authenticate(peer.ip(), connect.username, connect.password) => r,

@@ -6,6 +6,7 @@ pub(crate) mod auth;
 pub(crate) mod connection;
 mod held;
 mod http;
+mod jwt;
 mod ports;
 pub(crate) mod server;
 pub(crate) mod shared;

@@ -209,6 +209,9 @@ pub(crate) struct Link {
     pub(crate) notify: Arc<dyn Wake>,
     /// Set when the broker wants the connection closed.
     pub(crate) kick: Arc<Kick>,
+    /// When the credential it logged in with expires (a token's `exp`); `None`: not a
+    /// token login. Such a user is the token's, not the password file's.
+    pub(crate) credential_expires: Option<Instant>,
     /// Protocol of this connection.
     pub(crate) protocol: Protocol,
     /// Client's v5 Receive Maximum (how many QoS 1/2 we may have unacknowledged).
@@ -254,6 +257,10 @@ pub(crate) struct Session {
     /// The user that created the session (`None`: anonymous); a CONNECT by another user
     /// does not resume it.
     user: Option<Arc<str>>,
+    /// The rules the credential of its last CONNECT carried (a token's `acl` claim),
+    /// looked at before the rules file's. Not stored: after a restart a session has none
+    /// until its client connects again, which decides its subscriptions anew.
+    grant: Option<Arc<super::acl::Grant>>,
     /// Subscriptions by full filter (including any `$share/group/` prefix).
     subscriptions: HashMap<Arc<str>, Subscription>,
     /// The filters of its `$json/` subscriptions (without the prefixes): a delivery
@@ -355,6 +362,7 @@ impl Session {
         Session {
             client_id,
             user: None,
+            grant: None,
             subscriptions: HashMap::new(),
             json_filters: Vec::new(),
             expiry_interval: 0,
@@ -387,6 +395,19 @@ impl Session {
     /// Sets the user the session belongs to.
     pub(crate) fn set_user(&mut self, user: Option<Arc<str>>) {
         self.user = user;
+    }
+
+    /// The rules its credential carries, if any.
+    pub(crate) fn grant(&self) -> Option<&Arc<super::acl::Grant>> {
+        self.grant.as_ref()
+    }
+
+    /// Sets the rules its credential carries; returns the ones it had.
+    pub(crate) fn set_grant(
+        &mut self,
+        grant: Option<Arc<super::acl::Grant>>,
+    ) -> Option<Arc<super::acl::Grant>> {
+        std::mem::replace(&mut self.grant, grant)
     }
 
     /// True while the store holds this session (it was opened with an expiry above 0).

@@ -462,7 +462,11 @@ impl Publishers {
 /// for `$delayed/...`), as the broker decides it.
 fn may_write(state: &HttpState, creds: &Credentials, topic: &str) -> bool {
     let acl = state.shared.auth.policy().acl.clone();
-    if acl.is_open() {
+    let rights = state
+        .shared
+        .auth
+        .rights(creds.username.as_deref(), creds.password.as_deref());
+    if !acl.checks(rights.grant.as_deref()) {
         return true;
     }
     let written = match crate::proto::delayed::parse(topic, 0) {
@@ -470,8 +474,9 @@ fn may_write(state: &HttpState, creds: &Credentials, topic: &str) -> bool {
         _ => topic,
     };
     let who = Who {
-        user: creds.username.as_deref(),
+        user: rights.user.as_deref(),
         client: "",
+        grant: rights.grant.as_deref(),
     };
     acl.allows(who, Access::Write, written)
 }

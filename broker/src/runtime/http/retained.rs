@@ -62,9 +62,15 @@ pub(super) async fn list(
         .lock()
         .retained_page(&filter, q.after.as_deref(), limit);
     let policy = state.shared.auth.policy();
+    // A token's user and rules, as its MQTT link got them.
+    let rights = state
+        .shared
+        .auth
+        .rights(creds.username.as_deref(), creds.password.as_deref());
     let who = Who {
-        user: creds.username.as_deref(),
+        user: rights.user.as_deref(),
         client: "",
+        grant: rights.grant.as_deref(),
     };
     let data: Vec<Value> = page
         .iter()

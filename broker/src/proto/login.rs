@@ -1,0 +1,275 @@
+//! What the runtime's authentication hands the core with a CONNECT ([`Login`]), and which
+//! client ids a user may use ([`ClientIds`], `auth.client_id_patterns`).
+//!
+//! The core never checks a credential: the runtime did (`runtime/auth.rs`), off the
+//! core's lock. The core keeps what the credential said for as long as the connection
+//! lives: the user name, the rules a token carries (looked at before the rules file's,
+//! see [`acl`](super::acl)), and when the credential expires (the connection is closed
+//! then, by a timer of the core, never by a scan).
+//!
+//! # Client id patterns
+//!
+//! A pattern is literal text in which `%u` stands for the user name and `*` for any run
+//! of characters (the empty one too). `%u` is replaced by the user name as it is, never
+//! read as a pattern: a user named `a*` matches the id `a*-1` of `%u-*`, not `ab-1`. A
+//! client without a user name matches no pattern that holds `%u`. Any other `%` is an
+//! error, so a pattern means one thing.
+//!
+//! | patterns | user | client id | allowed |
+//! | --- | --- | --- | --- |
+//! | `%u-*` | `dev1` | `dev1-a`, `dev1-` | yes |
+//! | `%u-*` | `dev1` | `dev1`, `dev10-a`, `dev2-a` | no |
+//! | `%u`, `%u/*` | `dev1` | `dev1`, `dev1/x` | yes |
+//! | `%u-*` | (none) | anything | no |
+//! | `http-*` | anyone | `http-publish-1` | yes |
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::acl::Grant;
+
+/// Who the runtime authenticated a CONNECT as, and what its credential says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Login {
+    /// The user name (`None`: anonymous).
+    pub(crate) user: Option<Arc<str>>,
+    /// Rules the credential carries (a token's `acl` claim): looked at before the rules
+    /// file's, and what none allows is denied.
+    pub(crate) grant: Option<Arc<Grant>>,
+    /// When the credential stops being valid (a token's `exp`): the connection is closed
+    /// then (MQTT 5: DISCONNECT 0xA0 Maximum connect time). `None`: never.
+    pub(crate) expires: Option<Instant>,
+}
+
+impl From<Option<Arc<str>>> for Login {
+    /// A login by user name only (a password, a certificate, or no credential).
+    fn from(user: Option<Arc<str>>) -> Login {
+        Login {
+            user,
+            ..Login::default()
+        }
+    }
+}
+
+/// One piece of a client id pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    /// Literal text.
+    Lit(Box<str>),
+    /// `%u`.
+    User,
+    /// `*`.
+    Star,
+}
+
+/// The client ids users may use: any of a list of patterns (module documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientIds {
+    patterns: Vec<Vec<Part>>,
+}
+
+impl ClientIds {
+    /// Parses patterns (at least one).
+    ///
+    /// # Errors
+    /// An empty list, an empty pattern, or a `%` not followed by `u`.
+    pub(crate) fn parse(patterns: &[String]) -> Result<ClientIds, String> {
+        if patterns.is_empty() {
+            return Err("no pattern".into());
+        }
+        let patterns = patterns
+            .iter()
+            .map(|p| parse_pattern(p))
+            .collect::<Result<_, _>>()?;
+        Ok(ClientIds { patterns })
+    }
+
+    /// May `user` (`None`: anonymous) use the client id `id`?
+    pub(crate) fn allows(&self, user: Option<&str>, id: &str) -> bool {
+        self.patterns.iter().any(|p| {
+            // Substitute `%u` first: the user name is literal text, never a pattern.
+            let mut parts: Vec<Piece<'_>> = Vec::with_capacity(p.len());
+            for part in p {
+                parts.push(match part {
+                    Part::Lit(s) => Piece::Lit(s),
+                    Part::User => match user {
+                        Some(u) => Piece::Lit(u),
+                        None => return false,
+                    },
+                    Part::Star => Piece::Star,
+                });
+            }
+            glob(&parts, id)
+        })
+    }
+}
+
+fn parse_pattern(p: &str) -> Result<Vec<Part>, String> {
+    if p.is_empty() {
+        return Err("empty pattern".into());
+    }
+    let mut parts = Vec::new();
+    let mut lit = String::new();
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        let special = match c {
+            '*' => Part::Star,
+            '%' => match chars.next() {
+                Some('u') => Part::User,
+                _ => return Err(format!("{p:?}: `%` must be followed by `u` (`%u`)")),
+            },
+            c => {
+                lit.push(c);
+                continue;
+            }
+        };
+        if !lit.is_empty() {
+            parts.push(Part::Lit(std::mem::take(&mut lit).into()));
+        }
+        // `**` means what `*` does.
+        if !(special == Part::Star && parts.last() == Some(&Part::Star)) {
+            parts.push(special);
+        }
+    }
+    if !lit.is_empty() {
+        parts.push(Part::Lit(lit.into()));
+    }
+    Ok(parts)
+}
+
+/// A pattern piece once `%u` is substituted.
+#[derive(Debug, Clone, Copy)]
+enum Piece<'a> {
+    Lit(&'a str),
+    Star,
+}
+
+/// Does `id` match the pieces? Greedy with one backtrack point (the last `*`), which is
+/// enough for `*` alone and keeps it O(pieces × id length).
+fn glob(pieces: &[Piece<'_>], id: &str) -> bool {
+    let mut p = 0;
+    let mut at = 0;
+    // Where to resume after the last `*`: (piece after it, position in `id` it took).
+    let mut resume: Option<(usize, usize)> = None;
+    loop {
+        match pieces.get(p) {
+            Some(Piece::Star) => {
+                p += 1;
+                resume = Some((p, at));
+                continue;
+            }
+            Some(Piece::Lit(lit)) if id[at..].starts_with(lit) => {
+                p += 1;
+                at += lit.len();
+                continue;
+            }
+            None if at == id.len() => return true,
+            // A trailing `*` takes the rest.
+            None if matches!(pieces.last(), Some(Piece::Star)) => return true,
+            _ => {}
+        }
+        // No match here: let the last `*` take one more character.
+        let Some((after, took)) = resume else {
+            return false;
+        };
+        let Some(c) = id[took..].chars().next() else {
+            return false;
+        };
+        let next = took + c.len_utf8();
+        resume = Some((after, next));
+        p = after;
+        at = next;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ids(p: &[&str]) -> ClientIds {
+        ClientIds::parse(&p.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn the_table_of_the_module_documentation() {
+        let dash = ids(&["%u-*"]);
+        for id in ["dev1-a", "dev1-", "dev1-a-b"] {
+            assert!(dash.allows(Some("dev1"), id), "{id}");
+        }
+        for id in ["dev1", "dev10-a", "dev2-a", "xdev1-a", ""] {
+            assert!(!dash.allows(Some("dev1"), id), "{id}");
+        }
+        let two = ids(&["%u", "%u/*"]);
+        assert!(two.allows(Some("dev1"), "dev1"));
+        assert!(two.allows(Some("dev1"), "dev1/x"));
+        assert!(!two.allows(Some("dev1"), "dev1x"));
+        assert!(!dash.allows(None, "dev1-a"));
+        assert!(!dash.allows(None, "-a"));
+        let http = ids(&["http-*"]);
+        assert!(http.allows(None, "http-publish-1"));
+        assert!(http.allows(Some("x"), "http-"));
+    }
+
+    #[test]
+    fn a_user_name_is_literal_text() {
+        let dash = ids(&["%u-*"]);
+        assert!(dash.allows(Some("a*"), "a*-1"));
+        assert!(!dash.allows(Some("a*"), "ab-1"));
+        assert!(!dash.allows(Some("*"), "x-1"));
+    }
+
+    #[test]
+    fn stars_anywhere() {
+        let p = ids(&["*-%u-*"]);
+        assert!(p.allows(Some("u"), "x-u-y"));
+        assert!(p.allows(Some("u"), "-u-"));
+        assert!(p.allows(Some("u"), "a-b-u-c"));
+        assert!(!p.allows(Some("u"), "x-v-y"));
+        let any = ids(&["*"]);
+        assert!(any.allows(None, ""));
+        assert!(any.allows(None, "é"));
+        let end = ids(&["*ab"]);
+        assert!(end.allows(None, "aab"));
+        assert!(end.allows(None, "abab"));
+        assert!(!end.allows(None, "aba"));
+        assert!(ids(&["a**b"]).allows(None, "axyb"));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        assert!(ClientIds::parse(&[]).is_err());
+        for p in ["", "%", "%c-*", "a%"] {
+            assert!(ClientIds::parse(&[p.to_owned()]).is_err(), "{p:?}");
+        }
+    }
+
+    /// The same match by brute force: every way to split `id` among the pieces.
+    fn brute(pieces: &[Piece<'_>], id: &str) -> bool {
+        match pieces.split_first() {
+            None => id.is_empty(),
+            Some((Piece::Lit(l), rest)) => id.strip_prefix(l).is_some_and(|r| brute(rest, r)),
+            Some((Piece::Star, rest)) => id
+                .char_indices()
+                .map(|(i, _)| i)
+                .chain([id.len()])
+                .any(|i| brute(rest, &id[i..])),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn glob_agrees_with_brute_force(
+            pattern in proptest::collection::vec(
+                prop_oneof![Just("a"), Just("b"), Just("ab"), Just("*")], 0..5),
+            id in "[ab]{0,6}",
+        ) {
+            let pieces: Vec<Piece<'_>> = pattern
+                .iter()
+                .map(|p| if *p == "*" { Piece::Star } else { Piece::Lit(p) })
+                .collect();
+            prop_assert_eq!(glob(&pieces, &id), brute(&pieces, &id), "{:?} {}", pattern, id);
+        }
+    }
+}
