@@ -15,6 +15,9 @@ use mote_codec::{
 };
 use mote_tests::{Broker, Reaped};
 
+/// The attacker of the mutation flood (`flood.rs`): hostile connections and their bytes.
+pub(crate) mod flood;
+
 // ---------------------------------------------------------------------------------------
 // Child processes
 // ---------------------------------------------------------------------------------------
