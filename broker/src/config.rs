@@ -792,13 +792,22 @@ pub struct MqttConfig {
     /// is closed at once. `0` means no limit. Default `0` (devices behind one NAT
     /// address share it).
     pub max_connections_per_ip: usize,
-    /// Threads serving connections. `1` serves every connection on one thread, which
-    /// handles packets that arrive together in the order they arrived, also across
-    /// connections (a SUBSCRIBE that reaches the broker before another client's PUBLISH
-    /// is handled first). More threads serve connections in parallel and keep no order
-    /// across connections. Must be at least 1. Default `1` (the core takes one lock per
-    /// batch of packets, so more threads add little throughput).
+    /// Threads serving connections; `0` means one per core. Packets that arrive together
+    /// are handled in the order they arrived, also across connections (a SUBSCRIBE that
+    /// reaches the broker before another client's PUBLISH is handled first): with one
+    /// thread the scheduler keeps that order, with more the connections take arrival
+    /// tickets (`runtime/arrival.rs`). At most 1024. Default `1`.
     pub worker_threads: usize,
+}
+
+impl MqttConfig {
+    /// The threads serving connections: `worker_threads`, or one per core for `0`.
+    pub fn threads(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for MqttConfig {
@@ -1023,8 +1032,9 @@ impl Config {
             "mqtt.queue_visibility_timeout_secs must be at least 1 (got 0)"
         );
         ensure!(
-            m.worker_threads >= 1,
-            "mqtt.worker_threads must be at least 1 (got 0)"
+            m.worker_threads <= 1024,
+            "mqtt.worker_threads must be at most 1024 (got {})",
+            m.worker_threads
         );
         for (i, filter) in m.event_topics.iter().enumerate() {
             if let Err(why) = check_topic_filter(filter) {
@@ -1293,6 +1303,14 @@ mod tests {
     }
 
     #[test]
+    fn worker_threads_zero_means_one_per_core() {
+        let c = Config::from_toml_str("[mqtt]\nworker_threads = 0\n").unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.mqtt.threads(), cores);
+        assert_eq!(Config::default().mqtt.threads(), 1);
+    }
+
+    #[test]
     fn unknown_key_rejected_with_its_name() {
         let e = err_text(Config::from_toml_str("[mqtt]\nmax_keepalve = 60\n"));
         assert!(e.contains("max_keepalve"), "{e}");
@@ -1392,7 +1410,7 @@ mod tests {
                 "[mqtt]\nmax_connect_packet_size = 63",
                 "mqtt.max_connect_packet_size",
             ),
-            ("[mqtt]\nworker_threads = 0", "mqtt.worker_threads"),
+            ("[mqtt]\nworker_threads = 1025", "mqtt.worker_threads"),
             ("[mqtt]\nmax_topic_length = 0", "mqtt.max_topic_length"),
             (
                 "[mqtt]\nmax_client_id_length = 5",

@@ -36,7 +36,7 @@ pub(crate) struct Shared {
 
 /// The arrival order keeper, for a runtime of more than one worker thread.
 fn arrivals(config: &Config) -> Option<Arc<Arrivals>> {
-    (config.mqtt.worker_threads > 1).then(Arrivals::new)
+    (config.mqtt.threads() > 1).then(Arrivals::new)
 }
 
 /// Puts the `[queues]` and `[queue.NAME]` sections in force (before anything is served;
