@@ -427,7 +427,7 @@ impl QueueDecl {
 }
 
 /// One `[[listener]]`: an MQTT listener over TLS (see `docs/tls.md`). Its certificate,
-/// key and client CA are read at start (a bad file stops the start) and again on SIGHUP
+/// key, client CA and CRL are read at start (a bad file stops the start) and again on SIGHUP
 /// or when the files change (a bad file then keeps the old ones in force).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -444,6 +444,13 @@ pub struct ListenerConfig {
     /// Default none: no client certificate is asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: certificate revocation lists (PEM, one or more `X509 CRL`
+    /// blocks), one from each CA that issues client certificates. A client certificate
+    /// that is revoked, whose issuer has no CRL here, or checked against a CRL past its
+    /// `nextUpdate` is refused. Read again with the certificates. Default none: no
+    /// revocation check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_file: Option<PathBuf>,
     /// With `client_ca_file`: whether a client without a certificate is refused (a
     /// client with a certificate the CA did not sign always is). Default `false`.
     #[serde(default)]
@@ -1203,6 +1210,17 @@ impl ListenerConfig {
             "listener[{i}].require_certificate needs listener[{i}].client_ca_file (the CA \
              client certificates are verified against)"
         );
+        if let Some(crl) = &self.crl_file {
+            ensure!(
+                !crl.as_os_str().is_empty(),
+                "listener[{i}].crl_file must not be empty"
+            );
+            ensure!(
+                self.client_ca_file.is_some(),
+                "listener[{i}].crl_file needs listener[{i}].client_ca_file (the CA whose \
+                 revocations it lists)"
+            );
+        }
         ensure!(
             !self.use_identity_as_username || self.require_certificate,
             "listener[{i}].use_identity_as_username needs listener[{i}].require_certificate = \
@@ -1449,6 +1467,7 @@ mod tests {
         let l = &c.listener[0];
         assert_eq!(l.address, "127.0.0.1:8883".parse().unwrap());
         assert_eq!(l.client_ca_file, None);
+        assert_eq!(l.crl_file, None);
         assert!(!l.require_certificate && !l.use_identity_as_username);
         assert_eq!(l.min_tls_version, "1.2");
         // No listener: nothing printed for it.
@@ -1460,6 +1479,7 @@ mod tests {
             cert_file: PathBuf::from("b.pem"),
             key_file: PathBuf::from("b.key"),
             client_ca_file: Some(PathBuf::from("ca.pem")),
+            crl_file: Some(PathBuf::from("ca.crl")),
             require_certificate: true,
             min_tls_version: "1.3".to_owned(),
             use_identity_as_username: true,
@@ -1495,6 +1515,14 @@ mod tests {
                 with("client_ca_file = \"ca.pem\"\nuse_identity_as_username = true"),
                 "listener[0].use_identity_as_username",
             ),
+            (
+                with("crl_file = \"ca.crl\""),
+                "listener[0].crl_file needs listener[0].client_ca_file",
+            ),
+            (
+                with("client_ca_file = \"ca.pem\"\ncrl_file = \"\""),
+                "listener[0].crl_file must not be empty",
+            ),
             (with("cert_file2 = \"x\""), "cert_file2"),
             (
                 format!("{TLS_LISTENER}{TLS_LISTENER}"),
@@ -1517,7 +1545,8 @@ mod tests {
         Config::from_toml_str(&format!("{any}{any}")).unwrap();
         Config::from_toml_str(&with(
             "client_ca_file = \"ca.pem\"\nrequire_certificate = true\n\
-             use_identity_as_username = true\nmin_tls_version = \"1.3\"",
+             use_identity_as_username = true\nmin_tls_version = \"1.3\"\n\
+             crl_file = \"ca.crl\"",
         ))
         .unwrap();
     }

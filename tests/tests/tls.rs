@@ -1,7 +1,8 @@
 //! TLS and mTLS listeners (`[[listener]]`, `docs/tls.md`) end to end: `mosquitto_pub` /
 //! `mosquitto_sub` over TLS 1.2 and 1.3, paho-mqtt's `tls_set`, client certificates,
 //! the oldest TLS version, certificate rotation on SIGHUP, a bad certificate file at
-//! reload, and a client that sends garbage instead of a ClientHello.
+//! reload, a client that sends garbage instead of a ClientHello, and client certificate
+//! revocation (CRLs made with `openssl ca`): at connect, after a reload, expired, bad.
 //!
 //! A throwaway CA, server certificates for 127.0.0.1/localhost and client certificates
 //! are made at run time with the `openssl` CLI (P-256 keys: quick to generate). Run by
@@ -47,7 +48,16 @@ fn main() -> std::process::ExitCode {
                 garbage_instead_of_client_hello_closes_only_that_socket,
                 silent_client_closed_at_the_connect_timeout,
                 plain_listener_unchanged_next_to_tls,
+                crl_refuses_the_revoked_client_and_serves_the_good_one,
+                crl_revocation_on_sighup_refuses_new_connections_keeps_established_ones,
+                crl_file_change_picked_up_without_sighup,
+                bad_crl_file_on_sighup_keeps_the_crl_in_force,
+                expired_crl_refuses_client_certificates_with_a_clear_log_line,
             ],
+        )
+        .tests(
+            &[OPENSSL],
+            mote_tests::tests![bad_crl_file_at_start_stops_the_broker],
         )
         .tests(
             &[OPENSSL, PAHO],
@@ -208,6 +218,96 @@ impl OwnCerts {
 }
 
 impl Drop for OwnCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A CA of the test's own for revocations: a copy of the shared `ca` (which signed the
+/// server's certificate), a minimal `openssl.cnf` and its database, and two client
+/// certificates it issued, `first` (CN device-first) and `second` (CN device-second).
+/// `ca.crl` is the CRL the broker reads. Removed on drop.
+struct CrlCa(PathBuf);
+
+/// `openssl ca`'s configuration: only what `-revoke` and `-gencrl` need.
+const CA_CNF: &str = "[ca]\ndefault_ca = ca_default\n[ca_default]\ndatabase = index.txt\n\
+                      crlnumber = crlnumber\ndefault_md = sha256\nunique_subject = no\n\
+                      default_crl_days = 2\n";
+
+impl CrlCa {
+    fn new() -> CrlCa {
+        let dir = unique_path("mote-tls-crl", "");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["ca.pem", "ca.key"] {
+            std::fs::copy(pki().join(f), dir.join(f)).unwrap();
+        }
+        std::fs::write(dir.join("openssl.cnf"), CA_CNF).unwrap();
+        std::fs::write(dir.join("index.txt"), "").unwrap();
+        std::fs::write(dir.join("crlnumber"), "1000\n").unwrap();
+        make_leaf(&dir, "ca", "first", "device-first", 3001, false);
+        make_leaf(&dir, "ca", "second", "device-second", 3002, false);
+        let ca = CrlCa(dir);
+        ca.write_crl(&[]);
+        ca
+    }
+
+    fn path(&self, f: &str) -> String {
+        self.0.join(f).to_str().unwrap().to_owned()
+    }
+
+    /// `mosquitto_*` options to connect with client certificate `name`.
+    fn tls(&self, name: &str) -> Vec<String> {
+        vec![
+            "--cafile".to_owned(),
+            pem("ca.pem"),
+            "--cert".to_owned(),
+            self.path(&format!("{name}.pem")),
+            "--key".to_owned(),
+            self.path(&format!("{name}.key")),
+        ]
+    }
+
+    /// The `[[listener]]` lines: this CA, certificates required, its CRL file.
+    fn listener(&self) -> String {
+        format!(
+            "client_ca_file = {:?}\nrequire_certificate = true\ncrl_file = {:?}",
+            self.path("ca.pem"),
+            self.path("ca.crl")
+        )
+    }
+
+    /// Revokes the certificate `name`.
+    fn revoke(&self, name: &str) {
+        let cert = format!("{name}.pem");
+        openssl(&self.0, &self.ca_args(&["-revoke", &cert]));
+    }
+
+    /// Writes `ca.crl` at once (made aside, renamed over it) with `extra` `openssl ca
+    /// -gencrl` options.
+    fn write_crl(&self, extra: &[&str]) {
+        let mut args = vec!["-gencrl", "-out", "ca.crl.new"];
+        args.extend(extra);
+        openssl(&self.0, &self.ca_args(&args));
+        std::fs::rename(self.0.join("ca.crl.new"), self.0.join("ca.crl")).unwrap();
+    }
+
+    /// `openssl ca` with this CA's configuration, key and certificate, then `args`.
+    fn ca_args<'a>(&self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec![
+            "ca",
+            "-config",
+            "openssl.cnf",
+            "-keyfile",
+            "ca.key",
+            "-cert",
+            "ca.pem",
+        ];
+        all.extend(args);
+        all
+    }
+}
+
+impl Drop for CrlCa {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -769,5 +869,347 @@ fn paho_tls_set_connects_and_receives() {
             "no connection over {version}; log:\n{}",
             broker.log()
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Revocation (CRL)
+// ---------------------------------------------------------------------------------------
+
+/// Why a client certificate is refused: as the broker's failed-handshake line says it,
+/// and the TLS alert the client reports (OpenSSL's words, in mosquitto's output).
+struct Refusal {
+    log: &'static str,
+    alert: &'static str,
+}
+
+/// The certificate is on the CRL.
+const REVOKED: Refusal = Refusal {
+    log: "invalid peer certificate: Revoked",
+    alert: "alert certificate revoked",
+};
+
+/// The CRL of its issuer is past its `nextUpdate` (rustls sends `unknown_ca`).
+const CRL_EXPIRED: Refusal = Refusal {
+    log: "certificate revocation list expired",
+    alert: "alert unknown ca",
+};
+
+/// Waits (at most 10 s) until the client `id` is logged as connected.
+#[track_caller]
+fn wait_connected(broker: &Broker, id: &str) {
+    let field = format!("client=\"{id}\"");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !broker
+        .log()
+        .lines()
+        .any(|l| l.contains("client connected") && l.contains(&field))
+    {
+        assert!(
+            Instant::now() < end,
+            "{id} not connected; log:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A connection with certificate `name` of `ca` that must be refused during the TLS
+/// handshake: the client fails with the TLS alert of `why`, never sees a CONNACK, and
+/// the broker logs one more failed handshake saying `why`.
+#[track_caller]
+fn refused_at_handshake(broker: &Broker, port: u16, ca: &CrlCa, name: &str, why: &Refusal) {
+    let (alert, why) = (why.alert, why.log);
+    let before = log_count(broker, why);
+    let mut args = ca.tls(name);
+    args.extend(["-d", "-i", "refused", "-t", "crl/x", "-m", "x", "-q", "1"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = mosq_pub_fails(broker, port, &args);
+    assert!(!out.contains("CONNACK"), "{name} got a CONNACK: {out}");
+    assert!(out.contains(alert), "{name}: no {alert:?} in: {out}");
+    wait_log(broker, why, before + 1, Duration::from_secs(5));
+    assert!(
+        broker
+            .log()
+            .lines()
+            .filter(|l| l.contains(why))
+            .all(|l| l.contains("TLS handshake failed")),
+        "{}",
+        broker.log()
+    );
+    assert!(
+        !broker.log().contains("client=\"refused\""),
+        "a refused client reached MQTT; log:\n{}",
+        broker.log()
+    );
+}
+
+/// `mosquitto_pub -l` with certificate `name`: one connection that publishes each line
+/// written to its stdin to `topic`, until stdin is closed.
+fn line_publisher(port: u16, ca: &CrlCa, name: &str, id: &str, topic: &str) -> mote_tests::Reaped {
+    let child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(ca.tls(name))
+        .args(["-i", id, "-t", topic, "-q", "1", "-l"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    mote_tests::Reaped(child)
+}
+
+/// Mosquitto-style options of `ca.tls(name)` plus `rest`, as `&str`s.
+fn with_tls<'a>(tls: &'a [String], rest: &[&'a str]) -> Vec<&'a str> {
+    tls.iter()
+        .map(String::as_str)
+        .chain(rest.iter().copied())
+        .collect()
+}
+
+fn crl_refuses_the_revoked_client_and_serves_the_good_one() {
+    let ca = CrlCa::new();
+    ca.revoke("first");
+    ca.write_crl(&[]);
+    let (broker, port) = tls_broker(None, &ca.listener());
+    let good = ca.tls("second");
+    relay(&broker, port, &with_tls(&good, &[]), "crl/good");
+    refused_at_handshake(&broker, port, &ca, "first", &REVOKED);
+    // TLS 1.2 checks it too (mosquitto's clients negotiate 1.3 here).
+    let (cert, key) = (ca.path("first.pem"), ca.path("first.key"));
+    let (st, out) = s_client(port, &["-tls1_2", "-cert", &cert, "-key", &key]);
+    assert!(!st.is_some_and(|s| s.success()), "TLS 1.2 accepted: {out}");
+    wait_log(&broker, REVOKED.log, 2, Duration::from_secs(5));
+    // The relay's two clients, nobody else.
+    assert_eq!(
+        log_count(&broker, "client connected"),
+        2,
+        "{}",
+        broker.log()
+    );
+}
+
+fn crl_revocation_on_sighup_refuses_new_connections_keeps_established_ones() {
+    let ca = CrlCa::new();
+    ca.revoke("first");
+    ca.write_crl(&[]);
+    let (broker, port) = tls_broker(None, &ca.listener());
+    let second = ca.tls("second");
+    // `second` connects twice, before it is revoked: a subscriber and a publisher.
+    let mut sub = mosq_sub(
+        &broker,
+        port,
+        &with_tls(
+            &second,
+            &[
+                "-i",
+                "second-sub",
+                "-t",
+                "crl/live",
+                "-q",
+                "1",
+                "-C",
+                "1",
+                "-W",
+                "20",
+            ],
+        ),
+    );
+    let mut publisher = line_publisher(port, &ca, "second", "second-pub", "crl/live");
+    wait_connected(&broker, "second-pub");
+    // Revoke it too, write the CRL anew, SIGHUP.
+    ca.revoke("second");
+    ca.write_crl(&[]);
+    hangup(&broker);
+    wait_log(
+        &broker,
+        "TLS certificates reloaded",
+        1,
+        Duration::from_secs(5),
+    );
+    // A new connection with it is refused...
+    refused_at_handshake(&broker, port, &ca, "second", &REVOKED);
+    // ...the established ones stay: the publisher still publishes, the subscriber
+    // still receives.
+    let mut stdin = publisher.0.stdin.take().unwrap();
+    stdin.write_all(b"after-revocation\n").unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(
+        messages(&mut sub, &broker),
+        vec!["after-revocation".to_owned()]
+    );
+    assert!(
+        !broker
+            .log()
+            .lines()
+            .any(|l| l.contains("client disconnected") && l.contains("client=\"second-pub\"")),
+        "the established publisher was dropped; log:\n{}",
+        broker.log()
+    );
+    // Closing its stdin ends it; it exits 0 only if its connection was still good.
+    drop(stdin);
+    let end = Instant::now() + CLIENT_LIMIT;
+    let status = loop {
+        match publisher.0.try_wait().unwrap() {
+            Some(st) => break st,
+            None if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+            None => panic!("the publisher did not exit; log:\n{}", broker.log()),
+        }
+    };
+    assert!(
+        status.success(),
+        "the established publisher failed ({status}); log:\n{}",
+        broker.log()
+    );
+    assert_eq!(
+        log_count(&broker, "client connected"),
+        2,
+        "nobody reconnected; log:\n{}",
+        broker.log()
+    );
+}
+
+fn crl_file_change_picked_up_without_sighup() {
+    let ca = CrlCa::new();
+    let (broker, port) = tls_broker(None, &ca.listener());
+    let first = ca.tls("first");
+    mosq_pub_ok(
+        &broker,
+        port,
+        &with_tls(&first, &["-t", "w", "-m", "x", "-q", "1"]),
+    );
+    ca.revoke("first");
+    ca.write_crl(&[]);
+    // Checked every 2 s, read once unchanged at two checks in a row.
+    wait_log(
+        &broker,
+        "TLS certificates reloaded",
+        1,
+        Duration::from_secs(10),
+    );
+    assert!(
+        broker.log().contains("why=\"files changed\""),
+        "{}",
+        broker.log()
+    );
+    refused_at_handshake(&broker, port, &ca, "first", &REVOKED);
+    let second = ca.tls("second");
+    mosq_pub_ok(
+        &broker,
+        port,
+        &with_tls(&second, &["-t", "w", "-m", "x", "-q", "1"]),
+    );
+}
+
+fn bad_crl_file_on_sighup_keeps_the_crl_in_force() {
+    let ca = CrlCa::new();
+    ca.revoke("first");
+    ca.write_crl(&[]);
+    let (broker, port) = tls_broker(None, &ca.listener());
+    let crl = ca.path("ca.crl");
+    for bad in [
+        &b"not a CRL\n"[..],
+        b"-----BEGIN X509 CRL-----\nMAMCAQE=\n-----END X509 CRL-----\n",
+    ] {
+        let n = log_count(&broker, "TLS certificates not reloaded");
+        std::fs::write(&crl, bad).unwrap();
+        hangup(&broker);
+        wait_log(
+            &broker,
+            "TLS certificates not reloaded",
+            n + 1,
+            Duration::from_secs(5),
+        );
+        let line = broker
+            .log()
+            .lines()
+            .rfind(|l| l.contains("TLS certificates not reloaded"))
+            .unwrap()
+            .to_owned();
+        assert!(
+            line.contains("ca.crl"),
+            "the line names the CRL file: {line}"
+        );
+        // The CRL in force still refuses `first` and serves `second`.
+        refused_at_handshake(&broker, port, &ca, "first", &REVOKED);
+        let second = ca.tls("second");
+        mosq_pub_ok(
+            &broker,
+            port,
+            &with_tls(&second, &["-t", "b", "-m", "x", "-q", "1"]),
+        );
+    }
+    assert_eq!(
+        log_count(&broker, "TLS certificates reloaded"),
+        0,
+        "{}",
+        broker.log()
+    );
+}
+
+fn expired_crl_refuses_client_certificates_with_a_clear_log_line() {
+    let ca = CrlCa::new();
+    ca.write_crl(&[
+        "-crl_lastupdate",
+        "20200101000000Z",
+        "-crl_nextupdate",
+        "20200102000000Z",
+    ]);
+    let (broker, port) = tls_broker(None, &ca.listener());
+    // Said once at load...
+    wait_log(&broker, "CRL expired", 1, Duration::from_secs(5));
+    // ...and at each refused handshake: a certificate nobody revoked is refused too.
+    refused_at_handshake(&broker, port, &ca, "second", &CRL_EXPIRED);
+    // A fresh CRL (renewal) is picked up and the certificate accepted again.
+    ca.write_crl(&[]);
+    hangup(&broker);
+    wait_log(
+        &broker,
+        "TLS certificates reloaded",
+        1,
+        Duration::from_secs(5),
+    );
+    let second = ca.tls("second");
+    mosq_pub_ok(
+        &broker,
+        port,
+        &with_tls(&second, &["-t", "e", "-m", "x", "-q", "1"]),
+    );
+}
+
+fn bad_crl_file_at_start_stops_the_broker() {
+    let ca = CrlCa::new();
+    let crl = ca.path("ca.crl");
+    for (content, why) in [
+        (&b""[..], "no CRL"),
+        (
+            b"-----BEGIN X509 CRL-----\nMAMCAQE=\n-----END X509 CRL-----\n",
+            "with the CRLs of",
+        ),
+    ] {
+        std::fs::write(&crl, content).unwrap();
+        let toml = format!(
+            "[[listener]]\ntransport = \"tls\"\naddress = \"127.0.0.1:0\"\n\
+             cert_file = {:?}\nkey_file = {:?}\n{}\n",
+            pem("server.pem"),
+            pem("server.key"),
+            ca.listener()
+        );
+        let config = mote_tests::TempFile::new("mote-crl-config", ".toml", toml.as_bytes());
+        let child = spawn(
+            Command::new(mote_tests::mote_bin())
+                .args(["--memory", "--mqtt", "127.0.0.1:0", "--config"])
+                .arg(&config.path),
+        );
+        let (st, out, err) = child.wait_output(Duration::from_secs(10));
+        assert!(
+            st.is_some_and(|s| !s.success()),
+            "started with a bad CRL file ({st:?})\n{out}\n{err}"
+        );
+        assert!(
+            err.contains("listener[0]") && err.contains(&crl) && err.contains(why),
+            "the error names the listener, the file and why:\n{err}"
+        );
+        assert!(!err.contains("listening"), "{err}");
     }
 }
