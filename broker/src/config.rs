@@ -586,6 +586,44 @@ pub struct AuthConfig {
     /// `["%u", "%u-*"]`. A client without a user name matches no pattern that holds
     /// `%u`. Default none: any client id.
     pub client_id_patterns: Vec<String>,
+    /// Sections `[[auth.limits]]`: per-user overrides of `[mqtt]`'s per-client limits
+    /// (`docs/security.md`), e.g. a backend with no publish rate and a large queue
+    /// beside devices held to little. Decided once, at CONNECT, from the client's user
+    /// name: the first entry that lists it applies; a limit it does not set is
+    /// `[mqtt]`'s; a client without a user name (anonymous) has `[mqtt]`'s. Read at
+    /// start only (SIGHUP does not read the configuration file again). Default none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<UserLimits>,
+}
+
+/// Section `[[auth.limits]]`: the limits of the users it lists. Each limit is optional;
+/// one left out is `[mqtt]`'s.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserLimits {
+    /// User names it applies to, `*` standing for any run of characters (`"ingest-*"`;
+    /// `"*"`: every user with a name). Required, not empty.
+    pub users: Vec<String>,
+    /// PUBLISH packets one of its clients may send per second, as
+    /// `mqtt.max_publish_rate`. `0` = no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_publish_rate: Option<u32>,
+    /// PUBLISH bytes one of its clients may send per second, as
+    /// `mqtt.max_publish_bytes_rate`. `0` = no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_publish_bytes_rate: Option<u64>,
+    /// Most subscriptions one of its sessions may hold, as
+    /// `mqtt.max_subscriptions_per_client`. Must be at least 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_subscriptions_per_client: Option<usize>,
+    /// Most messages queued per session, as `mqtt.max_queued_messages`. Must be at
+    /// least 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queued_messages: Option<usize>,
+    /// Most payload bytes queued per session, as `mqtt.max_queued_bytes`. Must be at
+    /// least 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queued_bytes: Option<usize>,
 }
 
 /// How JSON Web Tokens are signed (`auth.jwt_algorithm`).
@@ -620,6 +658,7 @@ impl Default for AuthConfig {
             jwt_acl_claim: "acl".to_owned(),
             jwt_leeway_secs: 0,
             client_id_patterns: Vec::new(),
+            limits: Vec::new(),
         }
     }
 }
@@ -656,6 +695,27 @@ impl AuthConfig {
             if let Err(why) = crate::proto::login::ClientIds::parse(std::slice::from_ref(p)) {
                 bail!("auth.client_id_patterns[{i}] = {p:?}: {why}");
             }
+        }
+        for (i, l) in self.limits.iter().enumerate() {
+            ensure!(
+                !l.users.is_empty(),
+                "auth.limits[{i}].users must list at least one user name or pattern"
+            );
+            if let Some(u) = l.users.iter().find(|u| u.is_empty()) {
+                bail!("auth.limits[{i}].users holds an empty name {u:?}");
+            }
+            ensure!(
+                l.max_subscriptions_per_client != Some(0),
+                "auth.limits[{i}].max_subscriptions_per_client must be at least 1 (got 0)"
+            );
+            ensure!(
+                l.max_queued_messages != Some(0),
+                "auth.limits[{i}].max_queued_messages must be at least 1 (got 0)"
+            );
+            ensure!(
+                l.max_queued_bytes != Some(0),
+                "auth.limits[{i}].max_queued_bytes must be at least 1 (got 0)"
+            );
         }
         Ok(())
     }

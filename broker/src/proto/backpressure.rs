@@ -52,7 +52,9 @@ impl Core {
         };
         let (spilled, spilled_bytes) = s.spilled();
         let own = (s.queued_len() + spilled, s.queued_bytes() + spilled_bytes);
-        if self.cfg.publisher_backpressure_ms == 0 || past(own.0, own.1, &self.limits, 2) {
+        if self.cfg.publisher_backpressure_ms == 0
+            || past(own.0, own.1, &s.queue_limits(self.limits), 2)
+        {
             return;
         }
         self.pausable = s.link().map(|l| l.notify.clone());
@@ -105,7 +107,7 @@ impl Core {
             Some(s) => {
                 let (spilled, spilled_bytes) = s.spilled();
                 let (len, bytes) = (s.queued_len() + spilled, s.queued_bytes() + spilled_bytes);
-                !past(len, bytes, &self.limits, 4)
+                !past(len, bytes, &s.queue_limits(self.limits), 4)
             }
             None => true,
         };

@@ -6,7 +6,8 @@ use super::*;
 
 impl Core {
     /// Handles CONNECT from a client the runtime authenticated as `login` (its user,
-    /// `None` for anonymous, the rules its credential carries and when it expires):
+    /// `None` for anonymous, the rules its credential carries, when it expires, and the
+    /// user's own limits, which the session keeps from now on):
     /// CONNACK into `out`; on success the session is attached to a new link woken
     /// through `notify` and closed through `kick`.
     #[allow(clippy::too_many_arguments)]
@@ -24,6 +25,7 @@ impl Core {
             user,
             grant,
             expires,
+            limits,
         } = login.into();
         let protocol = c.protocol;
         let v5 = protocol.is_v5();
@@ -207,6 +209,7 @@ impl Core {
         session.set_expiry_interval(expiry);
         session.attach(link);
         session.set_user(user.clone());
+        session.set_limits(limits);
         let old_grant = session.set_grant(grant.clone());
         session.set_will(will.clone());
         session.set_persisted(expiry > 0);

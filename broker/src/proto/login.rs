@@ -1,5 +1,6 @@
-//! What the runtime's authentication hands the core with a CONNECT ([`Login`]), and which
-//! client ids a user may use ([`ClientIds`], `auth.client_id_patterns`).
+//! What the runtime's authentication hands the core with a CONNECT ([`Login`]), which
+//! client ids a user may use ([`ClientIds`], `auth.client_id_patterns`), and the limits
+//! a user has instead of `[mqtt]`'s ([`LimitsByUser`], `auth.limits`).
 //!
 //! The core never checks a credential: the runtime did (`runtime/auth.rs`), off the
 //! core's lock. The core keeps what the credential said for as long as the connection
@@ -22,11 +23,30 @@
 //! | `%u`, `%u/*` | `dev1` | `dev1`, `dev1/x` | yes |
 //! | `%u-*` | (none) | anything | no |
 //! | `http-*` | anyone | `http-publish-1` | yes |
+//!
+//! # Per-user limits
+//!
+//! `[[auth.limits]]` entries list user names, `*` standing for any run of characters
+//! (the rest literal; no `%u` here). The first entry listing the user decides, once, at
+//! CONNECT: its [`Limits`] travel in the [`Login`] (an `Arc` shared by every client of
+//! the entry) and stay with the session and the connection. A limit the entry leaves
+//! out, a user no entry lists, and an anonymous client: `[mqtt]`'s, and no `Limits` at
+//! all (`None`), so a broker without entries pays nothing per packet.
+//!
+//! | entries | user | limits |
+//! | --- | --- | --- |
+//! | `["backend"]`, then `["*"]` | `backend` | the first entry's |
+//! | `["backend"]`, then `["*"]` | `dev1` | the second entry's |
+//! | `["ingest-*"]` | `ingest-7`, `ingest-` | the entry's |
+//! | `["ingest-*"]` | `ingest`, `x-ingest-7` | `[mqtt]`'s |
+//! | `["*"]` | (none) | `[mqtt]`'s |
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::acl::Grant;
+use super::session::QueueLimits;
+use crate::config::{MqttConfig, UserLimits};
 
 /// Who the runtime authenticated a CONNECT as, and what its credential says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,6 +59,136 @@ pub(crate) struct Login {
     /// When the credential stops being valid (a token's `exp`): the connection is closed
     /// then (MQTT 5: DISCONNECT 0xA0 Maximum connect time). `None`: never.
     pub(crate) expires: Option<Instant>,
+    /// The user's own limits (`auth.limits`); `None`: `[mqtt]`'s.
+    pub(crate) limits: Option<Arc<Limits>>,
+}
+
+impl Login {
+    /// The PUBLISH rates its connection is held to, messages and bytes per second
+    /// (`0`: no limit): its own limits', else `[mqtt]`'s.
+    pub(crate) fn publish_rates(&self, cfg: &MqttConfig) -> (u32, u64) {
+        let l = self.limits.as_deref();
+        (
+            l.and_then(|l| l.max_publish_rate)
+                .unwrap_or(cfg.max_publish_rate),
+            l.and_then(|l| l.max_publish_bytes_rate)
+                .unwrap_or(cfg.max_publish_bytes_rate),
+        )
+    }
+}
+
+/// A user's own per-client limits (one `[[auth.limits]]` entry): each `None` is
+/// `[mqtt]`'s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// PUBLISH packets per second (`0`: no limit); enforced by the connection.
+    pub(crate) max_publish_rate: Option<u32>,
+    /// PUBLISH bytes per second (`0`: no limit); enforced by the connection.
+    pub(crate) max_publish_bytes_rate: Option<u64>,
+    /// Most subscriptions the session holds.
+    pub(crate) max_subscriptions: Option<usize>,
+    /// Most deliveries the session queues.
+    pub(crate) max_queued_messages: Option<usize>,
+    /// Most bytes the session queues.
+    pub(crate) max_queued_bytes: Option<usize>,
+}
+
+impl Limits {
+    /// `base` (`[mqtt]`'s queue limits) with the ones these set.
+    pub(crate) fn queue(&self, base: QueueLimits) -> QueueLimits {
+        QueueLimits {
+            max_messages: self.max_queued_messages.unwrap_or(base.max_messages),
+            max_bytes: self.max_queued_bytes.unwrap_or(base.max_bytes),
+            ..base
+        }
+    }
+}
+
+impl From<&UserLimits> for Limits {
+    fn from(c: &UserLimits) -> Limits {
+        Limits {
+            max_publish_rate: c.max_publish_rate,
+            max_publish_bytes_rate: c.max_publish_bytes_rate,
+            max_subscriptions: c.max_subscriptions_per_client,
+            max_queued_messages: c.max_queued_messages,
+            max_queued_bytes: c.max_queued_bytes,
+        }
+    }
+}
+
+/// Which users have limits of their own (`auth.limits`, module documentation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LimitsByUser {
+    /// In order: the user name patterns of an entry (each of `Lit` and `Star` parts),
+    /// and its limits.
+    entries: Vec<(Vec<Vec<Part>>, Arc<Limits>)>,
+}
+
+impl LimitsByUser {
+    /// The entries of `auth.limits`.
+    ///
+    /// # Errors
+    /// An entry without user names, or an empty name.
+    pub(crate) fn new(entries: &[UserLimits]) -> Result<LimitsByUser, String> {
+        let entries = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if e.users.is_empty() {
+                    return Err(format!("auth.limits[{i}].users is empty"));
+                }
+                let users = e
+                    .users
+                    .iter()
+                    .map(|u| parse_user_pattern(u))
+                    .collect::<Result<_, _>>()
+                    .map_err(|why| format!("auth.limits[{i}].users: {why}"))?;
+                Ok((users, Arc::new(Limits::from(e))))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(LimitsByUser { entries })
+    }
+
+    /// The limits of `user` (`None`: anonymous): the first entry that lists it, or
+    /// `None` for `[mqtt]`'s. Called once per CONNECT, never per packet.
+    pub(crate) fn of(&self, user: Option<&str>) -> Option<Arc<Limits>> {
+        let user = user?;
+        self.entries.iter().find_map(|(patterns, limits)| {
+            patterns
+                .iter()
+                .any(|p| {
+                    let pieces: Vec<Piece<'_>> = p
+                        .iter()
+                        .map(|part| match part {
+                            Part::Lit(s) => Piece::Lit(s),
+                            Part::Star => Piece::Star,
+                            // Not in a user name pattern (`parse_user_pattern`).
+                            Part::User => Piece::Lit("%u"),
+                        })
+                        .collect();
+                    glob(&pieces, user)
+                })
+                .then(|| limits.clone())
+        })
+    }
+}
+
+/// A user name pattern of `auth.limits`: literal text and `*`.
+fn parse_user_pattern(p: &str) -> Result<Vec<Part>, String> {
+    if p.is_empty() {
+        return Err("empty user name".into());
+    }
+    let mut parts = Vec::new();
+    for (i, lit) in p.split('*').enumerate() {
+        // `**` means what `*` does.
+        if i > 0 && parts.last() != Some(&Part::Star) {
+            parts.push(Part::Star);
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Lit(lit.into()));
+        }
+    }
+    Ok(parts)
 }
 
 impl From<Option<Arc<str>>> for Login {
@@ -235,6 +385,82 @@ mod tests {
         assert!(end.allows(None, "abab"));
         assert!(!end.allows(None, "aba"));
         assert!(ids(&["a**b"]).allows(None, "axyb"));
+    }
+
+    fn limits(entries: &[(&[&str], u32)]) -> LimitsByUser {
+        let entries: Vec<UserLimits> = entries
+            .iter()
+            .map(|(users, rate)| UserLimits {
+                users: users.iter().map(|u| (*u).to_owned()).collect(),
+                max_publish_rate: Some(*rate),
+                ..UserLimits::default()
+            })
+            .collect();
+        LimitsByUser::new(&entries).unwrap()
+    }
+
+    fn rate(t: &LimitsByUser, user: Option<&str>) -> Option<u32> {
+        t.of(user).and_then(|l| l.max_publish_rate)
+    }
+
+    #[test]
+    fn limits_the_table_of_the_module_documentation() {
+        let t = limits(&[(&["backend"], 1), (&["*"], 2)]);
+        assert_eq!(rate(&t, Some("backend")), Some(1));
+        assert_eq!(rate(&t, Some("dev1")), Some(2));
+        assert_eq!(rate(&t, None), None, "anonymous: [mqtt]'s");
+        let t = limits(&[(&["ingest-*"], 3)]);
+        assert_eq!(rate(&t, Some("ingest-7")), Some(3));
+        assert_eq!(rate(&t, Some("ingest-")), Some(3));
+        assert_eq!(rate(&t, Some("ingest")), None);
+        assert_eq!(rate(&t, Some("x-ingest-7")), None);
+    }
+
+    #[test]
+    fn limits_first_matching_entry_wins_and_names_are_literal() {
+        let t = limits(&[(&["a", "b*"], 1), (&["b1", "%u"], 2), (&["a*b"], 3)]);
+        assert_eq!(rate(&t, Some("b1")), Some(1));
+        assert_eq!(rate(&t, Some("%u")), Some(2));
+        assert_eq!(rate(&t, Some("axxb")), Some(3));
+        assert_eq!(rate(&t, Some("a")), Some(1));
+        assert_eq!(rate(&t, Some("c")), None);
+        // Entries share one `Arc` among their users.
+        assert!(Arc::ptr_eq(
+            &t.of(Some("a")).unwrap(),
+            &t.of(Some("b2")).unwrap()
+        ));
+        assert!(LimitsByUser::default().of(Some("a")).is_none());
+        assert!(LimitsByUser::new(&[UserLimits::default()]).is_err());
+    }
+
+    #[test]
+    fn limits_fall_back_to_mqtt_field_by_field() {
+        let cfg = MqttConfig {
+            max_publish_rate: 10,
+            max_publish_bytes_rate: 1000,
+            ..MqttConfig::default()
+        };
+        let base = Login::from(Some(Arc::from("u")));
+        assert_eq!(base.publish_rates(&cfg), (10, 1000));
+        let own = Login {
+            limits: Some(Arc::new(Limits {
+                max_publish_rate: Some(0),
+                max_queued_messages: Some(5),
+                ..Limits::default()
+            })),
+            ..base
+        };
+        assert_eq!(own.publish_rates(&cfg), (0, 1000));
+        let q = QueueLimits {
+            max_messages: 100,
+            max_bytes: 200,
+            max_inflight: 7,
+        };
+        let got = own.limits.as_ref().unwrap().queue(q);
+        assert_eq!(
+            (got.max_messages, got.max_bytes, got.max_inflight),
+            (5, 200, 7)
+        );
     }
 
     #[test]

@@ -302,7 +302,7 @@ impl Core {
         }
         if let Some(link) = s.link() {
             fx.wake(&link.notify);
-            if self.pausable.is_some() && s.congested(&self.limits) {
+            if self.pausable.is_some() && s.congested(&s.queue_limits(self.limits)) {
                 self.check_congestion(client, now);
             }
         }

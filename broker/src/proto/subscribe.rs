@@ -93,8 +93,9 @@ impl Core {
                 continue;
             }
             // One session cannot pin unbounded memory in subscriptions; replacing one
-            // it holds is always allowed.
-            if s.subscription_count() >= cfg.max_subscriptions_per_client
+            // it holds is always allowed. The user's own limit (`auth.limits`) when it
+            // has one.
+            if s.subscription_count() >= s.max_subscriptions(cfg.max_subscriptions_per_client)
                 && !s.has_subscription(f.filter)
             {
                 codes.push(fail(reason::QUOTA_EXCEEDED));
@@ -236,13 +237,13 @@ impl Core {
     /// this step queued something, the connection is woken to take the next step (after
     /// it has written this one): a large retained set never holds the core long.
     pub(super) fn retained_step(&mut self, client: &Arc<str>, now: Instant) {
-        let limits = self.limits;
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
         if !s.has_retained_jobs() || !s.online() {
             return;
         }
+        let limits = s.queue_limits(self.limits);
         let (spilled, _) = s.spilled();
         let room = limits
             .max_messages

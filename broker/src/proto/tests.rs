@@ -7,6 +7,7 @@ use super::*;
 mod access;
 mod backpressure;
 mod fuzz;
+mod limits;
 mod login;
 mod streams;
 mod twins;

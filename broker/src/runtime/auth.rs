@@ -6,7 +6,8 @@
 //! is set, and never as a password; any other password goes to the password file. A
 //! token's user is its user claim; a user name sent beside it must be that one. What the
 //! token says reaches the core as a [`Login`]: the user, the rules of its `acl` claim,
-//! and its expiry, at which the core closes the connection.
+//! and its expiry, at which the core closes the connection. Every login also carries
+//! the user's own limits (`auth.limits`), looked up here once per CONNECT.
 //!
 //! A password is checked before the core sees the CONNECT, on tokio's blocking pool
 //! (argon2id takes tens of milliseconds and 19 MiB by design), at most
@@ -33,7 +34,7 @@ use tokio::sync::Semaphore;
 use super::jwt::{self, Verifier};
 use crate::config::AuthConfig;
 use crate::proto::acl::Acl;
-use crate::proto::login::{ClientIds, Login};
+use crate::proto::login::{ClientIds, LimitsByUser, Login};
 
 /// Password checks running at once (each holds 19 MiB while it runs).
 const VERIFY_CONCURRENCY: usize = 2;
@@ -156,6 +157,9 @@ pub(crate) struct Auth {
     certificate_users: Mutex<HashSet<Arc<str>>>,
     /// Logins refused since the start.
     refused: AtomicU64,
+    /// The users with limits of their own (`auth.limits`): from the configuration file,
+    /// which SIGHUP does not read again.
+    limits: LimitsByUser,
 }
 
 impl Auth {
@@ -165,6 +169,7 @@ impl Auth {
     /// A file that cannot be read or parsed, naming it.
     pub(crate) fn load(config: &AuthConfig, deny_subscribe: &[String]) -> anyhow::Result<Auth> {
         let policy = read_policy(config, deny_subscribe)?;
+        let limits = LimitsByUser::new(&config.limits).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Auth {
             config: config.clone(),
             deny_subscribe: deny_subscribe.to_vec(),
@@ -178,16 +183,23 @@ impl Auth {
             },
             certificate_users: Mutex::new(HashSet::new()),
             refused: AtomicU64::new(0),
+            limits,
         })
     }
 
-    /// Notes that `user` logged in with a client certificate.
-    pub(crate) fn certificate_user(&self, user: &Arc<str>) {
+    /// The login of `user`, who logged in with a client certificate (noted: the
+    /// password file does not govern it).
+    pub(crate) fn certificate_login(&self, user: Arc<str>) -> Login {
         let mut set = self
             .certificate_users
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         set.insert(user.clone());
+        drop(set);
+        Login {
+            limits: self.limits.of(Some(&user)),
+            ..Login::from(Some(user))
+        }
     }
 
     /// Whether a user of a connected session is gone under `policy`: listed nowhere
@@ -231,18 +243,25 @@ impl Auth {
     }
 
     /// Decides a CONNECT's credentials: who the client is from now on (its user name,
-    /// `None` for anonymous, and what its token says), or why it is refused (counted).
+    /// `None` for anonymous, what its token says, and the user's own limits), or why it
+    /// is refused (counted).
     pub(crate) async fn authenticate(
         &self,
         ip: IpAddr,
         user: Option<&str>,
         password: Option<&[u8]>,
     ) -> Result<Login, Refusal> {
-        let r = self.decide(ip, user, password).await;
-        if r.is_err() {
-            self.refused.fetch_add(1, Ordering::Relaxed);
+        match self.decide(ip, user, password).await {
+            Ok(mut login) => {
+                // Once per CONNECT; the session and the connection keep the result.
+                login.limits = self.limits.of(login.user.as_deref());
+                Ok(login)
+            }
+            Err(refusal) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                Err(refusal)
+            }
         }
-        r
     }
 
     /// Whether a client without a user name may connect: as configured, else only when
@@ -347,6 +366,7 @@ impl Auth {
                     user: Some(t.user),
                     grant: t.grant,
                     expires: now.checked_add(left.min(FAR_FUTURE)),
+                    limits: None,
                 });
             }
             Ok(_) => "the user name is not the token's".to_owned(),
@@ -372,6 +392,7 @@ impl Auth {
                 user: Some(t.user),
                 grant: t.grant,
                 expires: None,
+                limits: None,
             },
             None => Login::from(user.map(Arc::from)),
         }
@@ -582,6 +603,41 @@ mod tests {
     }
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn logins_carry_the_limits_of_their_user() {
+        use crate::config::UserLimits;
+        let config = AuthConfig {
+            limits: vec![
+                UserLimits {
+                    users: vec!["backend".to_owned(), "ingest-*".to_owned()],
+                    max_publish_rate: Some(0),
+                    ..UserLimits::default()
+                },
+                UserLimits {
+                    users: vec!["*".to_owned()],
+                    max_subscriptions_per_client: Some(5),
+                    ..UserLimits::default()
+                },
+            ],
+            ..AuthConfig::default()
+        };
+        let auth = Auth::load(&config, &[]).unwrap();
+        let of = |l: Login| l.limits.map(|l| (l.max_publish_rate, l.max_subscriptions));
+        let login = auth.authenticate(IP, Some("ingest-3"), None).await.unwrap();
+        assert_eq!(of(login), Some((Some(0), None)));
+        let login = auth.authenticate(IP, Some("dev"), None).await.unwrap();
+        assert_eq!(of(login), Some((None, Some(5))));
+        let anonymous = auth.authenticate(IP, None, None).await.unwrap();
+        assert_eq!(of(anonymous), None);
+        let cert = auth.certificate_login(Arc::from("backend"));
+        assert_eq!(cert.user.as_deref(), Some("backend"));
+        assert_eq!(of(cert), Some((Some(0), None)));
+        // Without entries, nobody has limits of their own.
+        let plain = Auth::load(&AuthConfig::default(), &[]).unwrap();
+        let login = plain.authenticate(IP, Some("backend"), None).await.unwrap();
+        assert_eq!(login.limits, None);
+    }
 
     #[tokio::test]
     async fn passwords_are_checked_and_anonymous_is_off_with_a_password_file() {

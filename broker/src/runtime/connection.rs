@@ -89,7 +89,8 @@ const LINGER_MAX: Duration = Duration::from_secs(2);
 /// unread input left, closing sends no reset.
 const LINGER_QUIET: Duration = Duration::from_millis(200);
 
-/// A client's PUBLISH rate limits (`mqtt.max_publish_rate`, `max_publish_bytes_rate`):
+/// A client's PUBLISH rate limits (`mqtt.max_publish_rate`, `max_publish_bytes_rate`, or
+/// its user's own, `auth.limits`):
 /// token buckets holding one second's worth. When one is in debt the connection stops
 /// reading until it is repaid, so a fast publisher is slowed by TCP backpressure, never
 /// disconnected, and costs the broker nothing meanwhile.
@@ -103,11 +104,9 @@ struct Throttle {
 }
 
 impl Throttle {
-    fn new(cfg: &crate::config::MqttConfig) -> Option<Throttle> {
-        let rates = (
-            f64::from(cfg.max_publish_rate),
-            cfg.max_publish_bytes_rate as f64,
-        );
+    /// Messages and bytes per second (`0`: no limit), as `Login::publish_rates` says.
+    fn new((messages, bytes): (u32, u64)) -> Option<Throttle> {
+        let rates = (f64::from(messages), bytes as f64);
         (rates.0 > 0.0 || rates.1 > 0.0).then(|| Throttle {
             rates,
             tokens: rates,
@@ -613,6 +612,7 @@ async fn run<S: Stream>(
         kick,
         inbuf,
         out,
+        rates,
     } = match phase1.await {
         Ok(a) => a,
         Err(closing) => return closing,
@@ -636,7 +636,7 @@ async fn run<S: Stream>(
         inbuf,
         out,
         last_rx: Instant::now(),
-        throttle: Throttle::new(&shared.config.mqtt),
+        throttle: Throttle::new(rates),
     };
     let exit = 'phase2: {
         if io.inbuf.is_empty() && stream.readable().is_some() {
@@ -705,6 +705,8 @@ struct Admitted {
     inbuf: BytesMut,
     /// The CONNACK and whatever else the CONNECT produced.
     out: BytesMut,
+    /// Its PUBLISH rates (messages, bytes per second; `0`: no limit).
+    rates: (u32, u64),
 }
 
 /// Phase 1: a complete CONNECT within the connect timeout, the login, and the core's
@@ -800,10 +802,7 @@ async fn handshake<S: Stream>(
     let login = match identity {
         // mTLS with `use_identity_as_username`: the certificate is the credential (and
         // the password file does not govern this user).
-        Some(user) => {
-            shared.auth.certificate_user(&user);
-            Ok(Some(user).into())
-        }
+        Some(user) => Ok(shared.auth.certificate_login(user)),
         None => tokio::select! {
             r = shared.auth.authenticate(peer.ip(), connect.username, connect.password) => r,
             _ = tokio::time::sleep_until(deadline + Duration::from_millis(cfg.connect_timeout_ms)) => {
@@ -850,6 +849,7 @@ async fn handshake<S: Stream>(
             });
         }
     };
+    let rates = user.publish_rates(cfg);
     let notify = Arc::new(Notify::new());
     let kick = Arc::new(Kick::default());
     // Replies (and deliveries to others) go out only once what they confirm is durable.
@@ -882,6 +882,7 @@ async fn handshake<S: Stream>(
         kick,
         inbuf,
         out,
+        rates,
     })
 }
 

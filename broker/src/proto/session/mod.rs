@@ -8,7 +8,8 @@
 //! Invariants:
 //! - `inflight` holds at most `min(client Receive Maximum, config max_inflight)`
 //!   entries, in the order they were first sent; packet ids in it are unique and never 0.
-//! - `queue` holds at most `max_queued_messages` deliveries and `max_queued_bytes` bytes.
+//! - `queue` holds at most `max_queued_messages` deliveries and `max_queued_bytes` bytes
+//!   (the user's own, `auth.limits`, when its last CONNECT brought some).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -261,6 +262,10 @@ pub(crate) struct Session {
     /// looked at before the rules file's. Not stored: after a restart a session has none
     /// until its client connects again, which decides its subscriptions anew.
     grant: Option<Arc<super::acl::Grant>>,
+    /// The user's own limits (`auth.limits`) from its last CONNECT; `None`: `[mqtt]`'s.
+    /// Not stored: after a restart a session has `[mqtt]`'s until its client connects
+    /// again.
+    limits: Option<Arc<super::login::Limits>>,
     /// Subscriptions by full filter (including any `$share/group/` prefix).
     subscriptions: HashMap<Arc<str>, Subscription>,
     /// The filters of its `$json/` subscriptions (without the prefixes): a delivery
@@ -363,6 +368,7 @@ impl Session {
             client_id,
             user: None,
             grant: None,
+            limits: None,
             subscriptions: HashMap::new(),
             json_filters: Vec::new(),
             expiry_interval: 0,
@@ -408,6 +414,27 @@ impl Session {
         grant: Option<Arc<super::acl::Grant>>,
     ) -> Option<Arc<super::acl::Grant>> {
         std::mem::replace(&mut self.grant, grant)
+    }
+
+    /// Sets the user's own limits (`None`: `[mqtt]`'s).
+    pub(crate) fn set_limits(&mut self, limits: Option<Arc<super::login::Limits>>) {
+        self.limits = limits;
+    }
+
+    /// Its queue limits: `base` (`[mqtt]`'s), with the ones its user's own limits set.
+    pub(crate) fn queue_limits(&self, base: QueueLimits) -> QueueLimits {
+        match &self.limits {
+            None => base,
+            Some(l) => l.queue(base),
+        }
+    }
+
+    /// Most subscriptions it may hold: its user's own limit, else `base` (`[mqtt]`'s).
+    pub(crate) fn max_subscriptions(&self, base: usize) -> usize {
+        self.limits
+            .as_ref()
+            .and_then(|l| l.max_subscriptions)
+            .unwrap_or(base)
     }
 
     /// True while the store holds this session (it was opened with an expiry above 0).
@@ -771,7 +798,8 @@ impl Session {
         self.link.is_some()
     }
 
-    /// Queues a delivery, evicting QoS 0 deliveries first when full.
+    /// Queues a delivery, evicting QoS 0 deliveries first when full (full: past `limits`,
+    /// or the user's own queue limits when it has some).
     pub(crate) fn enqueue(
         &mut self,
         d: Delivery,
@@ -787,6 +815,7 @@ impl Session {
             self.queue.push_back(d);
             return Enqueued::Ok;
         }
+        let limits = self.queue_limits(*limits);
         let cost = d.msg.cost();
         let (spilled, spilled_bytes) = self.spilled();
         while self.queue.len() + spilled >= limits.max_messages

@@ -13,6 +13,7 @@ fn token(user: &str, grant: Option<(&[&str], &[&str], &[&str])>, expires: Instan
         user: Some(Arc::from(user)),
         grant: grant.map(|(r, w, b)| Arc::new(Grant::new(r, w, b).unwrap())),
         expires: Some(expires),
+        limits: None,
     }
 }
 
