@@ -10,6 +10,8 @@
 
 pub mod admin;
 pub mod config;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod json;
 mod proto;
 pub mod runtime;

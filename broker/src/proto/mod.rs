@@ -708,7 +708,19 @@ impl Core {
             ..PropValues::default()
         };
         if v5 && reason_string.is_some() {
-            ack.properties = Properties::from(&why);
+            // Left out rather than go beyond the client's Maximum Packet Size
+            // (MQTT-3.4.2-2, MQTT-3.5.2-2).
+            let with = Ack {
+                properties: Properties::from(&why),
+                ..ack
+            };
+            let max = self
+                .owned(client, conn_id)
+                .and_then(|s| s.link())
+                .map_or(u32::MAX, |l| l.client_max_packet);
+            if Packet::PubAck(with).encoded_len(protocol) <= max as usize {
+                ack = with;
+            }
         }
         match p.qos {
             QoS::AtMostOnce => {}
