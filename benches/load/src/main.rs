@@ -29,7 +29,17 @@
 //! mqtt-load --extra-subs 100000 --connect-concurrency 16 --publishers 8 --topic-per-publisher --qos 0 --count 100000
 //! # 5,000 idle connections: a JSON line once they are open, held until stdin closes
 //! mqtt-load --idle 5000 --connect-concurrency 32 --hold 60 --json
+//! # the QoS 1 pairs over TLS, the broker's certificate checked against ca.pem
+//! mqtt-load --broker 127.0.0.1:8883 --tls --cafile ca.pem --publishers 8 --subscribers 8 --pairs --count 50000
+//! # handshake rate: 5,000 TLS 1.2 connections with a client certificate, 16 at a time
+//! mqtt-load --broker 127.0.0.1:8883 --tls --cafile ca.pem --cert client.pem --key client.key \
+//!     --tls-version 1.2 --connect-rate 5000 --connect-concurrency 16 --json
 //! ```
+//!
+//! With `--tls` every connection is MQTT over TLS (rustls on ring): the broker's
+//! certificate is verified against `--cafile`, `--cert`/`--key` add a client certificate,
+//! and every handshake is a full one unless `--tls-resume` is given. `--connect-rate N`
+//! measures whole connections per second instead of messages ([`connect_rate`]).
 //!
 //! With `--proto nats` the same publishers and subscribers speak the core NATS text
 //! protocol (CONNECT, PUB, SUB, MSG, PING/PONG): QoS 0 only, no sessions, no retain.
@@ -48,9 +58,11 @@
 //! Exit status: 0 when the run is valid; 2 when a QoS 1/2 message was lost, a QoS 2
 //! message was delivered twice or a publish was refused; 1 when the run failed.
 
+mod connect_rate;
 mod mqtt;
 mod nats;
 mod stats;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -65,6 +77,7 @@ use tokio::task::JoinHandle;
 
 use crate::mqtt::{AckKind, Conn, ConnectOpts, In, Mark, MARK_LEN};
 use crate::stats::{Histogram, Tracker};
+use crate::tls::{TlsArgs, TlsClient, TlsInfo};
 
 /// MQTT load generator: N publishers, M subscribers, raw MQTT over mote-codec.
 #[derive(Debug, Clone, Parser)]
@@ -92,7 +105,7 @@ struct Args {
     #[arg(
         long,
         conflicts_with = "duration",
-        required_unless_present_any = ["duration", "idle"]
+        required_unless_present_any = ["duration", "idle", "connect_rate"]
     )]
     count: Option<u64>,
     /// Seconds to publish for (instead of --count).
@@ -202,6 +215,17 @@ struct Args {
     /// Idle-connection mode: longest time the connections are held, seconds.
     #[arg(long, default_value_t = 60.0)]
     hold: f64,
+    /// Connection-rate mode: open this many connections in all, --connect-concurrency
+    /// at a time; each connects (TCP, and the TLS handshake with --tls), sends CONNECT,
+    /// waits for CONNACK, sends DISCONNECT and waits for the broker to close. Reports
+    /// connections per second and connect-to-CONNACK latency. Nothing is published.
+    #[arg(long, default_value_t = 0, conflicts_with = "idle")]
+    connect_rate: u64,
+    /// Threads of the generator's runtime [default: one per core].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// The wire protocol spoken.
@@ -222,6 +246,8 @@ struct Plan {
     sub_qos: QoS,
     settle: Duration,
     stall: Duration,
+    /// With --tls: the client every connection uses.
+    tls: Option<TlsClient>,
 }
 
 impl Plan {
@@ -244,6 +270,9 @@ impl Plan {
             if args.v5 || args.persistent || args.retain || args.ack_log.is_some() {
                 bail!("--proto nats: no --v5, --persistent, --retain or --ack-log");
             }
+            if args.tls.tls || args.connect_rate > 0 {
+                bail!("--proto nats: no --tls or --connect-rate");
+            }
         }
         if args.pairs && args.publishers != args.subscribers {
             bail!("--pairs needs as many subscribers as publishers");
@@ -261,6 +290,7 @@ impl Plan {
             sub_qos,
             settle: Duration::from_secs_f64(args.settle),
             stall: Duration::from_secs_f64(args.stall),
+            tls: TlsClient::from_args(&args.tls, args.broker)?,
             args,
         })
     }
@@ -300,6 +330,7 @@ impl Plan {
             session_expiry: None,
             nats: self.nats(),
             keep_alive: self.args.keep_alive,
+            tls: self.tls.clone(),
         }
     }
 
@@ -316,6 +347,7 @@ impl Plan {
             session_expiry: None,
             nats: self.nats(),
             keep_alive: self.args.keep_alive,
+            tls: self.tls.clone(),
         }
     }
 
@@ -340,6 +372,7 @@ impl Plan {
             session_expiry: (persistent && self.protocol.is_v5()).then_some(u32::MAX),
             nats: self.nats(),
             keep_alive: self.args.keep_alive,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -740,6 +773,8 @@ struct Report {
     ack_latency_sched_us: Option<LatencyReport>,
     retain: bool,
     topics: u64,
+    /// With --tls: what the first publisher's handshake settled on.
+    tls: Option<TlsInfo>,
     /// Wall-clock time of the epoch the `--ack-log` times count from, ns since 1970.
     epoch_unix_ns: u64,
     /// False when a QoS 1/2 message was lost, a QoS 2 message duplicated, a publish
@@ -974,6 +1009,7 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
     let mut subs: Vec<JoinHandle<SubResult>> = Vec::new();
     let mut pubs: Vec<PubResult> = Vec::new();
     let mut publish_report = None;
+    let mut tls = None;
     let mut start: Instant;
     let mode = if a.drain_only {
         "drain-only"
@@ -1025,6 +1061,7 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
                 .with_context(|| format!("publisher {i}"))?;
             pconns.push(c);
         }
+        tls = pconns.first().and_then(Conn::tls_info);
         start = Instant::now();
         let handles: Vec<_> = pconns
             .into_iter()
@@ -1222,6 +1259,7 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<Report> {
         ack_latency_sched_us: latency_report(&ack_sched),
         retain: a.retain,
         topics: a.topics,
+        tls,
         epoch_unix_ns: epoch_pair()
             .1
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -1264,6 +1302,9 @@ fn print_text(r: &Report) {
         "mqtt-load {} protocol {} qos {} (sub {}) {} B, {} pub -> {} sub, mode {}",
         r.broker, r.protocol, r.qos, r.sub_qos, r.size, r.publishers, r.subscribers, r.mode
     );
+    if let Some(t) = &r.tls {
+        println!("tls:      {} {} {}", t.version, t.cipher_suite, t.kx_group);
+    }
     if let Some(p) = &r.publish {
         println!(
             "publish:  {:>12.0} msg/s  ({} acked of {} sent, {} refused, {} unacked) in {:.3} s",
@@ -1305,10 +1346,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = plan.args.threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mqtt-load: cannot start the runtime: {e}");
@@ -1329,6 +1371,11 @@ fn main() -> std::process::ExitCode {
                 );
             },
         );
+    }
+    if plan.args.connect_rate > 0 {
+        let outcome = runtime.block_on(within(timeout, connect_rate::run(plan)));
+        runtime.shutdown_background();
+        return finish(outcome, json, |r| r.valid, connect_rate::print_text);
     }
     let outcome = runtime.block_on(within(timeout, run(plan)));
     // Tasks still blocked on a broker must not keep the process alive.

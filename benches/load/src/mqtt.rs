@@ -1,13 +1,13 @@
 //! One raw MQTT connection over `mote-codec` (or a core NATS connection, see
-//! [`crate::nats`]): a read buffer, a write buffer, and the packets the load generator
-//! needs turned into small owned values.
+//! [`crate::nats`]), over TCP or TLS ([`crate::tls`]): a read buffer, a write buffer,
+//! and the packets the load generator needs turned into small owned values.
 //!
 //! No third-party MQTT client is involved, so what is measured is the broker plus a
 //! thin, batched client: every read drains all complete frames, every write sends all
 //! queued packets in one `write_all`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use bytes::{Buf as _, BytesMut};
@@ -17,6 +17,8 @@ use mote_codec::{
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+
+use crate::tls::{Stream, TlsClient, TlsInfo};
 
 /// Largest frame accepted from the broker (the MQTT maximum).
 const MAX_FRAME: u32 = 268_435_460;
@@ -137,12 +139,14 @@ pub(crate) struct ConnectOpts {
     pub(crate) nats: bool,
     /// Keep Alive announced in CONNECT, seconds (no PINGREQ is ever sent).
     pub(crate) keep_alive: u16,
+    /// MQTT over TLS with this client; plain TCP without.
+    pub(crate) tls: Option<TlsClient>,
 }
 
 /// A connected MQTT client socket with its buffers.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     protocol: Protocol,
@@ -150,23 +154,36 @@ pub(crate) struct Conn {
     nats: bool,
     /// The next NATS subscription id.
     next_sid: u64,
+    /// Time from starting the TCP connect to the transport being ready (TCP connected,
+    /// and with TLS the handshake done), before any MQTT byte.
+    transport_setup: Duration,
 }
 
 impl Conn {
-    /// Opens a TCP connection, sends CONNECT and waits for a successful CONNACK.
-    /// Returns the connection and the CONNACK's Session Present flag.
+    /// Opens a TCP connection (and a TLS session over it with `opts.tls`), sends
+    /// CONNECT and waits for a successful CONNACK. Returns the connection and the
+    /// CONNACK's Session Present flag.
     ///
     /// # Errors
-    /// Network errors, a timeout, or a refused CONNECT.
+    /// Network errors, a failed TLS handshake, a timeout, or a refused CONNECT.
     pub(crate) async fn connect(
         addr: SocketAddr,
         opts: &ConnectOpts,
     ) -> anyhow::Result<(Conn, bool)> {
-        let stream = TcpStream::connect(addr)
+        let t0 = Instant::now();
+        let tcp = TcpStream::connect(addr)
             .await
             .with_context(|| format!("cannot connect to {addr}"))?;
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let stream = match &opts.tls {
+            None => Stream::Tcp(tcp),
+            Some(tls) => tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.handshake(tcp))
+                .await
+                .map_err(|_| anyhow::anyhow!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"))?
+                .with_context(|| format!("{}: TLS to {addr}", opts.client_id))?,
+        };
         let mut conn = Conn {
+            transport_setup: t0.elapsed(),
             stream,
             rbuf: BytesMut::with_capacity(256 * 1024),
             wbuf: BytesMut::with_capacity(256 * 1024),
@@ -263,6 +280,44 @@ impl Conn {
                 ),
                 other => bail!("expected SUBACK, got {other:?}"),
             }
+        }
+        Ok(())
+    }
+
+    /// What the TLS handshake settled on; `None` over plain TCP.
+    pub(crate) fn tls_info(&self) -> Option<TlsInfo> {
+        self.stream.tls_info()
+    }
+
+    /// Time from starting the TCP connect to the transport being ready (with TLS: the
+    /// handshake done), before CONNECT was sent.
+    pub(crate) fn transport_setup(&self) -> Duration {
+        self.transport_setup
+    }
+
+    /// Sends DISCONNECT and waits for the broker to close the connection first, then
+    /// closes it. The side that closes first keeps the TIME_WAIT state, so many short
+    /// connections in a row leave it with the broker's port and do not use up the
+    /// client's ephemeral ports.
+    ///
+    /// # Errors
+    /// Network errors while sending, or no close within the handshake timeout.
+    pub(crate) async fn disconnect_broker_closes(mut self) -> anyhow::Result<()> {
+        self.push(&Packet::Disconnect(Disconnect::new(0)))?;
+        self.flush().await?;
+        let mut scratch = [0u8; 4096];
+        let closed = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            // End of file, or over TLS the error of a close without close_notify: closed
+            // either way.
+            while let Ok(n) = self.stream.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        if closed.is_err() {
+            bail!("the broker did not close the connection within {HANDSHAKE_TIMEOUT:?} of DISCONNECT");
         }
         Ok(())
     }
@@ -367,6 +422,9 @@ impl Conn {
                 .write_all(&self.wbuf)
                 .await
                 .context("write to broker")?;
+            // Over TLS, records the socket did not take yet wait in rustls; over TCP
+            // this returns at once.
+            self.stream.flush().await.context("write to broker")?;
             self.wbuf.clear();
         }
         Ok(())
