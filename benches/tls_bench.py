@@ -64,7 +64,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import (CLK_TCK, ROOT, children_cpu_ticks, find_exe, free_port,  # noqa: E402
+from compare import (CLK_TCK, ROOT, children_cpu_ticks, find_exe, fmt_val, free_port,  # noqa: E402
                      interrupt_on_signals, machine_cpu_secs, proc_cpu_ticks, raise_nofile, reap,
                      reap_all, run_load, sh, spawn, wait_port)
 
@@ -334,13 +334,10 @@ def measure(a, broker, sc, rnd, certs, work):
 
 
 def fmt(v, unit):
-    if v is None:
-        return "–"
-    if unit == "msg/s":
-        return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.0f}k"
-    if unit == "µs":
-        return f"{v / 1000:.1f} ms" if v >= 10000 else f"{v:.0f} µs"
-    return f"{v:,.0f}"
+    """compare.py's `fmt_val`, with thousands separators for counts (connections/s)."""
+    if v is not None and unit not in ("msg/s", "µs", "B"):
+        return f"{v:,.0f}"
+    return fmt_val(v, unit)
 
 
 def runs_of(results, key, broker):

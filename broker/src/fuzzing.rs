@@ -87,6 +87,7 @@ use mote_codec::{
 
 use crate::config::MqttConfig;
 use crate::proto::durable::{self, MemStreamLog, StreamLog, StreamStore};
+use crate::proto::login::Login;
 use crate::proto::message::Message;
 use crate::proto::session::{Kick, Wake};
 use crate::proto::{Clock, Close, Compaction, Core, Effects, End};
@@ -295,17 +296,18 @@ impl Rng {
 
 /// One simulated client attached to the core.
 #[derive(Debug)]
-struct Client {
-    id: Arc<str>,
-    conn: u64,
-    protocol: Protocol,
-    kick: Arc<Kick>,
-    out: BytesMut,
+pub(crate) struct Client {
+    pub(crate) id: Arc<str>,
+    pub(crate) conn: u64,
+    pub(crate) protocol: Protocol,
+    pub(crate) kick: Arc<Kick>,
+    pub(crate) out: BytesMut,
 }
 
-/// A connection task that is never woken (the driver drains explicitly).
+/// A connection task that is never woken (the driver, and the core's tests, drain
+/// explicitly).
 #[derive(Debug)]
-struct NoWake;
+pub(crate) struct NoWake;
 
 impl Wake for NoWake {
     fn wake(&self) {}
@@ -313,18 +315,31 @@ impl Wake for NoWake {
 
 /// `c` handed to the core as the runtime hands it an authenticated CONNECT: the client
 /// if accepted, and what the core wrote (the CONNACK and what followed it).
-fn connect_with(core: &mut Core, c: &Connect<'_>, now: Instant) -> (Option<Client>, Vec<u8>) {
+pub(crate) fn connect_with(
+    core: &mut Core,
+    c: &Connect<'_>,
+    now: Instant,
+) -> (Option<Client>, Vec<u8>) {
+    connect_login(core, c, Login::from(c.username.map(Arc::from)), now)
+}
+
+/// [`connect_with`] with what the login brought (a token's rules, limits...).
+pub(crate) fn connect_login(
+    core: &mut Core,
+    c: &Connect<'_>,
+    login: Login,
+    now: Instant,
+) -> (Option<Client>, Vec<u8>) {
     let kick = Arc::new(Kick::default());
     let mut out = BytesMut::new();
-    let mut fx = Effects::default();
     let acc = core.connect(
         c,
-        c.username.map(Arc::from),
+        login,
         Arc::new(NoWake),
         kick.clone(),
         now,
         &mut out,
-        &mut fx,
+        &mut Effects::default(),
     );
     let client = acc.map(|a| Client {
         id: a.client_id,
@@ -337,7 +352,7 @@ fn connect_with(core: &mut Core, c: &Connect<'_>, now: Instant) -> (Option<Clien
 }
 
 /// A CONNECT without will or credentials, keep alive 30 s.
-fn connect_packet<'a>(
+pub(crate) fn connect_packet<'a>(
     protocol: Protocol,
     id: &'a str,
     clean: bool,
@@ -372,7 +387,7 @@ fn encoded(p: &Packet<'_>, protocol: Protocol) -> Vec<u8> {
 /// appended while a snapshot is written follow it; a crash before the snapshot ends
 /// keeps the old log and what was appended meanwhile.
 #[derive(Debug, Default)]
-struct FuzzJournal {
+pub(crate) struct FuzzJournal {
     inner: std::sync::Mutex<FuzzLog>,
 }
 
@@ -400,7 +415,7 @@ impl FuzzJournal {
     }
 
     /// What a crash leaves of the log.
-    fn surviving(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn surviving(&self) -> Vec<Vec<u8>> {
         let j = self.inner.lock().unwrap();
         let mut r = j.records.clone();
         if let Some((_, after)) = &j.snapshot {

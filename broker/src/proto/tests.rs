@@ -14,25 +14,12 @@ mod twins;
 mod work_queues;
 use mote_codec::{List, PropList, SubOptions, SubscribeFilter, Will};
 
+// The simulated client and CONNECT helpers are the fuzz driver's (`crate::fuzzing`).
+use crate::fuzzing::{connect_login, connect_packet, connect_with, Client, NoWake};
+use crate::proto::login::Login;
+
 /// A received PUBLISH: topic, payload, qos, packet id, dup, retain, subscription ids.
 type Got = (String, Vec<u8>, QoS, u16, bool, bool, Vec<u32>);
-
-/// One simulated client attached to the core.
-struct Client {
-    id: Arc<str>,
-    conn: u64,
-    protocol: Protocol,
-    kick: Arc<Kick>,
-    out: BytesMut,
-}
-
-/// A connection task that is never woken (the tests drain explicitly).
-#[derive(Debug)]
-struct NoWake;
-
-impl Wake for NoWake {
-    fn wake(&self) {}
-}
 
 fn core() -> Core {
     Core::new(
@@ -41,46 +28,23 @@ fn core() -> Core {
     )
 }
 
-fn connect_with(core: &mut Core, c: &Connect<'_>, now: Instant) -> (Option<Client>, Vec<u8>) {
-    let kick = Arc::new(Kick::default());
-    let mut out = BytesMut::new();
-    let mut fx = Effects::default();
-    let acc = core.connect(
-        c,
-        c.username.map(Arc::from),
-        Arc::new(NoWake),
-        kick.clone(),
-        now,
-        &mut out,
-        &mut fx,
-    );
-    let bytes = out.to_vec();
-    let client = acc.map(|a| Client {
-        id: a.client_id,
-        conn: a.conn_id,
-        protocol: a.protocol,
-        kick,
-        out: BytesMut::new(),
-    });
-    (client, bytes)
-}
-
-fn connect_packet<'a>(
+/// Connects `id` as `login` (`expiry`: a persistent session's expiry, none: a clean
+/// session); the client if accepted, and the CONNACK.
+fn connect_as(
+    core: &mut Core,
     protocol: Protocol,
-    id: &'a str,
-    clean: bool,
-    props: Properties<'a>,
-) -> Connect<'a> {
-    Connect {
-        protocol,
-        clean_start: clean,
-        keep_alive: 30,
-        properties: props,
-        client_id: id,
-        will: None,
-        username: None,
-        password: None,
-    }
+    id: &str,
+    expiry: Option<u32>,
+    login: Login,
+    now: Instant,
+) -> (Option<Client>, Vec<u8>) {
+    let props = PropValues {
+        session_expiry_interval: expiry,
+        ..PropValues::default()
+    };
+    let mut c = connect_packet(protocol, id, expiry.is_none(), Properties::Values(&props));
+    c.username = login.user.as_deref();
+    connect_login(core, &c, login.clone(), now)
 }
 
 fn connect(
@@ -115,6 +79,28 @@ fn each_packet(bytes: &[u8], protocol: Protocol, mut f: impl FnMut(Packet<'_>)) 
 fn send(core: &mut Core, c: &mut Client, p: &Packet<'_>, now: Instant) -> Result<(), Close> {
     let mut fx = Effects::default();
     core.handle(&c.id, c.conn, p, now, &mut c.out, &mut fx)
+}
+
+/// The reason code of the PUBACK of a QoS 1 PUBLISH to `topic` (none: no PUBACK).
+fn puback(core: &mut Core, c: &mut Client, topic: &str, id: u16, now: Instant) -> Option<u8> {
+    let p = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic,
+        packet_id: id,
+        properties: Properties::default(),
+        payload: b"x",
+    });
+    send(core, c, &p, now).unwrap();
+    let bytes = c.out.split().to_vec();
+    let mut code = None;
+    each_packet(&bytes, c.protocol, |p| {
+        if let Packet::PubAck(a) = p {
+            code = Some(a.reason);
+        }
+    });
+    code
 }
 
 /// Drains and returns what the core has for `c` as owned (topic, payload, qos, id, dup, retain, sub ids).

@@ -51,28 +51,6 @@ fn user(core: &mut Core, protocol: Protocol, id: &str, name: Option<&str>) -> Cl
         .unwrap()
 }
 
-/// The reason code of the acknowledgement of a QoS 1 PUBLISH.
-fn puback(core: &mut Core, c: &mut Client, topic: &str, id: u16, now: Instant) -> Option<u8> {
-    let p = Packet::Publish(Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic,
-        packet_id: id,
-        properties: Properties::default(),
-        payload: b"x",
-    });
-    send(core, c, &p, now).unwrap();
-    let bytes = c.out.split().to_vec();
-    let mut code = None;
-    each_packet(&bytes, c.protocol, |p| {
-        if let Packet::PubAck(a) = p {
-            code = Some(a.reason);
-        }
-    });
-    code
-}
-
 fn topics(got: &[Got]) -> Vec<&str> {
     got.iter().map(|g| g.0.as_str()).collect()
 }

@@ -15,43 +15,6 @@ fn login(user: Option<&str>, limits: Option<Limits>) -> Login {
     }
 }
 
-/// Connects `id` as `login` (`expiry`: a persistent session's expiry, else a clean one).
-fn connect_as(
-    core: &mut Core,
-    protocol: Protocol,
-    id: &str,
-    expiry: Option<u32>,
-    login: Login,
-    now: Instant,
-) -> Client {
-    let props = PropValues {
-        session_expiry_interval: expiry,
-        ..PropValues::default()
-    };
-    let mut c = connect_packet(protocol, id, expiry.is_none(), Properties::Values(&props));
-    c.username = login.user.as_deref();
-    let kick = Arc::new(Kick::default());
-    let mut out = BytesMut::new();
-    let acc = core
-        .connect(
-            &c,
-            login.clone(),
-            Arc::new(NoWake),
-            kick.clone(),
-            now,
-            &mut out,
-            &mut Effects::default(),
-        )
-        .unwrap();
-    Client {
-        id: acc.client_id,
-        conn: acc.conn_id,
-        protocol: acc.protocol,
-        kick,
-        out: BytesMut::new(),
-    }
-}
-
 fn core_with(cfg: MqttConfig) -> Core {
     Core::new(Arc::new(cfg), Clock::new(Instant::now(), 1_700_000_000_000))
 }
@@ -105,7 +68,9 @@ fn subscriptions_per_client_differ_by_user() {
         ];
         for (id, user, limits, expected) in cases {
             let id = format!("{id}-{protocol:?}");
-            let mut c = connect_as(&mut core, protocol, &id, None, login(user, limits), now);
+            let mut c = connect_as(&mut core, protocol, &id, None, login(user, limits), now)
+                .0
+                .unwrap();
             let codes = subscribe_five(&mut core, &mut c, now);
             assert_eq!(codes, expected, "{id}");
             // Replacing a subscription it holds is not a new one.
@@ -119,7 +84,9 @@ fn subscriptions_per_client_differ_by_user() {
 /// QoS 1 messages of `size` bytes there without letting it drain; what it then receives.
 fn queued_for(core: &mut Core, id: &str, login: Login, n: u16, size: usize) -> usize {
     let now = Instant::now();
-    let mut sub = connect_as(core, Protocol::V5, id, Some(600), login, now);
+    let mut sub = connect_as(core, Protocol::V5, id, Some(600), login, now)
+        .0
+        .unwrap();
     subscribe(core, &mut sub, &[(id, q(QoS::AtLeastOnce))], None, now);
     let mut p = connect(core, Protocol::V5, &format!("pub-{id}"), true, None, now);
     let payload = vec![b'x'; size];
@@ -200,7 +167,9 @@ fn the_limits_of_the_last_connect_apply() {
         Some(600),
         login(Some("u"), Some(three)),
         now,
-    );
+    )
+    .0
+    .unwrap();
     assert_eq!(
         subscribe_five(&mut core, &mut c, now),
         [1, 1, 1, 0x97, 0x97]
@@ -214,7 +183,9 @@ fn the_limits_of_the_last_connect_apply() {
         Some(600),
         login(Some("u"), None),
         now,
-    );
+    )
+    .0
+    .unwrap();
     let more = subscribe(&mut core, &mut c, &[("f", q(QoS::AtLeastOnce))], None, now);
     assert_eq!(more, [0x97]);
     assert_eq!(core.sessions["c"].subscription_count(), 3);
@@ -253,7 +224,9 @@ fn the_configuration_example_resolves_per_user() {
         None,
         at(Some("ingest-eu")),
         now,
-    );
+    )
+    .0
+    .unwrap();
     let filters: Vec<String> = (0..60).map(|i| format!("f/{i}")).collect();
     let many: Vec<(&str, SubOptions)> = filters
         .iter()
@@ -268,7 +241,9 @@ fn the_configuration_example_resolves_per_user() {
         None,
         at(Some("sensor-1")),
         now,
-    );
+    )
+    .0
+    .unwrap();
     let codes = subscribe(&mut core, &mut sensor, &many, None, now);
     assert_eq!(codes.iter().filter(|&&c| c == 0x97).count(), 10);
 }
@@ -297,7 +272,9 @@ fn retained_messages_for_a_new_subscription_fill_the_users_own_queue() {
             None,
             login(Some(id), limits),
             now,
-        );
+        )
+        .0
+        .unwrap();
         let codes = subscribe(
             &mut core,
             &mut c,
@@ -335,7 +312,9 @@ fn publisher_backpressure_follows_the_subscribers_own_queue_limit() {
         None,
         login(Some("device"), Some(own)),
         now,
-    );
+    )
+    .0
+    .unwrap();
     subscribe(&mut core, &mut s, &[("t", q(QoS::AtMostOnce))], None, now);
     let mut p = connect(&mut core, Protocol::V311, "fast", true, None, now);
     let paused_at = (1..=100).find(|_| {

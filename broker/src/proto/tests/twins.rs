@@ -2553,76 +2553,6 @@ fn dollar_topics_are_not_matched_by_a_leading_wildcard_live_or_retained() {
     }
 }
 
-/// A journal in memory that compacts like the store: records appended between a
-/// snapshot's begin and end survive it and replay after it.
-#[derive(Debug, Default)]
-struct CompactingJournal {
-    inner: std::sync::Mutex<Compacting>,
-}
-
-/// Journal records in order.
-type Records = Vec<Vec<u8>>;
-
-#[derive(Debug, Default)]
-struct Compacting {
-    /// The log (snapshot records first once a snapshot ended).
-    records: Vec<Vec<u8>>,
-    /// While a snapshot is written: its records, and the records appended since it began.
-    snapshot: Option<(Records, Records)>,
-    appended: u64,
-}
-
-impl CompactingJournal {
-    fn records(&self) -> Vec<Vec<u8>> {
-        self.inner.lock().unwrap().records.clone()
-    }
-}
-
-impl durable::Journal for CompactingJournal {
-    fn append_with(&self, encode: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
-        let mut b = Vec::new();
-        encode(&mut b);
-        let mut j = self.inner.lock().unwrap();
-        match &mut j.snapshot {
-            Some((_, after)) => after.push(b),
-            None => j.records.push(b),
-        }
-        j.appended += 1;
-        j.appended
-    }
-    fn waits(&self) -> bool {
-        true
-    }
-    fn durable(&self) -> u64 {
-        self.inner.lock().unwrap().appended
-    }
-    fn since_snapshot(&self) -> u64 {
-        // Always enough: the test decides when to compact.
-        1 << 40
-    }
-    fn snapshot_begin(&self) {
-        self.inner.lock().unwrap().snapshot = Some((Vec::new(), Vec::new()));
-    }
-    fn snapshot_chunk(&self, framed: Vec<u8>) {
-        // Unframe: magic (4), length (4), CRC (4), payload.
-        let mut j = self.inner.lock().unwrap();
-        let Some((snap, _)) = &mut j.snapshot else {
-            panic!("chunk outside a snapshot");
-        };
-        let mut at = 0;
-        while at < framed.len() {
-            let len = u32::from_le_bytes(framed[at + 4..at + 8].try_into().unwrap()) as usize;
-            snap.push(framed[at + 12..at + 12 + len].to_vec());
-            at += 12 + len;
-        }
-    }
-    fn snapshot_end(&self) {
-        let mut j = self.inner.lock().unwrap();
-        let (snap, after) = j.snapshot.take().unwrap();
-        j.records = snap.into_iter().chain(after).collect();
-    }
-}
-
 #[test]
 fn retained_copied_in_steps_while_they_change_survive_compaction_and_a_crash() {
     // Issue #10 fault 8: a compaction copies the retained messages in steps under the
@@ -2630,7 +2560,7 @@ fn retained_copied_in_steps_while_they_change_survive_compaction_and_a_crash() {
     // replaced, deleted, or delivered to a persistent session and then deleted) must come
     // back from the compacted log as it was at the end.
     let t0 = Instant::now();
-    let journal = Arc::new(CompactingJournal::default());
+    let journal = Arc::new(crate::fuzzing::FuzzJournal::default());
     let mut core = durable_core(journal.clone(), t0);
     core.set_compact_min(0);
     let mut p = online(&mut core, V5, "retainer", t0);
@@ -2667,7 +2597,7 @@ fn retained_copied_in_steps_while_they_change_survive_compaction_and_a_crash() {
     let bytes = c.run();
     core.compaction_done(bytes);
 
-    let mut back = recover(&journal.records(), t0);
+    let mut back = recover(&journal.surviving(), t0);
     let values = |core: &Core| -> Vec<(String, Vec<u8>)> {
         let mut v: Vec<(String, Vec<u8>)> = Vec::new();
         core.retained.walk_all(None, usize::MAX, |t, m| {
@@ -2709,7 +2639,7 @@ fn work_queue_jobs_held_by_a_consumer_survive_compaction_and_a_crash() {
     // (here a clean session, which the store does not keep) holds it writes it back into
     // the queue, so it comes back after a crash.
     let t0 = Instant::now();
-    let journal = Arc::new(CompactingJournal::default());
+    let journal = Arc::new(crate::fuzzing::FuzzJournal::default());
     let mut core = durable_core(journal.clone(), t0);
     core.set_compact_min(0);
     let mut worker = online(&mut core, V5, "worker", t0);
@@ -2738,7 +2668,7 @@ fn work_queue_jobs_held_by_a_consumer_survive_compaction_and_a_crash() {
     );
     // The crash.
     drop(core);
-    let mut back = recover(&journal.records(), t0);
+    let mut back = recover(&journal.surviving(), t0);
     let mut after = online(&mut back, V311, "after", t0);
     after.subscribe(&mut back, "$queue/jobs", QoS::AtLeastOnce, t0);
     let mut got = Vec::new();
