@@ -83,6 +83,18 @@ fn send(core: &mut Core, c: &mut Client, p: &Packet<'_>, now: Instant) -> Result
 
 /// The reason code of the PUBACK of a QoS 1 PUBLISH to `topic` (none: no PUBACK).
 fn puback(core: &mut Core, c: &mut Client, topic: &str, id: u16, now: Instant) -> Option<u8> {
+    puback_of(core, c, topic, b"x", id, now)
+}
+
+/// [`puback`] with `payload`.
+fn puback_of(
+    core: &mut Core,
+    c: &mut Client,
+    topic: &str,
+    payload: &[u8],
+    id: u16,
+    now: Instant,
+) -> Option<u8> {
     let p = Packet::Publish(Publish {
         dup: false,
         qos: QoS::AtLeastOnce,
@@ -90,7 +102,7 @@ fn puback(core: &mut Core, c: &mut Client, topic: &str, id: u16, now: Instant) -
         topic,
         packet_id: id,
         properties: Properties::default(),
-        payload: b"x",
+        payload,
     });
     send(core, c, &p, now).unwrap();
     let bytes = c.out.split().to_vec();

@@ -330,3 +330,56 @@ fn a_new_policy_removes_refused_subscriptions_and_disconnects_removed_users() {
     assert_eq!(b.kick.get(), reason::NOT_AUTHORIZED);
     assert_eq!(a.kick.get(), 0);
 }
+
+#[test]
+fn the_reserved_namespaces_follow_the_rules() {
+    // `$admin/` (queue and stream declarations, redrive), `$stream/` (readers and
+    // appends) and `$queue/` are topics like any other to the rules: only a rule naming
+    // them opens them (`#` does not, as for `$SYS/`).
+    let rules = "\
+user ops
+readwrite $admin/#
+readwrite $stream/#
+readwrite $queue/#
+everyone
+readwrite #
+";
+    let t0 = Instant::now();
+    let mut core = core_with(rules);
+    let mut dev = user(&mut core, Protocol::V5, "dev", Some("dev"));
+    let mut ops = user(&mut core, Protocol::V5, "ops", Some("ops"));
+    for (i, topic) in ["$admin/queue/jobs", "$admin/stream/orders"]
+        .into_iter()
+        .enumerate()
+    {
+        let id = i as u16 + 1;
+        let dev_code = puback_of(&mut core, &mut dev, topic, b"{}", id, t0);
+        assert_eq!(dev_code, Some(0x87), "dev {topic}");
+        let ops_code = puback_of(&mut core, &mut ops, topic, b"{}", id, t0);
+        assert_eq!(ops_code, Some(0), "ops {topic}");
+    }
+    assert_eq!(
+        puback(&mut core, &mut dev, "$stream/orders", 3, t0),
+        Some(0x87)
+    );
+    assert_eq!(
+        puback(&mut core, &mut dev, "$queue/jobs", 4, t0),
+        Some(0x87)
+    );
+    assert_eq!(
+        puback(&mut core, &mut ops, "$stream/orders", 3, t0),
+        Some(0)
+    );
+    assert_eq!(puback(&mut core, &mut ops, "$queue/jobs", 4, t0), Some(0));
+    let filters = [
+        ("$stream/orders/@earliest", q(QoS::AtLeastOnce)),
+        ("$queue/jobs", q(QoS::AtLeastOnce)),
+        ("$admin/#", q(QoS::AtMostOnce)),
+    ];
+    let codes = subscribe(&mut core, &mut dev, &filters, None, t0);
+    assert_eq!(codes, [0x87, 0x87, 0x87]);
+    let codes = subscribe(&mut core, &mut ops, &filters, None, t0);
+    assert!(codes.iter().all(|c| *c < 0x80), "ops: {codes:02x?}");
+    assert_eq!(core.stats.subscribe_denied, 3);
+    assert_eq!(core.stats.publish_denied, 4);
+}
