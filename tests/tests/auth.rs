@@ -12,23 +12,23 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::login::{mosq_pub_refused, mote_passwd, path_str, set_password};
 use common::{
     connack, connect_packet, connect_raw, connect_with, encode, expiry_props, messages, mosq_pub,
     mosq_sub, publish, wait_messages, Frame, Msg, Proc, Raw, Recv, QUIET, WAIT,
 };
 use mote_codec::{Connect, Packet, Properties, Protocol, Publish, QoS, SubOptions};
 use mote_tests::harness::{Suite, MOSQUITTO_PUB, MOSQUITTO_SUB, PAHO, STDBUF};
-use mote_tests::{mote_bin, python_script, run_script, spawn, tail, Broker, Reaped, TempDir};
+use mote_tests::{mote_bin, python_script, run_script, spawn, tail, Broker, TempDir};
 use socket2::{Domain, Socket, Type};
 
 fn main() -> std::process::ExitCode {
@@ -81,38 +81,6 @@ const Q1: QoS = QoS::AtLeastOnce;
 const Q2: QoS = QoS::ExactlyOnce;
 
 // ---------------------------------------------------------------------------- helpers
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Runs `mote passwd ARGS...` with `stdin` piped to it (20 s at most); returns its status
-/// (`None`: it had to be killed), stdout and stderr.
-fn mote_passwd(args: &[&str], stdin: &str) -> (Option<ExitStatus>, String, String) {
-    let mut cmd = Command::new(mote_bin());
-    cmd.arg("passwd")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = Reaped(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")));
-    if let Some(mut input) = child.0.stdin.take() {
-        // A refused command line may exit before reading: a broken pipe is fine then.
-        let _ = input.write_all(stdin.as_bytes());
-    }
-    child.wait_output(Duration::from_secs(20))
-}
-
-/// `printf 'PASSWORD\n' | mote passwd FILE USER`, asserting it succeeded.
-#[track_caller]
-fn set_password(file: &Path, user: &str, password: &str) {
-    let (st, out, err) = mote_passwd(&[path_str(file), user], &format!("{password}\n"));
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "mote passwd {} {user} failed: {st:?}\n--- stdout\n{out}\n--- stderr\n{err}",
-        file.display()
-    );
-}
 
 /// `mote passwd --delete FILE USER`, asserting it succeeded.
 #[track_caller]
@@ -343,33 +311,6 @@ fn raw_from(src: Ipv4Addr, addr: SocketAddr, protocol: Protocol) -> Raw {
     let mut raw = Raw::open(addr, protocol);
     raw.stream = stream;
     raw
-}
-
-/// `mosquitto_pub -d ...` that must fail to connect: asserts it exits non-zero and that
-/// libmosquitto logged `received CONNACK (CODE)`.
-#[track_caller]
-fn mosq_pub_refused(broker: &Broker, args: &[&str], code: u8) {
-    let port = broker.port().to_string();
-    let mut p = Proc::spawn(
-        Command::new("mosquitto_pub")
-            .args(["-d", "-h", "127.0.0.1", "-p", &port])
-            .args(args),
-    );
-    let st = p.wait_exit(Duration::from_secs(10));
-    assert!(
-        st.is_some_and(|s| !s.success()),
-        "mosquitto_pub {args:?} should have failed: {st:?}\n{}",
-        p.dump()
-    );
-    let needle = format!("received CONNACK ({code})");
-    assert!(
-        p.stdout_lines()
-            .iter()
-            .chain(&p.stderr_lines())
-            .any(|l| l.contains(&needle)),
-        "mosquitto_pub {args:?}: no `{needle}`\n{}",
-        p.dump()
-    );
 }
 
 /// Waits for a mosquitto_sub to exit by itself (10 s at most); its message lines.

@@ -18,15 +18,15 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::login::set_password;
 use common::{messages, mosq_sub, wait_messages};
 use mote_tests::harness::{
     Suite, CURL, MOSQUITTO_PUB, MOSQUITTO_SUB, PAHO, PROC_STATUS, PY_HTTP, STDBUF,
 };
-use mote_tests::{mote_bin, python_script, run_script, spawn, tail, Broker, Reaped, TempDir};
+use mote_tests::{python_script, run_script, spawn, tail, Broker, Reaped, TempDir};
 
 fn main() -> std::process::ExitCode {
     Suite::new()
@@ -135,28 +135,6 @@ fn infos(out: &str) -> Vec<&str> {
     out.lines()
         .filter(|l| l.starts_with(r#"{"info""#))
         .collect()
-}
-
-/// `printf 'PASSWORD\n' | mote passwd FILE USER`, asserting it succeeded.
-#[track_caller]
-fn set_password(file: &Path, user: &str, password: &str) {
-    let mut cmd = Command::new(mote_bin());
-    cmd.arg("passwd")
-        .arg(file)
-        .arg(user)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = Reaped(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")));
-    if let Some(mut input) = child.0.stdin.take() {
-        input.write_all(format!("{password}\n").as_bytes()).unwrap();
-    }
-    let (st, out, err) = child.wait_output(Duration::from_secs(20));
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "mote passwd {} {user} failed: {st:?}\n{out}\n{err}",
-        file.display()
-    );
 }
 
 /// Runs `curl -sS ARGS` (10 s at most); returns its status and stdout.

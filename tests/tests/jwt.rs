@@ -16,19 +16,18 @@ mod common;
 #[path = "common/jwt.rs"]
 mod tokens;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::login::{mosq_pub_refused, set_password};
 use common::{
     connack, connect_packet, connect_raw, messages, mosq_pub, mosq_sub, publish, wait_messages,
-    Frame, Proc, Raw, Recv, QUIET, WAIT,
+    Frame, Raw, Recv, QUIET, WAIT,
 };
 use mote_codec::{Connect, Packet, Protocol, QoS, SubOptions};
 use mote_tests::harness::{Suite, MOSQUITTO_PUB, MOSQUITTO_SUB, PAHO, STDBUF};
-use mote_tests::{mote_bin, python_dir, run_script, tail, Broker, Reaped, TempDir};
+use mote_tests::{python_dir, run_script, tail, Broker, TempDir};
 use serde_json::{json, Value};
 use tokens::{now, secret_parts, Alg, Key, OPENSSL};
 
@@ -154,31 +153,6 @@ impl Setup {
             }
         }
     }
-}
-
-/// `printf 'PASSWORD\n' | mote passwd FILE USER`, asserting it succeeded.
-#[track_caller]
-fn set_password(file: &Path, user: &str, password: &str) {
-    let mut cmd = Command::new(mote_bin());
-    cmd.arg("passwd")
-        .arg(file)
-        .arg(user)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = Reaped(cmd.spawn().unwrap());
-    child
-        .0
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let (st, out, err) = child.wait_output(Duration::from_secs(20));
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "mote passwd {user}: {st:?}\n{out}\n{err}"
-    );
 }
 
 /// A CONNECT (keep alive 30, clean start) with these credentials.
@@ -626,33 +600,6 @@ fn client_ids_bound_to_users_v5() {
 }
 
 // ---------------------------------------------------------------------------- mosquitto
-
-/// `mosquitto_pub -d ...` that must fail to connect: asserts it exits non-zero and that
-/// libmosquitto logged `received CONNACK (CODE)`.
-#[track_caller]
-fn mosq_pub_refused(broker: &Broker, args: &[&str], code: u8) {
-    let port = broker.port().to_string();
-    let mut p = Proc::spawn(
-        Command::new("mosquitto_pub")
-            .args(["-d", "-h", "127.0.0.1", "-p", &port])
-            .args(args),
-    );
-    let st = p.wait_exit(Duration::from_secs(10));
-    assert!(
-        st.is_some_and(|s| !s.success()),
-        "mosquitto_pub {args:?} should have failed: {st:?}\n{}",
-        p.dump()
-    );
-    let needle = format!("received CONNACK ({code})");
-    assert!(
-        p.stdout_lines()
-            .iter()
-            .chain(&p.stderr_lines())
-            .any(|l| l.contains(&needle)),
-        "mosquitto_pub {args:?}: no `{needle}`\n{}",
-        p.dump()
-    );
-}
 
 fn mosquitto_tokens_of_each_algorithm(version: &str) {
     let v5 = version == "mqttv5";

@@ -9,16 +9,14 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::login::set_password;
 use common::{connect_packet, connect_with, messages, mosq_pub, mosq_sub, wait_messages, Raw};
 use mote_codec::{Connect, Protocol, QoS, SubOptions};
 use mote_tests::harness::{Suite, MOSQUITTO_PUB, MOSQUITTO_SUB, STDBUF};
-use mote_tests::{mote_bin, Broker, Reaped, TempDir};
+use mote_tests::{Broker, TempDir};
 
 fn main() -> std::process::ExitCode {
     Suite::new()
@@ -68,27 +66,6 @@ impl Setup {
     fn addr(&self) -> SocketAddr {
         self.broker.addr
     }
-}
-
-/// `printf 'PASSWORD\n' | mote passwd FILE USER`, asserting it succeeded.
-#[track_caller]
-fn set_password(file: &Path, user: &str, password: &str) {
-    let mut cmd = Command::new(mote_bin());
-    cmd.arg("passwd")
-        .arg(file)
-        .arg(user)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = Reaped(cmd.spawn().unwrap());
-    if let Some(mut input) = child.0.stdin.take() {
-        input.write_all(format!("{password}\n").as_bytes()).unwrap();
-    }
-    let (st, out, err) = child.wait_output(Duration::from_secs(20));
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "mote passwd {user} failed: {st:?}\n--- stdout\n{out}\n--- stderr\n{err}"
-    );
 }
 
 /// Logs in as `user` and asserts the CONNACK accepted it.

@@ -8,33 +8,15 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use mote_tests::harness::Need;
-use mote_tests::{spawn, TempDir};
+use mote_tests::TempDir;
 use serde_json::Value;
 
-/// The `openssl` command-line tool (Debian package `openssl`).
-pub(crate) const OPENSSL: Need = Need::Tool {
-    name: "openssl",
-    probe: &["version"],
-    install: "apt-get install openssl",
-};
-
-/// Runs `openssl ARGS` in `dir` (20 s at most: RSA key generation included) and panics
-/// with its output on failure.
-#[track_caller]
-pub(crate) fn openssl(dir: &Path, args: &[&str]) {
-    let child = spawn(Command::new("openssl").args(args).current_dir(dir));
-    let (st, out, err) = child.wait_output(Duration::from_secs(20));
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "openssl {args:?} failed ({st:?})\n{out}\n{err}"
-    );
-}
+/// `openssl` (the tool, run in a directory) is the TLS tests' one.
+pub(crate) use crate::common::certs::{openssl, OPENSSL};
 
 /// Seconds since the epoch, now.
 pub(crate) fn now() -> i64 {

@@ -15,8 +15,12 @@ use mote_codec::{
 };
 use mote_tests::{Broker, Reaped};
 
+/// The TLS tests' certificates (made with `openssl`), broker and `openssl s_client`.
+pub(crate) mod certs;
 /// The attacker of the mutation flood (`flood.rs`): hostile connections and their bytes.
 pub(crate) mod flood;
+/// `mote passwd` and refused `mosquitto_pub` logins.
+pub(crate) mod login;
 
 // ---------------------------------------------------------------------------------------
 // Child processes
@@ -151,21 +155,34 @@ pub(crate) fn is_debug_line(l: &str) -> bool {
 #[track_caller]
 pub(crate) fn mosq_sub(broker: &Broker, args: &[&str]) -> Proc {
     let mut p = mosq_sub_nowait(broker, args);
+    wait_subscribed(&mut p, broker, args, Duration::from_secs(5));
+    p
+}
+
+/// Waits (at most `limit`) until the `mosquitto_sub -d` `p`, started with `args`, got
+/// its SUBACK; panics saying so when it did not.
+#[track_caller]
+pub(crate) fn wait_subscribed(p: &mut Proc, broker: &Broker, args: &[&str], limit: Duration) {
     assert!(
-        p.wait_line(|l| l.starts_with("Subscribed (mid"), Duration::from_secs(5)),
+        p.wait_line(|l| l.starts_with("Subscribed (mid"), limit),
         "mosquitto_sub {args:?} did not subscribe\n{}\nbroker log:\n{}",
         p.dump(),
         broker.log()
     );
-    p
 }
 
 /// `mosquitto_sub -h 127.0.0.1 -p PORT -d ARGS...`, not waiting for anything.
+pub(crate) fn mosq_sub_nowait(broker: &Broker, args: &[&str]) -> Proc {
+    mosq_sub_on(broker.port(), args)
+}
+
+/// `mosquitto_sub -h 127.0.0.1 -p PORT -d ARGS...` on `port` (the plain listener's or
+/// another one, a TLS listener's), not waiting for anything.
 ///
 /// Run under `stdbuf -oL`: piped, mosquitto_sub's stdout is block-buffered and its debug
 /// lines (the SUBACK we wait for) would only show when a message is printed.
-pub(crate) fn mosq_sub_nowait(broker: &Broker, args: &[&str]) -> Proc {
-    let port = broker.port().to_string();
+pub(crate) fn mosq_sub_on(port: u16, args: &[&str]) -> Proc {
+    let port = port.to_string();
     Proc::spawn(
         Command::new("stdbuf")
             .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &port, "-d"])
