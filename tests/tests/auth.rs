@@ -26,6 +26,7 @@ use common::{
     connack, connect_packet, connect_raw, connect_with, encode, expiry_props, messages, mosq_pub,
     mosq_sub, publish, wait_messages, Frame, Msg, Proc, Raw, Recv, QUIET, WAIT,
 };
+use common::{expect_topic, ping};
 use mote_codec::{Connect, Packet, Properties, Protocol, Publish, QoS, SubOptions};
 use mote_tests::harness::{Suite, MOSQUITTO_PUB, MOSQUITTO_SUB, PAHO, STDBUF};
 use mote_tests::{mote_bin, python_script, run_script, spawn, tail, Broker, TempDir};
@@ -251,25 +252,6 @@ fn qos(n: u8) -> QoS {
         0 => Q0,
         1 => Q1,
         _ => Q2,
-    }
-}
-
-/// The next PUBLISH, acknowledged; asserts its topic.
-#[track_caller]
-fn expect_topic(raw: &mut Raw, topic: &str) -> Msg {
-    let m = raw.expect_publish();
-    raw.ack(&m);
-    assert_eq!(m.topic, topic, "unexpected message {m:?}");
-    m
-}
-
-/// PINGREQ; asserts the PINGRESP (the connection is still up).
-#[track_caller]
-fn ping(raw: &mut Raw, who: &str) {
-    assert!(raw.send_raw(&[0xC0, 0x00]), "{who}: PINGREQ not sent");
-    match raw.recv(WAIT) {
-        Recv::Frame(f) if f.kind() == 13 => {}
-        other => panic!("{who}: expected PINGRESP, got {other:?}"),
     }
 }
 

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::login::{mosq_pub_refused, set_password};
 use common::{
     connack, connect_packet, connect_raw, messages, mosq_pub, mosq_sub, publish, wait_messages,
-    Frame, Raw, Recv, QUIET, WAIT,
+    Frame, Raw, QUIET, WAIT,
 };
+use common::{expect_topic, ping};
 use mote_codec::{Connect, Packet, Protocol, QoS, SubOptions};
 use mote_tests::harness::{Suite, MOSQUITTO_PUB, MOSQUITTO_SUB, PAHO, STDBUF};
 use mote_tests::{python_dir, run_script, tail, Broker, TempDir};
@@ -230,24 +231,6 @@ fn check_suback(raw: &mut Raw, filters: &[(&str, bool)]) {
         .map(|(_, ok)| if *ok { 1 } else { denied })
         .collect();
     assert_eq!(got, want, "SUBACK codes for {filters:?}");
-}
-
-/// The next PUBLISH, acknowledged; asserts its topic.
-#[track_caller]
-fn expect_topic(raw: &mut Raw, topic: &str) {
-    let m = raw.expect_publish();
-    raw.ack(&m);
-    assert_eq!(m.topic, topic, "unexpected message {m:?}");
-}
-
-/// PINGREQ; asserts the PINGRESP (the connection is still up).
-#[track_caller]
-fn ping(raw: &mut Raw, who: &str) {
-    assert!(raw.send_raw(&[0xC0, 0x00]), "{who}: PINGREQ not sent");
-    match raw.recv(WAIT) {
-        Recv::Frame(f) if f.kind() == 13 => {}
-        other => panic!("{who}: expected PINGRESP, got {other:?}"),
-    }
 }
 
 /// Waits (5 s at most) until the broker logged `n` lines holding `needle`.

@@ -685,6 +685,25 @@ pub(crate) fn connect(addr: SocketAddr, protocol: Protocol, client_id: &str) -> 
     connect_with(addr, &connect_packet(protocol, client_id, true)).0
 }
 
+/// The next PUBLISH, acknowledged; asserts its topic.
+#[track_caller]
+pub(crate) fn expect_topic(raw: &mut Raw, topic: &str) -> Msg {
+    let m = raw.expect_publish();
+    raw.ack(&m);
+    assert_eq!(m.topic, topic, "unexpected message {m:?}");
+    m
+}
+
+/// PINGREQ; asserts the PINGRESP (the connection is still up).
+#[track_caller]
+pub(crate) fn ping(raw: &mut Raw, who: &str) {
+    assert!(raw.send_raw(&[0xC0, 0x00]), "{who}: PINGREQ not sent");
+    match raw.recv(WAIT) {
+        Recv::Frame(f) if f.kind() == 13 => {}
+        other => panic!("{who}: expected PINGRESP, got {other:?}"),
+    }
+}
+
 /// The session-present flag and code of a CONNACK frame.
 #[track_caller]
 pub(crate) fn connack(f: &Frame) -> (bool, u8) {
