@@ -541,8 +541,7 @@ fn journaled(
 }
 
 /// The core the runtime's start-up rebuilds from `records` and `streams`: the streams,
-/// the index pass, the sessions, the deliveries in log order, retained messages and
-/// wills, then a full compaction into the same log.
+/// then [`replay_into`], then a full compaction into the same log.
 fn recover(
     cfg: &Arc<MqttConfig>,
     records: Vec<Vec<u8>>,
@@ -550,16 +549,24 @@ fn recover(
     clock: Clock,
     now: Instant,
 ) -> (Core, Arc<FuzzJournal>) {
-    let mut index = Index::default();
-    for r in &records {
-        index.apply_bytes(r);
-    }
     let journal = Arc::new(FuzzJournal::with(records.clone()));
     let mut core = journaled(cfg, journal.clone(), streams, clock);
+    replay_into(&mut core, &records, now, clock.unix_ms(now));
+    core.compact(now);
+    (core, journal)
+}
+
+/// Replays a journal's `records` into `core` as the runtime's start-up does: the index
+/// pass, the sessions, the deliveries in log order, retained messages and wills (`now_ms`:
+/// the wall clock at `now`).
+pub(crate) fn replay_into(core: &mut Core, records: &[Vec<u8>], now: Instant, now_ms: u64) {
+    let mut index = Index::default();
+    for r in records {
+        index.apply_bytes(r);
+    }
     core.restore_sessions(&index, now);
-    let now_ms = clock.unix_ms(now);
     let mut replay = index.replay();
-    for r in &records {
+    for r in records {
         replay.apply_bytes(
             r,
             &mut |mid, m| {
@@ -571,8 +578,6 @@ fn recover(
     }
     let kept = replay.finish();
     core.restore_finish(&index, &kept);
-    core.compact(now);
-    (core, journal)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -2376,10 +2376,6 @@ fn recover(records: &[Vec<u8>], now: Instant) -> Core {
 /// [`recover`] with the wall clock at `unix_ms` at `now` (tests where wall time matters
 /// across the crash).
 fn recover_at(records: &[Vec<u8>], now: Instant, unix_ms: u64) -> Core {
-    let mut index = crate::store::recover::Index::default();
-    for r in records {
-        index.apply_bytes(r);
-    }
     let mut core = Core::with_journal(
         Arc::new(MqttConfig::default()),
         Arc::new(MemJournal::default()),
@@ -2387,21 +2383,8 @@ fn recover_at(records: &[Vec<u8>], now: Instant, unix_ms: u64) -> Core {
         usize::MAX,
         Clock::new(now, unix_ms),
     );
-    core.restore_sessions(&index, now);
     let now_ms = core.clock.unix_ms(now);
-    let mut replay = index.replay();
-    for r in records {
-        replay.apply_bytes(
-            r,
-            &mut |mid, m| {
-                let (msg, will_expiry) = Message::from_stored(mid, m, now, now_ms);
-                (Arc::new(msg), will_expiry)
-            },
-            &mut |client, dseq, d, (msg, _)| core.restore_delivery(client, dseq, d, msg, now),
-        );
-    }
-    let kept = replay.finish();
-    core.restore_finish(&index, &kept);
+    crate::fuzzing::replay_into(&mut core, records, now, now_ms);
     core
 }
 
