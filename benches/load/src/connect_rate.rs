@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::mqtt::Conn;
 use crate::stats::Histogram;
 use crate::tls::{TlsInfo, TlsVerify, TlsVersion};
-use crate::{latency_report, LatencyReport, Plan};
+use crate::{latency_report, print_latencies, print_verdict, LatencyReport, Plan};
 
 /// Error messages kept per worker (the count of failures is always complete).
 const ERRORS_KEPT: usize = 3;
@@ -203,19 +203,9 @@ pub(crate) fn print_text(r: &ConnectRateReport) {
         "rate:     {:>10.0} connections/s  ({} completed, {} failed) in {:.3} s",
         r.conns_per_sec, r.completed, r.failed, r.secs
     );
-    for (name, l) in [
+    print_latencies(&[
         ("connack:  ", &r.connect_us),
         ("transport:", &r.transport_us),
-    ] {
-        if let Some(l) = l {
-            println!(
-                "{name} p50 {} us  p90 {} us  p99 {} us  p99.9 {} us  max {} us  ({} samples)",
-                l.p50, l.p90, l.p99, l.p999, l.max, l.samples
-            );
-        }
-    }
-    for p in &r.problems {
-        println!("problem:  {p}");
-    }
-    println!("valid:    {}", r.valid);
+    ]);
+    print_verdict(&r.problems, r.valid);
 }

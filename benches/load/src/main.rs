@@ -1317,11 +1317,17 @@ fn print_text(r: &Report) {
             d.msgs_per_sec, d.received, d.expected_per_subscriber, d.lost, d.duplicates, d.secs, d.phase
         );
     }
-    for (name, l) in [
+    print_latencies(&[
         ("latency: ", &r.latency_us),
         ("ack:     ", &r.ack_latency_us),
         ("ack sched", &r.ack_latency_sched_us),
-    ] {
+    ]);
+    print_verdict(&r.problems, r.valid);
+}
+
+/// The text report's latency lines, one per report present.
+fn print_latencies(rows: &[(&str, &Option<LatencyReport>)]) {
+    for (name, l) in rows {
         if let Some(l) = l {
             println!(
                 "{name} p50 {} us  p90 {} us  p99 {} us  p99.9 {} us  max {} us  ({} samples)",
@@ -1329,10 +1335,14 @@ fn print_text(r: &Report) {
             );
         }
     }
-    for p in &r.problems {
+}
+
+/// The text report's last lines: its problems and whether the run is valid.
+fn print_verdict(problems: &[String], valid: bool) {
+    for p in problems {
         println!("problem:  {p}");
     }
-    println!("valid:    {}", r.valid);
+    println!("valid:    {valid}");
 }
 
 fn main() -> std::process::ExitCode {
