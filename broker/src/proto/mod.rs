@@ -420,6 +420,14 @@ impl Core {
         Ok(self.drain_session(&id, out, now))
     }
 
+    /// The connection of `client` has gone quiet (nothing received or sent for a while,
+    /// nothing buffered): its session gives back the memory a drained burst left behind.
+    pub(crate) fn idle(&mut self, client: &str, conn_id: u64) {
+        if let Some(s) = self.owned(client, conn_id) {
+            s.release_idle();
+        }
+    }
+
     /// Handles one packet of an established connection.
     ///
     /// # Errors

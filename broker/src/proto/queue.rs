@@ -23,9 +23,16 @@
 //! - `tombstones <= live`, so `slots.len() <= 2 * live`: a compaction (O(slots)) runs
 //!   when an eviction would break it, which needs as many O(1) evictions since the last
 //!   one, so eviction is amortised O(1) and memory stays proportional to the live items
-//!   however long the queue never empties. Rings whose capacity exceeds sixteen times
-//!   their length are shrunk to four times it, for the same reason (the gap is wide so
-//!   that a queue filling and draining in waves is not reallocated on every wave).
+//!   however long the queue never empties. Rings whose capacity has exceeded sixteen
+//!   times their length for as many removals as that capacity are shrunk to four times
+//!   it, for the same reason; the owner shrinks an idle queue at once ([`release`]).
+//!   The hysteresis is what lets a queue that fills and drains in waves (a subscriber
+//!   behind a fast publisher) keep its ring: shrinking whenever a wave drained made
+//!   every wave grow it again, and a ring above malloc's mmap threshold grows by
+//!   `mremap`, which on a multi-threaded broker interrupts every other core to flush
+//!   its TLB (23,000 of them in one fan-out run of 2.4M deliveries, issue #15).
+//!
+//! [`release`]: DeliveryQueue::release
 //! - `live` and `bytes` are the count and the summed `cost()` of the live items. An item's
 //!   `droppable()` and `cost()` must not change while it is queued.
 
@@ -54,6 +61,8 @@ pub(crate) struct DeliveryQueue<T> {
     tombstones: usize,
     /// Summed `cost()` of the live items.
     bytes: usize,
+    /// Removals in a row after which the ring was oversized (see [`SHRINK_RATIO`]).
+    oversized_for: usize,
     /// Slots moved by trimming, compaction and shrinking: the work beyond O(1) per call,
     /// for the test that bounds it.
     steps: u64,
@@ -62,7 +71,8 @@ pub(crate) struct DeliveryQueue<T> {
 /// Rings with less capacity than this are never shrunk.
 const SHRINK_FLOOR: usize = 64;
 
-/// A ring is shrunk once its capacity exceeds this many times its length...
+/// A ring is shrunk once its capacity has exceeded this many times its length for as
+/// many removals as its capacity (or at once by [`DeliveryQueue::release`])...
 const SHRINK_RATIO: usize = 16;
 
 /// ...to this many times its length.
@@ -78,6 +88,7 @@ impl<T: Queued> DeliveryQueue<T> {
             live: 0,
             tombstones: 0,
             bytes: 0,
+            oversized_for: 0,
             steps: 0,
         }
     }
@@ -236,12 +247,26 @@ impl<T: Queued> DeliveryQueue<T> {
         }
     }
 
-    /// Gives back ring capacity far beyond what the items need: a ring [`SHRINK_RATIO`]
-    /// times larger than its contents is cut to [`SHRINK_TO`] times them. The wide gap
-    /// matters: a queue that fills and drains in waves (a subscriber behind a fast
-    /// publisher) would otherwise be reallocated, and its fresh pages faulted in again,
-    /// on every wave.
+    /// Gives back ring capacity far beyond what the items need once it has been so for
+    /// as many removals as the ring's capacity: the shrink's O(len) is paid by them, and
+    /// a queue that fills again within that many removals keeps its ring (module docs).
     fn shrink(&mut self) {
+        if self.slots.capacity() <= SHRINK_FLOOR.max(SHRINK_RATIO * self.slots.len()) {
+            self.oversized_for = 0;
+            return;
+        }
+        self.oversized_for += 1;
+        if self.oversized_for >= self.slots.capacity() {
+            self.release();
+        }
+    }
+
+    /// Gives back ring capacity far beyond what the items need now: a ring
+    /// [`SHRINK_RATIO`] times larger than its contents is cut to [`SHRINK_TO`] times
+    /// them. For an owner that has gone idle (its connection quiet, nothing to send), so
+    /// a burst that drained leaves no large ring behind.
+    pub(crate) fn release(&mut self) {
+        self.oversized_for = 0;
         if self.slots.capacity() > SHRINK_FLOOR.max(SHRINK_RATIO * self.slots.len()) {
             self.steps += self.slots.len() as u64;
             self.slots.shrink_to(SHRINK_TO * self.slots.len());
@@ -446,7 +471,7 @@ mod tests {
         check_invariants(&q);
     }
 
-    /// A burst that drains leaves no large ring behind.
+    /// A burst that drains leaves no large ring behind once its owner is idle.
     #[test]
     fn drained_burst_gives_capacity_back() {
         let mut q = DeliveryQueue::new();
@@ -457,12 +482,58 @@ mod tests {
             q.pop_front();
         }
         assert_eq!(q.len(), 10);
+        q.release();
         assert!(
             q.slots.capacity() <= SHRINK_FLOOR * 2,
             "{}",
             q.slots.capacity()
         );
         assert!(q.drop_order.capacity() <= SHRINK_FLOOR * 2);
+        check_invariants(&q);
+    }
+
+    /// A queue that fills and drains in waves keeps its ring: it is not reallocated
+    /// (and grown again) on every wave.
+    #[test]
+    fn waves_keep_their_ring() {
+        let mut q = DeliveryQueue::new();
+        let mut next = 0;
+        let mut capacities = Vec::new();
+        for _ in 0..20 {
+            for _ in 0..5_000 {
+                q.push_back(item(next, next % 2 == 0));
+                next += 1;
+            }
+            while q.pop_front().is_some() {}
+            capacities.push(q.slots.capacity());
+        }
+        assert!(
+            capacities.iter().all(|&c| c == capacities[0] && c >= 5_000),
+            "{capacities:?}"
+        );
+        check_invariants(&q);
+    }
+
+    /// A ring left far too large while its queue stays in use is still given back, after
+    /// as many removals as its capacity.
+    #[test]
+    fn oversized_ring_in_use_shrinks() {
+        let mut q = DeliveryQueue::new();
+        for id in 0..10_000 {
+            q.push_back(item(id, false));
+        }
+        while q.len() > 10 {
+            q.pop_front();
+        }
+        for next in 10_000..50_000 {
+            q.push_back(item(next, false));
+            q.pop_front();
+        }
+        assert!(
+            q.slots.capacity() <= SHRINK_FLOOR * 2,
+            "{}",
+            q.slots.capacity()
+        );
         check_invariants(&q);
     }
 

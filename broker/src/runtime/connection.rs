@@ -1153,6 +1153,7 @@ impl Link<'_> {
                     } else if inbuf.is_empty() && out.is_empty() && held.head().is_none() {
                         *inbuf = BytesMut::new();
                         *out = BytesMut::new();
+                        shared.lock().idle(&acc.client_id, acc.conn_id);
                         if paused.is_none() && !more && stream.readable().is_some() {
                             return Ok(Step::Doze);
                         }

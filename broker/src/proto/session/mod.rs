@@ -886,6 +886,12 @@ impl Session {
         self.queue.push_back(d);
     }
 
+    /// Gives back the memory a drained burst left in the queue's ring: for a session
+    /// whose connection has gone quiet (`proto/queue.rs` keeps it while traffic flows).
+    pub(crate) fn release_idle(&mut self) {
+        self.queue.release();
+    }
+
     fn pop_queue(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.sub_mem(d.msg.cost());
