@@ -166,8 +166,7 @@ impl Core {
             client_receive_max: c.properties.receive_maximum().unwrap_or(u16::MAX),
             client_max_packet: c.properties.maximum_packet_size().unwrap_or(u32::MAX),
             client_alias_max: c.properties.topic_alias_maximum().unwrap_or(0),
-            alias_out: HashMap::new(),
-            alias_in: HashMap::new(),
+            aliases: Aliases::default(),
         };
         let will = c.will.as_ref().map(|w| {
             let publish = Publish {

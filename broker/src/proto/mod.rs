@@ -51,8 +51,8 @@ use durable::{Journal, TailStore, Why};
 use message::{encode_user_properties, Message};
 use retained::RetainedIndex;
 use session::{
-    write_packet, Delivery, Event, Inflight, Kick, Link, Phase, QueueLimits, Session, SpillTo,
-    Subscription, Wake, WillState,
+    write_packet, Aliases, Delivery, Event, Inflight, Kick, Link, Phase, QueueLimits, Session,
+    SpillTo, Subscription, Wake, WillState,
 };
 use timers::Timers;
 use trie::SubscriptionTree;
@@ -574,12 +574,12 @@ impl Core {
             Some(alias) if alias == 0 || alias > cfg.topic_alias_maximum => {
                 return Err(Close::Error(reason::TOPIC_ALIAS_INVALID));
             }
-            Some(alias) if p.topic.is_empty() => match link.alias_in.get(&alias) {
+            Some(alias) if p.topic.is_empty() => match link.aliases.inbound(alias) {
                 Some(t) => t.clone(),
                 None => return Err(Close::Error(reason::PROTOCOL_ERROR)),
             },
             Some(alias) => {
-                link.alias_in.insert(alias, named.clone());
+                link.aliases.set_inbound(alias, named.clone());
                 named
             }
             None => named,

@@ -311,11 +311,11 @@ fn encode_publish(
     let mut topic: &str = &d.msg.topic;
     let mut new_alias = None;
     if v5 && link.client_alias_max > 0 {
-        if let Some(&alias) = link.alias_out.get(&d.msg.topic) {
+        if let Some(alias) = link.aliases.out(&d.msg.topic) {
             props.topic_alias = Some(alias);
             topic = "";
-        } else if link.alias_out.len() < usize::from(link.client_alias_max) {
-            let alias = link.alias_out.len() as u16 + 1;
+        } else if link.aliases.out_count() < usize::from(link.client_alias_max) {
+            let alias = link.aliases.out_count() as u16 + 1;
             props.topic_alias = Some(alias);
             new_alias = Some(alias);
         }
@@ -334,7 +334,7 @@ fn encode_publish(
         return Err(());
     }
     if let Some(alias) = new_alias {
-        link.alias_out.insert(d.msg.topic.clone(), alias);
+        link.aliases.set_out(d.msg.topic.clone(), alias);
     }
     write_packet(out, link.protocol, &publish);
     Ok(())
