@@ -822,7 +822,7 @@ fn subscribe_sent_before_publish_is_handled_first() {
     let _serial = serial();
     for threads in [1, 2] {
         let config = format!("[mqtt]\nworker_threads = {threads}\n");
-        let broker = Broker::start_with(&[], Some(&config));
+        let broker = Broker::start_with(&["--memory"], Some(&config));
         let lost = subscribe_then_publish_trials(broker.addr);
         assert!(
             lost.is_empty(),
