@@ -31,10 +31,10 @@
 //!   every wave grow it again, and a ring above malloc's mmap threshold grows by
 //!   `mremap`, which on a multi-threaded broker interrupts every other core to flush
 //!   its TLB (23,000 of them in one fan-out run of 2.4M deliveries, issue #15).
-//!
-//! [`release`]: DeliveryQueue::release
 //! - `live` and `bytes` are the count and the summed `cost()` of the live items. An item's
 //!   `droppable()` and `cost()` must not change while it is queued.
+//!
+//! [`release`]: DeliveryQueue::release
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -542,7 +542,7 @@ impl Session {
     pub(crate) fn detach(&mut self, now: Instant) {
         self.link = None;
         self.offline_since = Some(now);
-        self.queue.release();
+        self.release_idle();
     }
 
     /// Marks a recovered session offline since `at`.
@@ -624,14 +624,7 @@ impl Session {
 
     /// PUBREL for `id`: lets it go; true when it was held.
     pub(crate) fn release_inbound_qos2(&mut self, id: u16) -> bool {
-        let Some(held) = self.inbound_qos2.as_mut() else {
-            return false;
-        };
-        let known = held.remove(&id);
-        if held.is_empty() {
-            self.inbound_qos2 = None;
-        }
-        known
+        self.inbound_qos2.as_mut().is_some_and(|h| h.remove(&id))
     }
 
     /// The inbound QoS 2 packet ids held.
@@ -944,10 +937,15 @@ impl Session {
         self.queue.push_back(d);
     }
 
-    /// Gives back the memory a drained burst left in the queue's ring: for a session
-    /// whose connection has gone quiet (`proto/queue.rs` keeps it while traffic flows).
+    /// Gives back the memory a drained burst left in the queue's ring, and an empty set
+    /// of held QoS 2 ids: for a session whose connection has gone quiet or ended
+    /// (`proto/queue.rs` keeps the ring while traffic flows).
     pub(crate) fn release_idle(&mut self) {
         self.queue.release();
+        // Kept while in use (a QoS 2 publisher would otherwise allocate it per message).
+        if self.inbound_qos2.as_ref().is_some_and(|h| h.is_empty()) {
+            self.inbound_qos2 = None;
+        }
     }
 
     fn pop_queue(&mut self) -> Option<Delivery> {
