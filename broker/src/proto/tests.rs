@@ -86,6 +86,19 @@ fn puback(core: &mut Core, c: &mut Client, topic: &str, id: u16, now: Instant) -
     puback_of(core, c, topic, b"x", id, now)
 }
 
+/// A PUBLISH of `payload` to `topic` at `qos`, not retained, without properties.
+fn publish_packet<'a>(topic: &'a str, payload: &'a [u8], qos: QoS, id: u16) -> Packet<'a> {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic,
+        packet_id: id,
+        properties: Properties::default(),
+        payload,
+    })
+}
+
 /// [`puback`] with `payload`.
 fn puback_of(
     core: &mut Core,
@@ -95,16 +108,13 @@ fn puback_of(
     id: u16,
     now: Instant,
 ) -> Option<u8> {
-    let p = Packet::Publish(Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic,
-        packet_id: id,
-        properties: Properties::default(),
-        payload,
-    });
-    send(core, c, &p, now).unwrap();
+    send(
+        core,
+        c,
+        &publish_packet(topic, payload, QoS::AtLeastOnce, id),
+        now,
+    )
+    .unwrap();
     let bytes = c.out.split().to_vec();
     let mut code = None;
     each_packet(&bytes, c.protocol, |p| {
@@ -187,16 +197,7 @@ fn publish(
     id: u16,
     now: Instant,
 ) {
-    let p = Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic,
-        packet_id: id,
-        properties: Properties::default(),
-        payload,
-    });
-    send(core, c, &p, now).unwrap();
+    send(core, c, &publish_packet(topic, payload, qos, id), now).unwrap();
     c.out.clear();
 }
 
@@ -624,17 +625,7 @@ fn receive_maximum_exceeded_is_0x93() {
     };
     let mut core = Core::new(Arc::new(cfg), Clock::new(Instant::now(), 1_700_000_000_000));
     let mut c = connect(&mut core, Protocol::V5, "p", true, None, t0);
-    let p = |id| {
-        Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            topic: "t",
-            packet_id: id,
-            properties: Properties::default(),
-            payload: b"",
-        })
-    };
+    let p = |id| publish_packet("t", b"", QoS::ExactlyOnce, id);
     assert!(send(&mut core, &mut c, &p(1), t0).is_ok());
     assert!(send(&mut core, &mut c, &p(2), t0).is_ok());
     assert_eq!(
