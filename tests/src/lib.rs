@@ -367,6 +367,21 @@ pub fn spawn(cmd: &mut Command) -> Reaped {
     Reaped(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")))
 }
 
+/// Spawns `cmd` with piped stdin, stdout and stderr as a [`Reaped`] child, writes `input`
+/// to its stdin and closes it. Returns the child and how the write went: a command that
+/// exits before reading its input (a refused command line) makes it a broken pipe.
+pub fn spawn_fed(cmd: &mut Command, input: &[u8]) -> (Reaped, std::io::Result<()>) {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = Reaped(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")));
+    let written = match child.0.stdin.take() {
+        Some(mut stdin) => std::io::Write::write_all(&mut stdin, input),
+        None => Ok(()),
+    };
+    (child, written)
+}
+
 /// True when the external tool `name` can be run. Under `CI=true` a missing tool fails
 /// the test; elsewhere the caller is expected to return early, with a loud message.
 ///

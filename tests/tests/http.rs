@@ -18,7 +18,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::login::set_password;
@@ -26,7 +26,7 @@ use common::{messages, mosq_sub, wait_messages};
 use mote_tests::harness::{
     Suite, CURL, MOSQUITTO_PUB, MOSQUITTO_SUB, PAHO, PROC_STATUS, PY_HTTP, STDBUF,
 };
-use mote_tests::{python_script, run_script, spawn, tail, Broker, Reaped, TempDir};
+use mote_tests::{python_script, run_script, spawn, tail, Broker, TempDir};
 
 fn main() -> std::process::ExitCode {
     Suite::new()
@@ -158,14 +158,9 @@ fn curl(args: &[&str]) -> String {
 fn curl_with_body(args: &[&str], body: &[u8]) -> String {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "10", "--data-binary", "@-"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = Reaped(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")));
-    if let Some(mut input) = child.0.stdin.take() {
-        input.write_all(body).unwrap();
-    }
+        .args(args);
+    let (child, written) = mote_tests::spawn_fed(&mut cmd, body);
+    written.unwrap();
     let (st, out, err) = child.wait_output(Duration::from_secs(15));
     assert!(
         st.is_some_and(|s| s.success()),

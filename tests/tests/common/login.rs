@@ -2,12 +2,11 @@
 //! `mosquitto_pub` that must be refused at CONNECT (`auth.rs`, `jwt.rs`, `http.rs`,
 //! `limits.rs`).
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-use mote_tests::{mote_bin, Broker, Reaped};
+use mote_tests::{mote_bin, Broker};
 
 use super::Proc;
 
@@ -19,16 +18,9 @@ pub(crate) fn path_str(p: &Path) -> &str {
 /// (`None`: it had to be killed), stdout and stderr.
 pub(crate) fn mote_passwd(args: &[&str], stdin: &str) -> (Option<ExitStatus>, String, String) {
     let mut cmd = Command::new(mote_bin());
-    cmd.arg("passwd")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = Reaped(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")));
-    if let Some(mut input) = child.0.stdin.take() {
-        // A refused command line may exit before reading: a broken pipe is fine then.
-        let _ = input.write_all(stdin.as_bytes());
-    }
+    cmd.arg("passwd").args(args);
+    // A refused command line may exit before reading: a broken pipe is fine then.
+    let (child, _written) = mote_tests::spawn_fed(&mut cmd, stdin.as_bytes());
     child.wait_output(Duration::from_secs(20))
 }
 
