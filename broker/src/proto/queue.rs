@@ -61,7 +61,7 @@ pub(crate) struct DeliveryQueue<T> {
     tombstones: usize,
     /// Summed `cost()` of the live items.
     bytes: usize,
-    /// Removals in a row after which the ring was oversized (see [`SHRINK_RATIO`]).
+    /// Removals in a row that left the ring oversized (see [`SHRINK_RATIO`]).
     oversized_for: usize,
     /// Slots moved by trimming, compaction and shrinking: the work beyond O(1) per call,
     /// for the test that bounds it.

@@ -462,7 +462,8 @@ fn connect_level(body: &[u8]) -> Option<u8> {
 
 /// At most this many frames handled in one wake-up let the subscribers they woke write
 /// first (see `Link::serve`): issue #10's fixed-rate QoS 1 fan-in, one frame per read,
-/// had a median latency 1.15x the old two-thread build's without it and 1.0x with it.
+/// had a median latency 1.14x the old two-thread build's without it and 1.03-1.09x with
+/// it (`benches/RESULTS.md`).
 const YIELD_MAX_FRAMES: usize = 8;
 
 /// Most frames decoded ahead of one hold of the core's lock (a `Packet` is 128 bytes:
