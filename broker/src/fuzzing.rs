@@ -300,17 +300,28 @@ pub(crate) struct Client {
     pub(crate) id: Arc<str>,
     pub(crate) conn: u64,
     pub(crate) protocol: Protocol,
-    pub(crate) kick: Arc<Kick>,
+    /// Its link's wake-up, which holds the kick the core set (see [`NoWake::get`]).
+    pub(crate) kick: Arc<NoWake>,
     pub(crate) out: BytesMut,
 }
 
 /// A connection task that is never woken (the driver, and the core's tests, drain
 /// explicitly).
-#[derive(Debug)]
-pub(crate) struct NoWake;
+#[derive(Debug, Default)]
+pub(crate) struct NoWake(Kick);
+
+impl NoWake {
+    /// The v5 reason the core asked the connection to close with (0: none).
+    pub(crate) fn get(&self) -> u8 {
+        self.0.get()
+    }
+}
 
 impl Wake for NoWake {
     fn wake(&self) {}
+    fn kick(&self) -> &Kick {
+        &self.0
+    }
 }
 
 /// `c` handed to the core as the runtime hands it an authenticated CONNECT: the client
@@ -330,12 +341,11 @@ pub(crate) fn connect_login(
     login: Login,
     now: Instant,
 ) -> (Option<Client>, Vec<u8>) {
-    let kick = Arc::new(Kick::default());
+    let kick = Arc::new(NoWake::default());
     let mut out = BytesMut::new();
     let acc = core.connect(
         c,
         login,
-        Arc::new(NoWake),
         kick.clone(),
         now,
         &mut out,

@@ -9,14 +9,12 @@ impl Core {
     /// `None` for anonymous, the rules its credential carries, when it expires, and the
     /// user's own limits, which the session keeps from now on):
     /// CONNACK into `out`; on success the session is attached to a new link woken
-    /// through `notify` and closed through `kick`.
-    #[allow(clippy::too_many_arguments)]
+    /// and closed through `notify` (see [`Wake`]).
     pub(crate) fn connect(
         &mut self,
         c: &Connect<'_>,
         login: impl Into<Login>,
         notify: Arc<dyn Wake>,
-        kick: Arc<Kick>,
         now: Instant,
         out: &mut BytesMut,
         fx: &mut Effects,
@@ -103,7 +101,7 @@ impl Core {
         if let Some(old) = self.sessions.get_mut(&client_id) {
             if let Some(link) = old.take_link() {
                 let reason = reason::SESSION_TAKEN_OVER;
-                link.kick.set(reason);
+                link.kick().set(reason);
                 fx.wake.push(link.notify);
                 tracing::info!(client = %client_id, "session taken over");
                 self.link_ended(&client_id, End::Abnormal, true, now, fx);
@@ -160,7 +158,6 @@ impl Core {
         let link = Link {
             conn_id,
             notify,
-            kick,
             credential_expires: expires,
             protocol,
             client_receive_max: c.properties.receive_maximum().unwrap_or(u16::MAX),
@@ -324,9 +321,9 @@ impl Core {
         let Some(link) = self.sessions.get(client).and_then(|s| s.link()) else {
             return;
         };
-        if link.credential_expires.is_some_and(|at| at <= now) && link.kick.get() == 0 {
+        if link.credential_expires.is_some_and(|at| at <= now) && link.kick().get() == 0 {
             tracing::info!(client = %client, "credential expired; disconnecting");
-            link.kick.set(reason::MAXIMUM_CONNECT_TIME);
+            link.kick().set(reason::MAXIMUM_CONNECT_TIME);
             fx.wake(&link.notify);
         }
     }

@@ -51,8 +51,8 @@ use durable::{Journal, TailStore, Why};
 use message::{encode_user_properties, Message};
 use retained::RetainedIndex;
 use session::{
-    write_packet, Aliases, Delivery, Event, Inflight, Kick, Link, Phase, QueueLimits, Session,
-    SpillTo, Subscription, Wake, WillState,
+    write_packet, Aliases, Delivery, Event, Inflight, Link, Phase, QueueLimits, Session, SpillTo,
+    Subscription, Wake, WillState,
 };
 use timers::Timers;
 use trie::SubscriptionTree;

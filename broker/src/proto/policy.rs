@@ -33,9 +33,9 @@ impl Core {
         for (client, s) in &self.sessions {
             if let (Some(user), Some(link)) = (s.user(), s.link()) {
                 let by_token = link.credential_expires.is_some();
-                if !by_token && link.kick.get() == 0 && user_gone(user) {
+                if !by_token && link.kick().get() == 0 && user_gone(user) {
                     tracing::info!(client = %client, user = %user, "user removed; disconnecting");
-                    link.kick.set(reason::NOT_AUTHORIZED);
+                    link.kick().set(reason::NOT_AUTHORIZED);
                     fx.wake(&link.notify);
                     applied.disconnected += 1;
                 }

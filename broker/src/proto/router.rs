@@ -282,9 +282,9 @@ impl Core {
             match s.link() {
                 // A connected consumer that cannot keep up with QoS 1/2 is disconnected
                 // (its persistent session keeps queueing up to the same bound).
-                Some(link) if qos != QoS::AtMostOnce && link.kick.get() == 0 => {
+                Some(link) if qos != QoS::AtMostOnce && link.kick().get() == 0 => {
                     tracing::warn!(client = %client, "slow consumer: queue full, disconnecting");
-                    link.kick.set(reason::QUOTA_EXCEEDED);
+                    link.kick().set(reason::QUOTA_EXCEEDED);
                     fx.wake(&link.notify);
                 }
                 _ => tracing::debug!(client = %client, "queue full: delivery dropped"),

@@ -21,7 +21,11 @@
 //!
 //! The guarantee is the current-thread scheduler's, no more: input that arrives while a
 //! connection task is still running is read by it at once, ahead of earlier input on a
-//! sleeping connection, on either runtime. With one worker thread nothing here is used
+//! sleeping connection, on either runtime. A dozing connection (`runtime/doze.rs`, quiet
+//! for a second) is sent back to a task by the dozer's task, in the order its input
+//! arrived among the other dozing connections (a ticket taken then); input on a
+//! connection that is awake can overtake input that reached a dozing one a moment
+//! earlier, by one turn of the scheduler. With one worker thread nothing here is used
 //! (`Arrivals` is not created): the scheduler alone keeps the order.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -133,8 +137,10 @@ pub(crate) struct Turn {
 }
 
 impl Turn {
-    /// Takes a ticket unless one is held (the earlier one keeps the place).
-    fn take_ticket(&self) {
+    /// Takes a ticket unless one is held (the earlier one keeps the place): what a
+    /// wake-up does, also done by the dozer for a connection it sends back to a task
+    /// (`runtime/doze.rs`), in the order their input arrived.
+    pub(crate) fn take_ticket(&self) {
         if self.ticket.load(Ordering::Acquire) != 0 {
             return;
         }

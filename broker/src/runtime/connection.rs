@@ -12,10 +12,11 @@
 //!   shrink back to [`BUF_CAPACITY`]; a connection quiet for [`IDLE_RELEASE`] gives them
 //!   back, and reads start small and grow only for a client with more to send.
 //! - A TCP connection with nothing to do (nothing after its CONNECT, or quiet for
-//!   [`IDLE_RELEASE`] with nothing buffered or held) dozes ([`Link::doze`]): the packet
-//!   loop's state, which lives in a box, is dropped until input, a wake-up, a deadline,
-//!   eviction or shutdown needs it; its keep-alive, throttle and takeover rules are
-//!   those of the loop, which looks at what woke it first.
+//!   [`IDLE_RELEASE`] with nothing buffered or held) dozes: its task ends and what is
+//!   left of it ([`Dozing`]) waits in the [`Dozer`] until input, a wake-up, its
+//!   keep-alive deadline, eviction or shutdown needs it; then a new task runs the packet
+//!   loop again, which looks at what woke it first, so its keep-alive, throttle and
+//!   takeover rules are those of the loop.
 //! - When the broker closes a connection after telling the client why (a DISCONNECT, a
 //!   refusing CONNACK), it closes gracefully ([`close_gracefully`]): closing a socket
 //!   with unread input sends a reset, which makes the client's TCP stack drop whatever
@@ -29,8 +30,9 @@
 //!
 //! Cancel safety: the only futures raced in `select!` are `read_buf` (cancel-safe: bytes
 //! read are in the buffer; over TLS, decrypted bytes not yet read stay in the TLS
-//! session), `Notify::notified`, `Shared::durable` (it watches a counter), timers and
-//! cancellation tokens. Writes happen outside `select!`.
+//! session), `Signal::wait` and `Signal::evicted` (nothing is taken until they resolve),
+//! `Shared::durable` (it watches a counter), timers and cancellation tokens. Writes
+//! happen outside `select!`.
 
 use std::borrow::Borrow;
 use std::net::SocketAddr;
@@ -41,27 +43,21 @@ use bytes::{Buf, BytesMut};
 use mote_codec::{check, decode_body, DecodeError, FrameHeader, Packet, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::arrival::{Sequenced, Turn};
 use super::auth::Refusal;
+use super::doze::{Dozer, Ready, Sleeper};
 use super::held::Held;
 use super::shared::{Shared, Transport};
-use super::table::Slot;
+use super::table::{Signal, Slot};
 use super::tls::{self, Certs, Handshake};
-use crate::proto::session::{write_packet, Kick, Wake, OUTBOUND_BATCH};
+use crate::proto::session::{write_packet, Wake, OUTBOUND_BATCH};
 use crate::proto::{disconnect_packet, Accepted, Close, End};
-
-/// The connection task's wake-up: the core names it in its effects.
-impl Wake for Notify {
-    fn wake(&self) {
-        self.notify_one();
-    }
-}
 
 /// How long a write may block before the client counts as gone (a consumer that does
 /// not read at all).
@@ -167,27 +163,15 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
     /// `WouldBlock` when nothing can be written at once (always, for a stream that has
     /// no such fast path).
     fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<usize>;
-
-    /// Waits until the stream has input (or an error or end) without reading it, for a
-    /// connection that dozes (see [`Link::doze`]); `None` for a stream that cannot say
-    /// (TLS may hold decrypted bytes the socket no longer shows): it never dozes.
-    fn readable(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + '_> {
-        None::<std::future::Ready<()>>
-    }
 }
 
+/// Plain TCP: the only stream that dozes ([`serve_tcp`]). TLS may hold decrypted bytes
+/// the socket no longer shows; WebSocket and in-process pipes are not sockets.
 impl Stream for TcpStream {
     const TRANSPORT: Transport = Transport::Tcp;
     #[inline]
     fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.try_write(buf)
-    }
-    fn readable(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + '_> {
-        // `poll_read_ready`, not `readable()`: that future is 150 bytes of every idle
-        // connection's state. An error shows on the read that follows.
-        Some(std::future::poll_fn(|cx| {
-            self.poll_read_ready(cx).map(|_| ())
-        }))
     }
 }
 
@@ -209,8 +193,70 @@ impl Stream for TlsStream<TcpStream> {
     }
 }
 
-/// Serves one connection over `stream` (plain TCP, or WebSocket) until it ends. `slot`
-/// is its place in the connection table, released when the last owner drops it.
+/// Serves one plain TCP connection: phase 1 in this task, then the packet loop until the
+/// connection ends or dozes in `dozer`, whose tasks (on `tracker`) serve it from then on.
+/// `slot` is its place in the connection table, released when the connection ends.
+pub(crate) fn serve_tcp(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    slot: Slot,
+    dozer: Arc<Dozer<Dozing>>,
+    tracker: TaskTracker,
+) -> impl std::future::Future<Output = ()> + Send {
+    let span = conn_span(peer, Transport::Tcp);
+    let turn = shared.arrivals.as_ref().map(|a| a.turn());
+    let ours = turn.clone();
+    let conn = async move {
+        let open = shared.transports.open(Transport::Tcp);
+        let origin = Origin {
+            peer,
+            started: Instant::now(),
+            identity: None,
+        };
+        let phase1 = Box::pin(handshake(&mut stream, origin, &shared, &shutdown, &slot));
+        let admitted = match phase1.await {
+            Ok(a) => a,
+            Err(closing) => {
+                if closing == Closing::Graceful {
+                    close_gracefully(&mut stream).await;
+                }
+                return;
+            }
+        };
+        let guard = LinkGuard::connected(&shared, &slot, &admitted.acc);
+        let io = LinkIo::new(admitted.inbuf, admitted.out, admitted.rates);
+        let conn = Connected {
+            guard,
+            slot,
+            keep_alive: admitted.acc.keep_alive,
+            protocol: admitted.acc.protocol,
+        };
+        open.hand_over();
+        let ctx = TcpContext {
+            shutdown,
+            dozer,
+            tracker,
+        };
+        live_tcp(stream, conn, io, ctx, ours, true).await;
+    };
+    Sequenced::new(conn.instrument(span), turn)
+}
+
+/// The span of a connection's log lines (its client id is added at CONNECT).
+fn conn_span(peer: SocketAddr, transport: Transport) -> tracing::Span {
+    tracing::info_span!(
+        "conn",
+        %peer,
+        transport = transport.name(),
+        client = tracing::field::Empty
+    )
+}
+
+/// Serves one connection over `stream` (WebSocket, or an in-process pipe; plain TCP has
+/// [`serve_tcp`]) until it ends. `slot` is its place in the connection table, released
+/// when the last owner drops it.
 ///
 /// Not an `async fn`: one would keep its arguments in the task's state beside the block
 /// they are moved into (every connection pays for a task's largest state).
@@ -221,12 +267,7 @@ pub(crate) fn serve<S: Stream, L: Borrow<Slot> + Send>(
     shutdown: CancellationToken,
     slot: L,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let span = tracing::info_span!(
-        "conn",
-        %peer,
-        transport = S::TRANSPORT.name(),
-        client = tracing::field::Empty
-    );
+    let span = conn_span(peer, S::TRANSPORT);
     let turn = shared.arrivals.as_ref().map(|a| a.turn());
     let ours = turn.clone();
     let conn = async move {
@@ -428,12 +469,10 @@ async fn settle_and_flush<S: Stream>(
     flush(stream, out).await
 }
 
-/// Sleeps until `deadline`; forever without one.
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
+/// How long a client with Keep Alive `secs` may stay silent: 1.5 × its Keep Alive
+/// (MQTT-3.1.2-24 (5.0), 3.1.2-10 (3.1.1)); `None` for Keep Alive 0.
+fn keep_alive_limit(secs: u16) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_millis(u64::from(secs) * 1500))
 }
 
 /// Ends a connection after the broker said why: shuts the write side (what was sent is
@@ -534,6 +573,28 @@ impl LinkGuard {
         self.armed = false;
         tracing::info!("session taken over");
     }
+
+    /// The core accepted the CONNECT of the connection in `slot`: from now on it holds a
+    /// link for it, which the guard returned ends.
+    fn connected(shared: &Arc<Shared>, slot: &Slot, acc: &Accepted) -> LinkGuard {
+        slot.connected();
+        tracing::Span::current().record("client", &*acc.client_id);
+        tracing::info!(protocol = ?acc.protocol, keep_alive = acc.keep_alive, "client connected");
+        LinkGuard::new(shared, acc)
+    }
+
+    /// Ends the link as `exit` says; returns how to close the socket.
+    async fn finish(self, exit: LinkExit) -> Closing {
+        match exit.end {
+            Some(end) => {
+                // In a box: as large as the rest of phase 2's state.
+                let ending = Box::pin(self.end(end));
+                ending.await;
+            }
+            None => self.taken_over(),
+        }
+        exit.closing
+    }
 }
 
 impl Drop for LinkGuard {
@@ -581,9 +642,14 @@ impl LinkExit {
             closing: Closing::Now,
         }
     }
+
+    /// The socket failed.
+    fn lost(e: &std::io::Error) -> LinkExit {
+        tracing::debug!(error = %e, "connection lost (I/O error)");
+        LinkExit::ended(End::Abnormal, Closing::Now)
+    }
 }
 
-/// The whole connection: CONNECT, then packets until the end. Returns how to close.
 /// Where a connection comes from, for its CONNECT phase.
 struct Origin {
     peer: SocketAddr,
@@ -594,9 +660,9 @@ struct Origin {
     identity: Option<Arc<str>>,
 }
 
+/// The whole connection of a stream that keeps its task (TLS, WebSocket, in-process
+/// pipes): CONNECT, then packets until the end. Returns how to close.
 /// `turn`: its place in the arrival order across connections (multi-threaded runtime).
-/// `origin.identity`: the user name a verified client certificate gave (the CONNECT's
-/// credentials are then not checked).
 async fn run<S: Stream>(
     stream: &mut S,
     origin: Origin,
@@ -607,15 +673,13 @@ async fn run<S: Stream>(
 ) -> Closing {
     // Phase 1 runs in a box of its own, freed once the client is connected: its futures
     // (the login, the core's CONNECT handling) are larger than phase 2's, and a task is
-    // as large as its largest state, for its whole life. Boxed, an idle connection's
-    // task holds only phase 2 (issue #15: "an idle connection costs ≤ 1 KiB").
+    // as large as its largest state, for its whole life. Boxed, the task holds only
+    // phase 2 (issue #15: "an idle connection costs ≤ 1 KiB").
     // (In a statement of its own: a temporary lives to the end of its statement, so
     // `Box::pin(handshake(..)).await` would keep room for the unboxed future too.)
     let phase1 = Box::pin(handshake(stream, origin, shared, shutdown, slot));
     let Admitted {
         acc,
-        notify,
-        kick,
         inbuf,
         out,
         rates,
@@ -625,64 +689,230 @@ async fn run<S: Stream>(
     };
     // From here on the core holds a link for this connection: every way out below ends
     // it (`?` in `link` included), and the guard covers what cannot return.
-    let guard = LinkGuard::new(shared, &acc);
-    slot.connected();
-    tracing::Span::current().record("client", &*acc.client_id);
-    tracing::info!(protocol = ?acc.protocol, keep_alive = acc.keep_alive, "client connected");
+    let guard = LinkGuard::connected(shared, slot, &acc);
     let link = Link {
         shared,
         shutdown,
         slot,
         acc: &acc,
-        notify: &notify,
-        kick: &kick,
         turn,
     };
-    let mut io = LinkIo {
-        inbuf,
-        out,
-        last_rx: Instant::now(),
-        throttle: Throttle::new(rates),
-    };
-    let exit = 'phase2: {
-        if io.inbuf.is_empty() && stream.readable().is_some() {
-            // Nothing came after the CONNECT: send the CONNACK and doze at once. A device
-            // that connects and then only pings now and then never has a packet loop
-            // (nor its buffers) allocated for longer than it takes to answer it.
-            if let Err(e) = flush(stream, &mut io.out).await {
-                tracing::debug!(error = %e, "connection lost (I/O error)");
-                break 'phase2 LinkExit::ended(End::Abnormal, Closing::Now);
-            }
-            io.inbuf = BytesMut::new();
-            io.out = BytesMut::new();
-            link.doze(stream, io.last_rx).await;
-        }
-        loop {
-            // Phase 2 in a box too, dropped while the connection dozes: an idle
-            // connection then holds only this function's state and the small wait of
-            // `doze`.
-            let phase2 = Box::pin(link.serve(stream, &mut io));
-            match phase2.await {
-                Ok(Step::Exit(exit)) => break 'phase2 exit,
-                Ok(Step::Doze) => link.doze(stream, io.last_rx).await,
-                Err(e) => {
-                    tracing::debug!(error = %e, "connection lost (I/O error)");
-                    break 'phase2 LinkExit::ended(End::Abnormal, Closing::Now);
-                }
-            }
+    let mut io = LinkIo::new(inbuf, out, rates);
+    let exit = loop {
+        // Phase 2 in a box too (the same future as a dozing TCP connection's).
+        let phase2 = Box::pin(link.serve(stream, &mut io, false));
+        match phase2.await {
+            Ok(Step::Exit(exit)) => break exit,
+            // Only a loop allowed to doze stops for it; serving on is what it would mean.
+            Ok(Step::Doze) => {}
+            Err(e) => break LinkExit::lost(&e),
         }
     };
-    match exit.end {
-        Some(end) => {
-            let ending = Box::pin(guard.end(end));
-            ending.await;
-        }
-        None => guard.taken_over(),
-    }
-    exit.closing
+    guard.finish(exit).await
 }
 
-/// What phase 2 keeps across dozes (see [`Link::doze`]).
+/// A TCP connection past its CONNECT, between runs of its packet loop: what it owns
+/// besides its socket and its buffers. Dozing, it is this and its socket ([`Dozing`]).
+#[derive(Debug)]
+struct Connected {
+    /// Ends the link; also the broker's state and the client's names.
+    guard: LinkGuard,
+    slot: Slot,
+    /// The CONNECT's Keep Alive in force, seconds (0: none).
+    keep_alive: u16,
+    protocol: Protocol,
+}
+
+impl Connected {
+    /// What the core accepted, as the packet loop reads it.
+    fn accepted(&self) -> Accepted {
+        Accepted {
+            client_id: self.guard.client_id.clone(),
+            conn_id: self.guard.conn_id,
+            keep_alive: self.keep_alive,
+            protocol: self.protocol,
+        }
+    }
+}
+
+/// What every TCP connection's task is given: shutdown, where to doze, where to spawn.
+struct TcpContext {
+    shutdown: CancellationToken,
+    dozer: Arc<Dozer<Dozing>>,
+    tracker: TaskTracker,
+}
+
+/// A dozing TCP connection (`runtime/doze.rs`): its socket out of tokio's reactor, its
+/// link, when it last sent something and its rate limits. 112 bytes, where its task was
+/// 1,280 and its reactor registration 256.
+#[derive(Debug)]
+pub(crate) struct Dozing {
+    stream: std::net::TcpStream,
+    conn: Connected,
+    last_rx: Instant,
+    throttle: Option<Box<Throttle>>,
+    /// Its log lines' span; `None` when disabled (it is then made anew, as disabled),
+    /// so that a broker logging less does not pay 40 bytes per dozing connection.
+    span: Option<Box<tracing::Span>>,
+}
+
+impl Sleeper for Dozing {
+    fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.stream)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        keep_alive_limit(self.conn.keep_alive).map(|k| self.last_rx + k)
+    }
+
+    fn dozing(&self, ready: &Arc<Ready>, token: u64) {
+        self.conn.slot.signal().doze(ready, token);
+    }
+
+    fn resume(
+        self: Box<Self>,
+        dozer: &Arc<Dozer<Dozing>>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        let Dozing {
+            stream,
+            conn,
+            last_rx,
+            throttle,
+            span,
+        } = *self;
+        // Its place in the arrival order is taken now: the dozer sends connections back
+        // in the order their input came.
+        let turn = conn.guard.shared.arrivals.as_ref().map(|a| {
+            let t = a.turn();
+            t.take_ticket();
+            t
+        });
+        let ours = turn.clone();
+        let ctx = TcpContext {
+            shutdown: shutdown.clone(),
+            dozer: dozer.clone(),
+            tracker: tracker.clone(),
+        };
+        let span = span.map_or_else(tracing::Span::none, |s| *s);
+        let task = async move {
+            let (inbuf, last_rx) = match read_waiting(&stream) {
+                Some(buf) => {
+                    conn.slot.touch();
+                    let shared = &conn.guard.shared;
+                    shared.transports.received(Transport::Tcp, buf.len());
+                    (buf, Instant::now())
+                }
+                None => (BytesMut::new(), last_rx),
+            };
+            let stream = match TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot wake a dozing connection; ending it");
+                    let shared = conn.guard.shared.clone();
+                    let _open = shared.transports.adopt(Transport::Tcp);
+                    conn.guard.end(End::Abnormal).await;
+                    return;
+                }
+            };
+            let io = LinkIo {
+                inbuf,
+                out: BytesMut::new(),
+                last_rx,
+                throttle,
+            };
+            live_tcp(stream, conn, io, ctx, ours, false).await;
+        };
+        tracker.spawn(Sequenced::new(task.instrument(span), turn));
+    }
+}
+
+/// Reads the input that woke a dozing connection, if any, before its socket goes back to
+/// tokio: tokio learns that a socket it was just given is readable only at its
+/// reactor's next turn, so the first read would wait for it. Meanwhile the task would
+/// go back to sleep, and with it its place in the arrival order (`runtime/arrival.rs`),
+/// which input on an awake connection could then overtake. `None`: nothing to read now
+/// (or the end, or an error, which the packet loop's own read then sees).
+fn read_waiting(stream: &std::net::TcpStream) -> Option<BytesMut> {
+    use std::io::Read;
+    let mut buf = BytesMut::zeroed(BUF_CAPACITY);
+    match (&*stream).read(&mut buf) {
+        Ok(n) if n > 0 => {
+            buf.truncate(n);
+            Some(buf)
+        }
+        _ => None,
+    }
+}
+
+/// Phase 2 of a TCP connection in a task of its own: packets until the link ends, or
+/// until the connection may doze, when it goes to `dozer` and the task ends. `fresh`:
+/// just connected, when a connection that sent nothing after its CONNECT dozes as soon
+/// as its CONNACK is out (a device that connects and then only pings now and then never
+/// has a packet loop, nor its buffers, for longer than it takes to answer it).
+async fn live_tcp(
+    mut stream: TcpStream,
+    conn: Connected,
+    mut io: LinkIo,
+    ctx: TcpContext,
+    turn: Option<Arc<Turn>>,
+    fresh: bool,
+) {
+    let shared = conn.guard.shared.clone();
+    let open = shared.transports.adopt(Transport::Tcp);
+    let acc = conn.accepted();
+    let link = Link {
+        shared: &conn.guard.shared,
+        shutdown: &ctx.shutdown,
+        slot: &conn.slot,
+        acc: &acc,
+        turn: turn.as_deref(),
+    };
+    let step = if fresh && io.inbuf.is_empty() {
+        match flush(&mut stream, &mut io.out).await {
+            Ok(()) => Ok(Step::Doze),
+            Err(e) => Err(e),
+        }
+    } else {
+        // In a box: the loop is the largest state of the task, and a fresh
+        // connection that dozes at once never needs it.
+        let phase2 = Box::pin(link.serve(&mut stream, &mut io, true));
+        phase2.await
+    };
+    let exit = match step {
+        Ok(Step::Doze) => {
+            match stream.into_std() {
+                Ok(stream) => {
+                    open.hand_over();
+                    let span = tracing::Span::current();
+                    let dozing = Box::new(Dozing {
+                        stream,
+                        conn,
+                        last_rx: io.last_rx,
+                        throttle: io.throttle,
+                        span: (!span.is_disabled()).then(|| Box::new(span)),
+                    });
+                    ctx.dozer.park(dozing, &ctx.tracker);
+                }
+                Err(e) => {
+                    conn.guard.finish(LinkExit::lost(&e)).await;
+                }
+            }
+            return;
+        }
+        Ok(Step::Exit(exit)) => exit,
+        Err(e) => LinkExit::lost(&e),
+    };
+    let Connected { guard, slot, .. } = conn;
+    if guard.finish(exit).await == Closing::Graceful {
+        close_gracefully(&mut stream).await;
+    }
+    drop(open);
+    drop(slot);
+}
+
+/// What phase 2 keeps across dozes.
 struct LinkIo {
     /// Input not yet handled (empty, and without capacity, while dozing).
     inbuf: BytesMut,
@@ -690,8 +920,21 @@ struct LinkIo {
     out: BytesMut,
     /// When the client last sent something (keep-alive runs from there).
     last_rx: Instant,
-    /// Its PUBLISH rate limits, if any.
-    throttle: Option<Throttle>,
+    /// Its PUBLISH rate limits, if any (boxed: most clients have none, and a dozing
+    /// connection carries this).
+    throttle: Option<Box<Throttle>>,
+}
+
+impl LinkIo {
+    /// Phase 2's start: what followed the CONNECT, the CONNACK, the client's rates.
+    fn new(inbuf: BytesMut, out: BytesMut, rates: (u32, u64)) -> LinkIo {
+        LinkIo {
+            inbuf,
+            out,
+            last_rx: Instant::now(),
+            throttle: Throttle::new(rates).map(Box::new),
+        }
+    }
 }
 
 /// How a run of [`Link::serve`] ended.
@@ -705,8 +948,6 @@ enum Step {
 /// A connection the core accepted, with what phase 2 starts from.
 struct Admitted {
     acc: Accepted,
-    notify: Arc<Notify>,
-    kick: Arc<Kick>,
     /// What the client sent after its CONNECT.
     inbuf: BytesMut,
     /// The CONNACK and whatever else the CONNECT produced.
@@ -856,21 +1097,13 @@ async fn handshake<S: Stream>(
         }
     };
     let rates = user.publish_rates(cfg);
-    let notify = Arc::new(Notify::new());
-    let kick = Arc::new(Kick::default());
+    // The core wakes and kicks the connection through its slot's signal.
+    let signal: Arc<dyn Wake> = slot.signal().clone();
     // Replies (and deliveries to others) go out only once what they confirm is durable.
     let accepted = shared
         .apply(|core, fx| {
             let now = std::time::Instant::now();
-            core.connect(
-                &connect,
-                user,
-                notify.clone(),
-                kick.clone(),
-                now,
-                &mut out,
-                fx,
-            )
+            core.connect(&connect, user, signal.clone(), now, &mut out, fx)
         })
         .await;
     inbuf.advance(header.frame_len());
@@ -884,8 +1117,6 @@ async fn handshake<S: Stream>(
     };
     Ok(Admitted {
         acc,
-        notify,
-        kick,
         inbuf,
         out,
         rates,
@@ -898,8 +1129,6 @@ struct Link<'a> {
     shutdown: &'a CancellationToken,
     slot: &'a Slot,
     acc: &'a Accepted,
-    notify: &'a Notify,
-    kick: &'a Kick,
     /// Its place in the arrival order across connections (`None`: one worker thread).
     turn: Option<&'a Turn>,
 }
@@ -908,7 +1137,15 @@ impl Link<'_> {
     /// Phase 2: packets until the end, or until the connection may doze. Every return
     /// (an I/O error through `?` included) goes back to [`run`], which ends the link or
     /// lets it doze and calls this again.
-    async fn serve<S: Stream>(&self, stream: &mut S, io: &mut LinkIo) -> std::io::Result<Step> {
+    ///
+    /// `may_doze`: whether it may return [`Step::Doze`] (a plain TCP connection with a
+    /// dozer); otherwise a quiet connection gives back its buffers and stays.
+    async fn serve<S: Stream>(
+        &self,
+        stream: &mut S,
+        io: &mut LinkIo,
+        may_doze: bool,
+    ) -> std::io::Result<Step> {
         let LinkIo {
             inbuf,
             out,
@@ -925,18 +1162,18 @@ impl Link<'_> {
         // early (packets came meanwhile) it is reset to the deadline they made.
         let far = Duration::from_secs(86_400 * 365);
         let keepalive = tokio::time::sleep_until(*last_rx + keep_alive.unwrap_or(far));
-        let evicted = self.slot.evicted();
         let cancelled = self.shutdown.cancelled();
-        let notified = self.notify.notified();
-        tokio::pin!(keepalive, evicted, cancelled, notified);
+        tokio::pin!(keepalive, cancelled);
+        // Deliveries, a kick, eviction: all come through the slot's signal.
+        let signal = self.slot.signal();
         // The last drain stopped at a full batch: more is queued.
         let mut more = false;
         // The CONNECT's CONNACK (and anything else it produced), if not sent yet.
         flush(stream, out).await?;
         // Look for deliveries at once: back from a doze, the wake-up that ended it may
-        // have been taken there (whatever else woke it, input or a deadline, is looked
-        // at below).
-        self.notify.notify_one();
+        // have come before this task did (whatever else woke it, input or a deadline, is
+        // looked at below).
+        signal.wake();
         let resume = tokio::time::sleep_until(Instant::now());
         // When the connection was last busy (input, or deliveries): after
         // [`IDLE_RELEASE`] without either it gives back its buffers and dozes. The timer
@@ -1125,8 +1362,15 @@ impl Link<'_> {
                         }
                     }
                 }
-                _ = &mut notified => {
-                    notified.set(self.notify.notified());
+                flags = signal.wait() => {
+                    if Signal::evicted_in(flags) {
+                        // Idle longest while the connection table was full (3.1.1
+                        // §3.1.2.10 lets a server disconnect an inactive client whatever
+                        // its Keep Alive).
+                        tracing::info!("evicted as idle (connection table full); closing");
+                        disconnect_packet(out, protocol, mote_codec::reason::SERVER_BUSY);
+                        return Ok(Step::Exit(self.close_boxed(stream, out, &mut held).await));
+                    }
                     busy = Instant::now();
                     if released {
                         released = false;
@@ -1135,7 +1379,7 @@ impl Link<'_> {
                     // Woken: the subscriber it waited for drained (or it has deliveries
                     // of its own to take, and must read their acknowledgements).
                     blocked = None;
-                    let reason = self.kick.get();
+                    let reason = signal.kick().get();
                     if reason != 0 {
                         // Taken over (the core already detached us) or too slow (still
                         // attached: ending the link detaches it and keeps the session).
@@ -1175,20 +1419,13 @@ impl Link<'_> {
                         *inbuf = BytesMut::new();
                         *out = BytesMut::new();
                         shared.lock().idle(&acc.client_id, acc.conn_id);
-                        if paused.is_none() && !more && stream.readable().is_some() {
+                        if paused.is_none() && !more && may_doze {
                             return Ok(Step::Doze);
                         }
                         released = true;
                     } else {
                         idle.as_mut().reset(Instant::now() + IDLE_RELEASE);
                     }
-                }
-                _ = &mut evicted => {
-                    // Idle longest while the connection table was full (3.1.1 §3.1.2.10
-                    // lets a server disconnect an inactive client whatever its Keep Alive).
-                    tracing::info!("evicted as idle (connection table full); closing");
-                    disconnect_packet(out, protocol, mote_codec::reason::SERVER_BUSY);
-                    return Ok(Step::Exit(self.close_boxed(stream, out, &mut held).await));
                 }
                 _ = &mut cancelled => {
                     disconnect_packet(out, protocol, mote_codec::reason::SERVER_SHUTTING_DOWN);
@@ -1198,30 +1435,9 @@ impl Link<'_> {
         }
     }
 
-    /// How long the client may stay silent: 1.5 × its Keep Alive (MQTT-3.1.2-24 (5.0),
-    /// 3.1.2-10 (3.1.1)); `None` for Keep Alive 0.
+    /// How long the client may stay silent (see [`keep_alive_limit`]).
     fn keep_alive(&self) -> Option<Duration> {
-        (self.acc.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(self.acc.keep_alive) * 1500))
-    }
-
-    /// Waits, with the connection idle and nothing buffered or held, until something
-    /// needs it: input, a wake-up (deliveries, a kick), its keep-alive deadline,
-    /// eviction or shutdown. [`Link::serve`] then runs again and sees which. Meanwhile
-    /// the connection holds no buffers and no phase-2 state (issue #15: an idle
-    /// connection's cost). Returns at once for a stream that cannot doze.
-    async fn doze<S: Stream>(&self, stream: &mut S, last_rx: Instant) {
-        let Some(readable) = stream.readable() else {
-            return;
-        };
-        let deadline = self.keep_alive().map(|k| last_rx + k);
-        tokio::select! {
-            () = readable => {}
-            () = self.notify.notified() => {}
-            () = sleep_until_some(deadline) => {}
-            () = self.slot.evicted() => {}
-            () = self.shutdown.cancelled() => {}
-        }
+        keep_alive_limit(self.acc.keep_alive)
     }
 
     /// [`Link::close_with`] in a box of its own: it is rare, and as large as the rest of

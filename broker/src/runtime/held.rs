@@ -110,11 +110,14 @@ mod tests {
     use std::sync::Arc;
 
     #[derive(Debug, Default)]
-    struct Count(AtomicUsize);
+    struct Count(AtomicUsize, crate::proto::session::Kick);
 
     impl crate::proto::session::Wake for Count {
         fn wake(&self) {
             self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        fn kick(&self) -> &crate::proto::session::Kick {
+            &self.1
         }
     }
 

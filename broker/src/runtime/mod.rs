@@ -4,6 +4,7 @@
 mod arrival;
 pub(crate) mod auth;
 pub(crate) mod connection;
+mod doze;
 mod held;
 mod http;
 mod jwt;

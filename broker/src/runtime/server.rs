@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::auth::{Auth, Policy};
+use super::connection::Dozing;
+use super::doze::Dozer;
 use super::shared::Shared;
 use super::table::{Refused, Table};
 use super::tls::Certs;
@@ -306,6 +308,11 @@ pub(crate) async fn serve(
 ) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let table = Arc::new(Table::new(&shared.config.mqtt));
+    // Quiet TCP connections wait here without a task each (`runtime/doze.rs`).
+    let (dozer, poll) = Dozer::new(shutdown.clone()).map_err(|e| {
+        anyhow::anyhow!("cannot create the epoll instance for idle connections: {e}")
+    })?;
+    tracker.spawn(dozer.clone().run(poll, tracker.clone()));
 
     let ticker = {
         let shared = shared.clone();
@@ -377,14 +384,22 @@ pub(crate) async fn serve(
     for (l, certs) in tls {
         tracker.spawn(accept_loop(
             l,
-            Some(certs),
+            Listener::Tls(certs),
             table.clone(),
             shared.clone(),
             shutdown.clone(),
             tracker.clone(),
         ));
     }
-    accept_loop(listener, None, table, shared, shutdown, tracker.clone()).await;
+    accept_loop(
+        listener,
+        Listener::Tcp(dozer),
+        table,
+        shared,
+        shutdown,
+        tracker.clone(),
+    )
+    .await;
     tracing::info!("shutting down");
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
@@ -397,12 +412,19 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// What a listener serves.
+enum Listener {
+    /// MQTT over plain TCP; quiet connections doze in this dozer.
+    Tcp(Arc<Dozer<Dozing>>),
+    /// MQTT over TLS with these certificates.
+    Tls(Arc<Certs>),
+}
+
 /// Accepts connections from `listener` until `shutdown` is cancelled, admits each
-/// through `table` and serves it in a task of `tracker`: over TLS with `certs`, else
-/// over plain TCP.
+/// through `table` and serves it in a task of `tracker`, as `kind` says.
 async fn accept_loop(
     listener: TcpListener,
-    certs: Option<Arc<Certs>>,
+    kind: Listener,
     table: Arc<Table>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -439,11 +461,17 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        match &certs {
-            None => tracker.spawn(super::connection::serve(
-                stream, peer, shared, shutdown, slot,
+        match &kind {
+            Listener::Tcp(dozer) => tracker.spawn(super::connection::serve_tcp(
+                stream,
+                peer,
+                shared,
+                shutdown,
+                slot,
+                dozer.clone(),
+                tracker.clone(),
             )),
-            Some(certs) => tracker.spawn(super::connection::serve_tls(
+            Listener::Tls(certs) => tracker.spawn(super::connection::serve_tls(
                 stream,
                 peer,
                 shared,

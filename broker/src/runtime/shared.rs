@@ -141,6 +141,23 @@ impl Transports {
 #[derive(Debug)]
 pub(crate) struct TransportGuard<'a>(&'a Transports, Transport);
 
+impl TransportGuard<'_> {
+    /// The connection goes on without this task (it dozes, `runtime/doze.rs`): it stays
+    /// counted, and the task that serves it next takes the count over
+    /// ([`Transports::adopt`]).
+    pub(crate) fn hand_over(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Transports {
+    /// The guard of a connection whose count was handed over
+    /// ([`TransportGuard::hand_over`]): counted once, uncounted when dropped.
+    pub(crate) fn adopt(&self, t: Transport) -> TransportGuard<'_> {
+        TransportGuard(self, t)
+    }
+}
+
 impl Drop for TransportGuard<'_> {
     fn drop(&mut self) {
         self.0.open[self.1 as usize].fetch_sub(1, Ordering::Relaxed);

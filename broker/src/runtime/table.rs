@@ -9,13 +9,19 @@
 //!
 //! Invariant: an entry leaves the table exactly once, by eviction or when its
 //! [`Slot`] is dropped, and the per-IP counts change with it.
+//!
+//! Each entry carries the connection's [`Signal`]: the one way anything outside its task
+//! (the table evicting it, the core with deliveries or a kick) reaches it, whether it
+//! runs in a task or dozes in the [`Dozer`](super::doze::Dozer).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use super::doze::Ready;
+use crate::proto::session::{Kick, Wake};
 
 /// Why the table refused a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,20 +34,142 @@ pub(crate) enum Refused {
     PerIp,
 }
 
-/// What the table and a connection task share about one connection.
-#[derive(Debug)]
-struct SlotCtl {
-    /// Cancelled when the table evicts the connection.
-    evict: CancellationToken,
+/// [`Signal`] flag: the core has something for the connection (deliveries, a kick).
+/// Taken by the wait that sees it.
+const NOTIFIED: u8 = 1;
+/// [`Signal`] flag: the table evicted the connection. It stays set.
+const EVICTED: u8 = 2;
+
+/// What the table, the core and the connection's task share about one connection: when
+/// it last received a packet (for idle eviction), its kick, and one signal that wakes it
+/// wherever it waits. Replaces a `Notify`, a `Kick` and an eviction token (three
+/// allocations, 216 bytes; issue #15: what an idle connection costs).
+///
+/// Protocol: whoever raises a flag that was not set takes the waiter and wakes it; a
+/// waiter registers, then looks at the flags again. A wake-up is therefore never lost
+/// between a look at the flags and the registration.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
     /// When the connection last received a packet, in ms since the table's epoch.
     last_rx_ms: AtomicU64,
+    /// [`NOTIFIED`] | [`EVICTED`].
+    flags: AtomicU8,
+    /// Why the core wants the connection closed (it then raises [`NOTIFIED`]).
+    kick: Kick,
+    /// Who to wake.
+    waiter: Mutex<Waiter>,
+}
+
+/// Who waits for a [`Signal`].
+#[derive(Debug, Default)]
+enum Waiter {
+    #[default]
+    Nobody,
+    /// The connection's task.
+    Task(Waker),
+    /// The connection dozes in a [`Dozer`](super::doze::Dozer) under this token.
+    Dozing(Arc<Ready>, u64),
+}
+
+impl Signal {
+    fn waiter(&self) -> MutexGuard<'_, Waiter> {
+        // Nothing under this lock can panic halfway.
+        self.waiter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Raises `flag` and wakes the waiter, unless the flag was up already (whoever
+    /// raised it woke the waiter then).
+    fn raise(&self, flag: u8) {
+        if self.flags.fetch_or(flag, Ordering::AcqRel) & flag != 0 {
+            return;
+        }
+        let waiter = std::mem::take(&mut *self.waiter());
+        match waiter {
+            Waiter::Nobody => {}
+            Waiter::Task(w) => w.wake(),
+            Waiter::Dozing(ready, token) => ready.push(token),
+        }
+    }
+
+    /// Registers the current task as the waiter.
+    fn register(&self, waker: &Waker) {
+        let mut w = self.waiter();
+        match &mut *w {
+            Waiter::Task(old) if old.will_wake(waker) => {}
+            other => *other = Waiter::Task(waker.clone()),
+        }
+    }
+
+    /// Waits until the core notified the connection or the table evicted it; returns
+    /// the flags seen ([`Signal::evicted_in`] tells eviction). A notification is taken;
+    /// eviction stays.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is taken until it resolves.
+    pub(crate) fn wait(&self) -> impl std::future::Future<Output = u8> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            let take = || self.flags.fetch_and(!NOTIFIED, Ordering::AcqRel);
+            let f = take();
+            if f != 0 {
+                return Poll::Ready(f);
+            }
+            self.register(cx.waker());
+            match take() {
+                0 => Poll::Pending,
+                f => Poll::Ready(f),
+            }
+        })
+    }
+
+    /// Whether `flags` (from [`Signal::wait`]) say the connection was evicted.
+    pub(crate) fn evicted_in(flags: u8) -> bool {
+        flags & EVICTED != 0
+    }
+
+    /// Resolves once the table evicted the connection (notifications are left alone).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe.
+    pub(crate) fn evicted(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.flags.load(Ordering::Acquire) & EVICTED != 0 {
+                return Poll::Ready(());
+            }
+            self.register(cx.waker());
+            if self.flags.load(Ordering::Acquire) & EVICTED != 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    /// The connection dozes in a dozer under `token`: what raises a flag from now on
+    /// hands `token` to `ready`, and so does this if a flag is up already (a wake-up
+    /// that came while the task was going to sleep).
+    pub(crate) fn doze(&self, ready: &Arc<Ready>, token: u64) {
+        *self.waiter() = Waiter::Dozing(ready.clone(), token);
+        if self.flags.load(Ordering::Acquire) != 0 {
+            ready.push(token);
+        }
+    }
+}
+
+/// The core wakes the connection through its signal.
+impl Wake for Signal {
+    fn wake(&self) {
+        self.raise(NOTIFIED);
+    }
+    fn kick(&self) -> &Kick {
+        &self.kick
+    }
 }
 
 /// One table entry.
 #[derive(Debug, Clone)]
 struct Entry {
     ip: IpAddr,
-    ctl: Arc<SlotCtl>,
+    ctl: Arc<Signal>,
 }
 
 /// Entries per IP address.
@@ -176,9 +304,9 @@ impl Table {
         }
         let id = t.next_id;
         t.next_id += 1;
-        let ctl = Arc::new(SlotCtl {
-            evict: CancellationToken::new(),
+        let ctl = Arc::new(Signal {
             last_rx_ms: AtomicU64::new(now),
+            ..Signal::default()
         });
         t.pending.insert(
             id,
@@ -208,7 +336,7 @@ impl Table {
             return false;
         };
         if let Some(e) = t.remove(id) {
-            e.ctl.evict.cancel();
+            e.ctl.raise(EVICTED);
             t.evicted += 1;
             tracing::debug!(ip = %e.ip, why, evicted = t.evicted, "connection table full; evicting");
         }
@@ -247,7 +375,7 @@ impl Table {
 pub(crate) struct Slot {
     table: Arc<Table>,
     id: u64,
-    ctl: Arc<SlotCtl>,
+    ctl: Arc<Signal>,
 }
 
 impl Slot {
@@ -275,8 +403,13 @@ impl Slot {
     ///
     /// # Cancel safety
     /// Cancel-safe.
-    pub(crate) fn evicted(&self) -> WaitForCancellationFuture<'_> {
-        self.ctl.evict.cancelled()
+    pub(crate) fn evicted(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.ctl.evicted()
+    }
+
+    /// The connection's signal (the core wakes and kicks it through this).
+    pub(crate) fn signal(&self) -> &Arc<Signal> {
+        &self.ctl
     }
 }
 
@@ -308,7 +441,7 @@ mod tests {
     }
 
     fn evicted(s: &Slot) -> bool {
-        s.ctl.evict.is_cancelled()
+        s.ctl.flags.load(Ordering::Relaxed) & EVICTED != 0
     }
 
     #[test]
@@ -388,5 +521,62 @@ mod tests {
         drop(c);
         assert_eq!(t.counts(), (0, 0));
         assert!(t.lock().per_ip.is_empty());
+    }
+
+    /// Wakes a polled signal's task; `std::task::Wake` for a counter.
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn poll_wait(s: &Signal, waker: &Waker) -> Poll<u8> {
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut wait = std::pin::pin!(s.wait());
+        wait.as_mut().poll(&mut cx)
+    }
+
+    use std::future::Future;
+
+    /// A notification is kept until a wait takes it, wakes a waiting task once, and
+    /// eviction stays; a dozing connection's token reaches its dozer whether the signal
+    /// was raised before or after it dozed.
+    #[test]
+    fn the_signal_loses_no_wake_up_wherever_the_connection_waits() {
+        let s = Signal::default();
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        // Raised before anyone waits: the next wait takes it, the one after waits.
+        s.wake();
+        assert_eq!(poll_wait(&s, &waker), Poll::Ready(NOTIFIED));
+        assert_eq!(poll_wait(&s, &waker), Poll::Pending);
+        // Raised while waiting: the task is woken once, however often it is raised.
+        s.wake();
+        s.wake();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert_eq!(poll_wait(&s, &waker), Poll::Ready(NOTIFIED));
+        // Dozing: a raise hands the token to the dozer, once.
+        let ready = Arc::new(Ready::default());
+        s.doze(&ready, 7);
+        assert!(ready.is_empty());
+        s.wake();
+        s.wake();
+        assert_eq!(ready.tokens(), [7]);
+        // Raised before it dozed (a wake-up that came as its task was ending).
+        let ready = Arc::new(Ready::default());
+        s.doze(&ready, 8);
+        assert_eq!(ready.tokens(), [8]);
+        // Eviction stays up, and is seen by both waits.
+        let s = Signal::default();
+        s.raise(EVICTED);
+        let f = match poll_wait(&s, &waker) {
+            Poll::Ready(f) => f,
+            Poll::Pending => panic!("eviction not seen"),
+        };
+        assert!(Signal::evicted_in(f));
+        assert!(matches!(poll_wait(&s, &waker), Poll::Ready(f) if Signal::evicted_in(f)));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(std::pin::pin!(s.evicted()).poll(&mut cx).is_ready());
     }
 }

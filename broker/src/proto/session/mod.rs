@@ -182,6 +182,9 @@ pub(crate) struct Inflight {
 pub(crate) trait Wake: Send + Sync + std::fmt::Debug {
     /// There is something to send, or the connection was kicked.
     fn wake(&self);
+    /// Where the core asks the connection to close (see [`Kick`]): one object per
+    /// connection carries both, so a connection costs one allocation for them.
+    fn kick(&self) -> &Kick;
 }
 
 /// Why the broker ends a connection from outside its task (takeover, overflow).
@@ -206,10 +209,9 @@ impl Kick {
 pub(crate) struct Link {
     /// Unique id of the connection.
     pub(crate) conn_id: u64,
-    /// Wakes the connection task when there is something to send.
+    /// Wakes the connection task when there is something to send; its [`Kick`] is set
+    /// when the broker wants the connection closed (see [`Link::kick`]).
     pub(crate) notify: Arc<dyn Wake>,
-    /// Set when the broker wants the connection closed.
-    pub(crate) kick: Arc<Kick>,
     /// When the credential it logged in with expires (a token's `exp`); `None`: not a
     /// token login. Such a user is the token's, not the password file's.
     pub(crate) credential_expires: Option<Instant>,
@@ -223,6 +225,13 @@ pub(crate) struct Link {
     pub(crate) client_alias_max: u16,
     /// The topic aliases of this connection, both ways.
     pub(crate) aliases: Aliases,
+}
+
+impl Link {
+    /// Set when the broker wants the connection closed.
+    pub(crate) fn kick(&self) -> &Kick {
+        self.notify.kick()
+    }
 }
 
 /// The topic aliases of one connection in both directions, allocated at the first one:
@@ -312,10 +321,8 @@ pub(crate) struct Session {
     limits: Option<Arc<super::login::Limits>>,
     /// Subscriptions by full filter (including any `$share/group/` prefix).
     subscriptions: HashMap<Arc<str>, Subscription>,
-    /// The filters of its `$json/` subscriptions (without the prefixes): a delivery
-    /// matching one has its sensor-event payload sent as JSON. Empty for almost every
-    /// session, which then pays nothing.
-    json_filters: Vec<Arc<str>>,
+    /// What most sessions never need, allocated at its first use (see [`Rare`]).
+    rare: Option<Box<Rare>>,
     /// Session Expiry Interval in seconds (`u32::MAX` = never).
     expiry_interval: u32,
     /// Deliveries not yet sent.
@@ -333,22 +340,44 @@ pub(crate) struct Session {
     #[allow(clippy::box_collection)]
     inbound_qos2: Option<Box<HashSet<u16>>>,
     next_packet_id: u16,
-    /// Retained messages still to send for recent subscriptions, in order.
-    retained_jobs: VecDeque<RetainedJob>,
     /// The live connection, if any.
     link: Option<Link>,
     /// The will of the current (or last) connection.
     will: Option<WillState>,
     /// When the last connection ended (for the store).
     offline_since: Option<Instant>,
-    /// Drop counters.
-    drops: Drops,
     /// True while the store holds this session (it was opened with an expiry above 0).
     persisted: bool,
     /// The tail of the queue kept on disk (always after `queue`).
     spill: Option<Box<dyn QueueTail>>,
     /// Bytes queued in memory across all sessions (shared with the core).
     mem: Arc<AtomicUsize>,
+}
+
+/// The parts of a session that most sessions never use, in one box allocated at the
+/// first use: 80 bytes inline in every session, 8 boxed (issue #15: what an idle
+/// connection costs).
+#[derive(Debug, Default)]
+struct Rare {
+    /// The filters of its `$json/` subscriptions (without the prefixes): a delivery
+    /// matching one has its sensor-event payload sent as JSON.
+    json_filters: Vec<Arc<str>>,
+    /// Retained messages still to send for recent subscriptions, in order.
+    retained_jobs: VecDeque<RetainedJob>,
+    /// What the session had to drop.
+    drops: Drops,
+}
+
+impl Rare {
+    /// `rare`, allocated if it was not.
+    fn of(rare: &mut Option<Box<Rare>>) -> &mut Rare {
+        rare.get_or_insert_with(Box::default)
+    }
+
+    /// The `$json/` filters in `rare` (none if it is not allocated).
+    fn json_filters(rare: &Option<Box<Rare>>) -> &[Arc<str>] {
+        rare.as_ref().map_or(&[], |r| &r.json_filters)
+    }
 }
 
 impl Queued for Delivery {
@@ -417,10 +446,9 @@ impl Session {
             grant: None,
             limits: None,
             subscriptions: HashMap::new(),
-            json_filters: Vec::new(),
+            rare: None,
             expiry_interval: 0,
             queue: DeliveryQueue::new(),
-            retained_jobs: VecDeque::new(),
             inflight: VecDeque::new(),
             ids_ordered: true,
             inbound_qos2: None,
@@ -428,7 +456,6 @@ impl Session {
             link: None,
             will: None,
             offline_since: None,
-            drops: Drops::default(),
             persisted: false,
             spill: None,
             mem,
@@ -583,8 +610,9 @@ impl Session {
     /// Adds or replaces the subscription to `filter`; true when it replaced one.
     pub(crate) fn subscribe(&mut self, filter: Arc<str>, sub: Subscription) -> bool {
         if let Some(inner) = super::subscribe::json_filter(&filter) {
-            if !self.json_filters.iter().any(|f| &**f == inner) {
-                self.json_filters.push(Arc::from(inner));
+            let json = &mut Rare::of(&mut self.rare).json_filters;
+            if !json.iter().any(|f| &**f == inner) {
+                json.push(Arc::from(inner));
             }
         }
         self.subscriptions.insert(filter, sub).is_some()
@@ -600,7 +628,7 @@ impl Session {
                 .keys()
                 .filter_map(|k| super::subscribe::json_filter(k).map(Arc::from))
                 .collect();
-            self.json_filters = still;
+            Rare::of(&mut self.rare).json_filters = still;
         }
         existed
     }
@@ -670,7 +698,7 @@ impl Session {
 
     /// What this session had to drop.
     pub(crate) fn drops(&self) -> Drops {
-        self.drops
+        self.rare.as_ref().map_or_else(Drops::default, |r| r.drops)
     }
 
     /// The on-disk tail of the queue, if any.
@@ -681,24 +709,32 @@ impl Session {
     /// Queues retained-message jobs for new subscriptions; each replaces a job for the
     /// same filter still running.
     pub(crate) fn add_retained_jobs(&mut self, jobs: Vec<RetainedJob>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let queued = &mut Rare::of(&mut self.rare).retained_jobs;
         let fresh: HashSet<&Arc<str>> = jobs.iter().map(|j| &j.filter).collect();
-        self.retained_jobs.retain(|j| !fresh.contains(&j.filter));
-        self.retained_jobs.extend(jobs);
+        queued.retain(|j| !fresh.contains(&j.filter));
+        queued.extend(jobs);
     }
 
     /// The retained-message job to continue, if any.
     pub(crate) fn retained_job(&mut self) -> Option<&mut RetainedJob> {
-        self.retained_jobs.front_mut()
+        self.rare.as_mut()?.retained_jobs.front_mut()
     }
 
     /// The current retained-message job is complete.
     pub(crate) fn finish_retained_job(&mut self) {
-        self.retained_jobs.pop_front();
+        if let Some(r) = self.rare.as_mut() {
+            r.retained_jobs.pop_front();
+        }
     }
 
     /// True while retained messages of new subscriptions are still to be queued.
     pub(crate) fn has_retained_jobs(&self) -> bool {
-        !self.retained_jobs.is_empty()
+        self.rare
+            .as_ref()
+            .is_some_and(|r| !r.retained_jobs.is_empty())
     }
 
     /// The next message of a work queue's (or the delayed store's) own session: the
@@ -873,17 +909,17 @@ impl Session {
             || self.queue.bytes() + spilled_bytes + cost > limits.max_bytes
         {
             if d.qos == QoS::AtMostOnce {
-                self.drops.overflow += 1;
+                Rare::of(&mut self.rare).drops.overflow += 1;
                 return Enqueued::Dropped;
             }
             // The oldest queued QoS 0 delivery makes room (amortised O(1)).
             match self.queue.evict_droppable() {
                 Some(old) => {
                     self.sub_mem(old.msg.cost());
-                    self.drops.overflow += 1;
+                    Rare::of(&mut self.rare).drops.overflow += 1;
                 }
                 None => {
-                    self.drops.overflow += 1;
+                    Rare::of(&mut self.rare).drops.overflow += 1;
                     return Enqueued::Dropped;
                 }
             }

@@ -76,12 +76,13 @@ impl Session {
                     // Onward delivery has begun, so even an expired message is re-sent
                     // with its packet id (MQTT-4.4.0-1; expiry only deletes copies whose
                     // delivery has not started, §3.3.2.3.3).
-                    let view = json_view(&self.json_filters, &inf.delivery, event_topics);
+                    let view =
+                        json_view(Rare::json_filters(&self.rare), &inf.delivery, event_topics);
                     let publish = (inf.packet_id, true, view.as_deref());
                     match encode_publish(link, &inf.delivery, publish, now, out) {
                         Ok(()) => keep.push_back(inf),
                         Err(()) => {
-                            self.drops.too_large += 1;
+                            Rare::of(&mut self.rare).drops.too_large += 1;
                             finished(ev, &inf.delivery);
                         }
                     }
@@ -129,7 +130,7 @@ impl Session {
                 break;
             };
             if d.msg.expired(now) {
-                self.drops.expired += 1;
+                Rare::of(&mut self.rare).drops.expired += 1;
                 finished(ev, &d);
                 continue;
             }
@@ -145,7 +146,7 @@ impl Session {
             // 3.1.1 consumer gets that it may have seen it before).
             // DUP is 0 on every QoS 0 PUBLISH (MQTT-3.3.1-2).
             let dup = d.attempts > 0 && d.qos != QoS::AtMostOnce;
-            let view = json_view(&self.json_filters, &d, event_topics);
+            let view = json_view(Rare::json_filters(&self.rare), &d, event_topics);
             match encode_publish(link, &d, (packet_id, dup, view.as_deref()), now, out) {
                 Ok(()) if d.qos != QoS::AtMostOnce => {
                     // A queue's delivery is journaled as the queue's, not this session's.
@@ -166,7 +167,7 @@ impl Session {
                 Ok(()) => finished(ev, &d),
                 // Larger than the client accepts: dropped as if delivered (MQTT-3.1.2-25).
                 Err(()) => {
-                    self.drops.too_large += 1;
+                    Rare::of(&mut self.rare).drops.too_large += 1;
                     finished(ev, &d);
                 }
             }

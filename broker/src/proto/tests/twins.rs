@@ -351,13 +351,12 @@ struct Opened {
 }
 
 fn open(core: &mut Core, c: &Connect<'_>, now: Instant) -> Opened {
-    let kick = Arc::new(Kick::default());
+    let kick = Arc::new(NoWake::default());
     let mut out = BytesMut::new();
     // The user name is taken as given, as the runtime does without a password file.
     let acc = core.connect(
         c,
         c.username.map(Arc::from),
-        Arc::new(NoWake),
         kick.clone(),
         now,
         &mut out,
