@@ -24,7 +24,7 @@ Scenarios (64-byte payloads)
               match nothing published; the throughput ratio 100k ÷ 1k per broker.
 
 Broker settings (each made not to drop what the scenarios send)
-  mote        --memory; max_queued_messages 1,000,000, max_queued_bytes and the memory
+  mote        --memory, --log warn (--mote-log); max_queued_messages 1,000,000, max_queued_bytes and the memory
               queue budget 4 GiB, max_inflight 1000, max_connections 20,000.
   Mosquitto   user root, max_inflight_messages 1000, max_queued_messages 1,000,000,
               set_tcp_nodelay true, persistence false.
@@ -191,6 +191,10 @@ class Broker:
 
 
 class Mote(Broker):
+    # The log level mote runs at (`--mote-log`): warn, like the peers' configurations;
+    # info is mote's default.
+    log_level = "warn"
+
     CONFIG = ("[mqtt]\nmax_queued_messages = 1000000\nmax_queued_bytes = 4294967296\n"
               "max_inflight = 1000\nmax_connections = 20000\n"
               "[storage]\nqueue_memory_bytes = 4294967296\n")
@@ -199,7 +203,7 @@ class Mote(Broker):
         cfg = os.path.join(run_dir, "mote.toml")
         with open(cfg, "w") as f:
             f.write(self.CONFIG)
-        return [self.exe, "--memory", "--mqtt", f"127.0.0.1:{port}", "--config", cfg, "--log", "warn"]
+        return [self.exe, "--memory", "--mqtt", f"127.0.0.1:{port}", "--config", cfg, "--log", self.log_level]
 
     def version(self):
         return sh([self.exe, "--version"])
@@ -631,6 +635,8 @@ def main():
     interrupt_on_signals()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mote", default=os.path.join(ROOT, "target", "release", "mote"))
+    ap.add_argument("--mote-log", default="warn",
+                    help="mote's log level (default warn, as the peers are configured; mote's own default is info)")
     ap.add_argument("--load", default=os.path.join(ROOT, "target", "release", "mqtt-load"))
     ap.add_argument("--mosquitto", default=find_exe("mosquitto", "/usr/sbin/mosquitto"))
     ap.add_argument("--rumqttd", default=find_exe(os.path.join(ROOT, "target", "peers", "bin", "rumqttd"), "rumqttd"))
@@ -669,6 +675,7 @@ def main():
         a.latency_secs, a.idle = 2, 500
         a.wide_small, a.wide_large, a.wide_count = 100, 5000, 10000
 
+    Mote.log_level = a.mote_log
     exes = {"mote": a.mote, "mosquitto": a.mosquitto, "rumqttd": a.rumqttd, "nats-server": a.nats_server}
     kinds = {"mote": Mote, "mosquitto": Mosquitto, "rumqttd": Rumqttd, "nats-server": Nats}
     if not (a.load and os.access(a.load, os.X_OK)):

@@ -817,7 +817,11 @@ fn client_still_writing_reads_the_disconnect_reason() {
 /// same topic (one thread, back to back, QoS 0, v5). The broker must handle them in the
 /// order they arrived: B gets the message in each of 50 trials, on a one-thread runtime
 /// (the scheduler keeps the order) and on a two-thread one (where the arrival tickets of
-/// `runtime/arrival.rs` keep it: without them 5 to 11 of 50 were lost).
+/// `runtime/arrival.rs` keep it: without them 5 to 11 of 50 were lost). In the first
+/// trial both connections doze (`runtime/doze.rs`, nothing was sent after CONNECT): the
+/// dozer sends them back to tasks in the order their input came, and each task reads
+/// that input before its first wait (without that read, trial 0 was lost about once in
+/// four runs on two threads).
 fn subscribe_sent_before_publish_is_handled_first() {
     let _serial = serial();
     for threads in [1, 2] {

@@ -74,7 +74,7 @@ const SHRINK_ABOVE: usize = 64 * 1024;
 /// A connection that has received nothing and been sent nothing for this long gives
 /// back its buffers, so a client that was busy and went quiet does not keep 4 KiB it is
 /// not using (issue #15: "an idle connection costs ≤ 1 KiB"); over TCP it then dozes
-/// ([`Link::doze`]). The next read takes a small buffer, which grows again once input
+/// ([`Dozing`]). The next read takes a small buffer, which grows again once input
 /// comes in quantity (see [`grow_if_full`]).
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
@@ -743,17 +743,18 @@ struct TcpContext {
 }
 
 /// A dozing TCP connection (`runtime/doze.rs`): its socket out of tokio's reactor, its
-/// link, when it last sent something and its rate limits. 112 bytes, where its task was
+/// link, when it last sent something and its rate limits. 104 bytes, where its task was
 /// 1,280 and its reactor registration 256.
+///
+/// Not its log span either: at the default level (`info`) a span lives in the log
+/// subscriber's registry with its formatted fields, about 500 bytes. The task it goes
+/// back to makes the span anew from the socket's peer address and the client id.
 #[derive(Debug)]
 pub(crate) struct Dozing {
     stream: std::net::TcpStream,
     conn: Connected,
     last_rx: Instant,
     throttle: Option<Box<Throttle>>,
-    /// Its log lines' span; `None` when disabled (it is then made anew, as disabled),
-    /// so that a broker logging less does not pay 40 bytes per dozing connection.
-    span: Option<Box<tracing::Span>>,
 }
 
 impl Sleeper for Dozing {
@@ -780,7 +781,6 @@ impl Sleeper for Dozing {
             conn,
             last_rx,
             throttle,
-            span,
         } = *self;
         // Its place in the arrival order is taken now: the dozer sends connections back
         // in the order their input came.
@@ -795,7 +795,11 @@ impl Sleeper for Dozing {
             dozer: dozer.clone(),
             tracker: tracker.clone(),
         };
-        let span = span.map_or_else(tracing::Span::none, |s| *s);
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let span = conn_span(peer, Transport::Tcp);
+        span.record("client", &*conn.guard.client_id);
         let task = async move {
             let (inbuf, last_rx) = match read_waiting(&stream) {
                 Some(buf) => {
@@ -885,13 +889,11 @@ async fn live_tcp(
             match stream.into_std() {
                 Ok(stream) => {
                     open.hand_over();
-                    let span = tracing::Span::current();
                     let dozing = Box::new(Dozing {
                         stream,
                         conn,
                         last_rx: io.last_rx,
                         throttle: io.throttle,
-                        span: (!span.is_disabled()).then(|| Box::new(span)),
                     });
                     ctx.dozer.park(dozing, &ctx.tracker);
                 }
