@@ -1631,6 +1631,29 @@ fn a_dozing_connection_still_gets_deliveries_input_takeover_and_shutdown() {
     assert_eq!(old.expect_close(), None);
 }
 
+/// A full connection table evicts the client idle longest (`runtime/table.rs`). That
+/// client dozes (`runtime/doze.rs`) by then: eviction must still reach it through its
+/// signal, and it is told why (v5 DISCONNECT 0x89, Server busy) before it is closed,
+/// while the other dozing client stays and the newcomer is let in.
+#[test]
+fn a_dozing_client_evicted_from_a_full_table_is_told_why() {
+    let broker = Broker::start_with(
+        &["--memory"],
+        Some("[mqtt]\nmax_connections = 2\nidle_evict_after_secs = 1\n"),
+    );
+    let mut oldest = connect(broker.addr, V5, "evict-oldest");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut other = connect(broker.addr, V5, "evict-other");
+    // Both quiet past the 1 s after which they doze and may be evicted.
+    std::thread::sleep(Duration::from_millis(1600));
+    let mut newcomer = connect(broker.addr, V5, "evict-newcomer");
+    assert_eq!(oldest.expect_close(), Some(reason::SERVER_BUSY));
+    newcomer.send(&Packet::PingReq);
+    newcomer.expect_kind(13);
+    other.send(&Packet::PingReq);
+    other.expect_kind(13);
+}
+
 #[test]
 fn slow_consumer_is_disconnected_with_quota_exceeded() {
     let broker = Broker::start_with(
