@@ -43,6 +43,7 @@ fn main() -> std::process::ExitCode {
             mote_tests::tests![
                 idle_sockets_cannot_lock_out_a_live_client,
                 reconnecting_idle_sockets_cannot_lock_out_live_clients,
+                one_publish_wakes_2000_dozing_subscribers_and_stalls_nobody,
             ],
         )
         .tests(
@@ -464,6 +465,93 @@ fn open_idle(addr: SocketAddr, n: usize) -> Vec<Idle> {
         assert_eq!(ack[0], 0x20, "idle client {k} got {ack:02x?}");
     }
     socks
+}
+
+/// 2,000 subscribers that went quiet doze without a task each (`runtime/doze.rs`). One
+/// PUBLISH then wakes all of them at once: the dozer sends each back to a task of its
+/// own, every one gets the message exactly once, and a client that pings meanwhile (its
+/// connection dozes too, so its PINGREQ goes through the same dozer) is answered within
+/// a second.
+fn one_publish_wakes_2000_dozing_subscribers_and_stalls_nobody() {
+    const N: usize = 2000;
+    let _serial = serial();
+    let broker = Broker::start_with(&["--memory"], Some("[mqtt]\nmax_connections = 5000\n"));
+    let topic = "storm/t";
+    let entries = [SubscribeFilter {
+        filter: topic,
+        options: SubOptions::qos(QoS::AtMostOnce),
+    }];
+    let subscribe = encode(
+        &Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: mote_codec::List::Slice(&entries),
+        }),
+        V311,
+    );
+    let mut subs = Vec::with_capacity(N);
+    for k in 0..N {
+        if k % 64 == 0 {
+            wait_for_accepts(broker.addr);
+        }
+        let stream = connect_from(attacker_ip(k), broker.addr)
+            .unwrap_or_else(|e| panic!("subscriber {k}: {e}"));
+        let id = format!("storm-{k}");
+        let mut c = connect_packet(V311, &id, true);
+        c.keep_alive = 0;
+        let mut bytes = encode(&Packet::Connect(c), V311);
+        bytes.extend_from_slice(&subscribe);
+        (&stream).write_all(&bytes).unwrap();
+        subs.push(stream);
+    }
+    // CONNACK (4 bytes) and SUBACK (5) for each.
+    for (k, s) in subs.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut acks = [0u8; 9];
+        s.read_exact(&mut acks)
+            .unwrap_or_else(|e| panic!("CONNACK and SUBACK for subscriber {k}: {e}"));
+        assert_eq!(
+            (acks[0], acks[4], acks[8]),
+            (0x20, 0x90, 0x00),
+            "{k}: {acks:02x?}"
+        );
+    }
+    let mut pinger = connect(broker.addr, V5, "storm-pinger");
+    let mut publisher = connect(broker.addr, V311, "storm-publisher");
+    // Past the 1 s after which a quiet connection dozes.
+    std::thread::sleep(Duration::from_millis(1500));
+    let t0 = Instant::now();
+    publisher.publish(topic, b"wake", QoS::AtMostOnce, 0);
+    pinger.send(&Packet::PingReq);
+    pinger.expect_kind(13);
+    let ping = t0.elapsed();
+    // The PUBLISH as each subscriber reads it: 0x30, remaining length 13, the topic, the
+    // payload. Then nothing more.
+    let mut want = vec![0x30, 13, 0, 7];
+    want.extend_from_slice(topic.as_bytes());
+    want.extend_from_slice(b"wake");
+    for (k, s) in subs.iter_mut().enumerate() {
+        let mut got = [0u8; 15];
+        s.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("subscriber {k} got no PUBLISH: {e}"));
+        assert_eq!(&got[..], &want[..], "subscriber {k}");
+    }
+    let all = t0.elapsed();
+    for (k, s) in subs.iter_mut().enumerate().step_by(97) {
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut more = [0u8; 1];
+        assert!(
+            s.read(&mut more).is_err(),
+            "subscriber {k} got a second packet"
+        );
+    }
+    eprintln!(
+        "{N} dozing subscribers: PINGREQ answered after {ping:?}, all delivered after {all:?}"
+    );
+    assert!(
+        ping < Duration::from_secs(1),
+        "PINGREQ answered after {ping:?}"
+    );
 }
 
 /// A legitimate client (127.0.0.1) connects; returns how long until its CONNACK, or
