@@ -210,11 +210,7 @@ pub(crate) fn serve_tcp(
     let ours = turn.clone();
     let conn = async move {
         let open = shared.transports.open(Transport::Tcp);
-        let origin = Origin {
-            peer,
-            started: Instant::now(),
-            identity: None,
-        };
+        let origin = Origin::accepted_now(peer);
         let phase1 = Box::pin(handshake(&mut stream, origin, &shared, &shutdown, &slot));
         let admitted = match phase1.await {
             Ok(a) => a,
@@ -272,11 +268,7 @@ pub(crate) fn serve<S: Stream, L: Borrow<Slot> + Send>(
     let ours = turn.clone();
     let conn = async move {
         let _open = shared.transports.open(S::TRANSPORT);
-        let origin = Origin {
-            peer,
-            started: Instant::now(),
-            identity: None,
-        };
+        let origin = Origin::accepted_now(peer);
         let (slot_ref, turn) = (slot.borrow(), ours.as_deref());
         if run(&mut stream, origin, &shared, &shutdown, slot_ref, turn).await == Closing::Graceful {
             close_gracefully(&mut stream).await;
@@ -658,6 +650,17 @@ struct Origin {
     /// The user name a verified client certificate gave (the CONNECT's credentials are
     /// then not checked).
     identity: Option<Arc<str>>,
+}
+
+impl Origin {
+    /// A socket from `peer` accepted now, with no certificate identity.
+    fn accepted_now(peer: SocketAddr) -> Origin {
+        Origin {
+            peer,
+            started: Instant::now(),
+            identity: None,
+        }
+    }
 }
 
 /// The whole connection of a stream that keeps its task (TLS, WebSocket, in-process
