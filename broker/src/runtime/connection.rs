@@ -843,12 +843,11 @@ impl Sleeper for Dozing {
 /// (or the end, or an error, which the packet loop's own read then sees).
 fn read_waiting(stream: &std::net::TcpStream) -> Option<BytesMut> {
     use std::io::Read;
-    let mut buf = BytesMut::zeroed(BUF_CAPACITY);
+    // On the stack (this is not async): a connection woken by a delivery, with nothing
+    // to read, allocates nothing.
+    let mut buf = [0u8; BUF_CAPACITY];
     match (&*stream).read(&mut buf) {
-        Ok(n) if n > 0 => {
-            buf.truncate(n);
-            Some(buf)
-        }
+        Ok(n) if n > 0 => Some(BytesMut::from(&buf[..n])),
         _ => None,
     }
 }
