@@ -127,8 +127,6 @@ struct State<T> {
     free: Vec<u32>,
     /// Deadlines of dozing connections, with their tokens.
     timers: BTreeSet<(Instant, u64)>,
-    /// How many doze.
-    dozing: usize,
     /// Shut down: nothing dozes any more.
     closed: bool,
 }
@@ -162,7 +160,6 @@ impl<T: Sleeper> Dozer<T> {
                 entries: Vec::new(),
                 free: Vec::new(),
                 timers: BTreeSet::new(),
-                dozing: 0,
                 closed: false,
             }),
             ready: Arc::default(),
@@ -180,34 +177,36 @@ impl<T: Sleeper> Dozer<T> {
     /// How many connections doze.
     #[cfg(test)]
     fn dozing(&self) -> usize {
-        self.lock().dozing
+        let s = self.lock();
+        s.entries.len() - s.free.len()
     }
 
     /// Lets `item` doze until its socket, its signal or its deadline needs it. After
     /// shutdown, or if its socket cannot be registered, it goes back to a task at once.
     pub(crate) fn park(self: &Arc<Self>, item: Box<T>, tracker: &TaskTracker) {
+        if let Err(item) = self.try_park(item) {
+            item.resume(self, tracker, &self.shutdown);
+        }
+    }
+
+    /// [`Dozer::park`]; `Err` gives the item back when it cannot doze.
+    fn try_park(&self, item: Box<T>) -> Result<(), Box<T>> {
         let mut s = self.lock();
         if s.closed {
-            drop(s);
-            item.resume(self, tracker, &self.shutdown);
-            return;
+            return Err(item);
         }
         let index = match s.free.pop() {
             Some(i) => i,
-            None => match u32::try_from(s.entries.len()) {
-                Ok(i) => {
-                    s.entries.push(Entry {
-                        generation: 0,
-                        item: None,
-                    });
-                    i
-                }
-                Err(_) => {
-                    drop(s);
-                    item.resume(self, tracker, &self.shutdown);
-                    return;
-                }
-            },
+            None => {
+                let Ok(i) = u32::try_from(s.entries.len()) else {
+                    return Err(item);
+                };
+                s.entries.push(Entry {
+                    generation: 0,
+                    item: None,
+                });
+                i
+            }
         };
         let e = &mut s.entries[index as usize];
         e.generation = e.generation.wrapping_add(1);
@@ -221,9 +220,7 @@ impl<T: Sleeper> Dozer<T> {
         if let Err(e) = registered {
             tracing::warn!(error = %e, "cannot watch a dozing connection; it stays in its task");
             s.free.push(index);
-            drop(s);
-            item.resume(self, tracker, &self.shutdown);
-            return;
+            return Err(item);
         }
         if let Some(at) = item.deadline() {
             if s.timers.first().map_or(true, |&(first, _)| at < first) {
@@ -234,7 +231,7 @@ impl<T: Sleeper> Dozer<T> {
         }
         item.dozing(&self.ready, tok);
         s.entries[index as usize].item = Some(item);
-        s.dozing += 1;
+        Ok(())
     }
 
     /// Takes the connection dozing under `tok` out of the slab (`None`: it is not
@@ -247,7 +244,6 @@ impl<T: Sleeper> Dozer<T> {
         }
         let item = e.item.take()?;
         s.free.push(index);
-        s.dozing -= 1;
         if let Some(at) = item.deadline() {
             s.timers.remove(&(at, tok));
         }
