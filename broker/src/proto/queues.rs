@@ -566,10 +566,11 @@ impl Core {
     /// `client` no longer consumes queue `name`: what it held goes back to the queue.
     pub(super) fn remove_consumer(&mut self, name: &str, client: &Arc<str>, now: Instant) {
         let id = store_id(name);
-        self.return_deliveries(client, Some(&id), now);
+        // Out of the consumers first: what it gives back must not come straight back.
         if let Some(cs) = self.queues.map.get_mut(&id) {
             cs.retain(|c| &c.client != client);
         }
+        self.return_deliveries(client, Some(&id), now);
     }
 
     /// A delivery of queue `queue` to `client` was acknowledged (or dropped as if it

@@ -171,9 +171,10 @@ pub(crate) struct Inflight {
     /// Where the flow stands.
     pub(crate) phase: Phase,
     /// A work queue's job whose visibility timeout ran out, or that the consumer
-    /// refused (`$queue/$nack`): a copy went back to the queue (or waits out a retry
-    /// delay), and this entry only waits for the client's PUBACK to free its packet id
-    /// (that PUBACK acknowledges nothing).
+    /// refused (`$queue/$nack`), or a queue's or stream's delivery taken back while the
+    /// client is connected (it unsubscribed): a copy went back to the queue or reader (or
+    /// waits out a retry delay), and this entry only waits for the client's PUBACK to
+    /// free its packet id (that PUBACK acknowledges nothing).
     pub(crate) stale: bool,
 }
 
@@ -830,34 +831,63 @@ impl Session {
 
     /// Takes the work-queue deliveries this session holds (of queue `only`, or of any),
     /// those in flight first (counted as one more attempt), then the queued ones.
+    ///
+    /// While a connection is attached (the consumer unsubscribed, or lost the right to
+    /// read), a delivery in flight is taken as a copy and its entry stays, stale, until
+    /// the client acknowledges it: the client still holds its packet id, which must not
+    /// be reused before (MQTT-2.2.1-3), and it counts against the client's Receive
+    /// Maximum (MQTT-3.3.4-9).
     pub(crate) fn take_queue_deliveries(&mut self, only: Option<&Arc<str>>) -> Vec<Delivery> {
         let ours = |d: &Delivery| match (&d.queue, only) {
             (Some(q), Some(o)) => q == o,
             (Some(_), None) => true,
             (None, _) => false,
         };
-        let mut taken = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.inflight.len());
-        for i in std::mem::take(&mut self.inflight) {
-            if ours(&i.delivery) && i.stale {
-                // Its copy is in the queue already.
-                continue;
-            }
-            if ours(&i.delivery) {
-                let mut d = i.delivery;
+        let taken = self.take_in_flight(ours, |i| i.delivery.clone());
+        let mut taken: Vec<Delivery> = taken
+            .into_iter()
+            .map(|mut d| {
                 d.attempts += 1;
-                taken.push(d);
-            } else {
-                kept.push_back(i);
-            }
-        }
-        self.inflight = kept;
+                d
+            })
+            .collect();
         taken.extend(self.take_queued(ours));
         taken
     }
 
+    /// Takes what `take` makes of this session's in-flight entries that are `ours` and
+    /// not stale. With a connection attached those entries stay, stale (see
+    /// [`Session::take_queue_deliveries`]); without one they leave, and so do stale ones,
+    /// whose copies went back before.
+    fn take_in_flight<T>(
+        &mut self,
+        ours: impl Fn(&Delivery) -> bool,
+        take: impl Fn(&Inflight) -> T,
+    ) -> Vec<T> {
+        let online = self.online();
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.inflight.len());
+        for mut i in std::mem::take(&mut self.inflight) {
+            if !ours(&i.delivery) {
+                kept.push_back(i);
+                continue;
+            }
+            if !i.stale {
+                taken.push(take(&i));
+                i.stale = true;
+            }
+            if online {
+                kept.push_back(i);
+            }
+        }
+        self.inflight = kept;
+        taken
+    }
+
     /// Takes the stream deliveries this session holds (of reader `(stream, reader)`, or
-    /// of every reader), in flight or queued, for their readers to send again.
+    /// of every reader), in flight or queued, for their readers to send again; with a
+    /// connection attached, entries in flight stay, stale, as a work queue's do
+    /// ([`Session::take_queue_deliveries`]).
     pub(crate) fn take_stream_deliveries(
         &mut self,
         only: Option<(&str, &str)>,
@@ -867,17 +897,10 @@ impl Session {
             (Some(_), None) => true,
             (None, _) => false,
         };
-        let mut taken = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.inflight.len());
-        for i in std::mem::take(&mut self.inflight) {
-            match &i.delivery.stream {
-                Some(t) if ours(&i.delivery) => taken.push(t.clone()),
-                _ => kept.push_back(i),
-            }
-        }
-        self.inflight = kept;
-        taken.extend(self.take_queued(ours).into_iter().filter_map(|d| d.stream));
-        taken
+        let is_ours = |d: &Delivery| d.stream.is_some() && ours(d);
+        let mut taken = self.take_in_flight(is_ours, |i| i.delivery.stream.clone());
+        taken.extend(self.take_queued(ours).into_iter().map(|d| d.stream));
+        taken.into_iter().flatten().collect()
     }
 
     /// True when a connection is attached.

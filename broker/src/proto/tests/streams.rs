@@ -426,3 +426,68 @@ fn a_member_that_stops_acknowledging_does_not_hold_back_the_keys_of_the_others()
         assert!(ns.windows(2).all(|w| w[0] < w[1]), "{k} in order");
     }
 }
+
+#[test]
+fn a_member_that_unsubscribes_keeps_its_packet_ids_until_it_acknowledges_them() {
+    // MQTT-2.2.1-3 and MQTT-3.3.4-9, as for a work queue's consumer
+    // (`work_queues.rs`): the group gets the messages back at once, but the client
+    // still holds their packet ids until its PUBACKs, which then commit nothing.
+    let mut core = core();
+    let now = Instant::now();
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    append(&mut core, &mut p, "$stream/s", "m", 5, now);
+    let filter = "$share/g/$stream/s/@earliest";
+    let props = PropValues {
+        receive_maximum: Some(6),
+        ..PropValues::default()
+    };
+    let packet = connect_packet(Protocol::V5, "a", true, Properties::Values(&props));
+    let mut a = connect_with(&mut core, &packet, now).0.unwrap();
+    let subs = [(filter, q(QoS::AtLeastOnce)), ("news", q(QoS::AtLeastOnce))];
+    assert_eq!(subscribe(&mut core, &mut a, &subs, None, now), [1, 1]);
+    let got = received(&mut core, &mut a, now);
+    assert_eq!(got.len(), 5);
+    let held: std::collections::BTreeSet<u16> = got.iter().map(|m| m.3).collect();
+    let unsub = Packet::Unsubscribe(Unsubscribe {
+        packet_id: 9,
+        properties: Properties::default(),
+        filters: List::Slice(&[filter]),
+    });
+    send(&mut core, &mut a, &unsub, now).unwrap();
+    for i in 0..3u16 {
+        publish(
+            &mut core,
+            &mut p,
+            "news",
+            b"n",
+            QoS::AtLeastOnce,
+            100 + i,
+            now,
+        );
+    }
+    let news = received(&mut core, &mut a, now);
+    assert_eq!(news.len(), 1, "6 in flight at most, 5 of them the stream's");
+    assert!(
+        news.iter().all(|m| !held.contains(&m.3)),
+        "no packet id reused before its PUBACK: {news:?}"
+    );
+    let mut b = reader(&mut core, "b", filter, now);
+    let again = received(&mut core, &mut b, now);
+    assert_eq!(
+        again.iter().map(body).collect::<Vec<_>>(),
+        numbered("m", 0..5)
+    );
+    for id in held {
+        ack(&mut core, &mut a, id, now);
+    }
+    assert_eq!(
+        received(&mut core, &mut a, now).len(),
+        2,
+        "the rest of the news"
+    );
+    assert_eq!(
+        core.stream_stats()[0].1.groups,
+        vec![("g".to_owned(), 0, 5)],
+        "the first member's PUBACKs committed nothing"
+    );
+}

@@ -1115,3 +1115,71 @@ fn a_job_reaches_a_worker_before_its_enqueue_is_durable_but_its_producer_waits()
     );
     assert_eq!(received(&mut core, &mut s, now).len(), 1);
 }
+
+#[test]
+fn a_consumer_that_unsubscribes_keeps_its_jobs_packet_ids_until_it_acknowledges_them() {
+    // MQTT-3.3.4-9 and MQTT-2.2.1-3: jobs in flight when a connected consumer leaves
+    // its queue go back to the queue, but the client still holds their packet ids and
+    // they still count against its Receive Maximum until it acknowledges them.
+    let mut core = core();
+    let now = Instant::now();
+    let props = PropValues {
+        receive_maximum: Some(12),
+        ..PropValues::default()
+    };
+    let packet = connect_packet(Protocol::V5, "worker", true, Properties::Values(&props));
+    let mut w = connect_with(&mut core, &packet, now).0.unwrap();
+    let subs = [
+        ("$queue/jobs", q(QoS::AtLeastOnce)),
+        ("news", q(QoS::AtLeastOnce)),
+    ];
+    assert_eq!(subscribe(&mut core, &mut w, &subs, None, now), [1, 1]);
+    let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
+    enqueue(&mut core, &mut p, "$queue/jobs", 10, now);
+    let jobs = received(&mut core, &mut w, now);
+    assert_eq!(jobs.len(), 10, "the prefetch");
+    let job_ids: std::collections::BTreeSet<u16> = jobs.iter().map(|m| m.3).collect();
+
+    let unsub = Packet::Unsubscribe(Unsubscribe {
+        packet_id: 7,
+        properties: Properties::default(),
+        filters: List::Slice(&["$queue/jobs"]),
+    });
+    send(&mut core, &mut w, &unsub, now).unwrap();
+    for i in 0..5u16 {
+        publish(
+            &mut core,
+            &mut p,
+            "news",
+            b"n",
+            QoS::AtLeastOnce,
+            100 + i,
+            now,
+        );
+    }
+    let news = received(&mut core, &mut w, now);
+    assert_eq!(news.len(), 2, "12 in flight at most, 10 of them the jobs");
+    assert!(
+        news.iter().all(|m| !job_ids.contains(&m.3)),
+        "no job's packet id reused before its PUBACK: {news:?}"
+    );
+
+    // Another consumer gets the jobs; the worker's PUBACKs acknowledge nothing but
+    // free their ids, and the rest of the news comes.
+    let mut other = consumer(&mut core, "other", "$queue/jobs", now);
+    let again = received(&mut core, &mut other, now);
+    assert_eq!(again.len(), 10);
+    assert!(again.iter().all(|m| m.4), "flagged DUP");
+    for id in &job_ids {
+        ack(&mut core, &mut w, *id, now);
+    }
+    let rest = received(&mut core, &mut w, now);
+    assert_eq!(rest.len(), 3, "{rest:?}");
+    for m in &again {
+        ack(&mut core, &mut other, m.3, now);
+    }
+    assert!(
+        received(&mut core, &mut other, now).is_empty(),
+        "each job once more"
+    );
+}
