@@ -428,11 +428,35 @@ impl Core {
         }
     }
 
-    /// Handles one packet of an established connection.
+    /// Handles one packet of an established connection, then writes what its session
+    /// may send now (as [`Core::drain`]).
     ///
     /// # Errors
     /// [`Close`] when the connection must end.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn handle(
+        &mut self,
+        client: &Arc<str>,
+        conn_id: u64,
+        packet: &Packet<'_>,
+        now: Instant,
+        out: &mut BytesMut,
+        fx: &mut Effects,
+    ) -> Result<(), Close> {
+        self.handle_only(client, conn_id, packet, now, out, fx)?;
+        self.drain_session(client, out, now);
+        Ok(())
+    }
+
+    /// Handles one packet of an established connection and writes its replies, but not
+    /// the session's queued deliveries: a caller handling a batch of frames calls
+    /// [`Core::drain`] once after the batch, not once per frame (a drain looks up the
+    /// session, its retained jobs, congestion and due queues: with QoS 1 pairs, the
+    /// core's lock was held about a fifth less without it).
+    ///
+    /// # Errors
+    /// [`Close`] when the connection must end.
+    pub(crate) fn handle_only(
         &mut self,
         client: &Arc<str>,
         conn_id: u64,
@@ -532,7 +556,6 @@ impl Core {
         if let Some((d, code)) = refused {
             self.job_refused(client, d, code, now);
         }
-        self.drain_session(client, out, now);
         Ok(())
     }
 
@@ -546,13 +569,13 @@ impl Core {
         fx: &mut Effects,
     ) -> Result<(), Close> {
         self.stats.publish_received += 1;
-        let cfg = self.cfg.clone();
-        let acl = self.acl.clone();
         // Rounded up: a delayed publish is never released early.
         let now_secs = self.clock.unix_ms(now).div_ceil(1000);
         // The topic as published (empty when an alias stands for it).
         let named = self.matches.intern(p.topic);
-        let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
+        // Borrowed field by field (not cloned: two reference counts touched per message).
+        let (cfg, acl) = (&*self.cfg, &*self.acl);
+        let s = owned(&mut self.sessions, client, conn_id).ok_or(Close::TakenOver)?;
         let Some(link) = s.link_mut() else {
             return Err(Close::TakenOver);
         };
@@ -750,7 +773,6 @@ impl Core {
                 write_packet(out, protocol, &Packet::PubRec(ack));
             }
         }
-        self.drain_session(client, out, now);
         Ok(())
     }
 

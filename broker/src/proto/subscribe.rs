@@ -228,7 +228,6 @@ impl Core {
             s.add_retained_jobs(jobs.collect());
         }
         let _ = fx;
-        self.drain_session(client, out, now);
         Ok(())
     }
 

@@ -1263,7 +1263,7 @@ impl Link<'_> {
                         handled += 1;
                         consumed += len;
                         if let Err(c) =
-                            core.handle(&acc.client_id, acc.conn_id, packet, now, out, fx)
+                            core.handle_only(&acc.client_id, acc.conn_id, packet, now, out, fx)
                         {
                             close = Some(c);
                             break;
@@ -1272,6 +1272,12 @@ impl Link<'_> {
                         if core.pausing() {
                             break;
                         }
+                    }
+                    // What the batch let the session send (acknowledgements opened its
+                    // window, a SUBSCRIBE found retained messages), once for the batch.
+                    // Not after a takeover: the session is another connection's now.
+                    if !matches!(close, Some(Close::TakenOver)) {
+                        let _ = core.drain(&acc.client_id, acc.conn_id, now, out);
                     }
                     blocked = core.take_pause().map(Instant::from_std);
                 });
