@@ -402,6 +402,9 @@ def measure(a, broker, sc, rnd, work):
     for attempt in range(1 + a.retries):
         try:
             addr = broker.start(run_dir)
+            # A broker's own counters, read around the load (cores.py: mote's lock time).
+            counters = getattr(broker, "counters", None)
+            c0 = counters() if counters else None
             busy0, total0 = machine_cpu_secs()
             b0, l0 = proc_cpu_ticks(broker.pid()), children_cpu_ticks()
             cmd = load_cmd(a, broker, addr, sc)
@@ -414,6 +417,9 @@ def measure(a, broker, sc, rnd, work):
             busy1, total1 = machine_cpu_secs()
             b1, l1 = proc_cpu_ticks(broker.pid()), children_cpu_ticks()
             alive = broker.proc.poll() is None
+            if c0 is not None:
+                c1 = counters()
+                rec["counters"] = {k: round(c1[k] - c0[k], 6) for k in c0 if k in c1}
         finally:
             broker.stop()
         foreign = ((busy1 - busy0) - (b1 - b0) - (l1 - l0)) / max(1, total1 - total0)

@@ -13,6 +13,10 @@ the 2-core variants and has a core of its own in the 1-core one, so this machine
 show what a broker with cores of its own would do; the figures say what it does here.
 Rounds interleave the variants, their order reversed each round.
 
+Around each run it also reads mote's `mote_core_lock_held_seconds_total` (from `/metrics`;
+the HTTP listener is on for that): the share of the broker's CPU spent under the core's
+one lock is the part a second thread cannot do in parallel (Amdahl's serial fraction).
+
 Usage (from the repository root):
     cargo build --release -p mote-broker -p mote-load
     flock /tmp/mote-bench.lock python3 benches/cores.py [--rounds 3] [--out FILE]
@@ -23,24 +27,45 @@ import datetime
 import json
 import os
 import statistics
+import re
 import sys
 import tempfile
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import (ROOT, Mote, fmt_val, interrupt_on_signals, measure, raise_nofile,  # noqa: E402
-                     reap_all, scenarios, sh)
+from compare import (ROOT, Mote, fmt_val, free_port, interrupt_on_signals, measure,  # noqa: E402
+                     raise_nofile, reap_all, scenarios, sh, wait_port)
 
 
 class PinnedMote(Mote):
-    """`mote --memory` with compare.py's settings, on `cpus`, with `threads` workers."""
+    """`mote --memory` with compare.py's settings, on `cpus`, with `threads` workers, and
+    its HTTP listener on for `/metrics` (the core's lock time, `counters`)."""
 
     def __init__(self, name, exe, cpus, threads):
         super().__init__(name, exe)
         self.cpus, self.threads = cpus, threads
         self.CONFIG = Mote.CONFIG.replace("[mqtt]\n", f"[mqtt]\nworker_threads = {threads}\n", 1)
+        self.http = None
 
     def command(self, port, run_dir):
+        self.http = free_port()
+        self.CONFIG = re.sub(r"\n\[http\]\nlisten = .*\n", "\n", self.CONFIG) + \
+            f'\n[http]\nlisten = "127.0.0.1:{self.http}"\n'
         return ["taskset", "-c", self.cpus] + super().command(port, run_dir)
+
+    def counters(self):
+        """Seconds the core's lock was held since start (`mote_core_lock_held_seconds_total`)."""
+        wait_port(self.http, self.proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        m = re.search(r"^mote_core_lock_held_seconds_total (\S+)$", text, re.M)
+        return {"lock_held_secs": float(m.group(1))} if m else {}
+
+
+def held_of(rec):
+    """Seconds the core's lock was held during the run, if read."""
+    held = (rec.get("counters") or {}).get("lock_held_secs")
+    return None if held is None else round(held, 3)
 
 
 VARIANTS = [("1 core", "0", 1), ("2 cores, 1 thread", "0,1", 1), ("2 cores, 2 threads", "0,1", 2)]
@@ -85,7 +110,8 @@ def main():
                     results.append(rec)
                     print(f"round {rnd + 1}/{a.rounds}  {sc.key:<7} {v.name:<20} {fmt_val(rec['value'], sc.unit):>8}"
                           f"  lost {rec['lost']:,}  (broker CPU {rec['broker_cpu_secs']} s, load CPU "
-                          f"{rec['load_cpu_secs']} s, other {max(0.0, rec['foreign_cpu']):.0%})"
+                          f"{rec['load_cpu_secs']} s, core lock held {held_of(rec)} s, "
+                          f"other {max(0.0, rec['foreign_cpu']):.0%})"
                           + (f"  problems: {rec['problems']}" if rec.get("problems") else ""), flush=True)
     finally:
         reap_all()
@@ -106,6 +132,23 @@ def main():
         one, two = meds["1 core"], meds["2 cores, 2 threads"]
         ratio = f"{two / one:.2f}" if one and two else "–"
         print(f"| {sc.label} | " + " | ".join(cells) + f" | {ratio} |")
+
+    # Amdahl's serial part: the share of the broker's CPU spent under the core's one lock
+    # (what a second thread cannot do in parallel), and of the run's time the lock was busy.
+    print("\n| scenario | " + " | ".join(f"{v.name}: lock ÷ broker CPU, ÷ run" for v in variants) + " |")
+    print("|---|" + "---:|" * len(variants))
+    for sc in scs:
+        cells = []
+        for v in variants:
+            runs = [r for r in results if r["scenario"] == sc.key and r["broker"] == v.name
+                    and held_of(r) is not None and r["broker_cpu_secs"] and r["secs"]]
+            if not runs:
+                cells.append("–")
+                continue
+            cpu = statistics.median(held_of(r) / r["broker_cpu_secs"] for r in runs)
+            run = statistics.median(held_of(r) / r["secs"] for r in runs)
+            cells.append(f"{cpu:.0%}, {run:.0%}")
+        print(f"| {sc.label} | " + " | ".join(cells) + " |")
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = a.out or os.path.join(a.work_dir, f"cores-{stamp}.json")

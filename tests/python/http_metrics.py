@@ -56,6 +56,7 @@ def main():
         run.check(f"connections_{t}_present",
                   sample(families, "mote_connections", {"transport": t}) is not None)
 
+    held = sample(families, "mote_core_lock_held_seconds_total")
     before = sample(families, "mote_messages_received_total")
     run.check("received_total_present", before is not None)
     pub = mp.Client("http-metrics-pub", "5")
@@ -67,6 +68,9 @@ def main():
         3.0)
     run.check("received_total_grows_with_publishes", after, before=before,
               now=sample(scrape(http)[1], "mote_messages_received_total"))
+    held_after = sample(scrape(http)[1], "mote_core_lock_held_seconds_total")
+    run.check("core_lock_held_grows", held is not None and held_after is not None and held_after > held,
+              before=held, after=held_after)
     pub.disconnect()
 
     if args.histogram:

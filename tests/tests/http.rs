@@ -724,7 +724,7 @@ fn sse_1000_concurrent_clients_each_receive_with_bounded_rss() {
 // Metrics
 // ---------------------------------------------------------------------------------------
 
-const METRICS_CHECKS: [&str; 7] = [
+const METRICS_CHECKS: [&str; 8] = [
     "status_200",
     "names_start_with_mote",
     "counter_samples_end_in_total",
@@ -732,6 +732,7 @@ const METRICS_CHECKS: [&str; 7] = [
     "every_family_has_help",
     "connections_http_present",
     "received_total_grows_with_publishes",
+    "core_lock_held_grows",
 ];
 
 fn metrics_parsed_by_prometheus_client() {

@@ -77,6 +77,21 @@ pub(super) async fn metrics(State(state): State<HttpState>) -> Response {
             let _ = writeln!(f.out, "{name}{{transport=\"{}\"}} {n}", t.name());
         }
     }
+    let (hold_max_us, _) = state.shared.hold_times();
+    f.one(
+        "mote_core_lock_held_seconds_total",
+        "counter",
+        "Seconds the core's lock was held, in all: its rate is the share of one core the \
+         protocol core's own work takes, the broker's ceiling while one lock serves every \
+         connection.",
+        state.shared.held_us() as f64 / 1e6,
+    );
+    f.one(
+        "mote_core_lock_hold_max_seconds",
+        "gauge",
+        "The longest single hold of the core's lock since start.",
+        hold_max_us as f64 / 1e6,
+    );
     f.one(
         "mote_connections_pending",
         "gauge",
