@@ -1275,10 +1275,8 @@ impl Link<'_> {
                     }
                     // What the batch let the session send (acknowledgements opened its
                     // window, a SUBSCRIBE found retained messages), once for the batch.
-                    // Not after a takeover: the session is another connection's now.
-                    if !matches!(close, Some(Close::TakenOver)) {
-                        let _ = core.drain(&acc.client_id, acc.conn_id, now, out);
-                    }
+                    // After a takeover the session is another connection's: it refuses.
+                    let _ = core.drain(&acc.client_id, acc.conn_id, now, out);
                     blocked = core.take_pause().map(Instant::from_std);
                 });
                 if let Some(turn) = self.turn {

@@ -843,14 +843,11 @@ impl Session {
             (Some(_), None) => true,
             (None, _) => false,
         };
-        let taken = self.take_in_flight(ours, |i| i.delivery.clone());
-        let mut taken: Vec<Delivery> = taken
-            .into_iter()
-            .map(|mut d| {
-                d.attempts += 1;
-                d
-            })
-            .collect();
+        let mut taken = self.take_in_flight(ours, |i| {
+            let mut d = i.delivery.clone();
+            d.attempts += 1;
+            d
+        });
         taken.extend(self.take_queued(ours));
         taken
     }
