@@ -21,6 +21,7 @@ fn main() -> std::process::ExitCode {
             mote_tests::tests![
                 work_queue_competing_workers_and_redelivery_v311,
                 work_queue_competing_workers_and_redelivery_v5,
+                work_queue_unsubscribe_keeps_held_packet_ids_v5,
                 pubsub_qos0_v311,
                 pubsub_qos1_v311,
                 pubsub_qos2_v311,
@@ -517,6 +518,27 @@ fn work_queue_competing_workers_and_redelivery_v311() {
 
 fn work_queue_competing_workers_and_redelivery_v5() {
     work_queue("5");
+}
+
+fn work_queue_unsubscribe_keeps_held_packet_ids_v5() {
+    let broker = Broker::start();
+    run_py(
+        &broker,
+        "queues_unsubscribe.py",
+        &[],
+        &[
+            "suback_worker",
+            "worker_holds_ten_jobs",
+            "unsuback",
+            "suback_other",
+            "jobs_went_to_the_other_worker",
+            "flagged_dup",
+            "news_within_receive_maximum",
+            "no_held_packet_id_reused",
+            "rest_after_the_acknowledgements",
+            "no_job_done_again",
+        ],
+    );
 }
 
 fn shared_reroute(version: &str) {
