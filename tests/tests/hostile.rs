@@ -34,6 +34,7 @@ fn main() -> std::process::ExitCode {
                 pending_sockets_per_address_are_capped,
                 client_still_writing_reads_the_disconnect_reason,
                 subscribe_sent_before_publish_is_handled_first,
+                subscribe_from_a_dozing_client_before_publish_from_an_awake_one,
                 one_subscribe_of_100000_filters_over_1000_retained_stays_bounded,
                 a_publisher_over_its_rate_is_slowed_not_disconnected,
             ],
@@ -921,6 +922,48 @@ fn subscribe_sent_before_publish_is_handled_first() {
             "{threads} worker thread(s): message lost in trials {lost:?} of 50"
         );
     }
+}
+
+/// The same with the subscriber dozing (nothing sent since its CONNECT: it has no task,
+/// `runtime/doze.rs`) and the publisher awake (it sent a PINGREQ just before), on the
+/// default one-thread runtime: the dozer must hand the subscriber's SUBSCRIBE to the core
+/// before the publisher's task, woken after the dozer, runs. 20 trials, each with a
+/// subscriber of its own that dozes. Before the dozer served such input itself, all 20
+/// were lost. (With two worker threads they still are: the arrival tickets order the
+/// resumed connection after the publisher, see `runtime/arrival.rs`.)
+fn subscribe_from_a_dozing_client_before_publish_from_an_awake_one() {
+    let _serial = serial();
+    let broker = Broker::start_with(&["--memory"], None);
+    const TRIALS: u16 = 20;
+    let mut subs: Vec<_> = (0..TRIALS)
+        .map(|i| connect(broker.addr, V5, &format!("dozing-sub-{i}")))
+        .collect();
+    let mut a = connect(broker.addr, V5, "awake-pub");
+    let mut lost = Vec::new();
+    for (trial, b) in (0..TRIALS).zip(subs.iter_mut()) {
+        let topic = format!("doze-order/{trial}");
+        let publish_bytes = encode(
+            &Packet::Publish(publish(&topic, b"m", QoS::AtMostOnce, 0)),
+            V5,
+        );
+        // The publisher awake (input within the last second), its task idle again.
+        a.send(&Packet::PingReq);
+        a.expect_kind(13);
+        std::thread::sleep(Duration::from_millis(20));
+        send_subscribe(b, trial + 1, &topic, QoS::AtMostOnce);
+        assert!(a.send_raw(&publish_bytes));
+        b.expect_kind(9);
+        match b.recv(Duration::from_millis(500)) {
+            Recv::Frame(f) if f.kind() == 3 => assert_eq!(f.publish().topic, topic),
+            Recv::Frame(f) => panic!("trial {trial}: unexpected {}", f.describe()),
+            Recv::Closed => panic!("trial {trial}: subscriber closed"),
+            Recv::Timeout => lost.push(trial),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "message lost in trials {lost:?} of {TRIALS}"
+    );
 }
 
 /// The trials of [`subscribe_sent_before_publish_is_handled_first`]: those in which the

@@ -22,10 +22,11 @@
 //! The guarantee is the current-thread scheduler's, no more: input that arrives while a
 //! connection task is still running is read by it at once, ahead of earlier input on a
 //! sleeping connection, on either runtime. A dozing connection (`runtime/doze.rs`, quiet
-//! for a second) is sent back to a task by the dozer's task, in the order its input
-//! arrived among the other dozing connections (a ticket taken then); input on a
-//! connection that is awake can overtake input that reached a dozing one a moment
-//! earlier, by one turn of the scheduler. With one worker thread nothing here is used
+//! for a second) woken by input is served by the dozer's task itself, in the order its
+//! input arrived among the other dozing connections: with one worker thread that is
+//! ahead of every task woken after the dozer's, so an awake connection cannot overtake
+//! it. On more threads it takes its ticket only then, after a task woken in the same
+//! turn, whose input can then go first. With one worker thread nothing here is used
 //! (`Arrivals` is not created): the scheduler alone keeps the order.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -51,7 +51,7 @@ use tracing::Instrument;
 
 use super::arrival::{Sequenced, Turn};
 use super::auth::Refusal;
-use super::doze::{Dozer, Ready, Sleeper};
+use super::doze::{serve_first, Dozer, Ready, Sleeper, Wakeup};
 use super::held::Held;
 use super::shared::{Shared, Transport};
 use super::table::{Signal, Slot};
@@ -778,6 +778,7 @@ impl Sleeper for Dozing {
         dozer: &Arc<Dozer<Dozing>>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
+        why: Wakeup,
     ) {
         let Dozing {
             stream,
@@ -831,7 +832,13 @@ impl Sleeper for Dozing {
             };
             live_tcp(stream, conn, io, ctx, ours, false).await;
         };
-        tracker.spawn(Sequenced::new(task.instrument(span), turn));
+        let task = Sequenced::new(task.instrument(span), turn);
+        match why {
+            Wakeup::Input => serve_first(task, tracker),
+            Wakeup::Other => {
+                tracker.spawn(task);
+            }
+        }
     }
 }
 

@@ -54,7 +54,49 @@ pub(crate) trait Sleeper: Send + Sized + 'static {
         dozer: &Arc<Dozer<Self>>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
+        why: Wakeup,
     );
+}
+
+/// Why a dozing connection goes back to a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wakeup {
+    /// Its socket is readable (input, or a hang-up): the input is to be served before
+    /// the dozer's task returns (see [`serve_first`]).
+    Input,
+    /// Its signal, its deadline, shutdown, or it could not doze: a task is spawned.
+    Other,
+}
+
+/// Connections whose input one turn of the dozer serves itself ([`Wakeup::Input`]); the
+/// rest of a larger burst get tasks spawned, as signals do.
+const SERVED_PER_TURN: usize = 64;
+
+/// Polls a resumed connection's task once, here in the dozer's task, and spawns it only
+/// if it goes on. So its input reaches the core now, ahead of the tasks woken after the
+/// dozer's: one worker thread runs tasks in the order they were woken, the dozer was
+/// woken by the input that came first, and a task it spawned would run after all of
+/// them (a publisher awake and idle would overtake a subscriber that dozed, every time).
+///
+/// That poll needs no waker: the spawned task polls the future again at once, which
+/// registers the task's waker wherever the future waits (a future answers to the waker
+/// of its latest poll). A panic in it ends this connection only, as it would end its
+/// task.
+pub(crate) fn serve_first<F>(task: F, tracker: &TaskTracker)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut task = Box::pin(task);
+    let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+    let first =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.as_mut().poll(&mut cx)));
+    match first {
+        Ok(std::task::Poll::Ready(())) => {}
+        Ok(std::task::Poll::Pending) => {
+            tracker.spawn(task);
+        }
+        Err(_) => tracing::error!("a woken dozing connection's task panicked; it is closed"),
+    }
 }
 
 /// Tokens of dozing connections whose signal was raised, for the dozer's task.
@@ -185,7 +227,7 @@ impl<T: Sleeper> Dozer<T> {
     /// shutdown, or if its socket cannot be registered, it goes back to a task at once.
     pub(crate) fn park(self: &Arc<Self>, item: Box<T>, tracker: &TaskTracker) {
         if let Err(item) = self.try_park(item) {
-            item.resume(self, tracker, &self.shutdown);
+            item.resume(self, tracker, &self.shutdown, Wakeup::Other);
         }
     }
 
@@ -255,7 +297,14 @@ impl<T: Sleeper> Dozer<T> {
     }
 
     /// Sends the connections of `tokens` back to their tasks.
-    fn wake(self: &Arc<Self>, tokens: impl IntoIterator<Item = u64>, tracker: &TaskTracker) {
+    /// Sends the connections of `tokens` back to their tasks; `why` for the first
+    /// [`SERVED_PER_TURN`], [`Wakeup::Other`] for the rest.
+    fn wake(
+        self: &Arc<Self>,
+        tokens: impl IntoIterator<Item = u64>,
+        tracker: &TaskTracker,
+        why: Wakeup,
+    ) {
         let items: Vec<Box<T>> = {
             let mut s = self.lock();
             tokens
@@ -263,8 +312,13 @@ impl<T: Sleeper> Dozer<T> {
                 .filter_map(|t| self.take(&mut s, t))
                 .collect()
         };
-        for item in items {
-            item.resume(self, tracker, &self.shutdown);
+        for (i, item) in items.into_iter().enumerate() {
+            let why = if i < SERVED_PER_TURN {
+                why
+            } else {
+                Wakeup::Other
+            };
+            item.resume(self, tracker, &self.shutdown, why);
         }
     }
 
@@ -300,7 +354,7 @@ impl<T: Sleeper> Dozer<T> {
                 .collect()
         };
         for item in items {
-            item.resume(&self, &tracker, &self.shutdown);
+            item.resume(&self, &tracker, &self.shutdown, Wakeup::Other);
         }
     }
 
@@ -338,16 +392,18 @@ impl<T: Sleeper> Dozer<T> {
                         guard.clear_ready();
                     }
                     let woken = events.iter().map(|e| e.token().0 as u64);
-                    self.wake(woken, tracker);
+                    self.wake(woken, tracker, Wakeup::Input);
                 }
-                () = self.ready.wait(&mut tokens) => self.wake(tokens.drain(..), tracker),
+                () = self.ready.wait(&mut tokens) => {
+                    self.wake(tokens.drain(..), tracker, Wakeup::Other);
+                }
                 () = timer => {
                     let now = Instant::now();
                     let due: Vec<u64> = {
                         let s = self.lock();
                         s.timers.iter().take_while(|&&(at, _)| at <= now).map(|&(_, t)| t).collect()
                     };
-                    self.wake(due, tracker);
+                    self.wake(due, tracker, Wakeup::Other);
                 }
                 () = self.shutdown.cancelled() => return,
             }
@@ -391,6 +447,7 @@ mod tests {
             _: &Arc<Dozer<Self>>,
             _: &TaskTracker,
             shutdown: &CancellationToken,
+            _: Wakeup,
         ) {
             let _ = self.resumed.send((self.name, shutdown.is_cancelled()));
         }
@@ -557,5 +614,45 @@ mod tests {
         h.park("c", c, None);
         assert_eq!(h.next().await, ("c", true));
         assert_eq!(h.dozer.dozing(), 0);
+    }
+
+    #[tokio::test]
+    async fn serve_first_polls_once_in_place_and_spawns_what_goes_on() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let tracker = TaskTracker::new();
+        let steps = Arc::new(AtomicUsize::new(0));
+        // Done in its first poll: nothing is spawned.
+        let s = steps.clone();
+        serve_first(
+            async move {
+                s.fetch_add(1, SeqCst);
+            },
+            &tracker,
+        );
+        assert_eq!(steps.load(SeqCst), 1, "polled before serve_first returned");
+        assert_eq!(tracker.len(), 0);
+        // Waits after its first step: the rest runs in a task, woken through the waker
+        // of the task's own poll (the first poll's waker did nothing).
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let s = steps.clone();
+        serve_first(
+            async move {
+                s.fetch_add(1, SeqCst);
+                let _ = rx.await;
+                s.fetch_add(1, SeqCst);
+            },
+            &tracker,
+        );
+        assert_eq!(steps.load(SeqCst), 2);
+        assert_eq!(tracker.len(), 1);
+        tokio::task::yield_now().await;
+        tx.send(()).unwrap();
+        // A panic in the first poll ends that future only.
+        serve_first(async { panic!("a connection's bug") }, &tracker);
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .unwrap();
+        assert_eq!(steps.load(SeqCst), 3);
     }
 }
