@@ -23,11 +23,12 @@
 //! connection task is still running is read by it at once, ahead of earlier input on a
 //! sleeping connection, on either runtime. A dozing connection (`runtime/doze.rs`, quiet
 //! for a second) woken by input is served by the dozer's task itself, in the order its
-//! input arrived among the other dozing connections: with one worker thread that is
-//! ahead of every task woken after the dozer's, so an awake connection cannot overtake
-//! it. On more threads it takes its ticket only then, after a task woken in the same
-//! turn, whose input can then go first. With one worker thread nothing here is used
-//! (`Arrivals` is not created): the scheduler alone keeps the order.
+//! input arrived among the other dozing connections. The dozer's task is sequenced like a
+//! connection's: it takes a ticket when woken and passes it when its poll ends, so a
+//! connection woken after it waits for what the dozer served. (Beyond 64 such
+//! connections in one turn of the dozer, the rest are sent to tasks of their own and
+//! take their tickets then.) With one worker thread nothing here is used (`Arrivals` is
+//! not created): the scheduler alone keeps the order, and runs the dozer's task first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

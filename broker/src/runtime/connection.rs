@@ -786,11 +786,14 @@ impl Sleeper for Dozing {
             last_rx,
             throttle,
         } = *self;
-        // Its place in the arrival order is taken now: the dozer sends connections back
-        // in the order their input came.
+        // Its place in the arrival order: input served by the dozer's task itself has the
+        // dozer's (taken when the dozer was woken, passed when its poll ends); otherwise
+        // one is taken now, in the order the dozer sends connections back.
         let turn = conn.guard.shared.arrivals.as_ref().map(|a| {
             let t = a.turn();
-            t.take_ticket();
+            if why == Wakeup::Other {
+                t.take_ticket();
+            }
             t
         });
         let ours = turn.clone();

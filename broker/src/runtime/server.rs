@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::arrival::Sequenced;
 use super::auth::{Auth, Policy};
 use super::connection::Dozing;
 use super::doze::Dozer;
@@ -312,7 +313,13 @@ pub(crate) async fn serve(
     let (dozer, poll) = Dozer::new(shutdown.clone()).map_err(|e| {
         anyhow::anyhow!("cannot create the epoll instance for idle connections: {e}")
     })?;
-    tracker.spawn(dozer.clone().run(poll, tracker.clone()));
+    // On more than one thread the dozer's task takes an arrival ticket when woken, like
+    // a connection's: the input it serves itself (`serve_first`) goes in that place.
+    let turn = shared.arrivals.as_ref().map(|a| a.turn());
+    tracker.spawn(Sequenced::new(
+        dozer.clone().run(poll, tracker.clone()),
+        turn,
+    ));
 
     let ticker = {
         let shared = shared.clone();
