@@ -953,26 +953,39 @@ fn dozing_subscriber_trials(addr: std::net::SocketAddr) -> Vec<u16> {
     let mut a = connect(addr, V5, "awake-pub");
     let mut lost = Vec::new();
     for (trial, b) in (0..TRIALS).zip(subs.iter_mut()) {
-        let topic = format!("doze-order/{trial}");
-        let publish_bytes = encode(
-            &Packet::Publish(publish(&topic, b"m", QoS::AtMostOnce, 0)),
-            V5,
-        );
         // The publisher awake (input within the last second), its task idle again.
         a.send(&Packet::PingReq);
         a.expect_kind(13);
-        std::thread::sleep(Duration::from_millis(20));
-        send_subscribe(b, trial + 1, &topic, QoS::AtMostOnce);
-        assert!(a.send_raw(&publish_bytes));
-        b.expect_kind(9);
-        match b.recv(Duration::from_millis(500)) {
-            Recv::Frame(f) if f.kind() == 3 => assert_eq!(f.publish().topic, topic),
-            Recv::Frame(f) => panic!("trial {trial}: unexpected {}", f.describe()),
-            Recv::Closed => panic!("trial {trial}: subscriber closed"),
-            Recv::Timeout => lost.push(trial),
+        if !subscribe_then_publish(b, &mut a, trial, "doze-order") {
+            lost.push(trial);
         }
     }
     lost
+}
+
+/// One trial: after 20 ms with both connections idle, `b` subscribes to
+/// `{prefix}/{trial}` and `a` publishes there at once. True when `b` got the message.
+fn subscribe_then_publish(b: &mut Raw, a: &mut Raw, trial: u16, prefix: &str) -> bool {
+    let topic = format!("{prefix}/{trial}");
+    let publish_bytes = encode(
+        &Packet::Publish(publish(&topic, b"m", QoS::AtMostOnce, 0)),
+        V5,
+    );
+    // Both connections idle (waiting for input) when the two packets arrive: a
+    // connection task still busy when its data arrives reads it without waiting.
+    std::thread::sleep(Duration::from_millis(20));
+    send_subscribe(b, trial + 1, &topic, QoS::AtMostOnce);
+    assert!(a.send_raw(&publish_bytes));
+    b.expect_kind(9);
+    match b.recv(Duration::from_millis(500)) {
+        Recv::Frame(f) if f.kind() == 3 => {
+            assert_eq!(f.publish().topic, topic);
+            true
+        }
+        Recv::Frame(f) => panic!("trial {trial}: unexpected {}", f.describe()),
+        Recv::Closed => panic!("trial {trial}: subscriber closed"),
+        Recv::Timeout => false,
+    }
 }
 
 /// The trials of [`subscribe_sent_before_publish_is_handled_first`]: those in which the
@@ -982,22 +995,8 @@ fn subscribe_then_publish_trials(addr: std::net::SocketAddr) -> Vec<u16> {
     let mut a = connect(addr, V5, "order-pub");
     let mut lost = Vec::new();
     for trial in 0..50u16 {
-        let topic = format!("order/{trial}");
-        let publish_bytes = encode(
-            &Packet::Publish(publish(&topic, b"m", QoS::AtMostOnce, 0)),
-            V5,
-        );
-        // Both connections idle (waiting for input) when the two packets arrive: a
-        // connection task still busy when its data arrives reads it without waiting.
-        std::thread::sleep(Duration::from_millis(20));
-        send_subscribe(&mut b, trial + 1, &topic, QoS::AtMostOnce);
-        assert!(a.send_raw(&publish_bytes));
-        b.expect_kind(9);
-        match b.recv(Duration::from_millis(500)) {
-            Recv::Frame(f) if f.kind() == 3 => assert_eq!(f.publish().topic, topic),
-            Recv::Frame(f) => panic!("trial {trial}: unexpected {}", f.describe()),
-            Recv::Closed => panic!("trial {trial}: subscriber closed"),
-            Recv::Timeout => lost.push(trial),
+        if !subscribe_then_publish(&mut b, &mut a, trial, "order") {
+            lost.push(trial);
         }
     }
     lost

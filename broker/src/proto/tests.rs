@@ -201,6 +201,24 @@ fn publish(
     c.out.clear();
 }
 
+/// `c` unsubscribes from `filter` (packet id `id`); its UNSUBACK is left in `c.out`.
+fn unsubscribe(core: &mut Core, c: &mut Client, filter: &str, id: u16, now: Instant) {
+    let filters = [filter];
+    let u = Packet::Unsubscribe(Unsubscribe {
+        packet_id: id,
+        properties: Properties::default(),
+        filters: List::Slice(&filters),
+    });
+    send(core, c, &u, now).unwrap();
+}
+
+/// `n` QoS 1 messages `p` publishes to `topic`, packet ids from `first_id`.
+fn publish_n(core: &mut Core, p: &mut Client, topic: &str, n: u16, first_id: u16, now: Instant) {
+    for i in 0..n {
+        publish(core, p, topic, b"n", QoS::AtLeastOnce, first_id + i, now);
+    }
+}
+
 fn q(qos: QoS) -> SubOptions {
     SubOptions::qos(qos)
 }
@@ -1134,12 +1152,7 @@ fn json_subscriptions_get_sensor_events_as_json_and_nothing_else_changes() {
         .collect();
     assert_eq!(raw_got, [event.to_vec(), vec![0x01], b"hello".to_vec()]);
     // Unsubscribing the `$json/` filter leaves the plain one: bytes again.
-    let u = Packet::Unsubscribe(Unsubscribe {
-        packet_id: 2,
-        properties: Properties::default(),
-        filters: List::Slice(&["$json/mote/events/#"]),
-    });
-    send(&mut core, &mut s, &u, now).unwrap();
+    unsubscribe(&mut core, &mut s, "$json/mote/events/#", 2, now);
     s.out.clear();
     publish(
         &mut core,

@@ -448,23 +448,8 @@ fn a_member_that_unsubscribes_keeps_its_packet_ids_until_it_acknowledges_them() 
     let got = received(&mut core, &mut a, now);
     assert_eq!(got.len(), 5);
     let held: std::collections::BTreeSet<u16> = got.iter().map(|m| m.3).collect();
-    let unsub = Packet::Unsubscribe(Unsubscribe {
-        packet_id: 9,
-        properties: Properties::default(),
-        filters: List::Slice(&[filter]),
-    });
-    send(&mut core, &mut a, &unsub, now).unwrap();
-    for i in 0..3u16 {
-        publish(
-            &mut core,
-            &mut p,
-            "news",
-            b"n",
-            QoS::AtLeastOnce,
-            100 + i,
-            now,
-        );
-    }
+    unsubscribe(&mut core, &mut a, filter, 9, now);
+    publish_n(&mut core, &mut p, "news", 3, 100, now);
     let news = received(&mut core, &mut a, now);
     assert_eq!(news.len(), 1, "6 in flight at most, 5 of them the stream's");
     assert!(

@@ -1140,23 +1140,8 @@ fn a_consumer_that_unsubscribes_keeps_its_jobs_packet_ids_until_it_acknowledges_
     assert_eq!(jobs.len(), 10, "the prefetch");
     let job_ids: std::collections::BTreeSet<u16> = jobs.iter().map(|m| m.3).collect();
 
-    let unsub = Packet::Unsubscribe(Unsubscribe {
-        packet_id: 7,
-        properties: Properties::default(),
-        filters: List::Slice(&["$queue/jobs"]),
-    });
-    send(&mut core, &mut w, &unsub, now).unwrap();
-    for i in 0..5u16 {
-        publish(
-            &mut core,
-            &mut p,
-            "news",
-            b"n",
-            QoS::AtLeastOnce,
-            100 + i,
-            now,
-        );
-    }
+    unsubscribe(&mut core, &mut w, "$queue/jobs", 7, now);
+    publish_n(&mut core, &mut p, "news", 5, 100, now);
     let news = received(&mut core, &mut w, now);
     assert_eq!(news.len(), 2, "12 in flight at most, 10 of them the jobs");
     assert!(
