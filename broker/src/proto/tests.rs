@@ -64,6 +64,17 @@ fn connect(
         .unwrap()
 }
 
+/// An MQTT 5 client `id` with a clean start that accepts at most `receive_maximum`
+/// unacknowledged QoS 1/2 PUBLISHes.
+fn connect_receiving(core: &mut Core, id: &str, receive_maximum: u16, now: Instant) -> Client {
+    let props = PropValues {
+        receive_maximum: Some(receive_maximum),
+        ..PropValues::default()
+    };
+    let packet = connect_packet(Protocol::V5, id, true, Properties::Values(&props));
+    connect_with(core, &packet, now).0.unwrap()
+}
+
 /// Every packet in `bytes`, decoded with `protocol`, passed to `f`.
 fn each_packet(bytes: &[u8], protocol: Protocol, mut f: impl FnMut(Packet<'_>)) {
     let mut at = 0;

@@ -296,7 +296,6 @@ impl<T: Sleeper> Dozer<T> {
         Some(item)
     }
 
-    /// Sends the connections of `tokens` back to their tasks.
     /// Sends the connections of `tokens` back to their tasks; `why` for the first
     /// [`SERVED_PER_TURN`], [`Wakeup::Other`] for the rest.
     fn wake(

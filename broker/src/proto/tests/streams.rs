@@ -437,12 +437,7 @@ fn a_member_that_unsubscribes_keeps_its_packet_ids_until_it_acknowledges_them() 
     let mut p = connect(&mut core, Protocol::V5, "producer", true, None, now);
     append(&mut core, &mut p, "$stream/s", "m", 5, now);
     let filter = "$share/g/$stream/s/@earliest";
-    let props = PropValues {
-        receive_maximum: Some(6),
-        ..PropValues::default()
-    };
-    let packet = connect_packet(Protocol::V5, "a", true, Properties::Values(&props));
-    let mut a = connect_with(&mut core, &packet, now).0.unwrap();
+    let mut a = connect_receiving(&mut core, "a", 6, now);
     let subs = [(filter, q(QoS::AtLeastOnce)), ("news", q(QoS::AtLeastOnce))];
     assert_eq!(subscribe(&mut core, &mut a, &subs, None, now), [1, 1]);
     let got = received(&mut core, &mut a, now);

@@ -1123,12 +1123,7 @@ fn a_consumer_that_unsubscribes_keeps_its_jobs_packet_ids_until_it_acknowledges_
     // they still count against its Receive Maximum until it acknowledges them.
     let mut core = core();
     let now = Instant::now();
-    let props = PropValues {
-        receive_maximum: Some(12),
-        ..PropValues::default()
-    };
-    let packet = connect_packet(Protocol::V5, "worker", true, Properties::Values(&props));
-    let mut w = connect_with(&mut core, &packet, now).0.unwrap();
+    let mut w = connect_receiving(&mut core, "worker", 12, now);
     let subs = [
         ("$queue/jobs", q(QoS::AtLeastOnce)),
         ("news", q(QoS::AtLeastOnce)),
