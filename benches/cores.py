@@ -13,13 +13,20 @@ the 2-core variants and has a core of its own in the 1-core one, so this machine
 show what a broker with cores of its own would do; the figures say what it does here.
 Rounds interleave the variants, their order reversed each round.
 
+How far any broker could scale here: with `b` the broker's CPU seconds per message and `l`
+the load generator's, one core delivers at most 1/b (the load has the other core), two
+cores shared with the load at most 2/(b + l), so 2 cores ÷ 1 core ≤ 2 / (1 + l/b). The
+last table prints that ceiling from each scenario's 1-core runs. `--peers` runs
+nats-server (QoS 0 scenarios) and rumqttd pinned the same way, for what brokers built
+for many cores reach under the same harness.
+
 Around each run it also reads mote's `mote_core_lock_held_seconds_total` (from `/metrics`;
 the HTTP listener is on for that): the share of the broker's CPU spent under the core's
 one lock is the part a second thread cannot do in parallel (Amdahl's serial fraction).
 
 Usage (from the repository root):
     cargo build --release -p mote-broker -p mote-load
-    flock /tmp/mote-bench.lock python3 benches/cores.py [--rounds 3] [--out FILE]
+    flock /tmp/mote-bench.lock python3 benches/cores.py [--rounds 3] [--peers] [--out FILE]
 """
 
 import argparse
@@ -33,8 +40,8 @@ import tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import (ROOT, Mote, fmt_val, free_port, interrupt_on_signals, measure,  # noqa: E402
-                     raise_nofile, reap_all, scenarios, sh, wait_port)
+from compare import (ROOT, Mote, Nats, Rumqttd, find_exe, fmt_val, free_port,  # noqa: E402
+                     interrupt_on_signals, measure, raise_nofile, reap_all, scenarios, sh, wait_port)
 
 
 class PinnedMote(Mote):
@@ -62,6 +69,16 @@ class PinnedMote(Mote):
         return {"lock_held_secs": float(m.group(1))} if m else {}
 
 
+def pinned(kind, name, exe, cpus):
+    """A peer broker of compare.py's `kind`, started under `taskset -c cpus`."""
+    class Pinned(kind):
+        def command(self, port, run_dir):
+            return ["taskset", "-c", cpus] + super().command(port, run_dir)
+    peer = Pinned(name, exe)
+    peer.cpus = cpus
+    return peer
+
+
 def held_of(rec):
     """Seconds the core's lock was held during the run, if read."""
     held = (rec.get("counters") or {}).get("lock_held_secs")
@@ -69,6 +86,10 @@ def held_of(rec):
 
 
 VARIANTS = [("1 core", "0", 1), ("2 cores, 1 thread", "0,1", 1), ("2 cores, 2 threads", "0,1", 2)]
+# Each broker's variants to compare: (1 core, 2 cores).
+SCALING = {"mote": ("1 core", "2 cores, 2 threads"),
+           "nats-server": ("nats-server, 1 core", "nats-server, 2 cores"),
+           "rumqttd": ("rumqttd, 1 core", "rumqttd, 2 cores")}
 
 
 def main():
@@ -79,6 +100,10 @@ def main():
     ap.add_argument("--scenarios", nargs="+", default=["fanin", "fanout", "pairs"],
                     choices=["fanin", "fanout", "pairs"])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--peers", action="store_true",
+                    help="also nats-server (QoS 0 scenarios) and rumqttd, on 1 core and on 2")
+    ap.add_argument("--rumqttd", default=find_exe(os.path.join(ROOT, "target", "peers", "bin", "rumqttd"), "rumqttd"))
+    ap.add_argument("--nats-server", default=find_exe("nats-server", "/usr/sbin/nats-server"))
     ap.add_argument("--fanin-count", type=int, default=300000)
     ap.add_argument("--fanout-count", type=int, default=150000)
     ap.add_argument("--pairs-count", type=int, default=50000)
@@ -96,6 +121,12 @@ def main():
     raise_nofile()
     os.makedirs(a.work_dir, exist_ok=True)
     variants = [PinnedMote(label, a.mote, cpus, threads) for label, cpus, threads in VARIANTS]
+    if a.peers:
+        for kind, key, exe in ((Nats, "nats-server", a.nats_server), (Rumqttd, "rumqttd", a.rumqttd)):
+            if not exe or not os.path.exists(exe):
+                print(f"{key}: not found, not run")
+                continue
+            variants += [pinned(kind, name, exe, cpus) for name, cpus in zip(SCALING[key], ("0", "0,1"))]
     scs = scenarios(a)
     command = "python3 benches/cores.py " + " ".join(sys.argv[1:])
     commit = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
@@ -106,6 +137,8 @@ def main():
             order = variants if rnd % 2 == 0 else list(reversed(variants))
             for sc in scs:
                 for v in order:
+                    if sc.mqtt_only and v.proto != "mqtt":
+                        continue
                     rec = measure(a, v, sc, rnd, a.work_dir)
                     results.append(rec)
                     print(f"round {rnd + 1}/{a.rounds}  {sc.key:<7} {v.name:<20} {fmt_val(rec['value'], sc.unit):>8}"
@@ -116,12 +149,18 @@ def main():
     finally:
         reap_all()
 
-    print("\n| scenario | " + " | ".join(v.name for v in variants) + " | 2 cores, 2 threads ÷ 1 core |")
-    print("|---|" + "---:|" * (len(variants) + 1))
+    scaled = [k for k, (one, two) in SCALING.items() if any(v.name == one for v in variants)]
+    print("\n| scenario | " + " | ".join(v.name for v in variants) + " | "
+          + " | ".join(f"{k}: 2 cores ÷ 1 core" for k in scaled) + " |")
+    print("|---|" + "---:|" * (len(variants) + len(scaled)))
     for sc in scs:
         meds, cells = {}, []
         for v in variants:
             runs = [r for r in results if r["scenario"] == sc.key and r["broker"] == v.name]
+            if not runs:
+                meds[v.name] = None
+                cells.append("–")
+                continue
             vals = [r["value"] for r in runs if r["value"] is not None and not r.get("failed")]
             lost = sum(r["lost"] for r in runs)
             meds[v.name] = statistics.median(vals) if vals else None
@@ -129,17 +168,36 @@ def main():
             if len(vals) < len(runs):
                 cell += f" · {len(runs) - len(vals)} failed"
             cells.append(cell)
-        one, two = meds["1 core"], meds["2 cores, 2 threads"]
-        ratio = f"{two / one:.2f}" if one and two else "–"
-        print(f"| {sc.label} | " + " | ".join(cells) + f" | {ratio} |")
+        ratios = []
+        for k in scaled:
+            one, two = (meds.get(n) for n in SCALING[k])
+            ratios.append(f"{two / one:.2f}" if one and two else "–")
+        print(f"| {sc.label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+
+    # The ceiling this machine puts on 2 cores ÷ 1 core for a broker whose work per message
+    # stays what it is on one core: 2 / (1 + l/b), from each broker's 1-core runs.
+    print("\n| scenario | " + " | ".join(f"{k}: load CPU ÷ broker CPU on 1 core, ceiling" for k in scaled) + " |")
+    print("|---|" + "---:|" * len(scaled))
+    for sc in scs:
+        cells = []
+        for k in scaled:
+            runs = [r for r in results if r["scenario"] == sc.key and r["broker"] == SCALING[k][0]
+                    and r["broker_cpu_secs"] and r["load_cpu_secs"] is not None and not r.get("failed")]
+            if not runs:
+                cells.append("–")
+                continue
+            share = statistics.median(r["load_cpu_secs"] / r["broker_cpu_secs"] for r in runs)
+            cells.append(f"{share:.2f}, {2 / (1 + share):.2f}")
+        print(f"| {sc.label} | " + " | ".join(cells) + " |")
 
     # Amdahl's serial part: the share of the broker's CPU spent under the core's one lock
     # (what a second thread cannot do in parallel), and of the run's time the lock was busy.
-    print("\n| scenario | " + " | ".join(f"{v.name}: lock ÷ broker CPU, ÷ run" for v in variants) + " |")
-    print("|---|" + "---:|" * len(variants))
+    motes = [v for v in variants if isinstance(v, PinnedMote)]
+    print("\n| scenario | " + " | ".join(f"{v.name}: lock ÷ broker CPU, ÷ run" for v in motes) + " |")
+    print("|---|" + "---:|" * len(motes))
     for sc in scs:
         cells = []
-        for v in variants:
+        for v in motes:
             runs = [r for r in results if r["scenario"] == sc.key and r["broker"] == v.name
                     and held_of(r) is not None and r["broker_cpu_secs"] and r["secs"]]
             if not runs:
