@@ -1013,7 +1013,13 @@ impl World {
             return;
         };
         let c = &mut conn.c;
-        match self.core.drain(&c.id, c.conn, now, &mut c.out) {
+        // As the runtime does: the PUBLISH packets are encoded after the core's call.
+        let mut outbox = crate::proto::session::Outbox::default();
+        let r = self
+            .core
+            .drain_deferred(&c.id, c.conn, now, &mut c.out, &mut outbox);
+        outbox.write(&mut c.out);
+        match r {
             Ok(_) => self.absorb(slot, false),
             Err(e) => panic!("{}: drain of a live connection: {e:?}", self.ids[slot]),
         }
@@ -2493,8 +2499,15 @@ impl World {
                 assert_eq!(r, Err(Close::TakenOver), "a taken-over connection");
             }
             1 => {
-                let r = self.core.drain(&c.id, c.conn, now, &mut c.out);
+                let mut outbox = crate::proto::session::Outbox::default();
+                let r = self
+                    .core
+                    .drain_deferred(&c.id, c.conn, now, &mut c.out, &mut outbox);
                 assert_eq!(r, Err(Close::TakenOver), "a taken-over connection drains");
+                assert!(
+                    outbox.is_empty(),
+                    "nothing staged for a taken-over connection"
+                );
             }
             _ => self
                 .core

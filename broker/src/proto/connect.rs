@@ -305,7 +305,7 @@ impl Core {
         // Work queues it consumes may send to it again.
         self.consumer_online(&client_id);
         self.stream_member_online(&client_id);
-        self.drain_session(&client_id, out, now);
+        self.drain_session(&client_id, out, None, now);
         Some(Accepted {
             client_id,
             conn_id,

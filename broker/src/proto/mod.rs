@@ -227,6 +227,9 @@ pub(crate) struct Core {
     pausable: Option<Arc<dyn Wake>>,
     /// Until when the connection that made the current calls is to stop reading.
     pause_until: Option<Instant>,
+    /// Messages whose delivery ended in this hold of the lock, freed after it
+    /// (`message::Spent`).
+    spent: message::Spent,
     /// Counters.
     pub(crate) stats: Stats,
 }
@@ -296,6 +299,7 @@ impl Core {
             congested: FastMap::default(),
             pausable: None,
             pause_until: None,
+            spent: message::Spent::default(),
             stats: Stats::default(),
         }
     }
@@ -373,7 +377,13 @@ impl Core {
     ///
     /// Returns true when it stopped at a full outbound batch with more queued (the
     /// connection is woken again for the rest).
-    fn drain_session(&mut self, client: &Arc<str>, out: &mut BytesMut, now: Instant) -> bool {
+    fn drain_session(
+        &mut self,
+        client: &Arc<str>,
+        out: &mut BytesMut,
+        outbox: Option<&mut session::Outbox>,
+        now: Instant,
+    ) -> bool {
         self.retained_step(client, now);
         let limits = self.limits;
         let durable = self.durable();
@@ -385,7 +395,17 @@ impl Core {
             event_topics: &self.cfg.event_topics,
         };
         if let Some(s) = self.sessions.get_mut(client) {
-            more = s.drain(out, settings, now, clock, durable, &mut |e| events.push(e));
+            let ev = &mut |e| events.push(e);
+            more = s.drain(
+                out,
+                outbox,
+                settings,
+                now,
+                clock,
+                durable,
+                ev,
+                &mut self.spent,
+            );
             if more {
                 if let Some(link) = s.link() {
                     link.notify.wake();
@@ -408,6 +428,7 @@ impl Core {
 
     /// Sends queued deliveries of `client` that fit its window; true when more are queued
     /// than one outbound batch held.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn drain(
         &mut self,
         client: &str,
@@ -417,7 +438,35 @@ impl Core {
     ) -> Result<bool, Close> {
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
         let id = s.client_id().clone();
-        Ok(self.drain_session(&id, out, now))
+        Ok(self.drain_session(&id, out, None, now))
+    }
+
+    /// As [`Core::drain`], but the PUBLISH packets of plain deliveries are only decided
+    /// (into `outbox`), for the caller to encode into `out` after letting go of the lock
+    /// (`session::Outbox`), before it writes anything else there.
+    pub(crate) fn drain_deferred(
+        &mut self,
+        client: &str,
+        conn_id: u64,
+        now: Instant,
+        out: &mut BytesMut,
+        outbox: &mut session::Outbox,
+    ) -> Result<bool, Close> {
+        let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
+        let id = s.client_id().clone();
+        Ok(self.drain_session(&id, out, Some(outbox), now))
+    }
+
+    /// The messages whose delivery ended since the last call, for the lock's holder to
+    /// free after letting go (`message::Spent`).
+    pub(crate) fn take_spent(&mut self) -> message::Spent {
+        self.spent.take()
+    }
+
+    /// Frees the messages set aside since the last call (a lock holder that did not take
+    /// them, when it lets go).
+    pub(crate) fn free_spent(&mut self) {
+        self.spent.clear();
     }
 
     /// The connection of `client` has gone quiet (nothing received or sent for a while,
@@ -444,7 +493,7 @@ impl Core {
         fx: &mut Effects,
     ) -> Result<(), Close> {
         self.handle_only(client, conn_id, packet, now, out, fx)?;
-        self.drain_session(client, out, now);
+        self.drain_session(client, out, None, now);
         Ok(())
     }
 
@@ -466,7 +515,8 @@ impl Core {
         fx: &mut Effects,
     ) -> Result<(), Close> {
         let max_expiry = self.cfg.max_session_expiry;
-        let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
+        let s = owned(&mut self.sessions, client, conn_id).ok_or(Close::TakenOver)?;
+        let spent = &mut self.spent;
         let protocol = s.link().map_or(Protocol::V311, |l| l.protocol);
         let v5 = protocol.is_v5();
         let persisted = s.persisted();
@@ -481,9 +531,8 @@ impl Core {
                     .map(|d| (d, a.reason));
             }
             Packet::PubAck(a) => {
-                if !s.complete(a.packet_id, Phase::Published, QoS::AtLeastOnce, &mut |e| {
-                    events.push(e)
-                }) {
+                let ev = &mut |e| events.push(e);
+                if !s.complete(a.packet_id, Phase::Published, QoS::AtLeastOnce, ev, spent) {
                     tracing::debug!(client = %client, id = a.packet_id, "PUBACK for unknown packet id");
                 }
             }
@@ -513,9 +562,8 @@ impl Core {
                 }
             }
             Packet::PubComp(a) => {
-                if !s.complete(a.packet_id, Phase::Released, QoS::ExactlyOnce, &mut |e| {
-                    events.push(e)
-                }) {
+                let ev = &mut |e| events.push(e);
+                if !s.complete(a.packet_id, Phase::Released, QoS::ExactlyOnce, ev, spent) {
                     tracing::debug!(client = %client, id = a.packet_id, "PUBCOMP for unknown packet id");
                 }
             }

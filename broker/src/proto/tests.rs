@@ -9,6 +9,7 @@ mod backpressure;
 mod fuzz;
 mod limits;
 mod login;
+mod outbox;
 mod streams;
 mod twins;
 mod work_queues;

@@ -56,7 +56,7 @@ use super::held::Held;
 use super::shared::{Shared, Transport};
 use super::table::{Signal, Slot};
 use super::tls::{self, Certs, Handshake};
-use crate::proto::session::{write_packet, Wake, OUTBOUND_BATCH};
+use crate::proto::session::{write_packet, Outbox, Wake, OUTBOUND_BATCH};
 use crate::proto::{disconnect_packet, Accepted, Close, End};
 
 /// How long a write may block before the client counts as gone (a consumer that does
@@ -1202,6 +1202,8 @@ impl Link<'_> {
         let mut blocked: Option<Instant> = None;
         // Replies waiting for their records to be durable, in order (see `runtime/held.rs`).
         let mut held = Held::default();
+        // Deliveries decided under the core's lock, encoded after it (`session::Outbox`).
+        let mut outbox = Outbox::default();
         loop {
             // Over its PUBLISH rate: nothing of this client is read or handled until the
             // debt is repaid (what is buffered waits too).
@@ -1286,9 +1288,10 @@ impl Link<'_> {
                     // What the batch let the session send (acknowledgements opened its
                     // window, a SUBSCRIBE found retained messages), once for the batch.
                     // After a takeover the session is another connection's: it refuses.
-                    let _ = core.drain(&acc.client_id, acc.conn_id, now, out);
+                    let _ = core.drain_deferred(&acc.client_id, acc.conn_id, now, out, &mut outbox);
                     blocked = core.take_pause().map(Instant::from_std);
                 });
+                outbox.write(out);
                 if let Some(turn) = self.turn {
                     turn.done();
                 }
@@ -1405,8 +1408,10 @@ impl Link<'_> {
                         return Ok(Step::Exit(self.close_boxed(stream, out, &mut held).await));
                     }
                     let now = std::time::Instant::now();
-                    let (res, lsn, fx) = shared
-                        .apply_held(|core, _| core.drain(&acc.client_id, acc.conn_id, now, out));
+                    let (res, lsn, fx) = shared.apply_held(|core, _| {
+                        core.drain_deferred(&acc.client_id, acc.conn_id, now, out, &mut outbox)
+                    });
+                    outbox.write(out);
                     held.push(out.len(), lsn, fx, shared.durable_now());
                     match res {
                         Ok(m) => more = m,

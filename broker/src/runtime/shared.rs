@@ -236,6 +236,10 @@ impl Shared {
         let mut core = self.lock();
         let r = f(&mut core, &mut fx);
         let lsn = core.take_wait_lsn();
+        // Freed after the lock is released, not while other connections wait for it.
+        let spent = core.take_spent();
+        drop(core);
+        drop(spent);
         (r, lsn, fx)
     }
 
@@ -308,6 +312,9 @@ impl DerefMut for CoreGuard<'_> {
 
 impl Drop for CoreGuard<'_> {
     fn drop(&mut self) {
+        // What this holder set aside and did not take is freed before letting go: a
+        // message never outlives the hold that ended its delivery.
+        self.core.free_spent();
         self.holds.record(self.since.elapsed());
     }
 }

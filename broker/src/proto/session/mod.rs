@@ -30,7 +30,7 @@ mod outbound;
 mod spill;
 
 use crate::proto::message::Message;
-pub(crate) use outbound::{write_packet, SendSettings};
+pub(crate) use outbound::{write_packet, Outbox, SendSettings};
 pub(crate) use spill::decode_spilled;
 
 /// Bytes of PUBLISH packets one drain writes into a connection's outbound buffer before

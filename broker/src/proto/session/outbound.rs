@@ -3,7 +3,8 @@
 //! remaining expiry, the client's Maximum Packet Size).
 
 use super::*;
-use crate::proto::message::push_user_property;
+use crate::proto::message::{push_user_property, Spent};
+use bytes::BufMut;
 use mote_codec::PropList;
 
 /// What sending a session's queue needs from the broker's settings.
@@ -93,15 +94,23 @@ impl Session {
     }
 
     /// Moves queued deliveries onto the wire while the inflight window has room, stopping
-    /// at the first one whose journal position `lsn` is not yet `durable`.
+    /// at the first one whose journal position `lsn` is not yet `durable`. Messages whose
+    /// delivery ended here (QoS 0 sent, expired, too large) go to `spent`.
+    ///
+    /// With an `outbox`, the PUBLISH packets are decided here (packet id, topic alias,
+    /// size) but encoded by the caller after it lets go of the core's lock
+    /// ([`Outbox::write`]); without one they are encoded into `out` now.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn drain(
         &mut self,
         out: &mut BytesMut,
+        mut outbox: Option<&mut Outbox>,
         settings: SendSettings<'_>,
         now: Instant,
         clock: Clock,
         durable: u64,
         ev: EventSink<'_>,
+        spent: &mut Spent,
     ) -> bool {
         let event_topics = settings.event_topics;
         let Some(link) = self.link.as_ref() else {
@@ -115,7 +124,12 @@ impl Session {
             let Some(front) = self.queue.front() else {
                 break;
             };
-            if out.len() >= OUTBOUND_BATCH {
+            let staged = outbox.as_deref().map_or(0, |o| o.bytes);
+            if out.len() + staged >= OUTBOUND_BATCH
+                || outbox
+                    .as_deref()
+                    .is_some_and(|o| o.pending.len() >= Outbox::MOST)
+            {
                 // The rest waits until this batch is written: the outbound buffer stays
                 // bounded however many QoS 0 messages are queued; the caller wakes the
                 // connection again.
@@ -132,6 +146,7 @@ impl Session {
             if d.msg.expired(now) {
                 Rare::of(&mut self.rare).drops.expired += 1;
                 finished(ev, &d);
+                spent.put(d.msg);
                 continue;
             }
             let packet_id = if d.qos == QoS::AtMostOnce {
@@ -147,7 +162,40 @@ impl Session {
             // DUP is 0 on every QoS 0 PUBLISH (MQTT-3.3.1-2).
             let dup = d.attempts > 0 && d.qos != QoS::AtMostOnce;
             let view = json_view(Rare::json_filters(&self.rare), &d, event_topics);
-            match encode_publish(link, &d, (packet_id, dup, view.as_deref()), now, out) {
+            // A plain copy of the message (not a `$json/` view, not a work queue's job
+            // with its delivery count) is encoded after the lock; the others now, after
+            // what was staged before them.
+            let plain = view.is_none() && !(link.protocol.is_v5() && d.queue.is_some());
+            if let (Some(ob), true, QoS::AtMostOnce) = (outbox.as_deref_mut(), plain, d.qos) {
+                // Done with here, sent or too large: the outbox takes the message over
+                // (no second reference to count up and down).
+                finished(ev, &d);
+                let Delivery {
+                    msg,
+                    sub_ids,
+                    retain,
+                    ..
+                } = d;
+                let publish = (QoS::AtMostOnce, retain, false, 0);
+                if let Err(msg) = ob.stage(link, msg, sub_ids, publish, now) {
+                    Rare::of(&mut self.rare).drops.too_large += 1;
+                    spent.put(msg);
+                }
+                continue;
+            }
+            let sent = match outbox.as_deref_mut() {
+                Some(ob) if plain => {
+                    let publish = (d.qos, d.retain, dup, packet_id);
+                    ob.stage(link, d.msg.clone(), d.sub_ids.clone(), publish, now)
+                        .map_err(drop)
+                }
+                Some(ob) => {
+                    ob.write(out);
+                    encode_publish(link, &d, (packet_id, dup, view.as_deref()), now, out)
+                }
+                None => encode_publish(link, &d, (packet_id, dup, view.as_deref()), now, out),
+            };
+            match sent {
                 Ok(()) if d.qos != QoS::AtMostOnce => {
                     // A queue's delivery is journaled as the queue's, not this session's.
                     if d.dseq != 0 && d.queue.is_none() {
@@ -164,25 +212,30 @@ impl Session {
                         stale: false,
                     })
                 }
-                Ok(()) => finished(ev, &d),
+                Ok(()) => {
+                    finished(ev, &d);
+                    spent.put(d.msg);
+                }
                 // Larger than the client accepts: dropped as if delivered (MQTT-3.1.2-25).
                 Err(()) => {
                     Rare::of(&mut self.rare).drops.too_large += 1;
                     finished(ev, &d);
+                    spent.put(d.msg);
                 }
             }
         }
         false
     }
 
-    /// Handles PUBACK/PUBCOMP: the flow for `packet_id` is complete. Returns false if the
-    /// id was not inflight in the expected phase.
+    /// Handles PUBACK/PUBCOMP: the flow for `packet_id` is complete (its message goes to
+    /// `spent`). Returns false if the id was not inflight in the expected phase.
     pub(crate) fn complete(
         &mut self,
         packet_id: u16,
         phase: Phase,
         qos: QoS,
         ev: EventSink<'_>,
+        spent: &mut Spent,
     ) -> bool {
         match self
             .inflight
@@ -202,6 +255,7 @@ impl Session {
                     } else {
                         finished(ev, &i.delivery);
                     }
+                    spent.put(i.delivery.msg);
                 }
                 true
             }
@@ -309,18 +363,13 @@ fn encode_publish(
         props.content_type = Some("application/json");
         props.payload_format_indicator = Some(1);
     }
-    let mut topic: &str = &d.msg.topic;
-    let mut new_alias = None;
-    if v5 && link.client_alias_max > 0 {
-        if let Some(alias) = link.aliases.out(&d.msg.topic) {
-            props.topic_alias = Some(alias);
-            topic = "";
-        } else if link.aliases.out_count() < usize::from(link.client_alias_max) {
-            let alias = link.aliases.out_count() as u16 + 1;
-            props.topic_alias = Some(alias);
-            new_alias = Some(alias);
-        }
-    }
+    let (alias, new_alias) = choose_alias(link, &d.msg.topic);
+    props.topic_alias = alias.map(|(a, _)| a);
+    let topic: &str = if alias.is_some_and(|(_, known)| known) {
+        ""
+    } else {
+        &d.msg.topic
+    };
     let publish = Packet::Publish(Publish {
         dup,
         qos: d.qos,
@@ -339,6 +388,204 @@ fn encode_publish(
     }
     write_packet(out, link.protocol, &publish);
     Ok(())
+}
+
+/// The outbound topic alias for `topic` on `link`: `(alias, already known to the
+/// client)`, and the alias to remember if this PUBLISH goes out (a new one).
+fn choose_alias(link: &Link, topic: &str) -> (Option<(u16, bool)>, Option<u16>) {
+    if !link.protocol.is_v5() || link.client_alias_max == 0 {
+        return (None, None);
+    }
+    if let Some(alias) = link.aliases.out(topic) {
+        (Some((alias, true)), None)
+    } else if link.aliases.out_count() < usize::from(link.client_alias_max) {
+        let alias = link.aliases.out_count() as u16 + 1;
+        (Some((alias, false)), Some(alias))
+    } else {
+        (None, None)
+    }
+}
+
+/// One PUBLISH decided under the core's lock, to be encoded after it ([`Outbox`]).
+#[derive(Debug)]
+struct Pending {
+    msg: Arc<Message>,
+    sub_ids: Vec<u32>,
+    qos: QoS,
+    retain: bool,
+    dup: bool,
+    packet_id: u16,
+    /// The topic alias, and whether the client knows it already (the topic is left out).
+    alias: Option<(u16, bool)>,
+}
+
+impl Pending {
+    /// Calls `f` with this delivery's PUBLISH for `protocol`, as of `now` (the remaining
+    /// message expiry).
+    fn with_packet<R>(
+        &self,
+        protocol: Protocol,
+        now: Instant,
+        f: impl FnOnce(&Packet<'_>) -> R,
+    ) -> R {
+        let mut props = if protocol.is_v5() {
+            self.msg.properties(&self.sub_ids, now)
+        } else {
+            PropValues::default()
+        };
+        props.topic_alias = self.alias.map(|(a, _)| a);
+        let known = self.alias.is_some_and(|(_, known)| known);
+        f(&Packet::Publish(Publish {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: if known { "" } else { &self.msg.topic },
+            packet_id: self.packet_id,
+            properties: Properties::from(&props),
+            payload: &self.msg.payload,
+        }))
+    }
+
+    /// Writes this delivery's PUBLISH for `protocol` into `out`: a PUBLISH without
+    /// properties (every 3.1.1 one) directly, the others through the codec.
+    fn write_to(&self, protocol: Protocol, now: Instant, out: &mut BytesMut) {
+        let v5 = protocol.is_v5();
+        let bare = !v5
+            || (self.alias.is_none() && self.sub_ids.is_empty() && self.msg.has_no_properties());
+        let topic = self.msg.topic.as_bytes();
+        let (payload, id_len) = (
+            &self.msg.payload,
+            if self.qos == QoS::AtMostOnce { 0 } else { 2 },
+        );
+        let remaining = 2 + topic.len() + id_len + usize::from(v5) + payload.len();
+        let Ok(topic_len) = u16::try_from(topic.len()) else {
+            return self.with_packet(protocol, now, |p| write_packet(out, protocol, p));
+        };
+        if !bare || remaining > MAX_REMAINING {
+            return self.with_packet(protocol, now, |p| write_packet(out, protocol, p));
+        }
+        out.reserve(5 + remaining);
+        let qos = match self.qos {
+            QoS::AtMostOnce => 0,
+            QoS::AtLeastOnce => 1,
+            QoS::ExactlyOnce => 2,
+        };
+        out.put_u8(0x30 | u8::from(self.dup) << 3 | qos << 1 | u8::from(self.retain));
+        let mut n = remaining;
+        loop {
+            // At most four bytes: `remaining` is at most MAX_REMAINING.
+            let byte = (n % 128) as u8;
+            n /= 128;
+            if n == 0 {
+                out.put_u8(byte);
+                break;
+            }
+            out.put_u8(byte | 0x80);
+        }
+        out.put_u16(topic_len);
+        out.put_slice(topic);
+        if id_len > 0 {
+            out.put_u16(self.packet_id);
+        }
+        if v5 {
+            // An empty property block.
+            out.put_u8(0);
+        }
+        out.put_slice(payload);
+    }
+}
+
+/// The largest Remaining Length MQTT can express.
+const MAX_REMAINING: usize = 268_435_455;
+
+/// PUBLISH packets a session's drain decided under the core's lock, for the connection
+/// to encode after letting go of it: encoding (the payload copied into the outbound
+/// buffer) and dropping each message's last reference were a fifth of fan-out's work
+/// under the lock, the part that cannot run in parallel (issue #15).
+///
+/// The packets are decided in order under the lock (packet ids, topic aliases, the
+/// client's Maximum Packet Size), so the bytes are those the drain would have written.
+/// A drain stages only after everything else written in the same hold: the connection
+/// writes the outbox right after the lock, before anything later.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    pending: Vec<Pending>,
+    /// The encoded size of `pending` (at most; `Message::publish_len_bound`).
+    bytes: usize,
+    /// The connection's protocol and the drain's clock, for the encoding.
+    protocol: Option<Protocol>,
+    now: Option<Instant>,
+}
+
+impl Outbox {
+    /// Most packets staged at once: a drain stops there as at `OUTBOUND_BATCH` bytes,
+    /// so an outbox holds at most 4,096 × 48 bytes.
+    const MOST: usize = 4096;
+    /// Capacity kept after a small batch; a larger one (a burst's) is given back then.
+    const KEEP: usize = 256;
+
+    /// Stages a PUBLISH of `msg` (as encode_publish would write it). `Err` gives `msg`
+    /// back when it exceeds the client's Maximum Packet Size, as there.
+    fn stage(
+        &mut self,
+        link: &mut Link,
+        msg: Arc<Message>,
+        sub_ids: Vec<u32>,
+        (qos, retain, dup, packet_id): (QoS, bool, bool, u16),
+        now: Instant,
+    ) -> Result<(), Arc<Message>> {
+        // Encoded only if it may not fit: its bound stands in for its size.
+        let max = link.client_max_packet as usize;
+        let bound = msg.publish_len_bound(link.protocol.is_v5(), sub_ids.len());
+        let (alias, new_alias) = choose_alias(link, &msg.topic);
+        let p = Pending {
+            msg,
+            sub_ids,
+            qos,
+            retain,
+            dup,
+            packet_id,
+            alias,
+        };
+        let exact = || p.with_packet(link.protocol, now, |p| p.encoded_len(link.protocol));
+        debug_assert!(exact() <= bound, "a PUBLISH longer than its bound");
+        let len = if bound <= max { bound } else { exact() };
+        if len > max {
+            return Err(p.msg);
+        }
+        if let Some(alias) = new_alias {
+            link.aliases.set_out(p.msg.topic.clone(), alias);
+        }
+        self.protocol = Some(link.protocol);
+        self.now = Some(now);
+        self.bytes += len;
+        self.pending.push(p);
+        Ok(())
+    }
+
+    /// Whether nothing is staged.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Encodes what was staged into `out`, in order, and empties the outbox.
+    pub(crate) fn write(&mut self, out: &mut BytesMut) {
+        let staged = self.pending.len();
+        if let (Some(protocol), Some(now)) = (self.protocol, self.now) {
+            out.reserve(self.bytes);
+            for p in self.pending.drain(..) {
+                p.write_to(protocol, now, out);
+            }
+        }
+        self.pending.clear();
+        // Through a burst the room stays (growing it anew for every batch copied it
+        // over and over); the first small batch after it gives it back.
+        if staged < Self::KEEP && self.pending.capacity() > Self::KEEP {
+            self.pending = Vec::new();
+        }
+        self.bytes = 0;
+    }
 }
 
 #[cfg(test)]
