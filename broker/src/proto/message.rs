@@ -344,16 +344,19 @@ mod tests {
             payload: b"x",
         };
         let now = std::time::Instant::now();
+        let message = |mid: u64| {
+            Arc::new(Message::from_publish(
+                mid,
+                &publish,
+                Arc::from("t"),
+                None,
+                now,
+            ))
+        };
         let mut spent = Spent::default();
-        let weak: Vec<Weak<Message>> = (0..Spent::MOST + 10)
+        let weak: Vec<Weak<Message>> = (0..Spent::MOST as u64 + 10)
             .map(|mid| {
-                let msg = Arc::new(Message::from_publish(
-                    mid as u64,
-                    &publish,
-                    Arc::from("t"),
-                    None,
-                    now,
-                ));
+                let msg = message(mid);
                 let w = Arc::downgrade(&msg);
                 spent.put(msg);
                 w
@@ -369,13 +372,7 @@ mod tests {
         assert_eq!(alive(&weak), Spent::MOST, "taken, not freed");
         drop(taken);
         assert_eq!(alive(&weak), 0);
-        let msg = Arc::new(Message::from_publish(
-            1,
-            &publish,
-            Arc::from("t"),
-            None,
-            now,
-        ));
+        let msg = message(1);
         let w = Arc::downgrade(&msg);
         spent.put(msg);
         spent.clear();
