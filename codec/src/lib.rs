@@ -49,4 +49,4 @@ pub use packet::{
 };
 pub use properties::{PropList, PropValues, Properties, UserProperty};
 pub use types::{reason, Protocol, QoS, RetainHandling, SubOptions};
-pub use wire::{Sink, SliceSink, MAX_VAR_INT};
+pub use wire::{var_int_bytes, Sink, SliceSink, MAX_VAR_INT};

@@ -133,6 +133,30 @@ pub(crate) fn read_var_int(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeErr
     }
 }
 
+/// `v` as a variable byte integer (a Remaining Length, a property length): its bytes,
+/// of which the first `n` are used. `None` above [`MAX_VAR_INT`].
+#[inline]
+pub fn var_int_bytes(v: usize) -> Option<([u8; 4], usize)> {
+    if v > MAX_VAR_INT as usize {
+        return None;
+    }
+    let mut out = [0u8; 4];
+    let mut n = 0;
+    let mut x = v;
+    loop {
+        let mut b = (x % 128) as u8;
+        x /= 128;
+        if x > 0 {
+            b |= 0x80;
+        }
+        out[n] = b;
+        n += 1;
+        if x == 0 {
+            return Some((out, n));
+        }
+    }
+}
+
 /// Bytes a variable byte integer of `v` takes.
 pub(crate) const fn var_int_len(v: usize) -> usize {
     if v < 128 {
@@ -356,24 +380,7 @@ impl<'b> Writer<'b> {
     }
     #[inline(never)]
     fn long_var_int(&mut self, v: usize) -> Result<(), EncodeError> {
-        if v > MAX_VAR_INT as usize {
-            return Err(EncodeError::TooLarge);
-        }
-        let mut out = [0u8; 4];
-        let mut n = 0;
-        let mut x = v;
-        loop {
-            let mut b = (x % 128) as u8;
-            x /= 128;
-            if x > 0 {
-                b |= 0x80;
-            }
-            out[n] = b;
-            n += 1;
-            if x == 0 {
-                break;
-            }
-        }
+        let (out, n) = var_int_bytes(v).ok_or(EncodeError::TooLarge)?;
         self.bytes(&out[..n])
     }
     #[cfg_attr(feature = "server", inline)]

@@ -916,6 +916,8 @@ fn variable_byte_integer_spec_examples() {
     ];
     for (remaining, encoded) in rows {
         assert_eq!(var_int(remaining as u32), encoded, "test helper");
+        let (public, n) = mote_codec::var_int_bytes(remaining).unwrap();
+        assert_eq!(&public[..n], encoded, "var_int_bytes");
         let (payload, bytes) = publish_of_remaining(remaining);
         assert_eq!(&bytes[1..1 + encoded.len()], encoded);
         let p = Packet::Publish(Publish {
@@ -961,6 +963,11 @@ impl Sink for HeadSink {
 fn variable_byte_integer_maximum() {
     let max = MAX_VAR_INT as usize;
     assert_eq!(max, 268_435_455);
+    assert_eq!(
+        mote_codec::var_int_bytes(max),
+        Some(([0xFF, 0xFF, 0xFF, 0x7F], 4))
+    );
+    assert_eq!(mote_codec::var_int_bytes(max + 1), None);
     // Zeroed allocations are lazily mapped: untouched, these cost no memory.
     let payload = vec![0u8; max - 3];
     let p = Packet::Publish(Publish {
