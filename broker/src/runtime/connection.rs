@@ -1291,10 +1291,11 @@ impl Link<'_> {
                     let _ = core.drain_deferred(&acc.client_id, acc.conn_id, now, out, &mut outbox);
                     blocked = core.take_pause().map(Instant::from_std);
                 });
-                outbox.write(out);
                 if let Some(turn) = self.turn {
                     turn.done();
                 }
+                // Encoded once the next connection in arrival order may go on.
+                outbox.write(out);
                 woke |= !fx.wake.is_empty();
                 frames_handled += handled;
                 held.push(out.len(), lsn, fx, shared.durable_now());
