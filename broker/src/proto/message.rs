@@ -319,6 +319,12 @@ impl Spent {
     pub(crate) fn clear(&mut self) {
         self.0.clear();
     }
+
+    /// The topics of what was set aside, in order.
+    #[cfg(test)]
+    pub(crate) fn topics(&self) -> Vec<&str> {
+        self.0.iter().map(|m| &*m.topic).collect()
+    }
 }
 
 #[cfg(test)]

@@ -107,6 +107,11 @@ impl Core {
                 }
             }
         }
+        // Nobody took it (no subscriber, or none online to queue for): freed after the
+        // lock. (Another thread may let go of a copy meanwhile; then it is freed here.)
+        if Arc::strong_count(&msg) == 1 {
+            self.spent.put(msg);
+        }
         count
     }
 

@@ -140,3 +140,42 @@ fn staged_publishes_are_the_bytes_written_at_once() {
         "{ids} with the subscription id, {qos0} at QoS 0"
     );
 }
+
+/// A message nobody takes, and one whose last delivery a PUBACK ended, are set aside to
+/// be freed after the lock; one still in flight is not.
+#[test]
+fn messages_done_with_under_the_lock_are_set_aside() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut p = connect(&mut core, Protocol::V5, "pub", true, None, now);
+    publish(
+        &mut core,
+        &mut p,
+        "nobody/here",
+        b"x",
+        QoS::AtMostOnce,
+        0,
+        now,
+    );
+    assert_eq!(core.take_spent().topics(), ["nobody/here"]);
+    let mut sub = connect_receiving(&mut core, "sub", 10, now);
+    assert_eq!(
+        subscribe(
+            &mut core,
+            &mut sub,
+            &[("t", q(QoS::AtLeastOnce))],
+            None,
+            now
+        ),
+        [1]
+    );
+    publish(&mut core, &mut p, "t", b"y", QoS::AtLeastOnce, 1, now);
+    let got = received(&mut core, &mut sub, now);
+    assert_eq!(got.len(), 1);
+    assert!(core.take_spent().topics().is_empty(), "in flight: kept");
+    let ack = Packet::PubAck(Ack::new(got[0].3));
+    let mut fx = Effects::default();
+    core.handle_only(&sub.id, sub.conn, &ack, now, &mut sub.out, &mut fx)
+        .unwrap();
+    assert_eq!(core.take_spent().topics(), ["t"]);
+}
