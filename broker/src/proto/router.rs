@@ -107,11 +107,10 @@ impl Core {
                 }
             }
         }
-        // Nobody took it (no subscriber, or none online to queue for): freed after the
-        // lock. (Another thread may let go of a copy meanwhile; then it is freed here.)
-        if Arc::strong_count(&msg) == 1 {
-            self.spent.put(msg);
-        }
+        // One nobody took (no subscriber, or its deliveries spilled to disk) is freed
+        // here: set aside for after the lock, publishing QoS 1 to an offline persistent
+        // subscriber was 6-8 % slower with `--fsync never` and `every=10` (the memory
+        // the next message would reuse while still warm was not free yet).
         count
     }
 
