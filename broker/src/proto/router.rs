@@ -109,8 +109,8 @@ impl Core {
         }
         // One nobody took (no subscriber, or its deliveries spilled to disk) is freed
         // here: set aside for after the lock, publishing QoS 1 to an offline persistent
-        // subscriber was 6-8 % slower with `--fsync never` and `every=10` (the memory
-        // the next message would reuse while still warm was not free yet).
+        // subscriber was 6-8 % slower with `--fsync never` and `every=10` (likely: the
+        // memory the next message would reuse while still warm was not free yet).
         count
     }
 
