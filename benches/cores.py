@@ -74,9 +74,7 @@ def pinned(kind, name, exe, cpus):
     class Pinned(kind):
         def command(self, port, run_dir):
             return ["taskset", "-c", cpus] + super().command(port, run_dir)
-    peer = Pinned(name, exe)
-    peer.cpus = cpus
-    return peer
+    return Pinned(name, exe)
 
 
 def held_of(rec):

@@ -284,11 +284,13 @@ pub(crate) fn push_user_property(out: &mut Vec<u8>, key: &str, value: &str) {
     }
 }
 
-/// Messages whose last delivery ended under the core's lock, set aside to be freed by
-/// the lock's holder after it lets go (`Shared::apply_held`). Freeing a message (its
-/// topic, payload and properties: three to five calls into the allocator, and a free of
-/// memory another thread allocated takes that arena's lock) was a tenth of QoS 0 fan-in's
-/// work under the lock, which is the part of the broker that cannot run in parallel.
+/// Messages whose last delivery ended under the core's lock (a PUBACK or PUBCOMP, an
+/// expired or too large delivery), set aside to be freed by the lock's holder after it
+/// lets go (`Shared::apply_held`). Freeing a message (its topic, payload and properties:
+/// three to five calls into the allocator, and a free of memory another thread
+/// allocated takes that arena's lock) was a tenth of QoS 0 fan-in's work under the lock,
+/// the part of the broker that cannot run in parallel. (A QoS 0 delivery that goes out
+/// now leaves the lock in the connection's outbox, freed when it is written.)
 ///
 /// At most [`Spent::MOST`] are set aside; what comes after is freed in place. A holder
 /// that does not take them frees them when it lets go ([`Spent::clear`] from the lock
