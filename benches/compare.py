@@ -19,6 +19,9 @@ Scenarios (64-byte payloads)
               p50/p99 of every delivery.
   idle        5,000 idle connections (CONNECT, nothing else); broker RSS growth
               (VmRSS from /proc/PID/status) divided by the count.
+  fanout-large (not in the default set) fan-out QoS 0, 1 -> 16 as above with 16 KiB
+              payloads (--large-size), 20,000 messages (--large-count): what sharing
+              a payload among its receivers instead of copying it saves.
   wide        QoS 0 fan-in 8 -> 1 with 1,000 and with 100,000 extra wildcard
               subscriptions (`+/w<j>/#`, `wide/<j>/+`; 100 connections hold them) that
               match nothing published; the throughput ratio 100k ÷ 1k per broker.
@@ -289,6 +292,10 @@ def scenarios(a):
         Scenario("fanout", f"fan-out QoS 0, 1→16, {a.fanout_count:,} msgs × 16",
                  ["--publishers", "1", "--subscribers", "16", "--qos", "0", "--size", "64",
                   "--count", str(a.fanout_count)], "delivered msg/s", "msg/s", True),
+        Scenario("fanout-large", f"fan-out QoS 0, 1→16, {a.large_size:,}-byte payloads, "
+                 f"{a.large_count:,} msgs × 16",
+                 ["--publishers", "1", "--subscribers", "16", "--qos", "0", "--size", str(a.large_size),
+                  "--count", str(a.large_count)], "delivered msg/s", "msg/s", True),
         Scenario("pairs", f"pairs QoS 1, 8 pairs, 100 in flight, {8 * a.pairs_count:,} msgs",
                  ["--publishers", "8", "--subscribers", "8", "--pairs", "--qos", "1", "--inflight", "100",
                   "--size", "64", "--count", str(a.pairs_count)], "delivered msg/s", "msg/s", True,
@@ -649,12 +656,14 @@ def main():
     ap.add_argument("--nats-server", default=find_exe("nats-server", "/usr/sbin/nats-server"))
     ap.add_argument("--brokers", nargs="+", choices=BROKERS, default=list(BROKERS))
     ap.add_argument("--scenarios", nargs="+", default=["fanin", "fanout", "pairs", "latency", "idle", "wide"],
-                    choices=["fanin", "fanout", "pairs", "latency", "idle", "wide"])
+                    choices=["fanin", "fanout", "fanout-large", "pairs", "latency", "idle", "wide"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="smoke test: one round, small counts")
     ap.add_argument("--fanin-count", type=int, default=300000, help="messages per publisher (8), fan-in")
     ap.add_argument("--fanout-count", type=int, default=150000, help="messages of the publisher, fan-out (×16)")
     ap.add_argument("--pairs-count", type=int, default=50000, help="messages per pair (8), QoS 1 pairs")
+    ap.add_argument("--large-size", type=int, default=16384, help="payload bytes, fanout-large")
+    ap.add_argument("--large-count", type=int, default=20000, help="messages of the publisher, fanout-large (×16)")
     ap.add_argument("--rate", type=float, default=10000, help="total msgs/s of the latency scenario")
     ap.add_argument("--latency-secs", type=float, default=10)
     ap.add_argument("--idle", type=int, default=5000, help="idle connections")
@@ -678,6 +687,7 @@ def main():
     if a.quick:
         a.rounds = 1
         a.fanin_count, a.fanout_count, a.pairs_count = 20000, 10000, 5000
+        a.large_count = 2000
         a.latency_secs, a.idle = 2, 500
         a.wide_small, a.wide_large, a.wide_count = 100, 5000, 10000
 

@@ -115,6 +115,7 @@ def main():
     # What compare.py's scenarios() reads and these runs do not use.
     a.rate, a.latency_secs, a.idle = 10000, 10, 0
     a.wide_small = a.wide_large = a.wide_count = 0
+    a.large_size = a.large_count = 0
 
     raise_nofile()
     os.makedirs(a.work_dir, exist_ok=True)

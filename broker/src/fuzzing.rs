@@ -89,7 +89,7 @@ use crate::config::MqttConfig;
 use crate::proto::durable::{self, MemStreamLog, StreamLog, StreamStore};
 use crate::proto::login::Login;
 use crate::proto::message::Message;
-use crate::proto::session::{Kick, Wake};
+use crate::proto::session::{Kick, OutBuf, Wake};
 use crate::proto::{Clock, Close, Compaction, Core, Effects, End};
 use crate::store::recover::Index;
 
@@ -1018,7 +1018,10 @@ impl World {
         let r = self
             .core
             .drain_deferred(&c.id, c.conn, now, &mut c.out, &mut outbox);
-        outbox.write(&mut c.out);
+        // Large payloads spliced, as the connection writes them, then laid out flat.
+        let mut spliced = OutBuf::from(std::mem::take(&mut c.out));
+        outbox.write(&mut spliced);
+        c.out = spliced.flatten();
         match r {
             Ok(_) => self.absorb(slot, false),
             Err(e) => panic!("{}: drain of a live connection: {e:?}", self.ids[slot]),

@@ -679,3 +679,177 @@ async fn v5_qos2_exactly_once_200_in_order() {
     assert_eq!(got, (0..QOS2_N).collect::<Vec<_>>(), "each once, in order");
     assert_eq!(publ.pubcomps, QOS2_N);
 }
+
+// ---------------------------------------------------------------- large payloads
+
+/// The payloads of [`large_payloads_reach_every_kind_of_subscriber_intact`]: sizes
+/// around the broker's splice threshold (1,024 bytes: copied below, referred to from
+/// the output at or above) and well past it, each byte a function of the message.
+fn large_payloads() -> Vec<Vec<u8>> {
+    [10, 1023, 1024, 1025, 4096, 65_536, 300_000, 1024, 5]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| ((i * 31 + j * 7) % 251) as u8).collect())
+        .collect()
+}
+
+/// A 3.1.1 subscriber of `filter` (QoS 0) on a raw socket with a 4 KiB receive buffer
+/// that reads 8 KiB at most every 5 ms: the broker's writes to it stop part-way and go
+/// on later, spliced payloads included. Returns the payloads of the first `n` PUBLISHes.
+fn slow_raw_subscriber(port: u16, filter: &str, n: usize) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    use mote_codec::{Packet, Protocol};
+    use std::io::{Read, Write};
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    let mut id = "slow-raw".as_bytes().to_vec();
+    // CONNECT 3.1.1, clean session, keep alive 60, then SUBSCRIBE `filter` at QoS 0.
+    let mut connect = vec![0x10, (10 + 2 + id.len()) as u8, 0, 4];
+    connect.extend_from_slice(b"MQTT\x04\x02\x00\x3c");
+    connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    connect.append(&mut id);
+    let mut subscribe = vec![0x82, (2 + 2 + filter.len() + 1) as u8, 0, 1];
+    subscribe.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    subscribe.extend_from_slice(filter.as_bytes());
+    subscribe.push(0);
+    s.write_all(&connect).unwrap();
+    s.write_all(&subscribe).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let (mut buf, mut got) = (Vec::new(), Vec::new());
+        let mut chunk = [0u8; 8192];
+        while got.len() < n && std::time::Instant::now() < deadline {
+            match s.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                Err(_) => {}
+            }
+            while let Ok(Some((p, used))) = mote_codec::decode(&buf, Protocol::V311, u32::MAX) {
+                if let Packet::Publish(p) = p {
+                    got.push(p.payload.to_vec());
+                }
+                buf.drain(..used);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        got
+    })
+}
+
+/// Large payloads, fanned out at QoS 0 and 1 to a 3.1.1 subscriber, a 5.0 one with a
+/// subscription identifier (its PUBLISH has properties), a plain 5.0 one and a slow raw
+/// one, arrive whole, in order and byte for byte, the 5.0 properties with them: the
+/// payloads the broker splices into its output instead of copying (`OutBuf`) are
+/// written at their place, also when a write stops part-way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_reach_every_kind_of_subscriber_intact() {
+    use rumqttc::v5::mqttbytes::v5::{PublishProperties, SubscribeProperties};
+    let broker = Broker::start();
+    let port = broker.port();
+    let payloads = large_payloads();
+    let each = payloads.len();
+    let mut o4 = opts4(port, "lp-v4", true);
+    o4.set_max_packet_size(1 << 20, 1 << 20);
+    let mut v4 = c4::connect(o4).await;
+    let mut o5 = opts5(port, "lp-v5-id", true, None);
+    o5.set_max_packet_size(Some(1 << 20));
+    let mut with_id = c5::connect(o5).await;
+    let mut o5 = opts5(port, "lp-v5", true, None);
+    o5.set_max_packet_size(Some(1 << 20));
+    let mut plain = c5::connect(o5).await;
+    let mut o5 = opts5(port, "lp-pub", true, None);
+    o5.set_max_packet_size(Some(1 << 20));
+    let mut publ = c5::connect(o5).await;
+    v4.subscribe("lp/#", q4(1)).await;
+    plain.subscribe("lp/+", q5(1)).await;
+    let sub_props = SubscribeProperties {
+        id: Some(42),
+        user_properties: Vec::new(),
+    };
+    with_id
+        .client
+        .subscribe_with_properties("lp/#", q5(1), sub_props)
+        .await
+        .unwrap();
+    assert!(
+        with_id.until(SOON, |c| !c.subacks.is_empty()).await,
+        "no SUBACK"
+    );
+    let slow = slow_raw_subscriber(port, "lp/#", 2 * each);
+    // Its SUBACK comes before anything published after this (arrival order).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for qos in [0u8, 1] {
+        for (i, p) in payloads.iter().enumerate() {
+            let props = PublishProperties {
+                user_properties: vec![("i".into(), i.to_string())],
+                ..Default::default()
+            };
+            // Every other one with a property: both ways of writing a PUBLISH.
+            let topic = format!("lp/q{qos}");
+            let payload = bytes::Bytes::from(p.clone());
+            if i % 2 == 0 {
+                publ.client
+                    .publish_with_properties(&topic, q5(qos), false, payload, props)
+                    .await
+                    .unwrap();
+            } else {
+                publ.client
+                    .publish(&topic, q5(qos), false, payload)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    assert!(
+        publ.until(SOON, |c| c.pubacks >= each).await,
+        "publisher not acked"
+    );
+    let want: Vec<&[u8]> = payloads
+        .iter()
+        .chain(&payloads)
+        .map(Vec::as_slice)
+        .collect();
+    let long = Duration::from_secs(20);
+    assert!(v4.until(long, |c| c.publishes.len() >= 2 * each).await);
+    let got: Vec<&[u8]> = v4.publishes.iter().map(|p| &p.payload[..]).collect();
+    assert!(got == want, "3.1.1 subscriber: payloads differ");
+    for (c, id) in [(&mut with_id, Some(42)), (&mut plain, None)] {
+        assert!(c.until(long, |c| c.publishes.len() >= 2 * each).await);
+        let got: Vec<&[u8]> = c.publishes.iter().map(|p| &p.payload[..]).collect();
+        assert!(got == want, "5.0 subscriber (id {id:?}): payloads differ");
+        for (k, p) in c.publishes.iter().enumerate() {
+            let props = p.properties.clone().unwrap_or_default();
+            let ids: Vec<usize> = props.subscription_identifiers.clone();
+            assert_eq!(ids, id.into_iter().collect::<Vec<_>>(), "message {k}");
+            let i = k % each;
+            let user = if i % 2 == 0 {
+                vec![("i".to_owned(), i.to_string())]
+            } else {
+                vec![]
+            };
+            assert_eq!(props.user_properties, user, "message {k}");
+        }
+    }
+    let slow = tokio::task::spawn_blocking(move || slow.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        slow.len(),
+        2 * each,
+        "slow subscriber got {} messages",
+        slow.len()
+    );
+    assert!(
+        slow.iter().map(Vec::as_slice).eq(want.iter().copied()),
+        "slow subscriber: payloads differ"
+    );
+}

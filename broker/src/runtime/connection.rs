@@ -39,6 +39,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::io::IoSlice;
+
 use bytes::{Buf, BytesMut};
 use mote_codec::{check, decode_body, DecodeError, FrameHeader, Packet, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -56,7 +58,7 @@ use super::held::Held;
 use super::shared::{Shared, Transport};
 use super::table::{Signal, Slot};
 use super::tls::{self, Certs, Handshake};
-use crate::proto::session::{write_packet, Outbox, Wake, OUTBOUND_BATCH};
+use crate::proto::session::{write_packet, OutBuf, Outbox, Wake, MAX_SLICES, OUTBOUND_BATCH};
 use crate::proto::{disconnect_packet, Accepted, Close, End};
 
 /// How long a write may block before the client counts as gone (a consumer that does
@@ -159,10 +161,11 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
     /// What the connection counts as (metrics).
     const TRANSPORT: Transport;
 
-    /// Writes what the socket takes now without waiting, as `TcpStream::try_write` does;
+    /// Writes what the socket takes now without waiting, as `TcpStream::try_write_vectored`
+    /// does;
     /// `WouldBlock` when nothing can be written at once (always, for a stream that has
     /// no such fast path).
-    fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<usize>;
+    fn try_write_now(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize>;
 }
 
 /// Plain TCP: the only stream that dozes ([`serve_tcp`]). TLS may hold decrypted bytes
@@ -170,8 +173,8 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
 impl Stream for TcpStream {
     const TRANSPORT: Transport = Transport::Tcp;
     #[inline]
-    fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.try_write(buf)
+    fn try_write_now(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        self.try_write_vectored(bufs)
     }
 }
 
@@ -179,7 +182,7 @@ impl Stream for tokio::io::DuplexStream {
     const TRANSPORT: Transport = Transport::Internal;
     /// An in-process pipe (the HTTP listener's links into the core): the waiting path.
     #[inline]
-    fn try_write_now(&mut self, _: &[u8]) -> std::io::Result<usize> {
+    fn try_write_now(&mut self, _: &[IoSlice<'_>]) -> std::io::Result<usize> {
         Err(std::io::ErrorKind::WouldBlock.into())
     }
 }
@@ -188,7 +191,7 @@ impl Stream for TlsStream<TcpStream> {
     const TRANSPORT: Transport = Transport::Tls;
     /// Bytes go through the TLS session first: always the waiting path.
     #[inline]
-    fn try_write_now(&mut self, _: &[u8]) -> std::io::Result<usize> {
+    fn try_write_now(&mut self, _: &[IoSlice<'_>]) -> std::io::Result<usize> {
         Err(std::io::ErrorKind::WouldBlock.into())
     }
 }
@@ -358,8 +361,16 @@ pub(crate) fn serve_tls(
 ///
 /// A buffer that grew past [`SHRINK_ABOVE`] (a large packet, or a batch of the core's
 /// outbound queue) is replaced by a small one once written.
-async fn flush<S: Stream>(stream: &mut S, out: &mut BytesMut) -> std::io::Result<()> {
+async fn flush<S: Stream>(stream: &mut S, out: &mut OutBuf) -> std::io::Result<()> {
     flush_keeping(stream, out, false).await
+}
+
+/// [`flush`] for a plain buffer (the handshake's replies: nothing spliced).
+async fn flush_bytes<S: Stream>(stream: &mut S, out: &mut BytesMut) -> std::io::Result<()> {
+    let mut whole = OutBuf::from(std::mem::take(out));
+    let r = flush(stream, &mut whole).await;
+    *out = whole.bytes;
+    r
 }
 
 /// [`flush`], except that with `more` (the core's drain stopped at a full batch and more
@@ -368,17 +379,20 @@ async fn flush<S: Stream>(stream: &mut S, out: &mut BytesMut) -> std::io::Result
 /// in its pages, for every batch.
 async fn flush_keeping<S: Stream>(
     stream: &mut S,
-    out: &mut BytesMut,
+    out: &mut OutBuf,
     more: bool,
 ) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    write_out(stream, out).await?;
+    let own = out.bytes.len();
+    write_out(stream, out, own).await?;
     out.clear();
-    if out.capacity() > SHRINK_ABOVE && !(more && out.capacity() <= 2 * OUTBOUND_BATCH) {
-        *out = BytesMut::with_capacity(BUF_CAPACITY);
+    let cap = out.bytes.capacity();
+    if cap > SHRINK_ABOVE && !(more && cap <= 2 * OUTBOUND_BATCH) {
+        out.bytes = BytesMut::with_capacity(BUF_CAPACITY);
     }
+    out.shrink_splices();
     Ok(())
 }
 
@@ -386,42 +400,68 @@ async fn flush_keeping<S: Stream>(
 /// stay at the front of `out`. Returns the bytes written.
 async fn flush_held<S: Stream>(
     stream: &mut S,
-    out: &mut BytesMut,
+    out: &mut OutBuf,
     held: &mut Held,
     more: bool,
 ) -> std::io::Result<usize> {
-    let n = held.sendable(out.len());
-    if n == out.len() {
+    let n = held.sendable(out.bytes.len());
+    if n == out.bytes.len() {
+        let all = out.len();
         flush_keeping(stream, out, more).await?;
         held.sent(n);
-        return Ok(n);
+        return Ok(all);
     }
+    let mut written = 0;
     if n > 0 {
-        write_out(stream, &out[..n]).await?;
-        out.advance(n);
+        written = write_out(stream, out, n).await?;
         held.sent(n);
     }
-    Ok(n)
+    Ok(written)
 }
 
-/// Writes `bytes` to the socket: first without arming a timer (the socket usually takes
-/// them at once), then what is left under [`WRITE_TIMEOUT`].
-async fn write_out<S: Stream>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
-    let mut written = 0;
-    while written < bytes.len() {
-        match stream.try_write_now(&bytes[written..]) {
+/// Writes the first `own` bytes of `out`'s own bytes, with the payloads spliced among
+/// and right after them, and lets go of them: first without arming a timer, then what
+/// is left under [`WRITE_TIMEOUT`]. Returns the bytes written.
+async fn write_out<S: Stream>(
+    stream: &mut S,
+    out: &mut OutBuf,
+    own: usize,
+) -> std::io::Result<usize> {
+    let total = out.len_through(own);
+    let end = out.end_of(own);
+    let mut left = total;
+    while left > 0 {
+        let r = {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let k = out.slices(out.own_before(end), &mut slices);
+            stream.try_write_now(&slices[..k])
+        };
+        match r {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
+            Ok(n) => {
+                out.advance(n);
+                left -= n;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) => return Err(e),
         }
     }
-    if written < bytes.len() {
-        let rest = &bytes[written..];
+    if left > 0 {
         // `flush`: a TLS stream may keep records in its session until flushed (a no-op
         // on TCP).
         let write = async {
-            stream.write_all(rest).await?;
+            while left > 0 {
+                let n = {
+                    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                    let k = out.slices(out.own_before(end), &mut slices);
+                    stream.write_vectored(&slices[..k]).await?
+                };
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                out.advance(n);
+                left -= n;
+            }
             stream.flush().await
         };
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
@@ -434,7 +474,7 @@ async fn write_out<S: Stream>(stream: &mut S, bytes: &[u8]) -> std::io::Result<(
             }
         }
     }
-    Ok(())
+    Ok(total)
 }
 
 /// Waits until every reply `held` holds may go (they then precede whatever is written
@@ -454,7 +494,7 @@ async fn settle(shared: &Shared, held: &mut Held) {
 async fn settle_and_flush<S: Stream>(
     shared: &Shared,
     stream: &mut S,
-    out: &mut BytesMut,
+    out: &mut OutBuf,
     held: &mut Held,
 ) -> std::io::Result<()> {
     settle(shared, held).await;
@@ -829,7 +869,7 @@ impl Sleeper for Dozing {
             };
             let io = LinkIo {
                 inbuf,
-                out: BytesMut::new(),
+                out: OutBuf::default(),
                 last_rx,
                 throttle,
             };
@@ -931,7 +971,7 @@ struct LinkIo {
     /// Input not yet handled (empty, and without capacity, while dozing).
     inbuf: BytesMut,
     /// Output not yet written (likewise).
-    out: BytesMut,
+    out: OutBuf,
     /// When the client last sent something (keep-alive runs from there).
     last_rx: Instant,
     /// Its PUBLISH rate limits, if any (boxed: most clients have none, and a dozing
@@ -944,7 +984,7 @@ impl LinkIo {
     fn new(inbuf: BytesMut, out: BytesMut, rates: (u32, u64)) -> LinkIo {
         LinkIo {
             inbuf,
-            out,
+            out: OutBuf::from(out),
             last_rx: Instant::now(),
             throttle: Throttle::new(rates).map(Box::new),
         }
@@ -1053,7 +1093,7 @@ async fn handshake<S: Stream>(
                 }
                 _ => {}
             }
-            if out.is_empty() || flush(stream, &mut out).await.is_err() {
+            if out.is_empty() || flush_bytes(stream, &mut out).await.is_err() {
                 return Err(Closing::Now);
             }
             return Err(Closing::Graceful);
@@ -1104,7 +1144,7 @@ async fn handshake<S: Stream>(
                 properties: Default::default(),
             };
             write_packet(&mut out, connect.protocol, &Packet::ConnAck(ack));
-            return Err(match flush(stream, &mut out).await {
+            return Err(match flush_bytes(stream, &mut out).await {
                 Ok(()) => Closing::Graceful,
                 Err(_) => Closing::Now,
             });
@@ -1124,7 +1164,7 @@ async fn handshake<S: Stream>(
     shrink(&mut inbuf, grew);
     let Some(acc) = accepted else {
         // A refusing CONNACK (MQTT-3.2.2-5: then close the connection).
-        return Err(match flush(stream, &mut out).await {
+        return Err(match flush_bytes(stream, &mut out).await {
             Ok(()) => Closing::Graceful,
             Err(_) => Closing::Now,
         });
@@ -1274,9 +1314,14 @@ impl Link<'_> {
                         }
                         handled += 1;
                         consumed += len;
-                        if let Err(c) =
-                            core.handle_only(&acc.client_id, acc.conn_id, packet, now, out, fx)
-                        {
+                        if let Err(c) = core.handle_only(
+                            &acc.client_id,
+                            acc.conn_id,
+                            packet,
+                            now,
+                            &mut out.bytes,
+                            fx,
+                        ) {
                             close = Some(c);
                             break;
                         }
@@ -1288,7 +1333,13 @@ impl Link<'_> {
                     // What the batch let the session send (acknowledgements opened its
                     // window, a SUBSCRIBE found retained messages), once for the batch.
                     // After a takeover the session is another connection's: it refuses.
-                    let _ = core.drain_deferred(&acc.client_id, acc.conn_id, now, out, &mut outbox);
+                    let _ = core.drain_deferred(
+                        &acc.client_id,
+                        acc.conn_id,
+                        now,
+                        &mut out.bytes,
+                        &mut outbox,
+                    );
                     blocked = core.take_pause().map(Instant::from_std);
                 });
                 if let Some(turn) = self.turn {
@@ -1298,7 +1349,7 @@ impl Link<'_> {
                 outbox.write(out);
                 woke |= !fx.wake.is_empty();
                 frames_handled += handled;
-                held.push(out.len(), lsn, fx, shared.durable_now());
+                held.push(out.bytes.len(), lsn, fx, shared.durable_now());
                 let all = handled == frames.len() && close.is_none();
                 if all && bad.is_some() {
                     close = bad;
@@ -1324,7 +1375,7 @@ impl Link<'_> {
                     } else {
                         tracing::warn!(reason = code, "protocol error; closing");
                     }
-                    disconnect_packet(out, protocol, code);
+                    disconnect_packet(&mut out.bytes, protocol, code);
                     return Ok(Step::Exit(self.close_boxed(stream, out, &mut held).await));
                 }
                 Some(Close::TakenOver) => return Ok(Step::Exit(LinkExit::taken_over())),
@@ -1390,7 +1441,7 @@ impl Link<'_> {
                         // §3.1.2.10 lets a server disconnect an inactive client whatever
                         // its Keep Alive).
                         tracing::info!("evicted as idle (connection table full); closing");
-                        disconnect_packet(out, protocol, mote_codec::reason::SERVER_BUSY);
+                        disconnect_packet(&mut out.bytes, protocol, mote_codec::reason::SERVER_BUSY);
                         return Ok(Step::Exit(self.close_boxed(stream, out, &mut held).await));
                     }
                     busy = Instant::now();
@@ -1405,15 +1456,15 @@ impl Link<'_> {
                     if reason != 0 {
                         // Taken over (the core already detached us) or too slow (still
                         // attached: ending the link detaches it and keeps the session).
-                        disconnect_packet(out, protocol, reason);
+                        disconnect_packet(&mut out.bytes, protocol, reason);
                         return Ok(Step::Exit(self.close_boxed(stream, out, &mut held).await));
                     }
                     let now = std::time::Instant::now();
                     let (res, lsn, fx) = shared.apply_held(|core, _| {
-                        core.drain_deferred(&acc.client_id, acc.conn_id, now, out, &mut outbox)
+                        core.drain_deferred(&acc.client_id, acc.conn_id, now, &mut out.bytes, &mut outbox)
                     });
                     outbox.write(out);
-                    held.push(out.len(), lsn, fx, shared.durable_now());
+                    held.push(out.bytes.len(), lsn, fx, shared.durable_now());
                     match res {
                         Ok(m) => more = m,
                         Err(_) => return Ok(Step::Exit(LinkExit::taken_over())),
@@ -1432,7 +1483,7 @@ impl Link<'_> {
                     }
                     // MQTT-3.1.2-24 (5.0) / 3.1.2-10 (3.1.1): 1.5 × Keep Alive without a packet.
                     tracing::info!("keep alive expired; closing");
-                    disconnect_packet(out, protocol, mote_codec::reason::KEEP_ALIVE_TIMEOUT);
+                    disconnect_packet(&mut out.bytes, protocol, mote_codec::reason::KEEP_ALIVE_TIMEOUT);
                     return Ok(Step::Exit(self.close_boxed(stream, out, &mut held).await));
                 }
                 () = &mut idle, if !released => {
@@ -1441,7 +1492,7 @@ impl Link<'_> {
                         idle.as_mut().reset(due);
                     } else if inbuf.is_empty() && out.is_empty() && held.head().is_none() {
                         *inbuf = BytesMut::new();
-                        *out = BytesMut::new();
+                        *out = OutBuf::default();
                         shared.lock().idle(&acc.client_id, acc.conn_id);
                         if paused.is_none() && !more && may_doze {
                             return Ok(Step::Doze);
@@ -1452,7 +1503,7 @@ impl Link<'_> {
                     }
                 }
                 _ = &mut cancelled => {
-                    disconnect_packet(out, protocol, mote_codec::reason::SERVER_SHUTTING_DOWN);
+                    disconnect_packet(&mut out.bytes, protocol, mote_codec::reason::SERVER_SHUTTING_DOWN);
                     return Ok(Step::Exit(self.close_boxed(stream, out, &mut held).await));
                 }
             }
@@ -1469,7 +1520,7 @@ impl Link<'_> {
     fn close_boxed<'a, S: Stream>(
         &'a self,
         stream: &'a mut S,
-        out: &'a mut BytesMut,
+        out: &'a mut OutBuf,
         held: &'a mut Held,
     ) -> std::pin::Pin<Box<impl std::future::Future<Output = LinkExit> + Send + 'a>> {
         Box::pin(self.close_with(stream, out, held))
@@ -1483,7 +1534,7 @@ impl Link<'_> {
     async fn close_with<S: Stream>(
         &self,
         stream: &mut S,
-        out: &mut BytesMut,
+        out: &mut OutBuf,
         held: &mut Held,
     ) -> LinkExit {
         settle(self.shared, held).await;

@@ -27,10 +27,12 @@ use super::streams::StreamTag;
 use super::Clock;
 
 mod outbound;
+mod outbuf;
 mod spill;
 
 use crate::proto::message::Message;
 pub(crate) use outbound::{write_packet, Outbox, SendSettings};
+pub(crate) use outbuf::{OutBuf, MAX_SLICES};
 pub(crate) use spill::decode_spilled;
 
 /// Bytes of PUBLISH packets one drain writes into a connection's outbound buffer before

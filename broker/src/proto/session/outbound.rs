@@ -2,9 +2,10 @@
 //! the wire, acknowledgements, and encoding deliveries as PUBLISH (topic aliases,
 //! remaining expiry, the client's Maximum Packet Size).
 
+use super::outbuf::{OutBuf, SPLICE_MIN};
 use super::*;
 use crate::proto::message::{push_user_property, Spent};
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 use mote_codec::PropList;
 
 /// What sending a session's queue needs from the broker's settings.
@@ -189,7 +190,7 @@ impl Session {
                         .map_err(drop)
                 }
                 Some(ob) => {
-                    ob.write(out);
+                    ob.write_flat(out);
                     encode_publish(link, &d, (packet_id, dup, view.as_deref()), now, out)
                 }
                 None => encode_publish(link, &d, (packet_id, dup, view.as_deref()), now, out),
@@ -427,6 +428,17 @@ impl Pending {
         now: Instant,
         f: impl FnOnce(&Packet<'_>) -> R,
     ) -> R {
+        self.with_packet_of(protocol, now, &self.msg.payload, f)
+    }
+
+    /// [`Pending::with_packet`] with `payload` in place of the message's.
+    fn with_packet_of<R>(
+        &self,
+        protocol: Protocol,
+        now: Instant,
+        payload: &[u8],
+        f: impl FnOnce(&Packet<'_>) -> R,
+    ) -> R {
         let mut props = if protocol.is_v5() {
             self.msg.properties(&self.sub_ids, now)
         } else {
@@ -441,7 +453,7 @@ impl Pending {
             topic: if known { "" } else { &self.msg.topic },
             packet_id: self.packet_id,
             properties: Properties::from(&props),
-            payload: &self.msg.payload,
+            payload,
         }))
     }
 
@@ -449,7 +461,11 @@ impl Pending {
     /// (every 3.1.1 one) directly, the others through the codec (which builds the
     /// property values and measures the packet twice; on 1 → 16 fan-out that was 7 %
     /// more CPU).
-    fn write_to(&self, protocol: Protocol, now: Instant, out: &mut BytesMut) {
+    ///
+    /// A payload of at least `SPLICE_MIN` bytes is spliced into an [`OutBuf`] rather
+    /// than copied (`proto/session/outbuf.rs`): the packet's other bytes are written
+    /// as they would be, with a remaining length that counts the payload.
+    fn write_to(&self, protocol: Protocol, now: Instant, out: &mut Dest<'_>) {
         let v5 = protocol.is_v5();
         let bare = !v5
             || (self.alias.is_none() && self.sub_ids.is_empty() && self.msg.has_no_properties());
@@ -461,26 +477,89 @@ impl Pending {
             mote_codec::var_int_bytes(remaining),
             bare,
         ) else {
-            return self.with_packet(protocol, now, |p| write_packet(out, protocol, p));
+            return self.write_encoded(protocol, now, out);
         };
         let qos = match self.qos {
             QoS::AtMostOnce => 0,
             QoS::AtLeastOnce => 1,
             QoS::ExactlyOnce => 2,
         };
-        out.reserve(1 + n + remaining);
-        out.put_u8(0x30 | u8::from(self.dup) << 3 | qos << 1 | u8::from(self.retain));
-        out.put_slice(&len_bytes[..n]);
-        out.put_u16(topic_len);
-        out.put_slice(topic);
+        let spliced = out.splices(payload);
+        let bytes = out.bytes();
+        bytes.reserve(1 + n + remaining - if spliced { payload.len() } else { 0 });
+        bytes.put_u8(0x30 | u8::from(self.dup) << 3 | qos << 1 | u8::from(self.retain));
+        bytes.put_slice(&len_bytes[..n]);
+        bytes.put_u16(topic_len);
+        bytes.put_slice(topic);
         if id_len > 0 {
-            out.put_u16(self.packet_id);
+            bytes.put_u16(self.packet_id);
         }
         if v5 {
             // An empty property block.
-            out.put_u8(0);
+            bytes.put_u8(0);
         }
-        out.put_slice(payload);
+        out.payload(payload, spliced);
+    }
+
+    /// [`Pending::write_to`] through the codec: a v5 PUBLISH with properties, or one
+    /// too long for the direct path (the size check under the lock refused those).
+    /// A large payload is spliced: the packet is encoded without it and its
+    /// remaining length made whole.
+    fn write_encoded(&self, protocol: Protocol, now: Instant, out: &mut Dest<'_>) {
+        let payload = &self.msg.payload;
+        if !out.splices(payload) {
+            let bytes = out.bytes();
+            return self.with_packet(protocol, now, |p| write_packet(bytes, protocol, p));
+        }
+        let mut head = BytesMut::new();
+        self.with_packet_of(protocol, now, &[], |p| {
+            write_packet(&mut head, protocol, p);
+        });
+        let header = mote_codec::check(&head, u32::MAX).ok().flatten();
+        let whole = header.and_then(|h| {
+            let rest = h.frame_len() - h.header_len;
+            mote_codec::var_int_bytes(rest + payload.len()).map(|len| (h.header_len, len))
+        });
+        let (Some(&first), Some((header_len, (len_bytes, n)))) = (head.first(), whole) else {
+            // Not a packet the codec wrote: as it would be written whole.
+            let bytes = out.bytes();
+            return self.with_packet(protocol, now, |p| write_packet(bytes, protocol, p));
+        };
+        let bytes = out.bytes();
+        bytes.put_u8(first);
+        bytes.put_slice(&len_bytes[..n]);
+        bytes.put_slice(&head[header_len..]);
+        out.payload(payload, true);
+    }
+}
+
+/// Where [`Pending::write_to`] writes: a plain buffer (every payload copied), or a
+/// connection's [`OutBuf`] (large payloads spliced).
+enum Dest<'a> {
+    Flat(&'a mut BytesMut),
+    Spliced(&'a mut OutBuf),
+}
+
+impl Dest<'_> {
+    /// Where the packet's own bytes go.
+    fn bytes(&mut self) -> &mut BytesMut {
+        match self {
+            Dest::Flat(b) => b,
+            Dest::Spliced(o) => &mut o.bytes,
+        }
+    }
+
+    /// Whether `payload` would be spliced rather than copied.
+    fn splices(&self, payload: &Bytes) -> bool {
+        matches!(self, Dest::Spliced(_)) && payload.len() >= SPLICE_MIN
+    }
+
+    /// Appends `payload`: spliced (as [`Dest::splices`] said) or copied.
+    fn payload(&mut self, payload: &Bytes, spliced: bool) {
+        match self {
+            Dest::Spliced(o) if spliced => o.splice(payload.clone()),
+            _ => self.bytes().put_slice(payload),
+        }
     }
 }
 
@@ -501,6 +580,8 @@ pub(crate) struct Outbox {
     pending: Vec<Pending>,
     /// The encoded size of `pending` (at most; `Message::publish_len_bound`).
     bytes: usize,
+    /// Of which payloads to be spliced rather than copied.
+    large: usize,
     /// The connection's protocol and the drain's clock, for the encoding.
     protocol: Option<Protocol>,
     now: Option<Instant>,
@@ -548,6 +629,9 @@ impl Outbox {
         self.protocol = Some(link.protocol);
         self.now = Some(now);
         self.bytes += len;
+        if p.msg.payload.len() >= SPLICE_MIN {
+            self.large += p.msg.payload.len();
+        }
         self.pending.push(p);
         Ok(())
     }
@@ -564,15 +648,31 @@ impl Outbox {
         self.pending.is_empty()
     }
 
-    /// Encodes what was staged into `out`, in order, and empties the outbox.
-    pub(crate) fn write(&mut self, out: &mut BytesMut) {
+    /// Encodes what was staged into `out`, in order, and empties the outbox; large
+    /// payloads are spliced, not copied (`proto/session/outbuf.rs`).
+    pub(crate) fn write(&mut self, out: &mut OutBuf) {
+        self.write_into(&mut Dest::Spliced(out));
+    }
+
+    /// [`Outbox::write`] into a plain buffer (every payload copied): under the lock,
+    /// before a delivery encoded at once.
+    fn write_flat(&mut self, out: &mut BytesMut) {
+        self.write_into(&mut Dest::Flat(out));
+    }
+
+    fn write_into(&mut self, out: &mut Dest<'_>) {
         let staged = self.pending.len();
         if let (Some(protocol), Some(now)) = (self.protocol, self.now) {
-            out.reserve(self.bytes);
+            let room = match out {
+                Dest::Flat(_) => self.bytes,
+                Dest::Spliced(_) => self.bytes - self.large,
+            };
+            out.bytes().reserve(room);
             for p in self.pending.drain(..) {
                 p.write_to(protocol, now, out);
             }
         }
+        self.large = 0;
         self.pending.clear();
         // Through a burst the room stays (growing it anew for every batch copied it
         // over and over); the first small batch after it gives it back.

@@ -1,22 +1,23 @@
 //! The PUBLISH packets a drain stages for encoding after the core's lock
 //! (`session::Outbox`) are, byte for byte, those it writes at once: topic aliases given
 //! and reused, a message over the client's Maximum Packet Size dropped, subscription
-//! identifiers, QoS 0 and 1 in one window, and a work queue's job (encoded at once,
-//! after what was staged before it).
+//! identifiers, QoS 0 and 1 in one window, a work queue's job (encoded at once,
+//! after what was staged before it), and payloads large enough to be spliced into the
+//! output rather than copied (`OutBuf`), with and without properties.
 
 use super::*;
-use crate::proto::session::Outbox;
+use crate::proto::session::{OutBuf, Outbox};
 
 /// What three subscribers are sent over three rounds of publishes, drained at once
 /// (`deferred` false) or staged and encoded after the call, as the runtime does: one
-/// v5 with topic aliases, a small Maximum Packet Size and a subscription identifier,
+/// v5 with topic aliases, a 2,000-byte Maximum Packet Size and a subscription identifier,
 /// one plain v5, one 3.1.1.
 fn sent(deferred: bool) -> [Vec<u8>; 3] {
     let mut core = core();
     let now = Instant::now();
     let props = PropValues {
         topic_alias_maximum: Some(2),
-        maximum_packet_size: Some(120),
+        maximum_packet_size: Some(2000),
         receive_maximum: Some(4),
         ..PropValues::default()
     };
@@ -44,10 +45,12 @@ fn sent(deferred: bool) -> [Vec<u8>; 3] {
             } else {
                 QoS::AtLeastOnce
             };
-            let payload = if (round, i) == (1, 4) {
-                vec![b'x'; 200]
-            } else {
-                format!("{round}-{i}").into_bytes()
+            // Over the first subscriber's Maximum Packet Size; large enough to be
+            // spliced rather than copied (`OutBuf`), for it too; small.
+            let payload = match (round, i) {
+                (1, 4) => vec![b'x'; 2500],
+                (2, 2) | (2, 3) => vec![b'a' + (i as u8); 1500],
+                _ => format!("{round}-{i}").into_bytes(),
             };
             publish(
                 &mut core,
@@ -83,7 +86,10 @@ fn drain_and_ack(core: &mut Core, c: &mut Client, deferred: bool, all: &mut Vec<
     if deferred {
         let mut outbox = Outbox::default();
         let r = core.drain_deferred(&c.id, c.conn, now, &mut c.out, &mut outbox);
-        outbox.write(&mut c.out);
+        // Large payloads spliced, as the connection writes them, then laid out flat.
+        let mut spliced = OutBuf::from(std::mem::take(&mut c.out));
+        outbox.write(&mut spliced);
+        c.out = spliced.flatten();
         r.unwrap();
     } else {
         core.drain(&c.id, c.conn, now, &mut c.out).unwrap();
@@ -119,10 +125,12 @@ fn staged_publishes_are_the_bytes_written_at_once() {
     }
     // What the comparison covered.
     let (mut aliased, mut large, mut jobs, mut ids, mut qos0) = (0, 0, 0, 0, 0);
+    let mut spliced = 0;
     each_packet(&at_once, Protocol::V5, |p| {
         let Packet::Publish(p) = p else { return };
         aliased += usize::from(p.topic.is_empty() && p.properties.topic_alias().is_some());
-        large += usize::from(p.payload.len() == 200);
+        large += usize::from(p.payload.len() == 2500);
+        spliced += usize::from(p.payload.len() == 1500);
         jobs += usize::from(p.payload == b"job");
         ids += usize::from(
             p.properties
@@ -134,6 +142,10 @@ fn staged_publishes_are_the_bytes_written_at_once() {
     });
     assert!(aliased > 0, "a topic was sent as its alias alone");
     assert_eq!(large, 0, "over the Maximum Packet Size: dropped");
+    assert_eq!(
+        spliced, 2,
+        "spliced payloads behind a topic alias and properties"
+    );
     assert_eq!(jobs, 3, "every job");
     assert!(
         ids >= 12 && qos0 >= 6,
