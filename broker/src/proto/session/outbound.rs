@@ -465,7 +465,7 @@ impl Pending {
     /// A payload of at least `SPLICE_MIN` bytes is spliced into an [`OutBuf`] rather
     /// than copied (`proto/session/outbuf.rs`): the packet's other bytes are written
     /// as they would be, with a remaining length that counts the payload.
-    fn write_to(&self, protocol: Protocol, now: Instant, out: &mut Dest<'_>) {
+    fn write_to<D: Dest>(&self, protocol: Protocol, now: Instant, out: &mut D) {
         let v5 = protocol.is_v5();
         let bare = !v5
             || (self.alias.is_none() && self.sub_ids.is_empty() && self.msg.has_no_properties());
@@ -505,7 +505,7 @@ impl Pending {
     /// too long for the direct path (the size check under the lock refused those).
     /// A large payload is spliced: the packet is encoded without it and its
     /// remaining length made whole.
-    fn write_encoded(&self, protocol: Protocol, now: Instant, out: &mut Dest<'_>) {
+    fn write_encoded<D: Dest>(&self, protocol: Protocol, now: Instant, out: &mut D) {
         let payload = &self.msg.payload;
         if !out.splices(payload) {
             let bytes = out.bytes();
@@ -534,31 +534,48 @@ impl Pending {
 }
 
 /// Where [`Pending::write_to`] writes: a plain buffer (every payload copied), or a
-/// connection's [`OutBuf`] (large payloads spliced).
-enum Dest<'a> {
-    Flat(&'a mut BytesMut),
-    Spliced(&'a mut OutBuf),
-}
-
-impl Dest<'_> {
+/// connection's [`OutBuf`] (large payloads spliced). A trait, not an enum: each
+/// caller's loop is compiled for its own kind (the plain one is the code before
+/// splicing).
+trait Dest {
     /// Where the packet's own bytes go.
-    fn bytes(&mut self) -> &mut BytesMut {
-        match self {
-            Dest::Flat(b) => b,
-            Dest::Spliced(o) => &mut o.bytes,
-        }
-    }
+    fn bytes(&mut self) -> &mut BytesMut;
 
     /// Whether `payload` would be spliced rather than copied.
-    fn splices(&self, payload: &Bytes) -> bool {
-        matches!(self, Dest::Spliced(_)) && payload.len() >= SPLICE_MIN
-    }
+    fn splices(&self, payload: &Bytes) -> bool;
 
     /// Appends `payload`: spliced (as [`Dest::splices`] said) or copied.
+    fn payload(&mut self, payload: &Bytes, spliced: bool);
+}
+
+impl Dest for BytesMut {
+    fn bytes(&mut self) -> &mut BytesMut {
+        self
+    }
+
+    fn splices(&self, _: &Bytes) -> bool {
+        false
+    }
+
+    fn payload(&mut self, payload: &Bytes, _: bool) {
+        self.put_slice(payload);
+    }
+}
+
+impl Dest for OutBuf {
+    fn bytes(&mut self) -> &mut BytesMut {
+        &mut self.bytes
+    }
+
+    fn splices(&self, payload: &Bytes) -> bool {
+        payload.len() >= SPLICE_MIN
+    }
+
     fn payload(&mut self, payload: &Bytes, spliced: bool) {
-        match self {
-            Dest::Spliced(o) if spliced => o.splice(payload.clone()),
-            _ => self.bytes().put_slice(payload),
+        if spliced {
+            self.splice(payload.clone());
+        } else {
+            self.bytes.put_slice(payload);
         }
     }
 }
@@ -651,22 +668,21 @@ impl Outbox {
     /// Encodes what was staged into `out`, in order, and empties the outbox; large
     /// payloads are spliced, not copied (`proto/session/outbuf.rs`).
     pub(crate) fn write(&mut self, out: &mut OutBuf) {
-        self.write_into(&mut Dest::Spliced(out));
+        let room = self.bytes - self.large;
+        self.write_into(out, room);
     }
 
     /// [`Outbox::write`] into a plain buffer (every payload copied): under the lock,
     /// before a delivery encoded at once.
     fn write_flat(&mut self, out: &mut BytesMut) {
-        self.write_into(&mut Dest::Flat(out));
+        let room = self.bytes;
+        self.write_into(out, room);
     }
 
-    fn write_into(&mut self, out: &mut Dest<'_>) {
+    /// Writes the staged packets into `out`, `room` bytes reserved first.
+    fn write_into<D: Dest>(&mut self, out: &mut D, room: usize) {
         let staged = self.pending.len();
         if let (Some(protocol), Some(now)) = (self.protocol, self.now) {
-            let room = match out {
-                Dest::Flat(_) => self.bytes,
-                Dest::Spliced(_) => self.bytes - self.large,
-            };
             out.bytes().reserve(room);
             for p in self.pending.drain(..) {
                 p.write_to(protocol, now, out);

@@ -53,6 +53,11 @@ impl OutBuf {
         self.bytes.is_empty() && self.spliced.is_empty()
     }
 
+    /// Whether a payload is spliced in (else `bytes` is the whole stream).
+    pub(crate) fn has_splices(&self) -> bool {
+        !self.spliced.is_empty()
+    }
+
     /// Bytes to write in all, spliced payloads included.
     pub(crate) fn len(&self) -> usize {
         self.bytes.len() + self.spliced_len

@@ -168,7 +168,7 @@ impl Stream for WsStream {
     const TRANSPORT: Transport = Transport::Ws;
 
     /// Bytes become frames only when flushed: always the waiting path.
-    fn try_write_now(&mut self, _: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    fn try_write_now(&mut self, _: &[u8]) -> io::Result<usize> {
         Err(io::ErrorKind::WouldBlock.into())
     }
 }
