@@ -472,24 +472,40 @@ async fn write_out<S: Stream>(
         }
     }
     if left > 0 {
-        let write = async {
-            while left > 0 {
-                let n = {
-                    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-                    let k = out.slices(out.own_before(end), &mut slices);
-                    stream.write_vectored(&slices[..k]).await?
-                };
-                if n == 0 {
-                    return Err(std::io::ErrorKind::WriteZero.into());
-                }
-                out.advance(n);
-                left -= n;
-            }
-            stream.flush().await
-        };
-        timed_out_after(WRITE_TIMEOUT, write).await?;
+        // In a box: its I/O vectors (1 KiB) would otherwise be part of every
+        // connection task's state, which an idle connection pays for.
+        Box::pin(timed_out_after(
+            WRITE_TIMEOUT,
+            write_vectored(stream, out, end, left),
+        ))
+        .await?;
     }
     Ok(total)
+}
+
+/// The rest of [`write_out`]'s vectored write, `left` bytes through `end`, waiting for
+/// the socket.
+async fn write_vectored<S: Stream>(
+    stream: &mut S,
+    out: &mut OutBuf,
+    end: usize,
+    mut left: usize,
+) -> std::io::Result<()> {
+    while left > 0 {
+        let n = {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let k = out.slices(out.own_before(end), &mut slices);
+            stream.write_vectored(&slices[..k]).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        out.advance(n);
+        left -= n;
+    }
+    // `flush`: a TLS stream may keep records in its session until flushed (a no-op on
+    // TCP).
+    stream.flush().await
 }
 
 /// Writes `bytes` to the socket: first without arming a timer (the socket usually takes
@@ -512,7 +528,9 @@ async fn write_bytes<S: Stream>(stream: &mut S, bytes: &[u8]) -> std::io::Result
             stream.write_all(rest).await?;
             stream.flush().await
         };
-        timed_out_after(WRITE_TIMEOUT, write).await?;
+        // In a box, as in `write_out`: the timer is needed only by a socket that did
+        // not take everything at once, and every connection task would carry it.
+        Box::pin(timed_out_after(WRITE_TIMEOUT, write)).await?;
     }
     Ok(())
 }

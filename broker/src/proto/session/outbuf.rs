@@ -29,20 +29,27 @@ pub(crate) const MAX_SLICES: usize = 64;
 pub(crate) struct OutBuf {
     /// The connection's own bytes (headers, topics, acknowledgements...).
     pub(crate) bytes: BytesMut,
+    /// The payloads spliced in; boxed, and made at the first: a connection's task
+    /// carries an `OutBuf`, and most never splice.
+    splices: Option<Box<Splices>>,
+}
+
+#[derive(Debug, Default)]
+struct Splices {
     /// Payloads and where they go: after `bytes[..at - consumed]`.
-    spliced: VecDeque<(usize, Bytes)>,
+    list: VecDeque<(usize, Bytes)>,
     /// Bytes of `bytes` already written and let go (`at` is counted from the first
-    /// byte ever written, so a write need not renumber every splice).
+    /// byte written since the list was made, so a write need not renumber it).
     consumed: usize,
-    /// Summed length of the spliced payloads not yet written.
-    spliced_len: usize,
+    /// Summed length of the payloads not yet written.
+    len: usize,
 }
 
 impl From<BytesMut> for OutBuf {
     fn from(bytes: BytesMut) -> OutBuf {
         OutBuf {
             bytes,
-            ..OutBuf::default()
+            splices: None,
         }
     }
 }
@@ -50,17 +57,21 @@ impl From<BytesMut> for OutBuf {
 impl OutBuf {
     /// Nothing to write.
     pub(crate) fn is_empty(&self) -> bool {
-        self.bytes.is_empty() && self.spliced.is_empty()
+        self.bytes.is_empty() && !self.has_splices()
     }
 
     /// Whether a payload is spliced in (else `bytes` is the whole stream).
     pub(crate) fn has_splices(&self) -> bool {
-        !self.spliced.is_empty()
+        self.splices.as_ref().is_some_and(|s| !s.list.is_empty())
     }
 
     /// Bytes to write in all, spliced payloads included.
     pub(crate) fn len(&self) -> usize {
-        self.bytes.len() + self.spliced_len
+        self.bytes.len() + self.splices.as_ref().map_or(0, |s| s.len)
+    }
+
+    fn consumed(&self) -> usize {
+        self.splices.as_ref().map_or(0, |s| s.consumed)
     }
 
     /// `payload` goes next, after what `bytes` holds now.
@@ -68,26 +79,28 @@ impl OutBuf {
         if payload.is_empty() {
             return;
         }
-        self.spliced_len += payload.len();
-        self.spliced
-            .push_back((self.consumed + self.bytes.len(), payload));
+        let s = self.splices.get_or_insert_with(Box::default);
+        s.len += payload.len();
+        s.list.push_back((s.consumed + self.bytes.len(), payload));
     }
 
     /// Bytes to write in all for the first `own` bytes of `bytes` and the payloads
     /// spliced within or right after them.
     pub(crate) fn len_through(&self, own: usize) -> usize {
-        let end = self.consumed + own;
-        own + self
-            .spliced
+        let Some(s) = &self.splices else {
+            return own;
+        };
+        let end = s.consumed + own;
+        own + s
+            .list
             .iter()
             .take_while(|(at, _)| *at <= end)
             .map(|(_, p)| p.len())
             .sum::<usize>()
     }
 
-    /// Puts into `slices` (cleared first) the I/O vectors of the first `own` bytes of
-    /// `bytes` with the payloads spliced within or right after them, at most
-    /// [`MAX_SLICES`]; returns how many.
+    /// Puts into `slices` the I/O vectors of the first `own` bytes of `bytes` with the
+    /// payloads spliced within or right after them, as many as fit; returns how many.
     pub(crate) fn slices<'a>(&'a self, own: usize, slices: &mut [IoSlice<'a>]) -> usize {
         fn push<'a>(slices: &mut [IoSlice<'a>], n: &mut usize, s: &'a [u8]) {
             if !s.is_empty() && *n < slices.len() {
@@ -95,16 +108,18 @@ impl OutBuf {
                 *n += 1;
             }
         }
-        let end = self.consumed + own;
         let (mut n, mut from) = (0, 0);
-        for (at, payload) in &self.spliced {
-            if *at > end || n + 2 > slices.len() {
-                break;
+        if let Some(s) = &self.splices {
+            let end = s.consumed + own;
+            for (at, payload) in &s.list {
+                if *at > end || n + 2 > slices.len() {
+                    break;
+                }
+                let to = at - s.consumed;
+                push(slices, &mut n, &self.bytes[from..to]);
+                push(slices, &mut n, payload);
+                from = to;
             }
-            let to = at - self.consumed;
-            push(slices, &mut n, &self.bytes[from..to]);
-            push(slices, &mut n, payload);
-            from = to;
         }
         push(slices, &mut n, &self.bytes[from..own.max(from)]);
         n
@@ -113,32 +128,36 @@ impl OutBuf {
     /// Where the first `own` of the own bytes end, counted so that it stays put as the
     /// stream is written (for [`OutBuf::own_before`]).
     pub(crate) fn end_of(&self, own: usize) -> usize {
-        self.consumed + own
+        self.consumed() + own
     }
 
     /// How many of the own bytes are left before `end` (from [`OutBuf::end_of`]).
     pub(crate) fn own_before(&self, end: usize) -> usize {
-        end.saturating_sub(self.consumed)
+        end.saturating_sub(self.consumed())
     }
 
     /// Lets go of the first `n` bytes of the stream (written).
     pub(crate) fn advance(&mut self, mut n: usize) {
+        let Some(s) = self.splices.as_deref_mut() else {
+            self.bytes.advance(n);
+            return;
+        };
         while n > 0 {
-            match self.spliced.front_mut() {
-                Some((at, payload)) if *at == self.consumed => {
+            match s.list.front_mut() {
+                Some((at, payload)) if *at == s.consumed => {
                     let k = n.min(payload.len());
                     payload.advance(k);
-                    self.spliced_len -= k;
+                    s.len -= k;
                     n -= k;
                     if payload.is_empty() {
-                        self.spliced.pop_front();
+                        s.list.pop_front();
                     }
                 }
                 front => {
-                    let k = front.map_or(n, |(at, _)| n.min(*at - self.consumed));
+                    let k = front.map_or(n, |(at, _)| n.min(*at - s.consumed));
                     assert!(k <= self.bytes.len(), "advanced past the end of the output");
                     self.bytes.advance(k);
-                    self.consumed += k;
+                    s.consumed += k;
                     n -= k;
                 }
             }
@@ -148,15 +167,17 @@ impl OutBuf {
     /// Empties it (everything was written), keeping `bytes`' room.
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
-        self.spliced.clear();
-        self.spliced_len = 0;
-        self.consumed = 0;
+        if let Some(s) = self.splices.as_deref_mut() {
+            s.list.clear();
+            s.consumed = 0;
+            s.len = 0;
+        }
     }
 
-    /// Gives back the room of the splice list once a burst is over.
+    /// Gives back the splice list once nothing is spliced.
     pub(crate) fn shrink_splices(&mut self) {
-        if self.spliced.is_empty() && self.spliced.capacity() > MAX_SLICES {
-            self.spliced = VecDeque::new();
+        if !self.has_splices() {
+            self.splices = None;
         }
     }
 
