@@ -1,4 +1,5 @@
-//! Memory, from outside: what idle connections cost, and
+//! Memory, from outside: what idle connections cost, what subscribers that stop reading
+//! a large message cost, and
 //! `storage.memory_budget_bytes` bounds the whole broker's resident memory while an
 //! offline persistent subscriber's queue grows far past it: the kernel's peak RSS of the
 //! broker process (VmHWM) stays under the budget while the queue grows, stays near it
@@ -23,7 +24,8 @@ fn main() -> std::process::ExitCode {
             &[PROC_STATUS],
             mote_tests::tests![
                 an_offline_queue_past_the_resident_budget_keeps_the_broker_under_it,
-                idle_connections_cost_a_few_kilobytes_each_and_still_take_large_packets
+                idle_connections_cost_a_few_kilobytes_each_and_still_take_large_packets,
+                subscribers_that_stop_reading_share_a_large_message
             ],
         )
         .run()
@@ -202,4 +204,80 @@ fn idle_connections_cost_a_few_kilobytes_each_and_still_take_large_packets() {
     assert_eq!(m.payload.len(), body.len());
     first.ack(&m);
     drop(idle);
+}
+
+/// Subscribers that stop reading, each with a large message the broker is stuck writing
+/// to it.
+const STALLED: usize = 40;
+/// The large messages' payload (512 KiB: past one drain's 256 KiB, so each stalled
+/// subscriber's write holds a whole message).
+const LARGE: usize = 512 * 1024;
+/// Large messages published: 8 MiB for each stalled subscriber, more than its socket's
+/// buffers take (4 MiB at most here).
+const MESSAGES: u8 = 16;
+
+/// Issue #15: a payload is shared among its receivers, not copied into each one's write
+/// buffer (`proto/session/outbuf.rs`). 40 subscribers that stop reading, each with a
+/// 512 KiB message its connection is stuck writing (their sockets hold 4 MiB at most)
+/// and the rest queued, cost the broker far less than a copy each (20 MiB): the RSS
+/// grew 24.5 MiB with copies (`50b6eec`), 4.8 MiB shared (release builds). A subscriber
+/// that reads gets every message meanwhile.
+fn subscribers_that_stop_reading_share_a_large_message() {
+    let broker = Broker::start_with(&["--memory"], None);
+    let pid = broker.pid().unwrap();
+    let (mut reader, _) = connect_with(
+        broker.addr,
+        &connect_packet(Protocol::V311, "big-reader", true),
+    );
+    reader.subscribe("big/#", QoS::AtMostOnce);
+    let mut stalled = Vec::with_capacity(STALLED);
+    for i in 0..STALLED {
+        let (s, _) = connect_with(
+            broker.addr,
+            &connect_packet(Protocol::V311, &format!("big-stalled-{i}"), true),
+        );
+        socket2::SockRef::from(&s.stream)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let mut s = s;
+        s.subscribe("big/#", QoS::AtMostOnce);
+        stalled.push(s);
+    }
+    let (mut publ, _) = connect_with(
+        broker.addr,
+        &connect_packet(Protocol::V311, "big-pub", true),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss(pid);
+    let mut body = vec![0u8; LARGE];
+    for i in 0..MESSAGES {
+        body.fill(b'a' + i);
+        publ.send(&Packet::Publish(publish(
+            "big/t",
+            &body,
+            QoS::AtMostOnce,
+            0,
+        )));
+        let m = reader.expect_publish();
+        assert_eq!(m.payload, body, "message {i}, whole");
+    }
+    // The stalled subscribers' connections have taken their messages and are stuck
+    // writing them.
+    std::thread::sleep(Duration::from_millis(1500));
+    let grown = rss(pid).saturating_sub(before);
+    eprintln!(
+        "broker RSS growth with {STALLED} stalled subscribers of {MESSAGES} x {} KiB: {:.1} MiB",
+        LARGE / 1024,
+        grown as f64 / 1048576.0
+    );
+    // Every message once (what the stalled subscribers' queues hold, at most), and a
+    // quarter of a copy each for everything else; a copy each would be past it alone.
+    let bound = usize::from(MESSAGES) * LARGE + STALLED * LARGE / 4;
+    assert!(
+        grown < bound,
+        "{:.1} MiB, more than {:.1} MiB: a copy of the payload per stalled subscriber?",
+        grown as f64 / 1048576.0,
+        bound as f64 / 1048576.0
+    );
+    drop(stalled);
 }
