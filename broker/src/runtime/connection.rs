@@ -35,11 +35,10 @@
 //! happen outside `select!`.
 
 use std::borrow::Borrow;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::io::IoSlice;
 
 use bytes::{Buf, BytesMut};
 use mote_codec::{check, decode_body, DecodeError, FrameHeader, Packet, Protocol};
@@ -161,8 +160,7 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
     /// What the connection counts as (metrics).
     const TRANSPORT: Transport;
 
-    /// Writes what the socket takes now without waiting, as `TcpStream::try_write_vectored`
-    /// does;
+    /// Writes what the socket takes now without waiting, as `TcpStream::try_write` does;
     /// `WouldBlock` when nothing can be written at once (always, for a stream that has
     /// no such fast path).
     fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<usize>;
