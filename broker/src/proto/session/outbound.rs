@@ -597,8 +597,6 @@ pub(crate) struct Outbox {
     pending: Vec<Pending>,
     /// The encoded size of `pending` (at most; `Message::publish_len_bound`).
     bytes: usize,
-    /// Of which payloads to be spliced rather than copied.
-    large: usize,
     /// The connection's protocol and the drain's clock, for the encoding.
     protocol: Option<Protocol>,
     now: Option<Instant>,
@@ -646,9 +644,6 @@ impl Outbox {
         self.protocol = Some(link.protocol);
         self.now = Some(now);
         self.bytes += len;
-        if p.msg.payload.len() >= SPLICE_MIN {
-            self.large += p.msg.payload.len();
-        }
         self.pending.push(p);
         Ok(())
     }
@@ -668,27 +663,29 @@ impl Outbox {
     /// Encodes what was staged into `out`, in order, and empties the outbox; large
     /// payloads are spliced, not copied (`proto/session/outbuf.rs`).
     pub(crate) fn write(&mut self, out: &mut OutBuf) {
-        let room = self.bytes - self.large;
-        self.write_into(out, room);
+        self.write_into(out);
     }
 
     /// [`Outbox::write`] into a plain buffer (every payload copied): under the lock,
     /// before a delivery encoded at once.
     fn write_flat(&mut self, out: &mut BytesMut) {
-        let room = self.bytes;
-        self.write_into(out, room);
+        self.write_into(out);
     }
 
-    /// Writes the staged packets into `out`, `room` bytes reserved first.
-    fn write_into<D: Dest>(&mut self, out: &mut D, room: usize) {
+    /// Writes the staged packets into `out`, with room reserved first for all but the
+    /// payloads it splices (counted here, after the lock, not as each is staged).
+    fn write_into<D: Dest>(&mut self, out: &mut D) {
         let staged = self.pending.len();
         if let (Some(protocol), Some(now)) = (self.protocol, self.now) {
-            out.bytes().reserve(room);
+            let spliced: usize = (self.pending.iter())
+                .filter(|p| out.splices(&p.msg.payload))
+                .map(|p| p.msg.payload.len())
+                .sum();
+            out.bytes().reserve(self.bytes - spliced);
             for p in self.pending.drain(..) {
                 p.write_to(protocol, now, out);
             }
         }
-        self.large = 0;
         self.pending.clear();
         // Through a burst the room stays (growing it anew for every batch copied it
         // over and over); the first small batch after it gives it back.
