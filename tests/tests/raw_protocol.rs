@@ -1658,7 +1658,13 @@ fn a_dozing_client_evicted_from_a_full_table_is_told_why() {
 fn slow_consumer_is_disconnected_with_quota_exceeded() {
     let broker = Broker::start_with(
         &["--memory"],
-        Some("[mqtt]\nmax_queued_messages = 3\nmax_inflight = 1\n"),
+        // The publisher is first paused on the congested consumer, for at most
+        // `publisher_backpressure_ms`; only then does the queue's policy apply. At the
+        // default 5 s a paused PUBACK arrives as late as the tests' WAIT (also 5 s).
+        Some(
+            "[mqtt]\nmax_queued_messages = 3\nmax_inflight = 1\n\
+             publisher_backpressure_ms = 1000\n",
+        ),
     );
     let mut observer = connect(broker.addr, V5, "observer");
     observer.subscribe("obs/#", QoS::AtMostOnce);
