@@ -47,7 +47,7 @@ impl Core {
     /// The publisher of the PUBLISH about to be routed may be paused (its connection
     /// is woken by `notify`), unless its own queue is congested.
     pub(super) fn may_pause(&mut self, client: &str) {
-        let Some(s) = self.sessions.get(client) else {
+        let Some(s) = self.shard.sessions.get(client) else {
             return;
         };
         let (spilled, spilled_bytes) = s.spilled();
@@ -57,22 +57,22 @@ impl Core {
         {
             return;
         }
-        self.pausable = s.link().map(|l| l.notify.clone());
+        self.shard.pausable = s.link().map(|l| l.notify.clone());
     }
 
     /// The PUBLISH was routed: nobody more to pause for it.
     pub(super) fn routed(&mut self) {
-        self.pausable = None;
+        self.shard.pausable = None;
     }
 
     /// `client` (online) was just queued a delivery and is past its high-water mark
     /// ([`Session::congested`]): the current publisher is paused on it (within the
     /// episode's budget).
     pub(super) fn check_congestion(&mut self, client: &str, now: Instant) {
-        let Some(s) = self.sessions.get(client) else {
+        let Some(s) = self.shard.sessions.get(client) else {
             return;
         };
-        let Some(publisher) = self.pausable.clone() else {
+        let Some(publisher) = self.shard.pausable.clone() else {
             return;
         };
         // Its own queue: never paused on itself.
@@ -81,10 +81,14 @@ impl Core {
         }
         let key = s.client_id().clone();
         let budget = Duration::from_millis(self.cfg.publisher_backpressure_ms);
-        let c = self.congested.entry(key).or_insert_with(|| Congestion {
-            since: now,
-            paused: Vec::new(),
-        });
+        let c = self
+            .shard
+            .congested
+            .entry(key)
+            .or_insert_with(|| Congestion {
+                since: now,
+                paused: Vec::new(),
+            });
         let until = c.since + budget;
         if until <= now {
             // The episode used its budget: the queue's policy applies from here.
@@ -94,16 +98,16 @@ impl Core {
             c.paused.push(publisher);
         }
         self.stats.publishers_paused += 1;
-        self.pause_until = Some(self.pause_until.map_or(until, |u| u.min(until)));
+        self.shard.pause_until = Some(self.shard.pause_until.map_or(until, |u| u.min(until)));
     }
 
     /// `client` drained: below its low-water mark its paused publishers go on. Also
     /// when it goes offline (`force`).
     pub(super) fn relieve(&mut self, client: &str, force: bool) {
-        if self.congested.is_empty() {
+        if self.shard.congested.is_empty() {
             return;
         }
-        let below = match self.sessions.get(client) {
+        let below = match self.shard.sessions.get(client) {
             Some(s) => {
                 let (spilled, spilled_bytes) = s.spilled();
                 let (len, bytes) = (s.queued_len() + spilled, s.queued_bytes() + spilled_bytes);
@@ -114,7 +118,7 @@ impl Core {
         if !(force || below) {
             return;
         }
-        if let Some(c) = self.congested.remove(client) {
+        if let Some(c) = self.shard.congested.remove(client) {
             for p in c.paused {
                 p.wake();
             }
@@ -124,11 +128,11 @@ impl Core {
     /// Until when the connection of the calls since the last take must not read (it
     /// published to a congested subscriber), resetting it.
     pub(crate) fn take_pause(&mut self) -> Option<Instant> {
-        self.pause_until.take()
+        self.shard.pause_until.take()
     }
 
     /// True when the connection of the current call is to pause after its last PUBLISH.
     pub(crate) fn pausing(&self) -> bool {
-        self.pause_until.is_some()
+        self.shard.pause_until.is_some()
     }
 }

@@ -34,6 +34,7 @@ mod queues;
 pub(crate) mod retained;
 mod router;
 pub(crate) mod session;
+mod shard;
 mod snapshot;
 pub(crate) use snapshot::Compaction;
 pub(crate) mod streams;
@@ -174,7 +175,8 @@ pub(crate) struct Stats {
 pub(crate) struct Core {
     cfg: Arc<MqttConfig>,
     limits: QueueLimits,
-    sessions: FastMap<Arc<str>, Box<Session>>,
+    /// The sessions and what is kept per lock holder (`proto/shard.rs`).
+    shard: shard::Shard,
     /// Recently published topics' matching subscriptions (`proto/matches.rs`).
     matches: matches::MatchCache,
     /// The access rules in force.
@@ -221,15 +223,6 @@ pub(crate) struct Core {
     queues: queues::Queues,
     /// The streams and their readers.
     streams: streams::Streams,
-    /// Online subscribers past their high-water mark (`proto/backpressure.rs`).
-    congested: FastMap<Arc<str>, backpressure::Congestion>,
-    /// The connection of the PUBLISH being routed, while it may be paused.
-    pausable: Option<Arc<dyn Wake>>,
-    /// Until when the connection that made the current calls is to stop reading.
-    pause_until: Option<Instant>,
-    /// Messages whose delivery ended in this hold of the lock, freed after it
-    /// (`message::Spent`).
-    spent: message::Spent,
     /// Counters.
     pub(crate) stats: Stats,
 }
@@ -269,7 +262,7 @@ impl Core {
         Core {
             cfg,
             limits,
-            sessions: FastMap::default(),
+            shard: shard::Shard::default(),
             matches: matches::MatchCache::default(),
             acl,
             delayed: delayed::Delayed::default(),
@@ -296,10 +289,6 @@ impl Core {
             timers: Timers::new(),
             queues: queues::Queues::default(),
             streams: streams::Streams::default(),
-            congested: FastMap::default(),
-            pausable: None,
-            pause_until: None,
-            spent: message::Spent::default(),
             stats: Stats::default(),
         }
     }
@@ -394,7 +383,7 @@ impl Core {
             max_inflight: limits.max_inflight,
             event_topics: &self.cfg.event_topics,
         };
-        if let Some(s) = self.sessions.get_mut(client) {
+        if let Some(s) = self.shard.sessions.get_mut(client) {
             let ev = &mut |e| events.push(e);
             more = s.drain(
                 out,
@@ -404,7 +393,7 @@ impl Core {
                 clock,
                 durable,
                 ev,
-                &mut self.spent,
+                &mut self.shard.spent,
             );
             if more {
                 if let Some(link) = s.link() {
@@ -423,12 +412,12 @@ impl Core {
 
     /// The session of `client` if connection `conn_id` still owns it.
     fn owned(&mut self, client: &str, conn_id: u64) -> Option<&mut Session> {
-        owned(&mut self.sessions, client, conn_id)
+        self.shard.owned(client, conn_id)
     }
 
     /// Sends queued deliveries of `client` that fit its window; true when more are queued
     /// than one outbound batch held.
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(test)]
     pub(crate) fn drain(
         &mut self,
         client: &str,
@@ -460,13 +449,13 @@ impl Core {
     /// The messages whose delivery ended since the last call, for the lock's holder to
     /// free after letting go (`message::Spent`).
     pub(crate) fn take_spent(&mut self) -> message::Spent {
-        self.spent.take()
+        self.shard.take_spent()
     }
 
     /// Frees the messages set aside since the last call (a lock holder that did not take
     /// them, when it lets go).
     pub(crate) fn free_spent(&mut self) {
-        self.spent.clear();
+        self.shard.free_spent();
     }
 
     /// The connection of `client` has gone quiet (nothing received or sent for a while,
@@ -514,97 +503,68 @@ impl Core {
         out: &mut BytesMut,
         fx: &mut Effects,
     ) -> Result<(), Close> {
-        let max_expiry = self.cfg.max_session_expiry;
-        let s = owned(&mut self.sessions, client, conn_id).ok_or(Close::TakenOver)?;
-        let spent = &mut self.spent;
-        let protocol = s.link().map_or(Protocol::V311, |l| l.protocol);
-        let v5 = protocol.is_v5();
-        let persisted = s.persisted();
-        let mut events = Vec::new();
-        let mut refused = None;
-        match packet {
+        let acked = match packet {
             Packet::Publish(p) => return self.handle_publish(client, conn_id, p, now, out, fx),
-            // A v5 consumer refusing a work queue's job (docs/queues.md: nack).
-            Packet::PubAck(a) if v5 && a.reason >= 0x80 && s.holds_queue_delivery(a.packet_id) => {
-                refused = s
-                    .take_refused_queue_delivery(a.packet_id)
-                    .map(|d| (d, a.reason));
-            }
-            Packet::PubAck(a) => {
-                let ev = &mut |e| events.push(e);
-                if !s.complete(a.packet_id, Phase::Published, QoS::AtLeastOnce, ev, spent) {
-                    tracing::debug!(client = %client, id = a.packet_id, "PUBACK for unknown packet id");
-                }
-            }
-            Packet::PubRec(a) => {
-                let known = s.received(a.packet_id, a.reason, &mut |e| events.push(e));
-                if a.reason < 0x80 {
-                    let mut rel = Ack::new(a.packet_id);
-                    if !known && v5 {
-                        rel.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
-                    }
-                    write_packet(out, protocol, &Packet::PubRel(rel));
-                }
-            }
-            Packet::PubRel(a) => {
-                let mut comp = Ack::new(a.packet_id);
-                let known = s.release_inbound_qos2(a.packet_id);
-                if !known && v5 {
-                    comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
-                }
-                write_packet(out, protocol, &Packet::PubComp(comp));
-                if known && persisted {
-                    let rec = Record::Inbound2Done {
-                        client: client.to_string(),
-                        packet_id: a.packet_id,
-                    };
-                    self.log(rec, Why::NoPromise);
-                }
-            }
-            Packet::PubComp(a) => {
-                let ev = &mut |e| events.push(e);
-                if !s.complete(a.packet_id, Phase::Released, QoS::ExactlyOnce, ev, spent) {
-                    tracing::debug!(client = %client, id = a.packet_id, "PUBCOMP for unknown packet id");
-                }
-            }
             Packet::Subscribe(sub) => {
                 return self.handle_subscribe(client, conn_id, sub, now, out, fx)
             }
             Packet::Unsubscribe(u) => return self.handle_unsubscribe(client, conn_id, u, now, out),
-            Packet::PingReq => write_packet(out, protocol, &Packet::PingResp),
-            Packet::Disconnect(d) => {
-                if v5 {
-                    if let Some(e) = d.properties.session_expiry_interval() {
-                        if s.expiry_interval() == 0 && e != 0 {
-                            return Err(Close::Error(reason::PROTOCOL_ERROR));
-                        }
-                        let e = e.min(max_expiry);
-                        s.set_expiry_interval(e);
-                        if persisted && e > 0 {
-                            self.log(
-                                Record::SessionExpiry {
-                                    client: client.to_string(),
-                                    expiry: e,
-                                },
-                                Why::NoPromise,
-                            );
-                        }
-                    }
-                }
-                return Err(Close::Disconnected {
-                    will: d.reason == reason::DISCONNECT_WITH_WILL,
-                });
-            }
-            // No Authentication Method was accepted in CONNECT (an unknown one gets CONNACK
-            // 0x8C), so any AUTH is a Protocol Error (MQTT-4.12.0-7).
-            Packet::Auth(_) => return Err(Close::Error(reason::PROTOCOL_ERROR)),
-            _ => return Err(Close::Error(reason::PROTOCOL_ERROR)),
+            Packet::Disconnect(d) => return self.handle_disconnect(client, conn_id, d),
+            // Acknowledgements and PINGREQ: the session answers them by itself.
+            _ => self.shard.acknowledge(client, conn_id, packet, out)?,
+        };
+        // No Authentication Method was accepted in CONNECT (an unknown one gets CONNACK
+        // 0x8C), so any AUTH is a Protocol Error (MQTT-4.12.0-7); so is anything else
+        // here (a second CONNECT, a server's packet).
+        let Some(acked) = acked else {
+            return Err(Close::Error(reason::PROTOCOL_ERROR));
+        };
+        if !acked.events.is_empty() {
+            self.log_events(client, acked.events);
         }
-        self.log_events(client, events);
-        if let Some((d, code)) = refused {
+        if let Some(packet_id) = acked.released {
+            let rec = Record::Inbound2Done {
+                client: client.to_string(),
+                packet_id,
+            };
+            self.log(rec, Why::NoPromise);
+        }
+        if let Some((d, code)) = acked.refused {
             self.job_refused(client, d, code, now);
         }
         Ok(())
+    }
+
+    /// A DISCONNECT of an established connection: a v5 client may set its session's
+    /// expiry there, but not from 0 to more (MQTT-3.14.2-2).
+    fn handle_disconnect(
+        &mut self,
+        client: &Arc<str>,
+        conn_id: u64,
+        d: &Disconnect<'_>,
+    ) -> Result<(), Close> {
+        let max_expiry = self.cfg.max_session_expiry;
+        let s = self.shard.owned(client, conn_id).ok_or(Close::TakenOver)?;
+        let v5 = s.link().is_some_and(|l| l.protocol.is_v5());
+        if let Some(e) = d.properties.session_expiry_interval().filter(|_| v5) {
+            if s.expiry_interval() == 0 && e != 0 {
+                return Err(Close::Error(reason::PROTOCOL_ERROR));
+            }
+            let e = e.min(max_expiry);
+            s.set_expiry_interval(e);
+            if s.persisted() && e > 0 {
+                self.log(
+                    Record::SessionExpiry {
+                        client: client.to_string(),
+                        expiry: e,
+                    },
+                    Why::NoPromise,
+                );
+            }
+        }
+        Err(Close::Disconnected {
+            will: d.reason == reason::DISCONNECT_WITH_WILL,
+        })
     }
 
     fn handle_publish(
@@ -623,7 +583,7 @@ impl Core {
         let named = self.matches.intern(p.topic);
         // Borrowed field by field (not cloned: two reference counts touched per message).
         let (cfg, acl) = (&*self.cfg, &*self.acl);
-        let s = owned(&mut self.sessions, client, conn_id).ok_or(Close::TakenOver)?;
+        let s = self.shard.owned(client, conn_id).ok_or(Close::TakenOver)?;
         let Some(link) = s.link_mut() else {
             return Err(Close::TakenOver);
         };
@@ -857,7 +817,7 @@ impl Core {
         self.return_deliveries(client, None, now);
         self.stream_member_offline(client, now);
         self.relieve(client, true);
-        let Some(s) = self.sessions.get_mut(client) else {
+        let Some(s) = self.shard.sessions.get_mut(client) else {
             return;
         };
         let persisted = s.persisted();
@@ -985,7 +945,7 @@ impl Core {
         self.return_deliveries(client, None, now);
         self.queues.forget(client);
         self.stream_member_gone(client, now);
-        let Some(mut s) = self.sessions.remove(client) else {
+        let Some(mut s) = self.shard.sessions.remove(client) else {
             return;
         };
         for f in s.subscriptions().map(|(f, _)| f) {
@@ -1035,7 +995,7 @@ impl Core {
         while let Some((timer, _)) = self.timers.pop_due(now) {
             match timer {
                 Timer::Will(id) => {
-                    let Some(s) = self.sessions.get_mut(&id) else {
+                    let Some(s) = self.shard.sessions.get_mut(&id) else {
                         continue;
                     };
                     let Some(w) = s.take_will() else {
@@ -1070,19 +1030,6 @@ impl Core {
             );
         }
     }
-}
-
-/// The session of `client` in `sessions` if connection `conn_id` still owns it (a free
-/// function so callers can borrow other fields of the core beside it).
-fn owned<'s>(
-    sessions: &'s mut FastMap<Arc<str>, Box<Session>>,
-    client: &str,
-    conn_id: u64,
-) -> Option<&'s mut Session> {
-    sessions
-        .get_mut(client)
-        .map(|s| &mut **s)
-        .filter(|s| s.owned_by(conn_id))
 }
 
 /// Where deliveries to persistent sessions go while the memory queued across all sessions
