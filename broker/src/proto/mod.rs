@@ -581,93 +581,27 @@ impl Core {
         let now_secs = self.clock.unix_ms(now).div_ceil(1000);
         // The topic as published (empty when an alias stands for it).
         let named = self.matches.intern(p.topic);
-        // Borrowed field by field (not cloned: two reference counts touched per message).
-        let (cfg, acl) = (&*self.cfg, &*self.acl);
-        let s = self.shard.owned(client, conn_id).ok_or(Close::TakenOver)?;
-        let Some(link) = s.link_mut() else {
-            return Err(Close::TakenOver);
+        let rules = shard::Rules {
+            cfg: &self.cfg,
+            acl: &self.acl,
+            now_secs,
         };
-        let protocol = link.protocol;
+        // A re-sent QoS 2 PUBLISH of a flow already held was acknowledged again.
+        let Some(admitted) = self.shard.admit(client, conn_id, p, named, rules, out)? else {
+            return Ok(());
+        };
+        let shard::Admitted {
+            topic,
+            mut code,
+            delay,
+            control,
+            protocol,
+            denied,
+        } = admitted;
+        if denied {
+            self.stats.publish_denied += 1;
+        }
         let v5 = protocol.is_v5();
-        if p.qos as u8 > cfg.max_qos {
-            return Err(Close::Error(reason::QOS_NOT_SUPPORTED));
-        }
-        if p.retain && !cfg.retain_available {
-            return Err(Close::Error(reason::RETAIN_NOT_SUPPORTED));
-        }
-        // Subscription identifiers travel only from server to client (MQTT-3.3.4-6).
-        if !p.properties.subscription_identifiers().is_empty() {
-            return Err(Close::Error(reason::PROTOCOL_ERROR));
-        }
-        // Topic alias resolution (per connection, client -> broker direction).
-        let topic: Arc<str> = match p.properties.topic_alias() {
-            // 0 is never a valid alias (MQTT-3.3.2-8); the decoder refuses it too.
-            Some(alias) if alias == 0 || alias > cfg.topic_alias_maximum => {
-                return Err(Close::Error(reason::TOPIC_ALIAS_INVALID));
-            }
-            Some(alias) if p.topic.is_empty() => match link.aliases.inbound(alias) {
-                Some(t) => t.clone(),
-                None => return Err(Close::Error(reason::PROTOCOL_ERROR)),
-            },
-            Some(alias) => {
-                link.aliases.set_inbound(alias, named.clone());
-                named
-            }
-            None => named,
-        };
-        if topic.len() > cfg.max_topic_length || topic_levels(&topic) > cfg.max_topic_levels {
-            return Err(Close::Error(reason::TOPIC_NAME_INVALID));
-        }
-        let mut code = reason::SUCCESS;
-        if p.properties.payload_format_indicator() == Some(1)
-            && std::str::from_utf8(p.payload).is_err()
-        {
-            if p.qos == QoS::AtMostOnce {
-                return Err(Close::Error(reason::PAYLOAD_FORMAT_INVALID));
-            }
-            code = reason::PAYLOAD_FORMAT_INVALID;
-        }
-        if p.qos == QoS::ExactlyOnce {
-            if s.holds_inbound_qos2(p.packet_id) {
-                // A re-sent PUBLISH of a flow we already hold: acknowledge, don't deliver again.
-                write_packet(out, protocol, &Packet::PubRec(Ack::new(p.packet_id)));
-                return Ok(());
-            }
-            if s.inbound_qos2_count() >= usize::from(cfg.receive_maximum) {
-                return Err(Close::Error(reason::RECEIVE_MAXIMUM_EXCEEDED));
-            }
-        }
-        // `$SYS` belongs to the broker: clients may not publish into it.
-        let persisted = s.persisted();
-        // `$queue/$nack/...`, `$queue/$touch/...`, `$queue/$credit/...`: a consumer's
-        // word about its own jobs, not a message (`proto/queues.rs`).
-        let control = topic.starts_with(queues::CONTROL_PREFIX);
-        // `$delayed/SECONDS/TOPIC`: published to TOPIC later (`proto/delayed.rs`).
-        let delay = match delayed::parse(&topic, now_secs) {
-            None => None,
-            Some(Ok(due)) => Some((due.at_secs, due.topic.to_owned())),
-            Some(Err(())) => {
-                code = reason::TOPIC_NAME_INVALID;
-                None
-            }
-        };
-        // The access rules (docs/security.md): a refused PUBLISH is not routed. MQTT 5
-        // says why (0x87); 3.1.1 has no refusal and acknowledges it as usual. A delayed
-        // publish is a write of its target.
-        let grant = s.grant().map(|g| &**g);
-        if acl.checks(grant) && code == reason::SUCCESS && !control {
-            let who = acl::Who {
-                user: s.user().map(|u| &**u),
-                client,
-                grant,
-            };
-            let written = delay.as_ref().map_or(&*topic, |(_, t)| t.as_str());
-            if !acl.allows(who, acl::Access::Write, written) {
-                tracing::debug!(client = %client, topic = %topic, "publish refused by the access rules");
-                self.stats.publish_denied += 1;
-                code = reason::NOT_AUTHORIZED;
-            }
-        }
         // `$admin/queue/NAME` declares a queue; the declaration is kept as the topic's
         // retained message. `$admin/queue/NAME/redrive` moves its dead letters back
         // (`proto/queues.rs`).
@@ -740,46 +674,20 @@ impl Core {
             // Kept (retained), whoever listens.
             code = reason::SUCCESS;
         }
-        let mut ack = Ack::new(p.packet_id);
-        ack.reason = if v5 { code } else { 0 };
-        let why = PropValues {
-            reason_string: reason_string.as_deref(),
-            ..PropValues::default()
-        };
-        if v5 && reason_string.is_some() {
-            // Left out rather than go beyond the client's Maximum Packet Size
-            // (MQTT-3.4.2-2, MQTT-3.5.2-2).
-            let with = Ack {
-                properties: Properties::from(&why),
-                ..ack
+        let held = self.shard.answer(
+            client,
+            conn_id,
+            p,
+            protocol,
+            (code, reason_string.as_deref()),
+            out,
+        );
+        if held {
+            let rec = Record::Inbound2 {
+                client: client.to_string(),
+                packet_id: p.packet_id,
             };
-            let max = self
-                .owned(client, conn_id)
-                .and_then(|s| s.link())
-                .map_or(u32::MAX, |l| l.client_max_packet);
-            if Packet::PubAck(with).encoded_len(protocol) <= max as usize {
-                ack = with;
-            }
-        }
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => write_packet(out, protocol, &Packet::PubAck(ack)),
-            QoS::ExactlyOnce => {
-                // A 3.1.1 client was told nothing of a refusal: its flow goes on.
-                if code < 0x80 || !v5 {
-                    if let Some(s) = self.owned(client, conn_id) {
-                        s.hold_inbound_qos2(p.packet_id);
-                    }
-                    if persisted {
-                        let rec = Record::Inbound2 {
-                            client: client.to_string(),
-                            packet_id: p.packet_id,
-                        };
-                        self.log(rec, Why::Accept);
-                    }
-                }
-                write_packet(out, protocol, &Packet::PubRec(ack));
-            }
+            self.log(rec, Why::Accept);
         }
         Ok(())
     }

@@ -38,6 +38,33 @@ pub(super) struct Acked {
     pub(super) released: Option<u16>,
 }
 
+/// What a PUBLISH is checked against besides its publisher's session.
+pub(super) struct Rules<'a> {
+    pub(super) cfg: &'a MqttConfig,
+    /// The access rules in force.
+    pub(super) acl: &'a acl::Acl,
+    /// Now in Unix seconds, rounded up (for `$delayed/`).
+    pub(super) now_secs: u64,
+}
+
+/// A PUBLISH its publisher's session let through ([`Shard::admit`]), for the global
+/// rooms to route.
+pub(super) struct Admitted {
+    /// Its topic, an alias resolved.
+    pub(super) topic: Arc<str>,
+    /// Its reason code so far: success, or a refusal that is still acknowledged
+    /// (payload format invalid at QoS 1/2, not authorized, a malformed `$delayed/`).
+    pub(super) code: u8,
+    /// `$delayed/SECONDS/TOPIC`: when (Unix seconds) and where to.
+    pub(super) delay: Option<(u64, String)>,
+    /// `$queue/$nack/...` and the like: a consumer's word about its jobs.
+    pub(super) control: bool,
+    /// The protocol of the publisher's connection.
+    pub(super) protocol: Protocol,
+    /// The access rules refused it (counted by the caller).
+    pub(super) denied: bool,
+}
+
 impl Shard {
     /// The session of `client` if connection `conn_id` still owns it.
     pub(super) fn owned(&mut self, client: &str, conn_id: u64) -> Option<&mut Session> {
@@ -114,6 +141,173 @@ impl Shard {
             _ => return Ok(None),
         }
         Ok(Some(acked))
+    }
+
+    /// Checks a PUBLISH of connection `conn_id` of `client` against its session and
+    /// `rules`: QoS and retain allowed, no subscription identifier, its topic alias
+    /// (resolved or set; `named` is the topic as published), the topic's limits, the
+    /// payload format, the QoS 2 window and the access rules. `Ok(None)` for a re-sent
+    /// QoS 2 PUBLISH of a flow already held: acknowledged again into `out`, not to be
+    /// delivered again.
+    ///
+    /// # Errors
+    /// [`Close`] when the connection must end (with a reason for v5).
+    pub(super) fn admit(
+        &mut self,
+        client: &str,
+        conn_id: u64,
+        p: &Publish<'_>,
+        named: Arc<str>,
+        rules: Rules<'_>,
+        out: &mut BytesMut,
+    ) -> Result<Option<Admitted>, Close> {
+        let Rules { cfg, acl, now_secs } = rules;
+        let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
+        let Some(link) = s.link_mut() else {
+            return Err(Close::TakenOver);
+        };
+        let protocol = link.protocol;
+        if p.qos as u8 > cfg.max_qos {
+            return Err(Close::Error(reason::QOS_NOT_SUPPORTED));
+        }
+        if p.retain && !cfg.retain_available {
+            return Err(Close::Error(reason::RETAIN_NOT_SUPPORTED));
+        }
+        // Subscription identifiers travel only from server to client (MQTT-3.3.4-6).
+        if !p.properties.subscription_identifiers().is_empty() {
+            return Err(Close::Error(reason::PROTOCOL_ERROR));
+        }
+        // Topic alias resolution (per connection, client -> broker direction).
+        let topic: Arc<str> = match p.properties.topic_alias() {
+            // 0 is never a valid alias (MQTT-3.3.2-8); the decoder refuses it too.
+            Some(alias) if alias == 0 || alias > cfg.topic_alias_maximum => {
+                return Err(Close::Error(reason::TOPIC_ALIAS_INVALID));
+            }
+            Some(alias) if p.topic.is_empty() => match link.aliases.inbound(alias) {
+                Some(t) => t.clone(),
+                None => return Err(Close::Error(reason::PROTOCOL_ERROR)),
+            },
+            Some(alias) => {
+                link.aliases.set_inbound(alias, named.clone());
+                named
+            }
+            None => named,
+        };
+        if topic.len() > cfg.max_topic_length || topic_levels(&topic) > cfg.max_topic_levels {
+            return Err(Close::Error(reason::TOPIC_NAME_INVALID));
+        }
+        let mut code = reason::SUCCESS;
+        if p.properties.payload_format_indicator() == Some(1)
+            && std::str::from_utf8(p.payload).is_err()
+        {
+            if p.qos == QoS::AtMostOnce {
+                return Err(Close::Error(reason::PAYLOAD_FORMAT_INVALID));
+            }
+            code = reason::PAYLOAD_FORMAT_INVALID;
+        }
+        if p.qos == QoS::ExactlyOnce {
+            if s.holds_inbound_qos2(p.packet_id) {
+                // A re-sent PUBLISH of a flow we already hold: acknowledge, don't deliver again.
+                write_packet(out, protocol, &Packet::PubRec(Ack::new(p.packet_id)));
+                return Ok(None);
+            }
+            if s.inbound_qos2_count() >= usize::from(cfg.receive_maximum) {
+                return Err(Close::Error(reason::RECEIVE_MAXIMUM_EXCEEDED));
+            }
+        }
+        // `$queue/$nack/...`, `$queue/$touch/...`, `$queue/$credit/...`: a consumer's
+        // word about its own jobs, not a message (`proto/queues.rs`).
+        let control = topic.starts_with(queues::CONTROL_PREFIX);
+        // `$delayed/SECONDS/TOPIC`: published to TOPIC later (`proto/delayed.rs`).
+        let delay = match delayed::parse(&topic, now_secs) {
+            None => None,
+            Some(Ok(due)) => Some((due.at_secs, due.topic.to_owned())),
+            Some(Err(())) => {
+                code = reason::TOPIC_NAME_INVALID;
+                None
+            }
+        };
+        // The access rules (docs/security.md): a refused PUBLISH is not routed. MQTT 5
+        // says why (0x87); 3.1.1 has no refusal and acknowledges it as usual. A delayed
+        // publish is a write of its target.
+        let grant = s.grant().map(|g| &**g);
+        let mut denied = false;
+        if acl.checks(grant) && code == reason::SUCCESS && !control {
+            let who = acl::Who {
+                user: s.user().map(|u| &**u),
+                client,
+                grant,
+            };
+            let written = delay.as_ref().map_or(&*topic, |(_, t)| t.as_str());
+            if !acl.allows(who, acl::Access::Write, written) {
+                tracing::debug!(client, topic = %topic, "publish refused by the access rules");
+                denied = true;
+                code = reason::NOT_AUTHORIZED;
+            }
+        }
+        Ok(Some(Admitted {
+            topic,
+            code,
+            delay,
+            control,
+            protocol,
+            denied,
+        }))
+    }
+
+    /// Acknowledges PUBLISH `p` (PUBACK at QoS 1, PUBREC at QoS 2; nothing at QoS 0)
+    /// with `code` and, for v5 and when the client's Maximum Packet Size leaves room, a
+    /// reason string. At QoS 2, the session holds the flow unless v5 was told of a
+    /// refusal. True when a persisted session began holding one (the caller journals
+    /// it).
+    pub(super) fn answer(
+        &mut self,
+        client: &str,
+        conn_id: u64,
+        p: &Publish<'_>,
+        protocol: Protocol,
+        (code, reason_string): (u8, Option<&str>),
+        out: &mut BytesMut,
+    ) -> bool {
+        let v5 = protocol.is_v5();
+        let mut ack = Ack::new(p.packet_id);
+        ack.reason = if v5 { code } else { 0 };
+        let why = PropValues {
+            reason_string,
+            ..PropValues::default()
+        };
+        // Looked up only where needed (not for a plain PUBACK: once per message).
+        if v5 && reason_string.is_some() {
+            // Left out rather than go beyond the client's Maximum Packet Size
+            // (MQTT-3.4.2-2, MQTT-3.5.2-2).
+            let with = Ack {
+                properties: Properties::from(&why),
+                ..ack
+            };
+            let max = self
+                .owned(client, conn_id)
+                .and_then(|s| s.link())
+                .map_or(u32::MAX, |l| l.client_max_packet);
+            if Packet::PubAck(with).encoded_len(protocol) <= max as usize {
+                ack = with;
+            }
+        }
+        let mut held = false;
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => write_packet(out, protocol, &Packet::PubAck(ack)),
+            QoS::ExactlyOnce => {
+                // A 3.1.1 client was told nothing of a refusal: its flow goes on.
+                if code < 0x80 || !v5 {
+                    if let Some(s) = self.owned(client, conn_id) {
+                        s.hold_inbound_qos2(p.packet_id);
+                        held = s.persisted();
+                    }
+                }
+                write_packet(out, protocol, &Packet::PubRec(ack));
+            }
+        }
+        held
     }
 
     /// The messages whose delivery ended since the last call.
