@@ -44,22 +44,6 @@ impl Session {
 }
 
 impl Core {
-    /// The publisher of the PUBLISH about to be routed may be paused (its connection
-    /// is woken by `notify`), unless its own queue is congested.
-    pub(super) fn may_pause(&mut self, client: &str) {
-        let Some(s) = self.shard.sessions.get(client) else {
-            return;
-        };
-        let (spilled, spilled_bytes) = s.spilled();
-        let own = (s.queued_len() + spilled, s.queued_bytes() + spilled_bytes);
-        if self.cfg.publisher_backpressure_ms == 0
-            || past(own.0, own.1, &s.queue_limits(self.limits), 2)
-        {
-            return;
-        }
-        self.shard.pausable = s.link().map(|l| l.notify.clone());
-    }
-
     /// The PUBLISH was routed: nobody more to pause for it.
     pub(super) fn routed(&mut self) {
         self.shard.pausable = None;

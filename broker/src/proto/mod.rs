@@ -583,6 +583,7 @@ impl Core {
         let named = self.matches.intern(p.topic);
         let rules = shard::Rules {
             cfg: &self.cfg,
+            limits: self.limits,
             acl: &self.acl,
             now_secs,
         };
@@ -597,6 +598,7 @@ impl Core {
             control,
             protocol,
             denied,
+            pausable,
         } = admitted;
         if denied {
             self.stats.publish_denied += 1;
@@ -652,7 +654,7 @@ impl Core {
                 }
                 None => {
                     // A subscriber it fills past its high-water mark pauses it.
-                    self.may_pause(client);
+                    self.shard.pausable = pausable;
                     let routed = self.route(msg, false, now, fx);
                     self.routed();
                     match routed {

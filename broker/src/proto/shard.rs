@@ -41,6 +41,8 @@ pub(super) struct Acked {
 /// What a PUBLISH is checked against besides its publisher's session.
 pub(super) struct Rules<'a> {
     pub(super) cfg: &'a MqttConfig,
+    /// The queue limits of `[mqtt]` (a user's own may replace them).
+    pub(super) limits: QueueLimits,
     /// The access rules in force.
     pub(super) acl: &'a acl::Acl,
     /// Now in Unix seconds, rounded up (for `$delayed/`).
@@ -63,6 +65,10 @@ pub(super) struct Admitted {
     pub(super) protocol: Protocol,
     /// The access rules refused it (counted by the caller).
     pub(super) denied: bool,
+    /// The publisher's connection, to pause if a subscriber it fills is congested
+    /// (`proto/backpressure.rs`); `None` when backpressure is off or the publisher's own
+    /// queue is congested (it must keep reading its acknowledgements).
+    pub(super) pausable: Option<Arc<dyn Wake>>,
 }
 
 impl Shard {
@@ -161,7 +167,12 @@ impl Shard {
         rules: Rules<'_>,
         out: &mut BytesMut,
     ) -> Result<Option<Admitted>, Close> {
-        let Rules { cfg, acl, now_secs } = rules;
+        let Rules {
+            cfg,
+            limits,
+            acl,
+            now_secs,
+        } = rules;
         let s = self.owned(client, conn_id).ok_or(Close::TakenOver)?;
         let Some(link) = s.link_mut() else {
             return Err(Close::TakenOver);
@@ -245,6 +256,12 @@ impl Shard {
                 code = reason::NOT_AUTHORIZED;
             }
         }
+        let pausable = if cfg.publisher_backpressure_ms == 0 || s.congested(&s.queue_limits(limits))
+        {
+            None
+        } else {
+            s.link().map(|l| l.notify.clone())
+        };
         Ok(Some(Admitted {
             topic,
             code,
@@ -252,6 +269,7 @@ impl Shard {
             control,
             protocol,
             denied,
+            pausable,
         }))
     }
 
