@@ -74,10 +74,7 @@ pub(super) struct Admitted {
 impl Shard {
     /// The session of `client` if connection `conn_id` still owns it.
     pub(super) fn owned(&mut self, client: &str, conn_id: u64) -> Option<&mut Session> {
-        self.sessions
-            .get_mut(client)
-            .map(|s| &mut **s)
-            .filter(|s| s.owned_by(conn_id))
+        owned(&mut self.sessions, client, conn_id)
     }
 
     /// Handles a PUBACK, PUBREC, PUBREL, PUBCOMP or PINGREQ of connection `conn_id` of
@@ -96,11 +93,7 @@ impl Shard {
         let Shard {
             sessions, spent, ..
         } = self;
-        let s = sessions
-            .get_mut(client)
-            .map(|s| &mut **s)
-            .filter(|s| s.owned_by(conn_id))
-            .ok_or(Close::TakenOver)?;
+        let s = owned(sessions, client, conn_id).ok_or(Close::TakenOver)?;
         let protocol = s.link().map_or(Protocol::V311, |l| l.protocol);
         let v5 = protocol.is_v5();
         let mut acked = Acked::default();
@@ -337,4 +330,17 @@ impl Shard {
     pub(super) fn free_spent(&mut self) {
         self.spent.clear();
     }
+}
+
+/// The session of `client` in `sessions` if connection `conn_id` still owns it (a free
+/// function so that a caller can borrow the shard's other fields beside it).
+fn owned<'s>(
+    sessions: &'s mut FastMap<Arc<str>, Box<Session>>,
+    client: &str,
+    conn_id: u64,
+) -> Option<&'s mut Session> {
+    sessions
+        .get_mut(client)
+        .map(|s| &mut **s)
+        .filter(|s| s.owned_by(conn_id))
 }
