@@ -19,7 +19,10 @@ use common::{connect, Msg, Raw, Recv};
 use mote_codec::{Ack, Packet, Protocol, QoS};
 use mote_tests::Broker;
 
-const APPENDS: u32 = 20_000;
+/// The most the producer appends. The kill comes about a second in (once `$SYS` showed
+/// a commit), when a fast machine has appended 10,000-20,000: room to spare, so that the
+/// kill comes while the producer still appends.
+const APPENDS: u32 = 200_000;
 
 /// The `mote-offset` of a stream delivery.
 fn offset(m: &Msg) -> u64 {
@@ -166,14 +169,9 @@ fn acknowledged_appends_and_committed_offsets_survive_sigkill() {
     // The group resumes between what `$SYS` showed committed and its first unacknowledged.
     let mut member = connect(broker.addr, Protocol::V5, "crash-member-2");
     member.subscribe("$share/g/$stream/crash/@earliest", QoS::AtLeastOnce);
-    let first = member.expect_publish();
-    let resumed = offset(&first);
-    assert!(
-        resumed >= committed_before && resumed <= first_unacked,
-        "the group resumed at {resumed}: committed before the kill {committed_before}, first unacknowledged {first_unacked}"
-    );
-
-    // The next append takes the next offset: none is reused.
+    // One more append, so that the group has something to read even when it had
+    // acknowledged (and committed) every append before the kill: then it resumes at
+    // this one. The next append takes the next offset: none is reused (below).
     let mut p = connect(broker.addr, Protocol::V5, "after-producer");
     p.publish_acked(&common::publish(
         "$stream/crash",
@@ -181,6 +179,12 @@ fn acknowledged_appends_and_committed_offsets_survive_sigkill() {
         QoS::AtLeastOnce,
         1,
     ));
+    let first = member.expect_publish();
+    let resumed = offset(&first);
+    assert!(
+        resumed >= committed_before && resumed <= first_unacked,
+        "the group resumed at {resumed}: committed before the kill {committed_before}, first unacknowledged {first_unacked}"
+    );
     let mut tail = connect(broker.addr, Protocol::V5, "tail");
     tail.subscribe(&format!("$stream/crash/@{kept}"), QoS::AtLeastOnce);
     let m = tail.expect_publish();
