@@ -538,14 +538,15 @@ impl StreamStore for FuzzStreams {
     }
 }
 
-/// A core journaling into `journal`, its streams in `streams`.
+/// A core of `shards` shards journaling into `journal`, its streams in `streams`.
 fn journaled(
-    cfg: &Arc<MqttConfig>,
+    (cfg, shards): (&Arc<MqttConfig>, usize),
     journal: Arc<FuzzJournal>,
     streams: &Arc<FuzzStreams>,
     clock: Clock,
 ) -> Core {
-    let mut core = Core::with_journal(cfg.clone(), journal, Arc::new(NoSpill), usize::MAX, clock);
+    let mut core = Core::with_journal(cfg.clone(), journal, Arc::new(NoSpill), usize::MAX, clock)
+        .with_shards(shards);
     core.set_stream_store(streams.clone(), clock.at);
     core
 }
@@ -553,7 +554,7 @@ fn journaled(
 /// The core the runtime's start-up rebuilds from `records` and `streams`: the streams,
 /// then [`replay_into`], then a full compaction into the same log.
 fn recover(
-    cfg: &Arc<MqttConfig>,
+    cfg: (&Arc<MqttConfig>, usize),
     records: Vec<Vec<u8>>,
     streams: &Arc<FuzzStreams>,
     clock: Clock,
@@ -881,14 +882,20 @@ impl World {
             cfg.max_inflight = rng.pick(&[1, 2, 4]);
         }
         let cfg = Arc::new(cfg);
+        // The sessions in one shard or in four (`proto/shard.rs`): the model is the
+        // same, so both must agree with it.
+        let shards = if rng.pct(50) { 4 } else { 1 };
         let t0 = Instant::now();
         let clock = Clock::new(t0, 1_700_000_000_000);
         let streams = Arc::new(FuzzStreams::default());
         let (core, journal) = if rng.pct(50) {
             let j = Arc::new(FuzzJournal::default());
-            (journaled(&cfg, j.clone(), &streams, clock), Some(j))
+            (
+                journaled((&cfg, shards), j.clone(), &streams, clock),
+                Some(j),
+            )
         } else {
-            (Core::new(cfg.clone(), clock), None)
+            (Core::new(cfg.clone(), clock).with_shards(shards), None)
         };
         let n = 3 + rng.below(4);
         World {
@@ -2585,7 +2592,8 @@ impl World {
             s.unsure = true;
         }
         let clock = self.clock();
-        let (core, journal) = recover(&self.cfg, records, &self.streams, clock, self.now);
+        let cfg = (&self.cfg, self.core.shard_count());
+        let (core, journal) = recover(cfg, records, &self.streams, clock, self.now);
         self.core = core;
         self.journal = Some(journal);
     }

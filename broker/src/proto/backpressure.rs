@@ -46,17 +46,17 @@ impl Session {
 impl Core {
     /// The PUBLISH was routed: nobody more to pause for it.
     pub(super) fn routed(&mut self) {
-        self.shard.pausable = None;
+        self.held.pausable = None;
     }
 
     /// `client` (online) was just queued a delivery and is past its high-water mark
     /// ([`Session::congested`]): the current publisher is paused on it (within the
     /// episode's budget).
     pub(super) fn check_congestion(&mut self, client: &str, now: Instant) {
-        let Some(s) = self.shard.sessions.get(client) else {
+        let Some(s) = self.shards.get(client) else {
             return;
         };
-        let Some(publisher) = self.shard.pausable.clone() else {
+        let Some(publisher) = self.held.pausable.clone() else {
             return;
         };
         // Its own queue: never paused on itself.
@@ -66,7 +66,8 @@ impl Core {
         let key = s.client_id().clone();
         let budget = Duration::from_millis(self.cfg.publisher_backpressure_ms);
         let c = self
-            .shard
+            .shards
+            .of_mut(&key)
             .congested
             .entry(key)
             .or_insert_with(|| Congestion {
@@ -82,16 +83,16 @@ impl Core {
             c.paused.push(publisher);
         }
         self.stats.publishers_paused += 1;
-        self.shard.pause_until = Some(self.shard.pause_until.map_or(until, |u| u.min(until)));
+        self.held.pause_until = Some(self.held.pause_until.map_or(until, |u| u.min(until)));
     }
 
     /// `client` drained: below its low-water mark its paused publishers go on. Also
     /// when it goes offline (`force`).
     pub(super) fn relieve(&mut self, client: &str, force: bool) {
-        if self.shard.congested.is_empty() {
+        if !self.shards.any_congested() {
             return;
         }
-        let below = match self.shard.sessions.get(client) {
+        let below = match self.shards.get(client) {
             Some(s) => {
                 let (spilled, spilled_bytes) = s.spilled();
                 let (len, bytes) = (s.queued_len() + spilled, s.queued_bytes() + spilled_bytes);
@@ -102,7 +103,7 @@ impl Core {
         if !(force || below) {
             return;
         }
-        if let Some(c) = self.shard.congested.remove(client) {
+        if let Some(c) = self.shards.of_mut(client).congested.remove(client) {
             for p in c.paused {
                 p.wake();
             }
@@ -112,11 +113,11 @@ impl Core {
     /// Until when the connection of the calls since the last take must not read (it
     /// published to a congested subscriber), resetting it.
     pub(crate) fn take_pause(&mut self) -> Option<Instant> {
-        self.shard.pause_until.take()
+        self.held.pause_until.take()
     }
 
     /// True when the connection of the current call is to pause after its last PUBLISH.
     pub(crate) fn pausing(&self) -> bool {
-        self.shard.pause_until.is_some()
+        self.held.pause_until.is_some()
     }
 }

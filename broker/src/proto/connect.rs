@@ -98,7 +98,7 @@ impl Core {
         };
 
         // Takeover and session resumption.
-        if let Some(old) = self.shard.sessions.get_mut(&client_id) {
+        if let Some(old) = self.shards.get_mut(&client_id) {
             if let Some(link) = old.take_link() {
                 let reason = reason::SESSION_TAKEN_OVER;
                 link.kick().set(reason);
@@ -108,8 +108,7 @@ impl Core {
                 // A session that lived only as long as its connection ends with it, before
                 // the new CONNECT's Clean Start is looked at (MQTT 5 §3.1.4, 3.1.1 §3.1.2.4).
                 if self
-                    .shard
-                    .sessions
+                    .shards
                     .get(&client_id)
                     .is_some_and(|s| s.expiry_interval() == 0)
                 {
@@ -118,7 +117,7 @@ impl Core {
             }
         }
         let mut session_present = false;
-        if let Some(old) = self.shard.sessions.get_mut(&client_id) {
+        if let Some(old) = self.shards.get_mut(&client_id) {
             // A session belongs to the user that created it: another user's CONNECT
             // with this client id starts afresh instead of reading what was queued.
             let owner_differs = old.user().map(|u| &**u) != user.as_deref();
@@ -198,7 +197,8 @@ impl Core {
         });
 
         let session = self
-            .shard
+            .shards
+            .of_mut(&client_id)
             .sessions
             .entry(client_id.clone())
             .or_insert_with(|| Box::new(Session::new(client_id.clone(), self.mem.clone())));
@@ -268,7 +268,7 @@ impl Core {
                 self.timers.cancel(&Timer::Credential(client_id.clone()));
             }
         }
-        let session = self.shard.sessions.get_mut(&client_id)?;
+        let session = self.shards.get_mut(&client_id)?;
 
         let mut props = PropValues::default();
         if v5 {
@@ -320,7 +320,7 @@ impl Core {
     /// is asked to close (MQTT 5: DISCONNECT 0xA0 Maximum connect time), keeping its
     /// session, as a connection lost does.
     pub(super) fn credential_expired(&mut self, client: &Arc<str>, now: Instant, fx: &mut Effects) {
-        let Some(link) = self.shard.sessions.get(client).and_then(|s| s.link()) else {
+        let Some(link) = self.shards.get(client).and_then(|s| s.link()) else {
             return;
         };
         if link.credential_expires.is_some_and(|at| at <= now) && link.kick().get() == 0 {

@@ -114,7 +114,7 @@ impl Core {
 
     /// The store session of delayed messages exists (journaled once).
     fn open_delayed_store(&mut self, now: Instant) {
-        if self.shard.sessions.contains_key(STORE_ID) {
+        if self.shards.contains(STORE_ID) {
             return;
         }
         let id: Arc<str> = Arc::from(STORE_ID);
@@ -128,7 +128,7 @@ impl Core {
             user: None,
         };
         self.log(rec, Why::Accept);
-        self.shard.sessions.insert(id, Box::new(s));
+        self.shards.insert(id, Box::new(s));
     }
 
     /// Sets the timer to the earliest due time.
@@ -185,7 +185,7 @@ impl Core {
     /// Recovery: the delayed messages the store session holds move to the waiting set.
     pub(crate) fn restore_delayed(&mut self, now: Instant) {
         let clock = self.clock(now);
-        let Some(s) = self.shard.sessions.get_mut(STORE_ID) else {
+        let Some(s) = self.shards.get_mut(STORE_ID) else {
             return;
         };
         let mut found = Vec::new();

@@ -175,8 +175,10 @@ pub(crate) struct Stats {
 pub(crate) struct Core {
     cfg: Arc<MqttConfig>,
     limits: QueueLimits,
-    /// The sessions and what is kept per lock holder (`proto/shard.rs`).
-    shard: shard::Shard,
+    /// The sessions, by shard (`proto/shard.rs`).
+    shards: shard::Shards,
+    /// What the lock's holder keeps between its calls (`proto/shard.rs`).
+    held: shard::Holder,
     /// Recently published topics' matching subscriptions (`proto/matches.rs`).
     matches: matches::MatchCache,
     /// The access rules in force.
@@ -262,7 +264,8 @@ impl Core {
         Core {
             cfg,
             limits,
-            shard: shard::Shard::default(),
+            shards: shard::Shards::default(),
+            held: shard::Holder::default(),
             matches: matches::MatchCache::default(),
             acl,
             delayed: delayed::Delayed::default(),
@@ -308,6 +311,26 @@ impl Core {
         core.budget = budget;
         core.queue_budget = budget;
         core
+    }
+
+    /// The core with its sessions in `n` shards (`proto/shard.rs`), before it has any.
+    ///
+    /// # Panics
+    /// When it has sessions already.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn with_shards(mut self, n: usize) -> Core {
+        assert!(
+            self.shards.is_empty(),
+            "sessions are sharded before there are any"
+        );
+        self.shards = shard::Shards::new(n);
+        self
+    }
+
+    /// How many shards the sessions are in.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.count()
     }
 
     /// Sets the wall clock. The core derives wall time for any later instant from the
@@ -383,7 +406,7 @@ impl Core {
             max_inflight: limits.max_inflight,
             event_topics: &self.cfg.event_topics,
         };
-        if let Some(s) = self.shard.sessions.get_mut(client) {
+        if let Some(s) = self.shards.get_mut(client) {
             let ev = &mut |e| events.push(e);
             more = s.drain(
                 out,
@@ -393,7 +416,7 @@ impl Core {
                 clock,
                 durable,
                 ev,
-                &mut self.shard.spent,
+                &mut self.held.spent,
             );
             if more {
                 if let Some(link) = s.link() {
@@ -412,7 +435,7 @@ impl Core {
 
     /// The session of `client` if connection `conn_id` still owns it.
     fn owned(&mut self, client: &str, conn_id: u64) -> Option<&mut Session> {
-        self.shard.owned(client, conn_id)
+        self.shards.owned(client, conn_id)
     }
 
     /// Sends queued deliveries of `client` that fit its window; true when more are queued
@@ -449,13 +472,13 @@ impl Core {
     /// The messages whose delivery ended since the last call, for the lock's holder to
     /// free after letting go (`message::Spent`).
     pub(crate) fn take_spent(&mut self) -> message::Spent {
-        self.shard.take_spent()
+        self.held.take_spent()
     }
 
     /// Frees the messages set aside since the last call (a lock holder that did not take
     /// them, when it lets go).
     pub(crate) fn free_spent(&mut self) {
-        self.shard.free_spent();
+        self.held.free_spent();
     }
 
     /// The connection of `client` has gone quiet (nothing received or sent for a while,
@@ -511,7 +534,13 @@ impl Core {
             Packet::Unsubscribe(u) => return self.handle_unsubscribe(client, conn_id, u, now, out),
             Packet::Disconnect(d) => return self.handle_disconnect(client, conn_id, d),
             // Acknowledgements and PINGREQ: the session answers them by itself.
-            _ => self.shard.acknowledge(client, conn_id, packet, out)?,
+            _ => self.shards.of_mut(client).acknowledge(
+                client,
+                conn_id,
+                packet,
+                out,
+                &mut self.held.spent,
+            )?,
         };
         // No Authentication Method was accepted in CONNECT (an unknown one gets CONNACK
         // 0x8C), so any AUTH is a Protocol Error (MQTT-4.12.0-7); so is anything else
@@ -544,7 +573,7 @@ impl Core {
         d: &Disconnect<'_>,
     ) -> Result<(), Close> {
         let max_expiry = self.cfg.max_session_expiry;
-        let s = self.shard.owned(client, conn_id).ok_or(Close::TakenOver)?;
+        let s = self.shards.owned(client, conn_id).ok_or(Close::TakenOver)?;
         let v5 = s.link().is_some_and(|l| l.protocol.is_v5());
         if let Some(e) = d.properties.session_expiry_interval().filter(|_| v5) {
             if s.expiry_interval() == 0 && e != 0 {
@@ -588,7 +617,8 @@ impl Core {
             now_secs,
         };
         // A re-sent QoS 2 PUBLISH of a flow already held was acknowledged again.
-        let Some(admitted) = self.shard.admit(client, conn_id, p, named, rules, out)? else {
+        let shard = self.shards.of_mut(client);
+        let Some(admitted) = shard.admit(client, conn_id, p, named, rules, out)? else {
             return Ok(());
         };
         let shard::Admitted {
@@ -654,7 +684,7 @@ impl Core {
                 }
                 None => {
                     // A subscriber it fills past its high-water mark pauses it.
-                    self.shard.pausable = pausable;
+                    self.held.pausable = pausable;
                     let routed = self.route(msg, false, now, fx);
                     self.routed();
                     match routed {
@@ -676,7 +706,7 @@ impl Core {
             // Kept (retained), whoever listens.
             code = reason::SUCCESS;
         }
-        let held = self.shard.answer(
+        let held = self.shards.of_mut(client).answer(
             client,
             conn_id,
             p,
@@ -727,7 +757,7 @@ impl Core {
         self.return_deliveries(client, None, now);
         self.stream_member_offline(client, now);
         self.relieve(client, true);
-        let Some(s) = self.shard.sessions.get_mut(client) else {
+        let Some(s) = self.shards.get_mut(client) else {
             return;
         };
         let persisted = s.persisted();
@@ -855,7 +885,7 @@ impl Core {
         self.return_deliveries(client, None, now);
         self.queues.forget(client);
         self.stream_member_gone(client, now);
-        let Some(mut s) = self.shard.sessions.remove(client) else {
+        let Some(mut s) = self.shards.remove(client) else {
             return;
         };
         for f in s.subscriptions().map(|(f, _)| f) {
@@ -905,7 +935,7 @@ impl Core {
         while let Some((timer, _)) = self.timers.pop_due(now) {
             match timer {
                 Timer::Will(id) => {
-                    let Some(s) = self.shard.sessions.get_mut(&id) else {
+                    let Some(s) = self.shards.get_mut(&id) else {
                         continue;
                     };
                     let Some(w) = s.take_will() else {

@@ -30,7 +30,7 @@ impl Core {
     ) -> Applied {
         self.acl = acl;
         let mut applied = Applied::default();
-        for (client, s) in &self.shard.sessions {
+        for (client, s) in self.shards.iter() {
             if let (Some(user), Some(link)) = (s.user(), s.link()) {
                 let by_token = link.credential_expires.is_some();
                 if !by_token && link.kick().get() == 0 && user_gone(user) {
@@ -89,12 +89,12 @@ impl Core {
         };
         match only {
             Some(client) => {
-                if let Some(s) = self.shard.sessions.get(client) {
+                if let Some(s) = self.shards.get(client) {
                     decide(client, s);
                 }
             }
             None => {
-                for (client, s) in &self.shard.sessions {
+                for (client, s) in self.shards.iter() {
                     // The work queues' own sessions are the broker's.
                     if !client.starts_with(queues::QUEUE_PREFIX) {
                         decide(client, s);
@@ -111,7 +111,7 @@ impl Core {
         for (client, full) in refused {
             tracing::info!(client = %client, filter = %full, "subscription removed: no longer allowed");
             self.stats.subscribe_denied += 1;
-            let Some(s) = self.shard.sessions.get_mut(&client) else {
+            let Some(s) = self.shards.get_mut(&client) else {
                 continue;
             };
             s.unsubscribe(&full);

@@ -233,7 +233,7 @@ impl Core {
             .map
             .iter()
             .map(|(id, cs)| {
-                let depth = self.shard.sessions.get(id).map_or(0, |s| {
+                let depth = self.shards.get(id).map_or(0, |s| {
                     let (spilled, _) = s.spilled();
                     s.queued_len() + spilled
                 });
@@ -362,12 +362,7 @@ impl Core {
         let mut moved = 0usize;
         let mut fx = Effects::default();
         loop {
-            let Some(d) = self
-                .shard
-                .sessions
-                .get_mut(&dlq)
-                .and_then(|q| q.take_ready(clock))
-            else {
+            let Some(d) = self.shards.get_mut(&dlq).and_then(|q| q.take_ready(clock)) else {
                 break;
             };
             // Back as a job of NAME: without the dead letter's reason.
@@ -384,7 +379,7 @@ impl Core {
             m.user_properties = Bytes::from(users);
             if !self.enqueue(name, Arc::new(m), true, now, &mut fx) {
                 // NAME is full: this one and the rest stay dead letters.
-                if let Some(q) = self.shard.sessions.get_mut(&dlq) {
+                if let Some(q) = self.shards.get_mut(&dlq) {
                     q.push_front_ready(d);
                 }
                 break;
@@ -425,7 +420,7 @@ impl Core {
     /// Makes queue `name` exist (its store session opened); returns its store id.
     fn open_queue(&mut self, name: &str, now: Instant) -> Arc<str> {
         let id = store_id(name);
-        if !self.shard.sessions.contains_key(&id) {
+        if !self.shards.contains(&id) {
             let mut s = Session::new(id.clone(), self.mem.clone());
             s.set_expiry_interval(u32::MAX);
             s.set_offline_since(now);
@@ -438,7 +433,7 @@ impl Core {
                 };
                 self.log(rec, Why::Accept);
             }
-            self.shard.sessions.insert(id.clone(), Box::new(s));
+            self.shards.insert(id.clone(), Box::new(s));
         }
         self.queues.map.entry(id.clone()).or_default();
         id
@@ -508,7 +503,7 @@ impl Core {
     fn make_room(&mut self, id: &Arc<str>, settings: &Settings, cost: usize, now: Instant) {
         let clock = self.clock(now);
         loop {
-            let Some(q) = self.shard.sessions.get_mut(id) else {
+            let Some(q) = self.shards.get_mut(id) else {
                 return;
             };
             let (spilled, spilled_bytes) = q.spilled();
@@ -614,7 +609,7 @@ impl Core {
             if c.credit == Some(0) || not == Some(&c.client) {
                 continue;
             }
-            let Some(link) = self.shard.sessions.get(&c.client).and_then(|s| s.link()) else {
+            let Some(link) = self.shards.get(&c.client).and_then(|s| s.link()) else {
                 continue;
             };
             let window = prefetch.min(usize::from(link.client_receive_max.max(1)));
@@ -641,12 +636,7 @@ impl Core {
         let settings = self.queue_settings(id);
         let (prefetch, visibility) = (settings.prefetch, settings.visibility);
         while let Some(i) = self.pick_consumer(id, prefetch, None) {
-            let Some(mut d) = self
-                .shard
-                .sessions
-                .get_mut(id)
-                .and_then(|q| q.take_ready(clock))
-            else {
+            let Some(mut d) = self.shards.get_mut(id).and_then(|q| q.take_ready(clock)) else {
                 break;
             };
             // Past its retention (or its own expiry): deleted unconsumed.
@@ -695,7 +685,7 @@ impl Core {
                 self.timers
                     .set(Timer::Visible(client.clone(), d.msg.mid), due);
             }
-            let Some(s) = self.shard.sessions.get_mut(&client) else {
+            let Some(s) = self.shards.get_mut(&client) else {
                 break;
             };
             // Bounded by the prefetch, not by the session's queue limits (see
@@ -718,7 +708,7 @@ impl Core {
         only: Option<&Arc<str>>,
         now: Instant,
     ) {
-        let Some(s) = self.shard.sessions.get_mut(client) else {
+        let Some(s) = self.shards.get_mut(client) else {
             return;
         };
         let held = s.take_queue_deliveries(only);
@@ -765,7 +755,7 @@ impl Core {
             };
             self.log(rec, Why::NoPromise);
         }
-        if let Some(q) = self.shard.sessions.get_mut(id) {
+        if let Some(q) = self.shards.get_mut(id) {
             for mut d in back.into_iter().rev() {
                 d.queue = None;
                 q.push_front_ready(d);
@@ -804,8 +794,7 @@ impl Core {
     /// (at least once).
     pub(super) fn visibility_expired(&mut self, client: &Arc<str>, mid: u64, now: Instant) {
         let Some((d, stale_left)) = self
-            .shard
-            .sessions
+            .shards
             .get_mut(client)
             .and_then(|s| s.abandon_queue_job(mid))
         else {
@@ -874,8 +863,7 @@ impl Core {
         now: Instant,
     ) -> bool {
         let Some(d) = self
-            .shard
-            .sessions
+            .shards
             .get_mut(client)
             .and_then(|s| s.refuse_queue_job(packet_id))
         else {
@@ -909,8 +897,7 @@ impl Core {
         now: Instant,
     ) -> bool {
         let Some((mid, queue)) = self
-            .shard
-            .sessions
+            .shards
             .get(client)
             .and_then(|s| s.queue_job_in_flight(packet_id))
         else {
@@ -979,7 +966,7 @@ impl Core {
                 queue = name,
                 "dead-letter queue full; message kept in its queue"
             );
-            if let Some(q) = self.shard.sessions.get_mut(id) {
+            if let Some(q) = self.shards.get_mut(id) {
                 let mut d = d;
                 d.queue = None;
                 q.push_front_ready(d);

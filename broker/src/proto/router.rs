@@ -117,7 +117,7 @@ impl Core {
     /// True when the access rules let `client`'s user read `topic` (for a subscription
     /// the rules allow only in part).
     fn readable(&self, client: &Arc<str>, topic: &str) -> bool {
-        let s = self.shard.sessions.get(client);
+        let s = self.shards.get(client);
         let who = acl::Who {
             user: s.and_then(|s| s.user()).map(|u| &**u),
             client,
@@ -204,7 +204,7 @@ impl Core {
         let online: Vec<&Arc<str>> = candidates
             .iter()
             .copied()
-            .filter(|c| self.shard.sessions.get(&***c).is_some_and(|s| s.online()))
+            .filter(|c| self.shards.get(c).is_some_and(|s| s.online()))
             .collect();
         let pool = if online.is_empty() {
             &candidates
@@ -244,7 +244,7 @@ impl Core {
         };
         let clock = self.clock(now);
         let queued = self.queued_memory();
-        let Some(s) = self.shard.sessions.get_mut(client) else {
+        let Some(s) = self.shards.get_mut(client) else {
             return false;
         };
         if d.msg.expired(now) || (!s.online() && d.qos == QoS::AtMostOnce) {
@@ -272,7 +272,7 @@ impl Core {
             let rec = d.enqueue_record(client);
             d.lsn = self.log_with(Why::Accept, &mut |b| rec.encode(b));
             let spill = spill_to(&self.tails, &self.mem, self.budget);
-            let Some(s) = self.shard.sessions.get_mut(client) else {
+            let Some(s) = self.shards.get_mut(client) else {
                 return false;
             };
             (s, spill)
@@ -306,7 +306,7 @@ impl Core {
         }
         if let Some(link) = s.link() {
             fx.wake(&link.notify);
-            if self.shard.pausable.is_some() && s.congested(&s.queue_limits(self.limits)) {
+            if self.held.pausable.is_some() && s.congested(&s.queue_limits(self.limits)) {
                 self.check_congestion(client, now);
             }
         }

@@ -1,22 +1,30 @@
 //! The part of the core that splits by client (issue #15, `docs/architecture.md`, "Every
-//! core", step 2): the sessions, their congestion, and what one holder of the lock keeps
-//! between its calls (the publisher it may pause, the messages it frees after letting go).
+//! core", step 3): the sessions and their congestion, in [`Shards`] chosen by a hash of
+//! the client id, and what one holder of the lock keeps between its calls ([`Holder`]:
+//! the publisher it may pause, the messages it frees after letting go).
 //!
-//! Still under the core's one lock and one of it; a lock per shard is the next step. What
-//! is here does not reach the global rooms (routing, retained messages, work queues,
-//! streams, the journal): a packet a session answers by itself
-//! ([`Shard::acknowledge`]) hands back what the rest of the core has to do with it
-//! ([`Acked`]), which for plain MQTT deliveries on the in-memory store is nothing.
+//! Still under the core's one lock. Every use of a session goes through [`Shards`], which
+//! picks its shard, so the shards can later each take a lock of their own; the model
+//! checker (`fuzzing.rs`) runs the core with one shard and with four. What is here does
+//! not reach the global rooms (routing, retained messages, work queues, streams, the
+//! journal): a packet a session answers by itself ([`Shard::acknowledge`]) hands back
+//! what the rest of the core has to do with it ([`Acked`]), which for plain MQTT
+//! deliveries on the in-memory store is nothing.
 
 use super::*;
 
-/// The sessions and the per-holder state of the lock (see the module's doc).
+/// One shard: the sessions whose client ids hash to it.
 #[derive(Debug, Default)]
 pub(super) struct Shard {
     /// The sessions by client id (work queues and the delayed store are sessions too).
     pub(super) sessions: FastMap<Arc<str>, Box<Session>>,
-    /// Online subscribers past their high-water mark (`proto/backpressure.rs`).
+    /// Its online subscribers past their high-water mark (`proto/backpressure.rs`).
     pub(super) congested: FastMap<Arc<str>, backpressure::Congestion>,
+}
+
+/// What the holder of the core's lock keeps between its calls.
+#[derive(Debug, Default)]
+pub(super) struct Holder {
     /// The connection of the PUBLISH being routed, while it may be paused.
     pub(super) pausable: Option<Arc<dyn Wake>>,
     /// Until when the connection that made the current calls is to stop reading.
@@ -24,6 +32,158 @@ pub(super) struct Shard {
     /// Messages whose delivery ended in this hold of the lock, freed after it
     /// (`message::Spent`).
     pub(super) spent: message::Spent,
+}
+
+impl Holder {
+    /// The messages whose delivery ended since the last call.
+    pub(super) fn take_spent(&mut self) -> message::Spent {
+        self.spent.take()
+    }
+
+    /// Frees the messages set aside since the last call.
+    pub(super) fn free_spent(&mut self) {
+        self.spent.clear();
+    }
+}
+
+/// Most shards a core is split into.
+pub(super) const MAX_SHARDS: usize = 256;
+
+/// The shards, each session in the one its client id hashes to.
+#[derive(Debug)]
+pub(super) struct Shards {
+    parts: Box<[Shard]>,
+}
+
+impl Default for Shards {
+    fn default() -> Shards {
+        Shards::new(1)
+    }
+}
+
+impl Shards {
+    /// `n` empty shards (at least 1, at most [`MAX_SHARDS`]).
+    pub(super) fn new(n: usize) -> Shards {
+        let n = n.clamp(1, MAX_SHARDS);
+        Shards {
+            parts: (0..n).map(|_| Shard::default()).collect(),
+        }
+    }
+
+    /// How many shards there are.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) fn count(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// The shard of `client`, from its length and last eight bytes: a few instructions,
+    /// where hashing the whole id for every lookup cost fan-out to 16 subscribers a
+    /// sixth of its throughput (`benches/ab.py`, 4 shards). Ids made to share a shard
+    /// only crowd that shard: its map's own hasher is keyed.
+    fn index(&self, client: &str) -> usize {
+        let n = self.parts.len();
+        if n == 1 {
+            return 0;
+        }
+        let b = client.as_bytes();
+        let mut tail = [0u8; 8];
+        let k = b.len().min(8);
+        tail[..k].copy_from_slice(&b[b.len() - k..]);
+        let x = (u64::from_le_bytes(tail) ^ b.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        ((x >> 32) % n as u64) as usize
+    }
+
+    /// The shard of `client`.
+    pub(super) fn of(&self, client: &str) -> &Shard {
+        &self.parts[self.index(client)]
+    }
+
+    /// The shard of `client`, to change.
+    pub(super) fn of_mut(&mut self, client: &str) -> &mut Shard {
+        let i = self.index(client);
+        &mut self.parts[i]
+    }
+
+    /// The session of `client`.
+    pub(super) fn get(&self, client: &str) -> Option<&Session> {
+        self.of(client).sessions.get(client).map(|s| &**s)
+    }
+
+    /// The session of `client`, to change.
+    pub(super) fn get_mut(&mut self, client: &str) -> Option<&mut Session> {
+        self.of_mut(client)
+            .sessions
+            .get_mut(client)
+            .map(|s| &mut **s)
+    }
+
+    /// Whether `client` has a session.
+    pub(super) fn contains(&self, client: &str) -> bool {
+        self.of(client).sessions.contains_key(client)
+    }
+
+    /// Keeps session `s` of `client`, returning the one it replaces.
+    pub(super) fn insert(&mut self, client: Arc<str>, s: Box<Session>) -> Option<Box<Session>> {
+        self.of_mut(&client).sessions.insert(client, s)
+    }
+
+    /// Takes the session of `client` away.
+    pub(super) fn remove(&mut self, client: &str) -> Option<Box<Session>> {
+        self.of_mut(client).sessions.remove(client)
+    }
+
+    /// The session of `client` if connection `conn_id` still owns it.
+    pub(super) fn owned(&mut self, client: &str, conn_id: u64) -> Option<&mut Session> {
+        owned(&mut self.of_mut(client).sessions, client, conn_id)
+    }
+
+    /// Every session, shard by shard.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Session)> + '_ {
+        self.parts
+            .iter()
+            .flat_map(|p| p.sessions.iter().map(|(k, s)| (k, &**s)))
+    }
+
+    /// Every session, to change, shard by shard.
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut Session)> + '_ {
+        self.parts
+            .iter_mut()
+            .flat_map(|p| p.sessions.iter_mut().map(|(k, s)| (k, &mut **s)))
+    }
+
+    /// Every session, shard by shard.
+    pub(super) fn values(&self) -> impl Iterator<Item = &Session> + '_ {
+        self.iter().map(|(_, s)| s)
+    }
+
+    /// How many sessions there are.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.sessions.len()).sum()
+    }
+
+    /// Whether there is no session.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) fn is_empty(&self) -> bool {
+        self.parts.iter().all(|p| p.sessions.is_empty())
+    }
+
+    /// Whether any online subscriber is past its high-water mark.
+    pub(super) fn any_congested(&self) -> bool {
+        self.parts.iter().any(|p| !p.congested.is_empty())
+    }
+}
+
+impl std::ops::Index<&str> for Shards {
+    type Output = Session;
+
+    /// The session of `client`; panics without one (for tests).
+    fn index(&self, client: &str) -> &Session {
+        match self.get(client) {
+            Some(s) => s,
+            None => panic!("no session {client}"),
+        }
+    }
 }
 
 /// What a packet a session answered by itself leaves for the rest of the core.
@@ -73,7 +233,7 @@ pub(super) struct Admitted {
 
 impl Shard {
     /// The session of `client` if connection `conn_id` still owns it.
-    pub(super) fn owned(&mut self, client: &str, conn_id: u64) -> Option<&mut Session> {
+    fn owned(&mut self, client: &str, conn_id: u64) -> Option<&mut Session> {
         owned(&mut self.sessions, client, conn_id)
     }
 
@@ -89,11 +249,9 @@ impl Shard {
         conn_id: u64,
         packet: &Packet<'_>,
         out: &mut BytesMut,
+        spent: &mut message::Spent,
     ) -> Result<Option<Acked>, Close> {
-        let Shard {
-            sessions, spent, ..
-        } = self;
-        let s = owned(sessions, client, conn_id).ok_or(Close::TakenOver)?;
+        let s = owned(&mut self.sessions, client, conn_id).ok_or(Close::TakenOver)?;
         let protocol = s.link().map_or(Protocol::V311, |l| l.protocol);
         let v5 = protocol.is_v5();
         let mut acked = Acked::default();
@@ -319,16 +477,6 @@ impl Shard {
             }
         }
         held
-    }
-
-    /// The messages whose delivery ended since the last call.
-    pub(super) fn take_spent(&mut self) -> message::Spent {
-        self.spent.take()
-    }
-
-    /// Frees the messages set aside since the last call.
-    pub(super) fn free_spent(&mut self) {
-        self.spent.clear();
     }
 }
 

@@ -70,7 +70,7 @@ impl Core {
                     Why::NoPromise,
                 );
             }
-            self.shard.sessions.insert(id, Box::new(s));
+            self.shards.insert(id, Box::new(s));
         }
         // Work queues (their own sessions came back above) and their consumers.
         for (name, client, qos) in consumers {
@@ -106,7 +106,7 @@ impl Core {
         now: Instant,
     ) {
         let clock = self.clock(now);
-        let Some(s) = self.shard.sessions.get_mut(client) else {
+        let Some(s) = self.shards.get_mut(client) else {
             return;
         };
         let delivery = Delivery {
@@ -155,8 +155,7 @@ impl Core {
             }
         }
         for (client, si) in &index.sessions {
-            let (Some((mid, delay)), Some(s)) =
-                (si.will, self.shard.sessions.get_mut(client.as_str()))
+            let (Some((mid, delay)), Some(s)) = (si.will, self.shards.get_mut(client.as_str()))
             else {
                 continue;
             };
@@ -188,7 +187,7 @@ impl Core {
         // Work-queue jobs a consumer holds are still the queue's: they are written back
         // into their queue, whatever the consumer's session (a clean one included).
         let mut queue_held = Vec::new();
-        for s in self.shard.sessions.values() {
+        for s in self.shards.values() {
             // A stale entry's copy is back in its queue (or waiting out a retry delay),
             // written from there.
             let inflight = s.inflight().filter(|i| !i.stale).map(|i| &i.delivery);
@@ -211,7 +210,7 @@ impl Core {
         for d in self.delayed.stored() {
             queue_held.push((delayed_id.clone(), d.clone()));
         }
-        for (id, s) in &mut self.shard.sessions {
+        for (id, s) in self.shards.iter_mut() {
             if !s.persisted() {
                 continue;
             }
@@ -335,7 +334,7 @@ impl Core {
 
     /// Deliveries waiting in spill files across all sessions, and their queue cost.
     pub(super) fn spilled(&self) -> (usize, usize) {
-        let spills = self.shard.sessions.values().map(|s| s.spilled());
+        let spills = self.shards.values().map(|s| s.spilled());
         spills.fold((0, 0), |(n, b), (sn, sb)| (n + sn, b + sb))
     }
 

@@ -586,12 +586,7 @@ impl Core {
             return false;
         }
         let persisted = self.journal.is_some()
-            && (group.is_some()
-                || self
-                    .shard
-                    .sessions
-                    .get(client)
-                    .is_some_and(|s| s.persisted()));
+            && (group.is_some() || self.shards.get(client).is_some_and(|s| s.persisted()));
         let id = reader_id(group, client, rf.filter);
         let name: Arc<str> = Arc::from(rf.name);
         let start = start.or(rf.start);
@@ -695,7 +690,7 @@ impl Core {
     /// Takes the stream deliveries `client`'s session holds (of reader `only`, or of
     /// every reader) back to their readers, to be sent again.
     fn take_back(&mut self, client: &Arc<str>, only: Option<(&Arc<str>, &Arc<str>)>) {
-        let Some(s) = self.shard.sessions.get_mut(client) else {
+        let Some(s) = self.shards.get_mut(client) else {
             return;
         };
         let held = s.take_stream_deliveries(only.map(|(n, r)| (&**n, &**r)));
@@ -863,7 +858,7 @@ impl Core {
         let Some(r) = readers.get_mut(id) else {
             return;
         };
-        let sessions = &mut self.shard.sessions;
+        let sessions = &mut self.shards;
         // The room of each member, by index (0: offline or full).
         let mut room: Vec<usize> = r
             .members
@@ -1181,12 +1176,7 @@ fn send(
     entry: &Entry,
     attempts: u32,
     (name, id): (&Arc<str>, &Arc<str>),
-    (sessions, limits, clock, fx): (
-        &mut FastMap<Arc<str>, Box<Session>>,
-        &QueueLimits,
-        Clock,
-        &mut Effects,
-    ),
+    (sessions, limits, clock, fx): (&mut shard::Shards, &QueueLimits, Clock, &mut Effects),
 ) {
     let m = &mut r.members[i];
     m.outstanding += 1;

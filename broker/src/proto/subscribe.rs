@@ -17,7 +17,7 @@ impl Core {
         fx: &mut Effects,
     ) -> Result<(), Close> {
         let cfg = self.cfg.clone();
-        let s = self.shard.owned(client, conn_id).ok_or(Close::TakenOver)?;
+        let s = self.shards.owned(client, conn_id).ok_or(Close::TakenOver)?;
         let persisted = s.persisted();
         let mut records = Vec::new();
         let protocol = s.link().map_or(Protocol::V311, |l| l.protocol);
@@ -216,7 +216,7 @@ impl Core {
         write_packet(out, protocol, &Packet::SubAck(ack));
         // Retained messages follow the SUBACK (MQTT-3.8.4-4), flagged RETAIN; they are
         // walked from the index in steps as the session's queue has room.
-        if let Some(s) = self.shard.sessions.get_mut(client) {
+        if let Some(s) = self.shards.get_mut(client) {
             let mut due: Vec<(usize, Arc<str>, QoS)> = retained_for.into_values().collect();
             due.sort_unstable_by_key(|d| d.0);
             let jobs = due.into_iter().map(|(_, filter, qos)| RetainedJob {
@@ -236,7 +236,7 @@ impl Core {
     /// this step queued something, the connection is woken to take the next step (after
     /// it has written this one): a large retained set never holds the core long.
     pub(super) fn retained_step(&mut self, client: &Arc<str>, now: Instant) {
-        let Some(s) = self.shard.sessions.get_mut(client) else {
+        let Some(s) = self.shards.get_mut(client) else {
             return;
         };
         if !s.has_retained_jobs() || !s.online() {

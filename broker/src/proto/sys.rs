@@ -57,7 +57,7 @@ impl Core {
     pub(crate) fn stats(&self) -> CoreStats {
         let is_store = |k: &str| k.starts_with(queues::QUEUE_PREFIX) || k == delayed::STORE_ID;
         let (mut online, mut sessions, mut queued, mut expired) = (0, 0, 0, 0);
-        for (k, s) in &self.shard.sessions {
+        for (k, s) in self.shards.iter() {
             queued += s.queued_len();
             expired += s.drops().expired;
             if !is_store(k) {

@@ -299,7 +299,7 @@ fn qos1_flow_and_window() {
         (QoS::AtLeastOnce, QoS::AtLeastOnce),
         "granted QoS caps delivery"
     );
-    let s = &core.shard.sessions["sub"];
+    let s = &core.shards["sub"];
     assert_eq!(s.inflight().count(), 2);
     send(
         &mut core,
@@ -315,7 +315,7 @@ fn qos1_flow_and_window() {
         now,
     )
     .unwrap();
-    assert!(core.shard.sessions["sub"].inflight().next().is_none());
+    assert!(core.shards["sub"].inflight().next().is_none());
 }
 
 #[test]
@@ -335,7 +335,7 @@ fn qos2_duplicate_publish_is_delivered_once() {
     publish(&mut core, &mut publ, "t", b"x", QoS::ExactlyOnce, 7, now);
     assert_eq!(received(&mut core, &mut sub, now).len(), 1);
     send(&mut core, &mut publ, &Packet::PubRel(Ack::new(7)), now).unwrap();
-    assert!(core.shard.sessions["pub"].inbound_qos2_count() == 0);
+    assert!(core.shards["pub"].inbound_qos2_count() == 0);
     // After PUBREL the id is free: the same id is a new message.
     publish(&mut core, &mut publ, "t", b"y", QoS::ExactlyOnce, 7, now);
     assert_eq!(received(&mut core, &mut sub, now).len(), 1);
@@ -486,7 +486,7 @@ fn normal_disconnect_discards_the_will_and_session_expiry_zero_ends_session() {
     let mut fx = Effects::default();
     core.disconnected(&dev.id, dev.conn, End::Normal { will: false }, t0, &mut fx);
     assert!(received(&mut core, &mut watcher, t0).is_empty());
-    assert!(!core.shard.sessions.contains_key("dev"));
+    assert!(!core.shards.contains("dev"));
 }
 
 #[test]
@@ -781,7 +781,7 @@ fn unknown_authentication_method_gets_connack_0x8c() {
         (a.code, a.session_present),
         (reason::BAD_AUTHENTICATION_METHOD, false)
     );
-    assert_eq!(core.shard.sessions.len(), 0);
+    assert_eq!(core.shards.len(), 0);
 }
 
 /// Publishes a retained QoS 0 message on `topic` from a throwaway client.
@@ -821,16 +821,16 @@ fn one_subscribe_repeating_a_filter_is_one_subscription_and_retained_arrive_once
     let filters = vec![("#", q(QoS::AtMostOnce)); 100_000];
     let codes = subscribe(&mut core, &mut c, &filters, None, now);
     assert_eq!(codes.len(), 100_000, "one reason code per filter, in order");
-    assert_eq!(core.shard.sessions["many"].subscription_count(), 1);
+    assert_eq!(core.shards["many"].subscription_count(), 1);
     assert!(
-        core.shard.sessions["many"].queued_len() <= 100,
+        core.shards["many"].queued_len() <= 100,
         "retained deliveries stay within the session's queue limit"
     );
     // The rest comes in steps as the session drains: each message exactly once.
     let mut got = std::collections::BTreeSet::new();
     for _ in 0..1000 {
         let batch = received(&mut core, &mut c, now);
-        if batch.is_empty() && !core.shard.sessions["many"].has_retained_jobs() {
+        if batch.is_empty() && !core.shards["many"].has_retained_jobs() {
             break;
         }
         for m in batch {
@@ -908,7 +908,7 @@ fn a_full_queue_evicts_its_oldest_qos0_for_a_qos1_delivery() {
             b"q1-e".to_vec()
         ]
     );
-    assert_eq!(core.shard.sessions["sub"].drops().overflow, 2);
+    assert_eq!(core.shards["sub"].drops().overflow, 2);
 }
 
 #[test]
@@ -1004,7 +1004,7 @@ fn subscriptions_per_session_are_capped_with_quota_exceeded() {
         // Replacing a subscription it holds is not a new one.
         let again = subscribe(&mut core, &mut c, &[("a", q(QoS::AtMostOnce))], None, now);
         assert_eq!(again, [0]);
-        assert_eq!(core.shard.sessions[id.as_str()].subscription_count(), 3);
+        assert_eq!(core.shards[id.as_str()].subscription_count(), 3);
     }
 }
 

@@ -51,7 +51,7 @@ fn a_publisher_is_paused_at_half_a_subscribers_queue_and_released_when_it_draine
     );
     // It drained: the episode is over, the next publishes go on unpaused.
     assert_eq!(received(&mut core, &mut s, later).len(), 51);
-    assert!(core.shard.congested.is_empty());
+    assert!(!core.shards.any_congested());
     assert_eq!(
         publish_until_paused(&mut core, &mut p, "t", 49, later),
         None
@@ -75,7 +75,7 @@ fn a_subscriber_congested_past_the_budget_no_longer_pauses_and_its_limits_apply(
         publish_until_paused(&mut core, &mut p, "t", 500, after),
         None
     );
-    assert_eq!(core.shard.sessions.get("stuck").unwrap().queued_len(), 100);
+    assert_eq!(core.shards.get("stuck").unwrap().queued_len(), 100);
     assert!(core.stats.dropped_overflow > 0);
 }
 

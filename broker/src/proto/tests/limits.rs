@@ -114,10 +114,10 @@ fn queued_messages_differ_by_user() {
         8,
     );
     assert_eq!(got, 8, "the backend's own limit");
-    assert_eq!(core.shard.sessions["backend"].drops().overflow, 2);
+    assert_eq!(core.shards["backend"].drops().overflow, 2);
     let got = queued_for(&mut core, "device", login(Some("device"), None), 10, 8);
     assert_eq!(got, 3, "[mqtt]'s limit");
-    assert_eq!(core.shard.sessions["device"].drops().overflow, 7);
+    assert_eq!(core.shards["device"].drops().overflow, 7);
     let got = queued_for(&mut core, "anon", login(None, None), 10, 8);
     assert_eq!(got, 3, "anonymous: [mqtt]'s limit");
 }
@@ -188,7 +188,7 @@ fn the_limits_of_the_last_connect_apply() {
     .unwrap();
     let more = subscribe(&mut core, &mut c, &[("f", q(QoS::AtLeastOnce))], None, now);
     assert_eq!(more, [0x97]);
-    assert_eq!(core.shard.sessions["c"].subscription_count(), 3);
+    assert_eq!(core.shards["c"].subscription_count(), 3);
 }
 
 #[test]
@@ -324,5 +324,5 @@ fn publisher_backpressure_follows_the_subscribers_own_queue_limit() {
     assert_eq!(paused_at, Some(50));
     // Drained below a quarter of its own limit: the episode ends.
     assert_eq!(received(&mut core, &mut s, now).len(), 50);
-    assert!(core.shard.congested.is_empty());
+    assert!(!core.shards.any_congested());
 }

@@ -219,7 +219,7 @@ fn client_ids_are_bound_to_their_users() {
     }
     // Bob's connection and session are untouched.
     assert_eq!(bob.kick.get(), 0);
-    assert!(core.shard.sessions.get("bob-1").is_some_and(|s| s.online()));
+    assert!(core.shards.get("bob-1").is_some_and(|s| s.online()));
     let (alice, bytes) = connect_as(
         &mut core,
         Protocol::V311,
@@ -280,15 +280,7 @@ fn a_resumed_session_is_decided_under_its_new_grant() {
     publish(&mut core, &mut pubr, "b/x", b"1", QoS::AtLeastOnce, 1, t0);
     publish(&mut core, &mut pubr, "a/x", b"2", QoS::AtLeastOnce, 2, t0);
     assert_eq!(topics(&received(&mut core, &mut dev, t0)), vec!["a/x"]);
-    assert_eq!(
-        core.shard
-            .sessions
-            .get("d")
-            .unwrap()
-            .subscriptions()
-            .count(),
-        1
-    );
+    assert_eq!(core.shards.get("d").unwrap().subscriptions().count(), 1);
 }
 
 #[test]

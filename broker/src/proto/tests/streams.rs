@@ -96,7 +96,7 @@ fn a_reader_far_behind_is_sent_one_window_at_a_time() {
     let window = usize::from(MqttConfig::default().max_inflight);
     let first = received(&mut core, &mut r, now);
     assert_eq!(first.len(), window, "one window, not the backlog");
-    assert_eq!(core.shard.sessions.get("r").unwrap().queued_len(), 0);
+    assert_eq!(core.shards.get("r").unwrap().queued_len(), 0);
     // Nothing more until acknowledged.
     assert!(received(&mut core, &mut r, now).is_empty());
     for m in &first {
@@ -363,10 +363,7 @@ fn a_member_that_leaves_hands_its_messages_to_a_waiting_member_at_once() {
     core.disconnected(&owner.id, owner.conn, End::Abnormal, now, &mut fx);
     // No append and no drain of its own needed: they are queued for it at once (and
     // its connection woken), flagged DUP.
-    assert_eq!(
-        core.shard.sessions.get(&waiter.id).unwrap().queued_len(),
-        20
-    );
+    assert_eq!(core.shards.get(&waiter.id).unwrap().queued_len(), 20);
     let again = received(&mut core, &mut waiter, now);
     assert_eq!(
         again.iter().map(body).collect::<Vec<_>>(),

@@ -689,7 +689,7 @@ fn empty_client_id_v311_needs_clean_session() {
     );
     assert_eq!(o.ack, (false, reason::v3::IDENTIFIER_REJECTED));
     assert!(o.peer.is_none(), "refused: the runtime closes");
-    assert!(core.shard.sessions.is_empty());
+    assert!(core.shards.is_empty());
 }
 
 #[test]
@@ -798,7 +798,7 @@ fn session_expiry_capped_by_the_server_is_announced() {
     with_connack(&o.bytes, V5, |a| {
         assert_eq!(a.properties.session_expiry_interval(), Some(10));
     });
-    assert_eq!(core.shard.sessions["greedy-session"].expiry_interval(), 10);
+    assert_eq!(core.shards["greedy-session"].expiry_interval(), 10);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -874,7 +874,7 @@ fn qos2_outbound_resumes_with_pubrel() {
         );
         s.send_ok(&mut core, &Packet::PubComp(Ack::new(m.packet_id)), now);
         s.expect_nothing(&mut core, now);
-        assert!(core.shard.sessions["q2o"].inflight().next().is_none());
+        assert!(core.shards["q2o"].inflight().next().is_none());
     }
 }
 
@@ -1258,7 +1258,7 @@ fn client_maximum_packet_size_is_respected() {
     sub.ack(&mut core, &m, now);
     sub.expect_nothing(&mut core, now);
     assert_eq!(
-        core.shard.sessions["tiny"].drops().too_large,
+        core.shards["tiny"].drops().too_large,
         1,
         "discarded, counted"
     );
@@ -1641,7 +1641,7 @@ fn resubscribe_replaces_options_without_losing_inflight() {
     );
     s.ack(&mut core, &m1, now);
     assert!(
-        core.shard.sessions["changer"].inflight().next().is_none(),
+        core.shards["changer"].inflight().next().is_none(),
         "m1 was still in flight"
     );
     publish_once(&mut core, "rp/t", b"m2", QoS::AtLeastOnce, now);
@@ -1669,7 +1669,7 @@ fn malformed_share_names_are_refused() {
             ),
         }
         assert!(
-            core.shard.sessions["filters"].subscription_count() == 0,
+            core.shards["filters"].subscription_count() == 0,
             "{filter:?}"
         );
     }
@@ -2032,7 +2032,7 @@ fn maximum_qos_1_is_announced_and_enforced() {
     let o = open(&mut core, &cw, now);
     assert_eq!(o.ack, (false, reason::QOS_NOT_SUPPORTED));
     assert!(o.peer.is_none());
-    assert!(!core.shard.sessions.contains_key("will-qos2"));
+    assert!(!core.shards.contains("will-qos2"));
 }
 
 #[test]
@@ -2296,7 +2296,7 @@ fn a_reader_that_never_drains_does_not_hold_up_others() {
     assert!(take(&mut fast, &mut core), "the end marker arrived");
     assert_eq!(n, 600, "fast subscriber lost QoS 0 messages");
     assert_eq!(slow.kicked(), 0);
-    assert!(core.shard.sessions["slow"].queued_len() <= MqttConfig::default().max_queued_messages);
+    assert!(core.shards["slow"].queued_len() <= MqttConfig::default().max_queued_messages);
 }
 
 // ---------------------------------------------------------------------------------------
