@@ -89,21 +89,24 @@ impl Core {
     /// `client` drained: below its low-water mark its paused publishers go on. Also
     /// when it goes offline (`force`).
     pub(super) fn relieve(&mut self, client: &str, force: bool) {
-        if !self.shards.any_congested() {
+        let limits = self.limits;
+        // Its congestion is in its shard: no other shard is looked at.
+        let shard = self.shards.of_mut(client);
+        if shard.congested.is_empty() {
             return;
         }
-        let below = match self.shards.get(client) {
+        let below = match shard.sessions.get(client) {
             Some(s) => {
                 let (spilled, spilled_bytes) = s.spilled();
                 let (len, bytes) = (s.queued_len() + spilled, s.queued_bytes() + spilled_bytes);
-                !past(len, bytes, &s.queue_limits(self.limits), 4)
+                !past(len, bytes, &s.queue_limits(limits), 4)
             }
             None => true,
         };
         if !(force || below) {
             return;
         }
-        if let Some(c) = self.shards.of_mut(client).congested.remove(client) {
+        if let Some(c) = shard.congested.remove(client) {
             for p in c.paused {
                 p.wake();
             }

@@ -169,6 +169,7 @@ impl Shards {
     }
 
     /// Whether any online subscriber is past its high-water mark.
+    #[cfg(test)]
     pub(super) fn any_congested(&self) -> bool {
         self.parts.iter().any(|p| !p.congested.is_empty())
     }
