@@ -442,12 +442,14 @@ impl Shard {
         let v5 = protocol.is_v5();
         let mut ack = Ack::new(p.packet_id);
         ack.reason = if v5 { code } else { 0 };
-        let why = PropValues {
-            reason_string,
-            ..PropValues::default()
-        };
-        // Looked up only where needed (not for a plain PUBACK: once per message).
+        // Made and looked up only where needed (not for a plain PUBACK: once per
+        // message).
+        let why;
         if v5 && reason_string.is_some() {
+            why = PropValues {
+                reason_string,
+                ..PropValues::default()
+            };
             // Left out rather than go beyond the client's Maximum Packet Size
             // (MQTT-3.4.2-2, MQTT-3.5.2-2).
             let with = Ack {
