@@ -540,7 +540,8 @@ impl StreamStore for FuzzStreams {
 
 /// A core of `shards` shards journaling into `journal`, its streams in `streams`.
 fn journaled(
-    (cfg, shards): (&Arc<MqttConfig>, usize),
+    cfg: &Arc<MqttConfig>,
+    shards: usize,
     journal: Arc<FuzzJournal>,
     streams: &Arc<FuzzStreams>,
     clock: Clock,
@@ -554,14 +555,15 @@ fn journaled(
 /// The core the runtime's start-up rebuilds from `records` and `streams`: the streams,
 /// then [`replay_into`], then a full compaction into the same log.
 fn recover(
-    cfg: (&Arc<MqttConfig>, usize),
+    cfg: &Arc<MqttConfig>,
+    shards: usize,
     records: Vec<Vec<u8>>,
     streams: &Arc<FuzzStreams>,
     clock: Clock,
     now: Instant,
 ) -> (Core, Arc<FuzzJournal>) {
     let journal = Arc::new(FuzzJournal::with(records.clone()));
-    let mut core = journaled(cfg, journal.clone(), streams, clock);
+    let mut core = journaled(cfg, shards, journal.clone(), streams, clock);
     replay_into(&mut core, &records, now, clock.unix_ms(now));
     core.compact(now);
     (core, journal)
@@ -890,10 +892,7 @@ impl World {
         let streams = Arc::new(FuzzStreams::default());
         let (core, journal) = if rng.pct(50) {
             let j = Arc::new(FuzzJournal::default());
-            (
-                journaled((&cfg, shards), j.clone(), &streams, clock),
-                Some(j),
-            )
+            (journaled(&cfg, shards, j.clone(), &streams, clock), Some(j))
         } else {
             (Core::new(cfg.clone(), clock).with_shards(shards), None)
         };
@@ -2592,8 +2591,8 @@ impl World {
             s.unsure = true;
         }
         let clock = self.clock();
-        let cfg = (&self.cfg, self.core.shard_count());
-        let (core, journal) = recover(cfg, records, &self.streams, clock, self.now);
+        let shards = self.core.shard_count();
+        let (core, journal) = recover(&self.cfg, shards, records, &self.streams, clock, self.now);
         self.core = core;
         self.journal = Some(journal);
     }

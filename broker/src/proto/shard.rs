@@ -175,6 +175,7 @@ impl Shards {
     }
 }
 
+#[cfg(test)]
 impl std::ops::Index<&str> for Shards {
     type Output = Session;
 
